@@ -1,0 +1,51 @@
+/* Small internal helpers shared by every module: visibility, container_of,
+ * overflow-checked size arithmetic. Nothing here allocates. */
+#ifndef LLORCH_UTIL_H
+#define LLORCH_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+/* Symbols of the public API; everything else stays hidden
+ * (-fvisibility=hidden). */
+#define LLORCH_API __attribute__((visibility("default")))
+
+#define LLORCH_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+#define llorch_container_of(ptr, type, member)                                 \
+    ((type *)((char *)(ptr) - offsetof(type, member)))
+
+#define LLORCH_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define LLORCH_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+#define LLORCH_UNUSED(x) ((void)(x))
+
+/* Overflow-checked arithmetic: return true when the result does not fit. */
+static inline bool llorch_add_overflows(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return __builtin_add_overflow(a, b, out);
+}
+
+static inline bool llorch_mul_overflows(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return __builtin_mul_overflow(a, b, out);
+}
+
+static inline bool llorch_size_mul_overflows(size_t a, size_t b, size_t *out)
+{
+    return __builtin_mul_overflow(a, b, out);
+}
+
+static inline bool llorch_size_add_overflows(size_t a, size_t b, size_t *out)
+{
+    return __builtin_add_overflow(a, b, out);
+}
+
+/* Round up to a power-of-two alignment; the caller checks overflow. */
+static inline uint64_t llorch_align_up(uint64_t x, uint64_t align)
+{
+    return (x + align - 1) & ~(align - 1);
+}
+
+#endif
