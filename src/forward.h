@@ -1,0 +1,58 @@
+/* One batched forward step over many sequences, each contributing a chunk of
+ * prompt (prefill) or one token (decode). Owns the packed weights, the KV
+ * cache and the scratch buffers, all sized at forward_new(): no allocation in
+ * forward_step(). Call from one thread (the step driver). */
+#ifndef LLORCH_FORWARD_H
+#define LLORCH_FORWARD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kv.h"
+#include "llorch/llorch.h"
+#include "model.h"
+#include "tpool.h"
+
+struct forward_opts {
+    enum llorch_dtype dtype;      /* AUTO resolves from the file type */
+    enum llorch_kv_type kv_type;  /* AUTO: f32 with f32 weights, else f16 */
+    uint64_t kv_bytes;            /* KV cache budget */
+    uint32_t n_ctx;               /* max tokens per sequence; 0: n_ctx_train */
+    uint32_t max_seqs;            /* sequences in one step */
+    uint32_t max_step_tokens;     /* tokens in one step (prefill chunks + decodes) */
+    struct tpool *pool;
+};
+
+/* One sequence's part of a step: tokens [0, n_tokens) appended at positions
+ * kv_seq_len(seq) onwards. logits receives [n_vocab] floats for the last
+ * token, or [n_tokens, n_vocab] when all_logits. */
+struct forward_entry {
+    struct kv_seq *seq;
+    const llorch_token *tokens;
+    uint32_t n_tokens;
+    bool all_logits;
+    float *logits;
+};
+
+struct forward;
+
+int forward_new(struct forward **out, const struct model *m, const struct forward_opts *o,
+                char *err, size_t errlen);
+void forward_free(struct forward *f); /* NULL is safe */
+
+/* Runs one step. Every entry's seq must have room reserved (kv_seq_reserve);
+ * on return each seq's length has advanced by its n_tokens. */
+int forward_step(struct forward *f, struct forward_entry *entries, uint32_t n);
+
+struct kv_cache *forward_kv(struct forward *f);
+enum llorch_dtype forward_dtype(const struct forward *f);
+enum llorch_kv_type forward_kv_type(const struct forward *f);
+uint32_t forward_n_vocab(const struct forward *f);
+uint32_t forward_n_ctx(const struct forward *f);
+uint64_t forward_weight_bytes(const struct forward *f); /* packed bytes read per token */
+
+const char *forward_dtype_name(enum llorch_dtype d);
+const char *forward_kv_type_name(enum llorch_kv_type t);
+
+#endif

@@ -1,0 +1,143 @@
+/* GGUF v2/v3 reader (mmap, bounds-checked) and a small writer for synthetic
+ * models. The file format: magic "GGUF", u32 version, u64 tensor count, u64
+ * metadata count, metadata key/value pairs, tensor infos, padding to
+ * general.alignment, tensor data. All integers little-endian. */
+#ifndef LLORCH_GGUF_H
+#define LLORCH_GGUF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Metadata value types, numbered as in the GGUF specification. */
+enum gguf_type {
+    GGUF_TYPE_UINT8 = 0,
+    GGUF_TYPE_INT8 = 1,
+    GGUF_TYPE_UINT16 = 2,
+    GGUF_TYPE_INT16 = 3,
+    GGUF_TYPE_UINT32 = 4,
+    GGUF_TYPE_INT32 = 5,
+    GGUF_TYPE_FLOAT32 = 6,
+    GGUF_TYPE_BOOL = 7,
+    GGUF_TYPE_STRING = 8,
+    GGUF_TYPE_ARRAY = 9,
+    GGUF_TYPE_UINT64 = 10,
+    GGUF_TYPE_INT64 = 11,
+    GGUF_TYPE_FLOAT64 = 12,
+    GGUF_TYPE_COUNT_,
+};
+
+/* Tensor element types, numbered as ggml numbers them. */
+enum ggml_type {
+    GGML_TYPE_F32 = 0,
+    GGML_TYPE_F16 = 1,
+    GGML_TYPE_Q4_0 = 2,
+    GGML_TYPE_Q4_1 = 3,
+    GGML_TYPE_Q5_0 = 6,
+    GGML_TYPE_Q5_1 = 7,
+    GGML_TYPE_Q8_0 = 8,
+    GGML_TYPE_Q8_1 = 9,
+    GGML_TYPE_Q2_K = 10,
+    GGML_TYPE_Q3_K = 11,
+    GGML_TYPE_Q4_K = 12,
+    GGML_TYPE_Q5_K = 13,
+    GGML_TYPE_Q6_K = 14,
+    GGML_TYPE_Q8_K = 15,
+    GGML_TYPE_BF16 = 30,
+};
+
+#define GGUF_MAX_DIMS 4
+
+/* A string inside the mapped file: not NUL-terminated. */
+struct gguf_str {
+    const char *ptr;
+    uint64_t len;
+};
+
+/* An array value. For scalar element types `data` points at `count` packed
+ * little-endian elements inside the mapping; for strings use
+ * gguf_arr_str(); nested arrays are validated but only reachable through
+ * gguf_kv_at() walkers (no model key uses them). */
+struct gguf_arr {
+    enum gguf_type type;
+    uint64_t count;
+    const void *data;
+};
+
+struct gguf_tensor {
+    struct gguf_str name;
+    enum ggml_type type;
+    uint32_t n_dims;
+    uint64_t ne[GGUF_MAX_DIMS]; /* ne[0] is the innermost (row) dimension; unused dims are 1 */
+    uint64_t n_elements;
+    uint64_t offset;            /* relative to the data section */
+    uint64_t nbytes;
+    const void *data;           /* inside the mapping; aligned to general.alignment */
+};
+
+struct gguf_file;
+
+/* Opens and validates a GGUF file. On failure returns a negative llorch code
+ * and writes a one-line message naming the key or tensor and the file offset
+ * into err (if errlen > 0). The mapping stays valid until gguf_close(). */
+int gguf_open(struct gguf_file **out, const char *path, char *err, size_t errlen);
+
+/* Same, over a caller-owned buffer (tests, fuzzing); buf must outlive the
+ * returned object. */
+int gguf_open_buffer(struct gguf_file **out, const void *buf, size_t len, char *err,
+                     size_t errlen);
+
+void gguf_close(struct gguf_file *f); /* NULL is safe */
+
+uint32_t gguf_version(const struct gguf_file *f);
+uint64_t gguf_alignment(const struct gguf_file *f);
+uint64_t gguf_file_size(const struct gguf_file *f);
+
+/* Metadata. Getters return 0, LLORCH_ENOTFOUND when the key is absent, or
+ * LLORCH_EFORMAT when it has another type. Integer getters accept any integer
+ * type whose value fits (LLORCH_ERANGE otherwise); gguf_get_f32 accepts
+ * float32 and float64. */
+uint64_t gguf_kv_count(const struct gguf_file *f);
+bool gguf_has_key(const struct gguf_file *f, const char *key);
+int gguf_key_type(const struct gguf_file *f, const char *key, enum gguf_type *type);
+int gguf_get_u32(const struct gguf_file *f, const char *key, uint32_t *out);
+int gguf_get_i32(const struct gguf_file *f, const char *key, int32_t *out);
+int gguf_get_u64(const struct gguf_file *f, const char *key, uint64_t *out);
+int gguf_get_f32(const struct gguf_file *f, const char *key, float *out);
+int gguf_get_bool(const struct gguf_file *f, const char *key, bool *out);
+int gguf_get_str(const struct gguf_file *f, const char *key, struct gguf_str *out);
+int gguf_get_arr(const struct gguf_file *f, const char *key, struct gguf_arr *out);
+/* The i-th string of a string array (i < arr->count), O(1) after open. */
+int gguf_arr_str(const struct gguf_file *f, const struct gguf_arr *arr, uint64_t i,
+                 struct gguf_str *out);
+
+/* Metadata walk for inspect: key name and type of the i-th pair. */
+int gguf_kv_at(const struct gguf_file *f, uint64_t i, struct gguf_str *key, enum gguf_type *type);
+
+/* Tensors. */
+uint64_t gguf_tensor_count(const struct gguf_file *f);
+const struct gguf_tensor *gguf_tensor_at(const struct gguf_file *f, uint64_t i);
+const struct gguf_tensor *gguf_tensor_find(const struct gguf_file *f, const char *name);
+
+const char *gguf_type_name(enum gguf_type t);
+
+/* Writer: builds a GGUF v3 file in memory, then writes it out. */
+struct gguf_writer;
+int gguf_writer_new(struct gguf_writer **out, uint32_t alignment);
+void gguf_writer_free(struct gguf_writer *w);
+int gguf_writer_set_u32(struct gguf_writer *w, const char *key, uint32_t v);
+int gguf_writer_set_i32(struct gguf_writer *w, const char *key, int32_t v);
+int gguf_writer_set_f32(struct gguf_writer *w, const char *key, float v);
+int gguf_writer_set_bool(struct gguf_writer *w, const char *key, bool v);
+int gguf_writer_set_str(struct gguf_writer *w, const char *key, const char *v);
+/* Scalar arrays: elem_type is a scalar gguf_type, data holds count elements. */
+int gguf_writer_set_arr(struct gguf_writer *w, const char *key, enum gguf_type elem_type,
+                        const void *data, uint64_t count);
+int gguf_writer_set_str_arr(struct gguf_writer *w, const char *key, const char *const *strs,
+                            const uint64_t *lens, uint64_t count);
+/* Adds a tensor; data holds the encoded bytes for the type (copied). */
+int gguf_writer_add_tensor(struct gguf_writer *w, const char *name, enum ggml_type type,
+                           uint32_t n_dims, const uint64_t *ne, const void *data, uint64_t nbytes);
+int gguf_writer_write_file(struct gguf_writer *w, const char *path);
+
+#endif

@@ -1,0 +1,63 @@
+/* Paged KV cache: a fixed pool of blocks of LLORCH_KV_BLOCK tokens, sized once
+ * from --kv-cache-mb; each sequence has a block table. Full blocks can be
+ * shared between sequences (refcounted, found by a hash of the token prefix
+ * they hold). No allocation after kv_cache_new(). Not thread-safe: the step
+ * driver owns it. */
+#ifndef LLORCH_KV_H
+#define LLORCH_KV_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "llorch/llorch.h"
+
+#define LLORCH_KV_BLOCK 16
+
+struct kv_cache;
+struct kv_seq;
+
+struct kv_cache_opts {
+    enum llorch_kv_type type;  /* F32, F16 or BF16 (not AUTO) */
+    uint32_t n_layer;
+    uint32_t n_head_kv;
+    uint32_t head_dim;
+    uint64_t bytes;            /* budget for K and V of all layers */
+    uint32_t max_seqs;         /* sequence handles preallocated */
+    uint32_t max_seq_len;      /* context length: bounds a block table */
+};
+
+struct kv_stats {
+    uint32_t blocks_total;
+    uint32_t blocks_used;      /* referenced by at least one sequence */
+    uint32_t blocks_cached;    /* free but still holding a reusable prefix */
+    uint64_t prefix_hits;      /* blocks reused through kv_seq_share_prefix */
+    uint32_t seqs_active;
+};
+
+int kv_cache_new(struct kv_cache **out, const struct kv_cache_opts *o);
+void kv_cache_free(struct kv_cache *c); /* NULL is safe */
+void kv_cache_stats(const struct kv_cache *c, struct kv_stats *s);
+uint32_t kv_cache_free_blocks(const struct kv_cache *c); /* allocatable now, cached ones included */
+
+/* A sequence handle from the preallocated pool; LLORCH_EFULL when none left. */
+int kv_seq_new(struct kv_cache *c, struct kv_seq **out);
+/* Releases the blocks (shared ones when their refcount drops to 0) and the
+ * handle. NULL is safe. */
+void kv_seq_free(struct kv_cache *c, struct kv_seq *s);
+uint32_t kv_seq_len(const struct kv_seq *s);  /* tokens stored */
+/* Makes room for n more tokens (allocating blocks as needed) or returns
+ * LLORCH_EKV_EXHAUSTED and changes nothing. */
+int kv_seq_reserve(struct kv_cache *c, struct kv_seq *s, uint32_t n);
+/* Blocks needed to grow s by n tokens. */
+uint32_t kv_seq_blocks_needed(const struct kv_cache *c, const struct kv_seq *s, uint32_t n);
+/* For an empty s: attaches cached full blocks holding a prefix of tokens[0..n)
+ * and returns how many tokens are already computed (a multiple of the block
+ * size, and less than n so that the last token is always computed). */
+uint32_t kv_seq_share_prefix(struct kv_cache *c, struct kv_seq *s, const llorch_token *tokens,
+                             uint32_t n);
+/* Records the tokens whose K/V were just written (for prefix hashing) and
+ * advances the length. */
+void kv_seq_commit(struct kv_cache *c, struct kv_seq *s, const llorch_token *tokens, uint32_t n);
+
+#endif

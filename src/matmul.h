@@ -1,0 +1,34 @@
+/* oneDNN matmuls over weights packed once at load time.
+ * y[m, n_out] = x[m, n_in] · Wᵀ, W given row-major as [n_out, n_in] f32
+ * (dequantised), packed into oneDNN's blocked layout for the runtime dtype:
+ * f32, bf16, or int8 (s8 weights, per-output-channel scales; activations
+ * quantised per row to u8 with their own scale; s32 accumulation). Output
+ * columns are split into tiles that pool tasks compute with one OpenMP thread
+ * each. Primitives are cached per batch-row count and share the packed
+ * buffer. */
+#ifndef LLORCH_MATMUL_H
+#define LLORCH_MATMUL_H
+
+#include <stdint.h>
+
+#include "llorch/llorch.h"
+#include "tpool.h"
+
+struct mm_weight;
+
+/* Packs w ([n_out, n_in] f32 row-major). dtype must be F32, BF16 or INT8.
+ * max_m bounds the rows of any later call (the scheduler's token budget). */
+int matmul_weight_new(struct mm_weight **out, const float *w, int64_t n_out, int64_t n_in,
+                      enum llorch_dtype dtype, int64_t max_m, struct tpool *pool);
+void matmul_weight_free(struct mm_weight *w); /* NULL is safe */
+int64_t matmul_weight_n_out(const struct mm_weight *w);
+int64_t matmul_weight_n_in(const struct mm_weight *w);
+uint64_t matmul_weight_bytes(const struct mm_weight *w); /* packed bytes read per use */
+
+/* y = x · Wᵀ for 1 <= m <= max_m. Row r of y depends only on row r of x (the
+ * same bits whatever m is: batch invariance). No allocation once the
+ * primitive for m exists; matmul_prepare() creates them ahead of time. */
+int matmul_run(const struct mm_weight *w, const float *x, float *y, int64_t m, struct tpool *pool);
+int matmul_prepare(struct mm_weight *w, int64_t m);
+
+#endif

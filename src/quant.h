@@ -1,0 +1,34 @@
+/* GGUF/ggml tensor element types: sizes, names, and dequantisation to f32
+ * exactly as the block formats define them; f16/bf16 scalar conversions. */
+#ifndef LLORCH_QUANT_H
+#define LLORCH_QUANT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "gguf.h"
+
+/* Elements per block (1 for F32/F16/BF16) and bytes per block; 0 for an
+ * unknown type. */
+uint64_t quant_block_elems(enum ggml_type t);
+uint64_t quant_block_bytes(enum ggml_type t);
+bool quant_type_known(enum ggml_type t);
+const char *quant_type_name(enum ggml_type t);
+
+/* Bytes of a row of n elements, or LLORCH_E* (<0) if n is not a multiple of
+ * the block size or the type is unknown. */
+int quant_row_bytes(enum ggml_type t, uint64_t n, uint64_t *out);
+
+/* Dequantises n elements (a multiple of the block size) of type t to f32. */
+int quant_dequantize(enum ggml_type t, const void *src, float *dst, uint64_t n);
+
+/* Quantisers (used by llorch-synth and the round-trip tests): F32, F16, BF16,
+ * Q8_0 and Q4_0, rounding as ggml's reference quantisers do. */
+int quant_quantize(enum ggml_type t, const float *src, void *dst, uint64_t n);
+
+float quant_f16_to_f32(uint16_t h);
+uint16_t quant_f32_to_f16(float f);   /* round to nearest even */
+float quant_bf16_to_f32(uint16_t h);
+uint16_t quant_f32_to_bf16(float f);  /* round to nearest even, NaN kept */
+
+#endif

@@ -1,0 +1,180 @@
+/* Continuous batching. The loop thread submits and cancels; the step driver
+ * thread (which also drives the pool as worker 0) admits requests, builds
+ * each step from one decode token per running sequence plus chunks of pending
+ * prompts under a token budget, samples, detokenises, and posts events back.
+ * Every accepted request yields exactly one terminal event (END or ERROR);
+ * the submitter's `owner` pointer must stay valid until it has been taken. */
+#ifndef LLORCH_SCHED_H
+#define LLORCH_SCHED_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "detok.h"
+#include "forward.h"
+#include "llorch/llorch.h"
+#include "queue.h"
+#include "tokenizer.h"
+
+#define SCHED_JOB_ID_MAX 256
+#define SCHED_MAX_LOGPROBS 20
+#define SCHED_EVENT_TEXT_CAP (DETOK_PENDING_CAP + 64)
+
+enum sched_event_type {
+    SCHED_EV_STARTED,
+    SCHED_EV_TOKEN,
+    SCHED_EV_END,
+    SCHED_EV_ERROR,
+};
+
+enum sched_stop_reason {
+    SCHED_STOP_MAX_TOKENS,
+    SCHED_STOP_EOS,
+    SCHED_STOP_SEQUENCE,
+    SCHED_STOP_CANCELLED,
+    SCHED_STOP_ERROR,
+};
+
+/* The wire error codes of the worker contract. */
+enum sched_error {
+    SCHED_ERR_CANCELLED,
+    SCHED_ERR_TIMEOUT,
+    SCHED_ERR_INVALID_REQUEST,
+    SCHED_ERR_INFERENCE_FAILED,
+    SCHED_ERR_KV_EXHAUSTED,
+    SCHED_ERR_CLIENT_TOO_SLOW,
+    SCHED_ERR_SHUTTING_DOWN,
+};
+
+struct sched_params {
+    uint32_t max_tokens;          /* >= 1 */
+    float temperature;            /* 0 = greedy */
+    float top_p;                  /* 1 = off */
+    uint32_t top_k;               /* 0 = off */
+    float min_p;                  /* 0 = off */
+    float repetition_penalty;     /* 1 = off */
+    float presence_penalty;       /* 0 = off */
+    float frequency_penalty;      /* 0 = off */
+    uint64_t seed;
+    uint32_t n_stops;
+    const char *stops[DETOK_MAX_STOPS];   /* copied by sched_submit */
+    size_t stop_lens[DETOK_MAX_STOPS];
+    uint32_t timeout_ms;          /* 0 = none */
+    uint32_t n_logprobs;          /* top-N log-probs per token (OpenAI), 0 = none */
+    bool ignore_eos;
+};
+
+struct sched_request {
+    const char *job_id;           /* copied; 1..SCHED_JOB_ID_MAX-1 bytes */
+    size_t job_id_len;
+    const char *prompt;           /* UTF-8, copied; or NULL with prompt_tokens */
+    size_t prompt_len;
+    const llorch_token *prompt_tokens;
+    size_t n_prompt_tokens;
+    bool add_bos;                 /* usually tokenizer_adds_bos() */
+    bool parse_special;           /* chat templates render control tokens */
+    struct sched_params params;
+    void *owner;                  /* returned in every event */
+};
+
+struct sched_logprob {
+    llorch_token id;
+    float logprob;
+};
+
+struct sched_event {
+    struct llorch_queue node;     /* loop thread: on the list from sched_events_take() */
+    enum sched_event_type type;
+    uint64_t req_id;
+    void *owner;
+    union {
+        struct {
+            uint32_t n_prompt_tokens;
+            uint32_t queued_ms;
+        } started;
+        struct {
+            uint32_t index;           /* 0-based index of the token in the output */
+            llorch_token id;
+            float logprob;            /* of the chosen token (when n_logprobs > 0) */
+            uint32_t n_top;
+            struct sched_logprob top[SCHED_MAX_LOGPROBS];
+            uint32_t text_len;        /* text may be empty (held back or partial UTF-8) */
+            char text[SCHED_EVENT_TEXT_CAP];
+        } token;
+        struct {
+            enum sched_stop_reason reason;
+            int32_t stop_index;       /* which stop string, for SCHED_STOP_SEQUENCE */
+            uint32_t tokens_out;
+            uint32_t n_prompt_tokens;
+            uint32_t ttft_ms;
+            uint32_t decode_time_ms;
+            uint32_t text_len;        /* final released text (held-back suffix) */
+            char text[SCHED_EVENT_TEXT_CAP];
+        } end;
+        struct {
+            enum sched_error code;
+            char message[256];
+        } error;
+    } u;
+};
+
+struct sched_opts {
+    uint32_t max_batch;           /* running sequences, default 32 */
+    uint32_t max_queue;           /* waiting requests, default 256 */
+    uint32_t step_tokens;         /* token budget per step (chunked prefill), default 512 */
+    uint32_t batch_window_ms;     /* gather arrivals before a step from idle, default 0 */
+    /* Called on the step driver thread when the event list goes from empty to
+     * non-empty (e.g. uv_async_send). */
+    void (*notify)(void *ctx);
+    void *notify_ctx;
+};
+
+struct sched_stats {
+    uint32_t slots_total;         /* max_batch */
+    uint32_t slots_busy;          /* running sequences */
+    uint32_t queue_depth;         /* waiting requests */
+    struct kv_stats kv;
+    uint64_t tokens_generated;
+    uint64_t tokens_prompted;
+    uint64_t prefix_tokens_reused;
+    uint64_t preemptions;
+    uint64_t steps;
+};
+
+struct sched;
+
+/* Starts the step driver thread. The forward engine and tokenizer must
+ * outlive the scheduler. */
+int sched_new(struct sched **out, struct forward *fw, const struct tokenizer *tok,
+              const struct sched_opts *o);
+/* Stops the driver (ends every request with SHUTTING_DOWN first) and frees. */
+void sched_free(struct sched *s);
+
+/* Thread-safe. Copies the request. Returns the request id through *req_id, or
+ * LLORCH_EFULL (queue full), LLORCH_EEXISTS (job_id already queued or running),
+ * LLORCH_ESHUTDOWN (draining), LLORCH_EINVAL (bad parameters), LLORCH_EUTF8. */
+int sched_submit(struct sched *s, const struct sched_request *r, uint64_t *req_id);
+/* Thread-safe. The request ends with ERROR `code` (CANCELLED, TIMEOUT,
+ * CLIENT_TOO_SLOW) at the next step boundary. LLORCH_ENOTFOUND if not live. */
+int sched_cancel(struct sched *s, uint64_t req_id, enum sched_error code);
+int sched_cancel_job(struct sched *s, const char *job_id, size_t len, enum sched_error code);
+
+/* Loop thread: moves every pending event, in order, onto the tail of out;
+ * give them back with sched_events_release() once written. */
+void sched_events_take(struct sched *s, struct llorch_queue *out);
+void sched_events_release(struct sched *s, struct llorch_queue *events);
+
+/* Stop admitting (new submits get LLORCH_ESHUTDOWN); running and queued work
+ * continues. sched_shutdown_now() ends everything with SHUTTING_DOWN. */
+void sched_drain(struct sched *s);
+void sched_shutdown_now(struct sched *s);
+bool sched_idle(struct sched *s);
+
+/* Thread-safe snapshot. */
+void sched_stats(struct sched *s, struct sched_stats *out);
+
+const char *sched_error_name(enum sched_error e);           /* "CANCELLED", ... */
+const char *sched_stop_reason_name(enum sched_stop_reason r); /* "max_tokens", ... */
+
+#endif
