@@ -1,0 +1,70 @@
+/* The validated, immutable process configuration: every option as a long
+ * CLI flag, an LLORCH_* environment variable and a `key = value` line of the
+ * --config file; precedence flag > env > file > default. The only
+ * process-wide state, passed by pointer. */
+#ifndef LLORCH_CONFIG_H
+#define LLORCH_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "llorch/llorch.h"
+
+enum config_log_format { CONFIG_LOG_JSON, CONFIG_LOG_TEXT };
+enum config_log_level { CONFIG_LOG_DEBUG, CONFIG_LOG_INFO, CONFIG_LOG_WARN, CONFIG_LOG_ERROR };
+
+struct config {
+    /* identity and model */
+    char worker_id[128];          /* --worker-id (default: hostname) */
+    char model[4096];             /* --model PATH (required for the daemon) */
+    char model_ref[512];          /* --model-ref (default: the file name) */
+    char callback_url[2048];      /* --callback-url; contains localhost:9999 = test mode */
+    char api_key_file[4096];      /* --api-key-file; empty = no auth */
+    char api_key[256];            /* read from api_key_file at start-up */
+    char chat_template[64];       /* --chat-template NAME; empty = from the file */
+    /* network */
+    char host[256];               /* --host, default 127.0.0.1 */
+    uint16_t port;                /* --port, default 8080 */
+    uint32_t max_connections;     /* --max-connections, default 16384 */
+    uint32_t max_header_bytes;    /* --max-header-bytes, default 16384 */
+    uint64_t max_body_bytes;      /* --max-body-bytes, default 2 MiB */
+    uint32_t header_timeout_ms;   /* --header-timeout-ms, default 10000 */
+    uint32_t idle_timeout_ms;     /* --idle-timeout-ms, default 60000 */
+    uint64_t sse_outbox_bytes;    /* --sse-outbox-bytes, default 1 MiB */
+    uint32_t ping_interval_ms;    /* --ping-interval-ms, default 15000 */
+    uint32_t drain_timeout_ms;    /* --drain-timeout-ms, default 30000 */
+    /* engine */
+    uint32_t threads;             /* --threads, 0 = online CPUs */
+    bool cpu_pinning;             /* --cpu-pinning */
+    uint32_t max_batch;           /* --max-batch, default 32 */
+    uint32_t max_queue;           /* --max-queue, default 256 */
+    uint32_t step_tokens;         /* --step-tokens, default 512 */
+    uint32_t kv_cache_mb;         /* --kv-cache-mb, default 1024 */
+    uint32_t ctx;                 /* --ctx, 0 = the model's training context */
+    uint32_t batch_window_ms;     /* --batch-window-ms, default 0 */
+    enum llorch_dtype dtype;      /* --dtype auto|f32|bf16|int8 */
+    enum llorch_kv_type kv_type;  /* --kv auto|f32|f16|bf16 */
+    /* operations */
+    uint32_t heartbeat_interval_s;   /* --heartbeat-interval, 0 = off (default 30 when a callback URL is set? see config.c) */
+    uint32_t callback_max_retries;   /* --callback-max-retries, default 8 */
+    uint32_t callback_backoff_ms;    /* --callback-backoff-ms, first delay, default 500 */
+    enum config_log_format log_format; /* --log-format json|text */
+    enum config_log_level log_level;   /* --log-level debug|info|warn|error */
+    char config_file[4096];       /* --config FILE */
+};
+
+/* Fills c with defaults. */
+void config_defaults(struct config *c);
+
+/* Parses argv (argv[0] is the program), the environment (envp, NULL-terminated
+ * "K=V" strings) and the --config file. Returns 0, or a negative code with a
+ * message naming the option and the accepted range in err. Sets *exit_now
+ * (and prints to stdout) for --help and --version. */
+int config_parse(struct config *c, int argc, char **argv, char **envp, bool *exit_now, char *err,
+                 size_t errlen);
+
+/* True when the callback URL means "no pool manager" (test mode). */
+bool config_callback_is_test_mode(const struct config *c);
+
+#endif
