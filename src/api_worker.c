@@ -1005,6 +1005,11 @@ LLORCH_API bool api_worker_is_ready(const struct api_worker *a)
     return a->state == API_READY && a->sched;
 }
 
+LLORCH_API struct sched *api_worker_sched(const struct api_worker *a)
+{
+    return a->closing ? NULL : a->sched;
+}
+
 LLORCH_API int api_worker_new(struct api_worker **out, uv_loop_t *loop, struct http_server *srv,
                               const struct api_worker_opts *o)
 {

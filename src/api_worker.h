@@ -66,6 +66,9 @@ void api_worker_set_loading(struct api_worker *a, double progress);
  * api_worker_close). */
 void api_worker_set_ready(struct api_worker *a, struct sched *s);
 bool api_worker_is_ready(const struct api_worker *a);
+/* The scheduler once ready (NULL while loading and after close), for other
+ * API modules that submit to it. */
+struct sched *api_worker_sched(const struct api_worker *a);
 
 /* Graceful drain: stop accepting, refuse new jobs, let running streams end
  * up to timeout_ms, then end the rest with SHUTTING_DOWN. done(ctx) runs
