@@ -338,6 +338,7 @@ struct tokenizer {
     uint32_t n_re;
 
     bool clean_spaces, ignore_merges, add_space_prefix, add_bos, add_eos;
+    bool spm_split; /* no token has "▁" after another character */
     llorch_token bos, eos, eot, eom, unk, sep, pad, mask;
     llorch_token fim_pre, fim_suf, fim_mid, fim_pad, fim_rep, fim_sep;
 
@@ -498,6 +499,9 @@ struct heap {
     size_t n, cap;
 };
 
+/* 4-ary: half the levels of a binary heap and the four children of a node
+ * share a cache line or two, which matters for the 1M-entry queues of long
+ * words. */
 static int heap_push(struct heap *h, struct cand c)
 {
     if (h->n == h->cap) {
@@ -510,7 +514,7 @@ static int heap_push(struct heap *h, struct cand c)
     }
     size_t i = h->n++;
     while (i > 0) {
-        size_t p = (i - 1) / 2;
+        size_t p = (i - 1) / 4;
         if (h->v[p].key <= c.key)
             break;
         h->v[i] = h->v[p];
@@ -526,10 +530,13 @@ static struct cand heap_pop(struct heap *h)
     struct cand last = h->v[--h->n];
     size_t i = 0, n = h->n;
     for (;;) {
-        size_t l = 2 * i + 1;
-        if (l >= n)
+        size_t c0 = 4 * i + 1;
+        if (c0 >= n)
             break;
-        size_t m = (l + 1 < n && h->v[l + 1].key < h->v[l].key) ? l + 1 : l;
+        size_t m = c0, ce = LLORCH_MIN(c0 + 4, n);
+        for (size_t c = c0 + 1; c < ce; c++)
+            if (h->v[c].key < h->v[m].key)
+                m = c;
         if (h->v[m].key >= last.key)
             break;
         h->v[i] = h->v[m];
@@ -565,8 +572,24 @@ struct span {
     llorch_token tok; /* -1 for text */
 };
 
+/* Per-call cache of short words: the ids of a pre-token (BPE) or of a
+ * stretch between "▁" runs (SPM) depend only on its bytes, and prose repeats
+ * words. Only used for long inputs, where it pays for itself. */
+#define WC_SLOTS 4096
+#define WC_KEY 24
+#define WC_IDS 6
+#define WC_MIN_INPUT 4096
+
+struct wc_entry {
+    uint32_t h;
+    uint8_t klen, nids;
+    char key[WC_KEY];
+    llorch_token ids[WC_IDS];
+};
+
 struct enc {
     const struct tokenizer *t;
+    struct wc_entry *wc;
     llorch_token *out;
     size_t cap, n;
     struct sym *sym;
@@ -584,6 +607,37 @@ static inline void emit(struct enc *e, llorch_token id)
     if (e->n < e->cap)
         e->out[e->n] = id;
     e->n++;
+}
+
+/* Emits the cached ids of w and returns true, or returns false with *slot
+ * set for wc_store. */
+static bool wc_lookup(struct enc *e, const char *w, size_t len, struct wc_entry **slot)
+{
+    *slot = NULL;
+    if (!e->wc || len > WC_KEY || len == 0)
+        return false;
+    uint32_t h = (uint32_t)hash_bytes(w, len);
+    struct wc_entry *we = &e->wc[h & (WC_SLOTS - 1)];
+    if (we->klen == len && we->h == h && !memcmp(we->key, w, len)) {
+        for (uint32_t i = 0; i < we->nids; i++)
+            emit(e, we->ids[i]);
+        return true;
+    }
+    we->klen = 0; /* invalid until stored */
+    we->h = h;
+    *slot = we;
+    return false;
+}
+
+static void wc_store(struct enc *e, struct wc_entry *we, const char *w, size_t len, size_t n0)
+{
+    size_t k = e->n - n0;
+    if (!we || k > WC_IDS || e->n > e->cap)
+        return;
+    memcpy(we->key, w, len);
+    memcpy(we->ids, e->out + n0, k * sizeof(llorch_token));
+    we->nids = (uint8_t)k;
+    we->klen = (uint8_t)len;
 }
 
 static int grow(void **p, size_t *cap, size_t need, size_t elem)
@@ -630,40 +684,36 @@ static int spm_try_bigram(struct enc *e, int32_t l, int32_t r)
     return heap_push(&e->heap, c);
 }
 
-static int spm_encode(struct enc *e, const char *text, size_t len, bool space_prefix)
+static int spm_segment_merge(struct enc *e, size_t b0, size_t b1);
+
+/* One independent stretch buf[b0, b1) of the escaped text, through the word
+ * cache. */
+static int spm_segment(struct enc *e, size_t b0, size_t b1)
+{
+    struct wc_entry *we;
+    if (wc_lookup(e, e->buf + b0, b1 - b0, &we))
+        return 0;
+    size_t n0 = e->n;
+    int rc = spm_segment_merge(e, b0, b1);
+    if (!rc)
+        wc_store(e, we, e->buf + b0, b1 - b0, n0);
+    return rc;
+}
+
+/* llama.cpp's SPM merge loop over buf[b0, b1). */
+static int spm_segment_merge(struct enc *e, size_t b0, size_t b1)
 {
     const struct tokenizer *t = e->t;
-    /* "▁" for every space, one more in front when asked. */
-    size_t need = 3 * (len + 1);
-    int rc = grow((void **)&e->buf, &e->buf_cap, need, 1);
-    if (rc)
-        return rc;
-    size_t bl = 0;
-    if (space_prefix) {
-        memcpy(e->buf, "\xE2\x96\x81", 3);
-        bl = 3;
-    }
-    for (size_t i = 0; i < len; i++) {
-        if (text[i] == ' ') {
-            memcpy(e->buf + bl, "\xE2\x96\x81", 3);
-            bl += 3;
-        } else {
-            e->buf[bl++] = text[i];
-        }
-    }
-    if (bl == 0)
-        return 0;
-    if ((rc = grow((void **)&e->sym, &e->sym_cap, bl, sizeof(struct sym))))
-        return rc;
-    if (bl > (size_t)INT32_MAX)
-        return LLORCH_ETOOBIG;
+    int rc;
     int32_t ns = 0;
-    for (size_t o = 0; o < bl;) {
-        size_t n = LLORCH_MIN(utf8_len_lead((unsigned char)e->buf[o]), bl - o);
-        e->sym[ns] = (struct sym){-1, (uint32_t)o, (uint32_t)n, ns - 1, o + n == bl ? -1 : ns + 1};
+    for (size_t o = b0; o < b1;) {
+        size_t n = LLORCH_MIN(utf8_len_lead((unsigned char)e->buf[o]), b1 - o);
+        e->sym[ns] = (struct sym){-1, (uint32_t)o, (uint32_t)n, ns - 1, o + n == b1 ? -1 : ns + 1};
         o += n;
         ns++;
     }
+    if (ns == 0)
+        return 0;
     e->heap.n = 0;
     for (int32_t i = 1; i < ns; i++)
         if ((rc = spm_try_bigram(e, i - 1, i)))
@@ -702,6 +752,57 @@ static int spm_encode(struct enc *e, const char *text, size_t len, bool space_pr
     return 0;
 }
 
+static inline bool is_lower_block(const char *p)
+{
+    return p[0] == '\xE2' && p[1] == '\x96' && p[2] == '\x81';
+}
+
+static int spm_encode(struct enc *e, const char *text, size_t len, bool space_prefix)
+{
+    const struct tokenizer *t = e->t;
+    /* "▁" for every space, one more in front when asked. */
+    size_t need = 3 * (len + 1);
+    int rc = grow((void **)&e->buf, &e->buf_cap, need, 1);
+    if (rc)
+        return rc;
+    size_t bl = 0;
+    if (space_prefix) {
+        memcpy(e->buf, "\xE2\x96\x81", 3);
+        bl = 3;
+    }
+    for (size_t i = 0; i < len; i++) {
+        if (text[i] == ' ') {
+            memcpy(e->buf + bl, "\xE2\x96\x81", 3);
+            bl += 3;
+        } else {
+            e->buf[bl++] = text[i];
+        }
+    }
+    if (bl == 0)
+        return 0;
+    if (bl > (size_t)INT32_MAX)
+        return LLORCH_ETOOBIG;
+    if ((rc = grow((void **)&e->sym, &e->sym_cap, bl, sizeof(struct sym))))
+        return rc;
+    if (!t->spm_split)
+        return spm_segment(e, 0, bl);
+    /* No token has "▁" after another character (checked at load), so no
+     * merge crosses the start of a "▁" run and each stretch from one run to
+     * the next merges alone, in the same relative order as in one queue. */
+    size_t s0 = 0;
+    for (size_t o = 0; o < bl;) {
+        size_t n = utf8_len_lead((unsigned char)e->buf[o]);
+        if (o > s0 && o + 3 <= bl && is_lower_block(e->buf + o) &&
+            !(o >= 3 && is_lower_block(e->buf + o - 3))) {
+            if ((rc = spm_segment(e, s0, o)))
+                return rc;
+            s0 = o;
+        }
+        o += n;
+    }
+    return spm_segment(e, s0, bl);
+}
+
 /* ---------------------------------------------------------------------- */
 /* BPE: llama.cpp's llm_tokenizer_bpe_session, over one pre-token. */
 
@@ -738,7 +839,21 @@ static int32_t merge_result(const struct tokenizer *t, int32_t a, int32_t b)
     }
 }
 
+static int bpe_word_merge(struct enc *e, const char *w, size_t len);
+
 static int bpe_word(struct enc *e, const char *w, size_t len)
+{
+    struct wc_entry *we;
+    if (wc_lookup(e, w, len, &we))
+        return 0;
+    size_t n0 = e->n;
+    int rc = bpe_word_merge(e, w, len);
+    if (!rc)
+        wc_store(e, we, w, len, n0);
+    return rc;
+}
+
+static int bpe_word_merge(struct enc *e, const char *w, size_t len)
 {
     const struct tokenizer *t = e->t;
     if (len == 0)
@@ -816,12 +931,23 @@ static int re_match(const struct tokenizer *t, uint32_t k, const char *s, size_t
     return pcre2_match(t->re[k], (PCRE2_SPTR)s, len, start, PCRE2_NO_UTF_CHECK, md, NULL);
 }
 
+/* A piece of the pre-tokenizer's output: kept for the next regex, or
+ * encoded at once after the last one. */
+static int piece_out(struct enc *e, bool last, const char *text, size_t off, size_t len,
+                     struct span **out, size_t *n, size_t *cap)
+{
+    if (last)
+        return bpe_word(e, text + off, len);
+    return span_push(out, n, cap, off, len, -1);
+}
+
 /* Splits text[off, off+len) with regex k into matches and the gaps between
- * them (as llama.cpp's std::regex fallback does), appending to out. */
+ * them (as llama.cpp's std::regex fallback does). */
 static int re_split(struct enc *e, uint32_t k, const char *text, size_t off, size_t len,
                     struct span **out, size_t *n, size_t *cap)
 {
     const char *s = text + off;
+    bool last = k + 1 == e->t->n_re;
     size_t pos = 0;
     int rc;
     while (pos < len) {
@@ -834,23 +960,15 @@ static int re_split(struct enc *e, uint32_t k, const char *text, size_t off, siz
         size_t ms = ov[0], me = ov[1];
         if (ms < pos || me < ms || me > len)
             return LLORCH_EINTERNAL;
-        if (me == ms) {
-            /* Empty match (no llama.cpp regex has one): step one character. */
+        if (me == ms) /* empty match (no llama.cpp regex has one): one character */
             me = ms + LLORCH_MIN(utf8_len_lead((unsigned char)s[ms]), len - ms);
-            if (ms > pos && (rc = span_push(out, n, cap, off + pos, ms - pos, -1)))
-                return rc;
-            if ((rc = span_push(out, n, cap, off + ms, me - ms, -1)))
-                return rc;
-            pos = me;
-            continue;
-        }
-        if (ms > pos && (rc = span_push(out, n, cap, off + pos, ms - pos, -1)))
+        if (ms > pos && (rc = piece_out(e, last, text, off + pos, ms - pos, out, n, cap)))
             return rc;
-        if ((rc = span_push(out, n, cap, off + ms, me - ms, -1)))
+        if ((rc = piece_out(e, last, text, off + ms, me - ms, out, n, cap)))
             return rc;
         pos = me;
     }
-    if (pos < len && (rc = span_push(out, n, cap, off + pos, len - pos, -1)))
+    if (pos < len && (rc = piece_out(e, last, text, off + pos, len - pos, out, n, cap)))
         return rc;
     return 0;
 }
@@ -859,6 +977,10 @@ static int bpe_encode(struct enc *e, const char *text, size_t len)
 {
     const struct tokenizer *t = e->t;
     int rc;
+    if (t->n_re == 0)
+        return bpe_word(e, text, len);
+    if (t->n_re == 1)
+        return re_split(e, 0, text, 0, len, NULL, NULL, NULL);
     e->w_n = 0;
     if ((rc = span_push(&e->w, &e->w_n, &e->w_cap, 0, len, -1)))
         return rc;
@@ -876,9 +998,6 @@ static int bpe_encode(struct enc *e, const char *text, size_t len)
         e->w2_cap = tc;
         e->w_n = e->w2_n;
     }
-    for (size_t i = 0; i < e->w_n; i++)
-        if ((rc = bpe_word(e, text + e->w[i].off, e->w[i].len)))
-            return rc;
     return 0;
 }
 
@@ -968,6 +1087,13 @@ LLORCH_API int tokenizer_encode(const struct tokenizer *t, const char *text, siz
     size_t nf = 0, capf = 0;
     int rc = 0;
 
+    if (len >= WC_MIN_INPUT) {
+        e.wc = calloc(WC_SLOTS, sizeof(*e.wc));
+        if (!e.wc) {
+            rc = LLORCH_ENOMEM;
+            goto done;
+        }
+    }
     if (t->kind == TOKENIZER_BPE && t->n_re) {
         e.md = pcre2_match_data_create(2, NULL);
         if (!e.md) {
@@ -1001,6 +1127,7 @@ LLORCH_API int tokenizer_encode(const struct tokenizer *t, const char *text, siz
         rc = LLORCH_ETOOBIG;
 done:
     free(frags);
+    free(e.wc);
     free(e.sym);
     free(e.heap.v);
     free(e.buf);
@@ -1746,6 +1873,16 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
                 id = strtab_find(&t->st, &c, 1);
             }
             t->byte_tok[b] = (id >= 0 && (uint32_t)id < nv) ? id : -1;
+        }
+        t->spm_split = true;
+        for (uint32_t i = 0; i < nv && t->spm_split; i++) {
+            const char *s = t->st.blob + t->st.off[i];
+            size_t n = t->st.len[i], k = 0;
+            while (k + 3 <= n && is_lower_block(s + k))
+                k += 3;
+            for (; k + 3 <= n; k++)
+                if (is_lower_block(s + k))
+                    t->spm_split = false;
         }
     }
 
