@@ -1072,9 +1072,9 @@ static int partition(struct enc *e, const char *text, size_t len, bool parse_spe
     return 0;
 }
 
-LLORCH_API int tokenizer_encode(const struct tokenizer *t, const char *text, size_t len,
-                                bool add_bos, bool parse_special, llorch_token *out, size_t cap,
-                                size_t *n_out, size_t *bad_offset)
+static int encode(const struct tokenizer *t, const char *text, size_t len, bool add_bos,
+                  bool parse_special, llorch_token *out, size_t cap, size_t *n_out,
+                  size_t *bad_offset, bool use_cache)
 {
     if (!t || (!text && len) || (!out && cap) || !n_out)
         return LLORCH_EINVAL;
@@ -1087,7 +1087,7 @@ LLORCH_API int tokenizer_encode(const struct tokenizer *t, const char *text, siz
     size_t nf = 0, capf = 0;
     int rc = 0;
 
-    if (len >= WC_MIN_INPUT) {
+    if (use_cache && len >= WC_MIN_INPUT) {
         e.wc = calloc(WC_SLOTS, sizeof(*e.wc));
         if (!e.wc) {
             rc = LLORCH_ENOMEM;
@@ -1137,6 +1137,20 @@ done:
     return rc;
 }
 
+LLORCH_API int tokenizer_encode(const struct tokenizer *t, const char *text, size_t len,
+                                bool add_bos, bool parse_special, llorch_token *out, size_t cap,
+                                size_t *n_out, size_t *bad_offset)
+{
+    return encode(t, text, len, add_bos, parse_special, out, cap, n_out, bad_offset, true);
+}
+
+LLORCH_API int tokenizer_encode_nocache(const struct tokenizer *t, const char *text, size_t len,
+                                        bool add_bos, bool parse_special, llorch_token *out,
+                                        size_t cap, size_t *n_out, size_t *bad_offset)
+{
+    return encode(t, text, len, add_bos, parse_special, out, cap, n_out, bad_offset, false);
+}
+
 /* ---------------------------------------------------------------------- */
 /* Decoding */
 
@@ -1152,6 +1166,18 @@ LLORCH_API int tokenizer_token_bytes(const struct tokenizer *t, llorch_token id,
     if (n)
         memcpy(buf, t->pieces + t->piece_off[id], n);
     return (int)n;
+}
+
+LLORCH_API const char *tokenizer_token_piece(const struct tokenizer *t, llorch_token id,
+                                             bool render_special, size_t *len)
+{
+    if (!t || id < 0 || (uint32_t)id >= t->n_vocab)
+        return NULL;
+    unsigned a = t->attr[id];
+    *len = (!render_special && (a & (TOKENIZER_ATTR_UNKNOWN | TOKENIZER_ATTR_CONTROL)))
+               ? 0
+               : t->piece_len[id];
+    return t->pieces + t->piece_off[id];
 }
 
 /* HF's clean_up_tokenization_spaces as llama.cpp applies it, in place. */

@@ -34,10 +34,18 @@ bool tokenizer_is_control(const struct tokenizer *t, llorch_token id);
  * offset of the first bad byte in *bad_offset if non-NULL). Writes at most cap
  * ids; *n_out is always the full count, and LLORCH_ETOOBIG is returned when it
  * exceeds cap. add_bos follows the caller (use tokenizer_adds_bos() for the
- * vocabulary's default); parse_special lets CONTROL tokens be matched in text. */
+ * vocabulary's default, which gives llama_tokenize(add_special=true)); EOS is
+ * never appended. parse_special lets CONTROL tokens be matched in text;
+ * USER_DEFINED tokens are always split out, as llama.cpp does. */
 int tokenizer_encode(const struct tokenizer *t, const char *text, size_t len, bool add_bos,
                      bool parse_special, llorch_token *out, size_t cap, size_t *n_out,
                      size_t *bad_offset);
+
+/* tokenizer_encode without the per-call word cache it uses on long inputs
+ * (same ids; tests compare the two paths). */
+int tokenizer_encode_nocache(const struct tokenizer *t, const char *text, size_t len, bool add_bos,
+                             bool parse_special, llorch_token *out, size_t cap, size_t *n_out,
+                             size_t *bad_offset);
 
 /* The raw bytes one token stands for when detokenised (byte-level BPE
  * decoded, "▁" as space, <0xNN> as the byte). Control tokens give their text
@@ -45,6 +53,12 @@ int tokenizer_encode(const struct tokenizer *t, const char *text, size_t len, bo
  * (truncated to cap) or a negative code for an id out of range. */
 int tokenizer_token_bytes(const struct tokenizer *t, llorch_token id, bool render_special,
                           char *buf, size_t cap);
+
+/* The same bytes without copying: a pointer into the tokenizer (valid until
+ * tokenizer_free), or NULL for an id out of range. *len gets the length (0
+ * for control tokens unless render_special). */
+const char *tokenizer_token_piece(const struct tokenizer *t, llorch_token id, bool render_special,
+                                  size_t *len);
 
 /* Detokenises a whole list as llama_detokenize(remove_special=false,
  * unparse_special=false) does, clean_spaces included. Same length contract as
