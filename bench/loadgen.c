@@ -870,7 +870,7 @@ static int lg_report_csv(const struct lg *lg, double elapsed)
     if (fstat(fileno(f), &sb) == 0 && sb.st_size == 0)
         fprintf(f, "label,url,mode,concurrency,rate,idle_streams,max_tokens,"
                    "prompt_tokens_approx,elapsed_s,sent,ok,errors,malformed,cut,"
-                   "dropped_arrivals,req_per_s,out_tok_per_s,ttft_p50_ms,ttft_p90_ms,"
+                   "dropped_arrivals,out_tokens,req_per_s,out_tok_per_s,ttft_p50_ms,ttft_p90_ms,"
                    "ttft_p99_ms,itl_p50_ms,itl_p90_ms,itl_p99_ms,errors_by_code,"
                    "idle_opened,idle_open_at_end,idle_errors,idle_malformed\n");
     const struct lg_tally *t = &lg->load;
@@ -880,11 +880,11 @@ static int lg_report_csv(const struct lg *lg, double elapsed)
     fputc(',', f);
     lg_csv_field(f, lg->target);
     fprintf(f, ",%s,%u,%.3f,%u,%u,%u,%.3f,%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64
-               ",%" PRIu64 ",%" PRIu64 ",%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,",
+               ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,",
             lg->o.rate > 0 ? "open" : "closed", lg->o.concurrency, lg->o.rate,
             lg->o.idle_streams, lg->o.max_tokens, lg->o.prompt_tokens_approx, elapsed,
             t->started, t->ok, t->errors, t->malformed, t->aborted, lg->arrivals_dropped,
-            elapsed > 0 ? (double)t->ok / elapsed : 0.0,
+            t->out_tokens, elapsed > 0 ? (double)t->ok / elapsed : 0.0,
             elapsed > 0 ? (double)t->out_tokens / elapsed : 0.0, lg_samples_pct_ms(&lg->ttft, 50),
             lg_samples_pct_ms(&lg->ttft, 90), lg_samples_pct_ms(&lg->ttft, 99),
             lg_samples_pct_ms(&lg->itl, 50), lg_samples_pct_ms(&lg->itl, 90),
