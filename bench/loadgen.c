@@ -118,7 +118,7 @@ struct lg_stream {
     uint64_t tokens_out;
     /* SSE parser: one line at a time, then the frame's fields. */
     char *line;
-    size_t line_len;
+    size_t line_len, line_cap;
     bool pending_cr;
     char event[32];
     bool have_event;
@@ -446,9 +446,20 @@ static void lg_sse_feed(struct lg_stream *st, const char *p, size_t n, double no
             st->line_len = 0;
             continue;
         }
-        if (st->line_len == LG_LINE_MAX) {
-            lg_stream_malformed(st, "line over 64 KiB%s", NULL);
-            return;
+        if (st->line_len == st->line_cap) {
+            /* Grown on demand: thousands of idle streams must stay small. */
+            if (st->line_cap == LG_LINE_MAX) {
+                lg_stream_malformed(st, "line over 64 KiB%s", NULL);
+                return;
+            }
+            size_t cap = st->line_cap ? st->line_cap * 2 : 256;
+            char *nl = realloc(st->line, cap);
+            if (!nl) {
+                lg_stream_malformed(st, "out of memory%s", NULL);
+                return;
+            }
+            st->line = nl;
+            st->line_cap = cap;
         }
         st->line[st->line_len++] = c;
     }
@@ -601,8 +612,7 @@ static int lg_stream_start(struct lg *lg, bool idle)
     st->last_i = -1;
     snprintf(st->job_id, sizeof st->job_id, "lg-%ld-%s%" PRIu64, (long)getpid(),
              idle ? "idle-" : "", st->index);
-    st->line = malloc(LG_LINE_MAX);
-    st->body = st->line ? lg_body_make(lg, st) : NULL;
+    st->body = lg_body_make(lg, st);
     st->easy = st->body ? curl_easy_init() : NULL;
     if (!st->easy) {
         lg_stream_free(st);
