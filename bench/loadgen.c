@@ -27,17 +27,17 @@
 #include <time.h>
 #include <unistd.h>
 
-#define LG_MAX_REQUESTS 10000000ULL   /* hard cap on --requests */
-#define LG_MAX_DURATION_S 86400.0     /* hard cap on --duration */
-#define LG_MAX_DRAIN_S 600.0          /* hard cap on --drain-timeout */
-#define LG_MAX_IDLE 100000u           /* hard cap on --idle-streams */
-#define LG_MAX_INFLIGHT 100000u       /* hard cap on --concurrency / --max-inflight */
-#define LG_LINE_MAX (64u * 1024u)     /* one SSE line; longer is malformed */
-#define LG_FRAME_MAX (1024u * 1024u)  /* one SSE frame's data; larger is malformed */
+#define LG_MAX_REQUESTS 10000000ULL          /* hard cap on --requests */
+#define LG_MAX_DURATION_S 86400.0            /* hard cap on --duration */
+#define LG_MAX_DRAIN_S 600.0                 /* hard cap on --drain-timeout */
+#define LG_MAX_IDLE 100000u                  /* hard cap on --idle-streams */
+#define LG_MAX_INFLIGHT 100000u              /* hard cap on --concurrency / --max-inflight */
+#define LG_LINE_MAX (64u * 1024u)            /* one SSE line; longer is malformed */
+#define LG_FRAME_MAX (1024u * 1024u)         /* one SSE frame's data; larger is malformed */
 #define LG_SAMPLES_MAX (16u * 1024u * 1024u) /* latency samples kept per kind */
-#define LG_ERR_KINDS 64               /* distinct error codes tallied by name */
-#define LG_PROMPTS_MAX 1000000u       /* lines read from --prompt-file */
-#define LG_PROMPT_CHARS_MAX 32768u    /* the contract's prompt limit */
+#define LG_ERR_KINDS 64                      /* distinct error codes tallied by name */
+#define LG_PROMPTS_MAX 1000000u              /* lines read from --prompt-file */
+#define LG_PROMPT_CHARS_MAX 32768u           /* the contract's prompt limit */
 
 struct lg_opts {
     const char *url;
@@ -524,9 +524,9 @@ static void lg_stream_free(struct lg_stream *st)
 static char *lg_prompt_synth(uint32_t n, uint64_t seed)
 {
     static const char *const words[] = {
-        "the", "of",  "and", "to",  "in",   "a",    "is",   "that", "for", "it",
-        "as",  "was", "with", "be", "by",   "on",   "not",  "he",   "this", "are",
-        "or",  "his", "from", "at", "which", "but", "have", "an",   "had", "they",
+        "the", "of",  "and",  "to", "in",    "a",   "is",   "that", "for",  "it",
+        "as",  "was", "with", "be", "by",    "on",  "not",  "he",   "this", "are",
+        "or",  "his", "from", "at", "which", "but", "have", "an",   "had",  "they",
     };
     size_t nw = sizeof words / sizeof words[0];
     size_t cap = (size_t)n * 7 + 1;
@@ -563,11 +563,10 @@ static char *lg_body_make(struct lg *lg, struct lg_stream *st)
     } else {
         prompt = lg->prompts[st->index % lg->n_prompts];
     }
-    json_t *j = json_pack("{s:s, s:s, s:i, s:f, s:I}", "job_id", st->job_id, "prompt", prompt,
-                          "max_tokens", (int)(st->idle ? lg->o.idle_max_tokens
-                                                       : lg->o.max_tokens),
-                          "temperature", lg->o.temperature, "seed",
-                          (json_int_t)(lg->o.seed + st->index));
+    json_t *j =
+        json_pack("{s:s, s:s, s:i, s:f, s:I}", "job_id", st->job_id, "prompt", prompt, "max_tokens",
+                  (int)(st->idle ? lg->o.idle_max_tokens : lg->o.max_tokens), "temperature",
+                  lg->o.temperature, "seed", (json_int_t)(lg->o.seed + st->index));
     free(synth);
     if (!j)
         return NULL;
@@ -682,7 +681,7 @@ static void lg_stream_finish(struct lg *lg, struct lg_stream *st, CURLcode res, 
     } else if (res != CURLE_OK && st->http_status == 0) {
         char code[48];
         snprintf(code, sizeof code, "%s",
-                 res == CURLE_COULDNT_CONNECT     ? "CONNECT_FAILED"
+                 res == CURLE_COULDNT_CONNECT      ? "CONNECT_FAILED"
                  : res == CURLE_OPERATION_TIMEDOUT ? "CONNECT_TIMEOUT"
                                                    : "TRANSPORT");
         lg_tally_error(t, code);
@@ -709,8 +708,7 @@ static void lg_stream_finish(struct lg *lg, struct lg_stream *st, CURLcode res, 
         lg->idle_inflight--;
         if (!st->saw_end || st->malformed)
             lg->idle_target--; /* replacing failures would hammer a broken server */
-    }
-    else {
+    } else {
         lg->inflight--;
         lg->t_last_done = lg_now();
     }
@@ -784,8 +782,8 @@ static void lg_run(struct lg *lg)
         double now = lg_now();
         if (!lg->stopping) {
             bool all_issued = lg->issued >= lg->o.requests;
-            if (now >= lg->t_deadline || (all_issued && lg->inflight == 0 &&
-                                          (lg->o.concurrency > 0 || lg->o.rate > 0))) {
+            if (now >= lg->t_deadline ||
+                (all_issued && lg->inflight == 0 && (lg->o.concurrency > 0 || lg->o.rate > 0))) {
                 lg->stopping = true;
                 lg->t_drain_end = now + lg->o.drain_s;
                 lg_cut_all(lg, true); /* idle streams only accompany the load */
@@ -889,12 +887,13 @@ static int lg_report_csv(const struct lg *lg, double elapsed)
     lg_csv_field(f, lg->o.label ? lg->o.label : "");
     fputc(',', f);
     lg_csv_field(f, lg->target);
-    fprintf(f, ",%s,%u,%.3f,%u,%u,%u,%.3f,%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64
-               ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,",
-            lg->o.rate > 0 ? "open" : "closed", lg->o.concurrency, lg->o.rate,
-            lg->o.idle_streams, lg->o.max_tokens, lg->o.prompt_tokens_approx, elapsed,
-            t->started, t->ok, t->errors, t->malformed, t->aborted, lg->arrivals_dropped,
-            t->out_tokens, elapsed > 0 ? (double)t->ok / elapsed : 0.0,
+    fprintf(f,
+            ",%s,%u,%.3f,%u,%u,%u,%.3f,%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64
+            ",%" PRIu64 ",%" PRIu64 ",%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,",
+            lg->o.rate > 0 ? "open" : "closed", lg->o.concurrency, lg->o.rate, lg->o.idle_streams,
+            lg->o.max_tokens, lg->o.prompt_tokens_approx, elapsed, t->started, t->ok, t->errors,
+            t->malformed, t->aborted, lg->arrivals_dropped, t->out_tokens,
+            elapsed > 0 ? (double)t->ok / elapsed : 0.0,
             elapsed > 0 ? (double)t->out_tokens / elapsed : 0.0, lg_samples_pct_ms(&lg->ttft, 50),
             lg_samples_pct_ms(&lg->ttft, 90), lg_samples_pct_ms(&lg->ttft, 99),
             lg_samples_pct_ms(&lg->itl, 50), lg_samples_pct_ms(&lg->itl, 90),
@@ -929,8 +928,7 @@ static bool lg_host_is_loopback(const char *host)
     if (inet_pton(AF_INET, h, &a4) == 1)
         return (ntohl(a4.s_addr) >> 24) == 127;
     if (inet_pton(AF_INET6, h, &a6) == 1)
-        return IN6_IS_ADDR_LOOPBACK(&a6) ||
-               (IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127);
+        return IN6_IS_ADDR_LOOPBACK(&a6) || (IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127);
     return false;
 }
 
@@ -1037,7 +1035,8 @@ static int lg_prompts_load(struct lg *lg)
 
 static void lg_usage(FILE *f)
 {
-    fprintf(f,
+    fprintf(
+        f,
         "usage: loadgen --url http://127.0.0.1:PORT [options]\n"
         "Streams POST /execute (or the path in --url) and checks every SSE frame.\n"
         "  --url URL                 target; loopback only unless --allow-remote\n"
@@ -1094,10 +1093,29 @@ static int lg_parse_double(const char *s, double lo, double hi, double *out)
 }
 
 enum {
-    OPT_URL = 256, OPT_ALLOW_REMOTE, OPT_PROMPT, OPT_PROMPT_FILE, OPT_PROMPT_TOKENS,
-    OPT_MAX_TOKENS, OPT_TEMPERATURE, OPT_SEED, OPT_CONCURRENCY, OPT_RATE, OPT_MAX_INFLIGHT,
-    OPT_REQUESTS, OPT_DURATION, OPT_DRAIN, OPT_IDLE, OPT_IDLE_MAX_TOKENS, OPT_IDLE_BPS,
-    OPT_CONNECT_TIMEOUT, OPT_CSV, OPT_LABEL, OPT_FAIL_ON_ERROR, OPT_QUIET, OPT_HELP,
+    OPT_URL = 256,
+    OPT_ALLOW_REMOTE,
+    OPT_PROMPT,
+    OPT_PROMPT_FILE,
+    OPT_PROMPT_TOKENS,
+    OPT_MAX_TOKENS,
+    OPT_TEMPERATURE,
+    OPT_SEED,
+    OPT_CONCURRENCY,
+    OPT_RATE,
+    OPT_MAX_INFLIGHT,
+    OPT_REQUESTS,
+    OPT_DURATION,
+    OPT_DRAIN,
+    OPT_IDLE,
+    OPT_IDLE_MAX_TOKENS,
+    OPT_IDLE_BPS,
+    OPT_CONNECT_TIMEOUT,
+    OPT_CSV,
+    OPT_LABEL,
+    OPT_FAIL_ON_ERROR,
+    OPT_QUIET,
+    OPT_HELP,
 };
 
 static int lg_opts_parse(struct lg_opts *o, int argc, char **argv)
@@ -1129,19 +1147,35 @@ static int lg_opts_parse(struct lg_opts *o, int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     *o = (struct lg_opts){
-        .max_tokens = 32, .temperature = 1.0, .seed = 42, .concurrency = 1,
-        .max_inflight = 4096, .requests = 1000, .duration_s = 30, .drain_s = 10,
-        .idle_max_tokens = 2048, .idle_read_bps = 64, .connect_timeout_s = 5,
+        .max_tokens = 32,
+        .temperature = 1.0,
+        .seed = 42,
+        .concurrency = 1,
+        .max_inflight = 4096,
+        .requests = 1000,
+        .duration_s = 30,
+        .drain_s = 10,
+        .idle_max_tokens = 2048,
+        .idle_read_bps = 64,
+        .connect_timeout_s = 5,
     };
     int c;
     uint64_t u;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         int bad = 0;
         switch (c) {
-        case OPT_URL: o->url = optarg; break;
-        case OPT_ALLOW_REMOTE: o->allow_remote = true; break;
-        case OPT_PROMPT: o->prompt = optarg; break;
-        case OPT_PROMPT_FILE: o->prompt_file = optarg; break;
+        case OPT_URL:
+            o->url = optarg;
+            break;
+        case OPT_ALLOW_REMOTE:
+            o->allow_remote = true;
+            break;
+        case OPT_PROMPT:
+            o->prompt = optarg;
+            break;
+        case OPT_PROMPT_FILE:
+            o->prompt_file = optarg;
+            break;
         case OPT_PROMPT_TOKENS:
             bad = lg_parse_u64(optarg, 1, LG_PROMPT_CHARS_MAX / 4, &u);
             o->prompt_tokens_approx = (uint32_t)u;
@@ -1150,23 +1184,33 @@ static int lg_opts_parse(struct lg_opts *o, int argc, char **argv)
             bad = lg_parse_u64(optarg, 1, 2048, &u);
             o->max_tokens = (uint32_t)u;
             break;
-        case OPT_TEMPERATURE: bad = lg_parse_double(optarg, 0.0, 2.0, &o->temperature); break;
-        case OPT_SEED: bad = lg_parse_u64(optarg, 0, UINT64_MAX / 2, &o->seed); break;
+        case OPT_TEMPERATURE:
+            bad = lg_parse_double(optarg, 0.0, 2.0, &o->temperature);
+            break;
+        case OPT_SEED:
+            bad = lg_parse_u64(optarg, 0, (uint64_t)INT64_MAX - LG_MAX_REQUESTS, &o->seed);
+            break;
         case OPT_CONCURRENCY:
             bad = lg_parse_u64(optarg, 0, LG_MAX_INFLIGHT, &u);
             o->concurrency = (uint32_t)u;
             o->concurrency_set = true;
             break;
-        case OPT_RATE: bad = lg_parse_double(optarg, 0.001, 1e6, &o->rate); break;
+        case OPT_RATE:
+            bad = lg_parse_double(optarg, 0.001, 1e6, &o->rate);
+            break;
         case OPT_MAX_INFLIGHT:
             bad = lg_parse_u64(optarg, 1, LG_MAX_INFLIGHT, &u);
             o->max_inflight = (uint32_t)u;
             break;
-        case OPT_REQUESTS: bad = lg_parse_u64(optarg, 1, LG_MAX_REQUESTS, &o->requests); break;
+        case OPT_REQUESTS:
+            bad = lg_parse_u64(optarg, 1, LG_MAX_REQUESTS, &o->requests);
+            break;
         case OPT_DURATION:
             bad = lg_parse_double(optarg, 0.001, LG_MAX_DURATION_S, &o->duration_s);
             break;
-        case OPT_DRAIN: bad = lg_parse_double(optarg, 0.0, LG_MAX_DRAIN_S, &o->drain_s); break;
+        case OPT_DRAIN:
+            bad = lg_parse_double(optarg, 0.0, LG_MAX_DRAIN_S, &o->drain_s);
+            break;
         case OPT_IDLE:
             bad = lg_parse_u64(optarg, 0, LG_MAX_IDLE, &u);
             o->idle_streams = (uint32_t)u;
@@ -1182,12 +1226,24 @@ static int lg_opts_parse(struct lg_opts *o, int argc, char **argv)
         case OPT_CONNECT_TIMEOUT:
             bad = lg_parse_double(optarg, 0.001, 600, &o->connect_timeout_s);
             break;
-        case OPT_CSV: o->csv = optarg; break;
-        case OPT_LABEL: o->label = optarg; break;
-        case OPT_FAIL_ON_ERROR: o->fail_on_error = true; break;
-        case OPT_QUIET: o->quiet = true; break;
-        case OPT_HELP: lg_usage(stdout); exit(0);
-        default: lg_usage(stderr); return -1;
+        case OPT_CSV:
+            o->csv = optarg;
+            break;
+        case OPT_LABEL:
+            o->label = optarg;
+            break;
+        case OPT_FAIL_ON_ERROR:
+            o->fail_on_error = true;
+            break;
+        case OPT_QUIET:
+            o->quiet = true;
+            break;
+        case OPT_HELP:
+            lg_usage(stdout);
+            exit(0);
+        default:
+            lg_usage(stderr);
+            return -1;
         }
         if (bad) {
             fprintf(stderr, "loadgen: bad value for %s: %s\n", argv[optind - 1], optarg);
