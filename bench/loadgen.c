@@ -1161,7 +1161,8 @@ static int lg_opts_parse(struct lg_opts *o, int argc, char **argv)
     };
     int c;
     uint64_t u;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+    int li = 0;
+    while ((c = getopt_long(argc, argv, "", longopts, &li)) != -1) {
         int bad = 0;
         switch (c) {
         case OPT_URL:
@@ -1246,7 +1247,7 @@ static int lg_opts_parse(struct lg_opts *o, int argc, char **argv)
             return -1;
         }
         if (bad) {
-            fprintf(stderr, "loadgen: bad value for %s: %s\n", argv[optind - 1], optarg);
+            fprintf(stderr, "loadgen: bad value for --%s: %s\n", longopts[li].name, optarg);
             return -1;
         }
     }
