@@ -46,9 +46,11 @@ struct config {
     enum llorch_dtype dtype;      /* --dtype auto|f32|bf16|int8 */
     enum llorch_kv_type kv_type;  /* --kv auto|f32|f16|bf16 */
     /* operations */
-    uint32_t heartbeat_interval_s;   /* --heartbeat-interval, 0 = off (default 30 when a callback URL is set? see config.c) */
+    uint32_t heartbeat_interval_s;   /* --heartbeat-interval, 0 = off, default 30; sent only
+                                      * when a (non-test-mode) callback URL is set */
     uint32_t callback_max_retries;   /* --callback-max-retries, default 8 */
     uint32_t callback_backoff_ms;    /* --callback-backoff-ms, first delay, default 500 */
+    uint32_t callback_backoff_max_ms; /* --callback-backoff-max-ms, delay cap, default 30000 */
     enum config_log_format log_format; /* --log-format json|text */
     enum config_log_level log_level;   /* --log-level debug|info|warn|error */
     char config_file[4096];       /* --config FILE */
@@ -60,7 +62,9 @@ void config_defaults(struct config *c);
 /* Parses argv (argv[0] is the program), the environment (envp, NULL-terminated
  * "K=V" strings) and the --config file. Returns 0, or a negative code with a
  * message naming the option and the accepted range in err. Sets *exit_now
- * (and prints to stdout) for --help and --version. */
+ * (and prints to stdout) for --help and --version. Fills derived fields:
+ * worker_id (hostname) and model_ref (the model's file name) when not given,
+ * api_key from api_key_file. Does not require --model: the daemon checks. */
 int config_parse(struct config *c, int argc, char **argv, char **envp, bool *exit_now, char *err,
                  size_t errlen);
 

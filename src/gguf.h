@@ -55,9 +55,10 @@ struct gguf_str {
 };
 
 /* An array value. For scalar element types `data` points at `count` packed
- * little-endian elements inside the mapping; for strings use
- * gguf_arr_str(); nested arrays are validated but only reachable through
- * gguf_kv_at() walkers (no model key uses them). */
+ * little-endian elements inside the mapping; for strings `data` is an
+ * internal offset index (opaque: use gguf_arr_str() with the same file);
+ * nested arrays are validated but only reachable through gguf_kv_raw_at()
+ * (no model key uses them). */
 struct gguf_arr {
     enum gguf_type type;
     uint64_t count;
@@ -113,6 +114,18 @@ int gguf_arr_str(const struct gguf_file *f, const struct gguf_arr *arr, uint64_t
 
 /* Metadata walk for inspect: key name and type of the i-th pair. */
 int gguf_kv_at(const struct gguf_file *f, uint64_t i, struct gguf_str *key, enum gguf_type *type);
+/* Index of a key (LLORCH_ENOTFOUND when absent). */
+int gguf_kv_find(const struct gguf_file *f, const char *key, uint64_t *index);
+/* The encoded value bytes of the i-th pair as they sit in the file (after the
+ * type tag): used to copy keys verbatim into another file (llorch-synth
+ * --vocab-from) with gguf_writer_set_raw(). */
+int gguf_kv_raw_at(const struct gguf_file *f, uint64_t i, const void **data, uint64_t *len);
+/* The i-th pair's value when it is an array (LLORCH_EFORMAT otherwise). */
+int gguf_kv_arr_at(const struct gguf_file *f, uint64_t i, struct gguf_arr *out);
+/* File offset of the tensor data section. */
+uint64_t gguf_data_offset(const struct gguf_file *f);
+/* Size in bytes of one element of a scalar gguf_type, 0 for string/array. */
+uint64_t gguf_type_size(enum gguf_type t);
 
 /* Tensors. */
 uint64_t gguf_tensor_count(const struct gguf_file *f);
@@ -139,5 +152,28 @@ int gguf_writer_set_str_arr(struct gguf_writer *w, const char *key, const char *
 int gguf_writer_add_tensor(struct gguf_writer *w, const char *name, enum ggml_type type,
                            uint32_t n_dims, const uint64_t *ne, const void *data, uint64_t nbytes);
 int gguf_writer_write_file(struct gguf_writer *w, const char *path);
+
+/* More setters. Setting a key again replaces its value (the position of the
+ * first setting is kept). */
+int gguf_writer_set_u64(struct gguf_writer *w, const char *key, uint64_t v);
+/* A value given as its encoded bytes (what follows the type tag in the file),
+ * e.g. from gguf_kv_raw_at(); the bytes are validated as a value of `type`. */
+int gguf_writer_set_raw(struct gguf_writer *w, const char *key, enum gguf_type type,
+                        const void *data, uint64_t len);
+/* Writes the whole file into a malloc'd buffer (tests, fuzzing); the caller
+ * frees *buf. */
+int gguf_writer_write_buffer(struct gguf_writer *w, void **buf, size_t *len);
+
+/* Streaming: declare every tensor first (no data), then stream_begin writes
+ * the header, metadata and tensor infos; stream_data is called once per
+ * declared tensor, in declaration order, with exactly its bytes (it may be
+ * called in several pieces: the tensor is complete once its nbytes arrived);
+ * stream_end checks that every tensor was written and closes the file. A
+ * writer is either streaming or in-memory (add_tensor), not both. */
+int gguf_writer_add_tensor_info(struct gguf_writer *w, const char *name, enum ggml_type type,
+                                uint32_t n_dims, const uint64_t *ne);
+int gguf_writer_stream_begin(struct gguf_writer *w, const char *path);
+int gguf_writer_stream_data(struct gguf_writer *w, const void *data, uint64_t nbytes);
+int gguf_writer_stream_end(struct gguf_writer *w);
 
 #endif

@@ -60,4 +60,29 @@ uint32_t kv_seq_share_prefix(struct kv_cache *c, struct kv_seq *s, const llorch_
  * advances the length. */
 void kv_seq_commit(struct kv_cache *c, struct kv_seq *s, const llorch_token *tokens, uint32_t n);
 
+/* Storage, for the engine. Every layer holds, per block, K then V, each
+ * [n_head_kv][LLORCH_KV_BLOCK][head_dim] elements of the cache type; the
+ * element for (block b, kv head h, slot t) of K is at
+ *   k + b * block_stride + h * head_stride + t * row_bytes. */
+struct kv_layer_view {
+    uint8_t *k;
+    uint8_t *v;
+    size_t block_stride;
+    size_t head_stride;
+    size_t row_bytes;
+    enum llorch_kv_type type;
+};
+void kv_cache_layer(const struct kv_cache *c, uint32_t layer, struct kv_layer_view *out);
+enum llorch_kv_type kv_cache_type(const struct kv_cache *c);
+uint32_t kv_cache_max_seq_len(const struct kv_cache *c);
+/* The block table of s: block ids for positions [0, reserved). */
+const uint32_t *kv_seq_blocks(const struct kv_seq *s);
+/* Tokens s has room for without allocating (its blocks times the block size). */
+uint32_t kv_seq_capacity(const struct kv_seq *s);
+/* Writes K and V of position pos (< kv_seq_capacity) for one layer, converting
+ * from f32: k and v are [n_head_kv * head_dim]. Positions inside blocks that
+ * are shared must not be written (the engine only writes past the prefix). */
+void kv_seq_store(struct kv_cache *c, const struct kv_seq *s, uint32_t layer, uint32_t pos,
+                  const float *k, const float *v);
+
 #endif

@@ -5,6 +5,8 @@
 #define LLORCH_LOG_H
 
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "config.h"
@@ -34,6 +36,11 @@ struct log_field {
 int log_new(struct log **out, int fd, enum config_log_format format, enum config_log_level level,
             const char *worker_id);
 void log_free(struct log *l); /* NULL is safe */
+
+/* Whether a line at level would be written (to skip building costly fields). */
+bool log_enabled(const struct log *l, enum config_log_level level);
+/* "debug", "info", "warn", "error". */
+const char *log_level_name(enum config_log_level level);
 
 /* msg is plain text (escaped as needed); fields may be NULL/0. A NULL log
  * writes text lines to stderr (useful before configuration is parsed). */

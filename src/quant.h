@@ -22,6 +22,10 @@ int quant_row_bytes(enum ggml_type t, uint64_t n, uint64_t *out);
 /* Dequantises n elements (a multiple of the block size) of type t to f32. */
 int quant_dequantize(enum ggml_type t, const void *src, float *dst, uint64_t n);
 
+/* Whether quant_dequantize handles t: F32, F16, BF16, Q4_0, Q4_1, Q5_0,
+ * Q5_1, Q8_0, Q4_K, Q5_K, Q6_K (other known types open and inspect only). */
+bool quant_can_dequantize(enum ggml_type t);
+
 /* Quantisers (used by llorch-synth and the round-trip tests): F32, F16, BF16,
  * Q8_0 and Q4_0, rounding as ggml's reference quantisers do. */
 int quant_quantize(enum ggml_type t, const float *src, void *dst, uint64_t n);
