@@ -1123,7 +1123,8 @@ static void job_on_end(struct oai_job *j, const struct sched_event *ev)
     if (!j->sse.req)
         return;
     const char *fin = finish_reason(ev->u.end.reason);
-    job_send_chunk(j, ev->u.end.text, ev->u.end.text_len, false, NULL, fin, true);
+    job_send_chunk(j, ev->u.end.text_len ? ev->u.end.text : NULL, ev->u.end.text_len, false, NULL,
+                   fin, true);
     if (j->include_usage && j->sse.req) {
         struct http_buf *b = &j->api->out;
         b->len = 0;
