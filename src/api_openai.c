@@ -116,10 +116,12 @@ static int dump_json(struct http_buf *b, json_t *o)
 {
     if (!o)
         return LLORCH_ENOMEM;
-    size_t n = json_dumpb(o, NULL, 0, JSON_COMPACT);
+    /* log-probs need no more than float precision */
+    size_t flags = JSON_COMPACT | JSON_REAL_PRECISION(9);
+    size_t n = json_dumpb(o, NULL, 0, flags);
     int r = LLORCH_ENOMEM;
     if (n && http_buf_reserve(b, n) == 0) {
-        b->len += json_dumpb(o, b->data + b->len, n, JSON_COMPACT);
+        b->len += json_dumpb(o, b->data + b->len, n, flags);
         r = 0;
     }
     json_decref(o);
@@ -1026,7 +1028,9 @@ static void legacy_logprob_append(struct oai_job *j, json_t *lp, const struct sc
     json_array_append_new(json_object_get(lp, "top_logprobs"), top);
     json_array_append_new(json_object_get(lp, "text_offset"),
                           json_integer((json_int_t)j->text_offset));
-    j->text_offset += n;
+    /* offsets count characters, as OpenAI's do; a character split over byte
+     * tokens counts once, at its lead byte */
+    j->text_offset += utf8_chars(piece, n);
 }
 
 static json_t *logprobs_new(enum oai_kind kind)
@@ -1347,7 +1351,7 @@ static void handle_generate(struct api_openai *a, struct http_request *r, enum o
     j->logprobs = q.logprobs;
     j->n_top = q.n_top;
     j->created = (int64_t)time(NULL);
-    j->text_offset = j->echo_len;
+    j->text_offset = utf8_chars(j->echo ? j->echo : "", j->echo_len);
     if (j->logprobs && !j->stream)
         j->lp = logprobs_new(kind);
     new_id(j->id, sizeof(j->id), kind == OAI_CHAT ? "chatcmpl-" : "cmpl-");
