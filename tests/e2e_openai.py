@@ -8,6 +8,7 @@ plain HTTP for every error shape. Usage counts are checked against
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -582,11 +583,30 @@ def test_full_queue_answers_429_with_retry_after():
         assert wait_for(lambda: health(d.port)["slots_busy"] == 0, 5), health(d.port)
 
 
+def test_shutdown_ends_openai_streams_and_exits_zero():
+    d = Daemon("--drain-timeout-ms", "200", model=model_path("llama-mid-f32.gguf")).start()
+    try:
+        body = {"prompt": PROMPT, "max_tokens": 480, "temperature": 0, "stream": True}
+        s = raw_post(d.port, "/v1/completions", body)
+        read_until(s, 10, b"data: ")
+        w = raw_post(d.port, "/v1/chat/completions",  # whole response, in the queue or running
+                     {"messages": MSGS, "max_tokens": 400, "temperature": 0})
+        d.send_signal(signal.SIGTERM)
+        got, closed = read_until(s, 15, b"data: [DONE]\n\n")
+        s.close()
+        w.close()
+        # cut by the drain deadline (200 ms, shorter than the generation)
+        assert b'"code":"shutting_down"' in got and b"data: [DONE]" in got, got[-300:]
+        assert d.wait(20) == 0, "\n".join(d.log_lines[-20:])
+    finally:
+        d.kill()
+
+
 def main():
     global D
     npm_install()
-    with Daemon(model=TINY) as d:
-        D = d
+    D = Daemon(model=TINY).start()
+    try:
         run_tests([
             test_sdk_lists_and_retrieves_the_one_model,
             test_models_list_has_the_list_shape,
@@ -618,7 +638,17 @@ def main():
             test_bearer_auth_guards_the_openai_routes,
             test_disconnect_mid_stream_frees_the_slot,
             test_full_queue_answers_429_with_retry_after,
+            test_shutdown_ends_openai_streams_and_exits_zero,
         ])
+    except SystemExit as e:
+        # the shared daemon must exit cleanly too (the ASan build checks leaks)
+        rc = D.stop()
+        if rc != 0:
+            print("FAIL the shared daemon exited with %r:\n%s" % (rc, "\n".join(D.log_lines[-30:])))
+            sys.exit(1)
+        raise e
+    finally:
+        D.kill()
 
 
 if __name__ == "__main__":
