@@ -178,6 +178,21 @@ static bool content_type_is_json(const char *ct, size_t len)
     return n == 16 && strncasecmp(ct, "application/json", 16) == 0;
 }
 
+/* jansson reports the position after the offending token; its text ends
+ * with "near '<token>'", so step back over the token to point at its start. */
+static size_t json_error_offset(const json_error_t *e)
+{
+    size_t pos = e->position > 0 ? (size_t)e->position : 0;
+    const char *near = strstr(e->text, "near '");
+    if (near) {
+        const char *tok = near + 6;
+        const char *end = strrchr(tok, '\'');
+        if (end && (size_t)(end - tok) <= pos)
+            pos -= (size_t)(end - tok);
+    }
+    return pos;
+}
+
 /* Shortest text that reads back as the same number. */
 static void fmt_number(const json_t *v, char *out, size_t cap)
 {
@@ -356,7 +371,8 @@ LLORCH_API int api_worker_validate(const char *content_type, size_t ct_len, cons
     json_error_t jerr;
     json_t *root = json_loadb(body, len, JSON_ALLOW_NUL, &jerr);
     if (!root) {
-        snprintf(msg, sizeof(msg), "malformed JSON at byte offset %d: %s", jerr.position, jerr.text);
+        snprintf(msg, sizeof(msg), "malformed JSON at byte offset %zu: %s", json_error_offset(&jerr),
+                 jerr.text);
         *err_body = error_obj_string("INVALID_JSON", msg);
         return 400;
     }
@@ -770,7 +786,6 @@ static void handle_generate(struct api_worker *a, struct http_request *r, enum s
         .owner = &j->sink,
     };
     int rc = sched_submit(a->sched, &req, &j->req_id);
-    json_decref(root);
     if (rc != 0) {
         char msg[400];
         free(j);
@@ -797,8 +812,10 @@ static void handle_generate(struct api_worker *a, struct http_request *r, enum s
             http_respond_error(r, 500, "INTERNAL", msg, NULL);
             break;
         }
+        json_decref(root);
         return;
     }
+    json_decref(root); /* the scheduler copied what it needs */
     llorch_queue_insert_tail(&a->jobs, &j->node);
     a->live++;
     http_request_on_abort(r, job_on_abort, j);
@@ -850,7 +867,8 @@ static void h_cancel(void *ctx, struct http_request *r, const char *tail, size_t
     json_t *root = json_loadb(r->body, r->body_len, 0, &jerr);
     if (!root) {
         char msg[300];
-        snprintf(msg, sizeof(msg), "malformed JSON at byte offset %d: %s", jerr.position, jerr.text);
+        snprintf(msg, sizeof(msg), "malformed JSON at byte offset %zu: %s", json_error_offset(&jerr),
+                 jerr.text);
         http_respond_error(r, 400, "INVALID_JSON", msg, NULL);
         return;
     }

@@ -765,7 +765,9 @@ static void conn_response_done(struct http_conn *c, bool close_conn)
     c->timer_cb = NULL;
     if (c->closing)
         return;
-    if (close_conn || c->srv->draining) {
+    /* While draining, a request already pipelined behind this response is
+     * still answered (with Connection: close); otherwise close now. */
+    if (close_conn || (c->srv->draining && c->in_off == c->in.len)) {
         c->close_after = true;
         conn_timer_set(c, CONN_TIMER_NONE, 0);
         conn_mark_dirty(c);

@@ -31,4 +31,22 @@ void tpool_parallel_for(struct tpool *p, int64_t n, int64_t grain, tpool_range_f
 /* Index of the calling pool thread, or -1 outside the pool. */
 int tpool_worker_index(void);
 
+/* True while the calling thread runs a task of some pool (a nested
+ * tpool_parallel_for would run inline). */
+bool tpool_in_task(void);
+
+/* One context object per compute module per pool (matmul keeps its oneDNN
+ * engine, per-worker streams and scratch there), so per-worker resources live
+ * as long as the pool without any process-wide state. tpool_free() calls
+ * free_fn(obj) after joining the workers. Driver thread only, outside
+ * tpool_parallel_for. Setting a slot that is already set replaces it without
+ * freeing the old object. */
+enum tpool_slot {
+    TPOOL_SLOT_MATMUL = 0,
+    TPOOL_SLOT_COUNT_,
+};
+typedef void (*tpool_slot_free_fn)(void *obj);
+void *tpool_slot_get(const struct tpool *p, enum tpool_slot slot);
+void tpool_slot_set(struct tpool *p, enum tpool_slot slot, void *obj, tpool_slot_free_fn free_fn);
+
 #endif

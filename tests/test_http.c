@@ -22,6 +22,8 @@
 #include <unistd.h>
 
 #include "http.h"
+#include "llorch/error.h"
+#include "sse.h"
 
 struct fixture {
     uv_loop_t loop;
@@ -61,6 +63,28 @@ static void h_stream(void *ctx, struct http_request *r, const char *tail, size_t
     http_stream_write(r, "first", 5);
 }
 
+/* Queues frames until the outbox bound refuses one (nothing is flushed
+ * before the handler returns), then a forced terminal frame. */
+static void h_sse_bound(void *ctx, struct http_request *r, const char *tail, size_t tail_len)
+{
+    (void)tail;
+    (void)tail_len;
+    struct fixture *f = ctx;
+    struct sse_stream st = {0};
+    assert_int_equal(sse_stream_begin(&st, r, SSE_MODE_DATA, 4096), 0);
+    char json[100];
+    memset(json, 'x', sizeof(json));
+    int rc = 0, sent = 0;
+    while (sent < 1000 && (rc = sse_stream_send(&st, "t", json, sizeof(json), false)) == 0)
+        sent++;
+    assert_int_equal(rc, LLORCH_EFULL);
+    assert_true(http_request_pending_bytes(r) <= 4096);
+    f->hits = sent;
+    assert_int_equal(sse_stream_send(&st, "error", "{\"e\":1}", 7, true), 0);
+    sse_stream_end(&st, false);
+    sse_stream_free(&st);
+}
+
 static void setup_limits(struct fixture *f, const struct http_limits *lim)
 {
     memset(f, 0, sizeof(*f));
@@ -70,6 +94,7 @@ static void setup_limits(struct fixture *f, const struct http_limits *lim)
                                        false, h_hello, f), 0);
     assert_int_equal(http_server_route(f->srv, LLORCH_HTTP_DELETE, "/items/", true, h_hello, f), 0);
     assert_int_equal(http_server_route(f->srv, LLORCH_HTTP_GET, "/stream", false, h_stream, f), 0);
+    assert_int_equal(http_server_route(f->srv, LLORCH_HTTP_GET, "/bound", false, h_sse_bound, f), 0);
     assert_int_equal(http_server_listen(f->srv, "127.0.0.1", 0), 0);
     f->port = http_server_port(f->srv);
     assert_true(f->port > 0);
@@ -116,6 +141,11 @@ static void client_send(int fd, const char *s, size_t n)
         s += w;
         n -= (size_t)w;
     }
+}
+
+static void client_send_str(int fd, const char *s)
+{
+    client_send(fd, s, strlen(s));
 }
 
 static double now_ms(void)
@@ -354,9 +384,9 @@ static void chunked_body_over_the_limit_answers_413(void **state)
     char chunk[600];
     memset(chunk, 'x', sizeof(chunk));
     for (int i = 0; i < 2; i++) {
-        client_send(fd, "258\r\n", 5);
+        client_send_str(fd, "258\r\n");
         client_send(fd, chunk, sizeof(chunk));
-        client_send(fd, "\r\n", 2);
+        client_send_str(fd, "\r\n");
     }
     struct recv_buf b = {0};
     pump(&f, fd, &b, "}}", 1, 2000);
@@ -411,10 +441,10 @@ static void slow_headers_get_408_and_the_connection_closes(void **state)
     lim.header_timeout_ms = 150;
     setup_limits(&f, &lim);
     int slow = client_connect(&f);
-    client_send(slow, "GET /hello HTTP/1.1\r\nHo", 23);
+    client_send_str(slow, "GET /hello HTTP/1.1\r\nHo");
     /* another client is served meanwhile */
     int fast = client_connect(&f);
-    client_send(fast, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", 33);
+    client_send_str(fast, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n");
     struct recv_buf bf = {0};
     pump(&f, fast, &bf, "/hello|0", 1, 1000);
     assert_non_null(strstr(bf.data, "200 OK"));
@@ -437,7 +467,7 @@ static void idle_keep_alive_connection_is_closed_silently(void **state)
     lim.idle_timeout_ms = 100;
     setup_limits(&f, &lim);
     int fd = client_connect(&f);
-    client_send(fd, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", 33);
+    client_send_str(fd, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n");
     struct recv_buf b = {0};
     pump(&f, fd, &b, "/hello|0", 1, 1000);
     size_t before = b.len;
@@ -460,7 +490,7 @@ static void expect_100_continue_gets_the_interim_response(void **state)
     pump(&f, fd, &b, "HTTP/1.1 100 Continue\r\n\r\n", 1, 1000);
     assert_int_equal(count_of(&b, "100 Continue"), 1);
     assert_int_equal(f.hits, 0);
-    client_send(fd, "abc", 3);
+    client_send_str(fd, "abc");
     pump(&f, fd, &b, "/hello|3", 1, 1000);
     assert_non_null(strstr(b.data, "200 OK"));
     close(fd);
@@ -501,7 +531,7 @@ static void connections_over_the_limit_get_503_and_close(void **state)
     assert_non_null(strstr(b.data, "HTTP/1.1 503 "));
     assert_non_null(strstr(b.data, "TOO_MANY_CONNECTIONS"));
     /* the first two still work */
-    client_send(a, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", 33);
+    client_send_str(a, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n");
     struct recv_buf ba = {0};
     pump(&f, a, &ba, "/hello|0", 1, 1000);
     assert_non_null(strstr(ba.data, "200 OK"));
@@ -532,7 +562,7 @@ static void client_disconnect_aborts_the_streamed_request(void **state)
     struct fixture f;
     setup(&f);
     int fd = client_connect(&f);
-    client_send(fd, "GET /stream HTTP/1.1\r\nHost: t\r\n\r\n", 34);
+    client_send_str(fd, "GET /stream HTTP/1.1\r\nHost: t\r\n\r\n");
     struct recv_buf b = {0};
     pump(&f, fd, &b, "first", 1, 1000);
     assert_non_null(f.stream_req);
@@ -551,7 +581,7 @@ static void drain_closes_idle_connections_and_the_listener(void **state)
     setup(&f);
     int idle = client_connect(&f);
     int busy = client_connect(&f);
-    client_send(busy, "GET /stream HTTP/1.1\r\nHost: t\r\n\r\n", 34);
+    client_send_str(busy, "GET /stream HTTP/1.1\r\nHost: t\r\n\r\n");
     struct recv_buf bb = {0};
     pump(&f, busy, &bb, "first", 1, 1000);
     http_server_drain(f.srv);
@@ -567,6 +597,23 @@ static void drain_closes_idle_connections_and_the_listener(void **state)
     assert_int_equal(f.aborts, 0);
     close(idle);
     close(busy);
+    teardown(&f);
+}
+
+static void sse_outbox_refuses_frames_past_its_bound(void **state)
+{
+    (void)state;
+    struct fixture f;
+    setup(&f);
+    int fd = client_connect(&f);
+    client_send_str(fd, "GET /bound HTTP/1.1\r\nHost: t\r\n\r\n");
+    struct recv_buf b = {0};
+    pump(&f, fd, &b, "data: [DONE]\n\n\r\n0\r\n\r\n", 1, 2000);
+    /* 108-byte frames + chunk framing: about 35 fit in 4096 bytes */
+    assert_true(f.hits > 20 && f.hits < 40);
+    assert_int_equal(count_of(&b, "data: xxxx"), (size_t)f.hits);
+    assert_non_null(strstr(b.data, "data: {\"e\":1}\n\n"));
+    close(fd);
     teardown(&f);
 }
 
@@ -593,6 +640,7 @@ int main(void)
         cmocka_unit_test(malformed_request_gets_400_and_close),
         cmocka_unit_test(client_disconnect_aborts_the_streamed_request),
         cmocka_unit_test(drain_closes_idle_connections_and_the_listener),
+        cmocka_unit_test(sse_outbox_refuses_frames_past_its_bound),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
