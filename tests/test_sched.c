@@ -652,8 +652,12 @@ static void sched_stop_string_ends_the_stream_before_the_match(void **state)
     h_wait_all(&h, &full, 1);
     assert_int_equal(full.reason, SCHED_STOP_MAX_TOKENS);
     assert_true(full.text_len > 8);
-    /* a stop string from the middle of the output, at its first occurrence */
+    /* a stop string of three ASCII bytes from the second half of the
+     * output, cut at its first occurrence */
     size_t k = full.text_len / 2;
+    while (k + 3 <= full.text_len && ((full.text[k] | full.text[k + 1] | full.text[k + 2]) & 0x80))
+        k++;
+    assert_true(k + 3 <= full.text_len);
     char stop[4];
     memcpy(stop, full.text + k, 3);
     stop[3] = '\0';
