@@ -7,6 +7,7 @@ plain HTTP for every error shape. Usage counts are checked against
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -583,6 +584,28 @@ def test_full_queue_answers_429_with_retry_after():
         assert wait_for(lambda: health(d.port)["slots_busy"] == 0, 5), health(d.port)
 
 
+def test_queued_stream_gets_its_head_and_pings_before_its_first_token():
+    with Daemon("--max-batch", "1", "--ping-interval-ms", "100",
+                model=model_path("llama-mid-f32.gguf")) as d:
+        long = {"prompt": PROMPT, "max_tokens": 480, "temperature": 0, "stream": True}
+        ahead = [raw_post(d.port, "/v1/completions", long) for _ in range(3)]
+        read_until(ahead[0], 10, b"data: ")
+        last = raw_post(d.port, "/v1/chat/completions",
+                        {"messages": MSGS, "max_tokens": 2, "temperature": 0, "stream": True})
+        got, _ = read_until(last, 30, b"data: [DONE]\n\n")
+        for s in ahead + [last]:
+            s.close()
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        role = body.index(b'"role":"assistant"')
+        m = re.search(rb'"delta":\{"content":"[^"]', body)  # the first token's chunk
+        first_content = m.start() if m else -1
+        pings = body.count(b": ping\n\n")
+        assert pings >= 1 and body.index(b": ping") > role, body[:400]
+        assert first_content < 0 or b": ping" not in body[first_content:], body[-400:]
+        assert body.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"), body[-200:]  # chunked
+
+
 def test_shutdown_ends_openai_streams_and_exits_zero():
     d = Daemon("--drain-timeout-ms", "200", model=model_path("llama-mid-f32.gguf")).start()
     try:
@@ -638,6 +661,7 @@ def main():
             test_bearer_auth_guards_the_openai_routes,
             test_disconnect_mid_stream_frees_the_slot,
             test_full_queue_answers_429_with_retry_after,
+            test_queued_stream_gets_its_head_and_pings_before_its_first_token,
             test_shutdown_ends_openai_streams_and_exits_zero,
         ])
     except SystemExit as e:
