@@ -353,9 +353,11 @@ static void lg_frame_handle(struct lg_stream *st, double now)
         st->state = LG_TERMINATED;
     } else if (strcmp(type, "error") == 0) {
         const char *code = json_string_value(json_object_get(j, "code"));
-        if (st->state != LG_IN_TOKENS)
-            lg_stream_malformed(st, "error before started (code %s)", code ? code : "none");
-        else if (!code || !*code)
+        /* A job that ends before it is admitted (cancelled or failed while
+         * queued, server shutting down) gets an error without `started`,
+         * as the daemon sends it; frames after the terminal one are caught
+         * above. */
+        if (!code || !*code)
             lg_stream_malformed(st, "error without code%s", NULL);
         snprintf(st->err_code, sizeof st->err_code, "%s", code && *code ? code : "UNKNOWN");
         st->state = LG_TERMINATED;

@@ -31,4 +31,28 @@ uint64_t matmul_weight_bytes(const struct mm_weight *w); /* packed bytes read pe
 int matmul_run(const struct mm_weight *w, const float *x, float *y, int64_t m, struct tpool *pool);
 int matmul_prepare(struct mm_weight *w, int64_t m);
 
+/* Everything below is additive to the original contract. */
+
+/* matmul_run() must be called from the thread that drives the pool, outside
+ * pool tasks (it is itself a parallel_for and uses per-pool scratch); inside
+ * a task it returns LLORCH_EINVAL. pool must be the pool given at
+ * matmul_weight_new(). */
+
+/* Tiling knob for benchmarks and tests: tile_n output columns per pool task
+ * (0: the default, which splits n_out evenly over the workers, in multiples of
+ * 64 columns where that is exact, else of 16). */
+struct mm_tiling {
+    int64_t tile_n;
+};
+int matmul_weight_new_tiled(struct mm_weight **out, const float *w, int64_t n_out, int64_t n_in,
+                            enum llorch_dtype dtype, int64_t max_m, struct tpool *pool,
+                            const struct mm_tiling *tiling);
+int64_t matmul_weight_tile_n(const struct mm_weight *w);
+
+/* What oneDNN dispatches to on this CPU ("avx512_core_bf16", ...), and the
+ * implementation it chose for this weight ("brg:avx512_core_vnni"). Static
+ * strings. */
+const char *matmul_cpu_isa_name(void);
+const char *matmul_weight_impl(const struct mm_weight *w);
+
 #endif

@@ -12,6 +12,7 @@
 #include "llorch/error.h"
 #include "model.h"
 #include "quant.h"
+#include "tokenizer.h"
 
 #define MAX_EOG 32
 #define N_TYPES 64 /* ggml type numbers are below this */
@@ -22,6 +23,7 @@ struct tok_info {
     int64_t bos, eos, unk, pad, eot, eom;
     int64_t eog[MAX_EOG];
     int n_eog;
+    char tok_err[256]; /* why the vocabulary is not a usable tokenizer, or empty */
 };
 
 struct type_stat {
@@ -43,11 +45,6 @@ static int64_t special_id(const struct gguf_file *f, const char *key, uint64_t n
     return v;
 }
 
-static bool str_is(struct gguf_str s, const char *lit)
-{
-    return s.len == strlen(lit) && !memcmp(s.ptr, lit, s.len);
-}
-
 static void eog_add(struct tok_info *ti, int64_t id)
 {
     if (id < 0)
@@ -59,33 +56,18 @@ static void eog_add(struct tok_info *ti, int64_t id)
         ti->eog[ti->n_eog++] = id;
 }
 
-/* The end-of-generation set as llama.cpp derives it from token texts: the
- * FIM pad/repo/file-separator tokens, the end-of-turn style names, then
- * eos/eot/eom from the keys. */
-static void derive_eog(const struct gguf_file *f, const struct gguf_arr *toks, struct tok_info *ti)
+/* The end-of-generation set is the tokenizer's (the one generation stops
+ * on); when the vocabulary cannot be loaded as a tokenizer, only the ids the
+ * keys name are shown. */
+static void derive_eog(const struct gguf_file *f, struct tok_info *ti)
 {
-    static const char *const fim[] = {"<|fim_pad|>", "<fim-pad>", "<PAD>", "<|fim_repo|>",
-                                      "<|repo_name|>", "<fim-repo>", "<REPO>", "<|file_sep|>"};
-    static const char *const names[] = {
-        "<|eot_id|>", "<|im_end|>",      "<|end|>", "<end_of_turn>", "<|endoftext|>",
-        "<|eom_id|>", "<|end_of_text|>", "<EOT>",   "_<EOT>",        "<end_of_utterance>",
-    };
-    bool fim_seen[3] = {false, false, false};
-    for (uint64_t i = 0; i < toks->count; i++) {
-        struct gguf_str s;
-        if (gguf_arr_str(f, toks, i, &s) || s.len < 3 || s.len > 20 || (s.ptr[0] != '<' &&
-            s.ptr[0] != '_'))
-            continue;
-        for (size_t k = 0; k < sizeof fim / sizeof fim[0]; k++) {
-            int group = k < 3 ? 0 : k < 7 ? 1 : 2;
-            if (!fim_seen[group] && str_is(s, fim[k])) {
-                fim_seen[group] = true;
-                eog_add(ti, (int64_t)i);
-            }
-        }
-        for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
-            if (str_is(s, names[k]))
-                eog_add(ti, (int64_t)i);
+    struct tokenizer *tok = NULL;
+    if (tokenizer_new(&tok, f, ti->tok_err, sizeof ti->tok_err) == 0) {
+        const llorch_token *ids;
+        size_t n = tokenizer_eog_ids(tok, &ids);
+        for (size_t i = 0; i < n; i++)
+            eog_add(ti, ids[i]);
+        tokenizer_free(tok);
     }
     eog_add(ti, ti->eos);
     eog_add(ti, ti->eot);
@@ -119,7 +101,7 @@ static void read_tok_info(const struct gguf_file *f, struct tok_info *ti)
     ti->eot = special_id(f, "tokenizer.ggml.eot_token_id", ti->n_tokens);
     ti->eom = special_id(f, "tokenizer.ggml.eom_token_id", ti->n_tokens);
     if (has)
-        derive_eog(f, &toks, ti);
+        derive_eog(f, ti);
 }
 
 static const char *file_type_name(uint32_t ft)
@@ -223,6 +205,8 @@ static int print_json(const char *path, const struct model *m, const struct tok_
     for (int i = 0; i < ti->n_eog; i++)
         json_array_append_new(eog, json_integer(ti->eog[i]));
     json_object_set_new(o, "eog", eog);
+    if (ti->tok_err[0])
+        json_object_set_new(o, "tokenizer_error", json_string(ti->tok_err));
     json_object_set_new(o, "n_tensors", json_integer((json_int_t)gguf_tensor_count(f)));
     json_object_set_new(o, "bytes", json_integer((json_int_t)total));
     json_t *bt = json_object();
@@ -306,6 +290,8 @@ static void print_text(const char *path, const struct model *m, const struct tok
         token_text(f, ti->eog[i], txt, sizeof txt);
         printf(" %lld '%s'", (long long)ti->eog[i], txt);
     }
+    if (ti->tok_err[0])
+        printf("\ntokenizer:     not usable: %s", ti->tok_err);
     printf("\ntensors:       %llu, %llu bytes", (unsigned long long)gguf_tensor_count(f),
            (unsigned long long)total);
     for (int t = 0; t < N_TYPES; t++)

@@ -1,0 +1,861 @@
+/* oneDNN matmuls over weights packed once. y[m, n_out] = x[m, n_in] · Wᵀ.
+ *
+ * Layout. W ([n_out, n_in] f32 row-major) is oneDNN's B = Wᵀ [K = n_in,
+ * N = n_out] with strides (1, K). N is cut into tiles of tile_n columns (the
+ * last may be narrower: at most two tile shapes); each tile is reordered once
+ * into the blocked layout oneDNN's brgemm matmul prefers for a fixed-M
+ * primitive of that tile shape (weights memory desc with format_tag any). That
+ * layout does not depend on M, so primitives for every row count share the
+ * one packed buffer (created with the explicit packed desc, so oneDNN can
+ * only pick a kernel for that exact layout).
+ *
+ * Parallelism. Rows are cut into blocks of MM_MBLOCK; one pool task runs one
+ * (tile, row block) with one oneDNN primitive on one OpenMP thread
+ * (omp_set_num_threads(1) on every pool thread, primitives created while the
+ * creating thread's OpenMP limit is 1, so oneDNN never opens a parallel
+ * region of its own). Primitives are cached per (tile shape, block rows):
+ * a full block always uses the MM_MBLOCK-row primitive, the last block the
+ * primitive for its exact row count; no run-time M.
+ *
+ * Batch invariance. Row r of y must not depend on m. Activation conversion
+ * is per row. oneDNN 2.6's brgemm kernels sum K in chunks, each chunk from
+ * zero in registers and then added to the partial result, and pick the chunk
+ * size from the whole shape, dst row stride included: with dst written
+ * straight into y (row stride n_out) the 1-row primitive rounds differently
+ * from the others (measured for f32 and bf16). With a dense dst (row stride =
+ * tile width) every row count 1..64 gives bit-identical rows (measured over
+ * K in 1..5632, tile widths 1..2816, all three types). So each task writes a
+ * dense [rows, tile] block into per-worker scratch and copies it into y (int8
+ * does its rescale on the way). tests/test_matmul.c checks it bit for bit.
+ *
+ * Types. f32: x as is. bf16: x rounded to bf16 (nearest even), bf16 weights,
+ * f32 output. int8: weights s8 with a per-output-channel scale
+ * (max|w|/127, symmetric); each row of x quantised to u8 with its own scale
+ * and zero point over [min(x,0), max(x,0)]; oneDNN accumulates u8·s8 in s32
+ * and each task rescales its block on the way into y:
+ *   y = (acc - zp_r · Σ_k q_w[n,k]) · scale_r · scale_n.
+ * Without VNNI, x86 int8 kernels multiply with vpmaddubsw, which saturates
+ * pairs of u8·s8 products in s16, so activations then use 7 bits (0..127).
+ *
+ * Memory. Per pool (tpool slot): the engine, one stream per worker, per-worker
+ * scratchpad (user-managed), and the shared buffer for converted activations.
+ * Per worker, three memory objects carry the src/dst/scratchpad pointers of
+ * each execution (their handle is set per task). Their descriptor is a
+ * placeholder: for primitives without run-time dims oneDNN 2.6 takes every
+ * shape from the primitive descriptor and only the data handle from the
+ * argument, which lets matmul_run create no memory object at all (the tests
+ * would catch a oneDNN that checked). */
+#include <math.h>
+#include <omp.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <oneapi/dnnl/dnnl.h>
+
+#include "llorch/error.h"
+#include "matmul.h"
+#include "util.h"
+
+#define MM_MBLOCK 64
+#define MM_ALIGN 64
+#define MM_COL_ALIGN 64   /* oneDNN's N block on AVX-512 */
+#define MM_COL_ALIGN_MIN 16
+/* Below this many activation elements, converting on the caller beats a
+ * fork-join. */
+#define MM_CONVERT_SERIAL_MAX 65536
+/* int8: |Σ (q_x - zp) q_w| <= 255 · 127 · K must fit the s32 accumulator. */
+#define MM_INT8_MAX_K 65536
+
+struct mm_ctx {
+    _Atomic int refs; /* the pool's slot + one per weight */
+    int n_workers;
+    dnnl_engine_t engine;
+    dnnl_stream_t *stream;    /* [n_workers] */
+    dnnl_memory_t *src_mem;   /* [n_workers] handle carriers */
+    dnnl_memory_t *dst_mem;
+    dnnl_memory_t *scr_mem;
+    void **scratch;           /* [n_workers], scratch_bytes each */
+    size_t scratch_bytes;
+    void **dtile;             /* [n_workers] dense dst block, dtile_bytes each */
+    size_t dtile_bytes;
+    void *act;                /* converted activations, [rows, K] bf16 or u8 */
+    size_t act_bytes;
+    float *row_scale;         /* int8: [rows_cap] */
+    int32_t *row_zp;
+    int64_t rows_cap;
+    int qmax;                 /* int8 activation levels: 255, or 127 without VNNI */
+};
+
+struct mm_weight {
+    struct tpool *pool;
+    struct mm_ctx *ctx;
+    enum llorch_dtype dtype;
+    int64_t n_out, n_in, max_m;
+    int64_t tile_n, n_tiles;
+    int n_shapes;                    /* 1, or 2 when the last tile is narrower */
+    int64_t shape_cols[2];
+    dnnl_memory_desc_t packed_md[2];
+    dnnl_primitive_t prim[2][MM_MBLOCK + 1]; /* [shape][block rows], lazily */
+    const char *impl;
+    void *packed;
+    uint64_t packed_bytes;
+    uint64_t *tile_off;              /* [n_tiles] byte offset in packed */
+    dnnl_memory_t *wmem;             /* [n_tiles] */
+    float *col_scale;                /* int8: [n_out] */
+    int32_t *col_sum;                /* int8: [n_out], Σ_k q_w[n, k] */
+};
+
+/* ---- small helpers ---- */
+
+static int mm_err(dnnl_status_t s)
+{
+    switch (s) {
+    case dnnl_success:
+        return 0;
+    case dnnl_out_of_memory:
+        return LLORCH_ENOMEM;
+    case dnnl_unimplemented:
+        return LLORCH_EUNSUPPORTED;
+    default:
+        return LLORCH_EDNNL;
+    }
+}
+
+static void *mm_alloc(size_t bytes)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, MM_ALIGN, llorch_align_up(bytes ? bytes : 1, MM_ALIGN)) != 0)
+        return NULL;
+    return p;
+}
+
+/* oneDNN sizes its blocking (and its parallel regions) by the creating
+ * thread's OpenMP limit: create every primitive with the limit at 1. */
+static int mm_omp_single_begin(void)
+{
+    int saved = omp_get_max_threads();
+    if (saved != 1)
+        omp_set_num_threads(1);
+    return saved;
+}
+
+static void mm_omp_single_end(int saved)
+{
+    if (saved != 1)
+        omp_set_num_threads(saved);
+}
+
+static size_t mm_act_elem(enum llorch_dtype dt)
+{
+    return dt == LLORCH_DTYPE_BF16 ? 2 : dt == LLORCH_DTYPE_INT8 ? 1 : 0;
+}
+
+static dnnl_data_type_t mm_src_dt(enum llorch_dtype dt)
+{
+    return dt == LLORCH_DTYPE_BF16 ? dnnl_bf16 : dt == LLORCH_DTYPE_INT8 ? dnnl_u8 : dnnl_f32;
+}
+
+static dnnl_data_type_t mm_wei_dt(enum llorch_dtype dt)
+{
+    return dt == LLORCH_DTYPE_BF16 ? dnnl_bf16 : dt == LLORCH_DTYPE_INT8 ? dnnl_s8 : dnnl_f32;
+}
+
+static dnnl_data_type_t mm_dst_dt(enum llorch_dtype dt)
+{
+    return dt == LLORCH_DTYPE_INT8 ? dnnl_s32 : dnnl_f32;
+}
+
+/* ---- per-pool context ---- */
+
+static void mm_ctx_release(struct mm_ctx *c)
+{
+    if (!c || atomic_fetch_sub(&c->refs, 1) != 1)
+        return;
+    for (int i = 0; i < c->n_workers; i++) {
+        if (c->stream && c->stream[i])
+            dnnl_stream_destroy(c->stream[i]);
+        if (c->src_mem && c->src_mem[i])
+            dnnl_memory_destroy(c->src_mem[i]);
+        if (c->dst_mem && c->dst_mem[i])
+            dnnl_memory_destroy(c->dst_mem[i]);
+        if (c->scr_mem && c->scr_mem[i])
+            dnnl_memory_destroy(c->scr_mem[i]);
+        if (c->scratch)
+            free(c->scratch[i]);
+        if (c->dtile)
+            free(c->dtile[i]);
+    }
+    free(c->stream);
+    free(c->src_mem);
+    free(c->dst_mem);
+    free(c->scr_mem);
+    free(c->scratch);
+    free(c->dtile);
+    free(c->act);
+    free(c->row_scale);
+    free(c->row_zp);
+    if (c->engine)
+        dnnl_engine_destroy(c->engine);
+    free(c);
+}
+
+static void mm_ctx_slot_free(void *obj)
+{
+    mm_ctx_release(obj);
+}
+
+static int mm_carrier_new(dnnl_memory_t *out, dnnl_engine_t engine)
+{
+    dnnl_memory_desc_t md;
+    dnnl_dims_t dims = {MM_ALIGN};
+    dnnl_status_t s = dnnl_memory_desc_init_by_tag(&md, 1, dims, dnnl_u8, dnnl_a);
+    if (s == dnnl_success)
+        s = dnnl_memory_create(out, &md, engine, DNNL_MEMORY_NONE);
+    return mm_err(s);
+}
+
+static int mm_ctx_get(struct tpool *pool, struct mm_ctx **out)
+{
+    struct mm_ctx *c = tpool_slot_get(pool, TPOOL_SLOT_MATMUL);
+    if (c) {
+        *out = c;
+        return 0;
+    }
+    c = calloc(1, sizeof(*c));
+    if (!c)
+        return LLORCH_ENOMEM;
+    atomic_init(&c->refs, 1);
+    int n = tpool_size(pool);
+    c->n_workers = n;
+    dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
+    c->qmax = ((isa & dnnl_cpu_isa_avx512_core_vnni) == dnnl_cpu_isa_avx512_core_vnni ||
+               (isa & dnnl_cpu_isa_avx2_vnni) == dnnl_cpu_isa_avx2_vnni)
+                  ? 255
+                  : 127;
+    int err = mm_err(dnnl_engine_create(&c->engine, dnnl_cpu, 0));
+    if (!err) {
+        c->stream = calloc((size_t)n, sizeof(*c->stream));
+        c->src_mem = calloc((size_t)n, sizeof(*c->src_mem));
+        c->dst_mem = calloc((size_t)n, sizeof(*c->dst_mem));
+        c->scr_mem = calloc((size_t)n, sizeof(*c->scr_mem));
+        c->scratch = calloc((size_t)n, sizeof(*c->scratch));
+        c->dtile = calloc((size_t)n, sizeof(*c->dtile));
+        if (!c->stream || !c->src_mem || !c->dst_mem || !c->scr_mem || !c->scratch || !c->dtile)
+            err = LLORCH_ENOMEM;
+    }
+    for (int i = 0; !err && i < n; i++) {
+        err = mm_err(dnnl_stream_create(&c->stream[i], c->engine, dnnl_stream_default_flags));
+        if (!err)
+            err = mm_carrier_new(&c->src_mem[i], c->engine);
+        if (!err)
+            err = mm_carrier_new(&c->dst_mem[i], c->engine);
+        if (!err)
+            err = mm_carrier_new(&c->scr_mem[i], c->engine);
+    }
+    if (err) {
+        mm_ctx_release(c);
+        return err;
+    }
+    tpool_slot_set(pool, TPOOL_SLOT_MATMUL, c, mm_ctx_slot_free);
+    *out = c;
+    return 0;
+}
+
+/* Grows every worker's buffer bufs[i] to bytes (driver thread, between
+ * runs). */
+static int mm_ctx_reserve(struct mm_ctx *c, void **bufs, size_t *have, size_t bytes)
+{
+    if (bytes <= *have)
+        return 0;
+    for (int i = 0; i < c->n_workers; i++) {
+        void *p = mm_alloc(bytes);
+        if (!p)
+            return LLORCH_ENOMEM;
+        free(bufs[i]);
+        bufs[i] = p;
+    }
+    *have = bytes;
+    return 0;
+}
+
+static int mm_ctx_reserve_act(struct mm_ctx *c, size_t act_bytes, int64_t rows)
+{
+    if (act_bytes > c->act_bytes) {
+        void *p = mm_alloc(act_bytes);
+        if (!p)
+            return LLORCH_ENOMEM;
+        free(c->act);
+        c->act = p;
+        c->act_bytes = act_bytes;
+    }
+    if (rows > c->rows_cap) {
+        float *s = mm_alloc(sizeof(float) * (size_t)rows);
+        int32_t *z = mm_alloc(sizeof(int32_t) * (size_t)rows);
+        if (!s || !z) {
+            free(s);
+            free(z);
+            return LLORCH_ENOMEM;
+        }
+        free(c->row_scale);
+        free(c->row_zp);
+        c->row_scale = s;
+        c->row_zp = z;
+        c->rows_cap = rows;
+    }
+    return 0;
+}
+
+/* ---- primitives ---- */
+
+/* Matmul primitive descriptor for rows x cols of this weight; wmd is the
+ * packed layout, or NULL to let oneDNN choose it (format_tag any). */
+static int mm_pd_new(dnnl_primitive_desc_t *out, const struct mm_weight *w, int64_t rows,
+                     int64_t cols, const dnnl_memory_desc_t *wmd)
+{
+    dnnl_memory_desc_t src, wei, dst;
+    dnnl_dims_t sdims = {rows, w->n_in}, sstr = {w->n_in, 1};
+    dnnl_dims_t wdims = {w->n_in, cols};
+    dnnl_dims_t ddims = {rows, cols}, dstr = {cols, 1}; /* dense: see the top */
+    dnnl_status_t s = dnnl_memory_desc_init_by_strides(&src, 2, sdims, mm_src_dt(w->dtype), sstr);
+    if (s == dnnl_success) {
+        if (wmd)
+            wei = *wmd;
+        else
+            s = dnnl_memory_desc_init_by_tag(&wei, 2, wdims, mm_wei_dt(w->dtype),
+                                             dnnl_format_tag_any);
+    }
+    if (s == dnnl_success)
+        s = dnnl_memory_desc_init_by_strides(&dst, 2, ddims, mm_dst_dt(w->dtype), dstr);
+    dnnl_matmul_desc_t desc;
+    if (s == dnnl_success)
+        s = dnnl_matmul_desc_init(&desc, &src, &wei, NULL, &dst);
+    dnnl_primitive_attr_t attr = NULL;
+    if (s == dnnl_success)
+        s = dnnl_primitive_attr_create(&attr);
+    if (s == dnnl_success)
+        s = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
+    if (s == dnnl_success) {
+        int saved = mm_omp_single_begin();
+        s = dnnl_primitive_desc_create(out, &desc, attr, w->ctx->engine, NULL);
+        mm_omp_single_end(saved);
+    }
+    if (attr)
+        dnnl_primitive_attr_destroy(attr);
+    return mm_err(s);
+}
+
+/* Creates the primitive for (shape, rows) if missing; driver thread only. */
+static int mm_prim_ensure(struct mm_weight *w, int shape, int64_t rows)
+{
+    if (w->prim[shape][rows])
+        return 0;
+    dnnl_primitive_desc_t pd;
+    int err = mm_pd_new(&pd, w, rows, w->shape_cols[shape], &w->packed_md[shape]);
+    if (err)
+        return err;
+    const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    err = mm_ctx_reserve(w->ctx, w->ctx->scratch, &w->ctx->scratch_bytes,
+                         smd ? dnnl_memory_desc_get_size(smd) : 0);
+    if (!err) {
+        int saved = mm_omp_single_begin();
+        err = mm_err(dnnl_primitive_create(&w->prim[shape][rows], pd));
+        mm_omp_single_end(saved);
+    }
+    dnnl_primitive_desc_destroy(pd);
+    return err;
+}
+
+static int mm_prims_for_m(struct mm_weight *w, int64_t m)
+{
+    for (int sh = 0; sh < w->n_shapes; sh++) {
+        int err = 0;
+        if (m >= MM_MBLOCK)
+            err = mm_prim_ensure(w, sh, MM_MBLOCK);
+        if (!err && m % MM_MBLOCK)
+            err = mm_prim_ensure(w, sh, m % MM_MBLOCK);
+        if (err)
+            return err;
+    }
+    return 0;
+}
+
+/* ---- conversions (per row: the same bits whatever else is in the batch) ---- */
+
+static inline uint16_t mm_f32_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof(u));
+    if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN stays a (quiet) NaN */
+        return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+static void mm_row_to_bf16(uint16_t *dst, const float *x, int64_t k)
+{
+    for (int64_t i = 0; i < k; i++)
+        dst[i] = mm_f32_to_bf16(x[i]);
+}
+
+/* u8 with zero point over [min(x, 0), max(x, 0)], so 0 is exact. */
+static void mm_row_to_u8(uint8_t *dst, float *scale, int32_t *zp, const float *x, int64_t k,
+                         int qmax)
+{
+    float lo = 0.0f, hi = 0.0f;
+    for (int64_t i = 0; i < k; i++) {
+        lo = x[i] < lo ? x[i] : lo;
+        hi = x[i] > hi ? x[i] : hi;
+    }
+    float s = (hi - lo) / (float)qmax;
+    if (!(s > 0.0f) || !isfinite(s)) { /* all-zero row (or non-finite input) */
+        memset(dst, 0, (size_t)k);
+        *scale = 0.0f;
+        *zp = 0;
+        return;
+    }
+    float inv = 1.0f / s;
+    int32_t z = (int32_t)lrintf(-lo * inv);
+    z = z < 0 ? 0 : z > qmax ? qmax : z;
+    for (int64_t i = 0; i < k; i++) {
+        int32_t q = (int32_t)lrintf(x[i] * inv) + z;
+        dst[i] = (uint8_t)(q < 0 ? 0 : q > qmax ? qmax : q);
+    }
+    *scale = s;
+    *zp = z;
+}
+
+struct mm_run {
+    const struct mm_weight *w;
+    const float *x;
+    float *y;
+    int64_t m, n_mb;
+    _Atomic int err;
+};
+
+static void mm_convert_rows(struct mm_run *r, int64_t b, int64_t e)
+{
+    const struct mm_weight *w = r->w;
+    struct mm_ctx *c = w->ctx;
+    int64_t k = w->n_in;
+    for (int64_t i = b; i < e; i++) {
+        if (w->dtype == LLORCH_DTYPE_BF16)
+            mm_row_to_bf16((uint16_t *)c->act + i * k, r->x + i * k, k);
+        else
+            mm_row_to_u8((uint8_t *)c->act + i * k, &c->row_scale[i], &c->row_zp[i],
+                         r->x + i * k, k, c->qmax);
+    }
+}
+
+static void mm_convert_task(void *vctx, int64_t b, int64_t e, int worker)
+{
+    LLORCH_UNUSED(worker);
+    mm_convert_rows(vctx, b, e);
+}
+
+/* Moves the dense [rows, cols] block of task scratch into y at (r0, c0);
+ * int8 rescales s32 to f32 on the way. */
+static void mm_block_store(const struct mm_weight *w, const void *blk, float *y, int64_t r0,
+                           int64_t rows, int64_t c0, int64_t cols)
+{
+    const struct mm_ctx *c = w->ctx;
+    for (int64_t i = 0; i < rows; i++) {
+        float *out = y + (r0 + i) * w->n_out + c0;
+        if (w->dtype != LLORCH_DTYPE_INT8) {
+            memcpy(out, (const float *)blk + i * cols, sizeof(float) * (size_t)cols);
+            continue;
+        }
+        const int32_t *acc = (const int32_t *)blk + i * cols;
+        float sx = c->row_scale[r0 + i];
+        int32_t zp = c->row_zp[r0 + i];
+        const float *sw = w->col_scale + c0;
+        const int32_t *cs = w->col_sum + c0;
+        for (int64_t j = 0; j < cols; j++)
+            out[j] = (float)(acc[j] - zp * cs[j]) * (sx * sw[j]);
+    }
+}
+
+static void mm_gemm_task(void *vctx, int64_t b, int64_t e, int worker)
+{
+    struct mm_run *r = vctx;
+    const struct mm_weight *w = r->w;
+    struct mm_ctx *c = w->ctx;
+    /* A pool thread's OpenMP limit starts at the machine's core count. */
+    if (omp_get_max_threads() != 1)
+        omp_set_num_threads(1);
+    size_t xe = w->dtype == LLORCH_DTYPE_F32 ? sizeof(float) : mm_act_elem(w->dtype);
+    const char *src_base = w->dtype == LLORCH_DTYPE_F32 ? (const char *)r->x : c->act;
+    for (int64_t t = b; t < e; t++) {
+        int64_t tile = t / r->n_mb, mb = t % r->n_mb;
+        int64_t r0 = mb * MM_MBLOCK;
+        int64_t rows = LLORCH_MIN(MM_MBLOCK, r->m - r0);
+        int64_t c0 = tile * w->tile_n;
+        int shape = (tile == w->n_tiles - 1 && w->n_shapes == 2) ? 1 : 0;
+        dnnl_primitive_t p = w->prim[shape][rows];
+        dnnl_status_t s =
+            dnnl_memory_set_data_handle(c->src_mem[worker],
+                                        (void *)(src_base + (size_t)(r0 * w->n_in) * xe));
+        if (s == dnnl_success)
+            s = dnnl_memory_set_data_handle(c->dst_mem[worker], c->dtile[worker]);
+        if (s == dnnl_success)
+            s = dnnl_memory_set_data_handle(c->scr_mem[worker], c->scratch[worker]);
+        if (s == dnnl_success) {
+            dnnl_exec_arg_t args[4] = {
+                {DNNL_ARG_SRC, c->src_mem[worker]},
+                {DNNL_ARG_WEIGHTS, w->wmem[tile]},
+                {DNNL_ARG_DST, c->dst_mem[worker]},
+                {DNNL_ARG_SCRATCHPAD, c->scr_mem[worker]},
+            };
+            s = dnnl_primitive_execute(p, c->stream[worker], 4, args);
+        }
+        if (s != dnnl_success) {
+            int expect = 0;
+            atomic_compare_exchange_strong(&r->err, &expect, mm_err(s));
+            continue;
+        }
+        mm_block_store(w, c->dtile[worker], r->y, r0, rows, c0, w->shape_cols[shape]);
+    }
+}
+
+/* ---- packing ---- */
+
+struct mm_pack {
+    struct mm_weight *w;
+    const float *src;
+    dnnl_primitive_t reorder[2];
+    _Atomic int err;
+};
+
+static void mm_pack_task(void *vctx, int64_t b, int64_t e, int worker)
+{
+    struct mm_pack *pk = vctx;
+    struct mm_weight *w = pk->w;
+    int64_t k = w->n_in;
+    if (omp_get_max_threads() != 1)
+        omp_set_num_threads(1);
+    for (int64_t t = b; t < e; t++) {
+        int shape = (t == w->n_tiles - 1 && w->n_shapes == 2) ? 1 : 0;
+        int64_t cols = w->shape_cols[shape], c0 = t * w->tile_n;
+        const float *rows = pk->src + c0 * k; /* W[c0 .. c0+cols, :] */
+        void *plain = (void *)rows;
+        int8_t *q = NULL;
+        int err = 0;
+        if (w->dtype == LLORCH_DTYPE_INT8) {
+            /* symmetric per output channel: q = round(w / s), s = max|w| / 127 */
+            q = malloc((size_t)(cols * k));
+            if (!q)
+                err = LLORCH_ENOMEM;
+            for (int64_t n = 0; !err && n < cols; n++) {
+                const float *wr = rows + n * k;
+                float amax = 0.0f;
+                for (int64_t i = 0; i < k; i++)
+                    amax = fabsf(wr[i]) > amax ? fabsf(wr[i]) : amax;
+                float s = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+                int32_t sum = 0;
+                for (int64_t i = 0; i < k; i++) {
+                    long v = lrintf(wr[i] * inv);
+                    v = v < -127 ? -127 : v > 127 ? 127 : v;
+                    q[n * k + i] = (int8_t)v;
+                    sum += (int32_t)v;
+                }
+                w->col_scale[c0 + n] = s;
+                w->col_sum[c0 + n] = sum;
+            }
+            plain = q;
+        }
+        dnnl_memory_desc_t umd;
+        dnnl_dims_t dims = {k, cols}, str = {1, k};
+        dnnl_memory_t um = NULL;
+        if (!err)
+            err = mm_err(dnnl_memory_desc_init_by_strides(
+                &umd, 2, dims, w->dtype == LLORCH_DTYPE_INT8 ? dnnl_s8 : dnnl_f32, str));
+        if (!err)
+            err = mm_err(dnnl_memory_create(&um, &umd, w->ctx->engine, plain));
+        if (!err) {
+            dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, um}, {DNNL_ARG_TO, w->wmem[t]}};
+            err = mm_err(dnnl_primitive_execute(pk->reorder[shape], w->ctx->stream[worker], 2,
+                                                args));
+        }
+        if (um)
+            dnnl_memory_destroy(um);
+        free(q);
+        if (err) {
+            int expect = 0;
+            atomic_compare_exchange_strong(&pk->err, &expect, err);
+        }
+    }
+}
+
+static int64_t mm_default_tile_n(int64_t n_out, int workers)
+{
+    int64_t tiles = workers;
+    int64_t blocks = (n_out + MM_COL_ALIGN - 1) / MM_COL_ALIGN;
+    if (blocks % tiles == 0)
+        return blocks / tiles * MM_COL_ALIGN;
+    int64_t t = (n_out + tiles - 1) / tiles;
+    return (int64_t)llorch_align_up((uint64_t)t, MM_COL_ALIGN_MIN);
+}
+
+static int mm_weight_pack(struct mm_weight *w, const float *src)
+{
+    struct mm_ctx *c = w->ctx;
+    /* Let oneDNN choose the layout of each tile shape (for a full row
+     * block; the layout does not depend on M, and every later primitive is
+     * created with it explicitly). */
+    for (int sh = 0; sh < w->n_shapes; sh++) {
+        dnnl_primitive_desc_t pd;
+        int err = mm_pd_new(&pd, w, LLORCH_MIN(MM_MBLOCK, w->max_m), w->shape_cols[sh], NULL);
+        if (err)
+            return err;
+        w->packed_md[sh] = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+        if (sh == 0) {
+            const char *impl = NULL;
+            dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
+            /* oneDNN's implementation names are static strings */
+            w->impl = impl ? impl : "unknown";
+        }
+        dnnl_primitive_desc_destroy(pd);
+    }
+    uint64_t off = 0;
+    for (int64_t t = 0; t < w->n_tiles; t++) {
+        int sh = (t == w->n_tiles - 1 && w->n_shapes == 2) ? 1 : 0;
+        w->tile_off[t] = off;
+        off += llorch_align_up(dnnl_memory_desc_get_size(&w->packed_md[sh]), MM_ALIGN);
+    }
+    w->packed_bytes = off;
+    w->packed = mm_alloc(off);
+    if (!w->packed)
+        return LLORCH_ENOMEM;
+    for (int64_t t = 0; t < w->n_tiles; t++) {
+        int sh = (t == w->n_tiles - 1 && w->n_shapes == 2) ? 1 : 0;
+        int err = mm_err(dnnl_memory_create(&w->wmem[t], &w->packed_md[sh], c->engine,
+                                            (char *)w->packed + w->tile_off[t]));
+        if (err)
+            return err;
+    }
+
+    struct mm_pack pk = {.w = w, .src = src};
+    atomic_init(&pk.err, 0);
+    int err = 0;
+    for (int sh = 0; !err && sh < w->n_shapes; sh++) {
+        dnnl_memory_desc_t umd;
+        dnnl_dims_t dims = {w->n_in, w->shape_cols[sh]}, str = {1, w->n_in};
+        err = mm_err(dnnl_memory_desc_init_by_strides(
+            &umd, 2, dims, w->dtype == LLORCH_DTYPE_INT8 ? dnnl_s8 : dnnl_f32, str));
+        dnnl_primitive_desc_t rpd = NULL;
+        int saved = mm_omp_single_begin();
+        if (!err)
+            err = mm_err(dnnl_reorder_primitive_desc_create(&rpd, &umd, c->engine,
+                                                            &w->packed_md[sh], c->engine, NULL));
+        if (!err)
+            err = mm_err(dnnl_primitive_create(&pk.reorder[sh], rpd));
+        mm_omp_single_end(saved);
+        if (rpd)
+            dnnl_primitive_desc_destroy(rpd);
+    }
+    if (!err) {
+        tpool_parallel_for(w->pool, w->n_tiles, 1, mm_pack_task, &pk);
+        err = atomic_load(&pk.err);
+    }
+    for (int sh = 0; sh < 2; sh++)
+        if (pk.reorder[sh])
+            dnnl_primitive_destroy(pk.reorder[sh]);
+    return err;
+}
+
+/* ---- public API ---- */
+
+LLORCH_API int matmul_weight_new_tiled(struct mm_weight **out, const float *src, int64_t n_out,
+                                       int64_t n_in, enum llorch_dtype dtype, int64_t max_m,
+                                       struct tpool *pool, const struct mm_tiling *tiling)
+{
+    if (!out)
+        return LLORCH_EINVAL;
+    *out = NULL;
+    if (!src || !pool || n_out < 1 || n_in < 1 || max_m < 1)
+        return LLORCH_EINVAL;
+    if (dtype != LLORCH_DTYPE_F32 && dtype != LLORCH_DTYPE_BF16 && dtype != LLORCH_DTYPE_INT8)
+        return LLORCH_EINVAL;
+    if (tpool_in_task())
+        return LLORCH_EINVAL;
+    uint64_t elems, act;
+    if (llorch_mul_overflows((uint64_t)n_out, (uint64_t)n_in, &elems) || elems > INT64_MAX / 4 ||
+        llorch_mul_overflows((uint64_t)max_m, (uint64_t)n_in, &act) || act > INT64_MAX / 4 ||
+        llorch_mul_overflows((uint64_t)max_m, (uint64_t)n_out, &act) || act > INT64_MAX / 4)
+        return LLORCH_EOVERFLOW;
+    if (dtype == LLORCH_DTYPE_INT8 && n_in > MM_INT8_MAX_K)
+        return LLORCH_EUNSUPPORTED;
+    int64_t tile_n = tiling && tiling->tile_n > 0 ? tiling->tile_n : 0;
+    if (tiling && tiling->tile_n < 0)
+        return LLORCH_EINVAL;
+
+    struct mm_ctx *c;
+    int err = mm_ctx_get(pool, &c);
+    if (err)
+        return err;
+    struct mm_weight *w = calloc(1, sizeof(*w));
+    if (!w)
+        return LLORCH_ENOMEM;
+    atomic_fetch_add(&c->refs, 1);
+    w->ctx = c;
+    w->pool = pool;
+    w->dtype = dtype;
+    w->n_out = n_out;
+    w->n_in = n_in;
+    w->max_m = max_m;
+    if (tile_n == 0)
+        tile_n = mm_default_tile_n(n_out, c->n_workers);
+    w->tile_n = LLORCH_MIN(tile_n, n_out);
+    w->n_tiles = (n_out + w->tile_n - 1) / w->tile_n;
+    w->shape_cols[0] = w->tile_n;
+    w->n_shapes = 1;
+    if (n_out % w->tile_n) {
+        w->shape_cols[1] = n_out % w->tile_n;
+        w->n_shapes = 2;
+    }
+    w->tile_off = calloc((size_t)w->n_tiles, sizeof(*w->tile_off));
+    w->wmem = calloc((size_t)w->n_tiles, sizeof(*w->wmem));
+    if (!w->tile_off || !w->wmem)
+        err = LLORCH_ENOMEM;
+    if (!err && dtype == LLORCH_DTYPE_INT8) {
+        w->col_scale = mm_alloc(sizeof(float) * (size_t)n_out);
+        w->col_sum = mm_alloc(sizeof(int32_t) * (size_t)n_out);
+        if (!w->col_scale || !w->col_sum)
+            err = LLORCH_ENOMEM;
+    }
+    if (!err && dtype != LLORCH_DTYPE_F32)
+        err = mm_ctx_reserve_act(c, (size_t)(max_m * n_in) * mm_act_elem(dtype), max_m);
+    if (!err) /* f32 and s32 are both 4 bytes */
+        err = mm_ctx_reserve(c, c->dtile, &c->dtile_bytes,
+                             sizeof(float) * (size_t)(LLORCH_MIN(max_m, MM_MBLOCK) * w->tile_n));
+    if (!err)
+        err = mm_weight_pack(w, src);
+    if (!err) /* the common decode shapes: one row, and a full row block */
+        err = mm_prims_for_m(w, LLORCH_MIN(max_m, MM_MBLOCK));
+    if (!err)
+        err = mm_prims_for_m(w, 1);
+    if (err) {
+        matmul_weight_free(w);
+        return err;
+    }
+    *out = w;
+    return 0;
+}
+
+LLORCH_API int matmul_weight_new(struct mm_weight **out, const float *w, int64_t n_out,
+                                 int64_t n_in, enum llorch_dtype dtype, int64_t max_m,
+                                 struct tpool *pool)
+{
+    return matmul_weight_new_tiled(out, w, n_out, n_in, dtype, max_m, pool, NULL);
+}
+
+LLORCH_API void matmul_weight_free(struct mm_weight *w)
+{
+    if (!w)
+        return;
+    for (int sh = 0; sh < 2; sh++)
+        for (int r = 0; r <= MM_MBLOCK; r++)
+            if (w->prim[sh][r])
+                dnnl_primitive_destroy(w->prim[sh][r]);
+    if (w->wmem)
+        for (int64_t t = 0; t < w->n_tiles; t++)
+            if (w->wmem[t])
+                dnnl_memory_destroy(w->wmem[t]);
+    free(w->wmem);
+    free(w->tile_off);
+    free(w->packed);
+    free(w->col_scale);
+    free(w->col_sum);
+    mm_ctx_release(w->ctx);
+    free(w);
+}
+
+LLORCH_API int64_t matmul_weight_n_out(const struct mm_weight *w)
+{
+    return w->n_out;
+}
+
+LLORCH_API int64_t matmul_weight_n_in(const struct mm_weight *w)
+{
+    return w->n_in;
+}
+
+LLORCH_API int64_t matmul_weight_tile_n(const struct mm_weight *w)
+{
+    return w->tile_n;
+}
+
+LLORCH_API uint64_t matmul_weight_bytes(const struct mm_weight *w)
+{
+    /* what one use streams from memory: the weights at their type's width
+     * (the packed buffer's padding to oneDNN's blocks is never read) */
+    uint64_t e = w->dtype == LLORCH_DTYPE_F32 ? 4 : w->dtype == LLORCH_DTYPE_BF16 ? 2 : 1;
+    return (uint64_t)w->n_out * (uint64_t)w->n_in * e;
+}
+
+LLORCH_API const char *matmul_weight_impl(const struct mm_weight *w)
+{
+    return w && w->impl ? w->impl : "none";
+}
+
+LLORCH_API int matmul_prepare(struct mm_weight *w, int64_t m)
+{
+    if (!w || m < 1 || m > w->max_m)
+        return LLORCH_EINVAL;
+    if (tpool_in_task())
+        return LLORCH_EINVAL;
+    return mm_prims_for_m(w, m);
+}
+
+LLORCH_API int matmul_run(const struct mm_weight *w, const float *x, float *y, int64_t m,
+                          struct tpool *pool)
+{
+    if (!w || !x || !y || m < 1 || m > w->max_m || pool != w->pool)
+        return LLORCH_EINVAL;
+    if (tpool_in_task())
+        return LLORCH_EINVAL;
+    /* First use of this row count: create its primitives (the only
+     * allocation; steady state has none). The weight is logically const:
+     * the cache is an implementation detail. */
+    int err = mm_prims_for_m((struct mm_weight *)w, m);
+    if (err)
+        return err;
+    struct mm_run r = {.w = w, .x = x, .y = y, .m = m, .n_mb = (m + MM_MBLOCK - 1) / MM_MBLOCK};
+    atomic_init(&r.err, 0);
+    if (w->dtype != LLORCH_DTYPE_F32) {
+        if (m * w->n_in <= MM_CONVERT_SERIAL_MAX)
+            mm_convert_rows(&r, 0, m);
+        else
+            tpool_parallel_for(pool, m, 1, mm_convert_task, &r);
+    }
+    tpool_parallel_for(pool, w->n_tiles * r.n_mb, 1, mm_gemm_task, &r);
+    return atomic_load(&r.err);
+}
+
+LLORCH_API const char *matmul_cpu_isa_name(void)
+{
+    switch (dnnl_get_effective_cpu_isa()) {
+    case dnnl_cpu_isa_sse41:
+        return "sse41";
+    case dnnl_cpu_isa_avx:
+        return "avx";
+    case dnnl_cpu_isa_avx2:
+        return "avx2";
+    case dnnl_cpu_isa_avx2_vnni:
+        return "avx2_vnni";
+    case dnnl_cpu_isa_avx512_mic:
+        return "avx512_mic";
+    case dnnl_cpu_isa_avx512_mic_4ops:
+        return "avx512_mic_4ops";
+    case dnnl_cpu_isa_avx512_core:
+        return "avx512_core";
+    case dnnl_cpu_isa_avx512_core_vnni:
+        return "avx512_core_vnni";
+    case dnnl_cpu_isa_avx512_core_bf16:
+        return "avx512_core_bf16";
+    case dnnl_cpu_isa_avx512_core_amx:
+        return "avx512_core_amx";
+    default:
+        return "unknown";
+    }
+}
