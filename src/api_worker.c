@@ -1074,6 +1074,11 @@ LLORCH_API void api_worker_set_mgr(struct api_worker *a, const struct mgr *m)
     a->mgr = m;
 }
 
+LLORCH_API struct sched *api_worker_sched(const struct api_worker *a)
+{
+    return a->closing ? NULL : a->sched;
+}
+
 LLORCH_API int api_worker_new(struct api_worker **out, uv_loop_t *loop, struct http_server *srv,
                               const struct api_worker_opts *o)
 {

@@ -75,6 +75,9 @@ bool api_worker_is_ready(const struct api_worker *a);
 /* The pool-manager client whose state /health reports as "pool_manager"
  * (created after listening, so set later; NULL = not reported). */
 void api_worker_set_mgr(struct api_worker *a, const struct mgr *m);
+/* The scheduler once ready (NULL while loading and after close), for other
+ * API modules that submit to it. */
+struct sched *api_worker_sched(const struct api_worker *a);
 
 /* Graceful drain: stop accepting, refuse new jobs, let running streams end
  * up to timeout_ms, then end the rest with SHUTTING_DOWN. done(ctx) runs

@@ -13,9 +13,11 @@
 
 #include <uv.h>
 
+#include "api_openai.h"
 #include "api_worker.h"
 #include "config.h"
 #include "forward.h"
+#include "gguf.h"
 #include "http.h"
 #include "llorch/error.h"
 #include "log.h"
@@ -40,6 +42,7 @@ struct daemon {
     struct forward *fw;
     struct http_server *srv;
     struct api_worker *api;
+    struct api_openai *oai;
     struct sched *sched;
     bool shutting_down;
     int exit_code;
@@ -64,6 +67,8 @@ static void daemon_on_drained(void *ctx)
      * events are never taken: api_worker_close frees their owners). */
     sched_free(d->sched);
     d->sched = NULL;
+    api_openai_free(d->oai);
+    d->oai = NULL;
     api_worker_close(d->api);
     d->api = NULL;
     mgr_close(d->mgr, NULL, NULL);
@@ -308,7 +313,33 @@ static int daemon_start(struct daemon *d)
                           daemon_h_metrics, d);
     if (r)
         return fail(d, "metrics route failed", llorch_strerror(r));
-    /* ops: the OpenAI API registers here. */
+    struct gguf_str tmpl = {0};
+    bool has_tmpl = gguf_get_str(d->model->file, "tokenizer.chat_template", &tmpl) == 0;
+    struct api_openai_opts oo = {
+        .cfg = cfg,
+        .worker = d->api,
+        .model_id = ao.info.model,
+        .model_name = d->model->name,
+        .tok = d->tok,
+        .chat_template = has_tmpl ? tmpl.ptr : NULL,
+        .chat_template_len = has_tmpl ? (size_t)tmpl.len : 0,
+        .n_ctx = ao.info.n_ctx,
+    };
+    r = api_openai_new(&d->oai, d->srv, &oo);
+    if (r)
+        return fail(d, "openai api failed", llorch_strerror(r));
+    if (api_openai_chat_template(d->oai) == CHAT_TEMPLATE_UNKNOWN && cfg->chat_template[0]) {
+        snprintf(err, sizeof(err), "unknown --chat-template `%s`; supported: %s",
+                 cfg->chat_template, chat_template_names());
+        return fail(d, "bad configuration", err);
+    }
+    if (api_openai_chat_template(d->oai) == CHAT_TEMPLATE_UNKNOWN) {
+        struct log_field tf[] = {LOG_F_STR("supported", chat_template_names())};
+        log_write(d->log, CONFIG_LOG_WARN,
+                  "the model's chat template is not recognised: /v1/chat/completions answers 400 "
+                  "unless --chat-template NAME is given",
+                  tf, 1);
+    }
 
     /* 4. the scheduler: its events come back through the api's uv_async_t */
     struct sched_opts so = {
@@ -370,6 +401,7 @@ static void daemon_stop(struct daemon *d)
     if (d->srv)
         http_server_close(d->srv);
     sched_free(d->sched);
+    api_openai_free(d->oai);
     api_worker_close(d->api);
     mgr_close(d->mgr, NULL, NULL);
     llorch_sd_close(d->sd, NULL, NULL);
