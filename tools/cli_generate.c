@@ -179,7 +179,7 @@ int cli_generate_main(int argc, char **argv)
     };
     bool no_bos = false, special = false;
     enum llorch_dtype dtype = LLORCH_DTYPE_AUTO;
-    uint64_t threads = 0, ctx = 0, kv_mb = 256, u;
+    uint64_t threads = 0, ctx = 0, kv_mb = 256, u = 0;
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
