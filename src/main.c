@@ -143,6 +143,10 @@ static void daemon_h_metrics(void *ctx, struct http_request *r, const char *tail
     LLORCH_UNUSED(tail);
     LLORCH_UNUSED(tail_len);
     struct daemon *d = ctx;
+    if (!api_worker_authorized(d->api, r)) { /* same key as the API when one is set */
+        api_worker_respond_unauthorized(r);
+        return;
+    }
     struct sched_stats st;
     if (d->sched)
         sched_stats(d->sched, &st);
