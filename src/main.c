@@ -223,6 +223,13 @@ static int daemon_start_mgr(struct daemon *d, uint64_t memory_bytes)
     return 0;
 }
 
+/* Step driver thread: the engine's per-step figures go to the step-time and
+ * batch-size histograms (metrics are lock-free). */
+static void daemon_on_step(void *ctx, double seconds, uint32_t n_seqs, uint32_t n_tokens)
+{
+    metrics_observe_step(ctx, seconds, n_seqs, n_tokens);
+}
+
 static int daemon_start(struct daemon *d)
 {
     const struct config *cfg = d->cfg;
@@ -353,6 +360,8 @@ static int daemon_start(struct daemon *d)
         .batch_window_ms = cfg->batch_window_ms,
         .notify = api_worker_notify,
         .notify_ctx = d->api,
+        .on_step = daemon_on_step,
+        .on_step_ctx = d->metrics,
     };
     r = sched_new(&d->sched, d->fw, d->tok, &so);
     if (r)
