@@ -277,6 +277,22 @@ def test_metrics_exposition_and_auth():
             check(b"llorch_http_requests_total{endpoint=\"/metrics\",status=\"401\"} 1\n" in text,
                   "the 401 is counted")
             check(b"\nllorch_model_loaded 1\n" in text, "model loaded gauge")
+            # One generation feeds the step histograms from the step driver.
+            body = json.dumps({"job_id": "m1", "prompt": "Once", "max_tokens": 4,
+                               "temperature": 0}).encode()
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/execute", data=body,
+                                         headers={"Content-Type": "application/json",
+                                                  "Authorization": "Bearer s3cret"})
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                stream = resp.read()
+            check(b"event: end" in stream, f"generation ended: {stream[-200:]!r}")
+            status, text = http_get(port, "/metrics", headers={"Authorization": "Bearer s3cret"})
+            steps = re.search(rb"\nllorch_step_duration_seconds_count (\d+)\n", text)
+            batches = re.search(rb"\nllorch_batch_size_count (\d+)\n", text)
+            check(steps is not None and int(steps.group(1)) >= 4,
+                  f"step histogram counts the steps: {steps and steps.group(0)!r}")
+            check(batches is not None and steps is not None and batches.group(1) == steps.group(1),
+                  "one batch-size sample per step")
             if shutil.which("promtool"):
                 r = subprocess.run(["promtool", "check", "metrics"], input=text,
                                    capture_output=True, timeout=60)
@@ -288,8 +304,8 @@ def test_metrics_exposition_and_auth():
 
 def main():
     if not (os.access(DAEMON, os.X_OK) and os.path.exists(MODEL)):
-        print("skipped: needs build/src/llorch-cpud and stories260k.gguf")
-        return 77
+        print("FAIL: needs build/src/llorch-cpud and stories260k.gguf")
+        return 1
     test_retries_payload_heartbeats()
     test_unreachable_pool_manager_never_stops_serving()
     test_test_mode_sends_nothing()
