@@ -177,8 +177,8 @@ def requests_on(port):
 
 def main():
     if not (os.access(DAEMON, os.X_OK) and os.path.exists(MODEL)):
-        print("skipped: needs build/src/llorch-cpud and stories260k.gguf")
-        return 77
+        print("FAIL: needs build/src/llorch-cpud and stories260k.gguf")
+        return 1
     if not os.access(NGINX, os.X_OK):
         print("FAIL: nginx not installed (scripts/setup-deps installs it)")
         return 1
