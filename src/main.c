@@ -275,7 +275,7 @@ static int daemon_start(struct daemon *d)
         .kv_bytes = (uint64_t)cfg->kv_cache_mb << 20,
         .n_ctx = cfg->ctx,
         .max_seqs = cfg->max_batch,
-        .max_step_tokens = cfg->step_tokens,
+        .max_step_tokens = LLORCH_MAX(cfg->step_tokens, cfg->max_batch), /* sched raises it so */
         .pool = d->pool,
     };
     r = forward_new(&d->fw, d->model, &fo, err, sizeof(err));
