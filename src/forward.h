@@ -22,6 +22,12 @@ struct forward_opts {
     uint32_t max_seqs;            /* sequences in one step */
     uint32_t max_step_tokens;     /* tokens in one step (prefill chunks + decodes) */
     struct tpool *pool;
+    /* Exact mode only (dtype F32): round the activations entering each
+     * matmul as llama.cpp's CPU backend does for the weight's file type (f16
+     * weights: activations to f16; bf16: to bf16; Q4_0/Q4_1/Q5_0/Q5_1/Q8_0:
+     * to Q8_0 blocks), so f16 and quantised files match llama.cpp to float
+     * rounding. Ignored for bf16/int8, whose own rounding dominates. */
+    bool llama_rounding;
 };
 
 /* One sequence's part of a step: tokens [0, n_tokens) appended at positions

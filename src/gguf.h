@@ -55,9 +55,10 @@ struct gguf_str {
 };
 
 /* An array value. For scalar element types `data` points at `count` packed
- * little-endian elements inside the mapping; for strings use
- * gguf_arr_str(); nested arrays are validated but only reachable through
- * gguf_kv_at() walkers (no model key uses them). */
+ * little-endian elements inside the mapping; for strings `data` is an
+ * internal offset index (opaque: use gguf_arr_str() with the same file);
+ * nested arrays are validated but only reachable through gguf_kv_raw_at()
+ * (no model key uses them). */
 struct gguf_arr {
     enum gguf_type type;
     uint64_t count;

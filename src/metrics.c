@@ -337,6 +337,46 @@ void metrics_set_load_progress(struct metrics *m, double progress)
     atomic_store_explicit(&m->load_progress_bits, dbl_bits(progress), memory_order_relaxed);
 }
 
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void metrics_observe_event(struct metrics *m, const struct sched_event *ev, struct metrics_job *job)
+{
+    if (!m || !ev || !job)
+        return;
+    uint64_t now = now_ns();
+    switch (ev->type) {
+    case SCHED_EV_STARTED: {
+        uint64_t queued = (uint64_t)ev->u.started.queued_ms * 1000000ull;
+        job->submit_ns = now > queued ? now - queued : 1;
+        break;
+    }
+    case SCHED_EV_TOKEN:
+        if (job->last_token_ns)
+            hist_observe(&m->hist[H_ITL], (double)(now - job->last_token_ns) * 1e-9);
+        job->last_token_ns = now;
+        break;
+    case SCHED_EV_END:
+        if (ev->u.end.tokens_out > 0)
+            hist_observe(&m->hist[H_TTFT], (double)ev->u.end.ttft_ms * 1e-3);
+        if (job->submit_ns)
+            hist_observe(&m->hist[H_REQUEST], (double)(now - job->submit_ns) * 1e-9);
+        metrics_job_end(m, ev->u.end.reason);
+        break;
+    case SCHED_EV_ERROR:
+        metrics_job_error(m, ev->u.error.code);
+        metrics_job_end(m, ev->u.error.code == SCHED_ERR_CANCELLED ? SCHED_STOP_CANCELLED
+                                                                   : SCHED_STOP_ERROR);
+        if (job->submit_ns)
+            hist_observe(&m->hist[H_REQUEST], (double)(now - job->submit_ns) * 1e-9);
+        break;
+    }
+}
+
 /* ---- rendering ----------------------------------------------------------- */
 
 struct out {

@@ -81,6 +81,20 @@ void metrics_set_load_progress(struct metrics *m, double progress);
 /* Whole request, from the request's arrival to its terminal event. */
 void metrics_observe_request(struct metrics *m, double seconds);
 
+/* Per-job state for metrics_observe_event(), zero-initialised, owned by
+ * whoever owns the job (e.g. embedded in its api_sink). */
+struct metrics_job {
+    uint64_t submit_ns;     /* monotonic; 0 until STARTED */
+    uint64_t last_token_ns; /* monotonic; 0 before the first token */
+};
+
+/* Loop thread: one scheduler event of a job. STARTED fixes the submit time
+ * (now - queued_ms); each TOKEN after the first is an inter-token latency;
+ * END observes TTFT (its ttft_ms), the request duration and the stop
+ * reason; ERROR counts the error code (and reason "cancelled" or "error"). */
+void metrics_observe_event(struct metrics *m, const struct sched_event *ev,
+                           struct metrics_job *job);
+
 /* Renders every metric; st may be NULL (e.g. while loading: the engine
  * gauges are then omitted). *out is malloc'd and NUL-terminated; free() it.
  * Returns 0 or LLORCH_ENOMEM. */

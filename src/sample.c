@@ -249,7 +249,8 @@ LLORCH_API void sample_top_p_apply(struct sample_cands *c, float p)
         return;
     sample_softmax(c);
     /* Large unsorted lists: the head usually holds the mass, so sort only the
-     * best SAMPLE_TOP_P_HEAD first and fall back to a full sort if not. */
+     * best SAMPLE_TOP_P_HEAD first, and grow the sorted head from the tail
+     * (x16 each time) while the mass is not reached. */
     size_t head = c->size;
     if (!c->sorted) {
         head = c->size > SAMPLE_TOP_P_FULL_SORT_MIN ? SAMPLE_TOP_P_HEAD : c->size;
@@ -258,15 +259,18 @@ LLORCH_API void sample_top_p_apply(struct sample_cands *c, float p)
     float cum = 0.0f;
     size_t last = c->size;
     for (size_t i = 0; i < c->size; i++) {
+        if (i == head) {
+            /* Every tail candidate ranks after the head, so selecting the
+             * best of the tail extends the sorted order. */
+            size_t grow = LLORCH_MIN(head * 16, c->size) - head;
+            struct sample_cands tail = {c->data + head, c->size - head, false};
+            sample_select_top(&tail, grow);
+            head += grow;
+        }
         cum += c->data[i].p;
         if (cum >= p) {
             last = i + 1;
             break;
-        }
-        if (i + 1 == head && head < c->size) {
-            /* Sort the tail too: the head was sorted, the rest goes after it. */
-            qsort(c->data + head, c->size - head, sizeof(*c->data), sample_cand_cmp);
-            head = c->size;
         }
     }
     c->size = last;

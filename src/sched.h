@@ -3,7 +3,26 @@
  * each step from one decode token per running sequence plus chunks of pending
  * prompts under a token budget, samples, detokenises, and posts events back.
  * Every accepted request yields exactly one terminal event (END or ERROR);
- * the submitter's `owner` pointer must stay valid until it has been taken. */
+ * the submitter's `owner` pointer must stay valid until it has been taken.
+ *
+ * Event order per request: STARTED (when admitted), TOKEN*, then END or
+ * ERROR. A request rejected at admission (invalid prompt, can never fit:
+ * KV_EXHAUSTED) gets its ERROR without a STARTED. Preemption under KV
+ * pressure is invisible to the client: the sequence is recomputed and its
+ * output continues with the next index. An end-of-generation token is not
+ * sent as a TOKEN event and does not count in tokens_out.
+ *
+ * Events come from a pool preallocated at sched_new(); STARTED and the
+ * terminal event are embedded in the request slot, so they never wait.
+ * When the loop holds every TOKEN event of the pool, the step driver blocks
+ * until some are released (nothing is dropped or coalesced). A request slot
+ * is reused only after its STARTED and terminal events are released, so a
+ * loop that does not release events eventually sees LLORCH_EFULL.
+ *
+ * Memory: one arena sized (max_queue + max_batch) request slots, each with
+ * the prompt copy (max_prompt_bytes), a token array of n_ctx entries, the
+ * sampler state and the detokeniser; one logits buffer per batch slot; one
+ * sampling scratch. Nothing is allocated after sched_new(). */
 #ifndef LLORCH_SCHED_H
 #define LLORCH_SCHED_H
 
@@ -91,7 +110,7 @@ struct sched_event {
     union {
         struct {
             uint32_t n_prompt_tokens;
-            uint32_t queued_ms;
+            uint32_t queued_ms;       /* submit to admission */
         } started;
         struct {
             uint32_t index;           /* 0-based index of the token in the output */
@@ -107,8 +126,8 @@ struct sched_event {
             int32_t stop_index;       /* which stop string, for SCHED_STOP_SEQUENCE */
             uint32_t tokens_out;
             uint32_t n_prompt_tokens;
-            uint32_t ttft_ms;
-            uint32_t decode_time_ms;
+            uint32_t ttft_ms;         /* submit to first token */
+            uint32_t decode_time_ms;  /* admission (STARTED) to end */
             uint32_t text_len;        /* final released text (held-back suffix) */
             char text[SCHED_EVENT_TEXT_CAP];
         } end;
@@ -128,7 +147,12 @@ struct sched_opts {
      * non-empty (e.g. uv_async_send). */
     void (*notify)(void *ctx);
     void *notify_ctx;
+    /* Prompt text bytes per request slot; 0: max(128 KiB, 16 * n_ctx). A
+     * longer prompt is accepted and ends with ERROR KV_EXHAUSTED. */
+    uint32_t max_prompt_bytes;
 };
+/* The forward engine must allow max_seqs >= max_batch and max_step_tokens >=
+ * step_tokens (step_tokens is raised to max_batch when smaller). */
 
 struct sched_stats {
     uint32_t slots_total;         /* max_batch */

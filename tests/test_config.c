@@ -425,6 +425,45 @@ static void config_api_key_file_errors(void **state)
     assert_string_equal(c.api_key, "");
 }
 
+/* systemd/example.conf is an EnvironmentFile: every line must be an option. */
+static void config_systemd_example_env_file_parses(void **state)
+{
+    (void)state;
+    const char *src = getenv("LLORCH_SOURCE");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/systemd/example.conf", src ? src : ".");
+    FILE *f = fopen(path, "r");
+    if (!f)
+        fail_msg("cannot open %s", path);
+    static char lines[64][512];
+    char *envp[65] = {0};
+    int n = 0;
+    while (n < 64 && fgets(lines[n], sizeof lines[n], f)) {
+        char *l = lines[n];
+        l[strcspn(l, "\n")] = 0;
+        if (!l[0] || l[0] == '#')
+            continue;
+        /* EnvironmentFile= keeps everything after '=' (no inline comments) */
+        assert_null(strchr(l, '#'));
+        assert_non_null(strchr(l, '='));
+        assert_true(!strncmp(l, "LLORCH_", 7));
+        envp[n] = l;
+        n++;
+    }
+    fclose(f);
+    assert_true(n >= 5);
+    struct config c;
+    char err[512];
+    bool exit_now;
+    char *argv[] = {"llorch-cpud", NULL};
+    int r = config_parse(&c, 1, argv, envp, &exit_now, err, sizeof err);
+    if (r)
+        fail_msg("example.conf: %s", err);
+    assert_string_equal(c.model, "/var/lib/llorch-cpud/models/model.gguf");
+    assert_int_equal(c.port, 8080);
+    assert_int_equal(c.kv_cache_mb, 4096);
+}
+
 /* Runs config_parse with stdout captured into buf. */
 static void capture(const char *flag, char *buf, size_t n)
 {
@@ -554,6 +593,7 @@ int main(void)
         cmocka_unit_test(config_backoff_cap_below_first_delay_is_an_error),
         cmocka_unit_test(config_api_key_file_is_read_and_trimmed),
         cmocka_unit_test(config_api_key_file_errors),
+        cmocka_unit_test(config_systemd_example_env_file_parses),
         cmocka_unit_test(config_help_lists_every_option_with_default_and_unit),
         cmocka_unit_test(config_version_prints_the_version),
     };

@@ -658,6 +658,53 @@ static void metrics_label_values_are_escaped(void **state)
     metrics_free(m);
 }
 
+static void metrics_events_feed_ttft_itl_jobs_and_durations(void **state)
+{
+    (void)state;
+    struct metrics *m;
+    assert_int_equal(metrics_new(&m, "w1", "tiny"), 0);
+    struct metrics_job job = {0};
+    struct sched_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.type = SCHED_EV_STARTED;
+    ev.u.started.queued_ms = 20;
+    metrics_observe_event(m, &ev, &job);
+    assert_true(job.submit_ns > 0);
+    ev.type = SCHED_EV_TOKEN;
+    for (int i = 0; i < 4; i++) {
+        metrics_observe_event(m, &ev, &job);
+        usleep(2000);
+    }
+    ev.type = SCHED_EV_END;
+    ev.u.end.tokens_out = 4;
+    ev.u.end.ttft_ms = 30;
+    ev.u.end.reason = SCHED_STOP_MAX_TOKENS;
+    metrics_observe_event(m, &ev, &job);
+    struct metrics_job job2 = {0};
+    memset(&ev, 0, sizeof ev);
+    ev.type = SCHED_EV_ERROR;
+    ev.u.error.code = SCHED_ERR_CANCELLED;
+    metrics_observe_event(m, &ev, &job2); /* rejected before STARTED: no duration */
+    ev.u.error.code = SCHED_ERR_KV_EXHAUSTED;
+    metrics_observe_event(m, &ev, &job2);
+    metrics_observe_event(NULL, &ev, &job2);
+    struct prom *p = render_and_parse(m, NULL, NULL);
+    assert_true(prom_get(p, "llorch_inter_token_latency_seconds_count", NULL) == 3);
+    assert_true(prom_get(p, "llorch_inter_token_latency_seconds_bucket", "le=\"0.001\"") == 0);
+    assert_true(prom_get(p, "llorch_time_to_first_token_seconds_count", NULL) == 1);
+    assert_true(prom_get(p, "llorch_time_to_first_token_seconds_bucket", "le=\"0.025\"") == 0);
+    assert_true(prom_get(p, "llorch_time_to_first_token_seconds_bucket", "le=\"0.05\"") == 1);
+    assert_true(prom_get(p, "llorch_request_duration_seconds_count", NULL) == 1);
+    assert_true(prom_get(p, "llorch_request_duration_seconds_sum", NULL) >= 0.026);
+    assert_true(prom_get(p, "llorch_jobs_total", "reason=\"max_tokens\"") == 1);
+    assert_true(prom_get(p, "llorch_jobs_total", "reason=\"cancelled\"") == 1);
+    assert_true(prom_get(p, "llorch_jobs_total", "reason=\"error\"") == 1);
+    assert_true(prom_get(p, "llorch_job_errors_total", "code=\"KV_EXHAUSTED\"") == 1);
+    assert_true(prom_get(p, "llorch_job_errors_total", "code=\"CANCELLED\"") == 1);
+    free(p);
+    metrics_free(m);
+}
+
 #define N_THREADS 8
 #define N_OBS 20000
 
@@ -792,6 +839,7 @@ int main(void)
         cmocka_unit_test(metrics_histogram_le_is_inclusive_and_count_matches),
         cmocka_unit_test(metrics_jobs_gauges_and_counters_render),
         cmocka_unit_test(metrics_label_values_are_escaped),
+        cmocka_unit_test(metrics_events_feed_ttft_itl_jobs_and_durations),
         cmocka_unit_test(metrics_concurrent_observers_lose_nothing),
         cmocka_unit_test(metrics_null_is_ignored),
         cmocka_unit_test(metrics_strict_parser_rejects_bad_exposition),

@@ -1,0 +1,455 @@
+/* llorch-cpud, the daemon: configuration, start-up order, signals and the
+ * graceful shutdown. Start-up: parse config → load model and tokenizer →
+ * thread pool, forward engine → HTTP server and APIs → scheduler → listen →
+ * READY → pool-manager callback; then the loop runs until a drain ends.
+ * Shutdown (first SIGTERM/SIGINT or POST /v1/shutdown): stop accepting, let
+ * streams finish up to --drain-timeout-ms, end the rest with SHUTTING_DOWN,
+ * exit 0. A second signal exits at once (status 1). */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+#include "api_openai.h"
+#include "api_worker.h"
+#include "config.h"
+#include "forward.h"
+#include "gguf.h"
+#include "http.h"
+#include "llorch/error.h"
+#include "log.h"
+#include "metrics.h"
+#include "mgr.h"
+#include "model.h"
+#include "sd.h"
+#include "sched.h"
+#include "tokenizer.h"
+#include "tpool.h"
+#include "util.h"
+
+struct daemon {
+    const struct config *cfg;
+    struct log *log;
+    uv_loop_t loop;
+    uv_signal_t sigterm, sigint;
+    bool signals_open;
+    struct model *model;
+    struct tokenizer *tok;
+    struct tpool *pool;
+    struct forward *fw;
+    struct http_server *srv;
+    struct api_worker *api;
+    struct api_openai *oai;
+    struct sched *sched;
+    bool shutting_down;
+    int exit_code;
+    /* operations */
+    struct metrics *metrics;
+    struct mgr *mgr;
+    struct llorch_sd *sd;
+    int listen_fd;            /* from systemd socket activation, or -1 */
+    uint64_t wd_steps;        /* engine steps at the last watchdog check */
+    uint64_t wd_stuck_since;  /* uv_now() when work waited without a step, or 0 */
+};
+
+/* Runs from the drain timer once every job has ended (or the grace passed):
+ * close everything; the loop returns when the last handle is closed. */
+static void daemon_on_drained(void *ctx)
+{
+    struct daemon *d = ctx;
+    log_write(d->log, CONFIG_LOG_INFO, "drained, exiting", NULL, 0);
+    http_server_close(d->srv);
+    d->srv = NULL;
+    /* Joins the step driver; ends anything left with SHUTTING_DOWN (its
+     * events are never taken: api_worker_close frees their owners). */
+    sched_free(d->sched);
+    d->sched = NULL;
+    api_openai_free(d->oai);
+    d->oai = NULL;
+    api_worker_close(d->api);
+    d->api = NULL;
+    mgr_close(d->mgr, NULL, NULL);
+    d->mgr = NULL;
+    llorch_sd_close(d->sd, NULL, NULL);
+    d->sd = NULL;
+    if (d->signals_open) {
+        d->signals_open = false;
+        uv_close((uv_handle_t *)&d->sigterm, NULL);
+        uv_close((uv_handle_t *)&d->sigint, NULL);
+    }
+}
+
+/* The graceful drain, from a signal or POST /v1/shutdown. */
+static void daemon_begin_shutdown(void *ctx)
+{
+    struct daemon *d = ctx;
+    if (d->shutting_down)
+        return;
+    d->shutting_down = true;
+    struct log_field f[] = {LOG_F_UINT("drain_timeout_ms", d->cfg->drain_timeout_ms),
+                            LOG_F_UINT("live_jobs", api_worker_live_jobs(d->api))};
+    log_write(d->log, CONFIG_LOG_INFO, "shutting down: draining", f, LLORCH_ARRAY_SIZE(f));
+    llorch_sd_stopping(d->sd, "draining");
+    api_worker_drain(d->api, d->cfg->drain_timeout_ms, daemon_on_drained, d);
+}
+
+static void daemon_on_signal(uv_signal_t *h, int signum)
+{
+    struct daemon *d = h->data;
+    if (d->shutting_down) {
+        /* second signal: no more waiting */
+        static const char msg[] = "second signal: exiting now\n";
+        ssize_t w = write(2, msg, sizeof(msg) - 1);
+        (void)w;
+        _exit(1);
+    }
+    struct log_field f[] = {LOG_F_STR("signal", signum == SIGTERM ? "SIGTERM" : "SIGINT")};
+    log_write(d->log, CONFIG_LOG_INFO, "signal received", f, 1);
+    daemon_begin_shutdown(d);
+}
+
+static int fail(struct daemon *d, const char *what, const char *detail)
+{
+    struct log_field f[] = {LOG_F_STR("error", detail)};
+    log_write(d->log, CONFIG_LOG_ERROR, what, f, 1);
+    return 1;
+}
+
+/* ---- operations: metrics, access log, watchdog, pool manager ---- */
+
+static void daemon_on_response(void *ctx, const struct http_request *r, int status)
+{
+    struct daemon *d = ctx;
+    enum metrics_endpoint e =
+        r ? metrics_endpoint_from_path(r->path, r->path_len) : METRICS_EP_OTHER;
+    metrics_request_done(d->metrics, e, (unsigned)status);
+    if (!log_enabled(d->log, CONFIG_LOG_DEBUG))
+        return;
+    char path[256];
+    size_t n = r ? LLORCH_MIN(r->path_len, sizeof(path) - 1) : 0;
+    if (r)
+        memcpy(path, r->path, n);
+    path[n] = 0;
+    struct log_field f[] = {LOG_F_STR("method", r ? r->method_name : ""), LOG_F_STR("path", path),
+                            LOG_F_INT("status", status)};
+    log_write(d->log, CONFIG_LOG_DEBUG, "http response", f, LLORCH_ARRAY_SIZE(f));
+}
+
+static void daemon_h_metrics(void *ctx, struct http_request *r, const char *tail, size_t tail_len)
+{
+    LLORCH_UNUSED(tail);
+    LLORCH_UNUSED(tail_len);
+    struct daemon *d = ctx;
+    struct sched_stats st;
+    if (d->sched)
+        sched_stats(d->sched, &st);
+    metrics_gauge_set(d->metrics, METRICS_G_CONNECTIONS, http_server_conn_count(d->srv));
+    char *text;
+    size_t len;
+    if (metrics_render(d->metrics, d->sched ? &st : NULL, &text, &len) != 0) {
+        http_respond_error(r, 500, "INTERNAL", "out of memory", NULL);
+        return;
+    }
+    http_respond(r, 200, METRICS_CONTENT_TYPE, NULL, text, len);
+    free(text);
+}
+
+/* Asked before every systemd watchdog ping: the loop is alive (we are
+ * running on it); the engine is alive unless work has been waiting without
+ * a single step for two watchdog timeouts. Also refreshes STATUS=. */
+static bool daemon_alive(void *ctx)
+{
+    struct daemon *d = ctx;
+    if (!d->sched)
+        return true;
+    struct sched_stats st;
+    sched_stats(d->sched, &st);
+    llorch_sd_status(d->sd, "%s: %u running, %u queued, %s", d->shutting_down ? "draining" :
+                     "serving", st.slots_busy, st.queue_depth, mgr_status(d->mgr));
+    uint64_t now = uv_now(&d->loop);
+    bool work = st.slots_busy > 0 || st.queue_depth > 0;
+    if (!work || st.steps != d->wd_steps) {
+        d->wd_steps = st.steps;
+        d->wd_stuck_since = 0;
+        return true;
+    }
+    if (!d->wd_stuck_since)
+        d->wd_stuck_since = now;
+    return now - d->wd_stuck_since < 4 * llorch_sd_watchdog_period_ms(d->sd);
+}
+
+static const char *daemon_health_status(void *ctx)
+{
+    struct daemon *d = ctx;
+    return d->shutting_down ? "degraded" : "healthy";
+}
+
+/* The pool-manager client, once the port is known (after listening). */
+static int daemon_start_mgr(struct daemon *d, uint64_t memory_bytes)
+{
+    const struct config *cfg = d->cfg;
+    uint16_t port = http_server_port(d->srv);
+    char url[512];
+    if (mgr_format_worker_url(cfg->host, port, url, sizeof(url)) != 0)
+        return fail(d, "pool-manager client failed", "worker URL too long");
+    struct mgr_opts mo = {
+        .callback_url = cfg->callback_url,
+        .worker_id = cfg->worker_id,
+        .worker_url = url,
+        .model_ref = cfg->model_ref,
+        .memory_bytes = memory_bytes,
+        .port = port,
+        .max_retries = cfg->callback_max_retries,
+        .backoff_ms = cfg->callback_backoff_ms,
+        .backoff_max_ms = cfg->callback_backoff_max_ms,
+        .heartbeat_interval_s = cfg->heartbeat_interval_s,
+        .health_status = daemon_health_status,
+        .health_ctx = d,
+        .log = d->log,
+        .metrics = d->metrics,
+    };
+    int r = mgr_new(&d->mgr, &d->loop, &mo);
+    if (r)
+        return fail(d, "pool-manager client failed", llorch_strerror(r));
+    api_worker_set_mgr(d->api, d->mgr);
+    mgr_start(d->mgr);
+    return 0;
+}
+
+static int daemon_start(struct daemon *d)
+{
+    const struct config *cfg = d->cfg;
+    char err[512] = "";
+    int r;
+
+    /* 0. operations: systemd, the socket it may pass us, metrics */
+    r = llorch_sd_new(&d->sd, &d->loop, d->log);
+    if (r)
+        return fail(d, "systemd integration failed", llorch_strerror(r));
+    r = llorch_sd_listen_fd(&d->listen_fd, err, sizeof(err));
+    if (r)
+        return fail(d, "socket activation failed", err);
+    r = metrics_new(&d->metrics, cfg->worker_id, cfg->model_ref);
+    if (r)
+        return fail(d, "metrics failed", llorch_strerror(r));
+
+    /* 1. the model */
+    if (cfg->model[0] == 0)
+        return fail(d, "no model", "--model PATH is required");
+    struct log_field lf[] = {LOG_F_STR("model", cfg->model)};
+    log_write(d->log, CONFIG_LOG_INFO, "loading model", lf, 1);
+    llorch_sd_status(d->sd, "loading model %s", cfg->model);
+    uint64_t t0 = uv_hrtime();
+    r = model_load(&d->model, cfg->model, err, sizeof(err));
+    if (r)
+        return fail(d, "model load failed", err[0] ? err : llorch_strerror(r));
+    if (d->model->vocab_only)
+        return fail(d, "model load failed", "the file has no tensors (vocabulary only)");
+    r = tokenizer_new(&d->tok, d->model->file, err, sizeof(err));
+    if (r)
+        return fail(d, "tokenizer failed", err[0] ? err : llorch_strerror(r));
+
+    /* 2. the engine */
+    struct tpool_opts po = {.n_threads = (int)cfg->threads, .pin = cfg->cpu_pinning,
+                            .name = "llorch-w"};
+    r = tpool_new(&d->pool, &po);
+    if (r)
+        return fail(d, "thread pool failed", llorch_strerror(r));
+    struct forward_opts fo = {
+        .dtype = cfg->dtype,
+        .kv_type = cfg->kv_type,
+        .kv_bytes = (uint64_t)cfg->kv_cache_mb << 20,
+        .n_ctx = cfg->ctx,
+        .max_seqs = cfg->max_batch,
+        .max_step_tokens = cfg->step_tokens,
+        .pool = d->pool,
+    };
+    r = forward_new(&d->fw, d->model, &fo, err, sizeof(err));
+    if (r)
+        return fail(d, "forward engine failed", err[0] ? err : llorch_strerror(r));
+    struct log_field mf[] = {
+        LOG_F_STR("model", cfg->model),
+        LOG_F_UINT("load_ms", (uv_hrtime() - t0) / 1000000),
+        LOG_F_UINT("weight_bytes", forward_weight_bytes(d->fw)),
+    };
+    log_write(d->log, CONFIG_LOG_INFO, "model loaded", mf, LLORCH_ARRAY_SIZE(mf));
+
+    /* 3. the server and its APIs */
+    struct http_limits lim = {
+        .max_connections = cfg->max_connections,
+        .max_header_bytes = cfg->max_header_bytes,
+        .max_body_bytes = cfg->max_body_bytes,
+        .header_timeout_ms = cfg->header_timeout_ms,
+        .idle_timeout_ms = cfg->idle_timeout_ms,
+    };
+    r = http_server_new(&d->srv, &d->loop, &lim);
+    if (r)
+        return fail(d, "http server failed", llorch_strerror(r));
+    struct api_worker_opts ao = {
+        .cfg = cfg,
+        .info = {
+            .model = cfg->model_ref[0] ? cfg->model_ref : d->model->name,
+            .arch = model_arch_name(d->model->hp.arch),
+            .memory_bytes = forward_weight_bytes(d->fw) + ((uint64_t)cfg->kv_cache_mb << 20),
+            .n_ctx = forward_n_ctx(d->fw),
+            .dtype = forward_dtype_name(forward_dtype(d->fw)),
+            .kv_type = forward_kv_type_name(forward_kv_type(d->fw)),
+            .threads = (uint32_t)tpool_size(d->pool),
+            .add_bos = tokenizer_adds_bos(d->tok),
+        },
+        .shutdown_cb = daemon_begin_shutdown,
+        .shutdown_ctx = d,
+        .metrics = d->metrics,
+        .log = d->log,
+    };
+    r = api_worker_new(&d->api, &d->loop, d->srv, &ao);
+    if (r)
+        return fail(d, "worker api failed", llorch_strerror(r));
+    http_server_observe(d->srv, daemon_on_response, d);
+    r = http_server_route(d->srv, LLORCH_HTTP_GET | LLORCH_HTTP_HEAD, "/metrics", false,
+                          daemon_h_metrics, d);
+    if (r)
+        return fail(d, "metrics route failed", llorch_strerror(r));
+    struct gguf_str tmpl = {0};
+    bool has_tmpl = gguf_get_str(d->model->file, "tokenizer.chat_template", &tmpl) == 0;
+    struct api_openai_opts oo = {
+        .cfg = cfg,
+        .worker = d->api,
+        .model_id = ao.info.model,
+        .model_name = d->model->name,
+        .tok = d->tok,
+        .chat_template = has_tmpl ? tmpl.ptr : NULL,
+        .chat_template_len = has_tmpl ? (size_t)tmpl.len : 0,
+        .n_ctx = ao.info.n_ctx,
+    };
+    r = api_openai_new(&d->oai, d->srv, &oo);
+    if (r)
+        return fail(d, "openai api failed", llorch_strerror(r));
+    if (api_openai_chat_template(d->oai) == CHAT_TEMPLATE_UNKNOWN && cfg->chat_template[0]) {
+        snprintf(err, sizeof(err), "unknown --chat-template `%s`; supported: %s",
+                 cfg->chat_template, chat_template_names());
+        return fail(d, "bad configuration", err);
+    }
+    if (api_openai_chat_template(d->oai) == CHAT_TEMPLATE_UNKNOWN) {
+        struct log_field tf[] = {LOG_F_STR("supported", chat_template_names())};
+        log_write(d->log, CONFIG_LOG_WARN,
+                  "the model's chat template is not recognised: /v1/chat/completions answers 400 "
+                  "unless --chat-template NAME is given",
+                  tf, 1);
+    }
+
+    /* 4. the scheduler: its events come back through the api's uv_async_t */
+    struct sched_opts so = {
+        .max_batch = cfg->max_batch,
+        .max_queue = cfg->max_queue,
+        .step_tokens = cfg->step_tokens,
+        .batch_window_ms = cfg->batch_window_ms,
+        .notify = api_worker_notify,
+        .notify_ctx = d->api,
+    };
+    r = sched_new(&d->sched, d->fw, d->tok, &so);
+    if (r)
+        return fail(d, "scheduler failed", llorch_strerror(r));
+    api_worker_set_ready(d->api, d->sched);
+    metrics_set_load_progress(d->metrics, 1.0);
+
+    /* 5. listen, on the socket systemd passed (--host/--port ignored) or our own */
+    if (d->listen_fd >= 0)
+        r = http_server_listen_fd(d->srv, d->listen_fd);
+    else
+        r = http_server_listen(d->srv, cfg->host, cfg->port);
+    if (r)
+        return fail(d, "listen failed", llorch_strerror(r));
+
+    uv_signal_init(&d->loop, &d->sigterm);
+    uv_signal_init(&d->loop, &d->sigint);
+    d->sigterm.data = d->sigint.data = d;
+    uv_signal_start(&d->sigterm, daemon_on_signal, SIGTERM);
+    uv_signal_start(&d->sigint, daemon_on_signal, SIGINT);
+    d->signals_open = true;
+
+    struct log_field f[] = {
+        LOG_F_STR("host", cfg->host),
+        LOG_F_UINT("port", http_server_port(d->srv)),
+        LOG_F_STR("model", ao.info.model),
+        LOG_F_STR("arch", ao.info.arch),
+        LOG_F_STR("dtype", ao.info.dtype),
+        LOG_F_UINT("threads", ao.info.threads),
+        LOG_F_UINT("max_batch", cfg->max_batch),
+    };
+    log_write(d->log, CONFIG_LOG_INFO,
+              d->listen_fd >= 0 ? "listening on the socket passed by systemd" : "listening", f,
+              LLORCH_ARRAY_SIZE(f));
+
+    /* 6. systemd: READY=1, then watchdog pings from the loop */
+    char status[256];
+    snprintf(status, sizeof(status), "serving %s on port %u", ao.info.model,
+             (unsigned)http_server_port(d->srv));
+    llorch_sd_ready(d->sd, status, daemon_alive, d);
+
+    /* 7. the pool-manager callback (test mode: nothing is sent) */
+    return daemon_start_mgr(d, ao.info.memory_bytes);
+}
+
+/* Frees whatever start-up created, in reverse order. Handles still open
+ * (after a failed start) are closed and the loop run until they are. */
+static void daemon_stop(struct daemon *d)
+{
+    if (d->srv)
+        http_server_close(d->srv);
+    sched_free(d->sched);
+    api_openai_free(d->oai);
+    api_worker_close(d->api);
+    mgr_close(d->mgr, NULL, NULL);
+    llorch_sd_close(d->sd, NULL, NULL);
+    if (d->signals_open) {
+        uv_close((uv_handle_t *)&d->sigterm, NULL);
+        uv_close((uv_handle_t *)&d->sigint, NULL);
+    }
+    uv_run(&d->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&d->loop);
+    metrics_free(d->metrics);
+    forward_free(d->fw);
+    tpool_free(d->pool);
+    tokenizer_free(d->tok);
+    model_free(d->model);
+}
+
+int main(int argc, char **argv, char **envp)
+{
+    static struct config cfg; /* large (paths); immutable after parsing */
+    config_defaults(&cfg);
+    bool exit_now = false;
+    char err[1024] = "";
+    int r = config_parse(&cfg, argc, argv, envp, &exit_now, err, sizeof(err));
+    if (r) {
+        log_printf(NULL, CONFIG_LOG_ERROR, "%s", err[0] ? err : llorch_strerror(r));
+        return 2;
+    }
+    if (exit_now)
+        return 0;
+
+    struct daemon d = {.cfg = &cfg, .listen_fd = -1};
+    if (log_new(&d.log, 2, cfg.log_format, cfg.log_level, cfg.worker_id) != 0) {
+        log_printf(NULL, CONFIG_LOG_ERROR, "cannot create the logger");
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    if (uv_loop_init(&d.loop) != 0) {
+        log_write(d.log, CONFIG_LOG_ERROR, "uv_loop_init failed", NULL, 0);
+        log_free(d.log);
+        return 1;
+    }
+    d.exit_code = daemon_start(&d);
+    if (d.exit_code == 0) {
+        uv_run(&d.loop, UV_RUN_DEFAULT);
+        d.srv = NULL; /* closed by daemon_on_drained */
+    }
+    daemon_stop(&d);
+    log_write(d.log, CONFIG_LOG_INFO, d.exit_code ? "start-up failed" : "stopped", NULL, 0);
+    log_free(d.log);
+    return d.exit_code;
+}

@@ -1,0 +1,273 @@
+#!/usr/bin/env python3
+"""Pool-manager callback and heartbeats, end to end: the real daemon against a
+real HTTP receiver started here on 127.0.0.1.
+
+- The receiver fails the first two ready callbacks (503, then a dropped
+  connection); the daemon retries with exponential back-off and the third
+  attempt registers it. Every payload carries the contract's fields with the
+  worker's real port; the first one arrives only once the worker accepts
+  connections (listen → READY → callback).
+- Heartbeats then reach <root>/v1/heartbeat every --heartbeat-interval.
+- /health reports the pool-manager state; /metrics counts the attempts.
+- An unreachable pool manager never stops serving: the worker answers /health
+  200 and reports "failed" after its bounded retries.
+- localhost:9999 is test mode: no callback, state "disabled".
+"""
+import http.server
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+SRC = os.environ.get("LLORCH_SOURCE", os.path.join(os.path.dirname(__file__), ".."))
+BUILD = os.environ.get("LLORCH_BUILD", os.path.join(SRC, "build"))
+SHARED = os.environ.get("LLORCH_SHARED", os.path.join(SRC, "..", "shared"))
+DAEMON = os.path.join(BUILD, "src", "llorch-cpud")
+MODEL = os.path.join(SHARED, "models", "stories260k.gguf")
+
+failures = []
+
+
+def check(cond, what):
+    if not cond:
+        failures.append(what)
+        print("FAIL:", what, flush=True)
+    return cond
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port, path, timeout=5.0):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def port_open(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+class Receiver:
+    """A pool manager: records every POST; answers from a script per path
+    (status code, or 'drop' to close the connection without answering)."""
+
+    def __init__(self, script, worker_port):
+        self.script = script
+        self.worker_port = worker_port
+        self.requests = []
+        self.lock = threading.Lock()
+        rx = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(n)
+                with rx.lock:
+                    k = sum(1 for r in rx.requests if r["path"] == self.path)
+                    rx.requests.append({
+                        "path": self.path, "t": time.time(), "body": body,
+                        "content_type": self.headers.get("Content-Type"),
+                        "worker_listening": port_open(rx.worker_port),
+                    })
+                answers = rx.script.get(self.path.split("?")[0], [200])
+                answer = answers[min(k, len(answers) - 1)]
+                if answer == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.send_response(answer)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def of(self, path):
+        with self.lock:
+            return [r for r in self.requests if r["path"].split("?")[0] == path]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Daemon:
+    def __init__(self, port, *extra):
+        self.port = port
+        self.log = []
+        self.p = subprocess.Popen(
+            [DAEMON, "--model", MODEL, "--dtype", "f32", "--port", str(port), "--threads", "1",
+             "--worker-id", "mgr-test", "--log-format", "json", *extra],
+            stderr=subprocess.PIPE, text=True)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.p.stderr:
+            self.log.append(line)
+
+    def wait_healthy(self, timeout=60):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if http_get(self.port, "/health")[0] == 200:
+                    return True
+            except OSError:
+                pass
+            if self.p.poll() is not None:
+                return False
+            time.sleep(0.05)
+        return False
+
+    def health(self):
+        return json.loads(http_get(self.port, "/health")[1])
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.reader.join(timeout=5)
+        return self.p.returncode
+
+
+def wait_for(pred, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def pm_state(h):
+    pm = h.get("pool_manager")
+    return pm.get("status") if isinstance(pm, dict) else pm
+
+
+def test_retries_payload_heartbeats():
+    port = free_port()
+    rx = Receiver({"/v1/workers/ready": [503, "drop", 200], "/v1/heartbeat": [200]}, port)
+    d = Daemon(port, "--callback-url", f"http://127.0.0.1:{rx.port}/v1/workers/ready?pool=p1",
+               "--callback-backoff-ms", "150", "--callback-max-retries", "4",
+               "--heartbeat-interval", "1")
+    try:
+        check(d.wait_healthy(), "daemon became healthy")
+        check(wait_for(lambda: len(rx.of("/v1/workers/ready")) >= 3, 30),
+              f"three callback attempts (got {len(rx.of('/v1/workers/ready'))})")
+        calls = rx.of("/v1/workers/ready")
+        for i, c in enumerate(calls):
+            check(c["path"] == "/v1/workers/ready?pool=p1", f"callback path {c['path']}")
+            check(c["content_type"] == "application/json", f"content type {c['content_type']}")
+            check(c["worker_listening"], f"callback {i} came before the worker listened")
+            p = json.loads(c["body"])
+            want = {"worker_id": "mgr-test", "url": f"http://127.0.0.1:{port}",
+                    "uri": f"http://127.0.0.1:{port}", "model_ref": "stories260k.gguf",
+                    "backend": "cpu", "device": 0, "vram_bytes": 0, "memory_type": "cpu",
+                    "port": port}
+            for k, v in want.items():
+                check(p.get(k) == v, f"payload {k}={p.get(k)!r}, want {v!r}")
+            check(isinstance(p.get("memory_bytes"), int) and p["memory_bytes"] > 0,
+                  f"payload memory_bytes={p.get('memory_bytes')!r}")
+        if len(calls) >= 3:
+            g1 = calls[1]["t"] - calls[0]["t"]
+            g2 = calls[2]["t"] - calls[1]["t"]
+            check(g1 >= 0.14, f"first back-off {g1:.3f} s, want >= 0.15")
+            check(g2 >= 0.29, f"second back-off {g2:.3f} s, want >= 0.30 (doubled)")
+        check(wait_for(lambda: pm_state(d.health()) == "registered", 10),
+              f"/health pool_manager registered: {d.health().get('pool_manager')}")
+        check(wait_for(lambda: len(rx.of("/v1/heartbeat")) >= 2, 10), "two heartbeats")
+        for hb in rx.of("/v1/heartbeat")[:2]:
+            p = json.loads(hb["body"])
+            check(p.get("worker_id") == "mgr-test", f"heartbeat worker_id {p}")
+            check(p.get("health_status") == "healthy", f"heartbeat health_status {p}")
+            check(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", p.get("timestamp", "")),
+                  f"heartbeat timestamp {p.get('timestamp')!r}")
+        check(len(rx.of("/v1/workers/ready")) == 3, "no callback after registration")
+        status, metrics = http_get(port, "/metrics")
+        check(status == 200 and b"llorch_pool_manager_callback_attempts_total 3\n" in metrics
+              and b"llorch_pool_manager_callback_failures_total 2\n" in metrics,
+              "metrics count the callback attempts and failures")
+    finally:
+        rc = d.stop()
+        rx.close()
+    check(rc == 0, f"exit status {rc}")
+    logs = [json.loads(l) for l in d.log if l.startswith("{")]
+    check(any(l.get("msg", "").startswith("pool-manager callback failed; retrying") and
+              l.get("level") == "warn" for l in logs), "retry is logged as a warning")
+    check(any(l.get("msg") == "registered with the pool manager" for l in logs),
+          "registration is logged")
+    check(all(l.get("worker_id") == "mgr-test" for l in logs), "every line has worker_id")
+
+
+def test_unreachable_pool_manager_never_stops_serving():
+    port = free_port()
+    dead = free_port()  # nobody listens there
+    d = Daemon(port, "--callback-url", f"http://127.0.0.1:{dead}/ready",
+               "--callback-backoff-ms", "50", "--callback-max-retries", "2")
+    try:
+        check(d.wait_healthy(), "daemon healthy without a pool manager")
+        check(wait_for(lambda: pm_state(d.health()) == "failed", 15),
+              f"/health pool_manager failed: {d.health().get('pool_manager')}")
+        status, _ = http_get(port, "/health")
+        check(status == 200, "/health still 200 after giving up")
+    finally:
+        rc = d.stop()
+    check(rc == 0, f"exit status {rc}")
+    check(any("giving up" in l for l in d.log), "giving up is logged")
+
+
+def test_test_mode_sends_nothing():
+    port = free_port()
+    d = Daemon(port, "--callback-url", "http://localhost:9999/ready")
+    try:
+        check(d.wait_healthy(), "daemon healthy in test mode")
+        check(pm_state(d.health()) == "disabled", f"test mode state {d.health()}")
+    finally:
+        rc = d.stop()
+    check(rc == 0, f"exit status {rc}")
+
+
+def main():
+    if not (os.access(DAEMON, os.X_OK) and os.path.exists(MODEL)):
+        print("skipped: needs build/src/llorch-cpud and stories260k.gguf")
+        return 77
+    test_retries_payload_heartbeats()
+    test_unreachable_pool_manager_never_stops_serving()
+    test_test_mode_sends_nothing()
+    if failures:
+        print(f"{len(failures)} check(s) failed")
+        return 1
+    print("ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,789 @@
+/* The scheduler on the tiny shared models: batched output equals solo output
+ * (greedy and seeded sampling), preemption, cancellation, timeouts, the
+ * admission limits, stop strings, prefix reuse and shutdown. Events are
+ * polled with a condvar-based notify; a test can hold events (take them
+ * without releasing) to stall the step driver deterministically, since it
+ * waits when the loop holds every TOKEN event of the pool. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "forward.h"
+#include "model.h"
+#include "sched.h"
+#include "tokenizer.h"
+#include "tpool.h"
+#include "util.h"
+
+#define MAX_OUT 512
+#define WAIT_MS 30000
+
+struct result {
+    uint64_t id;
+    int n_started, n_terminal;
+    bool order_error;
+    enum sched_event_type terminal;
+    enum sched_stop_reason reason;
+    int32_t stop_index;
+    enum sched_error code;
+    char message[256];
+    uint32_t tokens_out;
+    uint32_t n_tokens;
+    llorch_token tokens[MAX_OUT];
+    uint32_t n_top_seen;
+    bool logprob_error;
+    size_t text_len;
+    char text[8192];
+};
+
+struct harness {
+    struct model *m;
+    struct tokenizer *tok;
+    struct tpool *pool;
+    struct forward *fw;
+    struct sched *s;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool notified;
+    struct llorch_queue held;
+};
+
+static void h_notify(void *ctx)
+{
+    struct harness *h = ctx;
+    pthread_mutex_lock(&h->mu);
+    h->notified = true;
+    pthread_cond_signal(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+}
+
+static char *model_path(const char *name)
+{
+    const char *dir = getenv("LLORCH_SHARED");
+    static char buf[1024];
+    snprintf(buf, sizeof(buf), "%s/models/%s", dir ? dir : "../shared", name);
+    return buf;
+}
+
+struct h_opts {
+    const char *model;
+    uint64_t kv_blocks;           /* 0: plenty */
+    uint32_t max_batch, max_queue, step_tokens;
+};
+
+static uint64_t kv_block_bytes(const struct model *m)
+{
+    return 2ull * m->hp.n_layer * m->hp.n_head_kv * m->hp.head_dim * LLORCH_KV_BLOCK * sizeof(float);
+}
+
+static void h_open(struct harness *h, const struct h_opts *o)
+{
+    memset(h, 0, sizeof(*h));
+    char err[256] = "";
+    int rc = model_load(&h->m, model_path(o->model), err, sizeof(err));
+    if (rc < 0)
+        fail_msg("model_load %s: %s", o->model, err);
+    rc = tokenizer_new(&h->tok, h->m->file, err, sizeof(err));
+    if (rc < 0)
+        fail_msg("tokenizer_new: %s", err);
+    struct tpool_opts po = {.n_threads = 2, .name = "t-sched"};
+    assert_int_equal(tpool_new(&h->pool, &po), 0);
+    uint32_t max_batch = o->max_batch ? o->max_batch : 32;
+    uint32_t step_tokens = o->step_tokens ? o->step_tokens : 256;
+    struct forward_opts fo = {
+        .dtype = LLORCH_DTYPE_F32,
+        .kv_type = LLORCH_KV_F32,
+        .kv_bytes = (o->kv_blocks ? o->kv_blocks : 2048) * kv_block_bytes(h->m),
+        .n_ctx = 0,
+        .max_seqs = max_batch,
+        .max_step_tokens = LLORCH_MAX(step_tokens, max_batch),
+        .pool = h->pool,
+    };
+    rc = forward_new(&h->fw, h->m, &fo, err, sizeof(err));
+    if (rc < 0)
+        fail_msg("forward_new: %s", err);
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_cond_init(&h->cv, NULL);
+    llorch_queue_init(&h->held);
+    struct sched_opts so = {
+        .max_batch = max_batch,
+        .max_queue = o->max_queue ? o->max_queue : 64,
+        .step_tokens = step_tokens,
+        .notify = h_notify,
+        .notify_ctx = h,
+    };
+    assert_int_equal(sched_new(&h->s, h->fw, h->tok, &so), 0);
+}
+
+static void h_release_held(struct harness *h)
+{
+    sched_events_release(h->s, &h->held);
+}
+
+static void h_close(struct harness *h)
+{
+    h_release_held(h);
+    sched_free(h->s);
+    forward_free(h->fw);
+    tpool_free(h->pool);
+    tokenizer_free(h->tok);
+    model_free(h->m);
+    pthread_cond_destroy(&h->cv);
+    pthread_mutex_destroy(&h->mu);
+}
+
+static void append_text(struct result *r, const char *t, size_t n)
+{
+    if (r->text_len + n <= sizeof(r->text)) {
+        memcpy(r->text + r->text_len, t, n);
+        r->text_len += n;
+    }
+}
+
+static void dispatch(struct sched_event *ev)
+{
+    struct result *r = ev->owner;
+    if (ev->req_id != r->id)
+        r->order_error = true;
+    switch (ev->type) {
+    case SCHED_EV_STARTED:
+        if (r->n_started || r->n_tokens || r->n_terminal)
+            r->order_error = true;
+        r->n_started++;
+        break;
+    case SCHED_EV_TOKEN:
+        if (r->n_terminal || !r->n_started || ev->u.token.index != r->n_tokens ||
+            r->n_tokens >= MAX_OUT) {
+            r->order_error = true;
+            break;
+        }
+        r->tokens[r->n_tokens++] = ev->u.token.id;
+        append_text(r, ev->u.token.text, ev->u.token.text_len);
+        if (ev->u.token.n_top) {
+            r->n_top_seen = ev->u.token.n_top;
+            for (uint32_t i = 1; i < ev->u.token.n_top; i++)
+                if (ev->u.token.top[i].logprob > ev->u.token.top[i - 1].logprob)
+                    r->logprob_error = true;
+            if (ev->u.token.logprob > ev->u.token.top[0].logprob + 1e-6f ||
+                ev->u.token.logprob > 0.0f)
+                r->logprob_error = true;
+        }
+        break;
+    case SCHED_EV_END:
+        r->n_terminal++;
+        r->terminal = SCHED_EV_END;
+        r->reason = ev->u.end.reason;
+        r->stop_index = ev->u.end.stop_index;
+        r->tokens_out = ev->u.end.tokens_out;
+        append_text(r, ev->u.end.text, ev->u.end.text_len);
+        break;
+    case SCHED_EV_ERROR:
+        r->n_terminal++;
+        r->terminal = SCHED_EV_ERROR;
+        r->code = ev->u.error.code;
+        snprintf(r->message, sizeof(r->message), "%s", ev->u.error.message);
+        break;
+    }
+}
+
+/* Waits up to wait_ms for a notify, then takes and dispatches the events;
+ * releases them unless hold. */
+static void h_pump(struct harness *h, int wait_ms, bool hold)
+{
+    pthread_mutex_lock(&h->mu);
+    if (!h->notified) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += (long)wait_ms * 1000000L;
+        ts.tv_sec += ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&h->cv, &h->mu, &ts);
+    }
+    h->notified = false;
+    pthread_mutex_unlock(&h->mu);
+    struct llorch_queue list;
+    llorch_queue_init(&list);
+    sched_events_take(h->s, &list);
+    struct llorch_queue *q;
+    llorch_queue_foreach(q, &list)
+        dispatch(llorch_container_of(q, struct sched_event, node));
+    if (hold)
+        llorch_queue_move(&list, &h->held);
+    else
+        sched_events_release(h->s, &list);
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static bool all_done(struct result *rs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (rs[i].n_terminal == 0)
+            return false;
+    return true;
+}
+
+static void h_wait_all(struct harness *h, struct result *rs, size_t n)
+{
+    uint64_t until = now_ms() + WAIT_MS;
+    while (!all_done(rs, n)) {
+        if (now_ms() > until)
+            fail_msg("requests did not finish in %d ms", WAIT_MS);
+        h_pump(h, 20, false);
+    }
+    /* exactly one terminal each, nothing out of order */
+    h_pump(h, 1, false);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(rs[i].n_terminal, 1);
+        assert_false(rs[i].order_error);
+    }
+}
+
+/* Pumps (holding) until pred(r) or the deadline. */
+static void h_pump_until_tokens(struct harness *h, struct result *r, uint32_t n_tokens, bool hold)
+{
+    uint64_t until = now_ms() + WAIT_MS;
+    while (r->n_tokens < n_tokens && r->n_terminal == 0) {
+        if (now_ms() > until)
+            fail_msg("no tokens in %d ms", WAIT_MS);
+        h_pump(h, 20, hold);
+    }
+}
+
+static void h_pump_until_started(struct harness *h, struct result *r, bool hold)
+{
+    uint64_t until = now_ms() + WAIT_MS;
+    while (!r->n_started && !r->n_terminal) {
+        if (now_ms() > until)
+            fail_msg("not started in %d ms", WAIT_MS);
+        h_pump(h, 20, hold);
+    }
+}
+
+static void assert_kv_all_free(struct harness *h)
+{
+    /* the stats snapshot is taken after each step: wait for an idle one */
+    uint64_t until = now_ms() + WAIT_MS;
+    struct sched_stats st;
+    for (;;) {
+        sched_stats(h->s, &st);
+        if (sched_idle(h->s) && st.kv.blocks_used == 0 && st.slots_busy == 0 &&
+            st.queue_depth == 0)
+            break;
+        if (now_ms() > until)
+            fail_msg("blocks still used: %u, busy %u, queued %u", st.kv.blocks_used,
+                     st.slots_busy, st.queue_depth);
+        h_pump(h, 5, false);
+    }
+    assert_int_equal(st.kv.seqs_active, 0);
+}
+
+static struct sched_params greedy(uint32_t max_tokens)
+{
+    struct sched_params p;
+    memset(&p, 0, sizeof(p));
+    p.max_tokens = max_tokens;
+    p.temperature = 0.0f;
+    p.top_p = 1.0f;
+    p.repetition_penalty = 1.0f;
+    return p;
+}
+
+/* stories260k prompts: BOS then ids from an LCG in [3, 511]. */
+static size_t make_prompt(llorch_token *out, size_t n, uint32_t seed)
+{
+    uint32_t x = seed * 2654435761u + 12345u;
+    out[0] = 1;
+    for (size_t i = 1; i < n; i++) {
+        x = x * 1103515245u + 12345u;
+        out[i] = (llorch_token)(3 + (x >> 8) % 509);
+    }
+    return n;
+}
+
+static int submit_tokens(struct harness *h, struct result *r, const char *job,
+                         const llorch_token *toks, size_t n, const struct sched_params *p)
+{
+    memset(r, 0, sizeof(*r));
+    struct sched_request req = {
+        .job_id = job,
+        .job_id_len = strlen(job),
+        .prompt_tokens = toks,
+        .n_prompt_tokens = n,
+        .params = *p,
+        .owner = r,
+    };
+    return sched_submit(h->s, &req, &r->id);
+}
+
+static int submit_text(struct harness *h, struct result *r, const char *job, const char *text,
+                       const struct sched_params *p)
+{
+    memset(r, 0, sizeof(*r));
+    struct sched_request req = {
+        .job_id = job,
+        .job_id_len = strlen(job),
+        .prompt = text,
+        .prompt_len = strlen(text),
+        .add_bos = tokenizer_adds_bos(h->tok),
+        .params = *p,
+        .owner = r,
+    };
+    return sched_submit(h->s, &req, &r->id);
+}
+
+static void assert_same_output(const struct result *a, const struct result *b)
+{
+    assert_int_equal(a->terminal, SCHED_EV_END);
+    assert_int_equal(b->terminal, SCHED_EV_END);
+    assert_int_equal(a->reason, b->reason);
+    assert_int_equal(a->n_tokens, b->n_tokens);
+    assert_int_equal(a->tokens_out, a->n_tokens);
+    assert_int_equal(b->tokens_out, b->n_tokens);
+    assert_memory_equal(a->tokens, b->tokens, a->n_tokens * sizeof(llorch_token));
+}
+
+/* ---- tests ---- */
+
+#define N_MIXED 50
+
+static void sched_fifty_greedy_requests_match_each_run_alone(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 32, .max_queue = 64});
+    static struct result solo[N_MIXED], batch[N_MIXED];
+    static llorch_token prompts[N_MIXED][128];
+    size_t lens[N_MIXED];
+    uint32_t max_tok[N_MIXED];
+    char job[32];
+    for (int i = 0; i < N_MIXED; i++) {
+        lens[i] = make_prompt(prompts[i], 1 + (size_t)(i * 37) % 120, (uint32_t)i);
+        max_tok[i] = 4 + (uint32_t)(i * 13) % 21;
+        struct sched_params p = greedy(max_tok[i]);
+        snprintf(job, sizeof(job), "solo-%d", i);
+        assert_int_equal(submit_tokens(&h, &solo[i], job, prompts[i], lens[i], &p), 0);
+        h_wait_all(&h, &solo[i], 1);
+    }
+    for (int i = 0; i < N_MIXED; i++) {
+        struct sched_params p = greedy(max_tok[i]);
+        snprintf(job, sizeof(job), "batch-%d", i);
+        assert_int_equal(submit_tokens(&h, &batch[i], job, prompts[i], lens[i], &p), 0);
+    }
+    h_wait_all(&h, batch, N_MIXED);
+    for (int i = 0; i < N_MIXED; i++) {
+        assert_int_equal(batch[i].n_started, 1);
+        assert_same_output(&solo[i], &batch[i]);
+    }
+    struct sched_stats st;
+    sched_stats(h.s, &st);
+    assert_true(st.steps > 0);
+    assert_true(st.tokens_generated >= 2 * N_MIXED * 4);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
+static struct sched_params sampled(uint64_t seed)
+{
+    struct sched_params p = greedy(24);
+    p.temperature = 0.9f;
+    p.top_k = 40;
+    p.top_p = 0.95f;
+    p.min_p = 0.02f;
+    p.repetition_penalty = 1.1f;
+    p.seed = seed;
+    return p;
+}
+
+static void sched_seeded_request_is_the_same_alone_and_among_63_others(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 64, .max_queue = 64});
+    static struct result alone, crowd[64];
+    static llorch_token prompts[64][64];
+    size_t lens[64];
+    for (int i = 0; i < 64; i++)
+        lens[i] = make_prompt(prompts[i], 8 + (size_t)(i * 5) % 50, 1000u + (uint32_t)i);
+    const int target = 31;
+    struct sched_params pt = sampled(0x5eed5eedull);
+    assert_int_equal(submit_tokens(&h, &alone, "alone", prompts[target], lens[target], &pt), 0);
+    h_wait_all(&h, &alone, 1);
+    char job[32];
+    for (int i = 0; i < 64; i++) {
+        struct sched_params p = i == target ? pt : sampled(77u + (uint64_t)i);
+        snprintf(job, sizeof(job), "crowd-%d", i);
+        assert_int_equal(submit_tokens(&h, &crowd[i], job, prompts[i], lens[i], &p), 0);
+    }
+    h_wait_all(&h, crowd, 64);
+    assert_same_output(&alone, &crowd[target]);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
+static void sched_cancel_mid_flight_ends_with_cancelled_and_frees_blocks(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 1});
+    static struct result r;
+    llorch_token prompt[8];
+    make_prompt(prompt, 8, 3);
+    struct sched_params p = greedy(400);
+    p.ignore_eos = true;
+    assert_int_equal(submit_tokens(&h, &r, "c1", prompt, 8, &p), 0);
+    /* Holding the events stalls the driver within one pool of tokens, so the
+     * request is still running when the cancel arrives. */
+    h_pump_until_tokens(&h, &r, 3, true);
+    assert_int_equal(sched_cancel(h.s, r.id, SCHED_ERR_CANCELLED), 0);
+    assert_int_equal(sched_cancel_job(h.s, "nope", 4, SCHED_ERR_CANCELLED), LLORCH_ENOTFOUND);
+    h_release_held(&h);
+    h_wait_all(&h, &r, 1);
+    assert_int_equal(r.terminal, SCHED_EV_ERROR);
+    assert_int_equal(r.code, SCHED_ERR_CANCELLED);
+    assert_true(r.n_tokens >= 3 && r.n_tokens < 400);
+    assert_int_equal(sched_cancel(h.s, r.id, SCHED_ERR_CANCELLED), LLORCH_ENOTFOUND);
+    assert_kv_all_free(&h);
+
+    /* by job id, while queued behind another */
+    static struct result a, b;
+    assert_int_equal(submit_tokens(&h, &a, "a", prompt, 8, &p), 0);
+    h_pump_until_started(&h, &a, true);
+    assert_int_equal(submit_tokens(&h, &b, "b", prompt, 8, &p), 0);
+    assert_int_equal(sched_cancel_job(h.s, "b", 1, SCHED_ERR_CLIENT_TOO_SLOW), 0);
+    assert_int_equal(sched_cancel_job(h.s, "a", 1, SCHED_ERR_CANCELLED), 0);
+    h_release_held(&h);
+    uint64_t until = now_ms() + WAIT_MS;
+    while (!a.n_terminal || !b.n_terminal) {
+        assert_true(now_ms() < until);
+        h_pump(&h, 20, false);
+    }
+    assert_int_equal(b.terminal, SCHED_EV_ERROR);
+    assert_int_equal(b.code, SCHED_ERR_CLIENT_TOO_SLOW);
+    assert_int_equal(b.n_started, 0);
+    assert_int_equal(a.code, SCHED_ERR_CANCELLED);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
+#define N_PRE 8
+
+static void sched_preemption_under_a_tiny_kv_cache_keeps_every_output(void **state)
+{
+    (void)state;
+    struct harness h;
+    /* 12 blocks (192 tokens) for 8 requests of up to ~100 tokens each */
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .kv_blocks = 12, .max_batch = 8,
+                                .step_tokens = 64});
+    static struct result solo[N_PRE], conc[N_PRE];
+    static llorch_token prompts[N_PRE][64];
+    size_t lens[N_PRE];
+    char job[32];
+    for (int i = 0; i < N_PRE; i++) {
+        lens[i] = make_prompt(prompts[i], 20 + (size_t)i * 5, 500u + (uint32_t)i);
+        struct sched_params p = greedy(40);
+        p.ignore_eos = true;
+        snprintf(job, sizeof(job), "solo-%d", i);
+        assert_int_equal(submit_tokens(&h, &solo[i], job, prompts[i], lens[i], &p), 0);
+        h_wait_all(&h, &solo[i], 1);
+        assert_int_equal(solo[i].n_tokens, 40);
+    }
+    struct sched_stats before;
+    sched_stats(h.s, &before);
+    for (int i = 0; i < N_PRE; i++) {
+        struct sched_params p = greedy(40);
+        p.ignore_eos = true;
+        snprintf(job, sizeof(job), "conc-%d", i);
+        assert_int_equal(submit_tokens(&h, &conc[i], job, prompts[i], lens[i], &p), 0);
+    }
+    h_wait_all(&h, conc, N_PRE);
+    for (int i = 0; i < N_PRE; i++)
+        assert_same_output(&solo[i], &conc[i]);
+    struct sched_stats after;
+    sched_stats(h.s, &after);
+    assert_true(after.preemptions > before.preemptions);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
+static void sched_full_queue_and_duplicate_job_are_refused(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 1, .max_queue = 2});
+    static struct result r[4];
+    llorch_token prompt[8];
+    make_prompt(prompt, 8, 9);
+    struct sched_params p = greedy(300);
+    p.ignore_eos = true;
+    assert_int_equal(submit_tokens(&h, &r[0], "A", prompt, 8, &p), 0);
+    h_pump_until_started(&h, &r[0], true);
+    /* A holds the only batch slot (and stalls on held events) */
+    assert_int_equal(submit_tokens(&h, &r[1], "B", prompt, 8, &p), 0);
+    assert_int_equal(submit_tokens(&h, &r[2], "C", prompt, 8, &p), 0);
+    assert_int_equal(submit_tokens(&h, &r[3], "D", prompt, 8, &p), LLORCH_EFULL);
+    struct result dup;
+    assert_int_equal(submit_tokens(&h, &dup, "A", prompt, 8, &p), LLORCH_EEXISTS);
+    struct sched_stats st;
+    sched_stats(h.s, &st);
+    assert_int_equal(st.queue_depth, 2);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(sched_cancel(h.s, r[i].id, SCHED_ERR_CANCELLED), 0);
+    h_release_held(&h);
+    h_wait_all(&h, r, 3);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(r[i].terminal, SCHED_EV_ERROR);
+        assert_int_equal(r[i].code, SCHED_ERR_CANCELLED);
+    }
+    /* the job id is free again once its request ended */
+    p = greedy(2);
+    assert_int_equal(submit_tokens(&h, &dup, "A", prompt, 8, &p), 0);
+    h_wait_all(&h, &dup, 1);
+    assert_int_equal(dup.terminal, SCHED_EV_END);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
+static void sched_bad_parameters_are_refused_at_submit(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 2});
+    struct result r;
+    llorch_token prompt[4] = {1, 10, 20, 30};
+    struct sched_params p = greedy(0);
+    assert_int_equal(submit_tokens(&h, &r, "x", prompt, 4, &p), LLORCH_EINVAL);
+    p = greedy(4);
+    p.top_p = 2.0f;
+    assert_int_equal(submit_tokens(&h, &r, "x", prompt, 4, &p), LLORCH_EINVAL);
+    p = greedy(4);
+    llorch_token bad[2] = {1, 100000};
+    assert_int_equal(submit_tokens(&h, &r, "x", bad, 2, &p), LLORCH_EINVAL);
+    assert_int_equal(submit_tokens(&h, &r, "", prompt, 4, &p), LLORCH_EINVAL);
+    assert_int_equal(submit_text(&h, &r, "x", "caf\xc3", &p), LLORCH_EUTF8);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
+static void sched_requests_that_can_never_fit_end_with_kv_exhausted(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .kv_blocks = 8, .max_batch = 2});
+    static struct result r[4];
+    static llorch_token prompt[600];
+    make_prompt(prompt, 600, 1);
+    /* beyond the context (512) */
+    struct sched_params p = greedy(450);
+    assert_int_equal(submit_tokens(&h, &r[0], "ctx", prompt, 100, &p), 0);
+    /* fits the context, not the 8-block (128-token) cache */
+    p = greedy(100);
+    assert_int_equal(submit_tokens(&h, &r[1], "kv", prompt, 50, &p), 0);
+    /* more prompt tokens than the context holds */
+    p = greedy(1);
+    assert_int_equal(submit_tokens(&h, &r[2], "long", prompt, 600, &p), 0);
+    /* nothing to condition on */
+    assert_int_equal(submit_tokens(&h, &r[3], "empty", prompt, 0, &p), 0);
+    h_wait_all(&h, r, 4);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(r[i].terminal, SCHED_EV_ERROR);
+        assert_int_equal(r[i].code, SCHED_ERR_KV_EXHAUSTED);
+        assert_int_equal(r[i].n_started, 0);
+    }
+    assert_non_null(strstr(r[0].message, "context length"));
+    assert_non_null(strstr(r[0].message, "512"));
+    assert_non_null(strstr(r[1].message, "KV cache"));
+    assert_int_equal(r[3].code, SCHED_ERR_INVALID_REQUEST);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
+static void sched_timeout_ends_running_and_waiting_requests(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 1});
+    static struct result r[2];
+    llorch_token prompt[8];
+    make_prompt(prompt, 8, 4);
+    struct sched_params p = greedy(300);
+    p.ignore_eos = true;
+    p.timeout_ms = 150;
+    assert_int_equal(submit_tokens(&h, &r[0], "run", prompt, 8, &p), 0);
+    h_pump_until_started(&h, &r[0], true);
+    p.timeout_ms = 1;
+    assert_int_equal(submit_tokens(&h, &r[1], "wait", prompt, 8, &p), 0);
+    struct timespec ts = {0, 200 * 1000000L};
+    nanosleep(&ts, NULL);
+    h_release_held(&h);
+    h_wait_all(&h, r, 2);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(r[i].terminal, SCHED_EV_ERROR);
+        assert_int_equal(r[i].code, SCHED_ERR_TIMEOUT);
+    }
+    assert_int_equal(r[1].n_started, 0);
+    assert_true(r[0].n_tokens < 300);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
+static void sched_stop_string_ends_the_stream_before_the_match(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "llama-tiny-f32.gguf", .max_batch = 4});
+    static struct result full, cut;
+    struct sched_params p = greedy(24);
+    p.ignore_eos = true;
+    assert_int_equal(submit_text(&h, &full, "full", "Once upon a time", &p), 0);
+    h_wait_all(&h, &full, 1);
+    assert_int_equal(full.reason, SCHED_STOP_MAX_TOKENS);
+    assert_true(full.text_len > 8);
+    /* a stop string of three ASCII bytes from the second half of the
+     * output, cut at its first occurrence */
+    size_t k = full.text_len / 2;
+    while (k + 3 <= full.text_len && ((full.text[k] | full.text[k + 1] | full.text[k + 2]) & 0x80))
+        k++;
+    assert_true(k + 3 <= full.text_len);
+    char stop[4];
+    memcpy(stop, full.text + k, 3);
+    stop[3] = '\0';
+    const char *first = NULL;
+    for (size_t i = 0; i + 3 <= full.text_len && !first; i++)
+        if (memcmp(full.text + i, stop, 3) == 0)
+            first = full.text + i;
+    size_t expect_len = (size_t)(first - full.text);
+    p.n_stops = 2;
+    p.stops[0] = "\x01never";
+    p.stop_lens[0] = 6;
+    p.stops[1] = stop;
+    p.stop_lens[1] = 3;
+    assert_int_equal(submit_text(&h, &cut, "cut", "Once upon a time", &p), 0);
+    h_wait_all(&h, &cut, 1);
+    assert_int_equal(cut.terminal, SCHED_EV_END);
+    assert_int_equal(cut.reason, SCHED_STOP_SEQUENCE);
+    assert_int_equal(cut.stop_index, 1);
+    assert_int_equal(cut.text_len, expect_len);
+    assert_memory_equal(cut.text, full.text, expect_len);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
+static void sched_shared_prefix_is_reused_with_the_same_output(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 4});
+    static struct result a, b;
+    llorch_token prompt[50];
+    make_prompt(prompt, 50, 42);
+    struct sched_params p = greedy(12);
+    p.n_logprobs = 5;
+    assert_int_equal(submit_tokens(&h, &a, "p1", prompt, 50, &p), 0);
+    h_wait_all(&h, &a, 1);
+    struct sched_stats s1, s2;
+    sched_stats(h.s, &s1);
+    assert_int_equal(submit_tokens(&h, &b, "p2", prompt, 50, &p), 0);
+    h_wait_all(&h, &b, 1);
+    sched_stats(h.s, &s2);
+    assert_same_output(&a, &b);
+    assert_true(s2.prefix_tokens_reused - s1.prefix_tokens_reused >= 48);
+    assert_true(s2.kv.prefix_hits > s1.kv.prefix_hits);
+    /* greedy picks the first of the top log-probs */
+    assert_int_equal(a.n_top_seen, 5);
+    assert_false(a.logprob_error);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
+static void sched_shutdown_ends_everything_and_refuses_new_work(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 2});
+    static struct result r[4];
+    llorch_token prompt[8];
+    make_prompt(prompt, 8, 5);
+    struct sched_params p = greedy(300);
+    p.ignore_eos = true;
+    char job[16];
+    for (int i = 0; i < 4; i++) {
+        snprintf(job, sizeof(job), "s%d", i);
+        assert_int_equal(submit_tokens(&h, &r[i], job, prompt, 8, &p), 0);
+    }
+    /* drain: no new work, the old work continues */
+    sched_drain(h.s);
+    struct result late;
+    assert_int_equal(submit_tokens(&h, &late, "late", prompt, 8, &p), LLORCH_ESHUTDOWN);
+    h_pump_until_tokens(&h, &r[0], 2, true); /* holding: nobody can finish */
+    assert_false(sched_idle(h.s));
+    sched_shutdown_now(h.s);
+    h_release_held(&h);
+    h_wait_all(&h, r, 4);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(r[i].terminal, SCHED_EV_ERROR);
+        assert_int_equal(r[i].code, SCHED_ERR_SHUTTING_DOWN);
+    }
+    assert_true(sched_idle(h.s));
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
+static void sched_held_events_stall_the_driver_without_losing_tokens(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 1});
+    static struct result solo, held;
+    llorch_token prompt[8];
+    make_prompt(prompt, 8, 11);
+    struct sched_params p = greedy(100);
+    p.ignore_eos = true;
+    assert_int_equal(submit_tokens(&h, &solo, "solo", prompt, 8, &p), 0);
+    h_wait_all(&h, &solo, 1);
+    assert_int_equal(submit_tokens(&h, &held, "held", prompt, 8, &p), 0);
+    /* The loop keeps every event: the driver runs out of TOKEN events (one
+     * pool: 8 per batch slot + 16) and waits instead of dropping any. */
+    uint64_t until = now_ms() + 300;
+    while (now_ms() < until)
+        h_pump(&h, 10, true);
+    assert_int_equal(held.n_terminal, 0);
+    assert_true(held.n_tokens > 0 && held.n_tokens <= 24);
+    h_release_held(&h);
+    h_wait_all(&h, &held, 1);
+    assert_same_output(&solo, &held);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(sched_fifty_greedy_requests_match_each_run_alone),
+        cmocka_unit_test(sched_seeded_request_is_the_same_alone_and_among_63_others),
+        cmocka_unit_test(sched_cancel_mid_flight_ends_with_cancelled_and_frees_blocks),
+        cmocka_unit_test(sched_preemption_under_a_tiny_kv_cache_keeps_every_output),
+        cmocka_unit_test(sched_full_queue_and_duplicate_job_are_refused),
+        cmocka_unit_test(sched_bad_parameters_are_refused_at_submit),
+        cmocka_unit_test(sched_requests_that_can_never_fit_end_with_kv_exhausted),
+        cmocka_unit_test(sched_timeout_ends_running_and_waiting_requests),
+        cmocka_unit_test(sched_stop_string_ends_the_stream_before_the_match),
+        cmocka_unit_test(sched_shared_prefix_is_reused_with_the_same_output),
+        cmocka_unit_test(sched_shutdown_ends_everything_and_refuses_new_work),
+        cmocka_unit_test(sched_held_events_stall_the_driver_without_losing_tokens),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
