@@ -216,6 +216,9 @@ static int mm_carrier_new(dnnl_memory_t *out, dnnl_engine_t engine)
     return mm_err(s);
 }
 
+/* The pool's context (created on first use and held by the pool's slot),
+ * or, without a pool, a private one-worker context (held only by the weight
+ * that asks: refs starts at 0). */
 static int mm_ctx_get(struct tpool *pool, struct mm_ctx **out)
 {
     struct mm_ctx *c = tpool_slot_get(pool, TPOOL_SLOT_MATMUL);
@@ -258,7 +261,10 @@ static int mm_ctx_get(struct tpool *pool, struct mm_ctx **out)
         mm_ctx_release(c);
         return err;
     }
-    tpool_slot_set(pool, TPOOL_SLOT_MATMUL, c, mm_ctx_slot_free);
+    if (pool)
+        tpool_slot_set(pool, TPOOL_SLOT_MATMUL, c, mm_ctx_slot_free);
+    else
+        atomic_store(&c->refs, 0);
     *out = c;
     return 0;
 }
@@ -711,7 +717,7 @@ LLORCH_API int matmul_weight_new_tiled(struct mm_weight **out, const float *src,
     if (!out)
         return LLORCH_EINVAL;
     *out = NULL;
-    if (!src || !pool || n_out < 1 || n_in < 1 || max_m < 1)
+    if (!src || n_out < 1 || n_in < 1 || max_m < 1)
         return LLORCH_EINVAL;
     if (dtype != LLORCH_DTYPE_F32 && dtype != LLORCH_DTYPE_BF16 && dtype != LLORCH_DTYPE_INT8)
         return LLORCH_EINVAL;
