@@ -32,6 +32,9 @@ struct api_worker {
     struct api_worker_info info;
     void (*shutdown_cb)(void *ctx);
     void *shutdown_ctx;
+    struct metrics *metrics;
+    struct log *log;
+    const struct mgr *mgr;
     struct sched *sched;
     enum api_state state;
     double progress;
@@ -605,6 +608,37 @@ static void job_ping(void *data)
         job_cut_slow(j);
 }
 
+/* One log line per finished job (END or ERROR). */
+static void job_log_end(struct worker_job *j, const struct sched_event *ev)
+{
+    struct api_worker *a = j->api;
+    if (!log_enabled(a->log, CONFIG_LOG_INFO))
+        return;
+    char id[SCHED_JOB_ID_MAX];
+    memcpy(id, j->job_id, j->job_id_len);
+    id[j->job_id_len] = 0;
+    if (ev->type == SCHED_EV_END) {
+        struct log_field f[] = {
+            LOG_F_STR("job_id", id),
+            LOG_F_STR("stop_reason", sched_stop_reason_name(ev->u.end.reason)),
+            LOG_F_UINT("tokens_in", ev->u.end.n_prompt_tokens),
+            LOG_F_UINT("tokens_out", ev->u.end.tokens_out),
+            LOG_F_UINT("ttft_ms", ev->u.end.ttft_ms),
+            LOG_F_UINT("decode_time_ms", ev->u.end.decode_time_ms),
+            LOG_F_BOOL("client_gone", j->sse.req == NULL),
+        };
+        log_write(a->log, CONFIG_LOG_INFO, "job done", f, LLORCH_ARRAY_SIZE(f));
+    } else {
+        struct log_field f[] = {
+            LOG_F_STR("job_id", id),
+            LOG_F_STR("code", sched_error_name(ev->u.error.code)),
+            LOG_F_STR("error", ev->u.error.message),
+            LOG_F_UINT("token_frames", j->n_frames),
+        };
+        log_write(a->log, CONFIG_LOG_INFO, "job ended with an error", f, LLORCH_ARRAY_SIZE(f));
+    }
+}
+
 static void job_on_event(struct api_sink *sink, const struct sched_event *ev)
 {
     struct worker_job *j = (struct worker_job *)sink;
@@ -637,6 +671,7 @@ static void job_on_event(struct api_sink *sink, const struct sched_event *ev)
             json_object_set_new(o, "stop_sequence_matched",
                                 json_text(a, j->stops[si], j->stop_lens[si]));
         job_send(j, "end", o, true);
+        job_log_end(j, ev);
         job_finish_stream(j, false);
         job_free(j);
         break;
@@ -647,6 +682,7 @@ static void job_on_event(struct api_sink *sink, const struct sched_event *ev)
             job_send_error(j, sched_error_name(ev->u.error.code),
                            m[0] ? m : sched_error_name(ev->u.error.code));
         }
+        job_log_end(j, ev);
         job_finish_stream(j, false);
         job_free(j);
         break;
@@ -664,6 +700,8 @@ static void async_cb(uv_async_t *h)
     llorch_queue_foreach(q, &list) {
         struct sched_event *ev = llorch_container_of(q, struct sched_event, node);
         struct api_sink *sink = ev->owner;
+        if (sink)
+            metrics_observe_event(a->metrics, ev, &sink->metrics); /* before: it may free */
         if (sink && sink->on_event)
             sink->on_event(sink, ev);
     }
@@ -722,6 +760,14 @@ static void h_health(void *ctx, struct http_request *r, const char *tail, size_t
         "kv", "blocks_total", (json_int_t)st.kv.blocks_total, "blocks_used",
         (json_int_t)st.kv.blocks_used, "blocks_cached", (json_int_t)st.kv.blocks_cached,
         "seqs_active", (json_int_t)st.kv.seqs_active);
+    if (o && a->mgr) {
+        struct mgr_state ms;
+        mgr_state_get(a->mgr, &ms);
+        json_object_set_new(o, "pool_manager",
+                            json_pack("{s:s,s:I,s:s}", "status", mgr_status_name(ms.status),
+                                      "attempts", (json_int_t)ms.attempts, "last_error",
+                                      ms.last_error));
+    }
     respond_json(a, r, 200, o, NULL);
 }
 
@@ -1023,6 +1069,16 @@ LLORCH_API bool api_worker_is_ready(const struct api_worker *a)
     return a->state == API_READY && a->sched;
 }
 
+LLORCH_API void api_worker_set_mgr(struct api_worker *a, const struct mgr *m)
+{
+    a->mgr = m;
+}
+
+LLORCH_API struct sched *api_worker_sched(const struct api_worker *a)
+{
+    return a->closing ? NULL : a->sched;
+}
+
 LLORCH_API int api_worker_new(struct api_worker **out, uv_loop_t *loop, struct http_server *srv,
                               const struct api_worker_opts *o)
 {
@@ -1044,6 +1100,8 @@ LLORCH_API int api_worker_new(struct api_worker **out, uv_loop_t *loop, struct h
         a->info.kv_type = "";
     a->shutdown_cb = o->shutdown_cb;
     a->shutdown_ctx = o->shutdown_ctx;
+    a->metrics = o->metrics;
+    a->log = o->log;
     a->state = API_LOADING;
     llorch_queue_init(&a->jobs);
     int r = uv_async_init(loop, &a->async, async_cb);

@@ -16,6 +16,9 @@
 
 #include "config.h"
 #include "http.h"
+#include "log.h"
+#include "metrics.h"
+#include "mgr.h"
 #include "sched.h"
 
 /* Every sched_request.owner submitted by any API module points at one of
@@ -24,6 +27,7 @@
  * is the last one, after which the sink may free itself. */
 struct api_sink {
     void (*on_event)(struct api_sink *sink, const struct sched_event *ev);
+    struct metrics_job metrics; /* zero-initialised; the event drain fills it */
 };
 
 /* What /health and the stream frames report about the loaded model. */
@@ -45,6 +49,8 @@ struct api_worker_opts {
      * (main's function, so that systemd hears STOPPING either way). */
     void (*shutdown_cb)(void *ctx);
     void *shutdown_ctx;
+    struct metrics *metrics;  /* may be NULL: job events feed TTFT, ITL, end reasons */
+    struct log *log;          /* may be NULL: one line per finished job */
 };
 
 struct api_worker;
@@ -66,6 +72,12 @@ void api_worker_set_loading(struct api_worker *a, double progress);
  * api_worker_close). */
 void api_worker_set_ready(struct api_worker *a, struct sched *s);
 bool api_worker_is_ready(const struct api_worker *a);
+/* The pool-manager client whose state /health reports as "pool_manager"
+ * (created after listening, so set later; NULL = not reported). */
+void api_worker_set_mgr(struct api_worker *a, const struct mgr *m);
+/* The scheduler once ready (NULL while loading and after close), for other
+ * API modules that submit to it. */
+struct sched *api_worker_sched(const struct api_worker *a);
 
 /* Graceful drain: stop accepting, refuse new jobs, let running streams end
  * up to timeout_ms, then end the rest with SHUTTING_DOWN. done(ctx) runs

@@ -67,6 +67,8 @@ struct http_server {
     bool draining;
     bool closing;
     uint16_t port;
+    http_observe_fn observe;
+    void *observe_ctx;
 };
 
 struct http_conn {
@@ -445,6 +447,8 @@ static void conn_fail(struct http_conn *c, int status, const char *code, const c
 {
     if (c->closing || c->close_after)
         return;
+    if (c->srv->observe)
+        c->srv->observe(c->srv->observe_ctx, NULL, status);
     struct http_buf body = {0};
     if (error_body(&body, code, message) == 0) {
         conn_write_head(c, status, "application/json", NULL, body.len, true, false, false, false);
@@ -808,6 +812,8 @@ LLORCH_API int http_respond(struct http_request *r, int status, const char *cont
     struct http_conn *c = r->conn;
     if (c->closing || !c->busy || c->streaming)
         return LLORCH_EINVAL;
+    if (c->srv->observe)
+        c->srv->observe(c->srv->observe_ctx, r, status);
     bool keep = r->keep_alive && !c->srv->draining;
     bool http10 = r->http_major == 1 && r->http_minor == 0;
     conn_write_head(c, status, content_type, extra_headers, len, true, false, keep, http10);
@@ -837,6 +843,8 @@ LLORCH_API int http_stream_begin(struct http_request *r, int status, const char 
     struct http_conn *c = r->conn;
     if (c->closing || !c->busy || c->streaming)
         return LLORCH_EINVAL;
+    if (c->srv->observe)
+        c->srv->observe(c->srv->observe_ctx, r, status);
     bool http11 = !(r->http_major == 1 && r->http_minor == 0);
     c->streaming = true;
     c->chunked = http11;
@@ -1114,6 +1122,12 @@ LLORCH_API int http_server_listen_fd(struct http_server *s, int fd)
     if (r)
         listener_close(s);
     return r;
+}
+
+LLORCH_API void http_server_observe(struct http_server *s, http_observe_fn fn, void *ctx)
+{
+    s->observe = fn;
+    s->observe_ctx = ctx;
 }
 
 LLORCH_API uint16_t http_server_port(const struct http_server *s)

@@ -125,6 +125,11 @@ int http_server_route(struct http_server *s, unsigned methods, const char *path,
 int http_server_listen(struct http_server *s, const char *host, uint16_t port);
 /* Adopts an already bound and listening TCP socket (socket activation). */
 int http_server_listen_fd(struct http_server *s, int fd);
+/* Observer of every response status (metrics, access logs): called when a
+ * handler responds or begins a stream (r set), and for errors answered
+ * outside any handler such as limits and timeouts (r NULL). */
+typedef void (*http_observe_fn)(void *ctx, const struct http_request *r, int status);
+void http_server_observe(struct http_server *s, http_observe_fn fn, void *ctx);
 /* The bound port (useful after listening on port 0), or 0. */
 uint16_t http_server_port(const struct http_server *s);
 uint32_t http_server_conn_count(const struct http_server *s);

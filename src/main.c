@@ -13,13 +13,18 @@
 
 #include <uv.h>
 
+#include "api_openai.h"
 #include "api_worker.h"
 #include "config.h"
 #include "forward.h"
+#include "gguf.h"
 #include "http.h"
 #include "llorch/error.h"
 #include "log.h"
+#include "metrics.h"
+#include "mgr.h"
 #include "model.h"
+#include "sd.h"
 #include "sched.h"
 #include "tokenizer.h"
 #include "tpool.h"
@@ -37,9 +42,17 @@ struct daemon {
     struct forward *fw;
     struct http_server *srv;
     struct api_worker *api;
+    struct api_openai *oai;
     struct sched *sched;
     bool shutting_down;
     int exit_code;
+    /* operations */
+    struct metrics *metrics;
+    struct mgr *mgr;
+    struct llorch_sd *sd;
+    int listen_fd;            /* from systemd socket activation, or -1 */
+    uint64_t wd_steps;        /* engine steps at the last watchdog check */
+    uint64_t wd_stuck_since;  /* uv_now() when work waited without a step, or 0 */
 };
 
 /* Runs from the drain timer once every job has ended (or the grace passed):
@@ -54,9 +67,14 @@ static void daemon_on_drained(void *ctx)
      * events are never taken: api_worker_close frees their owners). */
     sched_free(d->sched);
     d->sched = NULL;
+    api_openai_free(d->oai);
+    d->oai = NULL;
     api_worker_close(d->api);
     d->api = NULL;
-    /* ops: close the pool-manager client (mgr) and the metrics timers here. */
+    mgr_close(d->mgr, NULL, NULL);
+    d->mgr = NULL;
+    llorch_sd_close(d->sd, NULL, NULL);
+    d->sd = NULL;
     if (d->signals_open) {
         d->signals_open = false;
         uv_close((uv_handle_t *)&d->sigterm, NULL);
@@ -74,7 +92,7 @@ static void daemon_begin_shutdown(void *ctx)
     struct log_field f[] = {LOG_F_UINT("drain_timeout_ms", d->cfg->drain_timeout_ms),
                             LOG_F_UINT("live_jobs", api_worker_live_jobs(d->api))};
     log_write(d->log, CONFIG_LOG_INFO, "shutting down: draining", f, LLORCH_ARRAY_SIZE(f));
-    /* ops: sd_notify STOPPING=1 here. */
+    llorch_sd_stopping(d->sd, "draining");
     api_worker_drain(d->api, d->cfg->drain_timeout_ms, daemon_on_drained, d);
 }
 
@@ -100,15 +118,142 @@ static int fail(struct daemon *d, const char *what, const char *detail)
     return 1;
 }
 
+/* ---- operations: metrics, access log, watchdog, pool manager ---- */
+
+static void daemon_on_response(void *ctx, const struct http_request *r, int status)
+{
+    struct daemon *d = ctx;
+    enum metrics_endpoint e =
+        r ? metrics_endpoint_from_path(r->path, r->path_len) : METRICS_EP_OTHER;
+    metrics_request_done(d->metrics, e, (unsigned)status);
+    if (!log_enabled(d->log, CONFIG_LOG_DEBUG))
+        return;
+    char path[256];
+    size_t n = r ? LLORCH_MIN(r->path_len, sizeof(path) - 1) : 0;
+    if (r)
+        memcpy(path, r->path, n);
+    path[n] = 0;
+    struct log_field f[] = {LOG_F_STR("method", r ? r->method_name : ""), LOG_F_STR("path", path),
+                            LOG_F_INT("status", status)};
+    log_write(d->log, CONFIG_LOG_DEBUG, "http response", f, LLORCH_ARRAY_SIZE(f));
+}
+
+static void daemon_h_metrics(void *ctx, struct http_request *r, const char *tail, size_t tail_len)
+{
+    LLORCH_UNUSED(tail);
+    LLORCH_UNUSED(tail_len);
+    struct daemon *d = ctx;
+    if (!api_worker_authorized(d->api, r)) { /* same key as the API when one is set */
+        api_worker_respond_unauthorized(r);
+        return;
+    }
+    struct sched_stats st;
+    if (d->sched)
+        sched_stats(d->sched, &st);
+    metrics_gauge_set(d->metrics, METRICS_G_CONNECTIONS, http_server_conn_count(d->srv));
+    char *text;
+    size_t len;
+    if (metrics_render(d->metrics, d->sched ? &st : NULL, &text, &len) != 0) {
+        http_respond_error(r, 500, "INTERNAL", "out of memory", NULL);
+        return;
+    }
+    http_respond(r, 200, METRICS_CONTENT_TYPE, NULL, text, len);
+    free(text);
+}
+
+/* Asked before every systemd watchdog ping: the loop is alive (we are
+ * running on it); the engine is alive unless work has been waiting without
+ * a single step for two watchdog timeouts. Also refreshes STATUS=. */
+static bool daemon_alive(void *ctx)
+{
+    struct daemon *d = ctx;
+    if (!d->sched)
+        return true;
+    struct sched_stats st;
+    sched_stats(d->sched, &st);
+    llorch_sd_status(d->sd, "%s: %u running, %u queued, %s", d->shutting_down ? "draining" :
+                     "serving", st.slots_busy, st.queue_depth, mgr_status(d->mgr));
+    uint64_t now = uv_now(&d->loop);
+    bool work = st.slots_busy > 0 || st.queue_depth > 0;
+    if (!work || st.steps != d->wd_steps) {
+        d->wd_steps = st.steps;
+        d->wd_stuck_since = 0;
+        return true;
+    }
+    if (!d->wd_stuck_since)
+        d->wd_stuck_since = now;
+    return now - d->wd_stuck_since < 4 * llorch_sd_watchdog_period_ms(d->sd);
+}
+
+static const char *daemon_health_status(void *ctx)
+{
+    struct daemon *d = ctx;
+    return d->shutting_down ? "degraded" : "healthy";
+}
+
+/* The pool-manager client, once the port is known (after listening). */
+static int daemon_start_mgr(struct daemon *d, uint64_t memory_bytes)
+{
+    const struct config *cfg = d->cfg;
+    uint16_t port = http_server_port(d->srv);
+    char url[512];
+    if (mgr_format_worker_url(cfg->host, port, url, sizeof(url)) != 0)
+        return fail(d, "pool-manager client failed", "worker URL too long");
+    struct mgr_opts mo = {
+        .callback_url = cfg->callback_url,
+        .worker_id = cfg->worker_id,
+        .worker_url = url,
+        .model_ref = cfg->model_ref,
+        .memory_bytes = memory_bytes,
+        .port = port,
+        .max_retries = cfg->callback_max_retries,
+        .backoff_ms = cfg->callback_backoff_ms,
+        .backoff_max_ms = cfg->callback_backoff_max_ms,
+        .heartbeat_interval_s = cfg->heartbeat_interval_s,
+        .health_status = daemon_health_status,
+        .health_ctx = d,
+        .log = d->log,
+        .metrics = d->metrics,
+    };
+    int r = mgr_new(&d->mgr, &d->loop, &mo);
+    if (r)
+        return fail(d, "pool-manager client failed", llorch_strerror(r));
+    api_worker_set_mgr(d->api, d->mgr);
+    mgr_start(d->mgr);
+    return 0;
+}
+
+/* Step driver thread: the engine's per-step figures go to the step-time and
+ * batch-size histograms (metrics are lock-free). */
+static void daemon_on_step(void *ctx, double seconds, uint32_t n_seqs, uint32_t n_tokens)
+{
+    metrics_observe_step(ctx, seconds, n_seqs, n_tokens);
+}
+
 static int daemon_start(struct daemon *d)
 {
     const struct config *cfg = d->cfg;
     char err[512] = "";
     int r;
 
+    /* 0. operations: systemd, the socket it may pass us, metrics */
+    r = llorch_sd_new(&d->sd, &d->loop, d->log);
+    if (r)
+        return fail(d, "systemd integration failed", llorch_strerror(r));
+    r = llorch_sd_listen_fd(&d->listen_fd, err, sizeof(err));
+    if (r)
+        return fail(d, "socket activation failed", err);
+    r = metrics_new(&d->metrics, cfg->worker_id, cfg->model_ref);
+    if (r)
+        return fail(d, "metrics failed", llorch_strerror(r));
+
     /* 1. the model */
     if (cfg->model[0] == 0)
         return fail(d, "no model", "--model PATH is required");
+    struct log_field lf[] = {LOG_F_STR("model", cfg->model)};
+    log_write(d->log, CONFIG_LOG_INFO, "loading model", lf, 1);
+    llorch_sd_status(d->sd, "loading model %s", cfg->model);
+    uint64_t t0 = uv_hrtime();
     r = model_load(&d->model, cfg->model, err, sizeof(err));
     if (r)
         return fail(d, "model load failed", err[0] ? err : llorch_strerror(r));
@@ -130,12 +275,18 @@ static int daemon_start(struct daemon *d)
         .kv_bytes = (uint64_t)cfg->kv_cache_mb << 20,
         .n_ctx = cfg->ctx,
         .max_seqs = cfg->max_batch,
-        .max_step_tokens = cfg->step_tokens,
+        .max_step_tokens = LLORCH_MAX(cfg->step_tokens, cfg->max_batch), /* sched raises it so */
         .pool = d->pool,
     };
     r = forward_new(&d->fw, d->model, &fo, err, sizeof(err));
     if (r)
         return fail(d, "forward engine failed", err[0] ? err : llorch_strerror(r));
+    struct log_field mf[] = {
+        LOG_F_STR("model", cfg->model),
+        LOG_F_UINT("load_ms", (uv_hrtime() - t0) / 1000000),
+        LOG_F_UINT("weight_bytes", forward_weight_bytes(d->fw)),
+    };
+    log_write(d->log, CONFIG_LOG_INFO, "model loaded", mf, LLORCH_ARRAY_SIZE(mf));
 
     /* 3. the server and its APIs */
     struct http_limits lim = {
@@ -162,11 +313,44 @@ static int daemon_start(struct daemon *d)
         },
         .shutdown_cb = daemon_begin_shutdown,
         .shutdown_ctx = d,
+        .metrics = d->metrics,
+        .log = d->log,
     };
     r = api_worker_new(&d->api, &d->loop, d->srv, &ao);
     if (r)
         return fail(d, "worker api failed", llorch_strerror(r));
-    /* ops: metrics routes (/metrics) and the OpenAI API register here. */
+    http_server_observe(d->srv, daemon_on_response, d);
+    r = http_server_route(d->srv, LLORCH_HTTP_GET | LLORCH_HTTP_HEAD, "/metrics", false,
+                          daemon_h_metrics, d);
+    if (r)
+        return fail(d, "metrics route failed", llorch_strerror(r));
+    struct gguf_str tmpl = {0};
+    bool has_tmpl = gguf_get_str(d->model->file, "tokenizer.chat_template", &tmpl) == 0;
+    struct api_openai_opts oo = {
+        .cfg = cfg,
+        .worker = d->api,
+        .model_id = ao.info.model,
+        .model_name = d->model->name,
+        .tok = d->tok,
+        .chat_template = has_tmpl ? tmpl.ptr : NULL,
+        .chat_template_len = has_tmpl ? (size_t)tmpl.len : 0,
+        .n_ctx = ao.info.n_ctx,
+    };
+    r = api_openai_new(&d->oai, d->srv, &oo);
+    if (r)
+        return fail(d, "openai api failed", llorch_strerror(r));
+    if (api_openai_chat_template(d->oai) == CHAT_TEMPLATE_UNKNOWN && cfg->chat_template[0]) {
+        snprintf(err, sizeof(err), "unknown --chat-template `%s`; supported: %s",
+                 cfg->chat_template, chat_template_names());
+        return fail(d, "bad configuration", err);
+    }
+    if (api_openai_chat_template(d->oai) == CHAT_TEMPLATE_UNKNOWN) {
+        struct log_field tf[] = {LOG_F_STR("supported", chat_template_names())};
+        log_write(d->log, CONFIG_LOG_WARN,
+                  "the model's chat template is not recognised: /v1/chat/completions answers 400 "
+                  "unless --chat-template NAME is given",
+                  tf, 1);
+    }
 
     /* 4. the scheduler: its events come back through the api's uv_async_t */
     struct sched_opts so = {
@@ -176,15 +360,20 @@ static int daemon_start(struct daemon *d)
         .batch_window_ms = cfg->batch_window_ms,
         .notify = api_worker_notify,
         .notify_ctx = d->api,
+        .on_step = daemon_on_step,
+        .on_step_ctx = d->metrics,
     };
     r = sched_new(&d->sched, d->fw, d->tok, &so);
     if (r)
         return fail(d, "scheduler failed", llorch_strerror(r));
     api_worker_set_ready(d->api, d->sched);
+    metrics_set_load_progress(d->metrics, 1.0);
 
-    /* 5. listen (ops: an inherited socket from systemd goes through
-     * http_server_listen_fd() instead) */
-    r = http_server_listen(d->srv, cfg->host, cfg->port);
+    /* 5. listen, on the socket systemd passed (--host/--port ignored) or our own */
+    if (d->listen_fd >= 0)
+        r = http_server_listen_fd(d->srv, d->listen_fd);
+    else
+        r = http_server_listen(d->srv, cfg->host, cfg->port);
     if (r)
         return fail(d, "listen failed", llorch_strerror(r));
 
@@ -204,11 +393,18 @@ static int daemon_start(struct daemon *d)
         LOG_F_UINT("threads", ao.info.threads),
         LOG_F_UINT("max_batch", cfg->max_batch),
     };
-    log_write(d->log, CONFIG_LOG_INFO, "listening", f, LLORCH_ARRAY_SIZE(f));
+    log_write(d->log, CONFIG_LOG_INFO,
+              d->listen_fd >= 0 ? "listening on the socket passed by systemd" : "listening", f,
+              LLORCH_ARRAY_SIZE(f));
 
-    /* 6. ops: sd_notify READY=1 here. */
-    /* 7. ops: the pool-manager callback (mgr) starts here unless test mode. */
-    return 0;
+    /* 6. systemd: READY=1, then watchdog pings from the loop */
+    char status[256];
+    snprintf(status, sizeof(status), "serving %s on port %u", ao.info.model,
+             (unsigned)http_server_port(d->srv));
+    llorch_sd_ready(d->sd, status, daemon_alive, d);
+
+    /* 7. the pool-manager callback (test mode: nothing is sent) */
+    return daemon_start_mgr(d, ao.info.memory_bytes);
 }
 
 /* Frees whatever start-up created, in reverse order. Handles still open
@@ -218,13 +414,17 @@ static void daemon_stop(struct daemon *d)
     if (d->srv)
         http_server_close(d->srv);
     sched_free(d->sched);
+    api_openai_free(d->oai);
     api_worker_close(d->api);
+    mgr_close(d->mgr, NULL, NULL);
+    llorch_sd_close(d->sd, NULL, NULL);
     if (d->signals_open) {
         uv_close((uv_handle_t *)&d->sigterm, NULL);
         uv_close((uv_handle_t *)&d->sigint, NULL);
     }
     uv_run(&d->loop, UV_RUN_DEFAULT);
     uv_loop_close(&d->loop);
+    metrics_free(d->metrics);
     forward_free(d->fw);
     tpool_free(d->pool);
     tokenizer_free(d->tok);
@@ -245,7 +445,7 @@ int main(int argc, char **argv, char **envp)
     if (exit_now)
         return 0;
 
-    struct daemon d = {.cfg = &cfg};
+    struct daemon d = {.cfg = &cfg, .listen_fd = -1};
     if (log_new(&d.log, 2, cfg.log_format, cfg.log_level, cfg.worker_id) != 0) {
         log_printf(NULL, CONFIG_LOG_ERROR, "cannot create the logger");
         return 1;

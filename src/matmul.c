@@ -45,6 +45,7 @@
  * shape from the primitive descriptor and only the data handle from the
  * argument, which lets matmul_run create no memory object at all (the tests
  * would catch a oneDNN that checked). */
+#include <immintrin.h>
 #include <math.h>
 #include <omp.h>
 #include <stdatomic.h>
@@ -215,6 +216,9 @@ static int mm_carrier_new(dnnl_memory_t *out, dnnl_engine_t engine)
     return mm_err(s);
 }
 
+/* The pool's context (created on first use and held by the pool's slot),
+ * or, without a pool, a private one-worker context (held only by the weight
+ * that asks: refs starts at 0). */
 static int mm_ctx_get(struct tpool *pool, struct mm_ctx **out)
 {
     struct mm_ctx *c = tpool_slot_get(pool, TPOOL_SLOT_MATMUL);
@@ -257,7 +261,10 @@ static int mm_ctx_get(struct tpool *pool, struct mm_ctx **out)
         mm_ctx_release(c);
         return err;
     }
-    tpool_slot_set(pool, TPOOL_SLOT_MATMUL, c, mm_ctx_slot_free);
+    if (pool)
+        tpool_slot_set(pool, TPOOL_SLOT_MATMUL, c, mm_ctx_slot_free);
+    else
+        atomic_store(&c->refs, 0);
     *out = c;
     return 0;
 }
@@ -398,12 +405,30 @@ static void mm_row_to_bf16(uint16_t *dst, const float *x, int64_t k)
         dst[i] = mm_f32_to_bf16(x[i]);
 }
 
-/* u8 with zero point over [min(x, 0), max(x, 0)], so 0 is exact. */
+/* u8 with zero point over [min(x, 0), max(x, 0)], so 0 is exact. Rounding
+ * is to nearest even in both the AVX2 body and the scalar tail (cvtps2dq
+ * under the default MXCSR, lrintf), so the bits do not depend on the path. */
 static void mm_row_to_u8(uint8_t *dst, float *scale, int32_t *zp, const float *x, int64_t k,
                          int qmax)
 {
     float lo = 0.0f, hi = 0.0f;
-    for (int64_t i = 0; i < k; i++) {
+    int64_t i = 0;
+#ifdef __AVX2__
+    __m256 vlo = _mm256_setzero_ps(), vhi = _mm256_setzero_ps();
+    for (; i + 8 <= k; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        vlo = _mm256_min_ps(vlo, v);
+        vhi = _mm256_max_ps(vhi, v);
+    }
+    float tl[8], th[8];
+    _mm256_storeu_ps(tl, vlo);
+    _mm256_storeu_ps(th, vhi);
+    for (int j = 0; j < 8; j++) {
+        lo = tl[j] < lo ? tl[j] : lo;
+        hi = th[j] > hi ? th[j] : hi;
+    }
+#endif
+    for (; i < k; i++) {
         lo = x[i] < lo ? x[i] : lo;
         hi = x[i] > hi ? x[i] : hi;
     }
@@ -417,7 +442,27 @@ static void mm_row_to_u8(uint8_t *dst, float *scale, int32_t *zp, const float *x
     float inv = 1.0f / s;
     int32_t z = (int32_t)lrintf(-lo * inv);
     z = z < 0 ? 0 : z > qmax ? qmax : z;
-    for (int64_t i = 0; i < k; i++) {
+    i = 0;
+#ifdef __AVX2__
+    const __m256 vinv = _mm256_set1_ps(inv);
+    const __m256i vz = _mm256_set1_epi32(z), vmax = _mm256_set1_epi32(qmax);
+    const __m256i vzero = _mm256_setzero_si256();
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (; i + 32 <= k; i += 32) {
+        __m256i q[4];
+        for (int j = 0; j < 4; j++) {
+            __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * j), vinv));
+            v = _mm256_add_epi32(v, vz);
+            q[j] = _mm256_min_epi32(_mm256_max_epi32(v, vzero), vmax);
+        }
+        /* packs work per 128-bit lane; the permute restores element order */
+        __m256i p16a = _mm256_packus_epi32(q[0], q[1]);
+        __m256i p16b = _mm256_packus_epi32(q[2], q[3]);
+        __m256i p8 = _mm256_packus_epi16(p16a, p16b);
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm256_permutevar8x32_epi32(p8, order));
+    }
+#endif
+    for (; i < k; i++) {
         int32_t q = (int32_t)lrintf(x[i] * inv) + z;
         dst[i] = (uint8_t)(q < 0 ? 0 : q > qmax ? qmax : q);
     }
@@ -672,7 +717,7 @@ LLORCH_API int matmul_weight_new_tiled(struct mm_weight **out, const float *src,
     if (!out)
         return LLORCH_EINVAL;
     *out = NULL;
-    if (!src || !pool || n_out < 1 || n_in < 1 || max_m < 1)
+    if (!src || n_out < 1 || n_in < 1 || max_m < 1)
         return LLORCH_EINVAL;
     if (dtype != LLORCH_DTYPE_F32 && dtype != LLORCH_DTYPE_BF16 && dtype != LLORCH_DTYPE_INT8)
         return LLORCH_EINVAL;

@@ -36,7 +36,8 @@ int matmul_prepare(struct mm_weight *w, int64_t m);
 /* matmul_run() must be called from the thread that drives the pool, outside
  * pool tasks (it is itself a parallel_for and uses per-pool scratch); inside
  * a task it returns LLORCH_EINVAL. pool must be the pool given at
- * matmul_weight_new(). */
+ * matmul_weight_new(); NULL there means no pool: the weight gets a private
+ * one-worker context and runs on the calling thread. */
 
 /* Tiling knob for benchmarks and tests: tile_n output columns per pool task
  * (0: the default, which splits n_out evenly over the workers, in multiples of

@@ -294,6 +294,10 @@ static int xfer_start(struct mgr *m, struct xfer *x, const char *url, const char
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)m->timeout_ms);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)LLORCH_MIN(m->timeout_ms, 5000u));
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    /* A fresh connection per POST: on a reused connection that the server
+     * closed, curl silently resends, and an attempt would not be one POST. */
+    curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+    curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_PRIVATE, x);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);

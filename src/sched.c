@@ -636,8 +636,15 @@ static void sched_step(struct sched *s)
         }
         return;
     }
+    uint64_t t0 = sched_now_ns();
     int rc = forward_step(s->fw, s->entries, n);
     s->c_steps++;
+    if (s->o.on_step) {
+        uint32_t n_tokens = 0;
+        for (uint32_t i = 0; i < n; i++)
+            n_tokens += s->entries[i].n_tokens;
+        s->o.on_step(s->o.on_step_ctx, (double)(sched_now_ns() - t0) * 1e-9, n, n_tokens);
+    }
     if (rc < 0) {
         for (uint32_t i = 0; i < n; i++)
             sched_req_fail(s, s->entry_req[i], SCHED_ERR_INFERENCE_FAILED,

@@ -150,6 +150,11 @@ struct sched_opts {
     /* Prompt text bytes per request slot; 0: max(128 KiB, 16 * n_ctx). A
      * longer prompt is accepted and ends with ERROR KV_EXHAUSTED. */
     uint32_t max_prompt_bytes;
+    /* Called on the step driver thread after every engine step with its
+     * duration, the sequences in it and the tokens it computed (decode
+     * tokens plus prefill chunks); e.g. metrics_observe_step. May be NULL. */
+    void (*on_step)(void *ctx, double seconds, uint32_t n_seqs, uint32_t n_tokens);
+    void *on_step_ctx;
 };
 /* The forward engine must allow max_seqs >= max_batch and max_step_tokens >=
  * step_tokens (step_tokens is raised to max_batch when smaller). */

@@ -349,7 +349,7 @@ LLORCH_API void tpool_parallel_for(struct tpool *p, int64_t n, int64_t grain, tp
     }
     int saved_worker = tl_worker;
     tl_worker = 0;
-    if (p->n == 1 || chunks == 1) {
+    if (!p || p->n == 1 || chunks == 1) {
         tl_in_task = 1;
         fn(ctx, 0, n, 0);
         tl_in_task = 0;

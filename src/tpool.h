@@ -24,7 +24,8 @@ int tpool_size(const struct tpool *p);
 /* fn(ctx, begin, end, worker) over [0, n) in chunks of at least grain
  * indices; worker is in [0, tpool_size). Returns when every chunk has run.
  * Call from one thread at a time (the step driver); a call from inside a task
- * runs inline on the calling worker. No allocation. */
+ * runs inline on the calling worker. No allocation. A NULL pool runs
+ * everything inline on the caller as worker 0. */
 typedef void (*tpool_range_fn)(void *ctx, int64_t begin, int64_t end, int worker);
 void tpool_parallel_for(struct tpool *p, int64_t n, int64_t grain, tpool_range_fn fn, void *ctx);
 

@@ -12,7 +12,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e_common import Daemon, raw_exchange, read_until, request, run_tests  # noqa: E402
+from e2e_common import Daemon, generate, raw_exchange, read_until, request, run_tests  # noqa: E402
 
 D = None
 MAX_BODY = 4096
@@ -159,6 +159,16 @@ def test_malformed_http_answers_400_and_closes():
     assert closed and status_of(resp) == 400, resp
 
 
+def test_step_budget_below_the_batch_size_still_serves():
+    # The scheduler raises the per-step token budget to --max-batch; the
+    # engine must be sized the same way or start-up fails.
+    with Daemon("--step-tokens", "4", "--max-batch", "8") as d2:
+        status, _, objs, text = generate(d2.port, "sb", "Once upon a time there was", 5,
+                                         temperature=0)
+        assert status == 200 and objs[-1]["type"] == "end", objs[-1:]
+        assert objs[-1]["tokens_out"] == 5
+
+
 def main():
     global D
     with Daemon(*ARGS) as d:
@@ -175,6 +185,7 @@ def main():
             test_http10_gets_an_answer_then_close,
             test_expect_100_continue_is_honoured,
             test_malformed_http_answers_400_and_closes,
+            test_step_budget_below_the_batch_size_still_serves,
         ])
 
 

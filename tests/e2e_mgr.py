@@ -12,15 +12,19 @@ real HTTP receiver started here on 127.0.0.1.
 - An unreachable pool manager never stops serving: the worker answers /health
   200 and reports "failed" after its bounded retries.
 - localhost:9999 is test mode: no callback, state "disabled".
+- /metrics of the live daemon passes `promtool check metrics` and, with an
+  API key configured, needs the bearer token like the rest of the API.
 """
 import http.server
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -47,9 +51,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def http_get(port, path, timeout=5.0):
+def http_get(port, path, timeout=5.0, headers=None):
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -255,13 +260,56 @@ def test_test_mode_sends_nothing():
     check(rc == 0, f"exit status {rc}")
 
 
+def test_metrics_exposition_and_auth():
+    port = free_port()
+    with tempfile.TemporaryDirectory() as d:
+        key = os.path.join(d, "key")
+        with open(key, "w") as f:
+            f.write("s3cret\n")
+        os.chmod(key, 0o600)
+        dm = Daemon(port, "--callback-url", "http://localhost:9999/ready", "--api-key-file", key)
+        try:
+            check(dm.wait_healthy(), "daemon healthy with an API key")
+            status, _ = http_get(port, "/metrics")
+            check(status == 401, f"/metrics without the key: {status}")
+            status, text = http_get(port, "/metrics", headers={"Authorization": "Bearer s3cret"})
+            check(status == 200, f"/metrics with the key: {status}")
+            check(b"llorch_http_requests_total{endpoint=\"/metrics\",status=\"401\"} 1\n" in text,
+                  "the 401 is counted")
+            check(b"\nllorch_model_loaded 1\n" in text, "model loaded gauge")
+            # One generation feeds the step histograms from the step driver.
+            body = json.dumps({"job_id": "m1", "prompt": "Once", "max_tokens": 4,
+                               "temperature": 0}).encode()
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/execute", data=body,
+                                         headers={"Content-Type": "application/json",
+                                                  "Authorization": "Bearer s3cret"})
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                stream = resp.read()
+            check(b"event: end" in stream, f"generation ended: {stream[-200:]!r}")
+            status, text = http_get(port, "/metrics", headers={"Authorization": "Bearer s3cret"})
+            steps = re.search(rb"\nllorch_step_duration_seconds_count (\d+)\n", text)
+            batches = re.search(rb"\nllorch_batch_size_count (\d+)\n", text)
+            check(steps is not None and int(steps.group(1)) >= 4,
+                  f"step histogram counts the steps: {steps and steps.group(0)!r}")
+            check(batches is not None and steps is not None and batches.group(1) == steps.group(1),
+                  "one batch-size sample per step")
+            if shutil.which("promtool"):
+                r = subprocess.run(["promtool", "check", "metrics"], input=text,
+                                   capture_output=True, timeout=60)
+                check(r.returncode == 0, f"promtool: {r.stdout[-500:]!r} {r.stderr[-500:]!r}")
+        finally:
+            rc = dm.stop()
+    check(rc == 0, f"exit status {rc}")
+
+
 def main():
     if not (os.access(DAEMON, os.X_OK) and os.path.exists(MODEL)):
-        print("skipped: needs build/src/llorch-cpud and stories260k.gguf")
-        return 77
+        print("FAIL: needs build/src/llorch-cpud and stories260k.gguf")
+        return 1
     test_retries_payload_heartbeats()
     test_unreachable_pool_manager_never_stops_serving()
     test_test_mode_sends_nothing()
+    test_metrics_exposition_and_auth()
     if failures:
         print(f"{len(failures)} check(s) failed")
         return 1

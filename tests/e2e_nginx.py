@@ -5,10 +5,13 @@ workers.
 
 - Streams through nginx are well-formed (started → token* → end) and spread
   over both workers (round robin, visible in each worker's /metrics).
-- Frames are streamed, not buffered: with --batch-window-ms 1500 the first
-  step waits 1.5 s, yet the stream's first bytes (the `started` frame or a
-  `: ping` comment every 100 ms) reach the client through nginx long before
-  its end.
+- Frames are streamed as they are written: with --batch-window-ms 1500 the
+  first step waits 1.5 s, yet the stream's first bytes (the `started` frame
+  or a `: ping` comment every 100 ms) reach the client through nginx long
+  before its end. (nginx 1.22 also forwards promptly with buffering on while
+  the client keeps up; `proxy_buffering off` matters for slow clients, whose
+  backpressure then reaches the worker's --sse-outbox-bytes bound instead of
+  being spooled by nginx.)
 - /health through nginx answers 200.
 """
 import http.client
@@ -174,8 +177,8 @@ def requests_on(port):
 
 def main():
     if not (os.access(DAEMON, os.X_OK) and os.path.exists(MODEL)):
-        print("skipped: needs build/src/llorch-cpud and stories260k.gguf")
-        return 77
+        print("FAIL: needs build/src/llorch-cpud and stories260k.gguf")
+        return 1
     if not os.access(NGINX, os.X_OK):
         print("FAIL: nginx not installed (scripts/setup-deps installs it)")
         return 1

@@ -318,7 +318,6 @@ static void matmul_rejects_bad_arguments(void **state)
     assert_int_equal(matmul_weight_new(&mw, w, 4, 0, LLORCH_DTYPE_F32, 2, pool), LLORCH_EINVAL);
     assert_int_equal(matmul_weight_new(&mw, w, 4, 8, LLORCH_DTYPE_F32, 0, pool), LLORCH_EINVAL);
     assert_int_equal(matmul_weight_new(&mw, NULL, 4, 8, LLORCH_DTYPE_F32, 2, pool), LLORCH_EINVAL);
-    assert_int_equal(matmul_weight_new(&mw, w, 4, 8, LLORCH_DTYPE_F32, 2, NULL), LLORCH_EINVAL);
     assert_int_equal(matmul_weight_new(&mw, w, INT64_MAX / 2, 8, LLORCH_DTYPE_F32, 2, pool),
                      LLORCH_EOVERFLOW);
     assert_int_equal(matmul_weight_new(NULL, w, 4, 8, LLORCH_DTYPE_F32, 2, pool), LLORCH_EINVAL);
@@ -328,6 +327,7 @@ static void matmul_rejects_bad_arguments(void **state)
     assert_int_equal(matmul_run(mw, x, y, -1, pool), LLORCH_EINVAL);
     assert_int_equal(matmul_run(mw, x, y, 3, pool), LLORCH_EINVAL); /* m > max_m */
     assert_int_equal(matmul_run(mw, x, y, 2, other), LLORCH_EINVAL);
+    assert_int_equal(matmul_run(mw, x, y, 2, NULL), LLORCH_EINVAL);
     assert_int_equal(matmul_run(mw, NULL, y, 2, pool), LLORCH_EINVAL);
     assert_int_equal(matmul_run(mw, x, NULL, 2, pool), LLORCH_EINVAL);
     assert_int_equal(matmul_prepare(mw, 0), LLORCH_EINVAL);
@@ -427,6 +427,29 @@ static void matmul_weight_may_outlive_its_pool(void **state)
     free(w);
 }
 
+static void matmul_without_a_pool_runs_on_the_caller(void **state)
+{
+    (void)state;
+    float *w = rand_matrix(100, 70), *x = rand_activations(66, 70);
+    float *y = malloc(sizeof(float) * 66 * 100), *y2 = malloc(sizeof(float) * 100);
+    assert_non_null(y);
+    assert_non_null(y2);
+    static const enum llorch_dtype dts[] = {LLORCH_DTYPE_F32, LLORCH_DTYPE_BF16, LLORCH_DTYPE_INT8};
+    for (int d = 0; d < 3; d++) {
+        struct mm_weight *mw;
+        assert_int_equal(matmul_weight_new(&mw, w, 100, 70, dts[d], 66, NULL), 0);
+        assert_int_equal(matmul_run(mw, x, y, 66, NULL), 0);
+        check_rows(dts[d], x, w, y, 66, 100, 70);
+        assert_int_equal(matmul_run(mw, x + 65 * 70, y2, 1, NULL), 0);
+        assert_memory_equal(y2, y + 65 * 100, sizeof(float) * 100);
+        matmul_weight_free(mw);
+    }
+    free(w);
+    free(x);
+    free(y);
+    free(y2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -441,6 +464,7 @@ int main(void)
         cmocka_unit_test(matmul_run_inside_a_pool_task_is_refused),
         cmocka_unit_test(matmul_runs_on_pool_threads_only),
         cmocka_unit_test(matmul_weight_may_outlive_its_pool),
+        cmocka_unit_test(matmul_without_a_pool_runs_on_the_caller),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -6,6 +6,7 @@
  * waits when the loop holds every TOKEN event of the pool. */
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -54,7 +55,21 @@ struct harness {
     pthread_cond_t cv;
     bool notified;
     struct llorch_queue held;
+    /* on_step figures, written by the driver thread */
+    _Atomic uint64_t steps_seen, step_tokens_seen, step_seqs_seen;
+    _Atomic uint32_t max_step_tokens_seen;
 };
+
+static void h_on_step(void *ctx, double seconds, uint32_t n_seqs, uint32_t n_tokens)
+{
+    struct harness *h = ctx;
+    (void)seconds; /* cmocka asserts must stay on the test thread */
+    h->steps_seen++;
+    h->step_tokens_seen += n_tokens;
+    h->step_seqs_seen += n_seqs;
+    if (n_tokens > h->max_step_tokens_seen)
+        h->max_step_tokens_seen = n_tokens;
+}
 
 static void h_notify(void *ctx)
 {
@@ -119,6 +134,8 @@ static void h_open(struct harness *h, const struct h_opts *o)
         .step_tokens = step_tokens,
         .notify = h_notify,
         .notify_ctx = h,
+        .on_step = h_on_step,
+        .on_step_ctx = h,
     };
     assert_int_equal(sched_new(&h->s, h->fw, h->tok, &so), 0);
 }
@@ -709,6 +726,33 @@ static void sched_shared_prefix_is_reused_with_the_same_output(void **state)
     h_close(&h);
 }
 
+static void sched_on_step_reports_every_step_with_its_tokens(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 4, .step_tokens = 16});
+    static struct result a;
+    llorch_token prompt[50];
+    make_prompt(prompt, 50, 7);
+    struct sched_params p = greedy(12);
+    p.ignore_eos = true;
+    struct sched_stats s0, s1;
+    sched_stats(h.s, &s0);
+    assert_int_equal(submit_tokens(&h, &a, "st", prompt, 50, &p), 0);
+    h_wait_all(&h, &a, 1);
+    sched_stats(h.s, &s1);
+    assert_int_equal(a.tokens_out, 12);
+    /* The 50-token prompt in chunks of at most 16, then one token fed back
+     * for each generated token but the last. */
+    assert_int_equal(h.step_tokens_seen, 50 + 11);
+    assert_int_equal(h.steps_seen, s1.steps - s0.steps);
+    assert_int_equal(h.step_seqs_seen, h.steps_seen);
+    assert_true(h.max_step_tokens_seen <= 16);
+    assert_true(h.steps_seen >= 4 + 11);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
 static void sched_shutdown_ends_everything_and_refuses_new_work(void **state)
 {
     (void)state;
@@ -782,6 +826,7 @@ int main(void)
         cmocka_unit_test(sched_timeout_ends_running_and_waiting_requests),
         cmocka_unit_test(sched_stop_string_ends_the_stream_before_the_match),
         cmocka_unit_test(sched_shared_prefix_is_reused_with_the_same_output),
+        cmocka_unit_test(sched_on_step_reports_every_step_with_its_tokens),
         cmocka_unit_test(sched_shutdown_ends_everything_and_refuses_new_work),
         cmocka_unit_test(sched_held_events_stall_the_driver_without_losing_tokens),
     };

@@ -239,6 +239,19 @@ static void tpool_with_one_thread_runs_everything_on_the_caller(void **state)
     tpool_free(p);
 }
 
+static void tpool_parallel_for_without_a_pool_runs_inline(void **state)
+{
+    (void)state;
+    int bad = 0;
+    tpool_parallel_for(NULL, 100, 7, worker_zero_fn, &bad);
+    assert_int_equal(bad, 0);
+    _Atomic int64_t total;
+    atomic_init(&total, 0);
+    tpool_parallel_for(NULL, 100, 7, count_fn, &total);
+    assert_int_equal(atomic_load(&total), 100);
+    assert_int_equal(tpool_size(NULL), 1);
+}
+
 static void tpool_default_size_is_the_allowed_cpu_count(void **state)
 {
     (void)state;
@@ -408,6 +421,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(tpool_parallel_for_covers_every_index_exactly_once),
         cmocka_unit_test(tpool_parallel_for_over_nothing_runs_nothing),
+        cmocka_unit_test(tpool_parallel_for_without_a_pool_runs_inline),
         cmocka_unit_test(tpool_parallel_for_runs_chunks_on_every_worker_at_once),
         cmocka_unit_test(tpool_survives_10k_small_jobs_with_spinning_workers),
         cmocka_unit_test(tpool_survives_10k_small_jobs_with_sleeping_workers),

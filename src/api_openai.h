@@ -1,0 +1,53 @@
+/* The OpenAI-compatible API: GET /v1/models[/{id}], POST /v1/completions
+ * and POST /v1/chat/completions (also without the /v1 prefix, as llama.cpp's
+ * server serves them), whole responses and SSE streams ending in
+ * `data: [DONE]`, errors as {"error":{"message","type","param","code"}}.
+ * Served from the same scheduler as the worker contract: jobs are
+ * api_sinks fed by api_worker's one event drain, and count in its drain;
+ * auth and readiness are api_worker's. Loop thread only. */
+#ifndef LLORCH_API_OPENAI_H
+#define LLORCH_API_OPENAI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "api_worker.h"
+#include "chat.h"
+#include "config.h"
+#include "http.h"
+#include "tokenizer.h"
+
+struct api_openai_opts {
+    const struct config *cfg;     /* must outlive the api: api key, outbox, ping, chat_template */
+    struct api_worker *worker;    /* must outlive the api: sched, readiness, auth, drain */
+    const char *model_id;         /* `id` in /v1/models; NULL = cfg->model_ref */
+    const char *model_name;       /* general.name, accepted as an alias in `model`; may be NULL */
+    /* The loaded model, when known at start-up (else api_openai_set_model). */
+    const struct tokenizer *tok;
+    const char *chat_template;    /* tokenizer.chat_template of the file; NULL when absent */
+    size_t chat_template_len;
+    uint32_t n_ctx;
+};
+
+struct api_openai;
+
+/* Registers the routes on srv. Copies the strings of o. */
+int api_openai_new(struct api_openai **out, struct http_server *srv,
+                   const struct api_openai_opts *o);
+/* The loaded model's tokenizer (must outlive the api), chat template text
+ * (copied; NULL when the file has none) and context length, for a model
+ * loaded after api_openai_new. Generation requests answer 503 until set. */
+int api_openai_set_model(struct api_openai *a, const struct tokenizer *tok,
+                         const char *chat_template, size_t chat_template_len, uint32_t n_ctx);
+/* Frees jobs still waiting for a terminal event (call after sched_free())
+ * and the api. Call before api_worker_close(). NULL is safe. */
+void api_openai_free(struct api_openai *a);
+
+/* The chat template requests are rendered with: --chat-template when set,
+ * else recognised from the file's template, chatml when the file has none
+ * (as llama.cpp's server does); CHAT_TEMPLATE_UNKNOWN when the file's
+ * template is not one we know (chat requests then get a 400). */
+enum chat_template api_openai_chat_template(const struct api_openai *a);
+
+#endif
