@@ -512,10 +512,6 @@ LLORCH_API int forward_new(struct forward **out, const struct model *m, const st
         fw_err(err, errlen, "%s", "unsupported hyperparameters");
         return LLORCH_EINVAL;
     }
-    if (!o->pool) {
-        fw_err(err, errlen, "%s", "a thread pool is required (matmul runs on it)");
-        return LLORCH_EINVAL;
-    }
     if (!o->max_seqs || !o->max_step_tokens || o->max_seqs > o->max_step_tokens) {
         fw_err(err, errlen, "%s", "max_seqs and max_step_tokens must be >= 1, max_seqs <= max_step_tokens");
         return LLORCH_EINVAL;

@@ -481,16 +481,9 @@ static void forward_step_rejects_bad_entries_and_changes_nothing(void **state)
     build(&r, &s, 21);
     struct forward_opts fo = {.dtype = LLORCH_DTYPE_F32, .kv_type = LLORCH_KV_F32,
                               .kv_bytes = 1u << 20, .max_seqs = 2, .max_step_tokens = 8};
-    struct forward *fw = (struct forward *)&fo;
+    struct forward *fw;
     char err[128];
-    /* matmul needs the pool */
-    assert_int_equal(forward_new(&fw, r.m, &fo, err, sizeof err), LLORCH_EINVAL);
-    assert_null(fw);
-    assert_true(strstr(err, "pool") != NULL);
-    struct tpool *pool;
-    struct tpool_opts po = {.n_threads = 2, .name = "test-fw"};
-    assert_int_equal(tpool_new(&pool, &po), 0);
-    fo.pool = pool;
+    /* no pool: everything runs on the caller */
     assert_int_equal(forward_new(&fw, r.m, &fo, err, sizeof err), 0);
     assert_int_equal(forward_n_ctx(fw), 32);
     assert_int_equal(forward_dtype(fw), LLORCH_DTYPE_F32);
@@ -524,7 +517,6 @@ static void forward_step_rejects_bad_entries_and_changes_nothing(void **state)
     kv_seq_free(kv, b);
     forward_free(fw);
     forward_free(NULL);
-    tpool_free(pool);
     ref_free(&r);
 }
 
