@@ -21,7 +21,7 @@ struct forward_opts {
     uint32_t n_ctx;               /* max tokens per sequence; 0: n_ctx_train */
     uint32_t max_seqs;            /* sequences in one step */
     uint32_t max_step_tokens;     /* tokens in one step (prefill chunks + decodes) */
-    struct tpool *pool;
+    struct tpool *pool;           /* NULL: everything runs on the caller */
     /* Exact mode only (dtype F32): round the activations entering each
      * matmul as llama.cpp's CPU backend does for the weight's file type (f16
      * weights: activations to f16; bf16: to bf16; Q4_0/Q4_1/Q5_0/Q5_1/Q8_0:
