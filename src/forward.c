@@ -73,6 +73,10 @@ struct forward {
     uint16_t *gelu_table;             /* gpt2 */
     uint64_t tok_row_bytes, pos_row_bytes;
     uint64_t weight_bytes;
+    /* load progress: weight elements dequantised plus elements packed, of
+     * twice the elements of every packed matrix */
+    uint64_t work_done, work_total;
+    double work_reported;             /* last fraction given to o.progress */
     int64_t n_q, n_kv;                /* n_head*hd, n_head_kv*hd */
     uint32_t out_cap;                 /* rows per output matmul */
 
@@ -146,6 +150,41 @@ static int fw_vec(const struct gguf_tensor *t, uint64_t n, float **out, char *er
     return 0;
 }
 
+/* Counts work done towards load progress and reports it, at most every
+ * 1/1024 of the total so that the caller sees a bounded number of calls.
+ * Returns LLORCH_ECANCELLED when the callback asks to stop. */
+static int fw_progress_add(struct forward *f, uint64_t work, char *err, size_t errlen)
+{
+    f->work_done += work;
+    if (!f->o.progress || !f->work_total)
+        return 0;
+    double frac = (double)f->work_done / (double)f->work_total;
+    if (frac >= 1.0)
+        frac = 0.999; /* exactly 1.0 only once everything is set up */
+    if (frac - f->work_reported < 1.0 / 1024)
+        return 0;
+    f->work_reported = frac;
+    if (f->o.progress(f->o.progress_ctx, frac))
+        return 0;
+    fw_err(err, errlen, "%s", "loading cancelled");
+    return LLORCH_ECANCELLED;
+}
+
+/* What fw_progress_add counts for a whole model: each packed matrix is
+ * dequantised, then packed (same elements each). */
+static uint64_t fw_work_total(const struct model *m)
+{
+    uint64_t n = m->output ? m->output->n_elements : 0;
+    for (uint32_t il = 0; il < m->hp.n_layer; il++) {
+        const struct model_layer *L = &m->layers[il];
+        const struct gguf_tensor *t[] = {L->wqkv, L->wq,     L->wk,     L->wv,
+                                         L->wo,   L->ffn_gate, L->ffn_up, L->ffn_down};
+        for (size_t i = 0; i < LLORCH_ARRAY_SIZE(t); i++)
+            n += t[i] ? t[i]->n_elements : 0;
+    }
+    return 2 * n;
+}
+
 /* Dequantises tensors stacked by rows into one [sum n_out, n_in] matrix,
  * packs it, and stacks their biases (missing ones as zeros). */
 static int fw_proj_new(struct forward *f, struct fw_proj *p, const struct gguf_tensor *const *w,
@@ -181,6 +220,8 @@ static int fw_proj_new(struct forward *f, struct fw_proj *p, const struct gguf_t
             fw_err(err, errlen, "cannot dequantise weight %s", name);
         }
         row += (int64_t)w[i]->ne[1];
+        if (rc == 0)
+            rc = fw_progress_add(f, w[i]->n_elements, err, errlen);
     }
     if (rc == 0) {
         rc = matmul_weight_new(&p->w, buf, n_out, n_in, f->dtype, max_m, f->o.pool);
@@ -188,6 +229,8 @@ static int fw_proj_new(struct forward *f, struct fw_proj *p, const struct gguf_t
             fw_err(err, errlen, "cannot pack a weight matrix: %s", llorch_strerror(rc));
     }
     free(buf);
+    if (rc == 0)
+        rc = fw_progress_add(f, (uint64_t)elems, err, errlen);
     if (rc < 0)
         return rc;
     p->n_out = n_out;
@@ -541,6 +584,12 @@ LLORCH_API int forward_new(struct forward **out, const struct model *m, const st
     const int64_t n_embd = hp->n_embd;
 
     int rc = 0;
+    if (o->progress && !o->progress(o->progress_ctx, 0.0)) {
+        fw_err(err, errlen, "%s", "loading cancelled");
+        rc = LLORCH_ECANCELLED;
+        goto fail;
+    }
+    f->work_total = fw_work_total(m);
     if (!m->tok_embd || !m->output || !m->output_norm ||
         (hp->arch == MODEL_ARCH_GPT2 && !m->pos_embd)) {
         fw_err(err, errlen, "%s", "the model lacks token embeddings, output or positions");
@@ -628,6 +677,8 @@ LLORCH_API int forward_new(struct forward **out, const struct model *m, const st
             rc = LLORCH_EFORMAT;
             goto fail;
         }
+    if (o->progress)
+        (void)o->progress(o->progress_ctx, 1.0);
     *out = f;
     return 0;
 fail:

@@ -28,6 +28,14 @@ struct forward_opts {
      * to Q8_0 blocks), so f16 and quantised files match llama.cpp to float
      * rounding. Ignored for bf16/int8, whose own rounding dominates. */
     bool llama_rounding;
+    /* Optional, called from forward_new on its thread as the weights are
+     * dequantised and packed (the slow part of loading a big model):
+     * fractions of the weight elements done, non-decreasing from 0.0, at most
+     * ~1000 calls, the last one exactly 1.0 on success. Returning false
+     * stops loading: forward_new frees what it made and returns
+     * LLORCH_ECANCELLED (the return of the final 1.0 call is ignored). */
+    bool (*progress)(void *ctx, double fraction);
+    void *progress_ctx;
 };
 
 /* One sequence's part of a step: tokens [0, n_tokens) appended at positions

@@ -546,6 +546,76 @@ static void forward_auto_dtype_follows_the_file_type(void **state)
     ref_free(&r);
 }
 
+struct progress_log {
+    double v[2048];
+    int n;
+    int stop_after; /* return false on this call (1-based); 0 = never */
+};
+
+static bool record_progress(void *ctx, double fraction)
+{
+    struct progress_log *p = ctx;
+    assert_true(p->n < (int)(sizeof p->v / sizeof p->v[0]));
+    p->v[p->n++] = fraction;
+    return p->stop_after == 0 || p->n < p->stop_after;
+}
+
+static const struct spec progress_spec = {
+    .arch = MODEL_ARCH_LLAMA, .n_vocab = 40, .n_embd = 32, .n_layer = 3, .n_head = 2,
+    .n_head_kv = 2, .head_dim = 16, .n_ff = 48, .n_rot = 16, .n_ctx = 32, .eps = 1e-5f,
+    .base = 10000.0f};
+
+static void forward_new_reports_progress_from_zero_to_one_never_decreasing(void **state)
+{
+    (void)state;
+    struct ref_model r;
+    build(&r, &progress_spec, 23);
+    static struct progress_log p; /* large */
+    memset(&p, 0, sizeof p);
+    struct forward_opts fo = {.dtype = LLORCH_DTYPE_F32, .kv_bytes = 1u << 20, .max_seqs = 1,
+                              .max_step_tokens = 4, .progress = record_progress,
+                              .progress_ctx = &p};
+    struct forward *fw;
+    char err[128];
+    assert_int_equal(forward_new(&fw, r.m, &fo, err, sizeof err), 0);
+    /* 0.0 first, 1.0 (exactly) last and only there, steps in between */
+    assert_true(p.n >= 2 + 3 * 4);
+    assert_true(p.v[0] == 0.0);
+    assert_true(p.v[p.n - 1] == 1.0);
+    for (int i = 1; i < p.n; i++) {
+        assert_true(p.v[i] >= p.v[i - 1]);
+        assert_true(p.v[i] <= 1.0);
+        if (i < p.n - 1)
+            assert_true(p.v[i] < 1.0);
+    }
+    /* bounded: one call per 1/1024 at most, plus the ends */
+    assert_true(p.n <= 1026);
+    forward_free(fw);
+    ref_free(&r);
+}
+
+static void forward_new_stops_when_the_progress_callback_says_so(void **state)
+{
+    (void)state;
+    struct ref_model r;
+    build(&r, &progress_spec, 24);
+    for (int stop = 1; stop <= 3; stop++) { /* at 0.0, and in the middle of the weights */
+        static struct progress_log p;
+        memset(&p, 0, sizeof p);
+        p.stop_after = stop;
+        struct forward_opts fo = {.dtype = LLORCH_DTYPE_F32, .kv_bytes = 1u << 20, .max_seqs = 1,
+                                  .max_step_tokens = 4, .progress = record_progress,
+                                  .progress_ctx = &p};
+        struct forward *fw = (struct forward *)&p;
+        char err[128];
+        assert_int_equal(forward_new(&fw, r.m, &fo, err, sizeof err), LLORCH_ECANCELLED);
+        assert_null(fw);
+        assert_string_equal(err, "loading cancelled");
+        assert_int_equal(p.n, stop); /* no call after the one that said stop */
+    }
+    ref_free(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -556,6 +626,8 @@ int main(void)
         cmocka_unit_test(forward_gpt2_three_heads_matches_reference),
         cmocka_unit_test(forward_step_rejects_bad_entries_and_changes_nothing),
         cmocka_unit_test(forward_auto_dtype_follows_the_file_type),
+        cmocka_unit_test(forward_new_reports_progress_from_zero_to_one_never_decreasing),
+        cmocka_unit_test(forward_new_stops_when_the_progress_callback_says_so),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
