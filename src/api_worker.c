@@ -1057,6 +1057,19 @@ LLORCH_API void api_worker_set_loading(struct api_worker *a, double progress)
     a->progress = progress;
 }
 
+LLORCH_API void api_worker_set_info(struct api_worker *a, const struct api_worker_info *info)
+{
+    a->info = *info;
+    if (!a->info.model)
+        a->info.model = "";
+    if (!a->info.arch)
+        a->info.arch = "";
+    if (!a->info.dtype)
+        a->info.dtype = "";
+    if (!a->info.kv_type)
+        a->info.kv_type = "";
+}
+
 LLORCH_API void api_worker_set_ready(struct api_worker *a, struct sched *s)
 {
     a->sched = s;
@@ -1089,15 +1102,7 @@ LLORCH_API int api_worker_new(struct api_worker **out, uv_loop_t *loop, struct h
     a->loop = loop;
     a->srv = srv;
     a->cfg = o->cfg;
-    a->info = o->info;
-    if (!a->info.model)
-        a->info.model = "";
-    if (!a->info.arch)
-        a->info.arch = "";
-    if (!a->info.dtype)
-        a->info.dtype = "";
-    if (!a->info.kv_type)
-        a->info.kv_type = "";
+    api_worker_set_info(a, &o->info);
     a->shutdown_cb = o->shutdown_cb;
     a->shutdown_ctx = o->shutdown_ctx;
     a->metrics = o->metrics;

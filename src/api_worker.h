@@ -68,6 +68,10 @@ void api_worker_close(struct api_worker *a);
 void api_worker_notify(void *ctx);
 
 void api_worker_set_loading(struct api_worker *a, double progress);
+/* Replaces what /health reports about the model, for a daemon that creates
+ * the api (to answer 503 "loading") before the weights are packed; strings
+ * must outlive the api. */
+void api_worker_set_info(struct api_worker *a, const struct api_worker_info *info);
 /* Ready to serve: sched must outlive the api's use of it (until
  * api_worker_close). */
 void api_worker_set_ready(struct api_worker *a, struct sched *s);

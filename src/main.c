@@ -1,11 +1,17 @@
 /* llorch-cpud, the daemon: configuration, start-up order, signals and the
- * graceful shutdown. Start-up: parse config → load model and tokenizer →
- * thread pool, forward engine → HTTP server and APIs → scheduler → listen →
- * READY → pool-manager callback; then the loop runs until a drain ends.
+ * graceful shutdown. Start-up: parse config → open the model file and read
+ * its tokenizer (mmap: fast) → thread pool → HTTP server and APIs → listen
+ * (so /health answers 503 "loading" with progress) → pack the weights on a
+ * libuv pool thread (forward_new: the slow part), progress shown as a bar on
+ * a TTY, log lines, the metrics gauge and systemd STATUS= → scheduler →
+ * ready → READY=1 → pool-manager callback; then the loop runs until a drain
+ * ends. A signal while loading stops the packing and exits 0; a failed load
+ * exits 1.
  * Shutdown (first SIGTERM/SIGINT or POST /v1/shutdown): stop accepting, let
  * streams finish up to --drain-timeout-ms, end the rest with SHUTTING_DOWN,
  * exit 0. A second signal exits at once (status 1). */
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,14 +59,29 @@ struct daemon {
     int listen_fd;            /* from systemd socket activation, or -1 */
     uint64_t wd_steps;        /* engine steps at the last watchdog check */
     uint64_t wd_stuck_since;  /* uv_now() when work waited without a step, or 0 */
+    /* loading: forward_new runs on a libuv pool thread (load_work) and
+     * reports progress through load_ppm + load_async to the loop */
+    struct api_worker_info info;
+    uv_work_t load_work;
+    uv_async_t load_async;
+    bool load_async_open;
+    bool loading;             /* queued, its after-work callback not yet run */
+    _Atomic uint32_t load_ppm;   /* progress in millionths, written by the load thread */
+    atomic_bool load_cancel;  /* set on the loop by a signal: stop packing */
+    int load_rc;
+    char load_err[512];
+    uint64_t load_t0;         /* uv_hrtime() at "loading model" */
+    int load_pct;             /* last percentage shown (STATUS=, bar) */
+    int load_decile;          /* last tenth logged */
+    bool load_bar;            /* a progress bar on stderr (a TTY, text logs) */
 };
 
-/* Runs from the drain timer once every job has ended (or the grace passed):
- * close everything; the loop returns when the last handle is closed. */
-static void daemon_on_drained(void *ctx)
+/* Closes everything that keeps the loop running (a load still under way
+ * closes its own handle when it ends); the loop returns when the last
+ * handle is closed. */
+static void daemon_close_all(struct daemon *d)
 {
-    struct daemon *d = ctx;
-    log_write(d->log, CONFIG_LOG_INFO, "drained, exiting", NULL, 0);
+    d->shutting_down = true; /* a signal from now on exits at once */
     http_server_close(d->srv);
     d->srv = NULL;
     /* Joins the step driver; ends anything left with SHUTTING_DOWN (its
@@ -82,6 +103,14 @@ static void daemon_on_drained(void *ctx)
     }
 }
 
+/* Runs from the drain timer once every job has ended (or the grace passed). */
+static void daemon_on_drained(void *ctx)
+{
+    struct daemon *d = ctx;
+    log_write(d->log, CONFIG_LOG_INFO, "drained, exiting", NULL, 0);
+    daemon_close_all(d);
+}
+
 /* The graceful drain, from a signal or POST /v1/shutdown. */
 static void daemon_begin_shutdown(void *ctx)
 {
@@ -91,7 +120,9 @@ static void daemon_begin_shutdown(void *ctx)
     d->shutting_down = true;
     struct log_field f[] = {LOG_F_UINT("drain_timeout_ms", d->cfg->drain_timeout_ms),
                             LOG_F_UINT("live_jobs", api_worker_live_jobs(d->api))};
-    log_write(d->log, CONFIG_LOG_INFO, "shutting down: draining", f, LLORCH_ARRAY_SIZE(f));
+    log_write(d->log, CONFIG_LOG_INFO, d->loading ? "shutting down: loading stopped" :
+              "shutting down: draining", f, LLORCH_ARRAY_SIZE(f));
+    atomic_store(&d->load_cancel, true); /* the load thread stops at its next report */
     llorch_sd_stopping(d->sd, "draining");
     api_worker_drain(d->api, d->cfg->drain_timeout_ms, daemon_on_drained, d);
 }
@@ -230,6 +261,167 @@ static void daemon_on_step(void *ctx, double seconds, uint32_t n_seqs, uint32_t 
     metrics_observe_step(ctx, seconds, n_seqs, n_tokens);
 }
 
+/* ---- loading ---- */
+
+/* Load thread: forward_new's progress callback. Returns false to stop. */
+static bool daemon_load_progress(void *ctx, double fraction)
+{
+    struct daemon *d = ctx;
+    double ppm = fraction * 1e6;
+    atomic_store(&d->load_ppm, (uint32_t)(ppm < 0 ? 0 : ppm > 1e6 ? 1e6 : ppm));
+    uv_async_send(&d->load_async); /* coalesced: the loop shows the latest */
+    return !atomic_load(&d->load_cancel);
+}
+
+/* Load thread: the slow part, dequantising and packing every weight. */
+static void daemon_load_work(uv_work_t *w)
+{
+    struct daemon *d = w->data;
+    const struct config *cfg = d->cfg;
+    struct forward_opts fo = {
+        .dtype = cfg->dtype,
+        .kv_type = cfg->kv_type,
+        .kv_bytes = (uint64_t)cfg->kv_cache_mb << 20,
+        .n_ctx = cfg->ctx,
+        .max_seqs = cfg->max_batch,
+        .max_step_tokens = LLORCH_MAX(cfg->step_tokens, cfg->max_batch), /* sched raises it so */
+        .pool = d->pool,
+        .progress = daemon_load_progress,
+        .progress_ctx = d,
+    };
+    d->load_rc = forward_new(&d->fw, d->model, &fo, d->load_err, sizeof(d->load_err));
+}
+
+static void daemon_bar_draw(int pct)
+{
+    enum { WIDTH = 40 };
+    char line[128];
+    int fill = pct * WIDTH / 100;
+    int n = snprintf(line, sizeof(line), "\rloading model [%.*s%.*s] %3d%%", fill,
+                     "########################################", WIDTH - fill,
+                     "                                        ", pct);
+    ssize_t w = write(2, line, (size_t)n);
+    (void)w;
+}
+
+/* Loop thread: shows the latest progress everywhere, rate-limited to
+ * whole percents (STATUS=, the bar) and tenths (log lines). /health and the
+ * gauge stay below 1 until the model serves (the gauge's 1 means loaded). */
+static void daemon_show_progress(struct daemon *d)
+{
+    double p = atomic_load(&d->load_ppm) / 1e6;
+    double shown = LLORCH_MIN(p, 0.999);
+    metrics_set_load_progress(d->metrics, shown);
+    if (d->api && !d->shutting_down)
+        api_worker_set_loading(d->api, shown);
+    int pct = (int)(p * 100.0);
+    if (pct > d->load_pct) {
+        d->load_pct = pct;
+        llorch_sd_loading(d->sd, p, 60000); /* TimeoutStartSec runs while we progress */
+        if (d->load_bar)
+            daemon_bar_draw(pct);
+    }
+    int decile = (int)(p * 10.0);
+    if (!d->load_bar && decile > d->load_decile) {
+        d->load_decile = decile;
+        struct log_field f[] = {LOG_F_DBL("progress", (double)(int)(p * 1000.0) / 1000.0),
+                                LOG_F_UINT("elapsed_ms", (uv_hrtime() - d->load_t0) / 1000000)};
+        log_write(d->log, CONFIG_LOG_INFO, "loading model: progress", f, LLORCH_ARRAY_SIZE(f));
+    }
+}
+
+static void daemon_on_load_progress(uv_async_t *h)
+{
+    struct daemon *d = h->data;
+    if (d->loading && !d->shutting_down)
+        daemon_show_progress(d);
+}
+
+/* Loop thread, once the weights are packed: scheduler → ready → READY=1 →
+ * the pool-manager callback. */
+static int daemon_loaded(struct daemon *d)
+{
+    const struct config *cfg = d->cfg;
+    d->info.memory_bytes = forward_weight_bytes(d->fw) + ((uint64_t)cfg->kv_cache_mb << 20);
+    d->info.n_ctx = forward_n_ctx(d->fw);
+    d->info.dtype = forward_dtype_name(forward_dtype(d->fw));
+    d->info.kv_type = forward_kv_type_name(forward_kv_type(d->fw));
+    api_worker_set_info(d->api, &d->info);
+    struct gguf_str tmpl = {0};
+    bool has_tmpl = gguf_get_str(d->model->file, "tokenizer.chat_template", &tmpl) == 0;
+    int r = api_openai_set_model(d->oai, d->tok, has_tmpl ? tmpl.ptr : NULL,
+                                 has_tmpl ? (size_t)tmpl.len : 0, d->info.n_ctx);
+    if (r)
+        return fail(d, "openai api failed", llorch_strerror(r));
+    struct log_field mf[] = {
+        LOG_F_STR("model", cfg->model),
+        LOG_F_UINT("load_ms", (uv_hrtime() - d->load_t0) / 1000000),
+        LOG_F_UINT("weight_bytes", forward_weight_bytes(d->fw)),
+        LOG_F_STR("dtype", d->info.dtype),
+        LOG_F_STR("kv_type", d->info.kv_type),
+        LOG_F_UINT("n_ctx", d->info.n_ctx),
+    };
+    log_write(d->log, CONFIG_LOG_INFO, "model loaded", mf, LLORCH_ARRAY_SIZE(mf));
+
+    /* the scheduler: its events come back through the api's uv_async_t */
+    struct sched_opts so = {
+        .max_batch = cfg->max_batch,
+        .max_queue = cfg->max_queue,
+        .step_tokens = cfg->step_tokens,
+        .batch_window_ms = cfg->batch_window_ms,
+        .notify = api_worker_notify,
+        .notify_ctx = d->api,
+        .on_step = daemon_on_step,
+        .on_step_ctx = d->metrics,
+    };
+    r = sched_new(&d->sched, d->fw, d->tok, &so);
+    if (r)
+        return fail(d, "scheduler failed", llorch_strerror(r));
+    api_worker_set_ready(d->api, d->sched);
+    metrics_set_load_progress(d->metrics, 1.0);
+
+    /* systemd: READY=1, then watchdog pings from the loop */
+    char status[256];
+    snprintf(status, sizeof(status), "serving %s on port %u", d->info.model,
+             (unsigned)http_server_port(d->srv));
+    llorch_sd_ready(d->sd, status, daemon_alive, d);
+
+    /* the pool-manager callback (test mode: nothing is sent) */
+    return daemon_start_mgr(d, d->info.memory_bytes);
+}
+
+static void daemon_on_load_closed(uv_handle_t *h)
+{
+    LLORCH_UNUSED(h);
+}
+
+static void daemon_load_done(uv_work_t *w, int status)
+{
+    struct daemon *d = w->data;
+    if (status == 0 && d->load_rc == 0)
+        daemon_show_progress(d); /* the final 100% */
+    d->loading = false;
+    if (d->load_bar) {
+        ssize_t n = write(2, "\n", 1);
+        (void)n;
+    }
+    d->load_async_open = false;
+    uv_close((uv_handle_t *)&d->load_async, daemon_on_load_closed);
+    if (d->shutting_down) /* a signal stopped loading; the drain closes the rest */
+        return;
+    if (status != 0 || d->load_rc != 0) {
+        fail(d, "model load failed",
+             d->load_err[0] ? d->load_err : llorch_strerror(status ? LLORCH_EUV : d->load_rc));
+        d->exit_code = 1;
+        daemon_close_all(d);
+        return;
+    }
+    if (daemon_loaded(d) != 0) {
+        d->exit_code = 1;
+        daemon_close_all(d);
+    }
+}
+
 static int daemon_start(struct daemon *d)
 {
     const struct config *cfg = d->cfg;
@@ -247,13 +439,14 @@ static int daemon_start(struct daemon *d)
     if (r)
         return fail(d, "metrics failed", llorch_strerror(r));
 
-    /* 1. the model */
+    /* 1. the model file (mapped, checked) and its tokenizer: quick, so a bad
+     * file fails here, before anything listens */
     if (cfg->model[0] == 0)
         return fail(d, "no model", "--model PATH is required");
     struct log_field lf[] = {LOG_F_STR("model", cfg->model)};
     log_write(d->log, CONFIG_LOG_INFO, "loading model", lf, 1);
     llorch_sd_status(d->sd, "loading model %s", cfg->model);
-    uint64_t t0 = uv_hrtime();
+    d->load_t0 = uv_hrtime();
     r = model_load(&d->model, cfg->model, err, sizeof(err));
     if (r)
         return fail(d, "model load failed", err[0] ? err : llorch_strerror(r));
@@ -262,33 +455,14 @@ static int daemon_start(struct daemon *d)
     r = tokenizer_new(&d->tok, d->model->file, err, sizeof(err));
     if (r)
         return fail(d, "tokenizer failed", err[0] ? err : llorch_strerror(r));
-
-    /* 2. the engine */
     struct tpool_opts po = {.n_threads = (int)cfg->threads, .pin = cfg->cpu_pinning,
                             .name = "llorch-w"};
     r = tpool_new(&d->pool, &po);
     if (r)
         return fail(d, "thread pool failed", llorch_strerror(r));
-    struct forward_opts fo = {
-        .dtype = cfg->dtype,
-        .kv_type = cfg->kv_type,
-        .kv_bytes = (uint64_t)cfg->kv_cache_mb << 20,
-        .n_ctx = cfg->ctx,
-        .max_seqs = cfg->max_batch,
-        .max_step_tokens = LLORCH_MAX(cfg->step_tokens, cfg->max_batch), /* sched raises it so */
-        .pool = d->pool,
-    };
-    r = forward_new(&d->fw, d->model, &fo, err, sizeof(err));
-    if (r)
-        return fail(d, "forward engine failed", err[0] ? err : llorch_strerror(r));
-    struct log_field mf[] = {
-        LOG_F_STR("model", cfg->model),
-        LOG_F_UINT("load_ms", (uv_hrtime() - t0) / 1000000),
-        LOG_F_UINT("weight_bytes", forward_weight_bytes(d->fw)),
-    };
-    log_write(d->log, CONFIG_LOG_INFO, "model loaded", mf, LLORCH_ARRAY_SIZE(mf));
 
-    /* 3. the server and its APIs */
+    /* 2. the server and its APIs, in the loading state; what only the
+     * packed weights tell (dtype, n_ctx, memory) is set once loaded */
     struct http_limits lim = {
         .max_connections = cfg->max_connections,
         .max_header_bytes = cfg->max_header_bytes,
@@ -299,18 +473,15 @@ static int daemon_start(struct daemon *d)
     r = http_server_new(&d->srv, &d->loop, &lim);
     if (r)
         return fail(d, "http server failed", llorch_strerror(r));
+    d->info = (struct api_worker_info){
+        .model = cfg->model_ref[0] ? cfg->model_ref : d->model->name,
+        .arch = model_arch_name(d->model->hp.arch),
+        .threads = (uint32_t)tpool_size(d->pool),
+        .add_bos = tokenizer_adds_bos(d->tok),
+    };
     struct api_worker_opts ao = {
         .cfg = cfg,
-        .info = {
-            .model = cfg->model_ref[0] ? cfg->model_ref : d->model->name,
-            .arch = model_arch_name(d->model->hp.arch),
-            .memory_bytes = forward_weight_bytes(d->fw) + ((uint64_t)cfg->kv_cache_mb << 20),
-            .n_ctx = forward_n_ctx(d->fw),
-            .dtype = forward_dtype_name(forward_dtype(d->fw)),
-            .kv_type = forward_kv_type_name(forward_kv_type(d->fw)),
-            .threads = (uint32_t)tpool_size(d->pool),
-            .add_bos = tokenizer_adds_bos(d->tok),
-        },
+        .info = d->info,
         .shutdown_cb = daemon_begin_shutdown,
         .shutdown_ctx = d,
         .metrics = d->metrics,
@@ -329,12 +500,11 @@ static int daemon_start(struct daemon *d)
     struct api_openai_opts oo = {
         .cfg = cfg,
         .worker = d->api,
-        .model_id = ao.info.model,
+        .model_id = d->info.model,
         .model_name = d->model->name,
         .tok = d->tok,
         .chat_template = has_tmpl ? tmpl.ptr : NULL,
         .chat_template_len = has_tmpl ? (size_t)tmpl.len : 0,
-        .n_ctx = ao.info.n_ctx,
     };
     r = api_openai_new(&d->oai, d->srv, &oo);
     if (r)
@@ -352,24 +522,9 @@ static int daemon_start(struct daemon *d)
                   tf, 1);
     }
 
-    /* 4. the scheduler: its events come back through the api's uv_async_t */
-    struct sched_opts so = {
-        .max_batch = cfg->max_batch,
-        .max_queue = cfg->max_queue,
-        .step_tokens = cfg->step_tokens,
-        .batch_window_ms = cfg->batch_window_ms,
-        .notify = api_worker_notify,
-        .notify_ctx = d->api,
-        .on_step = daemon_on_step,
-        .on_step_ctx = d->metrics,
-    };
-    r = sched_new(&d->sched, d->fw, d->tok, &so);
-    if (r)
-        return fail(d, "scheduler failed", llorch_strerror(r));
-    api_worker_set_ready(d->api, d->sched);
-    metrics_set_load_progress(d->metrics, 1.0);
-
-    /* 5. listen, on the socket systemd passed (--host/--port ignored) or our own */
+    /* 3. listen now, so that /health answers at once while the weights are
+     * packed: on the socket systemd passed (--host/--port ignored) or our
+     * own. READY=1 and the pool-manager callback wait for the model. */
     if (d->listen_fd >= 0)
         r = http_server_listen_fd(d->srv, d->listen_fd);
     else
@@ -387,24 +542,29 @@ static int daemon_start(struct daemon *d)
     struct log_field f[] = {
         LOG_F_STR("host", cfg->host),
         LOG_F_UINT("port", http_server_port(d->srv)),
-        LOG_F_STR("model", ao.info.model),
-        LOG_F_STR("arch", ao.info.arch),
-        LOG_F_STR("dtype", ao.info.dtype),
-        LOG_F_UINT("threads", ao.info.threads),
+        LOG_F_STR("model", d->info.model),
+        LOG_F_STR("arch", d->info.arch),
+        LOG_F_UINT("threads", d->info.threads),
         LOG_F_UINT("max_batch", cfg->max_batch),
     };
     log_write(d->log, CONFIG_LOG_INFO,
               d->listen_fd >= 0 ? "listening on the socket passed by systemd" : "listening", f,
               LLORCH_ARRAY_SIZE(f));
 
-    /* 6. systemd: READY=1, then watchdog pings from the loop */
-    char status[256];
-    snprintf(status, sizeof(status), "serving %s on port %u", ao.info.model,
-             (unsigned)http_server_port(d->srv));
-    llorch_sd_ready(d->sd, status, daemon_alive, d);
-
-    /* 7. the pool-manager callback (test mode: nothing is sent) */
-    return daemon_start_mgr(d, ao.info.memory_bytes);
+    /* 4. pack the weights off the loop; daemon_load_done continues */
+    r = uv_async_init(&d->loop, &d->load_async, daemon_on_load_progress);
+    if (r)
+        return fail(d, "loading failed", uv_strerror(r));
+    d->load_async.data = d;
+    d->load_async_open = true;
+    d->load_bar = isatty(2) && cfg->log_format == CONFIG_LOG_TEXT;
+    d->load_pct = -1;
+    d->load_work.data = d;
+    r = uv_queue_work(&d->loop, &d->load_work, daemon_load_work, daemon_load_done);
+    if (r)
+        return fail(d, "loading failed", uv_strerror(r));
+    d->loading = true;
+    return 0;
 }
 
 /* Frees whatever start-up created, in reverse order. Handles still open
@@ -422,6 +582,8 @@ static void daemon_stop(struct daemon *d)
         uv_close((uv_handle_t *)&d->sigterm, NULL);
         uv_close((uv_handle_t *)&d->sigint, NULL);
     }
+    if (d->load_async_open)
+        uv_close((uv_handle_t *)&d->load_async, NULL);
     uv_run(&d->loop, UV_RUN_DEFAULT);
     uv_loop_close(&d->loop);
     metrics_free(d->metrics);
