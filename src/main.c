@@ -390,11 +390,6 @@ static int daemon_loaded(struct daemon *d)
     return daemon_start_mgr(d, d->info.memory_bytes);
 }
 
-static void daemon_on_load_closed(uv_handle_t *h)
-{
-    LLORCH_UNUSED(h);
-}
-
 static void daemon_load_done(uv_work_t *w, int status)
 {
     struct daemon *d = w->data;
@@ -406,7 +401,7 @@ static void daemon_load_done(uv_work_t *w, int status)
         (void)n;
     }
     d->load_async_open = false;
-    uv_close((uv_handle_t *)&d->load_async, daemon_on_load_closed);
+    uv_close((uv_handle_t *)&d->load_async, NULL);
     if (d->shutting_down) /* a signal stopped loading; the drain closes the rest */
         return;
     if (status != 0 || d->load_rc != 0) {
