@@ -258,7 +258,7 @@ static int daemon_start(struct daemon *d)
     if (r)
         return fail(d, "model load failed", err[0] ? err : llorch_strerror(r));
     if (d->model->vocab_only)
-        return fail(d, "model load failed", "the file has no tensors (vocabulary only)");
+        return fail(d, "model load failed", "the file has no weights: it is a vocabulary-only GGUF (tokenizer metadata, no tensors)");
     r = tokenizer_new(&d->tok, d->model->file, err, sizeof(err));
     if (r)
         return fail(d, "tokenizer failed", err[0] ? err : llorch_strerror(r));
