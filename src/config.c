@@ -91,6 +91,10 @@ static const struct opt opts[] = {
      "keep-alive connection idle time"},
     {"sse-outbox-bytes", NULL, OPT_U64, F(sse_outbox_bytes), 4 * KiB, 1 * GiB, NULL, "N", "bytes",
      NULL, "unsent stream bytes per client before CLIENT_TOO_SLOW"},
+    {"sse-sndbuf-bytes", NULL, OPT_U32, F(sse_sndbuf_bytes), 0, 64 * MiB, NULL, "N", "bytes",
+     NULL,
+     "kernel send buffer (SO_SNDBUF) of streaming connections (0 = kernel autotuning, else at "
+     "least 4096); a small one makes --sse-outbox-bytes the real bound on a slow reader"},
     {"ping-interval-ms", NULL, OPT_U32, F(ping_interval_ms), 100, 3600000, NULL, "N", "ms", NULL,
      "`: ping` comment frames on quiet streams"},
     {"drain-timeout-ms", NULL, OPT_U32, F(drain_timeout_ms), 0, 3600000, NULL, "N", "ms", NULL,
@@ -683,6 +687,10 @@ static int config_finish(struct config *c, char *err, size_t errlen)
         return llorch_errf(err, errlen, LLORCH_EINVAL,
                     "--callback-url: expected an http:// or https:// URL, got '%.64s'",
                     c->callback_url);
+    if (c->sse_sndbuf_bytes > 0 && c->sse_sndbuf_bytes < CONFIG_SNDBUF_MIN)
+        return llorch_errf(err, errlen, LLORCH_ERANGE,
+                    "--sse-sndbuf-bytes: must be 0 (kernel autotuning) or at least %u, got %u",
+                    CONFIG_SNDBUF_MIN, c->sse_sndbuf_bytes);
     if (c->callback_backoff_max_ms < c->callback_backoff_ms)
         return llorch_errf(err, errlen, LLORCH_ERANGE,
                     "--callback-backoff-max-ms: must be at least --callback-backoff-ms (%u), "
