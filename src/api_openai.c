@@ -890,7 +890,7 @@ static void job_cut_slow(struct oai_job *j)
     err_set(&e, 503, "server_error", "client_too_slow", NULL,
             "the client reads slower than the stream is produced");
     job_send_error_frame(j, &e);
-    sse_stream_end(&j->sse, true);
+    sse_stream_cut(&j->sse);
     j->req = NULL;
 }
 

@@ -568,13 +568,31 @@ static void job_finish_stream(struct worker_job *j, bool close_conn)
     sse_stream_end(&j->sse, close_conn);
 }
 
-/* The reader is too slow for the outbox bound: cut it, cancel the job. */
+/* The reader is too slow for the outbox bound: cancel the job (its ERROR
+ * event, counted by code in the metrics, comes back and frees it), queue the
+ * error frame past the bound and cut the connection (sse_stream_cut: closed
+ * once flushed, or after a short grace if the reader takes nothing). */
 static void job_cut_slow(struct worker_job *j)
 {
-    if (j->api->sched)
-        sched_cancel(j->api->sched, j->req_id, SCHED_ERR_CLIENT_TOO_SLOW);
+    struct api_worker *a = j->api;
+    if (a->sched)
+        sched_cancel(a->sched, j->req_id, SCHED_ERR_CLIENT_TOO_SLOW);
+    if (log_enabled(a->log, CONFIG_LOG_WARN)) {
+        char id[SCHED_JOB_ID_MAX];
+        memcpy(id, j->job_id, j->job_id_len);
+        id[j->job_id_len] = 0;
+        struct log_field f[] = {
+            LOG_F_STR("job_id", id),
+            LOG_F_STR("code", "CLIENT_TOO_SLOW"),
+            LOG_F_UINT("token_frames", j->n_frames),
+            LOG_F_UINT("queued_bytes", http_request_pending_bytes(j->sse.req)),
+            LOG_F_UINT("outbox_bytes", j->sse.outbox_bytes),
+        };
+        log_write(a->log, CONFIG_LOG_WARN, "stream cut: the client reads too slowly", f,
+                  LLORCH_ARRAY_SIZE(f));
+    }
     job_send_error(j, "CLIENT_TOO_SLOW", "client reads slower than the stream is produced");
-    job_finish_stream(j, true);
+    sse_stream_cut(&j->sse);
 }
 
 static void job_send(struct worker_job *j, const char *type, json_t *o, bool force)

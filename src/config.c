@@ -91,6 +91,10 @@ static const struct opt opts[] = {
      "keep-alive connection idle time"},
     {"sse-outbox-bytes", NULL, OPT_U64, F(sse_outbox_bytes), 4 * KiB, 1 * GiB, NULL, "N", "bytes",
      NULL, "unsent stream bytes per client before CLIENT_TOO_SLOW"},
+    {"sse-sndbuf-bytes", NULL, OPT_U32, F(sse_sndbuf_bytes), 0, 64 * MiB, NULL, "N", "bytes",
+     NULL,
+     "kernel send buffer (SO_SNDBUF) of streaming connections (0 = kernel autotuning, else at "
+     "least 4096); a small one makes --sse-outbox-bytes the real bound on a slow reader"},
     {"ping-interval-ms", NULL, OPT_U32, F(ping_interval_ms), 100, 3600000, NULL, "N", "ms", NULL,
      "`: ping` comment frames on quiet streams"},
     {"drain-timeout-ms", NULL, OPT_U32, F(drain_timeout_ms), 0, 3600000, NULL, "N", "ms", NULL,
@@ -180,19 +184,6 @@ static void origin_format(const struct origin *src, const struct opt *o, char *b
         snprintf(buf, n, "--%s", o->flag);
 }
 
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
 /* Strict unsigned decimal: digits only, no sign, no spaces, no junk. */
 static bool parse_u64(const char *s, uint64_t *out)
 {
@@ -246,7 +237,7 @@ static int opt_set(struct config *c, const struct opt *o, const char *value,
     case OPT_STR: {
         size_t len = strlen(value);
         if (len >= o->size)
-            return fail(err, errlen, LLORCH_ETOOBIG,
+            return llorch_errf(err, errlen, LLORCH_ETOOBIG,
                         "%s: value is too long (%zu bytes, at most %zu)", where, len, o->size - 1);
         memcpy(field, value, len + 1);
         return 0;
@@ -255,7 +246,7 @@ static int opt_set(struct config *c, const struct opt *o, const char *value,
     case OPT_U32:
     case OPT_U64:
         if (!parse_u64(value, &v) || v < o->min || v > o->max)
-            return fail(err, errlen, LLORCH_ERANGE,
+            return llorch_errf(err, errlen, LLORCH_ERANGE,
                         "%s: invalid value '%.64s': expected an integer in %llu..%llu%s%s", where,
                         value, (unsigned long long)o->min, (unsigned long long)o->max,
                         o->unit ? " " : "", o->unit ? o->unit : "");
@@ -272,7 +263,7 @@ static int opt_set(struct config *c, const struct opt *o, const char *value,
     case OPT_BOOL: {
         bool b;
         if (!parse_bool(value, &b))
-            return fail(err, errlen, LLORCH_EINVAL,
+            return llorch_errf(err, errlen, LLORCH_EINVAL,
                         "%s: invalid value '%.64s': expected true|false (or 1|0, yes|no, on|off)",
                         where, value);
         memcpy(field, &b, sizeof b);
@@ -287,10 +278,10 @@ static int opt_set(struct config *c, const struct opt *o, const char *value,
         }
         char list[128];
         enum_list(o, list, sizeof list);
-        return fail(err, errlen, LLORCH_EINVAL, "%s: invalid value '%.64s': expected one of %s",
+        return llorch_errf(err, errlen, LLORCH_EINVAL, "%s: invalid value '%.64s': expected one of %s",
                     where, value, list);
     }
-    return fail(err, errlen, LLORCH_EINTERNAL, "%s: bad option type", where);
+    return llorch_errf(err, errlen, LLORCH_EINTERNAL, "%s: bad option type", where);
 }
 
 void config_defaults(struct config *c)
@@ -434,7 +425,7 @@ static int config_apply_file_text(struct config *c, const char *path, char *text
         }
         lineno++;
         if (strlen(line) >= CONFIG_LINE_MAX)
-            return fail(err, errlen, LLORCH_ETOOBIG, "%s:%u: line too long (at most %d bytes)",
+            return llorch_errf(err, errlen, LLORCH_ETOOBIG, "%s:%u: line too long (at most %d bytes)",
                         path, lineno, CONFIG_LINE_MAX - 1);
         while (is_space(*line))
             line++;
@@ -445,7 +436,7 @@ static int config_apply_file_text(struct config *c, const char *path, char *text
             continue;
         char *eq = strchr(line, '=');
         if (!eq)
-            return fail(err, errlen, LLORCH_EFORMAT, "%s:%u: expected `key = value`", path, lineno);
+            return llorch_errf(err, errlen, LLORCH_EFORMAT, "%s:%u: expected `key = value`", path, lineno);
         char *key = line, *kend = eq;
         while (kend > key && is_space(kend[-1]))
             kend--;
@@ -457,13 +448,13 @@ static int config_apply_file_text(struct config *c, const char *path, char *text
         if (value[0] == '"') {
             char *close = strchr(value + 1, '"');
             if (!close)
-                return fail(err, errlen, LLORCH_EFORMAT, "%s:%u: unterminated quoted value", path,
+                return llorch_errf(err, errlen, LLORCH_EFORMAT, "%s:%u: unterminated quoted value", path,
                             lineno);
             char *rest = close + 1;
             while (is_space(*rest))
                 rest++;
             if (*rest && *rest != '#')
-                return fail(err, errlen, LLORCH_EFORMAT,
+                return llorch_errf(err, errlen, LLORCH_EFORMAT,
                             "%s:%u: unexpected text after the quoted value", path, lineno);
             *close = 0;
             value++;
@@ -480,13 +471,13 @@ static int config_apply_file_text(struct config *c, const char *path, char *text
                 value[--vlen] = 0;
         }
         if (!key[0])
-            return fail(err, errlen, LLORCH_EFORMAT, "%s:%u: missing key before '='", path, lineno);
+            return llorch_errf(err, errlen, LLORCH_EFORMAT, "%s:%u: missing key before '='", path, lineno);
         const struct opt *o = opt_find_key(key, strlen(key));
         if (!o)
-            return fail(err, errlen, LLORCH_EINVAL, "%s:%u: unknown key '%.64s'", path, lineno,
+            return llorch_errf(err, errlen, LLORCH_EINVAL, "%s:%u: unknown key '%.64s'", path, lineno,
                         key);
         if (!strcmp(o->flag, "config"))
-            return fail(err, errlen, LLORCH_EINVAL,
+            return llorch_errf(err, errlen, LLORCH_EINVAL,
                         "%s:%u: 'config' cannot be set inside a config file", path, lineno);
         struct origin src = {"file", path, lineno};
         int r = opt_set(c, o, value, &src, err, errlen);
@@ -502,21 +493,21 @@ static int read_small_file(const char *path, const char *what, size_t max, char 
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         int e = errno;
-        return fail(err, errlen, llorch_err_from_errno(e), "%s '%s': %s", what, path, strerror(e));
+        return llorch_errf(err, errlen, llorch_err_from_errno(e), "%s '%s': %s", what, path, strerror(e));
     }
     if (fstat(fd, st) != 0 || !S_ISREG(st->st_mode)) {
         close(fd);
-        return fail(err, errlen, LLORCH_EINVAL, "%s '%s': not a regular file", what, path);
+        return llorch_errf(err, errlen, LLORCH_EINVAL, "%s '%s': not a regular file", what, path);
     }
     if ((uint64_t)st->st_size > max) {
         close(fd);
-        return fail(err, errlen, LLORCH_ETOOBIG, "%s '%s': too large (at most %zu bytes)", what,
+        return llorch_errf(err, errlen, LLORCH_ETOOBIG, "%s '%s': too large (at most %zu bytes)", what,
                     path, max);
     }
     char *buf = malloc((size_t)st->st_size + 1);
     if (!buf) {
         close(fd);
-        return fail(err, errlen, LLORCH_ENOMEM, "%s '%s': out of memory", what, path);
+        return llorch_errf(err, errlen, LLORCH_ENOMEM, "%s '%s': out of memory", what, path);
     }
     size_t got = 0;
     while (got < (size_t)st->st_size) {
@@ -527,7 +518,7 @@ static int read_small_file(const char *path, const char *what, size_t max, char 
             int e = errno;
             free(buf);
             close(fd);
-            return fail(err, errlen, llorch_err_from_errno(e), "%s '%s': %s", what, path,
+            return llorch_errf(err, errlen, llorch_err_from_errno(e), "%s '%s': %s", what, path,
                         strerror(e));
         }
         if (n == 0)
@@ -551,7 +542,7 @@ static int config_apply_file(struct config *c, const char *path, char *err, size
         return r;
     if (memchr(text, 0, len)) {
         free(text);
-        return fail(err, errlen, LLORCH_EFORMAT, "config file '%s': contains a NUL byte", path);
+        return llorch_errf(err, errlen, LLORCH_EFORMAT, "config file '%s': contains a NUL byte", path);
     }
     r = config_apply_file_text(c, path, text, err, errlen);
     free(text);
@@ -597,7 +588,7 @@ static int config_apply_argv(struct config *c, int argc, char **argv, bool only_
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strncmp(a, "--", 2) != 0 || a[2] == 0)
-            return fail(err, errlen, LLORCH_EINVAL,
+            return llorch_errf(err, errlen, LLORCH_EINVAL,
                         "unexpected argument '%.64s' (options are --name VALUE or --name=VALUE; "
                         "see --help)",
                         a);
@@ -613,18 +604,18 @@ static int config_apply_argv(struct config *c, int argc, char **argv, bool only_
             negated = o != NULL;
         }
         if (!o)
-            return fail(err, errlen, LLORCH_EINVAL, "unknown option '--%.*s' (see --help)",
+            return llorch_errf(err, errlen, LLORCH_EINVAL, "unknown option '--%.*s' (see --help)",
                         (int)LLORCH_MIN(nlen, 64), name);
         const char *value;
         if (o->type == OPT_BOOL) {
             if (negated && eq)
-                return fail(err, errlen, LLORCH_EINVAL, "--no-%s takes no value", o->flag);
+                return llorch_errf(err, errlen, LLORCH_EINVAL, "--no-%s takes no value", o->flag);
             value = eq ? eq + 1 : negated ? "false" : "true";
         } else if (eq) {
             value = eq + 1;
         } else {
             if (i + 1 >= argc || !strncmp(argv[i + 1], "--", 2))
-                return fail(err, errlen, LLORCH_EINVAL,
+                return llorch_errf(err, errlen, LLORCH_EINVAL,
                             "--%s needs a value (%s; use --%s=VALUE for values starting with "
                             "--)",
                             o->flag, o->metavar, o->flag);
@@ -652,7 +643,7 @@ static int config_read_api_key(struct config *c, char *err, size_t errlen)
         return r;
     if (st.st_mode & (S_IROTH | S_IWOTH)) {
         free(text);
-        return fail(err, errlen, LLORCH_EINVAL,
+        return llorch_errf(err, errlen, LLORCH_EINVAL,
                     "--api-key-file '%s': accessible by others (mode %04o); chmod o-rwx it",
                     c->api_key_file, (unsigned)(st.st_mode & 07777));
     }
@@ -663,14 +654,14 @@ static int config_read_api_key(struct config *c, char *err, size_t errlen)
         b--;
     r = 0;
     if (a == b)
-        r = fail(err, errlen, LLORCH_EINVAL, "--api-key-file '%s': empty key", c->api_key_file);
+        r = llorch_errf(err, errlen, LLORCH_EINVAL, "--api-key-file '%s': empty key", c->api_key_file);
     else if (b - a >= sizeof c->api_key)
-        r = fail(err, errlen, LLORCH_ETOOBIG,
+        r = llorch_errf(err, errlen, LLORCH_ETOOBIG,
                  "--api-key-file '%s': key too long (at most %zu bytes)", c->api_key_file,
                  sizeof c->api_key - 1);
     for (size_t i = a; !r && i < b; i++)
         if ((unsigned char)text[i] < 0x20 || text[i] == 0x7f)
-            r = fail(err, errlen, LLORCH_EINVAL,
+            r = llorch_errf(err, errlen, LLORCH_EINVAL,
                      "--api-key-file '%s': key contains a control character or line break",
                      c->api_key_file);
     if (!r) {
@@ -685,19 +676,23 @@ static int config_read_api_key(struct config *c, char *err, size_t errlen)
 static int config_finish(struct config *c, char *err, size_t errlen)
 {
     if (!c->worker_id[0])
-        return fail(err, errlen, LLORCH_EINVAL, "--worker-id: must not be empty");
+        return llorch_errf(err, errlen, LLORCH_EINVAL, "--worker-id: must not be empty");
     for (const char *p = c->worker_id; *p; p++)
         if ((unsigned char)*p < 0x20 || *p == 0x7f)
-            return fail(err, errlen, LLORCH_EINVAL, "--worker-id: contains a control character");
+            return llorch_errf(err, errlen, LLORCH_EINVAL, "--worker-id: contains a control character");
     if (!c->host[0])
-        return fail(err, errlen, LLORCH_EINVAL, "--host: must not be empty");
+        return llorch_errf(err, errlen, LLORCH_EINVAL, "--host: must not be empty");
     if (c->callback_url[0] && strncmp(c->callback_url, "http://", 7) &&
         strncmp(c->callback_url, "https://", 8))
-        return fail(err, errlen, LLORCH_EINVAL,
+        return llorch_errf(err, errlen, LLORCH_EINVAL,
                     "--callback-url: expected an http:// or https:// URL, got '%.64s'",
                     c->callback_url);
+    if (c->sse_sndbuf_bytes > 0 && c->sse_sndbuf_bytes < CONFIG_SNDBUF_MIN)
+        return llorch_errf(err, errlen, LLORCH_ERANGE,
+                    "--sse-sndbuf-bytes: must be 0 (kernel autotuning) or at least %u, got %u",
+                    CONFIG_SNDBUF_MIN, c->sse_sndbuf_bytes);
     if (c->callback_backoff_max_ms < c->callback_backoff_ms)
-        return fail(err, errlen, LLORCH_ERANGE,
+        return llorch_errf(err, errlen, LLORCH_ERANGE,
                     "--callback-backoff-max-ms: must be at least --callback-backoff-ms (%u), "
                     "got %u",
                     c->callback_backoff_ms, c->callback_backoff_max_ms);
@@ -706,7 +701,7 @@ static int config_finish(struct config *c, char *err, size_t errlen)
         base = base ? base + 1 : c->model;
         size_t blen = strlen(base);
         if (blen >= sizeof c->model_ref)
-            return fail(err, errlen, LLORCH_ETOOBIG,
+            return llorch_errf(err, errlen, LLORCH_ETOOBIG,
                         "--model-ref: the model's file name is too long (at most %zu bytes); "
                         "set --model-ref",
                         sizeof c->model_ref - 1);

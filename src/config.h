@@ -14,6 +14,9 @@
 enum config_log_format { CONFIG_LOG_JSON, CONFIG_LOG_TEXT };
 enum config_log_level { CONFIG_LOG_DEBUG, CONFIG_LOG_INFO, CONFIG_LOG_WARN, CONFIG_LOG_ERROR };
 
+/* Smallest non-zero --sse-sndbuf-bytes (below it the kernel rounds up anyway). */
+#define CONFIG_SNDBUF_MIN 4096u
+
 struct config {
     /* identity and model */
     char worker_id[128];          /* --worker-id (default: hostname) */
@@ -32,6 +35,8 @@ struct config {
     uint32_t header_timeout_ms;   /* --header-timeout-ms, default 10000 */
     uint32_t idle_timeout_ms;     /* --idle-timeout-ms, default 60000 */
     uint64_t sse_outbox_bytes;    /* --sse-outbox-bytes, default 1 MiB */
+    uint32_t sse_sndbuf_bytes;    /* --sse-sndbuf-bytes: SO_SNDBUF of streaming connections,
+                                   * 0 (default) = kernel autotuning, else >= CONFIG_SNDBUF_MIN */
     uint32_t ping_interval_ms;    /* --ping-interval-ms, default 15000 */
     uint32_t drain_timeout_ms;    /* --drain-timeout-ms, default 30000 */
     /* engine */

@@ -3,6 +3,8 @@
 #include "llorch/error.h"
 
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 
 #include "util.h"
 
@@ -58,4 +60,15 @@ LLORCH_API int llorch_err_from_errno(int errnum)
     case EILSEQ: return LLORCH_EUTF8;
     default: return LLORCH_EIO;
     }
+}
+
+int llorch_errf(char *err, size_t errlen, int code, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
 }

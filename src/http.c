@@ -33,7 +33,8 @@ enum conn_timer {
     CONN_TIMER_HEADER, /* request being read (or none yet on a new connection) */
     CONN_TIMER_IDLE,   /* keep-alive, between requests */
     CONN_TIMER_REQ,    /* owned by the request's handler */
-    CONN_TIMER_LINGER, /* after shutdown(SHUT_WR), waiting for EOF */
+    CONN_TIMER_LINGER, /* after shutdown(SHUT_WR), waiting for EOF; or a cut
+                        * stream's last bytes waiting for the peer to read */
 };
 
 enum hdr_last { HDR_NONE, HDR_FIELD, HDR_VALUE };
@@ -123,6 +124,7 @@ struct http_conn {
     bool closing;
     bool rejected;     /* over max_connections */
     bool peer_loopback;
+    bool sndbuf_set;   /* SO_SNDBUF already bounded (stream_sndbuf_bytes) */
 };
 
 /* ---- buffers ---- */
@@ -845,6 +847,12 @@ LLORCH_API int http_stream_begin(struct http_request *r, int status, const char 
         return LLORCH_EINVAL;
     if (c->srv->observe)
         c->srv->observe(c->srv->observe_ctx, r, status);
+    if (c->srv->lim.stream_sndbuf_bytes && !c->sndbuf_set) {
+        /* Best effort: on failure the kernel keeps autotuning, which only
+         * makes the outbox bound looser. */
+        int v = (int)LLORCH_MIN(c->srv->lim.stream_sndbuf_bytes, (uint32_t)INT32_MAX);
+        c->sndbuf_set = uv_send_buffer_size((uv_handle_t *)&c->tcp, &v) == 0;
+    }
     bool http11 = !(r->http_major == 1 && r->http_minor == 0);
     c->streaming = true;
     c->chunked = http11;
@@ -882,6 +890,19 @@ LLORCH_API void http_stream_end(struct http_request *r, bool close_conn)
         http_buf_append(&c->out, "0\r\n\r\n", 5);
     conn_mark_dirty(c);
     conn_response_done(c, close_conn || !c->stream_keep);
+}
+
+LLORCH_API void http_stream_cut(struct http_request *r, uint32_t grace_ms)
+{
+    struct http_conn *c = r->conn;
+    if (c->closing || !c->streaming)
+        return;
+    if (c->chunked)
+        http_buf_append(&c->out, "0\r\n\r\n", 5);
+    conn_mark_dirty(c);
+    conn_response_done(c, true);
+    /* Once flushed, conn_linger replaces this timer with its own. */
+    conn_timer_set(c, CONN_TIMER_LINGER, LLORCH_MAX(grace_ms, 1u));
 }
 
 LLORCH_API size_t http_request_pending_bytes(const struct http_request *r)

@@ -44,6 +44,10 @@ struct http_limits {
     uint64_t max_body_bytes;    /* 413 past it */
     uint32_t header_timeout_ms; /* from a request's first byte to its end; 408 */
     uint32_t idle_timeout_ms;   /* keep-alive connection with no request */
+    uint32_t stream_sndbuf_bytes; /* SO_SNDBUF set on a connection when it begins a
+                                   * streamed response (for the rest of its life), so
+                                   * that a reader's backlog stays in our outbox where
+                                   * it is measured; 0 = leave the kernel's autotuning */
 };
 
 struct http_header {
@@ -102,6 +106,12 @@ int http_stream_begin(struct http_request *r, int status, const char *content_ty
 int http_stream_write(struct http_request *r, const void *data, size_t len);
 /* Ends the response; close_conn closes the connection once flushed. */
 void http_stream_end(struct http_request *r, bool close_conn);
+/* Ends the response because the peer reads too slowly (the caller has
+ * queued its last words, e.g. an error frame): the connection is not reused
+ * and reads nothing more; what is queued gets grace_ms to reach the kernel,
+ * then the connection closes with or without it (a peer that never reads
+ * cannot hold it open). */
+void http_stream_cut(struct http_request *r, uint32_t grace_ms);
 /* Bytes queued on the connection and not yet taken by the kernel. */
 size_t http_request_pending_bytes(const struct http_request *r);
 

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <uv.h>
@@ -417,13 +418,41 @@ static void daemon_load_done(uv_work_t *w, int status)
     }
 }
 
+/* Every connection and every stream is a file descriptor: raise the soft
+ * open-file limit to the hard one (systemd's default soft limit is 1024),
+ * and say so when --max-connections cannot be reached under it. */
+static void daemon_raise_nofile(struct daemon *d)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit want = {.rlim_cur = rl.rlim_max, .rlim_max = rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &want) == 0)
+            rl = want;
+    }
+    /* headroom for the model, the loop, logs and the pool-manager client */
+    uint64_t need = (uint64_t)d->cfg->max_connections + 64;
+    if (rl.rlim_cur != RLIM_INFINITY && (uint64_t)rl.rlim_cur < need) {
+        struct log_field f[] = {
+            LOG_F_UINT("open_files_limit", (uint64_t)rl.rlim_cur),
+            LOG_F_UINT("max_connections", d->cfg->max_connections),
+        };
+        log_write(d->log, CONFIG_LOG_WARN,
+                  "the open-file limit is below --max-connections: connections past it are "
+                  "refused by accept()",
+                  f, LLORCH_ARRAY_SIZE(f));
+    }
+}
+
 static int daemon_start(struct daemon *d)
 {
     const struct config *cfg = d->cfg;
     char err[512] = "";
     int r;
 
-    /* 0. operations: systemd, the socket it may pass us, metrics */
+    /* 0. operations: file limit, systemd, the socket it may pass us, metrics */
+    daemon_raise_nofile(d);
     r = llorch_sd_new(&d->sd, &d->loop, d->log);
     if (r)
         return fail(d, "systemd integration failed", llorch_strerror(r));
@@ -446,7 +475,7 @@ static int daemon_start(struct daemon *d)
     if (r)
         return fail(d, "model load failed", err[0] ? err : llorch_strerror(r));
     if (d->model->vocab_only)
-        return fail(d, "model load failed", "the file has no tensors (vocabulary only)");
+        return fail(d, "model load failed", "the file has no weights: it is a vocabulary-only GGUF (tokenizer metadata, no tensors)");
     r = tokenizer_new(&d->tok, d->model->file, err, sizeof(err));
     if (r)
         return fail(d, "tokenizer failed", err[0] ? err : llorch_strerror(r));
@@ -464,6 +493,7 @@ static int daemon_start(struct daemon *d)
         .max_body_bytes = cfg->max_body_bytes,
         .header_timeout_ms = cfg->header_timeout_ms,
         .idle_timeout_ms = cfg->idle_timeout_ms,
+        .stream_sndbuf_bytes = cfg->sse_sndbuf_bytes,
     };
     r = http_server_new(&d->srv, &d->loop, &lim);
     if (r)

@@ -35,20 +35,6 @@ LLORCH_API const char *model_supported_archs(void)
     return "gpt2, llama, qwen2, phi3";
 }
 
-static int errf(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int errf(char *err, size_t errlen, int code, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
 /* ---- tensor roles ---- */
 
 #define A_GPT2 (1u << MODEL_ARCH_GPT2)
@@ -165,16 +151,16 @@ static int check_shape(const struct model_hparams *hp, const struct gguf_tensor 
         char ws[96], gs[96];
         shape_str(ws, sizeof ws, want, want_dims);
         shape_str(gs, sizeof gs, t->ne, t->n_dims);
-        return errf(err, errlen, LLORCH_EFORMAT, "tensor '%.*s': shape %s, expected %s", (int)t->name.len,
+        return llorch_errf(err, errlen, LLORCH_EFORMAT, "tensor '%.*s': shape %s, expected %s", (int)t->name.len,
                     t->name.ptr, gs, ws);
     }
     if (!quant_can_dequantize(t->type))
-        return errf(err, errlen, LLORCH_EUNSUPPORTED, "tensor '%.*s': type %s is not supported",
+        return llorch_errf(err, errlen, LLORCH_EUNSUPPORTED, "tensor '%.*s': type %s is not supported",
                     (int)t->name.len, t->name.ptr, quant_type_name(t->type));
     /* norms, biases and rope factors are used as f32 vectors */
     if (r->d1 == D_NONE && t->type != GGML_TYPE_F32 && t->type != GGML_TYPE_F16 &&
         t->type != GGML_TYPE_BF16)
-        return errf(err, errlen, LLORCH_EUNSUPPORTED, "tensor '%.*s': 1-D tensor of type %s",
+        return llorch_errf(err, errlen, LLORCH_EUNSUPPORTED, "tensor '%.*s': 1-D tensor of type %s",
                     (int)t->name.len, t->name.ptr, quant_type_name(t->type));
     return 0;
 }
@@ -204,7 +190,7 @@ static int hp_u32(struct keyctx *k, const char *suffix, int64_t def, uint32_t *o
         return 0;
     }
     if (rc == LLORCH_ENOTFOUND)
-        return errf(k->err, k->errlen, LLORCH_EFORMAT, "key '%s' is missing", key);
+        return llorch_errf(k->err, k->errlen, LLORCH_EFORMAT, "key '%s' is missing", key);
     if (rc == LLORCH_EFORMAT) {
         /* llama.cpp also accepts a per-layer array here (all equal for us) */
         struct gguf_arr arr;
@@ -216,18 +202,18 @@ static int hp_u32(struct keyctx *k, const char *suffix, int64_t def, uint32_t *o
                 uint32_t v;
                 memcpy(&v, (const char *)arr.data + 4 * i, 4);
                 if (v != first)
-                    return errf(k->err, k->errlen, LLORCH_EUNSUPPORTED,
+                    return llorch_errf(k->err, k->errlen, LLORCH_EUNSUPPORTED,
                                 "key '%s': per-layer values differ (not supported)", key);
             }
             *out = first;
             return 0;
         }
-        return errf(k->err, k->errlen, LLORCH_EFORMAT, "key '%s' is not an integer", key);
+        return llorch_errf(k->err, k->errlen, LLORCH_EFORMAT, "key '%s' is not an integer", key);
     }
     if (rc)
-        return errf(k->err, k->errlen, rc, "key '%s' is out of range", key);
+        return llorch_errf(k->err, k->errlen, rc, "key '%s' is out of range", key);
     if (*out > MODEL_MAX_DIM)
-        return errf(k->err, k->errlen, LLORCH_ERANGE, "key '%s' = %u is implausibly large", key,
+        return llorch_errf(k->err, k->errlen, LLORCH_ERANGE, "key '%s' = %u is implausibly large", key,
                     *out);
     return 0;
 }
@@ -242,9 +228,9 @@ static int hp_f32(struct keyctx *k, const char *suffix, bool required, float def
         return 0;
     }
     if (rc == LLORCH_ENOTFOUND)
-        return errf(k->err, k->errlen, LLORCH_EFORMAT, "key '%s' is missing", key);
+        return llorch_errf(k->err, k->errlen, LLORCH_EFORMAT, "key '%s' is missing", key);
     if (rc)
-        return errf(k->err, k->errlen, rc, "key '%s' is not a float", key);
+        return llorch_errf(k->err, k->errlen, rc, "key '%s' is not a float", key);
     return 0;
 }
 
@@ -264,7 +250,7 @@ static int read_hparams(const struct gguf_file *f, enum model_arch arch, bool vo
         (rc = hp_u32(&k, "attention.head_count_kv", hp->n_head, &hp->n_head_kv)))
         return rc;
     if (hp->n_layer > MODEL_MAX_LAYERS)
-        return errf(err, errlen, LLORCH_ERANGE, "key '%s.block_count' = %u exceeds %d", k.arch,
+        return llorch_errf(err, errlen, LLORCH_ERANGE, "key '%s.block_count' = %u exceeds %d", k.arch,
                     hp->n_layer, MODEL_MAX_LAYERS);
     uint32_t def_hd = hp->n_head ? hp->n_embd / hp->n_head : 0;
     uint32_t vdim;
@@ -306,13 +292,13 @@ static int read_hparams(const struct gguf_file *f, enum model_arch arch, bool vo
     }
     if (has_type && !(st.len == 4 && !memcmp(st.ptr, "none", 4)) &&
         !(st.len == 6 && !memcmp(st.ptr, "linear", 6)))
-        return errf(err, errlen, LLORCH_EUNSUPPORTED,
+        return llorch_errf(err, errlen, LLORCH_EUNSUPPORTED,
                     "key '%s.rope.scaling.type' = '%.*s' is not supported (none, linear)", k.arch,
                     (int)(st.len > 32 ? 32 : st.len), st.ptr);
     bool is_none = has_type && st.len == 4;
     if (!is_none && factor != 0.0f && factor != 1.0f) {
         if (!(factor > 0.0f) || factor > 1e6f)
-            return errf(err, errlen, LLORCH_ERANGE, "key '%s.rope.scaling.factor' = %g is invalid",
+            return llorch_errf(err, errlen, LLORCH_ERANGE, "key '%s.rope.scaling.factor' = %g is invalid",
                         k.arch, (double)factor);
         hp->rope_freq_scale = 1.0f / factor;
     }
@@ -324,26 +310,26 @@ static int read_hparams(const struct gguf_file *f, enum model_arch arch, bool vo
     /* consistency of what the engine relies on */
     if (hp->n_embd == 0 || hp->n_layer == 0 || hp->n_head == 0 || hp->n_head_kv == 0 ||
         hp->n_ff == 0 || hp->n_ctx_train == 0)
-        return errf(err, errlen, LLORCH_EFORMAT,
+        return llorch_errf(err, errlen, LLORCH_EFORMAT,
                     "hyperparameters must be positive (n_embd %u, n_layer %u, n_head %u, "
                     "n_head_kv %u, n_ff %u, n_ctx %u)",
                     hp->n_embd, hp->n_layer, hp->n_head, hp->n_head_kv, hp->n_ff, hp->n_ctx_train);
     if (hp->n_head % hp->n_head_kv)
-        return errf(err, errlen, LLORCH_EFORMAT, "n_head %u is not a multiple of n_head_kv %u",
+        return llorch_errf(err, errlen, LLORCH_EFORMAT, "n_head %u is not a multiple of n_head_kv %u",
                     hp->n_head, hp->n_head_kv);
     if (hp->head_dim == 0 || vdim != hp->head_dim)
-        return errf(err, errlen, LLORCH_EFORMAT, "head dimension %u (value length %u) not supported",
+        return llorch_errf(err, errlen, LLORCH_EFORMAT, "head dimension %u (value length %u) not supported",
                     hp->head_dim, vdim);
     if (arch == MODEL_ARCH_GPT2 && hp->n_head_kv != hp->n_head)
-        return errf(err, errlen, LLORCH_EFORMAT, "gpt2 needs n_head_kv == n_head");
+        return llorch_errf(err, errlen, LLORCH_EFORMAT, "gpt2 needs n_head_kv == n_head");
     if (arch != MODEL_ARCH_GPT2 && (hp->n_rot == 0 || hp->n_rot > hp->head_dim || hp->n_rot % 2))
-        return errf(err, errlen, LLORCH_EFORMAT,
+        return llorch_errf(err, errlen, LLORCH_EFORMAT,
                     "key '%s.rope.dimension_count' = %u must be even and at most head_dim %u",
                     k.arch, hp->n_rot, hp->head_dim);
     if (!(hp->rope_freq_base > 0.0f))
-        return errf(err, errlen, LLORCH_ERANGE, "key '%s.rope.freq_base' must be positive", k.arch);
+        return llorch_errf(err, errlen, LLORCH_ERANGE, "key '%s.rope.freq_base' must be positive", k.arch);
     if (!(hp->norm_eps >= 0.0f) || hp->norm_eps > 1.0f)
-        return errf(err, errlen, LLORCH_ERANGE, "norm epsilon %g out of range",
+        return llorch_errf(err, errlen, LLORCH_ERANGE, "norm epsilon %g out of range",
                     (double)hp->norm_eps);
     return 0;
 }
@@ -366,7 +352,7 @@ static int map_tensor(struct model *m, const struct gguf_tensor *t, char *err, s
                 if (strlen(ro->name) != len - i || memcmp(ro->name, name + i, len - i))
                     continue;
                 if (layer >= m->hp.n_layer)
-                    return errf(err, errlen, LLORCH_EFORMAT,
+                    return llorch_errf(err, errlen, LLORCH_EFORMAT,
                                 "tensor '%.*s': layer %llu but block_count is %u", (int)len, name,
                                 (unsigned long long)layer, m->hp.n_layer);
                 if (!(ro->allowed & abit))
@@ -386,7 +372,7 @@ static int map_tensor(struct model *m, const struct gguf_tensor *t, char *err, s
             return 0;
         }
     }
-    return errf(err, errlen, LLORCH_EFORMAT, "tensor '%.*s' is not used by architecture %s",
+    return llorch_errf(err, errlen, LLORCH_EFORMAT, "tensor '%.*s' is not used by architecture %s",
                 (int)(len > 100 ? 100 : len), name, arch_names[m->hp.arch]);
 }
 
@@ -399,7 +385,7 @@ static int check_roles(struct model *m, char *err, size_t errlen)
         const struct gguf_tensor *t = *slot_at(m, ro->off);
         if (!t) {
             if (ro->required & abit)
-                return errf(err, errlen, LLORCH_EFORMAT, "tensor '%s' is missing", ro->name);
+                return llorch_errf(err, errlen, LLORCH_EFORMAT, "tensor '%s' is missing", ro->name);
             continue;
         }
         if ((rc = check_shape(&m->hp, t, ro, err, errlen)))
@@ -418,10 +404,10 @@ static int check_roles(struct model *m, char *err, size_t errlen)
                     req = true;
                 if (req) {
                     if (m->hp.arch == MODEL_ARCH_PHI3 && ro->off == LR(wq))
-                        return errf(err, errlen, LLORCH_EFORMAT,
+                        return llorch_errf(err, errlen, LLORCH_EFORMAT,
                                     "tensor 'blk.%u.attn_qkv.weight' (or attn_q/k/v) is missing",
                                     l);
-                    return errf(err, errlen, LLORCH_EFORMAT, "tensor 'blk.%u.%s' is missing", l,
+                    return llorch_errf(err, errlen, LLORCH_EFORMAT, "tensor 'blk.%u.%s' is missing", l,
                                 ro->name);
                 }
                 continue;
@@ -430,7 +416,7 @@ static int check_roles(struct model *m, char *err, size_t errlen)
                 return rc;
         }
         if (ly->wqkv && (ly->wq || ly->wk || ly->wv))
-            return errf(err, errlen, LLORCH_EFORMAT,
+            return llorch_errf(err, errlen, LLORCH_EFORMAT,
                         "layer %u has both attn_qkv and separate attn_q/k/v", l);
     }
     if (!m->output) {
@@ -466,15 +452,15 @@ static int load(struct model *m, char *err, size_t errlen, const char *path)
     struct gguf_str a;
     int rc = gguf_get_str(f, "general.architecture", &a);
     if (rc == LLORCH_ENOTFOUND)
-        return errf(err, errlen, LLORCH_EFORMAT, "key 'general.architecture' is missing");
+        return llorch_errf(err, errlen, LLORCH_EFORMAT, "key 'general.architecture' is missing");
     if (rc)
-        return errf(err, errlen, LLORCH_EFORMAT, "key 'general.architecture' is not a string");
+        return llorch_errf(err, errlen, LLORCH_EFORMAT, "key 'general.architecture' is not a string");
     int arch = -1;
     for (int i = 0; i < MODEL_ARCH_COUNT_; i++)
         if (a.len == strlen(arch_names[i]) && !memcmp(a.ptr, arch_names[i], a.len))
             arch = i;
     if (arch < 0)
-        return errf(err, errlen, LLORCH_EUNSUPPORTED,
+        return llorch_errf(err, errlen, LLORCH_EUNSUPPORTED,
                     "architecture '%.*s' is not supported (supported: %s)",
                     (int)(a.len > 64 ? 64 : a.len), a.ptr, model_supported_archs());
     m->vocab_only = gguf_tensor_count(f) == 0;
@@ -486,7 +472,7 @@ static int load(struct model *m, char *err, size_t errlen, const char *path)
     struct gguf_arr toks;
     bool has_toks = gguf_get_arr(f, "tokenizer.ggml.tokens", &toks) == 0;
     if (has_toks && toks.count > UINT32_MAX)
-        return errf(err, errlen, LLORCH_ERANGE, "key 'tokenizer.ggml.tokens' has too many entries");
+        return llorch_errf(err, errlen, LLORCH_ERANGE, "key 'tokenizer.ggml.tokens' has too many entries");
     if (m->vocab_only) {
         if (has_toks)
             m->hp.n_vocab = (uint32_t)toks.count;
@@ -495,23 +481,23 @@ static int load(struct model *m, char *err, size_t errlen, const char *path)
 
     const struct gguf_tensor *emb = gguf_tensor_find(f, "token_embd.weight");
     if (!emb)
-        return errf(err, errlen, LLORCH_EFORMAT, "tensor 'token_embd.weight' is missing");
+        return llorch_errf(err, errlen, LLORCH_EFORMAT, "tensor 'token_embd.weight' is missing");
     if (emb->n_dims != 2 || emb->ne[1] == 0 || emb->ne[1] > UINT32_MAX)
-        return errf(err, errlen, LLORCH_EFORMAT, "tensor 'token_embd.weight': bad shape");
+        return llorch_errf(err, errlen, LLORCH_EFORMAT, "tensor 'token_embd.weight': bad shape");
     uint32_t n_vocab = (uint32_t)emb->ne[1];
     if (m->hp.n_vocab && m->hp.n_vocab != n_vocab)
-        return errf(err, errlen, LLORCH_EFORMAT,
+        return llorch_errf(err, errlen, LLORCH_EFORMAT,
                     "key '%s.vocab_size' = %u but token_embd.weight has %u rows",
                     arch_names[arch], m->hp.n_vocab, n_vocab);
     if (has_toks && toks.count != n_vocab)
-        return errf(err, errlen, LLORCH_EFORMAT,
+        return llorch_errf(err, errlen, LLORCH_EFORMAT,
                     "tokenizer has %llu tokens but token_embd.weight has %u rows",
                     (unsigned long long)toks.count, n_vocab);
     m->hp.n_vocab = n_vocab;
 
     m->layers = calloc(m->hp.n_layer, sizeof *m->layers);
     if (!m->layers)
-        return errf(err, errlen, LLORCH_ENOMEM, "out of memory");
+        return llorch_errf(err, errlen, LLORCH_ENOMEM, "out of memory");
     for (uint64_t i = 0; i < gguf_tensor_count(f); i++)
         if ((rc = map_tensor(m, gguf_tensor_at(f, i), err, errlen)))
             return rc;
@@ -527,16 +513,16 @@ LLORCH_API int model_load_gguf(struct model **out, struct gguf_file *f, const ch
     struct model *m = calloc(1, sizeof *m);
     if (!m) {
         gguf_close(f);
-        return errf(err, errlen, LLORCH_ENOMEM, "out of memory");
+        return llorch_errf(err, errlen, LLORCH_ENOMEM, "out of memory");
     }
     m->file = f;
     char msg[384];
     int rc = load(m, msg, sizeof msg, path);
     if (rc) {
         if (path)
-            errf(err, errlen, rc, "%s: %s", path, msg);
+            llorch_errf(err, errlen, rc, "%s: %s", path, msg);
         else
-            errf(err, errlen, rc, "%s", msg);
+            llorch_errf(err, errlen, rc, "%s", msg);
         model_free(m);
         return rc;
     }

@@ -164,16 +164,30 @@ LLORCH_API int sse_stream_ping(struct sse_stream *s)
     return r ? r : stream_put(s, false);
 }
 
-LLORCH_API void sse_stream_end(struct sse_stream *s, bool close_conn)
+static void stream_put_done(struct sse_stream *s)
 {
-    if (!s->req)
-        return;
     if (s->mode == SSE_MODE_DATA) {
         s->frame.len = 0;
         if (sse_done_append(&s->frame) == 0)
             stream_put(s, true);
     }
+}
+
+LLORCH_API void sse_stream_end(struct sse_stream *s, bool close_conn)
+{
+    if (!s->req)
+        return;
+    stream_put_done(s);
     http_stream_end(s->req, close_conn);
+    s->req = NULL;
+}
+
+LLORCH_API void sse_stream_cut(struct sse_stream *s)
+{
+    if (!s->req)
+        return;
+    stream_put_done(s);
+    http_stream_cut(s->req, SSE_CUT_GRACE_MS);
     s->req = NULL;
 }
 

@@ -54,6 +54,12 @@ int sse_stream_ping(struct sse_stream *s);
 /* After the terminal frame: "data: [DONE]" in data mode, then ends the
  * response (the connection stays usable unless close_conn). */
 void sse_stream_end(struct sse_stream *s, bool close_conn);
+/* A slow reader's end, after its forced error frame: "data: [DONE]" in
+ * data mode, then the response ends and the connection closes once flushed,
+ * or after SSE_CUT_GRACE_MS if the reader does not take the bytes (it then
+ * sees the stream stop short of the error frame: a closed connection). */
+#define SSE_CUT_GRACE_MS 2000u
+void sse_stream_cut(struct sse_stream *s);
 /* Frees the scratch buffer (the stream must have ended or been aborted). */
 void sse_stream_free(struct sse_stream *s);
 

@@ -353,19 +353,6 @@ struct tokenizer {
     size_t max_piece;
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* ---------------------------------------------------------------------- */
 /* UTF-8 */
 
@@ -1636,7 +1623,7 @@ static int merges_init(struct tokenizer *t, const struct gguf_file *f, const str
 {
     uint64_t nm = ma->count;
     if (nm > (uint64_t)INT32_MAX) {
-        set_err(err, errlen, "tokenizer.ggml.merges: %llu merges is too many",
+        (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.merges: %llu merges is too many",
                 (unsigned long long)nm);
         return LLORCH_ERANGE;
     }
@@ -1648,7 +1635,7 @@ static int merges_init(struct tokenizer *t, const struct gguf_file *f, const str
     for (uint64_t i = 0; i < nm; i++) {
         struct gguf_str s;
         if ((rc = gguf_arr_str(f, ma, i, &s))) {
-            set_err(err, errlen, "tokenizer.ggml.merges[%llu]: unreadable", (unsigned long long)i);
+            (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.merges[%llu]: unreadable", (unsigned long long)i);
             goto out;
         }
         /* Split at the first space after the first byte; none gives an
@@ -1716,7 +1703,7 @@ static int regex_init(struct tokenizer *t, char *err, size_t errlen)
         if (!re) {
             PCRE2_UCHAR msg[120];
             pcre2_get_error_message(ec, msg, sizeof(msg));
-            set_err(err, errlen, "pre-tokenizer regex %u for '%s': %s at %zu", k, t->pre_name,
+            (void)llorch_errf(err, errlen, 0, "pre-tokenizer regex %u for '%s': %s at %zu", k, t->pre_name,
                     (const char *)msg, (size_t)eo);
             return LLORCH_EINTERNAL;
         }
@@ -1735,7 +1722,7 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
     *out = NULL;
     struct gguf_str model;
     if (gguf_get_str(f, "tokenizer.ggml.model", &model)) {
-        set_err(err, errlen, "tokenizer.ggml.model: missing or not a string");
+        (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.model: missing or not a string");
         return LLORCH_EFORMAT;
     }
     struct tokenizer *t = calloc(1, sizeof(*t));
@@ -1772,7 +1759,7 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
                     pd = &pre_defs[i];
         }
         if (!pd) {
-            set_err(err, errlen, "tokenizer.ggml.pre: unsupported pre-tokenizer '%.*s'",
+            (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.pre: unsupported pre-tokenizer '%.*s'",
                     (int)LLORCH_MIN(pre.len, (uint64_t)64), pre.ptr);
             rc = LLORCH_EUNSUPPORTED;
             goto fail;
@@ -1785,7 +1772,7 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
             t->bos = -1;
         snprintf(t->pre_name, sizeof(t->pre_name), "%s", pd->name);
     } else {
-        set_err(err, errlen, "tokenizer.ggml.model: unsupported tokenizer '%.*s'",
+        (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.model: unsupported tokenizer '%.*s'",
                 (int)LLORCH_MIN(model.len, (uint64_t)64), model.ptr);
         rc = LLORCH_EUNSUPPORTED;
         goto fail;
@@ -1796,12 +1783,12 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
 
     struct gguf_arr toks;
     if (gguf_get_arr(f, "tokenizer.ggml.tokens", &toks) || toks.type != GGUF_TYPE_STRING) {
-        set_err(err, errlen, "tokenizer.ggml.tokens: missing or not a string array");
+        (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.tokens: missing or not a string array");
         rc = LLORCH_EFORMAT;
         goto fail;
     }
     if (toks.count == 0 || toks.count > (uint64_t)INT32_MAX) {
-        set_err(err, errlen, "tokenizer.ggml.tokens: %llu tokens", (unsigned long long)toks.count);
+        (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.tokens: %llu tokens", (unsigned long long)toks.count);
         rc = LLORCH_EFORMAT;
         goto fail;
     }
@@ -1811,12 +1798,12 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
     bool has_sc = gguf_get_arr(f, "tokenizer.ggml.scores", &sc) == 0;
     bool has_tt = gguf_get_arr(f, "tokenizer.ggml.token_type", &tt) == 0;
     if (has_sc && ((sc.type != GGUF_TYPE_FLOAT32 && sc.type != GGUF_TYPE_INT32) || sc.count < nv)) {
-        set_err(err, errlen, "tokenizer.ggml.scores: want %u f32 or i32 values", nv);
+        (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.scores: want %u f32 or i32 values", nv);
         rc = LLORCH_EFORMAT;
         goto fail;
     }
     if (has_tt && ((tt.type != GGUF_TYPE_INT32 && tt.type != GGUF_TYPE_UINT32) || tt.count < nv)) {
-        set_err(err, errlen, "tokenizer.ggml.token_type: want %u i32 values", nv);
+        (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.token_type: want %u i32 values", nv);
         rc = LLORCH_EFORMAT;
         goto fail;
     }
@@ -1829,7 +1816,7 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
     for (uint32_t i = 0; i < nv; i++) {
         struct gguf_str s;
         if (gguf_arr_str(f, &toks, i, &s)) {
-            set_err(err, errlen, "tokenizer.ggml.tokens[%u]: unreadable", i);
+            (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.tokens[%u]: unreadable", i);
             rc = LLORCH_EFORMAT;
             goto fail;
         }
@@ -1845,7 +1832,7 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
             goto fail;
         }
         if ((uint32_t)id != i) {
-            set_err(err, errlen, "tokenizer.ggml.tokens: duplicate token '%.*s' at ids %d and %u",
+            (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.tokens: duplicate token '%.*s' at ids %d and %u",
                     (int)LLORCH_MIN(s.len, (uint64_t)64), s.ptr, id, i);
             rc = LLORCH_EFORMAT;
             goto fail;
@@ -1879,7 +1866,7 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
     if (t->kind == TOKENIZER_BPE) {
         struct gguf_arr ma;
         if (gguf_get_arr(f, "tokenizer.ggml.merges", &ma) || ma.type != GGUF_TYPE_STRING) {
-            set_err(err, errlen, "tokenizer.ggml.merges: missing or not a string array");
+            (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.merges: missing or not a string array");
             rc = LLORCH_EFORMAT;
             goto fail;
         }
@@ -1941,7 +1928,7 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
     if (gguf_get_bool(f, "tokenizer.ggml.add_eos_token", &bv) == 0)
         t->add_eos = bv;
     if ((t->add_bos && t->bos < 0) || (t->add_eos && t->eos < 0)) {
-        set_err(err, errlen, "tokenizer.ggml.add_%s_token is true but the %s id is not set",
+        (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.add_%s_token is true but the %s id is not set",
                 t->add_bos && t->bos < 0 ? "bos" : "eos", t->add_bos && t->bos < 0 ? "bos" : "eos");
         rc = LLORCH_EFORMAT;
         goto fail;
@@ -1977,7 +1964,7 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
     return 0;
 fail:
     if (rc == LLORCH_ENOMEM)
-        set_err(err, errlen, "tokenizer: out of memory");
+        (void)llorch_errf(err, errlen, 0, "tokenizer: out of memory");
     tokenizer_free(t);
     return rc;
 }

@@ -42,6 +42,12 @@ static inline bool llorch_size_add_overflows(size_t a, size_t b, size_t *out)
     return __builtin_add_overflow(a, b, out);
 }
 
+/* Writes a one-line message into err (when err and errlen are non-zero) and
+ * returns code: `return llorch_errf(err, errlen, LLORCH_EFORMAT, "...", ...)`.
+ * The one place module boundaries turn a failure into caller-visible text. */
+int llorch_errf(char *err, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 /* Round up to a power-of-two alignment; the caller checks overflow. */
 static inline uint64_t llorch_align_up(uint64_t x, uint64_t align)
 {

@@ -39,6 +39,38 @@ def model_path(name="stories260k.gguf"):
     return os.path.join(SHARED, "models", name)
 
 
+# Checks that collect failures instead of stopping at the first one (tests
+# that report every broken property of one daemon run).
+failures = []
+
+
+def check(cond, what):
+    if not cond:
+        failures.append(what)
+        print("FAIL:", what, flush=True)
+    return cond
+
+
+def free_port():
+    """A port that was free a moment ago on 127.0.0.1 (for peers that cannot
+    bind port 0 and report it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port, path, timeout=5.0, headers=None):
+    """GET on 127.0.0.1 with urllib: (status, body bytes), errors included."""
+    import urllib.error
+    import urllib.request
+    try:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
 class Daemon:
     """One llorch-cpud process. Use as a context manager; stop() returns the
     exit status. Every stderr line is kept in .log_lines."""

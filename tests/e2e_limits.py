@@ -12,7 +12,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e_common import Daemon, generate, raw_exchange, read_until, request, run_tests  # noqa: E402
+from e2e_common import SHARED, Daemon, generate, raw_exchange, read_until, request, run_tests  # noqa: E402
 
 D = None
 MAX_BODY = 4096
@@ -169,6 +169,17 @@ def test_step_budget_below_the_batch_size_still_serves():
         assert objs[-1]["tokens_out"] == 5
 
 
+def test_vocab_only_file_exits_1_before_listening():
+    vocab = os.path.join(SHARED, "vocab", "qwen2-vocab.gguf")
+    cmd = Daemon(model=vocab).cmdline()
+    r = subprocess.run(cmd, capture_output=True, timeout=30)
+    assert r.returncode == 1, r.returncode
+    lines = r.stderr.decode().splitlines()
+    errors = [json.loads(l) for l in lines if '"level":"error"' in l]
+    assert len(errors) == 1 and "no weights" in errors[0]["error"], lines
+    assert not any('"msg":"listening"' in l for l in lines), lines
+
+
 def main():
     global D
     with Daemon(*ARGS) as d:
@@ -186,6 +197,7 @@ def main():
             test_expect_100_continue_is_honoured,
             test_malformed_http_answers_400_and_closes,
             test_step_budget_below_the_batch_size_still_serves,
+            test_vocab_only_file_exits_1_before_listening,
         ])
 
 

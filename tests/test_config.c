@@ -89,6 +89,7 @@ static void config_defaults_apply_when_nothing_is_given(void **state)
     assert_int_equal(c.kv_cache_mb, 1024);
     assert_int_equal(c.max_body_bytes, 2 * 1024 * 1024);
     assert_int_equal(c.sse_outbox_bytes, 1024 * 1024);
+    assert_int_equal(c.sse_sndbuf_bytes, 0);
     assert_int_equal(c.ping_interval_ms, 15000);
     assert_int_equal(c.heartbeat_interval_s, 30);
     assert_int_equal(c.callback_max_retries, 8);
@@ -384,6 +385,26 @@ static void config_backoff_cap_below_first_delay_is_an_error(void **state)
     assert_non_null(strstr(err, "--callback-backoff-max-ms"));
 }
 
+static void config_sse_sndbuf_is_zero_or_at_least_4096(void **state)
+{
+    (void)state;
+    struct config c;
+    char err[512];
+    assert_int_equal(parse(&c, ARGS("--sse-sndbuf-bytes=4095"), NULL, err, sizeof err),
+                     LLORCH_ERANGE);
+    assert_non_null(strstr(err, "--sse-sndbuf-bytes"));
+    assert_non_null(strstr(err, "4096"));
+    assert_int_equal(parse(&c, ARGS("--sse-sndbuf-bytes=67108865"), NULL, err, sizeof err),
+                     LLORCH_ERANGE);
+    assert_int_equal(parse(&c, ARGS("--sse-sndbuf-bytes=0"), NULL, err, sizeof err), 0);
+    assert_int_equal(c.sse_sndbuf_bytes, 0);
+    assert_int_equal(parse(&c, NULL, ARGS("LLORCH_SSE_SNDBUF_BYTES=4096"), err, sizeof err), 0);
+    assert_int_equal(c.sse_sndbuf_bytes, 4096);
+    const char *path = write_file("sndbuf.conf", "sse_sndbuf_bytes = 65536\n", 0600);
+    assert_int_equal(parse(&c, ARGS("--config", path), NULL, err, sizeof err), 0);
+    assert_int_equal(c.sse_sndbuf_bytes, 65536);
+}
+
 static void config_api_key_file_is_read_and_trimmed(void **state)
 {
     (void)state;
@@ -509,6 +530,7 @@ static void config_help_lists_every_option_with_default_and_unit(void **state)
                                         "header-timeout-ms",
                                         "idle-timeout-ms",
                                         "sse-outbox-bytes",
+                                        "sse-sndbuf-bytes",
                                         "ping-interval-ms",
                                         "drain-timeout-ms",
                                         "threads",
@@ -548,7 +570,7 @@ static void config_help_lists_every_option_with_default_and_unit(void **state)
         opts++;
     for (const char *p = out; (p = strstr(p, "(default: ")); p++)
         defaults++;
-    assert_int_equal(defaults, 33);
+    assert_int_equal(defaults, 34);
     assert_true(opts >= defaults);
     assert_non_null(strstr(out, "(default: 32 sequences, range 1..1024; env LLORCH_MAX_BATCH)"));
     assert_non_null(strstr(out, "(default: 2097152 bytes, range 1024..1073741824"));
@@ -591,6 +613,7 @@ int main(void)
         cmocka_unit_test(config_too_long_string_is_an_error),
         cmocka_unit_test(config_callback_url_must_be_http_and_test_mode_is_detected),
         cmocka_unit_test(config_backoff_cap_below_first_delay_is_an_error),
+        cmocka_unit_test(config_sse_sndbuf_is_zero_or_at_least_4096),
         cmocka_unit_test(config_api_key_file_is_read_and_trimmed),
         cmocka_unit_test(config_api_key_file_errors),
         cmocka_unit_test(config_systemd_example_env_file_parses),

@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include "llorch/error.h"
+#include "util.h"
 
 static void error_codes_are_negative_and_distinct(void **state)
 {
@@ -46,6 +47,20 @@ static void error_from_errno_translates_both_signs(void **state)
     assert_int_equal(llorch_err_from_errno(EPIPE), LLORCH_EIO);
 }
 
+static void error_errf_writes_the_message_and_returns_the_code(void **state)
+{
+    (void)state;
+    char err[16];
+    assert_int_equal(llorch_errf(err, sizeof err, LLORCH_EFORMAT, "bad %s at %d", "key", 42),
+                     LLORCH_EFORMAT);
+    assert_string_equal(err, "bad key at 42");
+    /* truncated to the buffer, always terminated */
+    assert_int_equal(llorch_errf(err, 8, LLORCH_ERANGE, "%s", "0123456789"), LLORCH_ERANGE);
+    assert_string_equal(err, "0123456");
+    /* no buffer: only the code */
+    assert_int_equal(llorch_errf(NULL, 0, LLORCH_EIO, "%s", "unused"), LLORCH_EIO);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -53,6 +68,7 @@ int main(void)
         cmocka_unit_test(error_strerror_gives_table_message),
         cmocka_unit_test(error_name_matches_code),
         cmocka_unit_test(error_from_errno_translates_both_signs),
+        cmocka_unit_test(error_errf_writes_the_message_and_returns_the_code),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

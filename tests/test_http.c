@@ -85,6 +85,21 @@ static void h_sse_bound(void *ctx, struct http_request *r, const char *tail, siz
     sse_stream_free(&st);
 }
 
+/* 256 KiB in 4 KiB chunks, for a peer that reads nothing. */
+static void h_flood(void *ctx, struct http_request *r, const char *tail, size_t tail_len)
+{
+    (void)tail;
+    (void)tail_len;
+    struct fixture *f = ctx;
+    f->stream_req = r;
+    http_request_on_abort(r, on_abort, f);
+    assert_int_equal(http_stream_begin(r, 200, "text/event-stream", NULL), 0);
+    static char chunk[4096];
+    memset(chunk, 'x', sizeof(chunk));
+    for (int i = 0; i < 64; i++)
+        assert_int_equal(http_stream_write(r, chunk, sizeof(chunk)), 0);
+}
+
 static void setup_limits(struct fixture *f, const struct http_limits *lim)
 {
     memset(f, 0, sizeof(*f));
@@ -95,6 +110,7 @@ static void setup_limits(struct fixture *f, const struct http_limits *lim)
     assert_int_equal(http_server_route(f->srv, LLORCH_HTTP_DELETE, "/items/", true, h_hello, f), 0);
     assert_int_equal(http_server_route(f->srv, LLORCH_HTTP_GET, "/stream", false, h_stream, f), 0);
     assert_int_equal(http_server_route(f->srv, LLORCH_HTTP_GET, "/bound", false, h_sse_bound, f), 0);
+    assert_int_equal(http_server_route(f->srv, LLORCH_HTTP_GET, "/flood", false, h_flood, f), 0);
     assert_int_equal(http_server_listen(f->srv, "127.0.0.1", 0), 0);
     f->port = http_server_port(f->srv);
     assert_true(f->port > 0);
@@ -617,6 +633,86 @@ static void sse_outbox_refuses_frames_past_its_bound(void **state)
     teardown(&f);
 }
 
+/* A client socket with a tiny receive buffer (set before connecting, so the
+ * window it advertises stays small). */
+static int client_connect_small_rcvbuf(struct fixture *f)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    int v = 1024;
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof(v)), 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(f->port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    return fd;
+}
+
+/* With the send buffer bounded, a non-reading peer's backlog stays in our
+ * queue (where the SSE outbox bound sees it) instead of the kernel's. */
+static void stream_sndbuf_keeps_the_backlog_in_our_queue(void **state)
+{
+    (void)state;
+    struct fixture f;
+    struct http_limits lim = default_limits;
+    lim.stream_sndbuf_bytes = 4096;
+    setup_limits(&f, &lim);
+    int fd = client_connect_small_rcvbuf(&f);
+    client_send_str(fd, "GET /flood HTTP/1.1\r\nHost: t\r\n\r\n");
+    double end = now_ms() + 2000;
+    while (now_ms() < end && !f.stream_req)
+        uv_run(&f.loop, UV_RUN_NOWAIT);
+    assert_non_null(f.stream_req);
+    end = now_ms() + 200; /* let the kernel take what it will */
+    while (now_ms() < end) {
+        uv_run(&f.loop, UV_RUN_NOWAIT);
+        usleep(500);
+    }
+    /* the kernel took at most a few tens of KiB of the 256 KiB */
+    assert_true(http_request_pending_bytes(f.stream_req) > 200000);
+    assert_true(http_request_pending_bytes(f.stream_req) <= 64 * 4104 + 256);
+    http_stream_end(f.stream_req, false);
+    close(fd);
+    teardown(&f);
+}
+
+/* A cut stream's connection closes after the grace even though the peer
+ * never reads what is queued; the handler sees no abort (it ended). */
+static void cut_stream_closes_a_connection_that_never_reads(void **state)
+{
+    (void)state;
+    struct fixture f;
+    struct http_limits lim = default_limits;
+    lim.stream_sndbuf_bytes = 4096;
+    setup_limits(&f, &lim);
+    int fd = client_connect_small_rcvbuf(&f);
+    client_send_str(fd, "GET /flood HTTP/1.1\r\nHost: t\r\n\r\n");
+    double end = now_ms() + 2000;
+    while (now_ms() < end && !f.stream_req)
+        uv_run(&f.loop, UV_RUN_NOWAIT);
+    assert_non_null(f.stream_req);
+    struct http_request *r = f.stream_req;
+    f.stream_req = NULL;
+    http_stream_cut(r, 100);
+    assert_int_equal(http_server_conn_count(f.srv), 1);
+    double t0 = now_ms();
+    end = t0 + 3000;
+    while (now_ms() < end && http_server_conn_count(f.srv) > 0) {
+        uv_run(&f.loop, UV_RUN_NOWAIT);
+        usleep(500);
+    }
+    assert_int_equal(http_server_conn_count(f.srv), 0);
+    assert_true(now_ms() - t0 >= 90);
+    assert_int_equal(f.aborts, 0);
+    /* the peer still reads what the kernel held, then the end */
+    struct recv_buf b = {0};
+    pump(&f, fd, &b, NULL, 0, 2000);
+    assert_true(b.closed);
+    assert_non_null(strstr(b.data, "HTTP/1.1 200 OK\r\n"));
+    close(fd);
+    teardown(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -641,6 +737,8 @@ int main(void)
         cmocka_unit_test(client_disconnect_aborts_the_streamed_request),
         cmocka_unit_test(drain_closes_idle_connections_and_the_listener),
         cmocka_unit_test(sse_outbox_refuses_frames_past_its_bound),
+        cmocka_unit_test(stream_sndbuf_keeps_the_backlog_in_our_queue),
+        cmocka_unit_test(cut_stream_closes_a_connection_that_never_reads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

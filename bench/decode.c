@@ -1,0 +1,792 @@
+/* bench/decode: decode tokens/s of the whole engine (forward_step) at batch
+ * sizes 1, 4, 16, 64, as ratios to limits measured in the same run:
+ *   - batch B: B sequences, each with a short prompt prefilled, then timed
+ *     steps of one token for all B (warm-up steps, which may create oneDNN
+ *     primitives for B rows, excluded);
+ *   - read bandwidth: all pool workers streaming through a buffer far larger
+ *     than the last-level cache;
+ *   - GEMM peak of the run dtype: an m=512, n=k=4096 matmul, best of
+ *     matmul_run (pool tasks, one OpenMP thread each) and one raw oneDNN
+ *     primitive on all OpenMP threads.
+ * The machine is shared: every batch runs in rounds of {one read pass, one
+ * GEMM-peak call, a chunk of decode steps}, so each figure is compared with
+ * limits measured under the same background load; every figure is the best
+ * round (the median step is printed beside it).
+ * Model: --model PATH, else a TinyLlama-1.1B-shaped synthetic Q8_0 file made
+ * once with llorch-synth (next to this binary: ../tools/llorch-synth) in
+ * --cache-dir (default $TMPDIR or /tmp). The file type does not matter for
+ * speed: weights are dequantised and packed for --dtype at load.
+ * Prints figures and ratios; never asserts. --quick runs in a few seconds per
+ * dtype after loading. */
+#include <errno.h>
+#include <limits.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <immintrin.h>
+#include <oneapi/dnnl/dnnl.h>
+
+#include "forward.h"
+#include "kernels.h"
+#include "kv.h"
+#include "llorch/llorch.h"
+#include "matmul.h"
+#include "model.h"
+#include "tpool.h"
+#include "util.h"
+
+#define DEC_MAX_BATCHES 8
+
+struct cfg {
+    const char *model;
+    const char *cache_dir;
+    enum llorch_dtype dtypes[3];
+    int n_dtypes;
+    uint32_t batches[DEC_MAX_BATCHES];
+    int n_batches;
+    int threads;
+    bool pin;
+    bool quick;
+    uint32_t prompt;      /* tokens prefilled per sequence */
+    int warm;             /* untimed steps per batch */
+    int rounds;           /* timed rounds per batch (best of) */
+    double chunk_s;       /* decode steps per round: at least this long */
+    double bw_s;          /* read passes per round: at least this long */
+    int chunk_max_tokens; /* ... and at most this many tokens (B x steps), >= 2 steps */
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ---- machine ----------------------------------------------------------- */
+
+static void cpu_info(char *model, size_t mcap, char *flags, size_t fcap)
+{
+    snprintf(model, mcap, "unknown");
+    flags[0] = 0;
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f)
+        return;
+    static const char *want[] = {"avx2",     "fma",         "avx512f",     "avx512bw",
+                                 "avx512vl", "avx512_vnni", "avx512_bf16", "avx_vnni",
+                                 "amx_tile", "amx_bf16",    "amx_int8"};
+    char line[8192];
+    bool got_model = false, got_flags = false;
+    while (fgets(line, sizeof line, f) && !(got_model && got_flags)) {
+        line[strcspn(line, "\n")] = ' ';
+        if (!got_model && strncmp(line, "model name", 10) == 0) {
+            char *c = strchr(line, ':');
+            if (c) {
+                snprintf(model, mcap, "%s", c + 2);
+                for (size_t n = strlen(model); n > 0 && model[n - 1] == ' '; n--)
+                    model[n - 1] = 0;
+                got_model = true;
+            }
+        } else if (!got_flags && strncmp(line, "flags", 5) == 0) {
+            size_t used = 0;
+            for (size_t i = 0; i < LLORCH_ARRAY_SIZE(want); i++) {
+                char pat[64];
+                snprintf(pat, sizeof pat, " %s ", want[i]);
+                if (strstr(line, pat) && used + strlen(want[i]) + 2 < fcap)
+                    used += (size_t)snprintf(flags + used, fcap - used, "%s%s", used ? " " : "",
+                                             want[i]);
+            }
+            got_flags = true;
+        }
+    }
+    fclose(f);
+}
+
+static uint64_t llc_bytes(void)
+{
+    uint64_t best = 0;
+    for (int idx = 0; idx < 8; idx++) {
+        char path[96], buf[32] = {0};
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/size", idx);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            break;
+        if (fgets(buf, sizeof buf, f)) {
+            char *end;
+            uint64_t v = strtoull(buf, &end, 10);
+            v *= *end == 'M' ? (1u << 20) : *end == 'K' ? 1024u : 1u;
+            best = v > best ? v : best;
+        }
+        fclose(f);
+    }
+    return best;
+}
+
+/* ---- read bandwidth ---------------------------------------------------- */
+
+struct bw {
+    struct tpool *pool;
+    const uint8_t *buf;
+    int64_t chunk; /* bytes per task */
+    int64_t n;     /* tasks per pass */
+    int prefetch;  /* bytes ahead, 0: none */
+    uint64_t sink[64 * 8];
+};
+
+/* Streaming 256-bit loads, plain or with a software prefetch 512 bytes
+ * ahead (as oneDNN's kernels do); the bandwidth is the best of both. */
+static void bw_task(void *vctx, int64_t b, int64_t e, int worker)
+{
+    struct bw *c = vctx;
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t i = b; i < e; i++) {
+        const __m256i *p = (const __m256i *)(c->buf + i * c->chunk);
+        const int64_t n = c->chunk / 32;
+        for (int64_t j = 0; j < n; j += 4) {
+            if (c->prefetch) /* may run past the chunk: prefetches do not fault */
+                _mm_prefetch((const char *)(p + j) + c->prefetch, _MM_HINT_T0);
+            a0 = _mm256_xor_si256(a0, _mm256_load_si256(p + j));
+            a1 = _mm256_xor_si256(a1, _mm256_load_si256(p + j + 1));
+            a2 = _mm256_xor_si256(a2, _mm256_load_si256(p + j + 2));
+            a3 = _mm256_xor_si256(a3, _mm256_load_si256(p + j + 3));
+        }
+    }
+    a0 = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+    c->sink[(worker % 64) * 8] ^= (uint64_t)_mm256_extract_epi64(a0, 0);
+}
+
+/* Passes for at least min_s, plain then prefetching; returns the better
+ * rate in bytes per second. */
+static double bw_trial(struct bw *c, double min_s)
+{
+    double best = 0;
+    for (int pf = 0; pf < 2; pf++) {
+        c->prefetch = pf ? 512 : 0;
+        double t0 = now_s(), dt;
+        int passes = 0;
+        do {
+            tpool_parallel_for(c->pool, c->n, 1, bw_task, c);
+            passes++;
+            dt = now_s() - t0;
+        } while (dt < min_s);
+        best = LLORCH_MAX(best, (double)passes * (double)(c->n * c->chunk) / dt);
+    }
+    return best;
+}
+
+/* ---- GEMM peak --------------------------------------------------------- */
+
+static float *rand_floats(int64_t n, uint64_t seed)
+{
+    float *a = malloc(sizeof(float) * (size_t)n);
+    if (!a)
+        return NULL;
+    uint64_t s = seed * 2654435761u + 1;
+    for (int64_t i = 0; i < n; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        a[i] = (float)((double)(s >> 40) / (double)(1ull << 24) * 2.0 - 1.0);
+    }
+    return a;
+}
+
+/* One raw oneDNN matmul primitive on nthr OpenMP threads, weights in the
+ * layout it prefers (plain reorder; int8 values simply rounded, which is all
+ * a speed measurement needs). */
+struct raw {
+    dnnl_engine_t eng;
+    dnnl_stream_t stream;
+    dnnl_primitive_t prim;
+    dnnl_memory_t src, wei, dst;
+    void *srcbuf, *weibuf, *dstbuf;
+    int nthr;
+};
+
+static void raw_free(struct raw *r)
+{
+    if (r->prim)
+        dnnl_primitive_destroy(r->prim);
+    if (r->src)
+        dnnl_memory_destroy(r->src);
+    if (r->wei)
+        dnnl_memory_destroy(r->wei);
+    if (r->dst)
+        dnnl_memory_destroy(r->dst);
+    free(r->srcbuf);
+    free(r->weibuf);
+    free(r->dstbuf);
+    if (r->stream)
+        dnnl_stream_destroy(r->stream);
+    if (r->eng)
+        dnnl_engine_destroy(r->eng);
+    memset(r, 0, sizeof *r);
+}
+
+#define RAW_CK(x)                                                                                  \
+    do {                                                                                           \
+        if ((x) != dnnl_success)                                                                   \
+            goto fail;                                                                             \
+    } while (0)
+
+static int raw_new(struct raw *r, enum llorch_dtype dt, int64_t m, int64_t n, int64_t k,
+                   const float *w, int nthr)
+{
+    memset(r, 0, sizeof *r);
+    r->nthr = nthr;
+    /* oneDNN sizes its parallelism by the creating thread's OpenMP limit,
+     * which pool tasks on this thread (worker 0) set to 1 */
+    omp_set_num_threads(nthr);
+    const dnnl_data_type_t sdt = dt == LLORCH_DTYPE_F32 ? dnnl_f32 : dt == LLORCH_DTYPE_BF16 ? dnnl_bf16 : dnnl_u8;
+    const dnnl_data_type_t wdt = dt == LLORCH_DTYPE_F32 ? dnnl_f32 : dt == LLORCH_DTYPE_BF16 ? dnnl_bf16 : dnnl_s8;
+    const dnnl_data_type_t ddt = dt == LLORCH_DTYPE_INT8 ? dnnl_s32 : dnnl_f32;
+    const size_t ssz = dt == LLORCH_DTYPE_F32 ? 4 : dt == LLORCH_DTYPE_BF16 ? 2 : 1;
+    dnnl_primitive_desc_t pd = NULL, rpd = NULL;
+    dnnl_primitive_t reorder = NULL;
+    dnnl_memory_t wsrc = NULL;
+    RAW_CK(dnnl_engine_create(&r->eng, dnnl_cpu, 0));
+    RAW_CK(dnnl_stream_create(&r->stream, r->eng, dnnl_stream_default_flags));
+    dnnl_memory_desc_t smd, wmd, dmd, wplain;
+    dnnl_dims_t sd = {m, k}, wd = {k, n}, dd = {m, n}, wstr = {1, k};
+    RAW_CK(dnnl_memory_desc_init_by_tag(&smd, 2, sd, sdt, dnnl_ab));
+    RAW_CK(dnnl_memory_desc_init_by_tag(&wmd, 2, wd, wdt, dnnl_format_tag_any));
+    RAW_CK(dnnl_memory_desc_init_by_tag(&dmd, 2, dd, ddt, dnnl_ab));
+    RAW_CK(dnnl_memory_desc_init_by_strides(&wplain, 2, wd, dnnl_f32, wstr));
+    dnnl_matmul_desc_t desc;
+    RAW_CK(dnnl_matmul_desc_init(&desc, &smd, &wmd, NULL, &dmd));
+    RAW_CK(dnnl_primitive_desc_create(&pd, &desc, NULL, r->eng, NULL));
+    const dnnl_memory_desc_t packed = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    RAW_CK(dnnl_primitive_create(&r->prim, pd));
+    RAW_CK(dnnl_reorder_primitive_desc_create(&rpd, &wplain, r->eng, &packed, r->eng, NULL));
+    RAW_CK(dnnl_primitive_create(&reorder, rpd));
+    if (posix_memalign(&r->weibuf, 4096, dnnl_memory_desc_get_size(&packed)) != 0 ||
+        posix_memalign(&r->srcbuf, 64, (size_t)(m * k) * ssz) != 0 ||
+        posix_memalign(&r->dstbuf, 64, (size_t)(m * n) * 4) != 0)
+        goto fail;
+    RAW_CK(dnnl_memory_create(&wsrc, &wplain, r->eng, (void *)w));
+    RAW_CK(dnnl_memory_create(&r->wei, &packed, r->eng, r->weibuf));
+    dnnl_exec_arg_t ra[2] = {{DNNL_ARG_FROM, wsrc}, {DNNL_ARG_TO, r->wei}};
+    RAW_CK(dnnl_primitive_execute(reorder, r->stream, 2, ra));
+    RAW_CK(dnnl_stream_wait(r->stream));
+    memset(r->srcbuf, 0x3c, (size_t)(m * k) * ssz);
+    RAW_CK(dnnl_memory_create(&r->src, &smd, r->eng, r->srcbuf));
+    RAW_CK(dnnl_memory_create(&r->dst, &dmd, r->eng, r->dstbuf));
+    dnnl_memory_destroy(wsrc);
+    dnnl_primitive_destroy(reorder);
+    dnnl_primitive_desc_destroy(rpd);
+    dnnl_primitive_desc_destroy(pd);
+    return 0;
+fail:
+    if (wsrc)
+        dnnl_memory_destroy(wsrc);
+    if (reorder)
+        dnnl_primitive_destroy(reorder);
+    if (rpd)
+        dnnl_primitive_desc_destroy(rpd);
+    if (pd)
+        dnnl_primitive_desc_destroy(pd);
+    raw_free(r);
+    return -1;
+}
+
+static int raw_run(struct raw *r)
+{
+    if (omp_get_max_threads() != r->nthr)
+        omp_set_num_threads(r->nthr);
+    dnnl_exec_arg_t a[3] = {{DNNL_ARG_SRC, r->src}, {DNNL_ARG_WEIGHTS, r->wei}, {DNNL_ARG_DST, r->dst}};
+    if (dnnl_primitive_execute(r->prim, r->stream, 3, a) != dnnl_success)
+        return -1;
+    return dnnl_stream_wait(r->stream) == dnnl_success ? 0 : -1;
+}
+
+struct peak {
+    struct mm_weight *w;
+    struct raw raw;
+    bool have_raw;
+    float *x, *y;
+    int64_t m, n, k;
+    double pool_best, raw_best; /* ops per second */
+};
+
+static int peak_new(struct peak *p, struct tpool *pool, enum llorch_dtype dt, const float *w,
+                    int64_t m, int64_t n, int64_t k)
+{
+    memset(p, 0, sizeof *p);
+    p->m = m, p->n = n, p->k = k;
+    p->x = rand_floats(m * k, 7);
+    p->y = malloc(sizeof(float) * (size_t)(m * n));
+    if (!p->x || !p->y || matmul_weight_new(&p->w, w, n, k, dt, m, pool) != 0)
+        return -1;
+    p->have_raw = raw_new(&p->raw, dt, m, n, k, w, tpool_size(pool)) == 0;
+    return 0;
+}
+
+static void peak_free(struct peak *p)
+{
+    matmul_weight_free(p->w);
+    if (p->have_raw)
+        raw_free(&p->raw);
+    free(p->x);
+    free(p->y);
+    memset(p, 0, sizeof *p);
+}
+
+/* One call of each arrangement; keeps the best rate. */
+static void peak_round(struct peak *p, struct tpool *pool)
+{
+    const double ops = 2.0 * (double)p->m * (double)p->n * (double)p->k;
+    double t0 = now_s();
+    if (matmul_run(p->w, p->x, p->y, p->m, pool) == 0)
+        p->pool_best = LLORCH_MAX(p->pool_best, ops / (now_s() - t0));
+    if (p->have_raw) {
+        t0 = now_s();
+        if (raw_run(&p->raw) == 0)
+            p->raw_best = LLORCH_MAX(p->raw_best, ops / (now_s() - t0));
+    }
+}
+
+/* ---- model ------------------------------------------------------------- */
+
+/* Makes the default model with llorch-synth unless it is already there. */
+static int default_model(const struct cfg *cf, const char *argv0, char *path, size_t cap)
+{
+    snprintf(path, cap, "%s/llorch-bench-tinyllama-1.1b-q8_0.gguf", cf->cache_dir);
+    struct stat st;
+    if (stat(path, &st) == 0 && st.st_size > 0) {
+        printf("model: reusing %s\n", path);
+        return 0;
+    }
+    char synth[PATH_MAX];
+    const char *slash = strrchr(argv0, '/');
+    snprintf(synth, sizeof synth, "%.*s../tools/llorch-synth", slash ? (int)(slash - argv0 + 1) : 0,
+             argv0);
+    char tmp[PATH_MAX + 16];
+    snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
+    printf("model: %s -o %s --preset tinyllama-1.1b --type q8_0 --vocab builtin\n", synth, path);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl(synth, synth, "-o", tmp, "--preset", "tinyllama-1.1b", "--type", "q8_0", "--vocab",
+              "builtin", (char *)NULL);
+        _exit(127);
+    }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) ||
+        WEXITSTATUS(status) != 0 || rename(tmp, path) != 0) {
+        unlink(tmp);
+        fprintf(stderr, "cannot make the model with %s (give --model PATH)\n", synth);
+        return -1;
+    }
+    return 0;
+}
+
+/* Weight parameters each token multiplies (every matmul, the LM head
+ * included; the embedding lookup is not a matmul). */
+static double matmul_params(const struct model *m)
+{
+    double p = 0;
+    for (uint32_t il = 0; il < m->hp.n_layer; il++) {
+        const struct model_layer *L = &m->layers[il];
+        const struct gguf_tensor *t[] = {L->wq, L->wk, L->wv, L->wqkv, L->wo,
+                                         L->ffn_gate, L->ffn_up, L->ffn_down};
+        for (size_t i = 0; i < LLORCH_ARRAY_SIZE(t); i++)
+            if (t[i])
+                p += (double)t[i]->n_elements;
+    }
+    return p + (double)m->output->n_elements;
+}
+
+/* ---- decode ------------------------------------------------------------ */
+
+struct dec {
+    struct forward *fw;
+    struct kv_cache *kv;
+    struct kv_seq **seq;
+    struct forward_entry *e;
+    llorch_token *tok;   /* [max_batch, prompt] */
+    float *logits;       /* [max_batch, n_vocab] */
+    uint32_t n_vocab;
+    uint64_t rng;
+};
+
+static llorch_token dec_token(struct dec *d)
+{
+    d->rng = d->rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (llorch_token)((d->rng >> 33) % d->n_vocab);
+}
+
+/* One decode step for sequences [0, b): reserve one slot each (as the
+ * scheduler does), then forward_step. */
+static int dec_step(struct dec *d, uint32_t b)
+{
+    for (uint32_t i = 0; i < b; i++) {
+        int rc = kv_seq_reserve(d->kv, d->seq[i], 1);
+        if (rc < 0)
+            return rc;
+        d->tok[i] = dec_token(d);
+        d->e[i] = (struct forward_entry){.seq = d->seq[i], .tokens = &d->tok[i], .n_tokens = 1,
+                                         .logits = d->logits + (size_t)i * d->n_vocab};
+    }
+    return forward_step(d->fw, d->e, b);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+struct batch_result {
+    uint32_t b;
+    double best_step_s;   /* best round's mean step time */
+    double median_step_s; /* over every timed step */
+    double bw;            /* best read bandwidth seen alongside */
+    double peak;          /* best GEMM peak seen alongside */
+    int steps;
+};
+
+static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *pool,
+                     enum llorch_dtype dt, double *bw_all, double *peak_all, const float *wpeak,
+                     struct bw *bwc)
+{
+    const char *dn = forward_dtype_name(dt);
+    uint32_t max_b = 0;
+    for (int i = 0; i < cf->n_batches; i++)
+        max_b = LLORCH_MAX(max_b, cf->batches[i]);
+    /* steps any sequence can take: sequence 0 runs in every batch */
+    uint64_t steps_seq0 = 0, kv_tokens = (uint64_t)max_b * (cf->prompt + LLORCH_KV_BLOCK);
+    for (int i = 0; i < cf->n_batches; i++) {
+        uint32_t b = cf->batches[i];
+        uint64_t per_round = LLORCH_MAX(2u, (uint64_t)cf->chunk_max_tokens / b);
+        uint64_t steps = (uint64_t)cf->warm + (uint64_t)cf->rounds * per_round;
+        steps_seq0 += steps;
+        kv_tokens += steps * b;
+    }
+    const struct model_hparams *hp = &m->hp;
+    const uint64_t elt = dt == LLORCH_DTYPE_F32 ? 4 : 2;
+    const uint64_t per_tok = (uint64_t)hp->n_layer * 2 * hp->n_head_kv * hp->head_dim * elt;
+    const uint32_t step_tokens = LLORCH_MAX(max_b, 256u);
+    struct forward_opts fo = {
+        .dtype = dt,
+        .kv_bytes = kv_tokens * per_tok * 5 / 4 + (16u << 20),
+        .n_ctx = (uint32_t)(cf->prompt + steps_seq0 + 2 * LLORCH_KV_BLOCK),
+        .max_seqs = max_b,
+        .max_step_tokens = step_tokens,
+        .pool = pool,
+    };
+    struct dec d = {.n_vocab = hp->n_vocab, .rng = 12345};
+    char err[256];
+    double t0 = now_s();
+    int rc = forward_new(&d.fw, m, &fo, err, sizeof err);
+    if (rc < 0) {
+        printf("%s: forward_new failed: %s\n", dn, err[0] ? err : llorch_strerror(rc));
+        return rc;
+    }
+    double t_load = now_s() - t0;
+    d.kv = forward_kv(d.fw);
+    d.seq = calloc(max_b, sizeof *d.seq);
+    d.e = calloc(max_b, sizeof *d.e);
+    d.tok = calloc((size_t)max_b * cf->prompt, sizeof *d.tok);
+    d.logits = malloc((size_t)max_b * d.n_vocab * sizeof *d.logits);
+    struct peak pk;
+    int prc = peak_new(&pk, pool, dt, wpeak, 512, 4096, 4096);
+    if (!d.seq || !d.e || !d.tok || !d.logits || prc != 0) {
+        printf("%s: out of memory\n", dn);
+        rc = LLORCH_ENOMEM;
+        goto out;
+    }
+    const uint64_t wbytes = forward_weight_bytes(d.fw);
+    const double params = matmul_params(m);
+    printf("\n== dtype %s: packed in %.1f s; weight bytes read per step %.1f MB (forward_weight_bytes); "
+           "%.1f M matmul parameters per token; KV %s\n",
+           dn, t_load, (double)wbytes / 1e6, params / 1e6, forward_kv_type_name(forward_kv_type(d.fw)));
+    printf("oneDNN impl of the peak weight: %s\n", matmul_weight_impl(pk.w));
+
+    /* prefill every sequence's prompt, step_tokens tokens per step */
+    t0 = now_s();
+    uint32_t next = 0;
+    while (rc == 0 && next < max_b) {
+        uint32_t n = 0;
+        while (next < max_b && (n + 1) * cf->prompt <= step_tokens) {
+            if ((rc = kv_seq_new(d.kv, &d.seq[next])) < 0 ||
+                (rc = kv_seq_reserve(d.kv, d.seq[next], cf->prompt)) < 0)
+                break;
+            llorch_token *t = d.tok + (size_t)next * cf->prompt;
+            for (uint32_t j = 0; j < cf->prompt; j++)
+                t[j] = dec_token(&d);
+            d.e[n++] = (struct forward_entry){.seq = d.seq[next], .tokens = t,
+                                              .n_tokens = cf->prompt,
+                                              .logits = d.logits + (size_t)next * d.n_vocab};
+            next++;
+        }
+        if (rc == 0)
+            rc = forward_step(d.fw, d.e, n);
+    }
+    if (rc < 0) {
+        printf("%s: prefill failed: %s\n", dn, llorch_strerror(rc));
+        goto out;
+    }
+    printf("prefill: %u sequences x %u tokens in %.2f s (%.1f tok/s)\n", max_b, cf->prompt,
+           now_s() - t0, (double)max_b * cf->prompt / (now_s() - t0));
+
+    struct batch_result res[DEC_MAX_BATCHES];
+    int n_res = 0;
+    double *times = malloc(sizeof(double) * (size_t)(cf->rounds * (cf->chunk_max_tokens + 2)));
+    for (int bi = 0; bi < cf->n_batches && rc == 0 && times; bi++) {
+        const uint32_t b = cf->batches[bi];
+        struct batch_result *r = &res[n_res];
+        *r = (struct batch_result){.b = b, .best_step_s = 1e30};
+        for (int i = 0; i < cf->warm && rc == 0; i++)
+            rc = dec_step(&d, b);
+        const int max_steps = (int)LLORCH_MAX(2u, (uint32_t)cf->chunk_max_tokens / b);
+        int nt = 0;
+        for (int round = 0; round < cf->rounds && rc == 0; round++) {
+            peak_round(&pk, pool);
+            r->bw = LLORCH_MAX(r->bw, bw_trial(bwc, cf->bw_s));
+            r->peak = LLORCH_MAX(pk.pool_best, pk.raw_best);
+            int steps = 0;
+            double c0 = now_s(), t = c0;
+            while (rc == 0 && steps < max_steps && (steps < 2 || t - c0 < cf->chunk_s)) {
+                rc = dec_step(&d, b);
+                double t2 = now_s();
+                times[nt++] = t2 - t;
+                t = t2;
+                steps++;
+            }
+            if (rc == 0)
+                r->best_step_s = LLORCH_MIN(r->best_step_s, (t - c0) / steps);
+        }
+        if (rc < 0) {
+            printf("%s: batch %u: decode step failed: %s\n", dn, b, llorch_strerror(rc));
+            break;
+        }
+        qsort(times, (size_t)nt, sizeof *times, cmp_double);
+        r->median_step_s = times[nt / 2];
+        r->steps = nt;
+        *bw_all = LLORCH_MAX(*bw_all, r->bw);
+        *peak_all = LLORCH_MAX(*peak_all, r->peak);
+        n_res++;
+    }
+    free(times);
+
+    /* Ratios use the best limits seen over all of this dtype's rounds (a
+     * round where the background load hit the read pass but not the decode
+     * chunk would otherwise give a ratio above 1); the per-batch figures
+     * seen alongside are printed below the table. */
+    double bw_dt = 0, peak_dt = 0;
+    for (int i = 0; i < n_res; i++) {
+        bw_dt = LLORCH_MAX(bw_dt, res[i].bw);
+        peak_dt = LLORCH_MAX(peak_dt, res[i].peak);
+    }
+    const char *unit = dt == LLORCH_DTYPE_INT8 ? "GOP/s" : "GFLOP/s";
+    printf("read bandwidth %s run: %.1f GB/s (best of %d trials)\n", dn, bw_dt / 1e9,
+           n_res * cf->rounds);
+    printf("GEMM peak %s: %.1f %s (m=512 n=k=4096; best of pool %.1f, omp %.1f)\n", dn,
+           peak_dt / 1e9, dt == LLORCH_DTYPE_INT8 ? "GOPS" : "GFLOP/s",
+           pk.pool_best / 1e9, pk.raw_best / 1e9);
+    printf("%-5s %-10s %9s %9s %9s %9s %6s %11s %6s %6s\n", "dtype", "batch", "tok/s", "ms/step",
+           "med ms", "GB/s", "xBW", unit, "xPEAK", "steps");
+    for (int i = 0; i < n_res; i++) {
+        const struct batch_result *r = &res[i];
+        const double tps = r->b / r->best_step_s;
+        const double gbs = (double)wbytes / r->best_step_s / 1e9;
+        const double flops = 2.0 * params * r->b / r->best_step_s;
+        printf("%-5s batch %-4u %9.1f %9.2f %9.2f %9.1f %6.2f %11.1f %6.2f %6d   tok/s (med %.1f)\n",
+               dn, r->b, tps, r->best_step_s * 1e3, r->median_step_s * 1e3, gbs,
+               bw_dt > 0 ? gbs * 1e9 / bw_dt : 0, flops / 1e9, peak_dt > 0 ? flops / peak_dt : 0,
+               r->steps, r->b / r->median_step_s);
+    }
+    for (int i = 0; i < n_res; i++)
+        printf("  batch %u: read bandwidth alongside %.1f GB/s (bound %.1f tok/s x batch), GEMM "
+               "peak alongside %.1f %s (bound %.1f tok/s)\n",
+               res[i].b, res[i].bw / 1e9, res[i].bw / (double)wbytes, res[i].peak / 1e9, unit,
+               res[i].peak / (2.0 * params));
+out:
+    peak_free(&pk);
+    for (uint32_t i = 0; d.seq && i < max_b; i++)
+        kv_seq_free(d.kv, d.seq[i]);
+    free(d.seq);
+    free(d.e);
+    free(d.tok);
+    free(d.logits);
+    forward_free(d.fw);
+    return rc;
+}
+
+/* ---- main -------------------------------------------------------------- */
+
+static int parse_dtype(const char *s, struct cfg *cf)
+{
+    cf->n_dtypes = 0;
+    if (strcmp(s, "all") == 0) {
+        cf->dtypes[cf->n_dtypes++] = LLORCH_DTYPE_BF16;
+        cf->dtypes[cf->n_dtypes++] = LLORCH_DTYPE_INT8;
+        cf->dtypes[cf->n_dtypes++] = LLORCH_DTYPE_F32;
+        return 0;
+    }
+    char buf[64];
+    snprintf(buf, sizeof buf, "%s", s);
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (cf->n_dtypes == 3)
+            return -1;
+        if (strcmp(t, "f32") == 0)
+            cf->dtypes[cf->n_dtypes++] = LLORCH_DTYPE_F32;
+        else if (strcmp(t, "bf16") == 0)
+            cf->dtypes[cf->n_dtypes++] = LLORCH_DTYPE_BF16;
+        else if (strcmp(t, "int8") == 0)
+            cf->dtypes[cf->n_dtypes++] = LLORCH_DTYPE_INT8;
+        else
+            return -1;
+    }
+    return cf->n_dtypes ? 0 : -1;
+}
+
+static int parse_batches(const char *s, struct cfg *cf)
+{
+    cf->n_batches = 0;
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", s);
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        char *end;
+        long v = strtol(t, &end, 10);
+        if (*end || v < 1 || v > 256 || cf->n_batches == DEC_MAX_BATCHES)
+            return -1;
+        cf->batches[cf->n_batches++] = (uint32_t)v;
+    }
+    return cf->n_batches ? 0 : -1;
+}
+
+int main(int argc, char **argv)
+{
+    /* libgomp reads its wait policy when it loads: the raw oneDNN peak call
+     * would leave OpenMP threads spinning for milliseconds on the cores the
+     * next decode steps need, so run with a passive policy unless told. */
+    if (!getenv("OMP_WAIT_POLICY")) {
+        setenv("OMP_WAIT_POLICY", "passive", 1);
+        execv("/proc/self/exe", argv);
+    }
+    const char *tmpdir = getenv("TMPDIR");
+    struct cfg cf = {.cache_dir = tmpdir && tmpdir[0] ? tmpdir : "/tmp", .prompt = 16, .warm = 2,
+                     .rounds = 5, .chunk_s = 0.5, .bw_s = 0.1, .chunk_max_tokens = 256};
+    parse_dtype("bf16,int8", &cf);
+    parse_batches("1,4,16,64", &cf);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--quick") == 0) {
+            cf.quick = true;
+        } else if (strcmp(a, "--pin") == 0) {
+            cf.pin = true;
+        } else if (strcmp(a, "--model") == 0 && v) {
+            cf.model = v, i++;
+        } else if (strcmp(a, "--cache-dir") == 0 && v) {
+            cf.cache_dir = v, i++;
+        } else if (strcmp(a, "--threads") == 0 && v) {
+            cf.threads = atoi(v), i++;
+        } else if (strcmp(a, "--prompt") == 0 && v && atoi(v) >= 1 && atoi(v) <= 256) {
+            cf.prompt = (uint32_t)atoi(v), i++;
+        } else if (strcmp(a, "--rounds") == 0 && v && atoi(v) >= 1 && atoi(v) <= 100) {
+            cf.rounds = atoi(v), i++;
+        } else if (strcmp(a, "--dtype") == 0 && v && parse_dtype(v, &cf) == 0) {
+            i++;
+        } else if (strcmp(a, "--batches") == 0 && v && parse_batches(v, &cf) == 0) {
+            i++;
+        } else {
+            fprintf(stderr,
+                    "usage: %s [--model PATH] [--dtype bf16,int8|f32|all] [--batches 1,4,16,64]\n"
+                    "          [--quick] [--rounds N] [--prompt N] [--threads N] [--pin]\n"
+                    "          [--cache-dir DIR]\n",
+                    argv[0]);
+            return 2;
+        }
+    }
+    if (cf.quick) {
+        cf.rounds = LLORCH_MIN(cf.rounds, 3);
+        cf.chunk_s = 0.15;
+        cf.bw_s = 0.05;
+        cf.chunk_max_tokens = 128;
+    }
+
+    struct tpool *pool;
+    int rc = tpool_new(&pool, &(struct tpool_opts){.n_threads = cf.threads, .pin = cf.pin,
+                                                    .name = "decode-w"});
+    if (rc < 0) {
+        fprintf(stderr, "tpool_new: %s\n", llorch_strerror(rc));
+        return 1;
+    }
+    const int P = tpool_size(pool);
+    char cpu[256], flags[512];
+    cpu_info(cpu, sizeof cpu, flags, sizeof flags);
+    const uint64_t llc = llc_bytes();
+    double load[3] = {0};
+    FILE *la = fopen("/proc/loadavg", "r");
+    if (la) {
+        if (fscanf(la, "%lf %lf %lf", &load[0], &load[1], &load[2]) != 3)
+            load[0] = -1;
+        fclose(la);
+    }
+    printf("machine: %s\n", cpu);
+    printf("workers: %d (pool threads incl. caller%s), online CPUs: %ld; load average %.2f %.2f %.2f\n",
+           P, cf.pin ? ", pinned" : "", sysconf(_SC_NPROCESSORS_ONLN), load[0], load[1], load[2]);
+    printf("cpu flags: %s\n", flags);
+    printf("oneDNN %d.%d.%d, effective ISA: %s; engine kernels: %s; OMP_WAIT_POLICY=%s\n", dnnl_version()->major,
+           dnnl_version()->minor, dnnl_version()->patch, matmul_cpu_isa_name(), kernels_best()->name,
+           getenv("OMP_WAIT_POLICY"));
+    printf("mode: %s (%d rounds per batch of {GEMM peak calls, read passes, decode steps >= %.0f ms, "
+           "<= %d tokens}; %d warm-up steps; prompt %u tokens)\n",
+           cf.quick ? "quick" : "full", cf.rounds, cf.chunk_s * 1e3, cf.chunk_max_tokens, cf.warm,
+           cf.prompt);
+
+    char path[PATH_MAX];
+    if (!cf.model) {
+        if (default_model(&cf, argv[0], path, sizeof path) != 0)
+            return 1;
+        cf.model = path;
+    }
+    struct model *m;
+    char err[256];
+    double t0 = now_s();
+    if ((rc = model_load(&m, cf.model, err, sizeof err)) < 0) {
+        fprintf(stderr, "%s: %s\n", cf.model, err[0] ? err : llorch_strerror(rc));
+        return 1;
+    }
+    const struct model_hparams *hp = &m->hp;
+    printf("model: %s (%s): %s, %u layers, n_embd %u, n_ff %u, heads %u / kv %u, head_dim %u, "
+           "vocab %u; loaded in %.1f s\n",
+           cf.model, m->name, model_arch_name(hp->arch), hp->n_layer, hp->n_embd, hp->n_ff,
+           hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_vocab, now_s() - t0);
+
+    /* read buffer: far beyond the last-level cache, bounded for a shared box */
+    const uint64_t mib = 1u << 20;
+    const uint64_t bw_bytes = cf.quick ? 256 * mib : LLORCH_MIN(LLORCH_MAX(8 * llc, 256 * mib), 1024 * mib);
+    struct bw bwc = {.pool = pool, .chunk = 1 << 20};
+    bwc.n = (int64_t)(bw_bytes / (uint64_t)bwc.chunk);
+    uint8_t *bwbuf = NULL;
+    float *wpeak = rand_floats(4096 * 4096, 1);
+    if (!wpeak || posix_memalign((void **)&bwbuf, 4096, bw_bytes) != 0) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    memset(bwbuf, 1, bw_bytes); /* fault every page in before timing */
+    bwc.buf = bwbuf;
+    printf("read buffer %.0f MiB (last-level cache %.1f MiB)\n", (double)bw_bytes / mib,
+           (double)llc / mib);
+
+    double bw_all = 0, peak_all[3] = {0};
+    int failed = 0;
+    for (int i = 0; i < cf.n_dtypes; i++)
+        failed |= run_dtype(&cf, m, pool, cf.dtypes[i], &bw_all, &peak_all[i], wpeak, &bwc) < 0;
+    printf("\nread bandwidth (best seen): %.1f GB/s\n", bw_all / 1e9);
+    printf("tok/s and ms/step: best round's mean step; med: median step. GB/s: packed weight bytes "
+           "per step / step time; xBW: ratio to the best read bandwidth of the dtype's run "
+           "(batch-1 target >= 0.85). GFLOP/s: 2 x matmul parameters x tokens / step time (attention "
+           "excluded); xPEAK: ratio to the best GEMM peak of the dtype's run "
+           "(batch-64 target >= 0.60).\n");
+    free(bwbuf);
+    free(wpeak);
+    model_free(m);
+    tpool_free(pool);
+    return failed ? 1 : 0;
+}
