@@ -220,21 +220,6 @@ static uint64_t random_u64(void)
     return v;
 }
 
-/* Shortest text that reads back as the same number. */
-static void fmt_number(const json_t *v, char *out, size_t cap)
-{
-    if (json_is_integer(v)) {
-        snprintf(out, cap, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
-        return;
-    }
-    double d = json_number_value(v);
-    for (int p = 1; p <= 17; p++) {
-        snprintf(out, cap, "%.*g", p, d);
-        if (strtod(out, NULL) == d)
-            return;
-    }
-}
-
 /* ---- parameters ---- */
 
 /* A present, non-null member, or NULL. */
@@ -271,7 +256,7 @@ static bool get_number(json_t *root, const char *name, double lo, double hi, dou
     }
     double d = json_number_value(v);
     char num[64];
-    fmt_number(v, num, sizeof(num));
+    api_worker_number_text(v, num, sizeof(num));
     if (d < lo) {
         BAD(e, name, "%s must be at least %.1f (got %s)", name, lo, num);
         return false;

@@ -197,7 +197,7 @@ static size_t json_error_offset(const json_error_t *e)
 }
 
 /* Shortest text that reads back as the same number. */
-static void fmt_number(const json_t *v, char *out, size_t cap)
+LLORCH_API void api_worker_number_text(const json_t *v, char *out, size_t cap)
 {
     if (json_is_integer(v)) {
         snprintf(out, cap, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
@@ -240,7 +240,7 @@ static void check_float(json_t *errs, const char *name, json_t *v, double lo, do
     if (d >= lo && d <= hi)
         return;
     char num[64], msg[160];
-    fmt_number(v, num, sizeof(num));
+    api_worker_number_text(v, num, sizeof(num));
     if (d < lo)
         snprintf(msg, sizeof(msg), "%s must be at least %.1f (got %s)", name, lo, num);
     else
@@ -459,7 +459,7 @@ LLORCH_API int api_worker_validate(const char *content_type, size_t ct_len, cons
     /* max_tokens */
     json_int_t mt = json_integer_value(v[F_MAX_TOKENS]);
     if (mt < 1 || mt > API_MAX_TOKENS) {
-        fmt_number(v[F_MAX_TOKENS], num, sizeof(num));
+        api_worker_number_text(v[F_MAX_TOKENS], num, sizeof(num));
         if (mt < 1)
             snprintf(msg, sizeof(msg), "max_tokens must be at least 1 (got %s)", num);
         else
@@ -471,7 +471,7 @@ LLORCH_API int api_worker_validate(const char *content_type, size_t ct_len, cons
     if (v[F_TOP_K]) {
         json_int_t k = json_integer_value(v[F_TOP_K]);
         if (k < 0 || k > (json_int_t)UINT32_MAX) {
-            fmt_number(v[F_TOP_K], num, sizeof(num));
+            api_worker_number_text(v[F_TOP_K], num, sizeof(num));
             snprintf(msg, sizeof(msg), "top_k must be %s %s (got %s)",
                      k < 0 ? "at least" : "at most", k < 0 ? "0" : "4294967295", num);
             add_violation(errs, "top_k", "range(0..=4294967295)", msg, v[F_TOP_K]);
@@ -507,7 +507,7 @@ LLORCH_API int api_worker_validate(const char *content_type, size_t ct_len, cons
         p->sp.n_stops = (uint32_t)LLORCH_MIN(n, (size_t)DETOK_MAX_STOPS);
     }
     if (v[F_SEED] && json_integer_value(v[F_SEED]) < 0) {
-        fmt_number(v[F_SEED], num, sizeof(num));
+        api_worker_number_text(v[F_SEED], num, sizeof(num));
         snprintf(msg, sizeof(msg), "seed must be at least 0 (got %s)", num);
         add_violation(errs, "seed", "range(0..=18446744073709551615)", msg, v[F_SEED]);
     }

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
 #include <uv.h>
 
 #include "config.h"
@@ -95,6 +96,10 @@ bool api_worker_draining(const struct api_worker *a);
 void api_worker_job_ref(struct api_worker *a);
 void api_worker_job_unref(struct api_worker *a);
 uint32_t api_worker_live_jobs(const struct api_worker *a);
+
+/* The shortest text that reads back as the same JSON number, for error
+ * messages that quote a value ("got 3", "got 0.25"). */
+void api_worker_number_text(const json_t *v, char *out, size_t cap);
 
 /* Bearer-token check (constant time); true when no key is configured. */
 bool api_worker_authorized(const struct api_worker *a, const struct http_request *r);
