@@ -33,17 +33,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from e2e_common import BUILD, binary, request  # noqa: E402
+from e2e_common import BUILD, binary, check, failures, request  # noqa: E402
 
 SYNTH = os.path.join(BUILD, "tools", "llorch-synth")
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what, flush=True)
-    return cond
 
 
 def make_model(d):

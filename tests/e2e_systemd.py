@@ -24,34 +24,11 @@ import tempfile
 import time
 import urllib.request
 
-SRC = os.environ.get("LLORCH_SOURCE", os.path.join(os.path.dirname(__file__), ".."))
-BUILD = os.environ.get("LLORCH_BUILD", os.path.join(SRC, "build"))
-SHARED = os.environ.get("LLORCH_SHARED", os.path.join(SRC, "..", "shared"))
-DAEMON = os.path.join(BUILD, "src", "llorch-cpud")
-MODEL = os.path.join(SHARED, "models", "stories260k.gguf")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e_common import BUILD, SHARED, SOURCE as SRC, binary, check, failures, free_port, http_get, model_path  # noqa: E402,F401
 
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what, flush=True)
-    return cond
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_get(port, path, timeout=5.0):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+DAEMON = binary()
+MODEL = model_path()
 
 
 def daemon_args(port):
