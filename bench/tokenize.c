@@ -154,6 +154,37 @@ static int bench_one(const char *path, const char *prose, size_t plen, const cha
     return 0;
 }
 
+/* The whole file, or NULL (with a message). */
+static char *read_text(const char *path, size_t *len)
+{
+    FILE *fp = fopen(path, "rb");
+    if (!fp) {
+        perror(path);
+        return NULL;
+    }
+    char *buf = NULL;
+    size_t cap = 0, n = 0;
+    for (;;) {
+        if (n + 65536 > cap) {
+            cap = cap ? cap * 2 : 1 << 20;
+            char *nb = realloc(buf, cap);
+            if (!nb) {
+                free(buf);
+                fclose(fp);
+                return NULL;
+            }
+            buf = nb;
+        }
+        size_t got = fread(buf + n, 1, cap - n, fp);
+        n += got;
+        if (got == 0)
+            break;
+    }
+    fclose(fp);
+    *len = n;
+    return buf;
+}
+
 int main(int argc, char **argv)
 {
     const char *shared = getenv("LLORCH_SHARED");
@@ -162,6 +193,7 @@ int main(int argc, char **argv)
     const char *vocabs[16];
     int nv = 0, reps = 5;
     double mb = 2.0;
+    const char *text_file = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--shared") && i + 1 < argc)
             shared = argv[++i];
@@ -171,8 +203,10 @@ int main(int argc, char **argv)
             mb = atof(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
             reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--text-file") && i + 1 < argc)
+            text_file = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [--shared DIR] [--vocab PATH]... [--mb N] [--reps N]\n",
+            fprintf(stderr, "usage: %s [--shared DIR] [--vocab PATH]... [--mb N] [--reps N] [--text-file F]\n",
                     argv[0]);
             return 2;
         }
@@ -187,7 +221,9 @@ int main(int argc, char **argv)
         }
     }
     size_t plen = 0;
-    char *prose = make_prose((size_t)(mb * 1e6), &plen);
+    /* Generated prose repeats a small word list (kind to the word cache);
+     * --text-file measures real text instead. */
+    char *prose = text_file ? read_text(text_file, &plen) : make_prose((size_t)(mb * 1e6), &plen);
     size_t wlen = 1000000;
     char *word = malloc(wlen);
     if (!prose || !word)
@@ -197,9 +233,9 @@ int main(int argc, char **argv)
         word[i] = (char)('a' + lcg(&s) % 26);
 
     print_cpu();
-    printf("input: %.2f MB of generated English prose, best of %d runs, one thread;\n"
+    printf("input: %.2f MB of %s, best of %d runs, one thread;\n"
            "       1 MB single word of random a-z, best of 3\n",
-           (double)plen / 1e6, reps);
+           (double)plen / 1e6, text_file ? text_file : "generated English prose", reps);
     printf("%-62s %8s %7s %9s %10s %9s %11s\n", "vocabulary", "MB/s", "vs 20", "vs GPT-2",
            "no-cache", "bytes/tok", "1MB word s");
     struct result res[16];
