@@ -96,6 +96,7 @@ struct forward {
     uint32_t *tok_entry;  /* [T] entry of each row */
     uint32_t *tok_pos;    /* [T] position of each row */
     uint32_t *ent_start;  /* [max_seqs] first row of each entry */
+    uint64_t *ent_task;   /* [max_seqs + 1] first attention task of each entry */
     uint32_t *out_src;    /* [T] rows that need logits */
     float **out_dst;      /* [T] where they go */
 };
@@ -662,12 +663,14 @@ LLORCH_API int forward_new(struct forward **out, const struct model *m, const st
         (rc = fw_alloc((void **)&f->ffn, (size_t)(T * up_total), 4)) < 0 ||
         (rc = fw_alloc((void **)&f->act, (size_t)(T * hp->n_ff), 4)) < 0 ||
         (rc = fw_alloc((void **)&f->rope, (size_t)(T * LLORCH_MAX(hp->n_rot, 2u)), 4)) < 0 ||
-        (rc = fw_alloc((void **)&f->scores, (size_t)f->n_workers * f->n_ctx, 4)) < 0 ||
+        (rc = fw_alloc((void **)&f->scores,
+                       (size_t)f->n_workers * (hp->n_head / hp->n_head_kv) * f->n_ctx, 4)) < 0 ||
         (rc = fw_alloc((void **)&f->xo, (size_t)f->out_cap * n_embd, 4)) < 0 ||
         (rc = fw_alloc((void **)&f->lo, (size_t)f->out_cap * (size_t)f->output.n_out, 4)) < 0 ||
         (rc = fw_alloc((void **)&f->tok_entry, (size_t)T, 4)) < 0 ||
         (rc = fw_alloc((void **)&f->tok_pos, (size_t)T, 4)) < 0 ||
         (rc = fw_alloc((void **)&f->ent_start, o->max_seqs, 4)) < 0 ||
+        (rc = fw_alloc((void **)&f->ent_task, (size_t)o->max_seqs + 1, 8)) < 0 ||
         (rc = fw_alloc((void **)&f->out_src, (size_t)T, 4)) < 0 ||
         (rc = fw_alloc((void **)&f->out_dst, (size_t)T, sizeof(float *))) < 0)
         goto fail;
@@ -727,6 +730,7 @@ LLORCH_API void forward_free(struct forward *f)
     free(f->tok_entry);
     free(f->tok_pos);
     free(f->ent_start);
+    free(f->ent_task);
     free(f->out_src);
     free(f->out_dst);
     free(f);
@@ -794,19 +798,31 @@ static void fw_rope_store_rows(struct forward *f, void *arg, int64_t begin, int6
     }
 }
 
-/* Tasks: entry-major, head-minor. */
+/* Tasks: (entry, chunk of FW_ATTN_ROWS query rows, K/V head), entry-major,
+ * K/V head minor; each runs every query head of the K/V head's GQA group, so
+ * each K/V row is read once per group. Chunking only splits the query rows
+ * of a long prefill over the workers: every row's result is the same
+ * whichever task computes it. */
+#define FW_ATTN_ROWS 16
+
 static void fw_attn_tasks(struct forward *f, void *arg, int64_t begin, int64_t end, int worker)
 {
     struct fw_step *s = arg;
     const struct model_hparams *hp = &f->hp;
     const uint32_t group = hp->n_head / hp->n_head_kv;
     const float scale = hp->arch == MODEL_ARCH_PHI3 ? 1.0f : 1.0f / sqrtf((float)hp->head_dim);
+    uint32_t ei = 0;
     for (int64_t task = begin; task < end; task++) {
-        const uint32_t ei = (uint32_t)(task / hp->n_head);
-        const uint32_t h = (uint32_t)(task % hp->n_head);
+        /* entry of this task: ent_task[ei] <= task < ent_task[ei + 1] */
+        while (f->ent_task[ei + 1] <= (uint64_t)task)
+            ei++;
+        const uint64_t local = (uint64_t)task - f->ent_task[ei];
+        const uint32_t g = (uint32_t)(local % hp->n_head_kv);
+        const uint32_t chunk = (uint32_t)(local / hp->n_head_kv);
+        const uint32_t h = g * group;
         const struct forward_entry *e = &s->e[ei];
-        const uint32_t g = h / group;
-        const int64_t row0 = f->ent_start[ei];
+        const uint32_t t0 = chunk * FW_ATTN_ROWS;
+        const int64_t row0 = f->ent_start[ei] + t0;
         struct kernels_kv_view kv = {
             .k = s->lv.k + (size_t)g * s->lv.head_stride,
             .v = s->lv.v + (size_t)g * s->lv.head_stride,
@@ -821,12 +837,13 @@ static void fw_attn_tasks(struct forward *f, void *arg, int64_t begin, int64_t e
             .q_stride = s->qs,
             .out = f->att + row0 * f->n_q + (int64_t)h * hp->head_dim,
             .out_stride = f->n_q,
-            .n_q = e->n_tokens,
+            .n_q = LLORCH_MIN(FW_ATTN_ROWS, e->n_tokens - t0),
             .pos0 = f->tok_pos[row0],
             .head_dim = hp->head_dim,
             .scale = scale,
             .kv = &kv,
-            .scores = f->scores + (size_t)worker * f->n_ctx,
+            .scores = f->scores + (size_t)worker * group * f->n_ctx,
+            .n_head = group,
         };
         kernels_attention(f->k, &a);
     }
@@ -872,7 +889,7 @@ static int fw_layer_run(struct forward *f, struct fw_step *s, uint32_t il)
     s->qs = strides[0], s->ks = strides[1], s->vs = strides[2];
     kv_cache_layer(f->kv, il, &s->lv);
     fw_parallel(f, T, 4, fw_rope_store_rows, s);
-    fw_parallel(f, (int64_t)s->n_entries * f->hp.n_head, 1, fw_attn_tasks, s);
+    fw_parallel(f, (int64_t)f->ent_task[s->n_entries], 1, fw_attn_tasks, s);
     /* x += att Wo^T (+ bo) */
     if ((rc = fw_proj_run(f, &l->wo, f->att, f->proj, T)) < 0)
         return rc;
@@ -943,10 +960,13 @@ LLORCH_API int forward_step(struct forward *f, struct forward_entry *entries, ui
     }
     /* row metadata: rows of entry i are [ent_start[i], ent_start[i] + n_tokens) */
     uint32_t row = 0, n_out = 0;
+    f->ent_task[0] = 0;
     for (uint32_t i = 0; i < n; i++) {
         const struct forward_entry *e = &entries[i];
         const uint32_t len = kv_seq_len(e->seq);
         f->ent_start[i] = row;
+        f->ent_task[i + 1] = f->ent_task[i] +
+                             (uint64_t)((e->n_tokens - 1) / FW_ATTN_ROWS + 1) * f->hp.n_head_kv;
         for (uint32_t t = 0; t < e->n_tokens; t++) {
             f->tok_entry[row + t] = i;
             f->tok_pos[row + t] = len + t;

@@ -876,6 +876,74 @@ static const struct kernels kernels_avx512 = {
     .from_f16 = from_f16_avx512,
 };
 
+/* GQA attention of nh query heads over one K/V head (see attention_group):
+ * each K/V row is loaded and converted into registers once, then used by
+ * every head; head_dim a multiple of 16, at most 256. Per (row, head) the
+ * arithmetic does not depend on nh, and it is the FMA order of dot_f16_avx512
+ * and axpy_f16_avx512, so an f16 cache gives the bits the per-head kernels
+ * gave (checked bit for bit against them at head_dim 64). */
+AVX512_TARGET static inline __m512 attn_load16(const uint8_t *row, int64_t c,
+                                               enum llorch_kv_type type)
+{
+    switch (type) {
+    case LLORCH_KV_F16:
+        return load_f16x16((const uint16_t *)(const void *)row + 16 * c, 0xffff);
+    case LLORCH_KV_BF16:
+        return load_bf16x16((const uint16_t *)(const void *)row + 16 * c, 0xffff);
+    default:
+        return _mm512_loadu_ps((const float *)(const void *)row + 16 * c);
+    }
+}
+
+AVX512_TARGET static void attention_group_avx512(const struct kernels *k,
+                                                 const struct kernels_attn *a, int64_t nh)
+{
+    const struct kernels_kv_view *kv = a->kv;
+    const int64_t hd = a->head_dim, nc = hd / 16;
+    __m512 r[16];
+    for (int64_t t = 0; t < a->n_q; t++) {
+        const float *q = a->q + t * a->q_stride;
+        float *out = a->out + t * a->out_stride;
+        const int64_t n_kv = a->pos0 + t + 1;
+        float *sc = a->scores; /* head i at sc + i * n_kv */
+        for (int64_t p = 0; p < n_kv; p++) {
+            const uint8_t *row = kv->k + (size_t)kv->blocks[p / kv->block] * kv->block_stride +
+                                 (size_t)(p % kv->block) * kv->row_bytes;
+            for (int64_t c = 0; c < nc; c++)
+                r[c] = attn_load16(row, c, kv->type);
+            for (int64_t i = 0; i < nh; i++) {
+                const float *qi = q + i * hd;
+                __m512 s0 = _mm512_mul_ps(_mm512_loadu_ps(qi), r[0]);
+                __m512 s1 = _mm512_setzero_ps();
+                for (int64_t c = 1; c + 1 < nc; c += 2) {
+                    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(qi + 16 * c), r[c], s1);
+                    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(qi + 16 * c + 16), r[c + 1], s0);
+                }
+                if (nc % 2 == 0)
+                    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(qi + 16 * (nc - 1)), r[nc - 1], s1);
+                sc[i * n_kv + p] = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1)) * a->scale;
+            }
+        }
+        for (int64_t i = 0; i < nh; i++) {
+            k->softmax(sc + i * n_kv, n_kv);
+            memset(out + i * hd, 0, (size_t)hd * sizeof(float));
+        }
+        for (int64_t p = 0; p < n_kv; p++) {
+            const uint8_t *row = kv->v + (size_t)kv->blocks[p / kv->block] * kv->block_stride +
+                                 (size_t)(p % kv->block) * kv->row_bytes;
+            for (int64_t c = 0; c < nc; c++)
+                r[c] = attn_load16(row, c, kv->type);
+            for (int64_t i = 0; i < nh; i++) {
+                float *oi = out + i * hd;
+                const __m512 w = _mm512_set1_ps(sc[i * n_kv + p]);
+                for (int64_t c = 0; c < nc; c++)
+                    _mm512_storeu_ps(oi + 16 * c,
+                                     _mm512_fmadd_ps(w, r[c], _mm512_loadu_ps(oi + 16 * c)));
+            }
+        }
+    }
+}
+
 #endif /* KERNELS_X86 */
 
 /* ---- selection --------------------------------------------------------- */
@@ -1028,13 +1096,83 @@ LLORCH_API void kernels_round_q8_0(float *x, int64_t n)
 
 /* ---- attention --------------------------------------------------------- */
 
-LLORCH_API void kernels_attention(const struct kernels *k, const struct kernels_attn *a)
+/* Rows of up to this many elements are converted on the stack; longer
+ * heads (none of the supported models) use the typed kernels directly. */
+#define KERNELS_ATTN_ROW_MAX 512
+
+/* Position p's K (or V) row of the view as f32: a pointer into the cache for
+ * f32, else converted into buf. */
+static const float *attn_row(const struct kernels *k, const struct kernels_kv_view *kv,
+                             const uint8_t *base, int64_t p, int64_t hd, float *buf)
 {
+    const uint8_t *row = base + (size_t)kv->blocks[p / kv->block] * kv->block_stride +
+                         (size_t)(p % kv->block) * kv->row_bytes;
+    switch (kv->type) {
+    case LLORCH_KV_F16:
+        k->from_f16(buf, (const uint16_t *)(const void *)row, hd);
+        return buf;
+    case LLORCH_KV_BF16:
+        for (int64_t d = 0; d < hd; d++) {
+            uint16_t h;
+            memcpy(&h, row + 2 * d, 2);
+            buf[d] = kernels_bf16_to_f32(h);
+        }
+        return buf;
+    default:
+        return (const float *)(const void *)row;
+    }
+}
+
+/* Every head of a GQA group per K/V row: one conversion of the row, then
+ * one f32 dot (axpy) per head. The conversion is exact, so each (row, head)
+ * sees the same f32 values whatever the group size. */
+static void attention_group(const struct kernels *k, const struct kernels_attn *a, int64_t nh)
+{
+#if KERNELS_X86
+    if (k->isa == KERNELS_ISA_AVX512 && a->head_dim % 16 == 0 && a->head_dim <= 256) {
+        attention_group_avx512(k, a, nh);
+        return;
+    }
+#endif
     const struct kernels_kv_view *kv = a->kv;
     const int64_t hd = a->head_dim;
+    float buf[KERNELS_ATTN_ROW_MAX];
     for (int64_t t = 0; t < a->n_q; t++) {
         const float *q = a->q + t * a->q_stride;
         float *out = a->out + t * a->out_stride;
+        const int64_t n_kv = a->pos0 + t + 1;
+        /* scores of head i at sc + i * n_kv */
+        float *sc = a->scores;
+        for (int64_t p = 0; p < n_kv; p++) {
+            const float *kr = attn_row(k, kv, kv->k, p, hd, buf);
+            for (int64_t i = 0; i < nh; i++)
+                sc[i * n_kv + p] = k->dot(q + i * hd, kr, hd) * a->scale;
+        }
+        for (int64_t i = 0; i < nh; i++) {
+            k->softmax(sc + i * n_kv, n_kv);
+            memset(out + i * hd, 0, (size_t)hd * sizeof(float));
+        }
+        for (int64_t p = 0; p < n_kv; p++) {
+            const float *vr = attn_row(k, kv, kv->v, p, hd, buf);
+            for (int64_t i = 0; i < nh; i++)
+                k->axpy(out + i * hd, sc[i * n_kv + p], vr, hd);
+        }
+    }
+}
+
+LLORCH_API void kernels_attention(const struct kernels *k, const struct kernels_attn *a)
+{
+    if (a->head_dim <= KERNELS_ATTN_ROW_MAX) {
+        attention_group(k, a, a->n_head > 1 ? a->n_head : 1);
+        return;
+    }
+    const struct kernels_kv_view *kv = a->kv;
+    const int64_t hd = a->head_dim;
+    const int64_t nh = a->n_head > 1 ? a->n_head : 1;
+    for (int64_t th = 0; th < a->n_q * nh; th++) {
+        const int64_t t = th / nh, i = th % nh;
+        const float *q = a->q + t * a->q_stride + i * hd;
+        float *out = a->out + t * a->out_stride + i * hd;
         const int64_t n_kv = a->pos0 + t + 1;
         float *sc = a->scores;
         /* scores = scale * q . k_p, block by block through the table */

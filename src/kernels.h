@@ -121,6 +121,12 @@ struct kernels_attn {
     float scale;
     const struct kernels_kv_view *kv;
     float *scores;
+    /* GQA: n_head query heads (0 means 1) that share this K/V head, head i of
+     * row t at q + t*q_stride + i*head_dim (out likewise). Each K/V row is
+     * read and converted to f32 once for all of them. scores then needs
+     * n_head * (pos0 + n_q) floats. Each (row, head) result depends only on
+     * that row's q and the cache, not on n_q or n_head. */
+    int64_t n_head;
 };
 void kernels_attention(const struct kernels *k, const struct kernels_attn *a);
 

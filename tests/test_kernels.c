@@ -555,6 +555,64 @@ static void kernels_attention_over_paged_kv_matches_double_reference(void **stat
     }
 }
 
+/* A GQA group (three query heads sharing one K/V head) in one call gives,
+ * head for head, the same bits as each head alone, in every KV type, and
+ * does not depend on how many query rows the call has. */
+static void kernels_attention_group_matches_each_head_alone(void **state)
+{
+    (void)state;
+    const struct kernels *ks[KERNELS_ISA_COUNT_];
+    int nk = isas(ks);
+    enum { HD = 24, NH = 3, BLK = 16, NBLK = 4, NPOS = 50, NQ = 4 };
+    const uint32_t blocks[NBLK] = {2, 3, 0, 1};
+    static float q[NQ][NH * HD], out[NQ][NH * HD], one[HD], scores[NH * NPOS];
+    static uint8_t kstore[NBLK * BLK * HD * 4], vstore[NBLK * BLK * HD * 4];
+    for (int t = 0; t < NQ; t++)
+        fill(q[t], NH * HD, 2.0f);
+    const enum llorch_kv_type types[3] = {LLORCH_KV_F32, LLORCH_KV_F16, LLORCH_KV_BF16};
+    for (int ti = 0; ti < 3; ti++) {
+        const size_t elem = types[ti] == LLORCH_KV_F32 ? 4 : 2;
+        for (size_t b = 0; b < sizeof kstore / elem; b++) {
+            float kv2[2];
+            fill(kv2, 2, 1.0f);
+            if (elem == 4) {
+                memcpy(kstore + b * 4, &kv2[0], 4);
+                memcpy(vstore + b * 4, &kv2[1], 4);
+            } else {
+                uint16_t hk = types[ti] == LLORCH_KV_F16 ? kernels_f32_to_f16(kv2[0])
+                                                         : kernels_f32_to_bf16(kv2[0]);
+                uint16_t hv = types[ti] == LLORCH_KV_F16 ? kernels_f32_to_f16(kv2[1])
+                                                         : kernels_f32_to_bf16(kv2[1]);
+                memcpy(kstore + b * 2, &hk, 2);
+                memcpy(vstore + b * 2, &hv, 2);
+            }
+        }
+        const struct kernels_kv_view kv = {
+            .k = kstore, .v = vstore, .block_stride = (size_t)BLK * HD * elem,
+            .row_bytes = (size_t)HD * elem, .block = BLK, .type = types[ti], .blocks = blocks,
+        };
+        const int64_t pos0 = NPOS - NQ;
+        for (int k = 0; k < nk; k++) {
+            struct kernels_attn a = {
+                .q = q[0], .q_stride = NH * HD, .out = out[0], .out_stride = NH * HD,
+                .n_q = NQ, .pos0 = pos0, .head_dim = HD, .scale = 0.3f, .kv = &kv,
+                .scores = scores, .n_head = NH,
+            };
+            kernels_attention(ks[k], &a);
+            for (int t = 0; t < NQ; t++)
+                for (int h = 0; h < NH; h++) {
+                    struct kernels_attn b = {
+                        .q = q[t] + h * HD, .q_stride = NH * HD, .out = one, .out_stride = HD,
+                        .n_q = 1, .pos0 = pos0 + t, .head_dim = HD, .scale = 0.3f, .kv = &kv,
+                        .scores = scores,
+                    };
+                    kernels_attention(ks[k], &b);
+                    assert_memory_equal(one, out[t] + h * HD, sizeof one);
+                }
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -572,6 +630,7 @@ int main(void)
         cmocka_unit_test(kernels_rope_matches_double_reference_over_positions),
         cmocka_unit_test(kernels_round_q8_0_quantises_blocks_of_32),
         cmocka_unit_test(kernels_attention_over_paged_kv_matches_double_reference),
+        cmocka_unit_test(kernels_attention_group_matches_each_head_alone),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
