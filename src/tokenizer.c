@@ -153,9 +153,15 @@ struct strtab {
     uint32_t max_len;
 };
 
+/* The tail is read with fixed-size loads (overlapping ones where it is
+ * shorter than the load): a variable-length memcpy into the word compiles to
+ * a byte loop whose stores the next load has to wait for. Only equality of
+ * hashes matters (lookups), never their values. */
 static uint64_t hash_bytes(const char *s, size_t n)
 {
     uint64_t h = 0x9E3779B97F4A7C15ull ^ ((uint64_t)n * 0xff51afd7ed558ccdull);
+    const char *end = s + n;
+    bool whole = n >= 8;
     while (n >= 8) {
         uint64_t v;
         memcpy(&v, s, 8);
@@ -165,7 +171,17 @@ static uint64_t hash_bytes(const char *s, size_t n)
         n -= 8;
     }
     uint64_t v = 0;
-    memcpy(&v, s, n);
+    if (n && whole) {
+        memcpy(&v, end - 8, 8);
+    } else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, s, 4);
+        memcpy(&b, end - 4, 4);
+        v = ((uint64_t)b << 32) | a;
+    } else if (n) {
+        v = (uint64_t)(unsigned char)s[0] | (uint64_t)(unsigned char)s[n / 2] << 8 |
+            (uint64_t)(unsigned char)s[n - 1] << 16;
+    }
     h = (h ^ v) * 0x94d049bb133111ebull;
     h ^= h >> 29;
     h *= 0xbf58476d1ce4e5b9ull;
