@@ -857,16 +857,20 @@ static int spm_encode(struct enc *e, const char *text, size_t len, bool space_pr
     /* No token has "▁" after another character (checked at load), so no
      * merge crosses the start of a "▁" run and each stretch from one run to
      * the next merges alone, in the same relative order as in one queue. */
+    /* "▁" starts with 0xE2, a lead byte: in a piece of valid UTF-8 every
+     * 0xE2 starts a character, so only those need looking at. */
     size_t s0 = 0;
-    for (size_t o = 0; o < bl;) {
-        size_t n = utf8_len_lead((unsigned char)e->buf[o]);
+    for (size_t o = 0; o < bl; o++) {
+        const char *p = memchr(e->buf + o, 0xE2, bl - o);
+        if (!p)
+            break;
+        o = (size_t)(p - e->buf);
         if (o > s0 && o + 3 <= bl && is_lower_block(e->buf + o) &&
             !(o >= 3 && is_lower_block(e->buf + o - 3))) {
             if ((rc = spm_segment(e, s0, o)))
                 return rc;
             s0 = o;
         }
-        o += n;
     }
     return spm_segment(e, s0, bl);
 }
