@@ -153,9 +153,15 @@ struct strtab {
     uint32_t max_len;
 };
 
+/* The tail is read with fixed-size loads (overlapping ones where it is
+ * shorter than the load): a variable-length memcpy into the word compiles to
+ * a byte loop whose stores the next load has to wait for. Only equality of
+ * hashes matters (lookups), never their values. */
 static uint64_t hash_bytes(const char *s, size_t n)
 {
     uint64_t h = 0x9E3779B97F4A7C15ull ^ ((uint64_t)n * 0xff51afd7ed558ccdull);
+    const char *end = s + n;
+    bool whole = n >= 8;
     while (n >= 8) {
         uint64_t v;
         memcpy(&v, s, 8);
@@ -165,7 +171,17 @@ static uint64_t hash_bytes(const char *s, size_t n)
         n -= 8;
     }
     uint64_t v = 0;
-    memcpy(&v, s, n);
+    if (n && whole) {
+        memcpy(&v, end - 8, 8);
+    } else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, s, 4);
+        memcpy(&b, end - 4, 4);
+        v = ((uint64_t)b << 32) | a;
+    } else if (n) {
+        v = (uint64_t)(unsigned char)s[0] | (uint64_t)(unsigned char)s[n / 2] << 8 |
+            (uint64_t)(unsigned char)s[n - 1] << 16;
+    }
     h = (h ^ v) * 0x94d049bb133111ebull;
     h ^= h >> 29;
     h *= 0xbf58476d1ce4e5b9ull;
@@ -549,10 +565,22 @@ static inline uint32_t score_key(float s)
 /* Per-call scratch and output. */
 
 struct sym {
-    int32_t id; /* BPE: string id, -1 if unknown */
+    int32_t id; /* BPE: string id, -1 if unknown; SPM: token id once merged */
     uint32_t off, n;
     int32_t prev, next;
+    /* Short words only (SCAN_MAX): the queue key of the merge of this symbol
+     * with the next one (UINT64_MAX: none) and the id that merge gives. */
+    int32_t pair_id;
+    uint64_t pair_key;
 };
+
+/* Words of at most this many symbols merge by scanning their symbols for the
+ * best pair instead of through the heap. The queue only ever pops the least
+ * key among the pairs adjacent right now (a stale entry fails the size and
+ * adjacency checks; one that passes is the same pair), and a symbol keeps its
+ * index when it absorbs its right neighbour, so both pick the same merges in
+ * the same order; the scan skips the heap and looks each pair up once. */
+#define SCAN_MAX 48
 
 struct span {
     size_t off, len;
@@ -671,6 +699,47 @@ static int spm_try_bigram(struct enc *e, int32_t l, int32_t r)
     return heap_push(&e->heap, c);
 }
 
+/* Sets the pair key and id of sym[l] and the symbol after it (SPM). */
+static void spm_pair(struct enc *e, int32_t l)
+{
+    const struct tokenizer *t = e->t;
+    struct sym *s = &e->sym[l];
+    s->pair_key = UINT64_MAX;
+    if (s->next < 0)
+        return;
+    int32_t id = strtab_find(&t->st, e->buf + s->off, (size_t)s->n + e->sym[s->next].n);
+    if (id < 0 || (uint32_t)id >= t->n_vocab)
+        return;
+    s->pair_key = ((uint64_t)score_key(t->score[id]) << 32) | (uint32_t)l;
+    s->pair_id = id;
+}
+
+/* The symbol (from the first, index 0) whose pair with the next has the
+ * least key, or -1 when no pair merges. */
+static int32_t scan_best(const struct sym *sym)
+{
+    uint64_t best = UINT64_MAX;
+    int32_t bi = -1;
+    for (int32_t i = 0; i != -1; i = sym[i].next)
+        if (sym[i].pair_key < best) {
+            best = sym[i].pair_key;
+            bi = i;
+        }
+    return bi;
+}
+
+/* Merges sym[l] with the next symbol into id. */
+static void sym_absorb_next(struct sym *sym, int32_t l, int32_t id)
+{
+    struct sym *ls = &sym[l], *rs = &sym[ls->next];
+    ls->id = id;
+    ls->n += rs->n;
+    rs->n = 0;
+    ls->next = rs->next;
+    if (rs->next >= 0)
+        sym[rs->next].prev = l;
+}
+
 static int spm_segment_merge(struct enc *e, size_t b0, size_t b1);
 
 /* One independent stretch buf[b0, b1) of the escaped text, through the word
@@ -695,16 +764,28 @@ static int spm_segment_merge(struct enc *e, size_t b0, size_t b1)
     int32_t ns = 0;
     for (size_t o = b0; o < b1;) {
         size_t n = LLORCH_MIN(utf8_len_lead((unsigned char)e->buf[o]), b1 - o);
-        e->sym[ns] = (struct sym){-1, (uint32_t)o, (uint32_t)n, ns - 1, o + n == b1 ? -1 : ns + 1};
+        e->sym[ns] = (struct sym){-1, (uint32_t)o, (uint32_t)n, ns - 1, o + n == b1 ? -1 : ns + 1,
+                                  -1, UINT64_MAX};
         o += n;
         ns++;
     }
     if (ns == 0)
         return 0;
     e->heap.n = 0;
-    for (int32_t i = 1; i < ns; i++)
-        if ((rc = spm_try_bigram(e, i - 1, i)))
-            return rc;
+    if (ns <= SCAN_MAX) {
+        for (int32_t i = 0; i < ns; i++)
+            spm_pair(e, i);
+        for (int32_t l; (l = scan_best(e->sym)) >= 0;) {
+            sym_absorb_next(e->sym, l, e->sym[l].pair_id);
+            if (e->sym[l].prev >= 0)
+                spm_pair(e, e->sym[l].prev);
+            spm_pair(e, l);
+        }
+    } else {
+        for (int32_t i = 1; i < ns; i++)
+            if ((rc = spm_try_bigram(e, i - 1, i)))
+                return rc;
+    }
     while (e->heap.n) {
         struct cand c = heap_pop(&e->heap);
         int32_t l = (int32_t)(uint32_t)c.key, r = c.right;
@@ -723,7 +804,7 @@ static int spm_segment_merge(struct enc *e, size_t b0, size_t b1)
      * falls back to its bytes. */
     for (int32_t i = 0; i != -1; i = e->sym[i].next) {
         const struct sym *s = &e->sym[i];
-        int32_t id = strtab_find(&t->st, e->buf + s->off, s->n);
+        int32_t id = s->id >= 0 ? s->id : strtab_find(&t->st, e->buf + s->off, s->n);
         if (id >= 0 && (uint32_t)id < t->n_vocab) {
             emit(e, id);
             continue;
@@ -776,16 +857,20 @@ static int spm_encode(struct enc *e, const char *text, size_t len, bool space_pr
     /* No token has "▁" after another character (checked at load), so no
      * merge crosses the start of a "▁" run and each stretch from one run to
      * the next merges alone, in the same relative order as in one queue. */
+    /* "▁" starts with 0xE2, a lead byte: in a piece of valid UTF-8 every
+     * 0xE2 starts a character, so only those need looking at. */
     size_t s0 = 0;
-    for (size_t o = 0; o < bl;) {
-        size_t n = utf8_len_lead((unsigned char)e->buf[o]);
+    for (size_t o = 0; o < bl; o++) {
+        const char *p = memchr(e->buf + o, 0xE2, bl - o);
+        if (!p)
+            break;
+        o = (size_t)(p - e->buf);
         if (o > s0 && o + 3 <= bl && is_lower_block(e->buf + o) &&
             !(o >= 3 && is_lower_block(e->buf + o - 3))) {
             if ((rc = spm_segment(e, s0, o)))
                 return rc;
             s0 = o;
         }
-        o += n;
     }
     return spm_segment(e, s0, bl);
 }
@@ -810,6 +895,30 @@ static int bpe_add(struct enc *e, int32_t l, int32_t r)
             struct cand c = {((uint64_t)(uint32_t)m->rank << 32) | (uint32_t)l, r,
                              e->sym[l].n + e->sym[r].n};
             return heap_push(&e->heap, c);
+        }
+    }
+}
+
+/* Sets the pair key and id of sym[l] and the symbol after it (BPE). */
+static void bpe_pair(struct enc *e, int32_t l)
+{
+    const struct tokenizer *t = e->t;
+    struct sym *s = &e->sym[l];
+    s->pair_key = UINT64_MAX;
+    if (s->next < 0)
+        return;
+    int32_t a = s->id, b = e->sym[s->next].id;
+    if (a < 0 || b < 0 || !t->merges)
+        return;
+    uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
+    for (uint32_t i = merge_hash(key) & t->merge_mask;; i = (i + 1) & t->merge_mask) {
+        const struct merge_slot *m = &t->merges[i];
+        if (m->key == UINT64_MAX)
+            return;
+        if (m->key == key) {
+            s->pair_key = ((uint64_t)(uint32_t)m->rank << 32) | (uint32_t)l;
+            s->pair_id = m->merged;
+            return;
         }
     }
 }
@@ -858,7 +967,7 @@ static int bpe_word_merge(struct enc *e, const char *w, size_t len)
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)w[i];
         e->sym[i] = (struct sym){t->byte_sym[c], (uint32_t)bl, t->byte_enc_len[c], (int32_t)i - 1,
-                                 i + 1 == len ? -1 : (int32_t)i + 1};
+                                 i + 1 == len ? -1 : (int32_t)i + 1, -1, UINT64_MAX};
         memcpy(e->buf + bl, t->byte_enc[c], t->byte_enc_len[c]);
         bl += t->byte_enc_len[c];
     }
@@ -871,9 +980,20 @@ static int bpe_word_merge(struct enc *e, const char *w, size_t len)
     }
     int32_t ns = (int32_t)len;
     e->heap.n = 0;
-    for (int32_t i = 1; i < ns; i++)
-        if ((rc = bpe_add(e, i - 1, i)))
-            return rc;
+    if (ns <= SCAN_MAX) {
+        for (int32_t i = 0; i < ns; i++)
+            bpe_pair(e, i);
+        for (int32_t l; (l = scan_best(e->sym)) >= 0;) {
+            sym_absorb_next(e->sym, l, e->sym[l].pair_id);
+            if (e->sym[l].prev >= 0)
+                bpe_pair(e, e->sym[l].prev);
+            bpe_pair(e, l);
+        }
+    } else {
+        for (int32_t i = 1; i < ns; i++)
+            if ((rc = bpe_add(e, i - 1, i)))
+                return rc;
+    }
     while (e->heap.n) {
         struct cand c = heap_pop(&e->heap);
         int32_t l = (int32_t)(uint32_t)c.key, r = c.right;
