@@ -35,6 +35,7 @@
 #include "forward.h"
 #include "kernels.h"
 #include "kv.h"
+#include "bench_common.h"
 #include "llorch/llorch.h"
 #include "matmul.h"
 #include "model.h"
@@ -61,71 +62,10 @@ struct cfg {
     int chunk_max_tokens; /* ... and at most this many tokens (B x steps), >= 2 steps */
 };
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* ---- machine ----------------------------------------------------------- */
 
-static void cpu_info(char *model, size_t mcap, char *flags, size_t fcap)
-{
-    snprintf(model, mcap, "unknown");
-    flags[0] = 0;
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f)
-        return;
-    static const char *want[] = {"avx2",     "fma",         "avx512f",     "avx512bw",
-                                 "avx512vl", "avx512_vnni", "avx512_bf16", "avx_vnni",
-                                 "amx_tile", "amx_bf16",    "amx_int8"};
-    char line[8192];
-    bool got_model = false, got_flags = false;
-    while (fgets(line, sizeof line, f) && !(got_model && got_flags)) {
-        line[strcspn(line, "\n")] = ' ';
-        if (!got_model && strncmp(line, "model name", 10) == 0) {
-            char *c = strchr(line, ':');
-            if (c) {
-                snprintf(model, mcap, "%s", c + 2);
-                for (size_t n = strlen(model); n > 0 && model[n - 1] == ' '; n--)
-                    model[n - 1] = 0;
-                got_model = true;
-            }
-        } else if (!got_flags && strncmp(line, "flags", 5) == 0) {
-            size_t used = 0;
-            for (size_t i = 0; i < LLORCH_ARRAY_SIZE(want); i++) {
-                char pat[64];
-                snprintf(pat, sizeof pat, " %s ", want[i]);
-                if (strstr(line, pat) && used + strlen(want[i]) + 2 < fcap)
-                    used += (size_t)snprintf(flags + used, fcap - used, "%s%s", used ? " " : "",
-                                             want[i]);
-            }
-            got_flags = true;
-        }
-    }
-    fclose(f);
-}
 
-static uint64_t llc_bytes(void)
-{
-    uint64_t best = 0;
-    for (int idx = 0; idx < 8; idx++) {
-        char path[96], buf[32] = {0};
-        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/size", idx);
-        FILE *f = fopen(path, "r");
-        if (!f)
-            break;
-        if (fgets(buf, sizeof buf, f)) {
-            char *end;
-            uint64_t v = strtoull(buf, &end, 10);
-            v *= *end == 'M' ? (1u << 20) : *end == 'K' ? 1024u : 1u;
-            best = v > best ? v : best;
-        }
-        fclose(f);
-    }
-    return best;
-}
 
 /* ---- read bandwidth ---------------------------------------------------- */
 
@@ -167,12 +107,12 @@ static double bw_trial(struct bw *c, double min_s)
     double best = 0;
     for (int pf = 0; pf < 2; pf++) {
         c->prefetch = pf ? 512 : 0;
-        double t0 = now_s(), dt;
+        double t0 = bench_now_s(), dt;
         int passes = 0;
         do {
             tpool_parallel_for(c->pool, c->n, 1, bw_task, c);
             passes++;
-            dt = now_s() - t0;
+            dt = bench_now_s() - t0;
         } while (dt < min_s);
         best = LLORCH_MAX(best, (double)passes * (double)(c->n * c->chunk) / dt);
     }
@@ -181,18 +121,6 @@ static double bw_trial(struct bw *c, double min_s)
 
 /* ---- GEMM peak --------------------------------------------------------- */
 
-static float *rand_floats(int64_t n, uint64_t seed)
-{
-    float *a = malloc(sizeof(float) * (size_t)n);
-    if (!a)
-        return NULL;
-    uint64_t s = seed * 2654435761u + 1;
-    for (int64_t i = 0; i < n; i++) {
-        s = s * 6364136223846793005ull + 1442695040888963407ull;
-        a[i] = (float)((double)(s >> 40) / (double)(1ull << 24) * 2.0 - 1.0);
-    }
-    return a;
-}
 
 /* One raw oneDNN matmul primitive on nthr OpenMP threads, weights in the
  * layout it prefers (plain reorder; int8 values simply rounded, which is all
@@ -316,7 +244,7 @@ static int peak_new(struct peak *p, struct tpool *pool, enum llorch_dtype dt, co
 {
     memset(p, 0, sizeof *p);
     p->m = m, p->n = n, p->k = k;
-    p->x = rand_floats(m * k, 7);
+    p->x = bench_rand_floats(m * k, 7);
     p->y = malloc(sizeof(float) * (size_t)(m * n));
     if (!p->x || !p->y || matmul_weight_new(&p->w, w, n, k, dt, m, pool) != 0)
         return -1;
@@ -338,13 +266,13 @@ static void peak_free(struct peak *p)
 static void peak_round(struct peak *p, struct tpool *pool)
 {
     const double ops = 2.0 * (double)p->m * (double)p->n * (double)p->k;
-    double t0 = now_s();
+    double t0 = bench_now_s();
     if (matmul_run(p->w, p->x, p->y, p->m, pool) == 0)
-        p->pool_best = LLORCH_MAX(p->pool_best, ops / (now_s() - t0));
+        p->pool_best = LLORCH_MAX(p->pool_best, ops / (bench_now_s() - t0));
     if (p->have_raw) {
-        t0 = now_s();
+        t0 = bench_now_s();
         if (raw_run(&p->raw) == 0)
-            p->raw_best = LLORCH_MAX(p->raw_best, ops / (now_s() - t0));
+            p->raw_best = LLORCH_MAX(p->raw_best, ops / (bench_now_s() - t0));
     }
 }
 
@@ -479,13 +407,13 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
     };
     struct dec d = {.n_vocab = hp->n_vocab, .rng = 12345};
     char err[256];
-    double t0 = now_s();
+    double t0 = bench_now_s();
     int rc = forward_new(&d.fw, m, &fo, err, sizeof err);
     if (rc < 0) {
         printf("%s: forward_new failed: %s\n", dn, err[0] ? err : llorch_strerror(rc));
         return rc;
     }
-    double t_load = now_s() - t0;
+    double t_load = bench_now_s() - t0;
     d.kv = forward_kv(d.fw);
     d.seq = calloc(max_b, sizeof *d.seq);
     d.e = calloc(max_b, sizeof *d.e);
@@ -506,7 +434,7 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
     printf("oneDNN impl of the peak weight: %s\n", matmul_weight_impl(pk.w));
 
     /* prefill every sequence's prompt, step_tokens tokens per step */
-    t0 = now_s();
+    t0 = bench_now_s();
     uint32_t next = 0;
     while (rc == 0 && next < max_b) {
         uint32_t n = 0;
@@ -530,7 +458,7 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
         goto out;
     }
     printf("prefill: %u sequences x %u tokens in %.2f s (%.1f tok/s)\n", max_b, cf->prompt,
-           now_s() - t0, (double)max_b * cf->prompt / (now_s() - t0));
+           bench_now_s() - t0, (double)max_b * cf->prompt / (bench_now_s() - t0));
 
     struct batch_result res[DEC_MAX_BATCHES];
     int n_res = 0;
@@ -548,10 +476,10 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
             r->bw = LLORCH_MAX(r->bw, bw_trial(bwc, cf->bw_s));
             r->peak = LLORCH_MAX(pk.pool_best, pk.raw_best);
             int steps = 0;
-            double c0 = now_s(), t = c0;
+            double c0 = bench_now_s(), t = c0;
             while (rc == 0 && steps < max_steps && (steps < 2 || t - c0 < cf->chunk_s)) {
                 rc = dec_step(&d, b);
-                double t2 = now_s();
+                double t2 = bench_now_s();
                 times[nt++] = t2 - t;
                 t = t2;
                 steps++;
@@ -718,8 +646,8 @@ int main(int argc, char **argv)
     }
     const int P = tpool_size(pool);
     char cpu[256], flags[512];
-    cpu_info(cpu, sizeof cpu, flags, sizeof flags);
-    const uint64_t llc = llc_bytes();
+    bench_cpu_model(cpu, sizeof cpu, flags, sizeof flags);
+    const uint64_t llc = bench_llc_bytes();
     double load[3] = {0};
     FILE *la = fopen("/proc/loadavg", "r");
     if (la) {
@@ -747,7 +675,7 @@ int main(int argc, char **argv)
     }
     struct model *m;
     char err[256];
-    double t0 = now_s();
+    double t0 = bench_now_s();
     if ((rc = model_load(&m, cf.model, err, sizeof err)) < 0) {
         fprintf(stderr, "%s: %s\n", cf.model, err[0] ? err : llorch_strerror(rc));
         return 1;
@@ -756,7 +684,7 @@ int main(int argc, char **argv)
     printf("model: %s (%s): %s, %u layers, n_embd %u, n_ff %u, heads %u / kv %u, head_dim %u, "
            "vocab %u; loaded in %.1f s\n",
            cf.model, m->name, model_arch_name(hp->arch), hp->n_layer, hp->n_embd, hp->n_ff,
-           hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_vocab, now_s() - t0);
+           hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_vocab, bench_now_s() - t0);
 
     /* read buffer: far beyond the last-level cache, bounded for a shared box */
     const uint64_t mib = 1u << 20;
@@ -764,7 +692,7 @@ int main(int argc, char **argv)
     struct bw bwc = {.pool = pool, .chunk = 1 << 20};
     bwc.n = (int64_t)(bw_bytes / (uint64_t)bwc.chunk);
     uint8_t *bwbuf = NULL;
-    float *wpeak = rand_floats(4096 * 4096, 1);
+    float *wpeak = bench_rand_floats(4096 * 4096, 1);
     if (!wpeak || posix_memalign((void **)&bwbuf, 4096, bw_bytes) != 0) {
         fprintf(stderr, "out of memory\n");
         return 1;

@@ -10,7 +10,6 @@
  *     decode step; batch 1 as a ratio to the read bandwidth, batch 64 as a
  *     ratio to the GEMM peak.
  * Prints figures and ratios; never asserts. --quick runs in a few seconds. */
-#include <cpuid.h>
 #include <immintrin.h>
 #include <omp.h>
 #include <stdio.h>
@@ -21,6 +20,7 @@
 
 #include <oneapi/dnnl/dnnl.h>
 
+#include "bench_common.h"
 #include "llorch/llorch.h"
 #include "matmul.h"
 #include "tpool.h"
@@ -34,97 +34,10 @@ struct cfg {
     int trials;         /* best of */
 };
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* ---- machine ---- */
 
-static void cpu_model(char *out, size_t cap, char *flags, size_t fcap)
-{
-    snprintf(out, cap, "unknown");
-    flags[0] = 0;
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f)
-        return;
-    static const char *want[] = {"avx2",        "fma",         "avx512f",  "avx512bw",
-                                 "avx512vl",    "avx512_vnni", "avx512_bf16", "avx_vnni",
-                                 "avx512_fp16", "amx_tile",    "amx_bf16", "amx_int8"};
-    char line[8192];
-    bool got_model = false, got_flags = false;
-    while (fgets(line, sizeof(line), f) && !(got_model && got_flags)) {
-        if (!got_model && strncmp(line, "model name", 10) == 0) {
-            char *c = strchr(line, ':');
-            if (c) {
-                c += 2;
-                c[strcspn(c, "\n")] = 0;
-                snprintf(out, cap, "%s", c);
-                got_model = true;
-            }
-        } else if (!got_flags && strncmp(line, "flags", 5) == 0) {
-            size_t used = 0;
-            for (size_t i = 0; i < LLORCH_ARRAY_SIZE(want); i++) {
-                char pat[64];
-                snprintf(pat, sizeof(pat), " %s ", want[i]);
-                line[strcspn(line, "\n")] = ' ';
-                if (strstr(line, pat) && used + strlen(want[i]) + 2 < fcap)
-                    used += (size_t)snprintf(flags + used, fcap - used, "%s%s", used ? " " : "",
-                                             want[i]);
-            }
-            got_flags = true;
-        }
-    }
-    fclose(f);
-}
 
-/* Last-level cache size: sysfs, else CPUID (leaf 4 on Intel, 0x8000001D
- * on AMD, then AMD's legacy 0x80000006), since VMs often hide one or two. */
-static uint64_t llc_bytes(void)
-{
-    uint64_t best = 0;
-    for (int idx = 0; idx < 8; idx++) {
-        char path[96], buf[32] = {0};
-        snprintf(path, sizeof(path), "/sys/devices/system/cpu/cpu0/cache/index%d/size", idx);
-        FILE *f = fopen(path, "r");
-        if (!f)
-            break;
-        if (fgets(buf, sizeof(buf), f)) {
-            char *end;
-            uint64_t v = strtoull(buf, &end, 10);
-            v *= *end == 'M' ? (1u << 20) : *end == 'K' ? 1024u : 1u;
-            best = v > best ? v : best;
-        }
-        fclose(f);
-    }
-    if (best)
-        return best;
-    unsigned a, b, c, d;
-    unsigned leaves[2] = {4, 0x8000001D};
-    for (int l = 0; l < 2 && !best; l++) {
-        unsigned max = l == 0 ? __get_cpuid_max(0, NULL) : __get_cpuid_max(0x80000000, NULL);
-        if (max < leaves[l])
-            continue;
-        for (unsigned sub = 0; sub < 16; sub++) {
-            __cpuid_count(leaves[l], sub, a, b, c, d);
-            if ((a & 0x1f) == 0)
-                break;
-            uint64_t ways = ((b >> 22) & 0x3ff) + 1, parts = ((b >> 12) & 0x3ff) + 1;
-            uint64_t line = (b & 0xfff) + 1, sets = (uint64_t)c + 1;
-            uint64_t size = ways * parts * line * sets;
-            best = size > best ? size : best;
-        }
-    }
-    if (!best && __get_cpuid_max(0x80000000, NULL) >= 0x80000006) {
-        __cpuid(0x80000006, a, b, c, d);
-        best = (uint64_t)(d >> 18) * 512 * 1024; /* L3 in 512 KiB units */
-        if (!best)
-            best = (uint64_t)(c >> 16) * 1024; /* L2 in KiB */
-    }
-    return best;
-}
 
 /* ---- read bandwidth ---- */
 
@@ -159,18 +72,6 @@ static void bw_task(void *vctx, int64_t b, int64_t e, int worker)
 
 typedef int (*bench_fn)(void *ctx, int iter);
 
-static float *rand_floats(int64_t n, uint64_t seed)
-{
-    float *a = malloc(sizeof(float) * (size_t)n);
-    if (!a)
-        return NULL;
-    uint64_t s = seed * 2654435761u + 1;
-    for (int64_t i = 0; i < n; i++) {
-        s = s * 6364136223846793005ull + 1442695040888963407ull;
-        a[i] = (float)((double)(s >> 40) / (double)(1ull << 24) * 2.0 - 1.0);
-    }
-    return a;
-}
 
 /* ---- matmul_run over a set of weight copies ---- */
 
@@ -345,14 +246,14 @@ static void measure_group(struct meas *ms, int n, const struct cfg *cf)
             if (ms[i].best < 0)
                 continue;
             int calls = 0;
-            double t0 = now_s(), dt;
+            double t0 = bench_now_s(), dt;
             do {
                 if (ms[i].fn(ms[i].ctx, ms[i].iter++) != 0) {
                     ms[i].best = -1;
                     break;
                 }
                 calls++;
-                dt = now_s() - t0;
+                dt = bench_now_s() - t0;
             } while (dt < cf->min_trial_s);
             if (ms[i].best > 0 && dt / calls < ms[i].best)
                 ms[i].best = dt / calls;
@@ -466,8 +367,8 @@ int main(int argc, char **argv)
     }
     int P = tpool_size(pool);
     char model[256], flags[512];
-    cpu_model(model, sizeof(model), flags, sizeof(flags));
-    uint64_t llc = llc_bytes();
+    bench_cpu_model(model, sizeof(model), flags, sizeof(flags));
+    uint64_t llc = bench_llc_bytes();
     printf("machine: %s\n", model);
     printf("workers: %d (pool threads incl. caller%s), online CPUs: %ld\n", P,
            cf.pin ? ", pinned" : "", sysconf(_SC_NPROCESSORS_ONLN));
@@ -496,8 +397,8 @@ int main(int argc, char **argv)
 
     int64_t xmax = LLORCH_MAX(sh.gm * sh.gk, sh.batch * sh.vk);
     int64_t ymax = LLORCH_MAX(sh.gm * sh.gn, sh.batch * sh.vn);
-    float *wg = rand_floats(sh.gn * sh.gk, 1), *wv = rand_floats(sh.vn * sh.vk, 2);
-    float *x = rand_floats(xmax, 3), *y = rand_floats(ymax, 4);
+    float *wg = bench_rand_floats(sh.gn * sh.gk, 1), *wv = bench_rand_floats(sh.vn * sh.vk, 2);
+    float *x = bench_rand_floats(xmax, 3), *y = bench_rand_floats(ymax, 4);
     /* the roofline is the best of a plain streaming read and one with
      * software prefetch (which oneDNN's kernels use and which gained up to
      * ~10% on the Zen 5 VM) */
