@@ -522,14 +522,19 @@ static uint32_t sched_build_step(struct sched *s)
         struct sched_req *r = sched_req_of(q);
         n_decode += r->n_tok - r->n_done == 1;
     }
-    uint32_t budget = s->o.step_tokens > n_decode ? s->o.step_tokens - n_decode : 0;
+    /* step_tokens bounds the whole step (the engine was sized for it): the
+     * decodes come first, oldest first, and prompt chunks share the rest. */
+    uint32_t decode_left = LLORCH_MIN(n_decode, s->o.step_tokens);
+    uint32_t budget = s->o.step_tokens - decode_left;
     uint32_t n = 0;
     q = s->running.next;
     while (q != &s->running) {
         struct sched_req *r = sched_req_of(q);
         uint32_t pending = r->n_tok - r->n_done;
         bool decode = pending == 1;
-        uint32_t want = decode ? 1 : LLORCH_MIN(pending, budget);
+        uint32_t want = decode ? (decode_left > 0) : LLORCH_MIN(pending, budget);
+        if (decode && want)
+            decode_left--;
         bool self_preempted = false;
         int rc = 0;
         while (want > 0 && (rc = kv_seq_reserve(s->kv, r->seq, want)) < 0) {
@@ -745,8 +750,6 @@ LLORCH_API int sched_new(struct sched **out, struct forward *fw, const struct to
         s->o.max_queue = SCHED_DEFAULT_MAX_QUEUE;
     if (s->o.step_tokens == 0)
         s->o.step_tokens = SCHED_DEFAULT_STEP_TOKENS;
-    if (s->o.step_tokens < s->o.max_batch)
-        s->o.step_tokens = s->o.max_batch;
     s->n_vocab = forward_n_vocab(fw);
     s->n_ctx = forward_n_ctx(fw);
     struct kv_stats ks;

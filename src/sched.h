@@ -157,7 +157,8 @@ struct sched_opts {
     void *on_step_ctx;
 };
 /* The forward engine must allow max_seqs >= max_batch and max_step_tokens >=
- * step_tokens (step_tokens is raised to max_batch when smaller). */
+ * step_tokens. step_tokens bounds every step, decodes included: with
+ * step_tokens < max_batch not every stream advances every step. */
 
 struct sched_stats {
     uint32_t slots_total;         /* max_batch */

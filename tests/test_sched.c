@@ -118,8 +118,8 @@ static void h_open(struct harness *h, const struct h_opts *o)
         .kv_type = LLORCH_KV_F32,
         .kv_bytes = (o->kv_blocks ? o->kv_blocks : 2048) * kv_block_bytes(h->m),
         .n_ctx = 0,
-        .max_seqs = max_batch,
-        .max_step_tokens = LLORCH_MAX(step_tokens, max_batch),
+        .max_seqs = LLORCH_MIN(max_batch, step_tokens), /* the engine needs <= step_tokens */
+        .max_step_tokens = step_tokens,
         .pool = h->pool,
     };
     rc = forward_new(&h->fw, h->m, &fo, err, sizeof(err));
@@ -813,6 +813,37 @@ static void sched_held_events_stall_the_driver_without_losing_tokens(void **stat
     h_close(&h);
 }
 
+static void sched_engine_smaller_than_the_batch_still_completes_everyone(void **state)
+{
+    (void)state;
+    struct harness h;
+    /* 3 tokens and 3 sequences per step for 6 streams: the step budget and
+     * kv_seq_new running dry both make streams wait, never fail */
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 6, .step_tokens = 3});
+    static struct result solo[6], conc[6];
+    static llorch_token prompts[6][16];
+    char job[32];
+    for (int i = 0; i < 6; i++) {
+        make_prompt(prompts[i], 5 + (size_t)i, 900u + (uint32_t)i);
+        struct sched_params p = greedy(10);
+        p.ignore_eos = true;
+        snprintf(job, sizeof(job), "solo-%d", i);
+        assert_int_equal(submit_tokens(&h, &solo[i], job, prompts[i], 5 + (size_t)i, &p), 0);
+        h_wait_all(&h, &solo[i], 1);
+    }
+    for (int i = 0; i < 6; i++) {
+        struct sched_params p = greedy(10);
+        p.ignore_eos = true;
+        snprintf(job, sizeof(job), "conc-%d", i);
+        assert_int_equal(submit_tokens(&h, &conc[i], job, prompts[i], 5 + (size_t)i, &p), 0);
+    }
+    h_wait_all(&h, conc, 6);
+    for (int i = 0; i < 6; i++)
+        assert_same_output(&solo[i], &conc[i]);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -829,6 +860,7 @@ int main(void)
         cmocka_unit_test(sched_on_step_reports_every_step_with_its_tokens),
         cmocka_unit_test(sched_shutdown_ends_everything_and_refuses_new_work),
         cmocka_unit_test(sched_held_events_stall_the_driver_without_losing_tokens),
+        cmocka_unit_test(sched_engine_smaller_than_the_batch_still_completes_everyone),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
