@@ -284,8 +284,12 @@ static void daemon_load_work(uv_work_t *w)
         .kv_type = cfg->kv_type,
         .kv_bytes = (uint64_t)cfg->kv_cache_mb << 20,
         .n_ctx = cfg->ctx,
+        /* Every admitted stream holds a sequence; the engine needs
+         * max_seqs <= max_step_tokens, while the scheduler never puts more
+         * than step_tokens tokens in one step (streams take turns when
+         * step_tokens < max_batch). */
         .max_seqs = cfg->max_batch,
-        .max_step_tokens = LLORCH_MAX(cfg->step_tokens, cfg->max_batch), /* sched raises it so */
+        .max_step_tokens = LLORCH_MAX(cfg->step_tokens, cfg->max_batch),
         .pool = d->pool,
         .progress = daemon_load_progress,
         .progress_ctx = d,
