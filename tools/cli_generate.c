@@ -95,35 +95,21 @@ static bool gen_parse_u64(const char *s, uint64_t *out)
     return true;
 }
 
-/* "1,2,3" into ids; returns the count or -1. */
+/* "1,2,3" into a malloc'd ids array; returns the count or -1. A list of
+ * n ids has at least 2n-1 bytes, which bounds the array. */
 static long gen_parse_ids(const char *s, llorch_token **out)
 {
-    size_t cap = 16, n = 0;
-    llorch_token *ids = malloc(cap * sizeof(*ids));
+    long cap = (long)(strlen(s) / 2 + 1);
+    llorch_token *ids = malloc((size_t)cap * sizeof(*ids));
     if (!ids)
         return -1;
-    const char *p = s;
-    while (*p) {
-        char *end;
-        long v = strtol(p, &end, 10);
-        if (end == p || v < 0 || v > INT32_MAX || (*end && *end != ',')) {
-            free(ids);
-            return -1;
-        }
-        if (n == cap) {
-            llorch_token *g = realloc(ids, 2 * cap * sizeof(*ids));
-            if (!g) {
-                free(ids);
-                return -1;
-            }
-            ids = g;
-            cap *= 2;
-        }
-        ids[n++] = (llorch_token)v;
-        p = *end ? end + 1 : end;
+    long n = cli_ids_parse(s, ids, cap);
+    if (n < 0) {
+        free(ids);
+        return -1;
     }
     *out = ids;
-    return (long)n;
+    return n;
 }
 
 static uint64_t gen_now_ms(void)

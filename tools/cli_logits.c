@@ -27,27 +27,6 @@ static void logits_usage(FILE *to)
             "         [--steps 24 | --force 5,6,7] [--threads N] [--no-llama-rounding]\n");
 }
 
-/* "1,2,3" -> ids; returns the count or -1. */
-static long logits_parse_ids(const char *s, llorch_token *out, long cap)
-{
-    long n = 0;
-    const char *p = s;
-    while (*p) {
-        char *end;
-        errno = 0;
-        long v = strtol(p, &end, 10);
-        if (end == p || errno || v < 0 || v > INT32_MAX || n >= cap)
-            return -1;
-        out[n++] = (llorch_token)v;
-        p = end;
-        if (*p == ',')
-            p++;
-        else if (*p)
-            return -1;
-    }
-    return n;
-}
-
 struct logit_pair {
     llorch_token id;
     double lp;
@@ -231,7 +210,7 @@ int cli_logits_main(int argc, char **argv)
     if (tokenizer_new(&tok, m->file, err, sizeof err) < 0)
         tok = NULL; /* token ids still work; no text */
     if (tokens_arg) {
-        n_ids = logits_parse_ids(tokens_arg, ids, LOGITS_MAX_TOKENS);
+        n_ids = cli_ids_parse(tokens_arg, ids, LOGITS_MAX_TOKENS);
         if (n_ids <= 0) {
             fprintf(stderr, "llorch-cli logits: bad --tokens\n");
             status = 2;
@@ -253,7 +232,7 @@ int cli_logits_main(int argc, char **argv)
         n_ids = (long)n;
     }
     if (force_arg) {
-        n_forced = logits_parse_ids(force_arg, forced, LOGITS_MAX_TOKENS);
+        n_forced = cli_ids_parse(force_arg, forced, LOGITS_MAX_TOKENS);
         if (n_forced < 0) {
             fprintf(stderr, "llorch-cli logits: bad --force\n");
             status = 2;

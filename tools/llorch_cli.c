@@ -1,10 +1,33 @@
 /* llorch-cli: inspect, tokenize, detokenize, logits, generate. Dispatches to
  * the subcommand named by argv[1]; each subcommand parses its own flags. */
+#include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
 #include "llorch/config.h"
+
+long cli_ids_parse(const char *s, llorch_token *out, long cap)
+{
+    long n = 0;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 0 || v > INT32_MAX || n >= cap)
+            return -1;
+        out[n++] = (llorch_token)v;
+        p = end;
+        if (*p == ',')
+            p++;
+        else if (*p)
+            return -1;
+    }
+    return n;
+}
 
 struct subcommand {
     const char *name;
