@@ -130,12 +130,9 @@ static void mgr_log(struct mgr *m, enum config_log_level level, const char *msg,
 
 /* ---- handle bookkeeping -------------------------------------------------- */
 
-static void mgr_maybe_free(struct mgr *m)
+/* The memory and the libcurl global reference of m (its handles are gone). */
+static void mgr_release(struct mgr *m)
 {
-    if (!m->closing || m->handles_open)
-        return;
-    void (*cb)(void *) = m->close_cb;
-    void *ctx = m->close_ctx;
     if (m->curl_inited)
         curl_global_cleanup();
     free(m->callback_url);
@@ -143,6 +140,15 @@ static void mgr_maybe_free(struct mgr *m)
     free(m->payload);
     free(m->worker_id);
     free(m);
+}
+
+static void mgr_maybe_free(struct mgr *m)
+{
+    if (!m->closing || m->handles_open)
+        return;
+    void (*cb)(void *) = m->close_cb;
+    void *ctx = m->close_ctx;
+    mgr_release(m);
     if (cb)
         cb(ctx);
 }
@@ -567,11 +573,7 @@ int mgr_new(struct mgr **out, uv_loop_t *loop, const struct mgr_opts *o)
     if (!m->callback_url || !m->payload)
         goto nomem;
     if (!m->heartbeat_url) {
-        curl_global_cleanup();
-        free(m->callback_url);
-        free(m->payload);
-        free(m->worker_id);
-        free(m);
+        mgr_release(m);
         return LLORCH_EINVAL;
     }
     m->multi = curl_multi_init();
@@ -592,13 +594,7 @@ int mgr_new(struct mgr **out, uv_loop_t *loop, const struct mgr_opts *o)
 nomem:
     if (m->multi)
         curl_multi_cleanup(m->multi);
-    if (m->curl_inited)
-        curl_global_cleanup();
-    free(m->callback_url);
-    free(m->heartbeat_url);
-    free(m->payload);
-    free(m->worker_id);
-    free(m);
+    mgr_release(m);
     return LLORCH_ENOMEM;
 }
 
