@@ -292,14 +292,14 @@ struct pool_set { /* copies of one weight for matmul_run */
 };
 
 static int pool_set_new(struct pool_set *ps, struct tpool *pool, enum llorch_dtype dt, int64_t m,
-                        int64_t n, int64_t k, int copies, int64_t tile_n, const float *w,
-                        const float *x, float *y)
+                        int64_t n, int64_t k, int copies, int64_t tile_n, bool no_gemv,
+                        const float *w, const float *x, float *y)
 {
     memset(ps, 0, sizeof(*ps));
     ps->w = calloc((size_t)copies, sizeof(*ps->w));
     if (!ps->w)
         return -1;
-    struct mm_tiling tl = {.tile_n = tile_n};
+    struct mm_tiling tl = {.tile_n = tile_n, .no_gemv = no_gemv};
     for (; ps->n < copies; ps->n++)
         if (matmul_weight_new_tiled(&ps->w[ps->n], w, n, k, dt, m, pool, &tl) != 0)
             return -1;
@@ -426,7 +426,7 @@ int main(int argc, char **argv)
     for (int d = 0; d < 3; d++) {
         /* 1. batch 1, interleaved with the read bandwidth it is compared to */
         int copies = copies_for(&sh, dts[d]);
-        if (pool_set_new(&dec, pool, dts[d], sh.batch, sh.vn, sh.vk, copies, 0, wv, x, y) != 0 ||
+        if (pool_set_new(&dec, pool, dts[d], sh.batch, sh.vn, sh.vk, copies, 0, false, wv, x, y) != 0 ||
             raw_new(&raw, dts[d], 1, sh.vn, sh.vk, wv, copies, P) != 0) {
             fprintf(stderr, "%s: setup failed\n", dt_name(dts[d]));
             return 1;
@@ -473,7 +473,7 @@ int main(int argc, char **argv)
     const char *impl[3];
     int64_t tile[3];
     for (int d = 0; d < 3; d++) {
-        if (pool_set_new(&big[d], pool, dts[d], sh.gm, sh.gn, sh.gk, 1, 0, wg, x, y) != 0 ||
+        if (pool_set_new(&big[d], pool, dts[d], sh.gm, sh.gn, sh.gk, 1, 0, false, wg, x, y) != 0 ||
             raw_new(&raw2[d], dts[d], sh.gm, sh.gn, sh.gk, wg, 1, P) != 0) {
             fprintf(stderr, "%s: setup failed\n", dt_name(dts[d]));
             return 1;
@@ -526,15 +526,47 @@ int main(int argc, char **argv)
                gemv_raw[d] > 0 ? gemv_pool[d] / gemv_raw[d] : 0);
     }
 
+    {
+        /* 4. int8 small m: our VNNI GEMV against oneDNN's brgemm, both
+         * through the pool, interleaved (each as GB/s of weights) */
+        struct pool_set g[2];
+        const int copies = copies_for(&sh, LLORCH_DTYPE_INT8);
+        if (pool_set_new(&g[0], pool, LLORCH_DTYPE_INT8, 8, sh.vn, sh.vk, copies, 0, false, wv, x,
+                         y) != 0 ||
+            pool_set_new(&g[1], pool, LLORCH_DTYPE_INT8, 8, sh.vn, sh.vk, copies, 0, true, wv, x,
+                         y) != 0)
+            return 1;
+        printf("\nint8 %lldx%lld small m, GB/s of weights (ratio to the read bandwidth), "
+               "%s / %s:\n",
+               (long long)sh.vn, (long long)sh.vk, matmul_weight_impl_for_m(g[0].w[0], 1),
+               matmul_weight_impl_for_m(g[1].w[0], 1));
+        static const int64_t gm[] = {1, 2, 4, 8};
+        for (int i = 0; i < 4; i++) {
+            for (int j = 0; j < 2; j++) {
+                g[j].b.m = gm[i];
+                ms[j] = (struct meas){.fn = mm_bench_call, .ctx = &g[j].b, .work = vbytes};
+            }
+            ms[2] = (struct meas){.fn = bw_call, .ctx = &bwp,
+                                  .work = (double)bwp.n * (double)bwp.c.chunk};
+            measure_group(ms, 3, &cf);
+            double r = meas_rate(&ms[2]);
+            printf("  m=%lld: %6.1f (%.2f) / %6.1f (%.2f)  [%s]\n", (long long)gm[i],
+                   meas_rate(&ms[0]), meas_rate(&ms[0]) / r, meas_rate(&ms[1]),
+                   meas_rate(&ms[1]) / r, matmul_weight_impl_for_m(g[0].w[0], gm[i]));
+        }
+        pool_set_free(&g[0]);
+        pool_set_free(&g[1]);
+    }
+
     if (!cf.quick) {
-        /* 4. tiles per worker: one (the default) against finer tiles, which
+        /* 5. tiles per worker: one (the default) against finer tiles, which
          * let work stealing rebalance but cost a little per task */
         struct pool_set tl[3];
         int nt = 0;
         for (int per = 1; per <= 4; per *= 2, nt++) {
             int64_t t = (int64_t)llorch_align_up((uint64_t)((sh.vn + P * per - 1) / (P * per)), 16);
             if (pool_set_new(&tl[nt], pool, LLORCH_DTYPE_INT8, sh.batch, sh.vn, sh.vk,
-                             copies_for(&sh, LLORCH_DTYPE_INT8), t, wv, x, y) != 0)
+                             copies_for(&sh, LLORCH_DTYPE_INT8), t, false, wv, x, y) != 0)
                 return 1;
         }
         for (int pass = 0; pass < 2; pass++) {

@@ -49,6 +49,7 @@
 #include <math.h>
 #include <omp.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -67,6 +68,12 @@
 #define MM_CONVERT_SERIAL_MAX 65536
 /* int8: |Σ (q_x - zp) q_w| <= 255 · 127 · K must fit the s32 accumulator. */
 #define MM_INT8_MAX_K 65536
+/* small-m GEMV: see its section */
+#define MM_GEMV_MAX_M 4      /* int8 */
+#define MM_GEMV_BF16_MAX_M 2 /* bf16: at 4 rows brgemm measured faster */
+#define MM_GEMV_ROWS 4      /* int8 rows per pass over a block (16 accumulators) */
+#define MM_GEMV_BF16_ROWS 2 /* bf16: 8 accumulators + 8 chunk totals */
+#define MM_GEMV_GRAIN 2     /* 64-column blocks per task, at least */
 
 struct mm_ctx {
     _Atomic int refs; /* the pool's slot + one per weight */
@@ -105,9 +112,23 @@ struct mm_weight {
     dnnl_memory_t *wmem;             /* [n_tiles] */
     float *col_scale;                /* int8: [n_out] */
     int32_t *col_sum;                /* int8: [n_out], Σ_k q_w[n, k] */
+    /* small-m path (see "small-m GEMV"): set when the packed layout is the
+     * kernel's, the CPU has the instructions and a probe gave brgemm's bits */
+    bool gemv;
+    int64_t gemv_chunk;              /* bf16: k summed per chunk */
+    int64_t gemv_blocks;             /* 64-column blocks over all tiles */
+    int64_t gemv_tile_blocks;        /* blocks in a full tile */
+    int64_t gemv_stride[2];          /* bytes between 64-column blocks, per shape */
 };
 
 /* ---- small helpers ---- */
+
+/* Whether m rows run the small-m GEMV (see its section). */
+static inline bool mm_gemv_for(const struct mm_weight *w, int64_t m)
+{
+    return w->gemv &&
+           m <= (w->dtype == LLORCH_DTYPE_INT8 ? MM_GEMV_MAX_M : MM_GEMV_BF16_MAX_M);
+}
 
 static int mm_err(dnnl_status_t s)
 {
@@ -375,6 +396,8 @@ static int mm_prim_ensure(struct mm_weight *w, int shape, int64_t rows)
 
 static int mm_prims_for_m(struct mm_weight *w, int64_t m)
 {
+    if (mm_gemv_for(w, m))
+        return 0; /* the GEMV needs no primitive */
     for (int sh = 0; sh < w->n_shapes; sh++) {
         int err = 0;
         if (m >= MM_MBLOCK)
@@ -560,6 +583,375 @@ static void mm_gemm_task(void *vctx, int64_t b, int64_t e, int worker)
         }
         mm_block_store(w, c->dtile[worker], r->y, r0, rows, c0, w->shape_cols[shape]);
     }
+}
+
+/* ---- small-m GEMV (int8 and bf16) ----
+ *
+ * Decode at a handful of rows is bandwidth-bound, and there oneDNN 2.6's
+ * brgemm kernels stream the weights below the machine's read bandwidth
+ * (~60 of ~75 GB/s measured) and allocate on every execute. Up to
+ * MM_GEMV_MAX_M (int8) or MM_GEMV_BF16_MAX_M (bf16) rows therefore run our own kernel over oneDNN's packed
+ * layout as it is (no second copy). Per tile, 64-column blocks of
+ *   int8: [K/64][16][64 n][4 k] bytes  (oneDNN's BA16a64b4a),
+ *   bf16: [K/32][16][64 n][2 k] bf16   (BA16a64b2a),
+ * K padded with zeros, so each 256-byte line holds 4 (2) consecutive k for
+ * 64 columns: four vpdpbusd (vdpbf16ps) per row and line.
+ *
+ * Batch invariance needs the same bits as brgemm. int8: u8 · s8 summed in s32
+ * without saturation is exact in any order, and the rescale is
+ * mm_block_store's. bf16: brgemm sums K in chunks (each from zero, then added
+ * to the running total; 512 or 1024 deep on oneDNN 2.6 depending on K) and
+ * so does the kernel, over the padded K as brgemm does. Neither rule is
+ * documented by oneDNN, so each weight proves it at load: one probe row
+ * through oneDNN's one-row primitive and through the kernel (bf16: for each
+ * candidate chunk) must agree bit for bit, else that weight keeps brgemm.
+ * tests/test_matmul.c compares rows for every m as well. */
+
+static bool mm_gemv_layout(const dnnl_memory_desc_t *md, enum llorch_dtype dt, int64_t k,
+                           int64_t cols)
+{
+    const dnnl_blocking_desc_t *b = &md->format_desc.blocking;
+    const int64_t kp = md->padded_dims[0], np = md->padded_dims[1];
+    const int64_t kv = dt == LLORCH_DTYPE_INT8 ? 4 : 2; /* k per 32-bit lane */
+    return md->ndims == 2 && md->data_type == mm_wei_dt(dt) &&
+           md->format_kind == dnnl_blocked && md->offset0 == 0 && md->extra.flags == 0 &&
+           b->inner_nblks == 3 && b->inner_blks[0] == 16 && b->inner_idxs[0] == 0 &&
+           b->inner_blks[1] == 64 && b->inner_idxs[1] == 1 && b->inner_blks[2] == kv &&
+           b->inner_idxs[2] == 0 && kp % (16 * kv) == 0 && kp >= k && np % 64 == 0 &&
+           np >= cols && b->strides[0] == 16 * 64 * kv && b->strides[1] == kp * 64;
+}
+
+static bool mm_gemv_cpu(enum llorch_dtype dt)
+{
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw"))
+        return false;
+    return dt == LLORCH_DTYPE_INT8 ? __builtin_cpu_supports("avx512vnni")
+                                   : __builtin_cpu_supports("avx512bf16");
+}
+
+#define MM_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#define MM_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
+
+/* 256 bytes of one weight line. No software prefetch: the blocks are read
+ * front to back and the hardware prefetcher keeps up; prefetching 512-4096
+ * bytes ahead measured 3-20 % slower on Zen 5. */
+#define MM_GEMV_LOAD_LINE(wp, w0, w1, w2, w3)                                                     \
+    do {                                                                                       \
+        w0 = _mm512_load_si512((const char *)(wp));                                            \
+        w1 = _mm512_load_si512((const char *)(wp) + 64);                                       \
+        w2 = _mm512_load_si512((const char *)(wp) + 128);                                      \
+        w3 = _mm512_load_si512((const char *)(wp) + 192);                                      \
+    } while (0)
+
+static inline __mmask16 mm_gemv_mask(int64_t left)
+{
+    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+}
+
+static inline int32_t mm_load_u32(const void *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* n < 4 bytes, zero-extended to a 32-bit lane */
+static inline int32_t mm_load_tail_u8(const uint8_t *p, int64_t n)
+{
+    uint8_t b[4] = {0, 0, 0, 0};
+    for (int64_t i = 0; i < n; i++)
+        b[i] = p[i];
+    return mm_load_u32(b);
+}
+
+/* int8: R rows (a constant once inlined, so the accumulators stay in
+ * registers) of one block, then y = (acc - zp · Σ q_w) · (scale_r · scale_n)
+ * as mm_block_store. */
+static inline __attribute__((always_inline)) MM_VNNI_TARGET void
+mm_gemv_int8_rows(const struct mm_weight *w, const int8_t *wb, const uint8_t *x, float *y,
+                  int64_t r0, const int R, int64_t c0, int64_t ncols)
+{
+    const struct mm_ctx *c = w->ctx;
+    const int64_t k = w->n_in, nq = k / 4;
+    __m512i acc[MM_GEMV_ROWS][4];
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < 4; j++)
+            acc[r][j] = _mm512_setzero_si512();
+    const int8_t *wp = wb;
+    __m512i w0, w1, w2, w3;
+#define MM_GEMV_INT8_LINE(quad_of_row)                                                         \
+    do {                                                                                       \
+        MM_GEMV_LOAD_LINE(wp, w0, w1, w2, w3);                                                 \
+        for (int r = 0; r < R; r++) {                                                          \
+            const __m512i xb = _mm512_set1_epi32(quad_of_row);                                 \
+            acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], xb, w0);                                \
+            acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], xb, w1);                                \
+            acc[r][2] = _mm512_dpbusd_epi32(acc[r][2], xb, w2);                                \
+            acc[r][3] = _mm512_dpbusd_epi32(acc[r][3], xb, w3);                                \
+        }                                                                                      \
+    } while (0)
+    for (int64_t q = 0; q < nq; q++, wp += 256)
+        MM_GEMV_INT8_LINE(mm_load_u32(x + r * k + 4 * q));
+    if (k % 4) /* the last partial quad: the missing x are 0 */
+        MM_GEMV_INT8_LINE(mm_load_tail_u8(x + r * k + 4 * nq, k % 4));
+#undef MM_GEMV_INT8_LINE
+    for (int j = 0; j < 4 && ncols - 16 * j > 0; j++) {
+        const __mmask16 mk = mm_gemv_mask(ncols - 16 * j);
+        const __m512i cs = _mm512_maskz_loadu_epi32(mk, w->col_sum + c0 + 16 * j);
+        const __m512 sw = _mm512_maskz_loadu_ps(mk, w->col_scale + c0 + 16 * j);
+        for (int r = 0; r < R; r++) {
+            const __m512i zp = _mm512_set1_epi32(c->row_zp[r0 + r]);
+            const __m512 s = _mm512_mul_ps(_mm512_set1_ps(c->row_scale[r0 + r]), sw);
+            const __m512i v = _mm512_sub_epi32(acc[r][j], _mm512_mullo_epi32(zp, cs));
+            _mm512_mask_storeu_ps(y + (r0 + r) * w->n_out + c0 + 16 * j, mk,
+                                  _mm512_mul_ps(_mm512_cvtepi32_ps(v), s));
+        }
+    }
+}
+
+/* bf16: R rows of one block; K pairs in chunks of `chunk` k, each summed from
+ * zero and then added to the total, over the padded K (kp). */
+static inline __attribute__((always_inline)) MM_BF16_TARGET void
+mm_gemv_bf16_rows(const struct mm_weight *w, const uint16_t *wb, const uint16_t *x, float *y,
+                  int64_t r0, const int R, int64_t c0, int64_t ncols, int64_t kp, int64_t chunk)
+{
+    const int64_t k = w->n_in, full = k / 2, pairs = kp / 2, step = chunk / 2;
+    __m512 tot[MM_GEMV_BF16_ROWS][4], acc[MM_GEMV_BF16_ROWS][4];
+    __m512i w0, w1, w2, w3;
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < 4; j++)
+            tot[r][j] = _mm512_setzero_ps(); /* replaced (not added to) by the first chunk */
+    for (int64_t p0 = 0; p0 < pairs; p0 += step) {
+        for (int r = 0; r < R; r++)
+            for (int j = 0; j < 4; j++)
+                acc[r][j] = _mm512_setzero_ps();
+        const int64_t end = LLORCH_MIN(p0 + step, pairs);
+        const uint16_t *wp = wb + p0 * 128;
+#define MM_GEMV_BF16_LINE(pair_of_row)                                                         \
+    do {                                                                                       \
+        MM_GEMV_LOAD_LINE(wp, w0, w1, w2, w3);                                                 \
+        for (int r = 0; r < R; r++) {                                                          \
+            const __m512bh xb = (__m512bh)_mm512_set1_epi32(pair_of_row);                      \
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], xb, (__m512bh)w0);                         \
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], xb, (__m512bh)w1);                         \
+            acc[r][2] = _mm512_dpbf16_ps(acc[r][2], xb, (__m512bh)w2);                         \
+            acc[r][3] = _mm512_dpbf16_ps(acc[r][3], xb, (__m512bh)w3);                         \
+        }                                                                                      \
+    } while (0)
+        int64_t p = p0;
+        for (; p < LLORCH_MIN(end, full); p++, wp += 128)
+            MM_GEMV_BF16_LINE(mm_load_u32(x + r * k + 2 * p));
+        for (; p < end; p++, wp += 128) /* past K: zeros, as in the padded layout */
+            MM_GEMV_BF16_LINE(2 * p < k ? (int32_t)x[r * k + 2 * p] : 0);
+#undef MM_GEMV_BF16_LINE
+        for (int r = 0; r < R; r++)
+            for (int j = 0; j < 4; j++)
+                tot[r][j] = p0 == 0 ? acc[r][j] : _mm512_add_ps(tot[r][j], acc[r][j]);
+    }
+    for (int j = 0; j < 4 && ncols - 16 * j > 0; j++)
+        for (int r = 0; r < R; r++)
+            _mm512_mask_storeu_ps(y + (r0 + r) * w->n_out + c0 + 16 * j,
+                                  mm_gemv_mask(ncols - 16 * j), tot[r][j]);
+}
+
+struct mm_gemv_blk {
+    const char *wb;   /* the block's weights */
+    int64_t c0, ncols;
+    int shape;
+};
+
+static inline struct mm_gemv_blk mm_gemv_block(const struct mm_weight *w, int64_t g)
+{
+    const int64_t tile = g / w->gemv_tile_blocks, j = g % w->gemv_tile_blocks;
+    const int shape = (tile == w->n_tiles - 1 && w->n_shapes == 2) ? 1 : 0;
+    return (struct mm_gemv_blk){
+        .wb = (const char *)w->packed + w->tile_off[tile] +
+              (uint64_t)j * (uint64_t)w->gemv_stride[shape],
+        .c0 = tile * w->tile_n + 64 * j,
+        .ncols = LLORCH_MIN(64, w->shape_cols[shape] - 64 * j),
+        .shape = shape,
+    };
+}
+
+/* int8, one row, two neighbouring full blocks at once: two weight streams
+ * in flight per core (measured +5..13 % over one block at a time at m = 1,
+ * which brings the kernel level with brgemm there). */
+static inline __attribute__((always_inline)) MM_VNNI_TARGET void
+mm_gemv_int8_row_2blocks(const struct mm_weight *w, const int8_t *wa, const int8_t *wb,
+                         const uint8_t *x, float *y, int64_t c0)
+{
+    const int64_t k = w->n_in, nq = k / 4;
+    __m512i a[8];
+    for (int j = 0; j < 8; j++)
+        a[j] = _mm512_setzero_si512();
+    for (int64_t q = 0; q <= nq; q++) {
+        int32_t quad;
+        if (q < nq)
+            quad = mm_load_u32(x + 4 * q);
+        else if (k % 4)
+            quad = mm_load_tail_u8(x + 4 * nq, k % 4);
+        else
+            break;
+        const __m512i xb = _mm512_set1_epi32(quad);
+        const int8_t *pa = wa + 256 * q, *pb = wb + 256 * q;
+        a[0] = _mm512_dpbusd_epi32(a[0], xb, _mm512_load_si512(pa));
+        a[1] = _mm512_dpbusd_epi32(a[1], xb, _mm512_load_si512(pa + 64));
+        a[2] = _mm512_dpbusd_epi32(a[2], xb, _mm512_load_si512(pa + 128));
+        a[3] = _mm512_dpbusd_epi32(a[3], xb, _mm512_load_si512(pa + 192));
+        a[4] = _mm512_dpbusd_epi32(a[4], xb, _mm512_load_si512(pb));
+        a[5] = _mm512_dpbusd_epi32(a[5], xb, _mm512_load_si512(pb + 64));
+        a[6] = _mm512_dpbusd_epi32(a[6], xb, _mm512_load_si512(pb + 128));
+        a[7] = _mm512_dpbusd_epi32(a[7], xb, _mm512_load_si512(pb + 192));
+    }
+    const struct mm_ctx *c = w->ctx;
+    const __m512i zp = _mm512_set1_epi32(c->row_zp[0]);
+    for (int j = 0; j < 8; j++) {
+        const __m512i cs = _mm512_loadu_si512(w->col_sum + c0 + 16 * j);
+        const __m512 s = _mm512_mul_ps(_mm512_set1_ps(c->row_scale[0]),
+                                       _mm512_loadu_ps(w->col_scale + c0 + 16 * j));
+        const __m512i v = _mm512_sub_epi32(a[j], _mm512_mullo_epi32(zp, cs));
+        _mm512_storeu_ps(y + c0 + 16 * j, _mm512_mul_ps(_mm512_cvtepi32_ps(v), s));
+    }
+}
+
+static MM_VNNI_TARGET void mm_gemv_int8_task(void *vctx, int64_t b, int64_t e, int worker)
+{
+    LLORCH_UNUSED(worker);
+    const struct mm_run *run = vctx;
+    const struct mm_weight *w = run->w;
+    for (int64_t g = b; g < e; g++) {
+        const struct mm_gemv_blk k = mm_gemv_block(w, g);
+        const int8_t *wb = (const int8_t *)k.wb;
+        if (run->m == 1 && g + 1 < e && k.ncols == 64) {
+            const struct mm_gemv_blk k2 = mm_gemv_block(w, g + 1);
+            if (k2.ncols == 64 && k2.c0 == k.c0 + 64) {
+                mm_gemv_int8_row_2blocks(w, wb, (const int8_t *)k2.wb, w->ctx->act, run->y,
+                                         k.c0);
+                g++;
+                continue;
+            }
+        }
+        for (int64_t r0 = 0; r0 < run->m; r0 += MM_GEMV_ROWS) {
+            const uint8_t *x = (const uint8_t *)w->ctx->act + r0 * w->n_in;
+            switch (LLORCH_MIN(MM_GEMV_ROWS, run->m - r0)) {
+            case 1:
+                mm_gemv_int8_rows(w, wb, x, run->y, r0, 1, k.c0, k.ncols);
+                break;
+            case 2:
+                mm_gemv_int8_rows(w, wb, x, run->y, r0, 2, k.c0, k.ncols);
+                break;
+            case 3:
+                mm_gemv_int8_rows(w, wb, x, run->y, r0, 3, k.c0, k.ncols);
+                break;
+            default:
+                mm_gemv_int8_rows(w, wb, x, run->y, r0, 4, k.c0, k.ncols);
+                break;
+            }
+        }
+    }
+}
+
+static MM_BF16_TARGET void mm_gemv_bf16_task(void *vctx, int64_t b, int64_t e, int worker)
+{
+    LLORCH_UNUSED(worker);
+    const struct mm_run *run = vctx;
+    const struct mm_weight *w = run->w;
+    for (int64_t g = b; g < e; g++) {
+        const struct mm_gemv_blk k = mm_gemv_block(w, g);
+        const uint16_t *wb = (const uint16_t *)k.wb;
+        const int64_t kp = w->packed_md[k.shape].padded_dims[0];
+        for (int64_t r0 = 0; r0 < run->m; r0 += MM_GEMV_BF16_ROWS) {
+            const uint16_t *x = (const uint16_t *)w->ctx->act + r0 * w->n_in;
+            if (run->m - r0 >= 2)
+                mm_gemv_bf16_rows(w, wb, x, run->y, r0, 2, k.c0, k.ncols, kp, w->gemv_chunk);
+            else
+                mm_gemv_bf16_rows(w, wb, x, run->y, r0, 1, k.c0, k.ncols, kp, w->gemv_chunk);
+        }
+    }
+}
+
+static void mm_run_gemv(struct mm_run *r, struct tpool *pool)
+{
+    const struct mm_weight *w = r->w;
+    tpool_parallel_for(pool, w->gemv_blocks, (w->gemv_blocks + w->ctx->n_workers - 1) / w->ctx->n_workers,
+                       w->dtype == LLORCH_DTYPE_INT8 ? mm_gemv_int8_task : mm_gemv_bf16_task, r);
+}
+
+static int mm_run_brgemm(struct mm_run *r, struct tpool *pool)
+{
+    tpool_parallel_for(pool, r->w->n_tiles * r->n_mb, 1, mm_gemm_task, r);
+    return atomic_load(&r->err);
+}
+
+static void mm_convert(struct mm_run *r, struct tpool *pool)
+{
+    if (r->w->dtype == LLORCH_DTYPE_F32)
+        return;
+    if (r->m * r->w->n_in <= MM_CONVERT_SERIAL_MAX)
+        mm_convert_rows(r, 0, r->m);
+    else
+        tpool_parallel_for(pool, r->m, 1, mm_convert_task, r);
+}
+
+/* Decides the small-m path once the weights are packed: the layout must be
+ * the kernel's, and a probe row must give brgemm's bits (see the top of this
+ * section). Driver thread. */
+static int mm_gemv_setup(struct mm_weight *w)
+{
+    const bool allowed = w->gemv;
+    w->gemv = false;
+    if (!allowed || w->dtype == LLORCH_DTYPE_F32 || !mm_gemv_cpu(w->dtype) ||
+        (w->dtype == LLORCH_DTYPE_INT8 && w->ctx->qmax != 255))
+        return 0;
+    for (int sh = 0; sh < w->n_shapes; sh++) {
+        if (!mm_gemv_layout(&w->packed_md[sh], w->dtype, w->n_in, w->shape_cols[sh]))
+            return 0;
+        w->gemv_stride[sh] = w->packed_md[sh].format_desc.blocking.strides[1] *
+                             (int64_t)mm_act_elem(w->dtype);
+    }
+    w->gemv_tile_blocks = (w->tile_n + 63) / 64;
+    /* the last tile may be narrower: its blocks end the index range */
+    w->gemv_blocks = (w->n_tiles - 1) * w->gemv_tile_blocks +
+                     (w->shape_cols[w->n_shapes - 1] + 63) / 64;
+
+    /* the probe: a fixed pseudo-random row with both signs and a spread of
+     * magnitudes, through brgemm's one-row primitive and through the kernel */
+    for (int sh = 0; sh < w->n_shapes; sh++) {
+        int err = mm_prim_ensure(w, sh, 1);
+        if (err)
+            return err;
+    }
+    float *x = malloc(sizeof(float) * (size_t)w->n_in);
+    float *ref = malloc(sizeof(float) * (size_t)w->n_out);
+    float *got = malloc(sizeof(float) * (size_t)w->n_out);
+    int err = x && ref && got ? 0 : LLORCH_ENOMEM;
+    uint64_t s = 0x9e3779b97f4a7c15ull;
+    for (int64_t i = 0; !err && i < w->n_in; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        const double u = (double)(s >> 11) * 0x1p-53; /* [0, 1) */
+        x[i] = (float)((u - 0.5) * exp2(8.0 * u - 4.0));
+    }
+    struct mm_run r = {.w = w, .x = x, .y = ref, .m = 1, .n_mb = 1};
+    atomic_init(&r.err, 0);
+    if (!err) {
+        mm_convert(&r, w->pool);
+        err = mm_run_brgemm(&r, w->pool);
+    }
+    /* bf16 chunk candidates: the whole padded K first, then oneDNN 2.6's
+     * 1024 and 512, then other powers of two */
+    static const int64_t chunks[] = {0, 1024, 512, 256, 2048, 128, 4096, 64, 8192};
+    const int n_try = w->dtype == LLORCH_DTYPE_INT8 ? 1 : (int)(sizeof chunks / sizeof chunks[0]);
+    for (int i = 0; !err && i < n_try && !w->gemv; i++) {
+        w->gemv_chunk = chunks[i] ? chunks[i] : w->packed_md[0].padded_dims[0];
+        r.y = got;
+        mm_run_gemv(&r, w->pool);
+        w->gemv = memcmp(got, ref, sizeof(float) * (size_t)w->n_out) == 0;
+    }
+    free(x);
+    free(ref);
+    free(got);
+    return err;
 }
 
 /* ---- packing ---- */
@@ -773,8 +1165,11 @@ LLORCH_API int matmul_weight_new_tiled(struct mm_weight **out, const float *src,
     if (!err) /* f32 and s32 are both 4 bytes */
         err = mm_ctx_reserve(c, c->dtile, &c->dtile_bytes,
                              sizeof(float) * (size_t)(LLORCH_MIN(max_m, MM_MBLOCK) * w->tile_n));
+    w->gemv = !(tiling && tiling->no_gemv); /* mm_gemv_setup() decides */
     if (!err)
         err = mm_weight_pack(w, src);
+    if (!err)
+        err = mm_gemv_setup(w);
     if (!err) /* the common decode shapes: one row, and a full row block */
         err = mm_prims_for_m(w, LLORCH_MIN(max_m, MM_MBLOCK));
     if (!err)
@@ -843,6 +1238,13 @@ LLORCH_API const char *matmul_weight_impl(const struct mm_weight *w)
     return w && w->impl ? w->impl : "none";
 }
 
+LLORCH_API const char *matmul_weight_impl_for_m(const struct mm_weight *w, int64_t m)
+{
+    if (w && m >= 1 && mm_gemv_for(w, m))
+        return w->dtype == LLORCH_DTYPE_INT8 ? "llorch:gemv_avx512_vnni" : "llorch:gemv_avx512_bf16";
+    return matmul_weight_impl(w);
+}
+
 LLORCH_API int matmul_prepare(struct mm_weight *w, int64_t m)
 {
     if (!w || m < 1 || m > w->max_m)
@@ -867,14 +1269,12 @@ LLORCH_API int matmul_run(const struct mm_weight *w, const float *x, float *y, i
         return err;
     struct mm_run r = {.w = w, .x = x, .y = y, .m = m, .n_mb = (m + MM_MBLOCK - 1) / MM_MBLOCK};
     atomic_init(&r.err, 0);
-    if (w->dtype != LLORCH_DTYPE_F32) {
-        if (m * w->n_in <= MM_CONVERT_SERIAL_MAX)
-            mm_convert_rows(&r, 0, m);
-        else
-            tpool_parallel_for(pool, m, 1, mm_convert_task, &r);
+    mm_convert(&r, pool);
+    if (mm_gemv_for(w, m)) {
+        mm_run_gemv(&r, pool);
+        return 0;
     }
-    tpool_parallel_for(pool, w->n_tiles * r.n_mb, 1, mm_gemm_task, &r);
-    return atomic_load(&r.err);
+    return mm_run_brgemm(&r, pool);
 }
 
 LLORCH_API const char *matmul_cpu_isa_name(void)

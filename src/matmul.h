@@ -9,6 +9,7 @@
 #ifndef LLORCH_MATMUL_H
 #define LLORCH_MATMUL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "llorch/llorch.h"
@@ -44,6 +45,7 @@ int matmul_prepare(struct mm_weight *w, int64_t m);
  * 64 columns where that is exact, else of 16). */
 struct mm_tiling {
     int64_t tile_n;
+    bool no_gemv; /* int8: oneDNN for every m, never the small-m GEMV (A/B runs) */
 };
 int matmul_weight_new_tiled(struct mm_weight **out, const float *w, int64_t n_out, int64_t n_in,
                             enum llorch_dtype dtype, int64_t max_m, struct tpool *pool,
@@ -55,5 +57,11 @@ int64_t matmul_weight_tile_n(const struct mm_weight *w);
  * strings. */
 const char *matmul_cpu_isa_name(void);
 const char *matmul_weight_impl(const struct mm_weight *w);
+/* The kernel a call with m rows runs: on CPUs with AVX-512 VNNI (BF16), int8
+ * weights up to 4 rows (bf16 up to 2) run our own GEMV over oneDNN's packed
+ * layout ("llorch:gemv_avx512_vnni", "llorch:gemv_avx512_bf16"; checked at
+ * load to give the same bits as oneDNN's kernels), anything else
+ * matmul_weight_impl(). */
+const char *matmul_weight_impl_for_m(const struct mm_weight *w, int64_t m);
 
 #endif

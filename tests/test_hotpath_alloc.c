@@ -373,6 +373,16 @@ static void decode_steps_allocate_nothing(enum llorch_dtype dt)
         fail_msg("%lu allocator calls outside oneDNN in %d decode steps of %d sequences (%s); "
                  "backtraces above",
                  counted - in_onednn, FW_STEPS, FW_SEQS, forward_dtype_name(dt));
+    /* int8 on AVX-512 VNNI runs up to 4 rows with our own GEMV, never
+     * oneDNN: such decode steps allocate nothing at all (bf16's GEMV takes
+     * only up to 2 rows) */
+    __builtin_cpu_init();
+    const bool gemv = dt == LLORCH_DTYPE_INT8 && __builtin_cpu_supports("avx512f") &&
+                      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
+    if (gemv && in_onednn != 0)
+        fail_msg("%lu allocator calls inside oneDNN in %s decode steps of %d sequences: the "
+                 "small-m GEMV should have run them",
+                 in_onednn, forward_dtype_name(dt), FW_SEQS);
 }
 
 static void forward_decode_steps_allocate_nothing_outside_onednn_f32(void **state)

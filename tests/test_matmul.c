@@ -19,6 +19,7 @@
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -156,6 +157,20 @@ static void check_rows(enum llorch_dtype dt, const float *x, const float *w, con
     free(sabs);
 }
 
+static bool vnni512(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vnni");
+}
+
+static bool bf16_512(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512bf16");
+}
+
 static void check_shape(struct tpool *pool, enum llorch_dtype dt, int64_t n_out, int64_t n_in,
                         const int64_t *ms, int n_ms, int64_t tile_n)
 {
@@ -245,7 +260,8 @@ static void matmul_int8_zero_row_gives_exact_zeros(void **state)
 /* ---- batch invariance: a row's result does not depend on m or on where the
  * row sits in the batch ---- */
 
-static void check_invariance(enum llorch_dtype dt, int64_t n_out, int64_t n_in)
+static void check_invariance_tiled(enum llorch_dtype dt, int64_t n_out, int64_t n_in,
+                                  int64_t tile_n)
 {
     struct tpool *pool;
     assert_int_equal(tpool_new(&pool, &(struct tpool_opts){.n_threads = 2}), 0);
@@ -257,9 +273,17 @@ static void check_invariance(enum llorch_dtype dt, int64_t n_out, int64_t n_in)
     assert_non_null(full);
     assert_non_null(y);
     struct mm_weight *mw;
-    assert_int_equal(matmul_weight_new(&mw, w, n_out, n_in, dt, M, pool), 0);
+    struct mm_tiling tiling = {.tile_n = tile_n};
+    assert_int_equal(matmul_weight_new_tiled(&mw, w, n_out, n_in, dt, M, pool, &tiling), 0);
+    /* On AVX-512 VNNI CPUs int8 runs m <= 4 with our GEMV, larger m with
+     * oneDNN: the comparison below is then between the two kernels. */
+    if (dt == LLORCH_DTYPE_INT8 && vnni512())
+        assert_string_equal(matmul_weight_impl_for_m(mw, 1), "llorch:gemv_avx512_vnni");
+    if (dt == LLORCH_DTYPE_BF16 && bf16_512())
+        assert_string_equal(matmul_weight_impl_for_m(mw, 1), "llorch:gemv_avx512_bf16");
+    assert_string_not_equal(matmul_weight_impl_for_m(mw, M), "llorch:gemv_avx512_vnni");
     assert_int_equal(matmul_run(mw, x, full, M, pool), 0);
-    static const int64_t ms[] = {1, 2, 3, 5, 8, 17, 31, 63, 64, 65, 100, 127, 128, 129, 149};
+    static const int64_t ms[] = {1, 2, 3, 4, 5, 8, 17, 31, 63, 64, 65, 100, 127, 128, 129, 149};
     for (size_t i = 0; i < sizeof(ms) / sizeof(ms[0]); i++) {
         int64_t m = ms[i];
         int64_t offs[3] = {0, (M - m) / 2, M - m};
@@ -279,6 +303,11 @@ static void check_invariance(enum llorch_dtype dt, int64_t n_out, int64_t n_in)
     tpool_free(pool);
 }
 
+static void check_invariance(enum llorch_dtype dt, int64_t n_out, int64_t n_in)
+{
+    check_invariance_tiled(dt, n_out, n_in, 0);
+}
+
 static void matmul_f32_rows_are_bit_identical_whatever_m(void **state)
 {
     (void)state;
@@ -291,6 +320,12 @@ static void matmul_bf16_rows_are_bit_identical_whatever_m(void **state)
     (void)state;
     check_invariance(LLORCH_DTYPE_BF16, 200, 77);
     check_invariance(LLORCH_DTYPE_BF16, 64, 512);
+    /* K past oneDNN's 512- and 1024-deep chunks, odd K; tiles whose width is
+     * not a multiple of 64, and a narrower last tile */
+    check_invariance_tiled(LLORCH_DTYPE_BF16, 300, 2051, 48);
+    check_invariance_tiled(LLORCH_DTYPE_BF16, 130, 1000, 80);
+    check_invariance_tiled(LLORCH_DTYPE_BF16, 70, 5632, 0);
+    check_invariance_tiled(LLORCH_DTYPE_BF16, 3, 1, 0);
 }
 
 static void matmul_int8_rows_are_bit_identical_whatever_m(void **state)
@@ -298,6 +333,11 @@ static void matmul_int8_rows_are_bit_identical_whatever_m(void **state)
     (void)state;
     check_invariance(LLORCH_DTYPE_INT8, 200, 77);
     check_invariance(LLORCH_DTYPE_INT8, 64, 512);
+    /* K not a multiple of 4 or of oneDNN's 64-deep blocks; tiles whose width
+     * is not a multiple of 64, and a narrower last tile */
+    check_invariance_tiled(LLORCH_DTYPE_INT8, 300, 2051, 48);
+    check_invariance_tiled(LLORCH_DTYPE_INT8, 257, 130, 80);
+    check_invariance_tiled(LLORCH_DTYPE_INT8, 3, 1, 0);
 }
 
 /* ---- errors ---- */
