@@ -267,20 +267,30 @@ static void reference_exact_mode_matches_llama_cpp(void **state)
     }
 }
 
-/* bf16 and int8. On the random-weight models (logits of order 1, flat
- * distributions) bf16's 8-bit significand and int8's per-channel weights /
- * per-token activations move the top-8 log-probs by a mean of 4e-4..1.8e-3
- * (bf16) and 1.3e-3..4.6e-3 (int8), measured; the bounds below are about
- * three times the worst model. stories260k (real weights, dim 64) is far
- * more sensitive: llama.cpp's own f16 KV cache moves its log-probs by up to
- * 0.11 (reference README); rounding only its weights to bf16 and computing
- * in f32 moves them by a mean of 0.056 (worst 0.51), to int8 per channel by
- * 0.22 (worst 0.97), measured. So its mean bounds are 0.2 and 0.8, and its
- * greedy tokens (first 8 steps, reference continuation fed) are required to
- * be llama.cpp's wherever llama.cpp's top-1/top-2 gap exceeds what the
- * format can move: 0.5 for bf16, 1.5 for int8 (where the gap is smaller, a
- * bf16/int8 engine can legitimately pick the other token: with bf16
- * weights alone p2 flips at step 0, gap 0.21). */
+/* bf16 and int8, with an f32 KV cache like the references (so the figures
+ * are the format's own). On the random-weight models (logits of order 1,
+ * flat distributions) bf16's 8-bit significand and int8's per-channel weights
+ * / per-token activations move the top-8 log-probs by a mean of
+ * 4e-4..1.8e-3 (bf16) and 1.3e-3..4.6e-3 (int8), measured; the bounds below
+ * are about three times the worst model.
+ *
+ * stories260k (real weights, dim 64, logits spread ~21, sd ~3.4) is far more
+ * sensitive: bf16's ~0.2 % relative rounding per element becomes ~0.07 in
+ * log-prob. Measured (teacher forced, first 8 steps of the 4 prompts = 32
+ * steps), by replacing the rounding with random perturbations of one
+ * rounding step, 40 seeds: bf16 weights + activations give a mean of 0.071 and
+ * miss 1.0 step on average (all 32 equal in only 33 % of seeds); int8 weights
+ * + u8 activations 0.30 and 5.9 misses (all equal: never). The standard
+ * deviation of our top-1/top-2 margin reaches 0.22 (bf16) and 0.80 (int8) at
+ * steps where llama.cpp's own gap is 0.046..0.27, and llama.cpp's formats do
+ * no better (emulated: its bf16 path misses the same step as ours, Q8_0
+ * weights + Q8_0 activations miss 7 of 32). No per-matrix choice fixes every
+ * step (keeping any one matrix kind, the LM head included, in f32 still
+ * misses 1..6); only f16-like precision (11 bits) for weights and
+ * activations does. So the greedy tokens of the first 8 steps are required
+ * to be llama.cpp's wherever llama.cpp's top-1/top-2 gap exceeds about twice
+ * the worst noise of the format: 0.5 for bf16, 1.5 for int8; the mean bounds
+ * are 0.2 and 0.8 (measured 0.076 and 0.30). */
 #define MEAN_BOUND_BF16 0.006
 #define MEAN_BOUND_INT8 0.015
 #define MEAN_BOUND_STORIES_BF16 0.2
@@ -306,10 +316,10 @@ static void reference_bf16_and_int8_stay_within_format_bounds(void **state)
             const double bound = stories ? (d ? MEAN_BOUND_STORIES_INT8 : MEAN_BOUND_STORIES_BF16)
                                          : (d ? MEAN_BOUND_INT8 : MEAN_BOUND_BF16);
             const double gap_min = d ? GREEDY_GAP_INT8 : GREEDY_GAP_BF16;
-            struct forward *fw = engine(s, m, dts[d], LLORCH_KV_F16, (uint32_t)max_prompt);
+            struct forward *fw = engine(s, m, dts[d], LLORCH_KV_F32, (uint32_t)max_prompt);
             const uint32_t nv = forward_n_vocab(fw);
             double sum = 0.0;
-            size_t count = 0, greedy_checked = 0;
+            size_t count = 0, greedy_checked = 0, greedy_equal = 0;
             /* two prompts per model keep the suite fast; stories260k all four */
             for (int k = i; k < j && (stories || k < i + 2); k++) {
                 struct ref *r = &s->refs[k];
@@ -325,6 +335,8 @@ static void reference_bf16_and_int8_stay_within_format_bounds(void **state)
                     }
                     llorch_token id, id2;
                     const double gap = ref_lp(r->steps, st, 0, &id) - ref_lp(r->steps, st, 1, &id2);
+                    if (stories && st < 8)
+                        greedy_equal += ours[st] == r->greedy[st];
                     if (stories && st < 8 && gap > gap_min) {
                         if (ours[st] != r->greedy[st])
                             print_error("%s %s step %zu: greedy %d, llama.cpp %d (gap %.3g)\n", r->file,
@@ -340,8 +352,10 @@ static void reference_bf16_and_int8_stay_within_format_bounds(void **state)
             print_message("%-22s %-4s mean |dlogprob| %.3g (bound %.2g)%s\n", s->refs[i].model,
                           forward_dtype_name(dts[d]), mean, bound, stories ? ", greedy checked" : "");
             if (stories) {
-                print_message("%-22s %-4s greedy tokens equal at %zu of 32 steps with gap > %.1f\n",
-                              s->refs[i].model, forward_dtype_name(dts[d]), greedy_checked, gap_min);
+                print_message("%-22s %-4s greedy tokens equal at %zu of 32 steps with gap > %.1f "
+                              "(required), %zu of all 32 first-8 steps\n",
+                              s->refs[i].model, forward_dtype_name(dts[d]), greedy_checked, gap_min,
+                              greedy_equal);
                 assert_true(greedy_checked >= 4); /* the check is not vacuous (20 and 4 measured) */
             }
             assert_true(mean <= bound);
