@@ -299,10 +299,12 @@ static void lg_frame_handle(struct lg_stream *st, double now)
         return;
     }
     json_error_t jerr;
-    json_t *j = json_loadb(st->data, st->data_len, 0, &jerr);
+    /* a token may be the byte 0 ("\u0000" is valid JSON; jansson refuses
+     * it unless asked) */
+    json_t *j = json_loadb(st->data, st->data_len, JSON_ALLOW_NUL, &jerr);
     if (!j || !json_is_object(j)) {
         json_decref(j);
-        lg_stream_malformed(st, "data is not a JSON object%s", NULL);
+        lg_stream_malformed(st, "data is not a JSON object: %.60s", j ? "another JSON value" : jerr.text);
         return;
     }
     const char *type = json_string_value(json_object_get(j, "type"));
