@@ -667,6 +667,21 @@ static inline int32_t mm_load_tail_u8(const uint8_t *p, int64_t n)
     return mm_load_u32(b);
 }
 
+/* Columns [col, col + 16) of row `row` under mask mk, from s32 sums:
+ * y = (acc - zp · Σ q_w) · (scale_r · scale_n), as mm_block_store. */
+static inline __attribute__((always_inline)) MM_VNNI_TARGET void
+mm_gemv_int8_store(const struct mm_weight *w, float *y, __m512i acc, int64_t row, int64_t col,
+                   __mmask16 mk)
+{
+    const struct mm_ctx *c = w->ctx;
+    const __m512i cs = _mm512_maskz_loadu_epi32(mk, w->col_sum + col);
+    const __m512 s = _mm512_mul_ps(_mm512_set1_ps(c->row_scale[row]),
+                                   _mm512_maskz_loadu_ps(mk, w->col_scale + col));
+    const __m512i zp = _mm512_set1_epi32(c->row_zp[row]);
+    const __m512i v = _mm512_sub_epi32(acc, _mm512_mullo_epi32(zp, cs));
+    _mm512_mask_storeu_ps(y + row * w->n_out + col, mk, _mm512_mul_ps(_mm512_cvtepi32_ps(v), s));
+}
+
 /* int8: R rows (a constant once inlined, so the accumulators stay in
  * registers) of one block, then y = (acc - zp · Σ q_w) · (scale_r · scale_n)
  * as mm_block_store. */
@@ -674,7 +689,6 @@ static inline __attribute__((always_inline)) MM_VNNI_TARGET void
 mm_gemv_int8_rows(const struct mm_weight *w, const int8_t *wb, const uint8_t *x, float *y,
                   int64_t r0, const int R, int64_t c0, int64_t ncols)
 {
-    const struct mm_ctx *c = w->ctx;
     const int64_t k = w->n_in, nq = k / 4;
     __m512i acc[MM_GEMV_ROWS][4];
     for (int r = 0; r < R; r++)
@@ -698,18 +712,9 @@ mm_gemv_int8_rows(const struct mm_weight *w, const int8_t *wb, const uint8_t *x,
     if (k % 4) /* the last partial quad: the missing x are 0 */
         MM_GEMV_INT8_LINE(mm_load_tail_u8(x + r * k + 4 * nq, k % 4));
 #undef MM_GEMV_INT8_LINE
-    for (int j = 0; j < 4 && ncols - 16 * j > 0; j++) {
-        const __mmask16 mk = mm_gemv_mask(ncols - 16 * j);
-        const __m512i cs = _mm512_maskz_loadu_epi32(mk, w->col_sum + c0 + 16 * j);
-        const __m512 sw = _mm512_maskz_loadu_ps(mk, w->col_scale + c0 + 16 * j);
-        for (int r = 0; r < R; r++) {
-            const __m512i zp = _mm512_set1_epi32(c->row_zp[r0 + r]);
-            const __m512 s = _mm512_mul_ps(_mm512_set1_ps(c->row_scale[r0 + r]), sw);
-            const __m512i v = _mm512_sub_epi32(acc[r][j], _mm512_mullo_epi32(zp, cs));
-            _mm512_mask_storeu_ps(y + (r0 + r) * w->n_out + c0 + 16 * j, mk,
-                                  _mm512_mul_ps(_mm512_cvtepi32_ps(v), s));
-        }
-    }
+    for (int j = 0; j < 4 && ncols - 16 * j > 0; j++)
+        for (int r = 0; r < R; r++)
+            mm_gemv_int8_store(w, y, acc[r][j], r0 + r, c0 + 16 * j, mm_gemv_mask(ncols - 16 * j));
 }
 
 /* bf16: R rows of one block; K pairs in chunks of `chunk` k, each summed from
@@ -806,15 +811,8 @@ mm_gemv_int8_row_2blocks(const struct mm_weight *w, const int8_t *wa, const int8
         a[6] = _mm512_dpbusd_epi32(a[6], xb, _mm512_load_si512(pb + 128));
         a[7] = _mm512_dpbusd_epi32(a[7], xb, _mm512_load_si512(pb + 192));
     }
-    const struct mm_ctx *c = w->ctx;
-    const __m512i zp = _mm512_set1_epi32(c->row_zp[0]);
-    for (int j = 0; j < 8; j++) {
-        const __m512i cs = _mm512_loadu_si512(w->col_sum + c0 + 16 * j);
-        const __m512 s = _mm512_mul_ps(_mm512_set1_ps(c->row_scale[0]),
-                                       _mm512_loadu_ps(w->col_scale + c0 + 16 * j));
-        const __m512i v = _mm512_sub_epi32(a[j], _mm512_mullo_epi32(zp, cs));
-        _mm512_storeu_ps(y + c0 + 16 * j, _mm512_mul_ps(_mm512_cvtepi32_ps(v), s));
-    }
+    for (int j = 0; j < 8; j++)
+        mm_gemv_int8_store(w, y, a[j], 0, c0 + 16 * j, (__mmask16)0xffff);
 }
 
 static MM_VNNI_TARGET void mm_gemv_int8_task(void *vctx, int64_t b, int64_t e, int worker)
@@ -899,9 +897,8 @@ static void mm_convert(struct mm_run *r, struct tpool *pool)
 /* Decides the small-m path once the weights are packed: the layout must be
  * the kernel's, and a probe row must give brgemm's bits (see the top of this
  * section). Driver thread. */
-static int mm_gemv_setup(struct mm_weight *w)
+static int mm_gemv_setup(struct mm_weight *w, bool allowed)
 {
-    const bool allowed = w->gemv;
     w->gemv = false;
     if (!allowed || w->dtype == LLORCH_DTYPE_F32 || !mm_gemv_cpu(w->dtype) ||
         (w->dtype == LLORCH_DTYPE_INT8 && w->ctx->qmax != 255))
@@ -949,6 +946,10 @@ static int mm_gemv_setup(struct mm_weight *w)
         r.y = got;
         mm_run_gemv(&r, w->pool);
         w->gemv = memcmp(got, ref, sizeof(float) * (size_t)w->n_out) == 0;
+    }
+    for (int sh = 0; w->gemv && sh < w->n_shapes; sh++) { /* one row never reaches brgemm now */
+        dnnl_primitive_destroy(w->prim[sh][1]);
+        w->prim[sh][1] = NULL;
     }
     free(x);
     free(ref);
@@ -1167,11 +1168,10 @@ LLORCH_API int matmul_weight_new_tiled(struct mm_weight **out, const float *src,
     if (!err) /* f32 and s32 are both 4 bytes */
         err = mm_ctx_reserve(c, c->dtile, &c->dtile_bytes,
                              sizeof(float) * (size_t)(LLORCH_MIN(max_m, MM_MBLOCK) * w->tile_n));
-    w->gemv = !(tiling && tiling->no_gemv); /* mm_gemv_setup() decides */
     if (!err)
         err = mm_weight_pack(w, src);
     if (!err)
-        err = mm_gemv_setup(w);
+        err = mm_gemv_setup(w, !(tiling && tiling->no_gemv));
     if (!err) /* the common decode shapes: one row, and a full row block */
         err = mm_prims_for_m(w, LLORCH_MIN(max_m, MM_MBLOCK));
     if (!err)
