@@ -31,6 +31,7 @@
 #include <jansson.h>
 
 #include "forward.h"
+#include "kernels.h"
 #include "model.h"
 #include "tpool.h"
 
@@ -146,11 +147,11 @@ static struct model *load(const struct suite *s, const char *name)
     return m;
 }
 
-static struct forward *engine(const struct suite *s, const struct model *m, enum llorch_dtype dt,
-                              enum llorch_kv_type kv, uint32_t max_step)
+static struct forward *engine_at(const struct suite *s, const struct model *m, enum llorch_dtype dt,
+                                 enum llorch_kv_type kv, uint32_t max_step, enum llorch_isa isa)
 {
     struct forward_opts fo = {
-        .dtype = dt, .kv_type = kv, .kv_bytes = 0, .n_ctx = 0, .max_seqs = 1,
+        .dtype = dt, .isa = isa, .kv_type = kv, .kv_bytes = 0, .n_ctx = 0, .max_seqs = 1,
         .max_step_tokens = max_step, .pool = s->pool, .llama_rounding = true,
     };
     const uint64_t elem = kv == LLORCH_KV_F32 ? 4 : 2;
@@ -162,6 +163,12 @@ static struct forward *engine(const struct suite *s, const struct model *m, enum
         print_error("forward_new: %s\n", err);
     assert_int_equal(rc, 0);
     return fw;
+}
+
+static struct forward *engine(const struct suite *s, const struct model *m, enum llorch_dtype dt,
+                              enum llorch_kv_type kv, uint32_t max_step)
+{
+    return engine_at(s, m, dt, kv, max_step, LLORCH_ISA_AUTO);
 }
 
 /* Feeds the prompt, then n_steps tokens: forced ones, or our own argmax when
@@ -217,9 +224,9 @@ static bool starts_with(const char *s, const char *p)
     return !strncmp(s, p, strlen(p));
 }
 
-static void reference_exact_mode_matches_llama_cpp(void **state)
+/* Every reference within its bound with weights run as dt at level isa. */
+static void check_exact(struct suite *s, enum llorch_dtype dt, enum llorch_isa isa)
 {
-    struct suite *s = *state;
     assert_true(s->n >= 36); /* the shared set: 9 models x 4 prompts */
     int i = 0;
     while (i < s->n) {
@@ -230,7 +237,7 @@ static void reference_exact_mode_matches_llama_cpp(void **state)
         size_t max_prompt = 1;
         for (int k = i; k < j; k++)
             max_prompt = s->refs[k].n_prompt > max_prompt ? s->refs[k].n_prompt : max_prompt;
-        struct forward *fw = engine(s, m, LLORCH_DTYPE_F32, LLORCH_KV_F32, (uint32_t)max_prompt);
+        struct forward *fw = engine_at(s, m, dt, LLORCH_KV_F32, (uint32_t)max_prompt, isa);
         const uint32_t nv = forward_n_vocab(fw);
         const char *name = s->refs[i].model;
         const double tol = starts_with(name, "qwen2-") || starts_with(name, "phi3-") ? 1e-4
@@ -256,7 +263,8 @@ static void reference_exact_mode_matches_llama_cpp(void **state)
                     assert_int_equal(ours[st], id);
                 }
             }
-            print_message("%-28s exact worst |dlogprob| %.3g (bound %.0e)\n", r->file, worst, tol);
+            print_message("%-28s %s %s worst |dlogprob| %.3g (bound %.0e)\n", r->file,
+                          forward_dtype_name(dt), forward_isa_name(fw), worst, tol);
             assert_true(worst <= tol);
             free(logp);
             free(ours);
@@ -264,6 +272,27 @@ static void reference_exact_mode_matches_llama_cpp(void **state)
         forward_free(fw);
         model_free(m);
         i = j;
+    }
+}
+
+static void reference_exact_mode_matches_llama_cpp(void **state)
+{
+    check_exact(*state, LLORCH_DTYPE_F32, LLORCH_ISA_AUTO);
+}
+
+/* The default, each weight in its file's class (f16 as f16 with f16
+ * activations, Q8_0/Q4_0 with Q8_0 activations: llama.cpp's own roundings),
+ * meets the exact-mode bounds at every level this CPU runs. */
+static void reference_native_classes_match_llama_cpp_at_every_level(void **state)
+{
+    static const enum kernels_isa k[] = {KERNELS_ISA_SCALAR, KERNELS_ISA_AVX2, KERNELS_ISA_AVX512};
+    static const enum llorch_isa l[] = {LLORCH_ISA_SCALAR, LLORCH_ISA_AVX2, LLORCH_ISA_AVX512};
+    for (int i = 0; i < 3; i++) {
+        if (!kernels_get(k[i])) {
+            print_message("skipped level %s: this CPU lacks it\n", kernels_isa_name(k[i]));
+            continue;
+        }
+        check_exact(*state, LLORCH_DTYPE_NATIVE, l[i]);
     }
 }
 
@@ -370,6 +399,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(reference_exact_mode_matches_llama_cpp),
+        cmocka_unit_test(reference_native_classes_match_llama_cpp_at_every_level),
         cmocka_unit_test(reference_bf16_and_int8_stay_within_format_bounds),
     };
     return cmocka_run_group_tests(tests, suite_setup, suite_teardown);
