@@ -53,7 +53,6 @@ struct qmm_act {
     const int16_t *bs;
 };
 
-typedef float (*qmm_dot_fn)(const uint8_t *w, const struct qmm_act *a, int64_t n);
 
 struct qmm_type_info {
     enum ggml_type type;
@@ -333,11 +332,45 @@ static float dot_q6_k_scalar(const uint8_t *w, const struct qmm_act *a, int64_t 
     return qmm_hsum8(acc);
 }
 
-/* ---- AVX2 + FMA + F16C dots ------------------------------------------------ */
+/* ---- tiles ----------------------------------------------------------------
+ * A tile computes WR weight rows (wstride bytes apart) against NR activation
+ * rows: out[i * nr + r]. Each output is still its own canonical dot product;
+ * the tile only shares loads and unpacking between them (one weight block
+ * serves NR activation rows; WR > 1 gives a single activation row
+ * independent fma chains). */
+#define QMM_MAX_WR 2
+#define QMM_MAX_NR 4
+
+typedef void (*qmm_tile_fn)(const uint8_t *w, size_t wstride, int wr, const struct qmm_act *a,
+                            int nr, int64_t n, float *out);
+
+/* The scalar level: one reference dot per output. */
+#define QMM_DEF_SCALAR_TILE(NAME, DOT)                                                        \
+    static void NAME(const uint8_t *w, size_t wstride, int wr, const struct qmm_act *a, int nr, \
+                     int64_t n, float *out)                                                   \
+    {                                                                                         \
+        for (int i = 0; i < wr; i++)                                                          \
+            for (int r = 0; r < nr; r++)                                                      \
+                out[i * nr + r] = DOT(w + (size_t)i * wstride, &a[r], n);                     \
+    }
+QMM_DEF_SCALAR_TILE(tile_f32_scalar, dot_f32_scalar)
+QMM_DEF_SCALAR_TILE(tile_f16_scalar, dot_f16_scalar)
+QMM_DEF_SCALAR_TILE(tile_bf16_scalar, dot_bf16_scalar)
+QMM_DEF_SCALAR_TILE(tile_q8_0_scalar, dot_q8_0_scalar)
+QMM_DEF_SCALAR_TILE(tile_q4_0_scalar, dot_q4_0_scalar)
+QMM_DEF_SCALAR_TILE(tile_q4_1_scalar, dot_q4_1_scalar)
+QMM_DEF_SCALAR_TILE(tile_q5_0_scalar, dot_q5_0_scalar)
+QMM_DEF_SCALAR_TILE(tile_q5_1_scalar, dot_q5_1_scalar)
+QMM_DEF_SCALAR_TILE(tile_q4_k_scalar, dot_q4_k_scalar)
+QMM_DEF_SCALAR_TILE(tile_q5_k_scalar, dot_q5_k_scalar)
+QMM_DEF_SCALAR_TILE(tile_q6_k_scalar, dot_q6_k_scalar)
+
+/* ---- AVX2 + FMA + F16C ------------------------------------------------------ */
 
 #define QMM_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define QMM_INLINE static inline __attribute__((always_inline)) QMM_AVX2
 
-static inline QMM_AVX2 float avx2_hsum8(__m256 v)
+QMM_INLINE float avx2_hsum8(__m256 v)
 {
     const __m128 t4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     const __m128 t2 = _mm_add_ps(t4, _mm_movehl_ps(t4, t4));
@@ -345,84 +378,21 @@ static inline QMM_AVX2 float avx2_hsum8(__m256 v)
     return _mm_cvtss_f32(t1);
 }
 
-static inline QMM_AVX2 float avx2_hsum32(__m256 a0, __m256 a1, __m256 a2, __m256 a3)
+QMM_INLINE float avx2_f16(const uint8_t *p)
 {
-    return avx2_hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
 }
 
-/* 8 int32 lanes, lane l = sum_{i<4} w[4l+i] x[4l+i]; w, x signed bytes with
- * |x| <= 127 (w may be -128: its magnitude is taken as unsigned). */
-static inline QMM_AVX2 __m256i avx2_dot_i8(__m256i w, __m256i x)
+QMM_INLINE __m256i avx2_load(const void *p)
 {
-    const __m256i p16 = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
-    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+    return _mm256_loadu_si256((const __m256i *)p);
 }
-
-/* The same for unsigned w (0..63) and signed x, scaled by an int16 per lane
- * pair: lane l = scale[l] * sum_{i<4} w x. */
-static inline QMM_AVX2 __m256i avx2_dot_u8_scaled(__m256i w, __m256i x, __m256i scale16)
-{
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), scale16);
-}
-
-static QMM_AVX2 float dot_f32_avx2(const uint8_t *w, const struct qmm_act *a, int64_t n)
-{
-    const float *wf = (const float *)(const void *)w, *x = a->f;
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                     _mm256_setzero_ps()};
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32)
-        for (int k = 0; k < 4; k++)
-            acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(wf + i + 8 * k), _mm256_loadu_ps(x + i + 8 * k),
-                                     acc[k]);
-    if (i < n) {
-        float tw[32] = {0}, tx[32] = {0};
-        memcpy(tw, wf + i, (size_t)(n - i) * 4);
-        memcpy(tx, x + i, (size_t)(n - i) * 4);
-        for (int k = 0; k < 4; k++)
-            acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(tw + 8 * k), _mm256_loadu_ps(tx + 8 * k), acc[k]);
-    }
-    return avx2_hsum32(acc[0], acc[1], acc[2], acc[3]);
-}
-
-static inline QMM_AVX2 __m256 avx2_load_f16(const uint8_t *p)
-{
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p));
-}
-
-static inline QMM_AVX2 __m256 avx2_load_bf16(const uint8_t *p)
-{
-    const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
-}
-
-#define QMM_DEF_HALF_DOT(NAME, LOAD)                                                            \
-    static QMM_AVX2 float NAME(const uint8_t *w, const struct qmm_act *a, int64_t n)            \
-    {                                                                                           \
-        const float *x = a->f;                                                                  \
-        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),         \
-                         _mm256_setzero_ps()};                                                  \
-        int64_t i = 0;                                                                          \
-        for (; i + 32 <= n; i += 32)                                                            \
-            for (int k = 0; k < 4; k++)                                                         \
-                acc[k] = _mm256_fmadd_ps(LOAD(w + 2 * (i + 8 * k)),                             \
-                                         _mm256_loadu_ps(x + i + 8 * k), acc[k]);               \
-        if (i < n) {                                                                            \
-            uint8_t tw[64] = {0};                                                               \
-            float tx[32] = {0};                                                                 \
-            memcpy(tw, w + 2 * i, (size_t)(n - i) * 2);                                         \
-            memcpy(tx, x + i, (size_t)(n - i) * 4);                                             \
-            for (int k = 0; k < 4; k++)                                                         \
-                acc[k] = _mm256_fmadd_ps(LOAD(tw + 16 * k), _mm256_loadu_ps(tx + 8 * k), acc[k]); \
-        }                                                                                       \
-        return avx2_hsum32(acc[0], acc[1], acc[2], acc[3]);                                     \
-    }
-QMM_DEF_HALF_DOT(dot_f16_avx2, avx2_load_f16)
-QMM_DEF_HALF_DOT(dot_bf16_avx2, avx2_load_bf16)
 
 /* 32 nibbles of 16 bytes as bytes 0..31 in element order (low nibbles are
  * elements 0..15, high nibbles 16..31). */
-static inline QMM_AVX2 __m256i avx2_nibbles(const uint8_t *p)
+QMM_INLINE __m256i avx2_nibbles(const uint8_t *p)
 {
     const __m128i b = _mm_loadu_si128((const __m128i *)(const void *)p);
     const __m128i m = _mm_set1_epi8(0x0f);
@@ -430,7 +400,7 @@ static inline QMM_AVX2 __m256i avx2_nibbles(const uint8_t *p)
 }
 
 /* Byte e = 0x10 where bit e of the 32-bit word at p is set, else 0. */
-static inline QMM_AVX2 __m256i avx2_bit5(const uint8_t *p)
+QMM_INLINE __m256i avx2_bit5(const uint8_t *p)
 {
     uint32_t qh;
     memcpy(&qh, p, 4);
@@ -442,143 +412,307 @@ static inline QMM_AVX2 __m256i avx2_bit5(const uint8_t *p)
     return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
 }
 
-#define QMM_DEF_Q32_DOT(NAME, BYTES, HAS_MIN, WEIGHTS)                                  \
-    static QMM_AVX2 float NAME(const uint8_t *w, const struct qmm_act *a, int64_t n)    \
-    {                                                                                   \
-        __m256 acc = _mm256_setzero_ps();                                               \
-        float accm = 0.0f;                                                              \
-        for (int64_t b = 0; b < n / 32; b++) {                                          \
-            const uint8_t *blk = w + b * (BYTES);                                       \
-            const __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(a->q + 32 * b)); \
-            __m256i p;                                                                  \
-            WEIGHTS                                                                     \
-            const __m256 d = _mm256_set1_ps(qmm_f16(blk) * a->d[b]);                    \
-            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);                       \
-            if (HAS_MIN)                                                                \
-                accm = fmaf(qmm_f16(blk + 2), a->s[b], accm);                           \
-        }                                                                               \
-        return avx2_hsum8(acc) + accm;                                                  \
+/* 32-element types: the weight block as bytes in element order; signed
+ * (offset applied) for Q8_0/Q4_0/Q5_0, unsigned for Q4_1/Q5_1. */
+QMM_INLINE __m256i avx2_q32_values(enum ggml_type t, const uint8_t *blk)
+{
+    switch (t) {
+    case GGML_TYPE_Q4_0:
+        return _mm256_sub_epi8(avx2_nibbles(blk + 2), _mm256_set1_epi8(8));
+    case GGML_TYPE_Q4_1:
+        return avx2_nibbles(blk + 4);
+    case GGML_TYPE_Q5_0:
+        return _mm256_sub_epi8(_mm256_or_si256(avx2_nibbles(blk + 6), avx2_bit5(blk + 2)),
+                               _mm256_set1_epi8(16));
+    case GGML_TYPE_Q5_1:
+        return _mm256_or_si256(avx2_nibbles(blk + 8), avx2_bit5(blk + 4));
+    default: /* Q8_0 */
+        return avx2_load(blk + 2);
     }
+}
 
-QMM_DEF_Q32_DOT(dot_q8_0_avx2, 34, 0,
-                p = avx2_dot_i8(_mm256_loadu_si256((const __m256i *)(const void *)(blk + 2)), x);)
-QMM_DEF_Q32_DOT(dot_q4_0_avx2, 18, 0,
-                p = avx2_dot_i8(_mm256_sub_epi8(avx2_nibbles(blk + 2), _mm256_set1_epi8(8)), x);)
-QMM_DEF_Q32_DOT(dot_q4_1_avx2, 20, 1,
-                p = _mm256_madd_epi16(_mm256_maddubs_epi16(avx2_nibbles(blk + 4), x),
-                                      _mm256_set1_epi16(1));)
-QMM_DEF_Q32_DOT(dot_q5_0_avx2, 22, 0,
-                p = avx2_dot_i8(_mm256_sub_epi8(_mm256_or_si256(avx2_nibbles(blk + 6), avx2_bit5(blk + 2)),
-                                                _mm256_set1_epi8(16)), x);)
-QMM_DEF_Q32_DOT(dot_q5_1_avx2, 24, 1,
-                p = _mm256_madd_epi16(
-                    _mm256_maddubs_epi16(_mm256_or_si256(avx2_nibbles(blk + 8), avx2_bit5(blk + 4)), x),
-                    _mm256_set1_epi16(1));)
+QMM_INLINE void avx2_q32_tile(enum ggml_type t, int bytes, bool has_min, const int WR, const int NR,
+                              const uint8_t *w, size_t wstride, const struct qmm_act *a, int64_t n,
+                              float *out)
+{
+    const bool is_signed = !has_min;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[QMM_MAX_WR][QMM_MAX_NR];
+    float accm[QMM_MAX_WR][QMM_MAX_NR];
+    for (int i = 0; i < WR; i++)
+        for (int r = 0; r < NR; r++) {
+            acc[i][r] = _mm256_setzero_ps();
+            accm[i][r] = 0.0f;
+        }
+    for (int64_t b = 0; b < n / 32; b++) {
+        __m256i x[QMM_MAX_NR];
+        float dx[QMM_MAX_NR];
+        for (int r = 0; r < NR; r++) {
+            x[r] = avx2_load(a[r].q + 32 * b);
+            dx[r] = a[r].d[b];
+        }
+        for (int i = 0; i < WR; i++) {
+            const uint8_t *blk = w + (size_t)i * wstride + (size_t)b * (size_t)bytes;
+            const __m256i v = avx2_q32_values(t, blk);
+            const float dw = avx2_f16(blk);
+            const __m256i av = is_signed ? _mm256_abs_epi8(v) : v;
+            for (int r = 0; r < NR; r++) {
+                const __m256i xs = is_signed ? _mm256_sign_epi8(x[r], v) : x[r];
+                const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(av, xs), ones);
+                acc[i][r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dx[r]), _mm256_cvtepi32_ps(p), acc[i][r]);
+                if (has_min)
+                    accm[i][r] = fmaf(avx2_f16(blk + 2), a[r].s[b], accm[i][r]);
+            }
+        }
+    }
+    for (int i = 0; i < WR; i++)
+        for (int r = 0; r < NR; r++)
+            out[i * NR + r] = avx2_hsum8(acc[i][r]) + accm[i][r];
+}
 
-static inline QMM_AVX2 float dot_q45_k_avx2(const uint8_t *w, const struct qmm_act *a, int64_t n,
-                                            bool five)
+/* Q4_K / Q5_K: per 256, P = sum over 8 sub-blocks of scale * 4-element
+ * sums (exact int32), then one fma; mins through the 16-sums. */
+QMM_INLINE void avx2_q45k_tile(bool five, const int WR, const int NR, const uint8_t *w,
+                               size_t wstride, const struct qmm_act *a, int64_t n, float *out)
 {
     const int bytes = five ? 176 : 144;
     const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
-    __m256 acc = _mm256_setzero_ps();
-    float accm = 0.0f;
+    __m256 acc[QMM_MAX_WR][QMM_MAX_NR];
+    float accm[QMM_MAX_WR][QMM_MAX_NR];
+    for (int i = 0; i < WR; i++)
+        for (int r = 0; r < NR; r++) {
+            acc[i][r] = _mm256_setzero_ps();
+            accm[i][r] = 0.0f;
+        }
     for (int64_t sb = 0; sb < n / 256; sb++) {
-        const uint8_t *blk = w + sb * bytes;
-        const uint8_t *scales = blk + 4, *qs = blk + (five ? 48 : 16);
-        const int8_t *x = a->q + 256 * sb;
-        const int16_t *bs = a->bs + 16 * sb;
-        const __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(const void *)(blk + 16))
-                                : _mm256_setzero_si256();
-        __m256i P = _mm256_setzero_si256();
-        int32_t msum = 0;
-        for (int j = 0; j < 4; j++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(qs + 32 * j));
-            for (int h = 0; h < 2; h++) {
-                const int s = 2 * j + h;
-                int sc, m;
-                qmm_k4_scale_min(s, scales, &sc, &m);
-                __m256i v = h ? _mm256_and_si256(_mm256_srli_epi16(q, 4), m4) : _mm256_and_si256(q, m4);
-                if (five)
-                    v = _mm256_or_si256(
-                        v, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, s), one), 4));
-                const __m256i xv = _mm256_loadu_si256((const __m256i *)(const void *)(x + 32 * s));
-                P = _mm256_add_epi32(P, avx2_dot_u8_scaled(v, xv, _mm256_set1_epi16((short)sc)));
-                msum += m * (bs[2 * s] + bs[2 * s + 1]);
+        for (int i = 0; i < WR; i++) {
+            const uint8_t *blk = w + (size_t)i * wstride + (size_t)sb * (size_t)bytes;
+            const uint8_t *scales = blk + 4, *qs = blk + (five ? 48 : 16);
+            const __m256i qh = five ? avx2_load(blk + 16) : _mm256_setzero_si256();
+            int sc[8], mn[8];
+            for (int s = 0; s < 8; s++)
+                qmm_k4_scale_min(s, scales, &sc[s], &mn[s]);
+            __m256i P[QMM_MAX_NR];
+            for (int r = 0; r < NR; r++)
+                P[r] = _mm256_setzero_si256();
+            for (int j = 0; j < 4; j++) {
+                const __m256i q = avx2_load(qs + 32 * j);
+                for (int h = 0; h < 2; h++) {
+                    const int s = 2 * j + h;
+                    __m256i v = h ? _mm256_and_si256(_mm256_srli_epi16(q, 4), m4) : _mm256_and_si256(q, m4);
+                    if (five)
+                        v = _mm256_or_si256(
+                            v, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, s), one), 4));
+                    const __m256i scv = _mm256_set1_epi16((short)sc[s]);
+                    for (int r = 0; r < NR; r++) {
+                        const __m256i xv = avx2_load(a[r].q + 256 * sb + 32 * s);
+                        P[r] = _mm256_add_epi32(P[r], _mm256_madd_epi16(_mm256_maddubs_epi16(v, xv), scv));
+                    }
+                }
+            }
+            const float d = avx2_f16(blk), dmin = avx2_f16(blk + 2);
+            for (int r = 0; r < NR; r++) {
+                const int16_t *bs = a[r].bs + 16 * sb;
+                int32_t msum = 0;
+                for (int s = 0; s < 8; s++)
+                    msum += mn[s] * (bs[2 * s] + bs[2 * s + 1]);
+                const float dx = a[r].d[sb];
+                acc[i][r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * d), _mm256_cvtepi32_ps(P[r]), acc[i][r]);
+                accm[i][r] = fmaf(dx * dmin, (float)msum, accm[i][r]);
             }
         }
-        const float dx = a->d[sb];
-        const float d = dx * qmm_f16(blk), dmin = dx * qmm_f16(blk + 2);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(P), acc);
-        accm = fmaf(dmin, (float)msum, accm);
     }
-    return avx2_hsum8(acc) - accm;
+    for (int i = 0; i < WR; i++)
+        for (int r = 0; r < NR; r++)
+            out[i * NR + r] = avx2_hsum8(acc[i][r]) - accm[i][r];
 }
 
-static QMM_AVX2 float dot_q4_k_avx2(const uint8_t *w, const struct qmm_act *a, int64_t n)
+QMM_INLINE void avx2_q6k_tile(const int WR, const int NR, const uint8_t *w, size_t wstride,
+                              const struct qmm_act *a, int64_t n, float *out)
 {
-    return dot_q45_k_avx2(w, a, n, false);
-}
-static QMM_AVX2 float dot_q5_k_avx2(const uint8_t *w, const struct qmm_act *a, int64_t n)
-{
-    return dot_q45_k_avx2(w, a, n, true);
-}
-
-static QMM_AVX2 float dot_q6_k_avx2(const uint8_t *w, const struct qmm_act *a, int64_t n)
-{
-    const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(3);
-    const __m256i k32 = _mm256_set1_epi8(32);
-    __m256 acc = _mm256_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(3), k32 = _mm256_set1_epi8(32);
+    __m256 acc[QMM_MAX_WR][QMM_MAX_NR];
+    for (int i = 0; i < WR; i++)
+        for (int r = 0; r < NR; r++)
+            acc[i][r] = _mm256_setzero_ps();
     for (int64_t sb = 0; sb < n / 256; sb++) {
-        const uint8_t *blk = w + sb * 210;
-        const int8_t *sc = (const int8_t *)(blk + 192);
-        const int8_t *x = a->q + 256 * sb;
-        __m256i P = _mm256_setzero_si256();
-        for (int half = 0; half < 2; half++) {
-            const uint8_t *ql = blk + 64 * half, *qhp = blk + 128 + 32 * half;
-            const __m256i l0 = _mm256_loadu_si256((const __m256i *)(const void *)ql);
-            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(const void *)(ql + 32));
-            const __m256i qh = _mm256_loadu_si256((const __m256i *)(const void *)qhp);
+        for (int i = 0; i < WR; i++) {
+            const uint8_t *blk = w + (size_t)i * wstride + (size_t)sb * 210;
+            const int8_t *sc = (const int8_t *)(blk + 192);
+            __m256i P[QMM_MAX_NR];
+            for (int r = 0; r < NR; r++)
+                P[r] = _mm256_setzero_si256();
+            for (int half = 0; half < 2; half++) {
+                const uint8_t *ql = blk + 64 * half;
+                const __m256i l0 = avx2_load(ql), l1 = avx2_load(ql + 32);
+                const __m256i qh = avx2_load(blk + 128 + 32 * half);
+                for (int k = 0; k < 4; k++) {
+                    const __m256i lo = k % 2 ? l1 : l0;
+                    const __m256i nib = k < 2 ? _mm256_and_si256(lo, m4)
+                                              : _mm256_and_si256(_mm256_srli_epi16(lo, 4), m4);
+                    const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), m2), 4);
+                    const __m256i q = _mm256_or_si256(nib, hi); /* 0..63 */
+                    const int c = 4 * half + k;
+                    const __m256i scale = _mm256_set_m128i(_mm_set1_epi16((short)sc[2 * c + 1]),
+                                                           _mm_set1_epi16((short)sc[2 * c]));
+                    for (int r = 0; r < NR; r++) {
+                        const __m256i xv = avx2_load(a[r].q + 256 * sb + 32 * c);
+                        /* pairs of (q - 32) x: q x - 32 x, each within int16 */
+                        const __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q, xv),
+                                                             _mm256_maddubs_epi16(k32, xv));
+                        P[r] = _mm256_add_epi32(P[r], _mm256_madd_epi16(p16, scale));
+                    }
+                }
+            }
+            const float d = avx2_f16(blk + 208);
+            for (int r = 0; r < NR; r++)
+                acc[i][r] = _mm256_fmadd_ps(_mm256_set1_ps(a[r].d[sb] * d), _mm256_cvtepi32_ps(P[r]), acc[i][r]);
+        }
+    }
+    for (int i = 0; i < WR; i++)
+        for (int r = 0; r < NR; r++)
+            out[i * NR + r] = avx2_hsum8(acc[i][r]);
+}
+
+/* Float types: 4 accumulators (32 lanes) per output; the weight's 8
+ * elements converted once for every activation row. */
+QMM_INLINE __m256 avx2_load_wf(enum ggml_type t, const uint8_t *p)
+{
+    switch (t) {
+    case GGML_TYPE_F16:
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p));
+    case GGML_TYPE_BF16:
+        return _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)p)), 16));
+    default:
+        return _mm256_loadu_ps((const float *)(const void *)p);
+    }
+}
+
+QMM_INLINE void avx2_float_tile(enum ggml_type t, int esize, const int WR, const int NR,
+                                const uint8_t *w, size_t wstride, const struct qmm_act *a,
+                                int64_t n, float *out)
+{
+    __m256 acc[QMM_MAX_WR][2][4];
+    for (int i = 0; i < WR; i++)
+        for (int r = 0; r < NR; r++)
+            for (int k = 0; k < 4; k++)
+                acc[i][r][k] = _mm256_setzero_ps();
+    int64_t e = 0;
+    for (; e + 32 <= n; e += 32)
+        for (int i = 0; i < WR; i++)
             for (int k = 0; k < 4; k++) {
-                const __m256i lo = k % 2 ? l1 : l0;
-                const __m256i nib = k < 2 ? _mm256_and_si256(lo, m4)
-                                          : _mm256_and_si256(_mm256_srli_epi16(lo, 4), m4);
-                const __m256i hi = _mm256_slli_epi16(
-                    _mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), m2), 4);
-                const __m256i q = _mm256_or_si256(nib, hi); /* 0..63 */
-                const int c = 4 * half + k;
-                const __m256i xv = _mm256_loadu_si256((const __m256i *)(const void *)(x + 32 * c));
-                /* pairs of (q - 32) x: q x - 32 x, each within int16 */
-                const __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q, xv),
-                                                     _mm256_maddubs_epi16(k32, xv));
-                const int s0 = sc[2 * c], s1 = sc[2 * c + 1];
-                const __m256i scale = _mm256_set_m128i(_mm_set1_epi16((short)s1), _mm_set1_epi16((short)s0));
-                P = _mm256_add_epi32(P, _mm256_madd_epi16(p16, scale));
+                const __m256 wv = avx2_load_wf(t, w + (size_t)i * wstride + (size_t)(e + 8 * k) * (size_t)esize);
+                for (int r = 0; r < NR; r++)
+                    acc[i][r][k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(a[r].f + e + 8 * k), acc[i][r][k]);
+            }
+    if (e < n) { /* the tail, zero-padded as the scalar level does */
+        const int64_t left = n - e;
+        for (int i = 0; i < WR; i++) {
+            uint8_t tw[32 * 4] = {0};
+            memcpy(tw, w + (size_t)i * wstride + (size_t)e * (size_t)esize, (size_t)(left * esize));
+            for (int r = 0; r < NR; r++) {
+                float tx[32] = {0};
+                memcpy(tx, a[r].f + e, (size_t)left * 4);
+                for (int k = 0; k < 4; k++)
+                    acc[i][r][k] = _mm256_fmadd_ps(avx2_load_wf(t, tw + 8 * k * esize),
+                                                   _mm256_loadu_ps(tx + 8 * k), acc[i][r][k]);
             }
         }
-        const float d = a->d[sb] * qmm_f16(blk + 208);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(P), acc);
     }
-    return avx2_hsum8(acc);
+    for (int i = 0; i < WR; i++)
+        for (int r = 0; r < NR; r++)
+            out[i * NR + r] = avx2_hsum8(_mm256_add_ps(_mm256_add_ps(acc[i][r][0], acc[i][r][1]),
+                                                       _mm256_add_ps(acc[i][r][2], acc[i][r][3])));
 }
+
+/* One function per type: the (wr, nr) shapes the driver uses, each
+ * compiled with constant bounds so the accumulators live in registers.
+ * Float types take at most 2 activation rows (4 accumulators each). */
+#define QMM_AVX2_DISPATCH(NAME, CALL, MAXNR)                                                    \
+    static QMM_AVX2 void NAME(const uint8_t *w, size_t wstride, int wr, const struct qmm_act *a, \
+                              int nr, int64_t n, float *out)                                    \
+    {                                                                                           \
+        if (wr == 2) {                                                                          \
+            CALL(2, 1, w, wstride, a, n, out);                                                  \
+            return;                                                                             \
+        }                                                                                       \
+        for (int r0 = 0; r0 < nr; r0 += MAXNR) {                                                \
+            const int k = LLORCH_MIN(nr - r0, MAXNR);                                           \
+            float o[QMM_MAX_NR];                                                                \
+            switch (k) {                                                                        \
+            case 1:                                                                             \
+                CALL(1, 1, w, wstride, a + r0, n, o);                                           \
+                break;                                                                          \
+            case 2:                                                                             \
+                CALL(1, 2, w, wstride, a + r0, n, o);                                           \
+                break;                                                                          \
+            case 3:                                                                             \
+                CALL(1, 3, w, wstride, a + r0, n, o);                                           \
+                break;                                                                          \
+            default:                                                                            \
+                CALL(1, 4, w, wstride, a + r0, n, o);                                           \
+                break;                                                                          \
+            }                                                                                   \
+            memcpy(out + r0, o, (size_t)k * sizeof *o);                                         \
+        }                                                                                       \
+    }
+
+#define QMM_Q8_0(WR, NR, ...) avx2_q32_tile(GGML_TYPE_Q8_0, 34, false, WR, NR, __VA_ARGS__)
+#define QMM_Q4_0(WR, NR, ...) avx2_q32_tile(GGML_TYPE_Q4_0, 18, false, WR, NR, __VA_ARGS__)
+#define QMM_Q4_1(WR, NR, ...) avx2_q32_tile(GGML_TYPE_Q4_1, 20, true, WR, NR, __VA_ARGS__)
+#define QMM_Q5_0(WR, NR, ...) avx2_q32_tile(GGML_TYPE_Q5_0, 22, false, WR, NR, __VA_ARGS__)
+#define QMM_Q5_1(WR, NR, ...) avx2_q32_tile(GGML_TYPE_Q5_1, 24, true, WR, NR, __VA_ARGS__)
+#define QMM_Q4_K(WR, NR, ...) avx2_q45k_tile(false, WR, NR, __VA_ARGS__)
+#define QMM_Q5_K(WR, NR, ...) avx2_q45k_tile(true, WR, NR, __VA_ARGS__)
+#define QMM_Q6_K(WR, NR, ...) avx2_q6k_tile(WR, NR, __VA_ARGS__)
+
+QMM_AVX2_DISPATCH(tile_q8_0_avx2, QMM_Q8_0, 4)
+QMM_AVX2_DISPATCH(tile_q4_0_avx2, QMM_Q4_0, 4)
+QMM_AVX2_DISPATCH(tile_q4_1_avx2, QMM_Q4_1, 4)
+QMM_AVX2_DISPATCH(tile_q5_0_avx2, QMM_Q5_0, 4)
+QMM_AVX2_DISPATCH(tile_q5_1_avx2, QMM_Q5_1, 4)
+QMM_AVX2_DISPATCH(tile_q4_k_avx2, QMM_Q4_K, 4)
+QMM_AVX2_DISPATCH(tile_q5_k_avx2, QMM_Q5_K, 4)
+QMM_AVX2_DISPATCH(tile_q6_k_avx2, QMM_Q6_K, 4)
+
+#define QMM_AVX2_FLOAT_DISPATCH(NAME, T, ES)                                                    \
+    static QMM_AVX2 void NAME(const uint8_t *w, size_t wstride, int wr, const struct qmm_act *a, \
+                              int nr, int64_t n, float *out)                                    \
+    {                                                                                           \
+        if (wr == 2) {                                                                          \
+            avx2_float_tile(T, ES, 2, 1, w, wstride, a, n, out);                                \
+            return;                                                                             \
+        }                                                                                       \
+        for (int r0 = 0; r0 < nr; r0 += 2) {                                                    \
+            if (nr - r0 == 1)                                                                   \
+                avx2_float_tile(T, ES, 1, 1, w, wstride, a + r0, n, out + r0);                  \
+            else                                                                                \
+                avx2_float_tile(T, ES, 1, 2, w, wstride, a + r0, n, out + r0);                  \
+        }                                                                                       \
+    }
+QMM_AVX2_FLOAT_DISPATCH(tile_f32_avx2, GGML_TYPE_F32, 4)
+QMM_AVX2_FLOAT_DISPATCH(tile_f16_avx2, GGML_TYPE_F16, 2)
+QMM_AVX2_FLOAT_DISPATCH(tile_bf16_avx2, GGML_TYPE_BF16, 2)
 
 /* ---- tables ---------------------------------------------------------------- */
 
 /* Indexed like qmm_types. The AVX-512 level runs the 256-bit kernels: the
  * lane structure is the arithmetic's, and a batch-1 matmul is bound by
  * memory, not by vector width. */
-static const qmm_dot_fn qmm_dots_scalar[QMM_N_TYPES] = {
-    dot_f32_scalar,  dot_f16_scalar,  dot_bf16_scalar, dot_q8_0_scalar,
-    dot_q4_0_scalar, dot_q4_1_scalar, dot_q5_0_scalar, dot_q5_1_scalar,
-    dot_q4_k_scalar, dot_q5_k_scalar, dot_q6_k_scalar,
+static const qmm_tile_fn qmm_tiles_scalar[QMM_N_TYPES] = {
+    tile_f32_scalar,  tile_f16_scalar,  tile_bf16_scalar, tile_q8_0_scalar,
+    tile_q4_0_scalar, tile_q4_1_scalar, tile_q5_0_scalar, tile_q5_1_scalar,
+    tile_q4_k_scalar, tile_q5_k_scalar, tile_q6_k_scalar,
 };
-static const qmm_dot_fn qmm_dots_avx2[QMM_N_TYPES] = {
-    dot_f32_avx2,  dot_f16_avx2,  dot_bf16_avx2, dot_q8_0_avx2, dot_q4_0_avx2, dot_q4_1_avx2,
-    dot_q5_0_avx2, dot_q5_1_avx2, dot_q4_k_avx2, dot_q5_k_avx2, dot_q6_k_avx2,
+static const qmm_tile_fn qmm_tiles_avx2[QMM_N_TYPES] = {
+    tile_f32_avx2,  tile_f16_avx2,  tile_bf16_avx2, tile_q8_0_avx2, tile_q4_0_avx2, tile_q4_1_avx2,
+    tile_q5_0_avx2, tile_q5_1_avx2, tile_q4_k_avx2, tile_q5_k_avx2, tile_q6_k_avx2,
 };
 
-static const qmm_dot_fn *qmm_dots_for(enum kernels_isa isa)
+static const qmm_tile_fn *qmm_tiles_for(enum kernels_isa isa)
 {
-    return isa == KERNELS_ISA_SCALAR ? qmm_dots_scalar : qmm_dots_avx2;
+    return isa == KERNELS_ISA_SCALAR ? qmm_tiles_scalar : qmm_tiles_avx2;
 }
 
 /* ---- activation rounding ------------------------------------------------- */
@@ -657,7 +791,7 @@ static void act_quant_q8_k(int8_t *q, float *d, int16_t *bs, const float *x, int
 
 struct qmm_seg {
     const struct qmm_type_info *ti;
-    qmm_dot_fn dot;
+    qmm_tile_fn tile;
     const uint8_t *data;
     size_t row_bytes;
     int64_t row0, n_rows;   /* output rows [row0, row0 + n_rows) */
@@ -711,7 +845,7 @@ LLORCH_API int qmm_weight_new(struct qmm_weight **out, const struct qmm_part *pa
             rc = LLORCH_EINVAL;
             continue;
         }
-        s->dot = qmm_dots_for(isa)[qmm_type_index(parts[i].type)];
+        s->tile = qmm_tiles_for(isa)[qmm_type_index(parts[i].type)];
         s->data = parts[i].data;
         s->row_bytes = (size_t)rb;
         s->row0 = w->n_out;
@@ -884,7 +1018,9 @@ static void qmm_round_rows(void *vctx, int64_t b, int64_t e, int worker)
 }
 
 /* Output rows [b, e): every activation row, QMM_M_TILE at a time, so the
- * task's weight rows stay in cache across the tile. */
+ * task's weight rows stay in cache across the tile. One activation row takes
+ * weight rows in pairs (two independent chains); more take one weight row
+ * against up to four activation rows. */
 static void qmm_rows_task(void *vctx, int64_t b, int64_t e, int worker)
 {
     LLORCH_UNUSED(worker);
@@ -896,14 +1032,19 @@ static void qmm_rows_task(void *vctx, int64_t b, int64_t e, int worker)
         if (lo >= hi)
             continue;
         for (int64_t r0 = 0; r0 < c->m; r0 += QMM_M_TILE) {
-            const int64_t r1 = LLORCH_MIN(c->m, r0 + QMM_M_TILE);
+            const int nr = (int)LLORCH_MIN(c->m - r0, QMM_M_TILE);
             struct qmm_act a[QMM_M_TILE];
-            for (int64_t r = r0; r < r1; r++)
-                a[r - r0] = qmm_act_row(c, s->ti->fmt, r);
-            for (int64_t n = lo; n < hi; n++) {
-                const uint8_t *wr = s->data + (size_t)(n - s->row0) * s->row_bytes;
-                for (int64_t r = r0; r < r1; r++)
-                    c->y[r * w->n_out + n] = s->dot(wr, &a[r - r0], w->n_in);
+            float out[QMM_MAX_WR * QMM_M_TILE];
+            for (int r = 0; r < nr; r++)
+                a[r] = qmm_act_row(c, s->ti->fmt, r0 + r);
+            for (int64_t n = lo; n < hi;) {
+                const int wr = nr == 1 && n + 1 < hi ? 2 : 1;
+                s->tile(s->data + (size_t)(n - s->row0) * s->row_bytes, s->row_bytes, wr, a, nr,
+                        w->n_in, out);
+                for (int k = 0; k < wr; k++)
+                    for (int r = 0; r < nr; r++)
+                        c->y[(r0 + r) * w->n_out + n + k] = out[k * nr + r];
+                n += wr;
             }
         }
     }
@@ -939,7 +1080,10 @@ LLORCH_API float qmm_dot_row(const struct qmm_weight *w, int64_t row, const floa
         const struct qmm_seg *s = &w->seg[i];
         if (row >= s->row0 && row < s->row0 + s->n_rows) {
             struct qmm_act a = qmm_act_row(&c, s->ti->fmt, 0);
-            return s->dot(s->data + (size_t)(row - s->row0) * s->row_bytes, &a, w->n_in);
+            float out;
+            s->tile(s->data + (size_t)(row - s->row0) * s->row_bytes, s->row_bytes, 1, &a, 1,
+                    w->n_in, &out);
+            return out;
         }
     }
     return NAN;
