@@ -57,6 +57,7 @@ struct cfg {
     bool pin;
     bool quick;
     uint32_t prompt;      /* tokens prefilled per sequence */
+    uint32_t pp;          /* --pp N: one sequence's N-token prompt in one step, best of 3 */
     int warm;             /* untimed steps per batch */
     int rounds;           /* timed rounds per batch (best of) */
     double chunk_s;       /* decode steps per round: at least this long */
@@ -429,7 +430,7 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
     for (int i = 0; i < cf->n_batches; i++)
         max_b = LLORCH_MAX(max_b, cf->batches[i]);
     /* steps any sequence can take: sequence 0 runs in every batch */
-    uint64_t steps_seq0 = 0, kv_tokens = (uint64_t)max_b * (cf->prompt + LLORCH_KV_BLOCK);
+    uint64_t steps_seq0 = 0, kv_tokens = (uint64_t)max_b * (cf->prompt + LLORCH_KV_BLOCK) + cf->pp;
     for (int i = 0; i < cf->n_batches; i++) {
         uint32_t b = cf->batches[i];
         uint64_t per_round = LLORCH_MAX(2u, (uint64_t)cf->chunk_max_tokens / b);
@@ -440,12 +441,12 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
     const struct model_hparams *hp = &m->hp;
     const uint64_t elt = dt == LLORCH_DTYPE_F32 ? 4 : 2;
     const uint64_t per_tok = (uint64_t)hp->n_layer * 2 * hp->n_head_kv * hp->head_dim * elt;
-    const uint32_t step_tokens = LLORCH_MAX(max_b, 256u);
+    const uint32_t step_tokens = LLORCH_MAX(LLORCH_MAX(max_b, 256u), cf->pp);
     struct forward_opts fo = {
         .dtype = dt,
         .isa = cf->isa,
         .kv_bytes = kv_tokens * per_tok * 5 / 4 + (16u << 20),
-        .n_ctx = (uint32_t)(cf->prompt + steps_seq0 + 2 * LLORCH_KV_BLOCK),
+        .n_ctx = (uint32_t)LLORCH_MAX(cf->prompt + steps_seq0, cf->pp) + 2 * LLORCH_KV_BLOCK,
         .max_seqs = max_b,
         .max_step_tokens = step_tokens,
         .pool = pool,
@@ -484,6 +485,30 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
            pk.q ? qmm_weight_impl(pk.q) : matmul_weight_impl(pk.w), (long long)pk.m, (long long)pk.n,
            (long long)pk.k);
     dec_print_rss(m, fo.kv_bytes);
+
+    /* llama-bench's ppN: one sequence, an N-token prompt in one step */
+    if (cf->pp) {
+        double best = 1e30;
+        llorch_token *pt = calloc(cf->pp, sizeof *pt);
+        for (int rep = 0; rep < 3 && pt && rc == 0; rep++) {
+            struct kv_seq *sq;
+            for (uint32_t j = 0; j < cf->pp; j++)
+                pt[j] = dec_token(&d);
+            if ((rc = kv_seq_new(d.kv, &sq)) < 0)
+                break;
+            if ((rc = kv_seq_reserve(d.kv, sq, cf->pp)) == 0) {
+                struct forward_entry pe = {.seq = sq, .tokens = pt, .n_tokens = cf->pp, .logits = d.logits};
+                double p0 = bench_now_s();
+                rc = forward_step(d.fw, &pe, 1);
+                best = LLORCH_MIN(best, bench_now_s() - p0);
+            }
+            kv_seq_free(d.kv, sq);
+        }
+        free(pt);
+        if (rc == 0)
+            printf("prefill pp%u: %.1f tok/s (one sequence, one step, best of 3)\n", cf->pp,
+                   cf->pp / best);
+    }
 
     /* prefill every sequence's prompt, step_tokens tokens per step */
     t0 = bench_now_s();
@@ -669,6 +694,8 @@ int main(int argc, char **argv)
             cf.threads = atoi(v), i++;
         } else if (strcmp(a, "--prompt") == 0 && v && atoi(v) >= 1 && atoi(v) <= 256) {
             cf.prompt = (uint32_t)atoi(v), i++;
+        } else if (strcmp(a, "--pp") == 0 && v && atoi(v) >= 1 && atoi(v) <= 4096) {
+            cf.pp = (uint32_t)atoi(v), i++;
         } else if (strcmp(a, "--rounds") == 0 && v && atoi(v) >= 1 && atoi(v) <= 100) {
             cf.rounds = atoi(v), i++;
         } else if (strcmp(a, "--isa") == 0 && v &&
@@ -687,7 +714,7 @@ int main(int argc, char **argv)
             fprintf(stderr,
                     "usage: %s [--model PATH] [--dtype native,bf16,int8,f32|all] [--isa auto|scalar|avx2|avx512]\n"
                     "          [--batches 1,4,16,64]\n"
-                    "          [--quick] [--rounds N] [--prompt N] [--threads N] [--pin]\n"
+                    "          [--quick] [--rounds N] [--prompt N] [--pp N] [--threads N] [--pin]\n"
                     "          [--cache-dir DIR]\n",
                     argv[0]);
             return 2;

@@ -32,7 +32,8 @@
 
 #define QMM_ALIGN 64
 #define QMM_ROW_GRAIN 16  /* output rows per task, at least */
-#define QMM_M_TILE 16     /* activation rows per pass over a weight row range */
+#define QMM_M_TILE 16     /* activation rows per pass over a weight row chunk */
+#define QMM_N_CHUNK 64    /* weight rows kept in cache across every activation tile */
 
 /* How activations are rounded for a weight type. */
 enum qmm_fmt {
@@ -489,9 +490,20 @@ QMM_INLINE void avx2_q45k_tile(bool five, const int WR, const int NR, const uint
             const uint8_t *blk = w + (size_t)i * wstride + (size_t)sb * (size_t)bytes;
             const uint8_t *scales = blk + 4, *qs = blk + (five ? 48 : 16);
             const __m256i qh = five ? avx2_load(blk + 16) : _mm256_setzero_si256();
-            int sc[8], mn[8];
-            for (int s = 0; s < 8; s++)
-                qmm_k4_scale_min(s, scales, &sc[s], &mn[s]);
+            /* the 6-bit scales and mins as bytes (see qmm_k4_scale_min) */
+            uint32_t w0, w1, w2;
+            memcpy(&w0, scales, 4);
+            memcpy(&w1, scales + 4, 4);
+            memcpy(&w2, scales + 8, 4);
+            const uint32_t k6 = 0x3f3f3f3fu, k4 = 0x0f0f0f0fu, k2 = 0x03030303u;
+            const uint32_t scw[2] = {w0 & k6, (w2 & k4) | (((w0 >> 6) & k2) << 4)};
+            const uint32_t mnw[2] = {w1 & k6, ((w2 >> 4) & k4) | (((w1 >> 6) & k2) << 4)};
+            uint8_t sc[8];
+            memcpy(sc, scw, 8);
+            /* m[s] at int16 positions 2s and 2s+1, against the 16-sums */
+            const __m256i mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(
+                _mm_loadl_epi64((const __m128i *)(const void *)mnw),
+                _mm_loadl_epi64((const __m128i *)(const void *)mnw)));
             __m256i P[QMM_MAX_NR];
             for (int r = 0; r < NR; r++)
                 P[r] = _mm256_setzero_si256();
@@ -512,10 +524,10 @@ QMM_INLINE void avx2_q45k_tile(bool five, const int WR, const int NR, const uint
             }
             const float d = avx2_f16(blk), dmin = avx2_f16(blk + 2);
             for (int r = 0; r < NR; r++) {
-                const int16_t *bs = a[r].bs + 16 * sb;
-                int32_t msum = 0;
-                for (int s = 0; s < 8; s++)
-                    msum += mn[s] * (bs[2 * s] + bs[2 * s + 1]);
+                const __m256i ms = _mm256_madd_epi16(avx2_load(a[r].bs + 16 * sb), mins);
+                const __m128i m4s = _mm_add_epi32(_mm256_castsi256_si128(ms), _mm256_extracti128_si256(ms, 1));
+                const __m128i m2s = _mm_add_epi32(m4s, _mm_unpackhi_epi64(m4s, m4s));
+                const int32_t msum = _mm_cvtsi128_si32(_mm_add_epi32(m2s, _mm_shuffle_epi32(m2s, 1)));
                 const float dx = a[r].d[sb];
                 acc[i][r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * d), _mm256_cvtepi32_ps(P[r]), acc[i][r]);
                 accm[i][r] = fmaf(dx * dmin, (float)msum, accm[i][r]);
@@ -1017,8 +1029,8 @@ static void qmm_round_rows(void *vctx, int64_t b, int64_t e, int worker)
     }
 }
 
-/* Output rows [b, e): every activation row, QMM_M_TILE at a time, so the
- * task's weight rows stay in cache across the tile. One activation row takes
+/* Output rows [b, e) in chunks of QMM_N_CHUNK rows, each chunk against every
+ * activation row QMM_M_TILE at a time, so its weight rows stay in cache. One activation row takes
  * weight rows in pairs (two independent chains); more take one weight row
  * against up to four activation rows. */
 static void qmm_rows_task(void *vctx, int64_t b, int64_t e, int worker)
@@ -1031,20 +1043,23 @@ static void qmm_rows_task(void *vctx, int64_t b, int64_t e, int worker)
         const int64_t lo = LLORCH_MAX(b, s->row0), hi = LLORCH_MIN(e, s->row0 + s->n_rows);
         if (lo >= hi)
             continue;
-        for (int64_t r0 = 0; r0 < c->m; r0 += QMM_M_TILE) {
-            const int nr = (int)LLORCH_MIN(c->m - r0, QMM_M_TILE);
-            struct qmm_act a[QMM_M_TILE];
-            float out[QMM_MAX_WR * QMM_M_TILE];
-            for (int r = 0; r < nr; r++)
-                a[r] = qmm_act_row(c, s->ti->fmt, r0 + r);
-            for (int64_t n = lo; n < hi;) {
-                const int wr = nr == 1 && n + 1 < hi ? 2 : 1;
-                s->tile(s->data + (size_t)(n - s->row0) * s->row_bytes, s->row_bytes, wr, a, nr,
-                        w->n_in, out);
-                for (int k = 0; k < wr; k++)
-                    for (int r = 0; r < nr; r++)
-                        c->y[(r0 + r) * w->n_out + n + k] = out[k * nr + r];
-                n += wr;
+        for (int64_t n0 = lo; n0 < hi; n0 += QMM_N_CHUNK) {
+            const int64_t n1 = LLORCH_MIN(hi, n0 + QMM_N_CHUNK);
+            for (int64_t r0 = 0; r0 < c->m; r0 += QMM_M_TILE) {
+                const int nr = (int)LLORCH_MIN(c->m - r0, QMM_M_TILE);
+                struct qmm_act a[QMM_M_TILE];
+                float out[QMM_MAX_WR * QMM_M_TILE];
+                for (int r = 0; r < nr; r++)
+                    a[r] = qmm_act_row(c, s->ti->fmt, r0 + r);
+                for (int64_t n = n0; n < n1;) {
+                    const int wr = nr == 1 && n + 1 < n1 ? 2 : 1;
+                    s->tile(s->data + (size_t)(n - s->row0) * s->row_bytes, s->row_bytes, wr, a, nr,
+                            w->n_in, out);
+                    for (int k = 0; k < wr; k++)
+                        for (int r = 0; r < nr; r++)
+                            c->y[(r0 + r) * w->n_out + n + k] = out[k * nr + r];
+                    n += wr;
+                }
             }
         }
     }
