@@ -447,20 +447,21 @@ QMM_INLINE void avx2_q32_tile(enum ggml_type t, int bytes, bool has_min, const i
         }
     for (int64_t b = 0; b < n / 32; b++) {
         __m256i x[QMM_MAX_NR];
-        float dx[QMM_MAX_NR];
+        __m256 dx[QMM_MAX_NR];
         for (int r = 0; r < NR; r++) {
             x[r] = avx2_load(a[r].q + 32 * b);
-            dx[r] = a[r].d[b];
+            dx[r] = _mm256_broadcast_ss(&a[r].d[b]);
         }
         for (int i = 0; i < WR; i++) {
             const uint8_t *blk = w + (size_t)i * wstride + (size_t)b * (size_t)bytes;
             const __m256i v = avx2_q32_values(t, blk);
-            const float dw = avx2_f16(blk);
+            const __m256 dw = _mm256_set1_ps(avx2_f16(blk));
             const __m256i av = is_signed ? _mm256_abs_epi8(v) : v;
             for (int r = 0; r < NR; r++) {
                 const __m256i xs = is_signed ? _mm256_sign_epi8(x[r], v) : x[r];
                 const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(av, xs), ones);
-                acc[i][r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dx[r]), _mm256_cvtepi32_ps(p), acc[i][r]);
+                /* dw * dx rounded as the scalar product is */
+                acc[i][r] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx[r]), _mm256_cvtepi32_ps(p), acc[i][r]);
                 if (has_min)
                     accm[i][r] = fmaf(avx2_f16(blk + 2), a[r].s[b], accm[i][r]);
             }
@@ -640,33 +641,44 @@ QMM_INLINE void avx2_float_tile(enum ggml_type t, int esize, const int WR, const
 
 /* One function per type: the (wr, nr) shapes the driver uses, each
  * compiled with constant bounds so the accumulators live in registers.
- * Float types take at most 2 activation rows (4 accumulators each). */
-#define QMM_AVX2_DISPATCH(NAME, CALL, MAXNR)                                                    \
+ * PAIRS: whether two weight rows go with more than one activation row (the
+ * 32-element types: 8 accumulators); the K types keep integer sums per
+ * (weight row, activation row) as well, so they pair weight rows only for a
+ * single activation row. */
+#define QMM_TILE_CASES(CALL, WR, WP, OP)                                                       \
+    switch (k) {                                                                               \
+    case 1:                                                                                    \
+        CALL(WR, 1, WP, wstride, a + r0, n, OP);                                               \
+        break;                                                                                 \
+    case 2:                                                                                    \
+        CALL(WR, 2, WP, wstride, a + r0, n, OP);                                               \
+        break;                                                                                 \
+    case 3:                                                                                    \
+        CALL(WR, 3, WP, wstride, a + r0, n, OP);                                               \
+        break;                                                                                 \
+    default:                                                                                   \
+        CALL(WR, 4, WP, wstride, a + r0, n, OP);                                               \
+        break;                                                                                 \
+    }
+#define QMM_AVX2_DISPATCH(NAME, CALL, PAIRS)                                                    \
     static QMM_AVX2 void NAME(const uint8_t *w, size_t wstride, int wr, const struct qmm_act *a, \
                               int nr, int64_t n, float *out)                                    \
     {                                                                                           \
-        if (wr == 2) {                                                                          \
+        if (wr == 2 && nr == 1) {                                                               \
             CALL(2, 1, w, wstride, a, n, out);                                                  \
             return;                                                                             \
         }                                                                                       \
-        for (int r0 = 0; r0 < nr; r0 += MAXNR) {                                                \
-            const int k = LLORCH_MIN(nr - r0, MAXNR);                                           \
-            float o[QMM_MAX_NR];                                                                \
-            switch (k) {                                                                        \
-            case 1:                                                                             \
-                CALL(1, 1, w, wstride, a + r0, n, o);                                           \
-                break;                                                                          \
-            case 2:                                                                             \
-                CALL(1, 2, w, wstride, a + r0, n, o);                                           \
-                break;                                                                          \
-            case 3:                                                                             \
-                CALL(1, 3, w, wstride, a + r0, n, o);                                           \
-                break;                                                                          \
-            default:                                                                            \
-                CALL(1, 4, w, wstride, a + r0, n, o);                                           \
-                break;                                                                          \
+        for (int r0 = 0; r0 < nr; r0 += QMM_MAX_NR) {                                           \
+            const int k = LLORCH_MIN(nr - r0, QMM_MAX_NR);                                      \
+            float o[QMM_MAX_WR * QMM_MAX_NR];                                                   \
+            if (wr == 2 && (PAIRS)) {                                                           \
+                QMM_TILE_CASES(CALL, 2, w, o)                                                   \
+            } else {                                                                            \
+                for (int i = 0; i < wr; i++)                                                    \
+                    QMM_TILE_CASES(CALL, 1, w + (size_t)i * wstride, o + i * k)                 \
             }                                                                                   \
-            memcpy(out + r0, o, (size_t)k * sizeof *o);                                         \
+            for (int i = 0; i < wr; i++)                                                        \
+                memcpy(out + i * nr + r0, o + i * k, (size_t)k * sizeof *o);                    \
         }                                                                                       \
     }
 
@@ -679,29 +691,31 @@ QMM_INLINE void avx2_float_tile(enum ggml_type t, int esize, const int WR, const
 #define QMM_Q5_K(WR, NR, ...) avx2_q45k_tile(true, WR, NR, __VA_ARGS__)
 #define QMM_Q6_K(WR, NR, ...) avx2_q6k_tile(WR, NR, __VA_ARGS__)
 
-QMM_AVX2_DISPATCH(tile_q8_0_avx2, QMM_Q8_0, 4)
-QMM_AVX2_DISPATCH(tile_q4_0_avx2, QMM_Q4_0, 4)
-QMM_AVX2_DISPATCH(tile_q4_1_avx2, QMM_Q4_1, 4)
-QMM_AVX2_DISPATCH(tile_q5_0_avx2, QMM_Q5_0, 4)
-QMM_AVX2_DISPATCH(tile_q5_1_avx2, QMM_Q5_1, 4)
-QMM_AVX2_DISPATCH(tile_q4_k_avx2, QMM_Q4_K, 4)
-QMM_AVX2_DISPATCH(tile_q5_k_avx2, QMM_Q5_K, 4)
-QMM_AVX2_DISPATCH(tile_q6_k_avx2, QMM_Q6_K, 4)
+QMM_AVX2_DISPATCH(tile_q8_0_avx2, QMM_Q8_0, 1)
+QMM_AVX2_DISPATCH(tile_q4_0_avx2, QMM_Q4_0, 1)
+QMM_AVX2_DISPATCH(tile_q4_1_avx2, QMM_Q4_1, 1)
+QMM_AVX2_DISPATCH(tile_q5_0_avx2, QMM_Q5_0, 1)
+QMM_AVX2_DISPATCH(tile_q5_1_avx2, QMM_Q5_1, 1)
+QMM_AVX2_DISPATCH(tile_q4_k_avx2, QMM_Q4_K, 0)
+QMM_AVX2_DISPATCH(tile_q5_k_avx2, QMM_Q5_K, 0)
+QMM_AVX2_DISPATCH(tile_q6_k_avx2, QMM_Q6_K, 0)
 
 #define QMM_AVX2_FLOAT_DISPATCH(NAME, T, ES)                                                    \
     static QMM_AVX2 void NAME(const uint8_t *w, size_t wstride, int wr, const struct qmm_act *a, \
                               int nr, int64_t n, float *out)                                    \
     {                                                                                           \
-        if (wr == 2) {                                                                          \
+        if (wr == 2 && nr == 1) {                                                               \
             avx2_float_tile(T, ES, 2, 1, w, wstride, a, n, out);                                \
             return;                                                                             \
         }                                                                                       \
-        for (int r0 = 0; r0 < nr; r0 += 2) {                                                    \
-            if (nr - r0 == 1)                                                                   \
-                avx2_float_tile(T, ES, 1, 1, w, wstride, a + r0, n, out + r0);                  \
-            else                                                                                \
-                avx2_float_tile(T, ES, 1, 2, w, wstride, a + r0, n, out + r0);                  \
-        }                                                                                       \
+        for (int i = 0; i < wr; i++)                                                            \
+            for (int r0 = 0; r0 < nr; r0 += 2) {                                                \
+                const uint8_t *wi = w + (size_t)i * wstride;                                    \
+                if (nr - r0 == 1)                                                               \
+                    avx2_float_tile(T, ES, 1, 1, wi, wstride, a + r0, n, out + i * nr + r0);    \
+                else                                                                            \
+                    avx2_float_tile(T, ES, 1, 2, wi, wstride, a + r0, n, out + i * nr + r0);    \
+            }                                                                                   \
     }
 QMM_AVX2_FLOAT_DISPATCH(tile_f32_avx2, GGML_TYPE_F32, 4)
 QMM_AVX2_FLOAT_DISPATCH(tile_f16_avx2, GGML_TYPE_F16, 2)
@@ -1052,7 +1066,7 @@ static void qmm_rows_task(void *vctx, int64_t b, int64_t e, int worker)
                 for (int r = 0; r < nr; r++)
                     a[r] = qmm_act_row(c, s->ti->fmt, r0 + r);
                 for (int64_t n = n0; n < n1;) {
-                    const int wr = nr == 1 && n + 1 < n1 ? 2 : 1;
+                    const int wr = n + 1 < n1 ? 2 : 1;
                     s->tile(s->data + (size_t)(n - s->row0) * s->row_bytes, s->row_bytes, wr, a, nr,
                             w->n_in, out);
                     for (int k = 0; k < wr; k++)
