@@ -246,7 +246,7 @@ static void measure_group(struct meas *ms, int n, const struct cfg *cf)
             if (ms[i].best < 0)
                 continue;
             int calls = 0;
-            double t0 = bench_now_s(), dt;
+            double t0 = bench_now_s(), dt = 0.0;
             do {
                 if (ms[i].fn(ms[i].ctx, ms[i].iter++) != 0) {
                     ms[i].best = -1;

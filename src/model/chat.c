@@ -45,7 +45,7 @@ LLORCH_API enum chat_template chat_template_from_name(const char *name)
 static bool has(const char *s, size_t len, const char *needle)
 {
     size_t n = strlen(needle);
-    return n <= len && memmem(s, len, needle, n) != NULL;
+    return s && n <= len && memmem(s, len, needle, n) != NULL;
 }
 
 LLORCH_API enum chat_template chat_template_detect(const char *tmpl, size_t len)
