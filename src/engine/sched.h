@@ -142,7 +142,10 @@ struct sched_opts {
     uint32_t max_batch;           /* running sequences, default 32 */
     uint32_t max_queue;           /* waiting requests, default 256 */
     uint32_t step_tokens;         /* token budget per step (chunked prefill), default 512 */
-    uint32_t batch_window_ms;     /* gather arrivals before a step from idle, default 0 */
+    /* New arrivals wait up to this long (from the oldest) for more to join
+     * them before they are admitted, unless they fill the batch; running
+     * sequences keep stepping. Default 0 = admit at once. */
+    uint32_t batch_window_ms;
     /* Called on the step driver thread when the event list goes from empty to
      * non-empty (e.g. uv_async_send). */
     void (*notify)(void *ctx);
