@@ -25,14 +25,15 @@
 #include "config.h"
 #include "forward.h"
 #include "gguf.h"
+#include "gguf_keys.h"
 #include "http.h"
 #include "llorch/error.h"
 #include "log.h"
 #include "metrics.h"
 #include "mgr.h"
 #include "model.h"
-#include "sd.h"
 #include "sched.h"
+#include "sd.h"
 #include "tokenizer.h"
 #include "tpool.h"
 #include "util.h"
@@ -353,7 +354,7 @@ static int daemon_loaded(struct daemon *d)
     d->info.kv_type = forward_kv_type_name(forward_kv_type(d->fw));
     api_worker_set_info(d->api, &d->info);
     struct gguf_str tmpl = {0};
-    bool has_tmpl = gguf_get_str(d->model->file, "tokenizer.chat_template", &tmpl) == 0;
+    bool has_tmpl = gguf_get_str(d->model->file, LLORCH_GGUF_KEY_TOK_CHAT_TEMPLATE, &tmpl) == 0;
     int r = api_openai_set_model(d->oai, d->tok, has_tmpl ? tmpl.ptr : NULL,
                                  has_tmpl ? (size_t)tmpl.len : 0, d->info.n_ctx);
     if (r)
@@ -525,7 +526,7 @@ static int daemon_start(struct daemon *d)
     if (r)
         return fail(d, "metrics route failed", llorch_strerror(r));
     struct gguf_str tmpl = {0};
-    bool has_tmpl = gguf_get_str(d->model->file, "tokenizer.chat_template", &tmpl) == 0;
+    bool has_tmpl = gguf_get_str(d->model->file, LLORCH_GGUF_KEY_TOK_CHAT_TEMPLATE, &tmpl) == 0;
     struct api_openai_opts oo = {
         .cfg = cfg,
         .worker = d->api,

@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "gguf_keys.h"
 #include "llorch/error.h"
 #include "quant.h"
 #include "util.h"
@@ -508,7 +509,7 @@ static int parse(struct gguf_file *f, char *err, size_t errlen)
         if (*slot)
             return fail(&r, at, LLORCH_EFORMAT, "duplicate key");
         *slot = i + 1;
-        if (str_eq(kv->key, "general.alignment", 17)) {
+        if (str_eq(kv->key, LLORCH_GGUF_KEY_ALIGNMENT, 17)) {
             if (kv->type != GGUF_TYPE_UINT32)
                 return fail(&r, kv->val_off, LLORCH_EFORMAT, "must be u32, is %s",
                             type_names[kv->type]);
@@ -1224,7 +1225,7 @@ static int write_head(struct gguf_writer *w, FILE *fp)
     /* general.alignment must agree with the layout we write */
     bool have_align = false;
     for (uint64_t i = 0; i < w->n_kv; i++) {
-        if (!strcmp(w->kv[i].key, "general.alignment")) {
+        if (!strcmp(w->kv[i].key, LLORCH_GGUF_KEY_ALIGNMENT)) {
             uint32_t a;
             if (w->kv[i].type != GGUF_TYPE_UINT32)
                 return LLORCH_EINVAL;
@@ -1235,7 +1236,7 @@ static int write_head(struct gguf_writer *w, FILE *fp)
         }
     }
     if (!have_align && w->alignment != GGUF_DEFAULT_ALIGNMENT) {
-        int rc = gguf_writer_set_u32(w, "general.alignment", (uint32_t)w->alignment);
+        int rc = gguf_writer_set_u32(w, LLORCH_GGUF_KEY_ALIGNMENT, (uint32_t)w->alignment);
         if (rc)
             return rc;
     }
