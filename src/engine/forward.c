@@ -469,6 +469,22 @@ static enum llorch_dtype fw_auto_dtype(const struct model *m)
     }
 }
 
+static enum llorch_kv_type fw_kv_type(const struct model *m, const struct forward_opts *o)
+{
+    const enum llorch_dtype d = o->dtype == LLORCH_DTYPE_AUTO ? fw_auto_dtype(m) : o->dtype;
+    return o->kv_type != LLORCH_KV_AUTO ? o->kv_type
+           : d == LLORCH_DTYPE_F32      ? LLORCH_KV_F32
+                                        : LLORCH_KV_F16;
+}
+
+LLORCH_API uint64_t forward_kv_block_bytes(const struct model *m, const struct forward_opts *o)
+{
+    const uint32_t end = o->layer_end ? o->layer_end : m->hp.n_layer;
+    const uint32_t n = end > o->layer_first ? end - o->layer_first : 0;
+    const uint64_t elem = fw_kv_type(m, o) == LLORCH_KV_F32 ? 4 : 2;
+    return 2ull * n * m->hp.n_head_kv * m->hp.head_dim * LLORCH_KV_BLOCK * elem;
+}
+
 static int fw_alloc(void **p, size_t count, size_t size)
 {
     size_t bytes;
@@ -570,9 +586,7 @@ LLORCH_API int forward_new(struct forward **out, const struct model *m, const st
     f->o = *o;
     f->k = kernels_best();
     f->dtype = o->dtype == LLORCH_DTYPE_AUTO ? fw_auto_dtype(m) : o->dtype;
-    f->kv_type = o->kv_type != LLORCH_KV_AUTO   ? o->kv_type
-                 : f->dtype == LLORCH_DTYPE_F32 ? LLORCH_KV_F32
-                                                : LLORCH_KV_F16;
+    f->kv_type = fw_kv_type(m, o);
     f->rounding = o->llama_rounding && f->dtype == LLORCH_DTYPE_F32;
     f->n_ctx = o->n_ctx ? o->n_ctx : hp->n_ctx_train;
     if (!f->n_ctx)
@@ -659,6 +673,7 @@ LLORCH_API int forward_new(struct forward **out, const struct model *m, const st
         .bytes = o->kv_bytes,
         .max_seqs = o->max_seqs,
         .max_seq_len = f->n_ctx,
+        .n_blocks = o->kv_blocks,
     };
     if ((rc = kv_cache_new(&f->kv, &ko)) < 0) {
         fw_err(err, errlen, "cannot create the KV cache: %s", llorch_strerror(rc));

@@ -43,6 +43,9 @@ struct forward_opts {
      * ends at the last layer. Default {0, 0}: the whole model. */
     uint32_t layer_first;
     uint32_t layer_end;
+    /* Exactly this many KV blocks (a pipeline's stages and coordinator must
+     * agree), kv_bytes ignored; 0: as many as kv_bytes holds. */
+    uint32_t kv_blocks;
 };
 
 /* One sequence's part of a step: tokens [0, n_tokens) appended at positions
@@ -61,6 +64,9 @@ struct forward;
 int forward_new(struct forward **out, const struct model *m, const struct forward_opts *o,
                 char *err, size_t errlen);
 void forward_free(struct forward *f); /* NULL is safe */
+/* Bytes of one KV block (LLORCH_KV_BLOCK tokens of K and V over the layer
+ * range of o), with o's dtype and KV type resolved as forward_new does. */
+uint64_t forward_kv_block_bytes(const struct model *m, const struct forward_opts *o);
 
 /* Runs one step. Every entry's seq must have room reserved (kv_seq_reserve);
  * on return each seq's length has advanced by its n_tokens. */
