@@ -542,6 +542,8 @@ static void config_help_lists_every_option_with_default_and_unit(void **state)
                                         "ctx",
                                         "batch-window-ms",
                                         "isa",
+                                        "pipeline",
+                                        "layers",
                                         "dtype",
                                         "kv",
                                         "heartbeat-interval",
@@ -571,7 +573,7 @@ static void config_help_lists_every_option_with_default_and_unit(void **state)
         opts++;
     for (const char *p = out; (p = strstr(p, "(default: ")); p++)
         defaults++;
-    assert_int_equal(defaults, 35);
+    assert_int_equal(defaults, 37);
     assert_true(opts >= defaults);
     assert_non_null(strstr(out, "(default: 32 sequences, range 1..1024; env LLORCH_MAX_BATCH; "
                                 "ChatLoop key max_batch_size)"));

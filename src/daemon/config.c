@@ -127,6 +127,11 @@ static const struct opt opts[] = {
     {"isa", NULL, OPT_STR, F(isa), 0, 0, NULL, "ISA", NULL, NULL,
      "instruction-set level of the kernels: auto|scalar|avx2|avx512 (a lower level than the "
      "CPU's is forced)"},
+    {"pipeline", NULL, OPT_BOOL, F(pipeline), 0, 1, NULL, NULL, NULL, NULL,
+     "one model split by layers over MPI ranks: `mpirun -np S+1 llorch-cpud --pipeline ...`; "
+     "rank 0 serves, ranks 1..S each hold a layer range"},
+    {"layers", NULL, OPT_STR, F(layers), 0, 0, NULL, "A-B,...", NULL, "an even split",
+     "with --pipeline: each stage's inclusive layer range, in rank order (0-7,8-15,16-23,24-31)"},
 
     {"heartbeat-interval", "operations", OPT_U32, F(heartbeat_interval_s), 0, 86400, NULL, "N", "s",
      NULL, "pool-manager heartbeat period (0 = off)"},

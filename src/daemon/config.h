@@ -50,6 +50,8 @@ struct config {
     uint32_t batch_window_ms;     /* --batch-window-ms, default 0 (ChatLoop batching_window_ms) */
     char isa[16];                 /* --isa auto|scalar|avx2|avx512, default auto (ChatLoop
                                    * enable_simd = false: scalar); checked, wired by the engine */
+    bool pipeline;                /* --pipeline: an MPI pipeline (rank 0 serves) */
+    char layers[512];             /* --layers A-B,C-D,...: stage ranges; empty = even split */
     enum llorch_dtype dtype;      /* --dtype auto|f32|bf16|int8 */
     enum llorch_kv_type kv_type;  /* --kv auto|f32|f16|bf16 */
     /* operations */

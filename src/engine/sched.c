@@ -665,7 +665,7 @@ static void sched_step(struct sched *s)
         return;
     }
     uint64_t t0 = sched_now_ns();
-    int rc = forward_step(s->fw, s->entries, n);
+    int rc = s->o.step ? s->o.step(s->o.step_ctx, s->entries, n) : forward_step(s->fw, s->entries, n);
     s->c_steps++;
     if (s->o.on_step) {
         uint32_t n_tokens = 0;
@@ -764,14 +764,14 @@ LLORCH_API int sched_new(struct sched **out, struct forward *fw, const struct to
                          const struct sched_opts *o)
 {
     *out = NULL;
-    if (!fw || !tok || !o)
+    if (!tok || !o || (!fw && !(o->step && o->kv && o->n_vocab && o->n_ctx)))
         return LLORCH_EINVAL;
     struct sched *s = calloc(1, sizeof(*s));
     if (!s)
         return LLORCH_ENOMEM;
     s->fw = fw;
     s->tok = tok;
-    s->kv = forward_kv(fw);
+    s->kv = o->step ? o->kv : forward_kv(fw);
     s->o = *o;
     if (s->o.max_batch == 0)
         s->o.max_batch = SCHED_DEFAULT_MAX_BATCH;
@@ -779,8 +779,8 @@ LLORCH_API int sched_new(struct sched **out, struct forward *fw, const struct to
         s->o.max_queue = SCHED_DEFAULT_MAX_QUEUE;
     if (s->o.step_tokens == 0)
         s->o.step_tokens = SCHED_DEFAULT_STEP_TOKENS;
-    s->n_vocab = forward_n_vocab(fw);
-    s->n_ctx = forward_n_ctx(fw);
+    s->n_vocab = o->step ? o->n_vocab : forward_n_vocab(fw);
+    s->n_ctx = o->step ? o->n_ctx : forward_n_ctx(fw);
     struct kv_stats ks;
     kv_cache_stats(s->kv, &ks);
     s->kv_blocks_total = ks.blocks_total;

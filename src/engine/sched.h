@@ -158,6 +158,13 @@ struct sched_opts {
      * tokens plus prefill chunks); e.g. metrics_observe_step. May be NULL. */
     void (*on_step)(void *ctx, double seconds, uint32_t n_seqs, uint32_t n_tokens);
     void *on_step_ctx;
+    /* Another engine (a pipeline's coordinator): steps go to step() on the
+     * driver thread instead of forward_step, the KV decisions to kv; with
+     * n_vocab and n_ctx the forward engine may then be NULL. */
+    int (*step)(void *ctx, struct forward_entry *entries, uint32_t n);
+    void *step_ctx;
+    struct kv_cache *kv;
+    uint32_t n_vocab, n_ctx;
 };
 /* The forward engine must allow max_seqs >= max_batch and max_step_tokens >=
  * step_tokens. step_tokens bounds every step, decodes included: with
