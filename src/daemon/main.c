@@ -18,6 +18,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <jansson.h>
 #include <uv.h>
 
 #include "api_openai.h"
@@ -361,6 +362,26 @@ static void daemon_on_load_progress(uv_async_t *h)
         daemon_show_progress(d);
 }
 
+/* /health on a pipeline's coordinator: "stages": [{rank, host, layers
+ * [first, last], weight_bytes, kv_bytes, last_step_ms}], and the last
+ * step's time through every stage and back. */
+static void daemon_health_stages(void *ctx, void *json_obj)
+{
+    struct daemon *d = ctx;
+    json_t *arr = json_array();
+    for (uint32_t i = 0; arr && i < pipeline_n_stages(d->pl); i++) {
+        struct pipeline_stage_info si;
+        pipeline_stage(d->pl, i, &si);
+        json_array_append_new(
+            arr, json_pack("{s:i,s:s,s:[I,I],s:I,s:I,s:f}", "rank", si.rank, "host", si.host,
+                           "layers", (json_int_t)si.layer_first, (json_int_t)si.layer_last,
+                           "weight_bytes", (json_int_t)si.weight_bytes, "kv_bytes",
+                           (json_int_t)si.kv_bytes, "last_step_ms", si.last_step_ms));
+    }
+    json_object_set_new(json_obj, "stages", arr);
+    json_object_set_new(json_obj, "pipeline_last_step_ms", json_real(pipeline_last_step_ms(d->pl)));
+}
+
 /* Loop thread, once the weights are packed: scheduler → ready → READY=1 →
  * the pool-manager callback. */
 static int daemon_loaded(struct daemon *d)
@@ -430,6 +451,8 @@ static int daemon_loaded(struct daemon *d)
     r = sched_new(&d->sched, d->fw, d->tok, &so);
     if (r)
         return fail(d, "scheduler failed", llorch_strerror(r));
+    if (d->pl)
+        api_worker_set_health_extra(d->api, daemon_health_stages, d);
     api_worker_set_ready(d->api, d->sched);
     metrics_set_load_progress(d->metrics, 1.0);
 
