@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "gguf.h"
 #include "llorch/error.h"
 #include "util.h"
 
@@ -499,6 +500,8 @@ LLORCH_API int pipeline_stage_run(const struct model *m, const struct pipeline_o
             snprintf(ready.err, sizeof ready.err, "out of memory");
         }
     }
+    if (fw)
+        gguf_release_pages(m->file); /* packed: only the embedding rows are read again */
     ready.rc = rc;
     if (fw) {
         ready.n_ctx = forward_n_ctx(fw);
@@ -517,7 +520,6 @@ LLORCH_API int pipeline_stage_run(const struct model *m, const struct pipeline_o
         const uint32_t kind = msg ? msg[0] : quit_word;
         if (kind != PL_STEP || !msg)
             break;
-        double t0 = pl_now_ms();
         uint32_t n = 0;
         int64_t T = 0;
         int st = pl_stage_parse(forward_kv(fw), msg, len, e, fo.max_seqs, &n, &T);
@@ -533,12 +535,15 @@ LLORCH_API int pipeline_stage_run(const struct model *m, const struct pipeline_o
             MPI_Irecv(hin, (int)hidden_words, MPI_FLOAT, o->rank - 1, TAG_HIDDEN, MPI_COMM_WORLD,
                       &rq);
             int got = pl_wait(&rq, MPI_FLOAT);
+            if (got < (int)trailer)
+                MPI_Abort(MPI_COMM_WORLD, 4); /* a protocol bug */
             in_trailer = hin + (got - (int)trailer);
             if (in_trailer[0] != 0.0f)
                 st = (int)in_trailer[0]; /* an earlier stage failed: pass it on */
             else if ((size_t)got != (size_t)T * m->hp.n_embd + trailer)
                 st = LLORCH_EINTERNAL;
         }
+        double t0 = pl_now_ms(); /* this stage's compute, not its wait for input */
         if (!st) {
             for (uint32_t i = 0; i < n; i++)
                 e[i].logits = last ? hout + (size_t)i * n_vocab : NULL;

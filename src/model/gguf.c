@@ -812,6 +812,14 @@ LLORCH_API int gguf_open_part(struct gguf_file **out, const char *path, char *er
     return gguf_open_one(out, path, err, errlen);
 }
 
+LLORCH_API void gguf_release_pages(const struct gguf_file *f)
+{
+    if (f->mapped)
+        (void)madvise((void *)f->base, (size_t)f->size, MADV_DONTNEED);
+    for (uint32_t i = 0; i < f->n_parts; i++)
+        gguf_release_pages(f->parts[i]);
+}
+
 LLORCH_API uint32_t gguf_split_count(const struct gguf_file *f)
 {
     return f->n_parts + 1;

@@ -87,6 +87,9 @@ struct gguf_file;
 int gguf_open(struct gguf_file **out, const char *path, char *err, size_t errlen);
 /* One file alone, also a single part of a split model (a pipeline stage's). */
 int gguf_open_part(struct gguf_file **out, const char *path, char *err, size_t errlen);
+/* Drops the file's pages from this process's memory (they stay in the page
+ * cache; a later read maps them again): after the weights are packed. */
+void gguf_release_pages(const struct gguf_file *f);
 /* Parts behind f: 1 for a whole file. */
 uint32_t gguf_split_count(const struct gguf_file *f);
 /* Most parts of a split model (llama.cpp's names have five digits). */
