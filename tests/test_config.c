@@ -541,11 +541,11 @@ static void config_help_lists_every_option_with_default_and_unit(void **state)
                                         "kv-cache-mb",
                                         "ctx",
                                         "batch-window-ms",
-                                        "isa",
                                         "pipeline",
                                         "layers",
                                         "dtype",
                                         "kv",
+                                        "isa",
                                         "heartbeat-interval",
                                         "callback-max-retries",
                                         "callback-backoff-ms",
@@ -581,7 +581,7 @@ static void config_help_lists_every_option_with_default_and_unit(void **state)
     assert_non_null(strstr(out, "(default: 1024 MiB"));
     assert_non_null(strstr(out, "(default: 15000 ms"));
     assert_non_null(strstr(out, "(default: 30 s"));
-    assert_non_null(strstr(out, "(default: auto, one of auto|f32|bf16|int8"));
+    assert_non_null(strstr(out, "(default: auto, one of auto|f32|bf16|int8|native"));
 }
 
 static void config_file_accepts_chatloop_knob_names(void **state)
@@ -601,12 +601,12 @@ static void config_file_accepts_chatloop_knob_names(void **state)
     assert_int_equal(c.batch_window_ms, 25);
     assert_int_equal(c.max_queue, 99);
     assert_int_equal(c.kv_cache_mb, 512);
-    assert_string_equal(c.isa, "scalar");
+    assert_int_equal(c.isa, LLORCH_ISA_SCALAR);
     path = write_file("cl2.conf", "enable_simd = true\n", 0644);
     assert_int_equal(parse(&c, ARGS("--config", path, "--isa", "avx2"), NULL, err, sizeof err), 0);
-    assert_string_equal(c.isa, "avx2"); /* flag over file */
+    assert_int_equal(c.isa, LLORCH_ISA_AVX2); /* flag over file */
     assert_int_equal(parse(&c, ARGS("--config", path), NULL, err, sizeof err), 0);
-    assert_string_equal(c.isa, "auto");
+    assert_int_equal(c.isa, LLORCH_ISA_AUTO);
 }
 
 static void config_env_accepts_chatloop_knob_names_and_ours_win(void **state)
@@ -625,7 +625,7 @@ static void config_env_accepts_chatloop_knob_names_and_ours_win(void **state)
     assert_int_equal(c.batch_window_ms, 10);
     assert_int_equal(c.max_queue, 8);
     assert_true(c.cpu_pinning);
-    assert_string_equal(c.isa, "scalar");
+    assert_int_equal(c.isa, LLORCH_ISA_SCALAR);
     assert_int_equal(parse(&c, NULL, ARGS("LLORCH_MAX_BATCH=4", "LLORCH_MAX_BATCH_SIZE=5"), err,
                            sizeof err),
                      0);

@@ -49,7 +49,8 @@ struct opt {
     const char *help;
 };
 
-static const char *const dtype_names[] = {"auto", "f32", "bf16", "int8", NULL};
+static const char *const dtype_names[] = {"auto", "f32", "bf16", "int8", "native", NULL};
+static const char *const isa_names[] = {"auto", "scalar", "avx2", "avx512", NULL};
 static const char *const kv_names[] = {"auto", "f32", "f16", "bf16", NULL};
 static const char *const log_format_names[] = {"json", "text", NULL};
 static const char *const log_level_names[] = {"debug", "info", "warn", "error", NULL};
@@ -57,6 +58,7 @@ static const char *const log_level_names[] = {"debug", "info", "warn", "error", 
 /* Enum fields are stored through an int. */
 _Static_assert(sizeof(enum llorch_dtype) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum llorch_kv_type) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum llorch_isa) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum config_log_format) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum config_log_level) == sizeof(int), "enum size");
 
@@ -79,7 +81,10 @@ static const struct opt opts[] = {
     {"chat-template", NULL, OPT_STR, F(chat_template), 0, 0, NULL, "NAME", NULL, "from the model",
      "chat template for /v1/chat/completions"},
     {"dtype", NULL, OPT_ENUM, F(dtype), 0, 0, dtype_names, "TYPE", NULL, NULL,
-     "runtime weight type (auto: int8 for quantised files, bf16 for f16/bf16, f32 for f32)"},
+     "runtime weight type (auto = native: every weight in its file's own class, e.g. Q4_K as "
+     "Q4_K, F16 as f16; f32/bf16/int8 convert once at load)"},
+    {"isa", NULL, OPT_ENUM, F(isa), 0, 0, isa_names, "LEVEL", NULL, NULL,
+     "kernel level (auto: the best this CPU runs; scalar/avx2/avx512 force a lower one)"},
     {"kv", NULL, OPT_ENUM, F(kv_type), 0, 0, kv_names, "TYPE", NULL, NULL,
      "KV cache element type (auto: f32 when dtype is f32, else f16)"},
 
@@ -124,9 +129,6 @@ static const struct opt opts[] = {
     {"batch-window-ms", NULL, OPT_U32, F(batch_window_ms), 0, 10000, NULL, "N", "ms", NULL,
      "new requests wait up to this long (from the oldest) for more to join them before they are "
      "admitted, unless they fill the batch; running streams keep stepping"},
-    {"isa", NULL, OPT_STR, F(isa), 0, 0, NULL, "ISA", NULL, NULL,
-     "instruction-set level of the kernels: auto|scalar|avx2|avx512 (a lower level than the "
-     "CPU's is forced)"},
     {"pipeline", NULL, OPT_BOOL, F(pipeline), 0, 1, NULL, NULL, NULL, NULL,
      "one model split by layers over MPI ranks: `mpirun -np S+1 llorch-cpud --pipeline ...`; "
      "rank 0 serves, ranks 1..S each hold a layer range"},
@@ -168,7 +170,6 @@ static const struct opt_alias aliases[] = {
     {"enable_simd", "isa", "scalar", "auto"},
 };
 
-static const char *const isa_names[] = {"auto", "scalar", "avx2", "avx512", NULL};
 
 static const struct opt *opt_find_flag(const char *name, size_t len)
 {
@@ -391,7 +392,6 @@ void config_defaults(struct config *c)
     c->kv_cache_mb = 1024;
     c->ctx = 0;
     c->batch_window_ms = 0;
-    snprintf(c->isa, sizeof c->isa, "auto");
     c->dtype = LLORCH_DTYPE_AUTO;
     c->kv_type = LLORCH_KV_AUTO;
     c->heartbeat_interval_s = 30;
@@ -799,13 +799,6 @@ static int config_finish(struct config *c, char *err, size_t errlen)
         return llorch_errf(err, errlen, LLORCH_ERANGE,
                     "--sse-sndbuf-bytes: must be 0 (kernel autotuning) or at least %u, got %u",
                     CONFIG_SNDBUF_MIN, c->sse_sndbuf_bytes);
-    bool isa_ok = false;
-    for (const char *const *p = isa_names; *p; p++)
-        isa_ok |= !strcmp(c->isa, *p);
-    if (!isa_ok)
-        return llorch_errf(err, errlen, LLORCH_EINVAL,
-                           "--isa: invalid value '%.32s': expected one of auto|scalar|avx2|avx512",
-                           c->isa);
     if (c->callback_backoff_max_ms < c->callback_backoff_ms)
         return llorch_errf(err, errlen, LLORCH_ERANGE,
                     "--callback-backoff-max-ms: must be at least --callback-backoff-ms (%u), "

@@ -42,6 +42,7 @@ struct pl_ready {
     uint32_t n_ctx;
     int32_t dtype, kv_type;
     uint64_t weight_bytes, kv_bytes;
+    char isa[16];
     char err[256];
 };
 
@@ -53,6 +54,7 @@ struct pipeline {
     uint32_t n_ctx;
     enum llorch_dtype dtype;
     enum llorch_kv_type kv_type;
+    char isa[16];                 /* the first stage's kernel level */
     struct kv_cache *kv;          /* block tables only */
     uint32_t *msg;                /* the step message being built */
     size_t msg_cap, msg_len;      /* words */
@@ -233,6 +235,7 @@ LLORCH_API int pipeline_coord_new(struct pipeline **out, const struct model *m,
         p->n_ctx = ready[1].n_ctx;
         p->dtype = (enum llorch_dtype)ready[1].dtype;
         p->kv_type = (enum llorch_kv_type)ready[1].kv_type;
+        snprintf(p->isa, sizeof p->isa, "%.15s", ready[1].isa);
         for (int s = 0; s < p->n_stages; s++) {
             struct pipeline_stage_info *si = &p->stages[s];
             si->rank = s + 1;
@@ -362,6 +365,11 @@ LLORCH_API enum llorch_dtype pipeline_dtype(const struct pipeline *p)
 LLORCH_API enum llorch_kv_type pipeline_kv_type(const struct pipeline *p)
 {
     return p->kv_type;
+}
+
+LLORCH_API const char *pipeline_isa_name(const struct pipeline *p)
+{
+    return p->isa;
 }
 
 LLORCH_API void pipeline_stage(struct pipeline *p, uint32_t i, struct pipeline_stage_info *out)
@@ -508,6 +516,7 @@ LLORCH_API int pipeline_stage_run(const struct model *m, const struct pipeline_o
         ready.dtype = (int32_t)forward_dtype(fw);
         ready.kv_type = (int32_t)forward_kv_type(fw);
         ready.weight_bytes = forward_weight_bytes(fw);
+        snprintf(ready.isa, sizeof ready.isa, "%.15s", forward_isa_name(fw));
         ready.kv_bytes = (uint64_t)blocks * per_block;
     }
     MPI_Gather(&ready, sizeof ready, MPI_BYTE, NULL, 0, MPI_BYTE, 0, MPI_COMM_WORLD);

@@ -60,6 +60,7 @@ uint32_t pipeline_n_ctx(const struct pipeline *p);
 uint32_t pipeline_n_stages(const struct pipeline *p);
 enum llorch_dtype pipeline_dtype(const struct pipeline *p);
 enum llorch_kv_type pipeline_kv_type(const struct pipeline *p);
+const char *pipeline_isa_name(const struct pipeline *p); /* the stages' kernel level */
 /* Thread-safe snapshot of stage i (0-based). */
 void pipeline_stage(struct pipeline *p, uint32_t i, struct pipeline_stage_info *out);
 double pipeline_last_step_ms(struct pipeline *p);
