@@ -857,8 +857,9 @@ static void sched_batch_window_gathers_arrivals_while_others_run(void **state)
     assert_true(b.t_started_ms >= tb + 290);
     assert_true(c.t_started_ms < tc + 290);
     assert_true(c.t_started_ms <= b.t_started_ms + 25);
-    /* A advanced by many steps while B waited (2 ms a step). */
-    assert_true(a.n_tokens >= a_at_b + 40);
+    /* A kept stepping while B waited (2 ms a step, ~150 in the window;
+     * a loaded sanitizer run still makes a handful, a paused batch none). */
+    assert_true(a.n_tokens >= a_at_b + 4);
     assert_int_equal(sched_cancel(h.s, a.id, SCHED_ERR_CANCELLED), 0);
     struct result *rs[3] = {&a, &b, &c};
     uint64_t until = now_ms() + WAIT_MS;
