@@ -541,6 +541,8 @@ static void config_help_lists_every_option_with_default_and_unit(void **state)
                                         "kv-cache-mb",
                                         "ctx",
                                         "batch-window-ms",
+                                        "pipeline",
+                                        "layers",
                                         "dtype",
                                         "kv",
                                         "isa",
@@ -571,14 +573,80 @@ static void config_help_lists_every_option_with_default_and_unit(void **state)
         opts++;
     for (const char *p = out; (p = strstr(p, "(default: ")); p++)
         defaults++;
-    assert_int_equal(defaults, 35);
+    assert_int_equal(defaults, 37);
     assert_true(opts >= defaults);
-    assert_non_null(strstr(out, "(default: 32 sequences, range 1..1024; env LLORCH_MAX_BATCH)"));
+    assert_non_null(strstr(out, "(default: 32 sequences, range 1..1024; env LLORCH_MAX_BATCH; "
+                                "ChatLoop key max_batch_size)"));
     assert_non_null(strstr(out, "(default: 2097152 bytes, range 1024..1073741824"));
     assert_non_null(strstr(out, "(default: 1024 MiB"));
     assert_non_null(strstr(out, "(default: 15000 ms"));
     assert_non_null(strstr(out, "(default: 30 s"));
     assert_non_null(strstr(out, "(default: auto, one of auto|f32|bf16|int8|native"));
+}
+
+static void config_file_accepts_chatloop_knob_names(void **state)
+{
+    (void)state;
+    const char *path = write_file("cl.conf",
+                                  "worker_threads = 3\nenable_cpu_pinning = true\n"
+                                  "max_batch_size = 7\nbatching_window_ms = 25\n"
+                                  "max_queue_size = 99\nkv_cache_mb = 512\nenable_simd = false\n",
+                                  0644);
+    struct config c;
+    char err[512];
+    assert_int_equal(parse(&c, ARGS("--config", path), NULL, err, sizeof err), 0);
+    assert_int_equal(c.threads, 3);
+    assert_true(c.cpu_pinning);
+    assert_int_equal(c.max_batch, 7);
+    assert_int_equal(c.batch_window_ms, 25);
+    assert_int_equal(c.max_queue, 99);
+    assert_int_equal(c.kv_cache_mb, 512);
+    assert_int_equal(c.isa, LLORCH_ISA_SCALAR);
+    path = write_file("cl2.conf", "enable_simd = true\n", 0644);
+    assert_int_equal(parse(&c, ARGS("--config", path, "--isa", "avx2"), NULL, err, sizeof err), 0);
+    assert_int_equal(c.isa, LLORCH_ISA_AVX2); /* flag over file */
+    assert_int_equal(parse(&c, ARGS("--config", path), NULL, err, sizeof err), 0);
+    assert_int_equal(c.isa, LLORCH_ISA_AUTO);
+}
+
+static void config_env_accepts_chatloop_knob_names_and_ours_win(void **state)
+{
+    (void)state;
+    struct config c;
+    char err[512];
+    assert_int_equal(parse(&c, NULL,
+                           ARGS("LLORCH_WORKER_THREADS=2", "LLORCH_MAX_BATCH_SIZE=5",
+                                "LLORCH_BATCHING_WINDOW_MS=10", "LLORCH_MAX_QUEUE_SIZE=8",
+                                "LLORCH_ENABLE_CPU_PINNING=1", "LLORCH_ENABLE_SIMD=off"),
+                           err, sizeof err),
+                     0);
+    assert_int_equal(c.threads, 2);
+    assert_int_equal(c.max_batch, 5);
+    assert_int_equal(c.batch_window_ms, 10);
+    assert_int_equal(c.max_queue, 8);
+    assert_true(c.cpu_pinning);
+    assert_int_equal(c.isa, LLORCH_ISA_SCALAR);
+    assert_int_equal(parse(&c, NULL, ARGS("LLORCH_MAX_BATCH=4", "LLORCH_MAX_BATCH_SIZE=5"), err,
+                           sizeof err),
+                     0);
+    assert_int_equal(c.max_batch, 4);
+}
+
+static void config_chatloop_alias_errors_name_the_alias_and_range(void **state)
+{
+    (void)state;
+    const char *path = write_file("cle.conf", "\nmax_batch_size = 0\n", 0644);
+    struct config c;
+    char err[512], want[600];
+    assert_int_equal(parse(&c, ARGS("--config", path), NULL, err, sizeof err), LLORCH_ERANGE);
+    snprintf(want, sizeof want, "%s:2: max_batch_size (--max-batch)", path);
+    assert_non_null(strstr(err, want));
+    assert_non_null(strstr(err, "1..1024"));
+    path = write_file("cle2.conf", "enable_simd = avx\n", 0644);
+    assert_int_equal(parse(&c, ARGS("--config", path), NULL, err, sizeof err), LLORCH_EINVAL);
+    assert_non_null(strstr(err, "enable_simd"));
+    assert_int_equal(parse(&c, ARGS("--isa", "sse9"), NULL, err, sizeof err), LLORCH_EINVAL);
+    assert_non_null(strstr(err, "auto|scalar|avx2|avx512"));
 }
 
 static void config_version_prints_the_version(void **state)
@@ -599,6 +667,9 @@ int main(void)
         cmocka_unit_test(config_model_ref_defaults_to_file_name),
         cmocka_unit_test(config_env_sets_every_kind_of_field),
         cmocka_unit_test(config_file_sets_fields_skipping_comments_and_blanks),
+        cmocka_unit_test(config_file_accepts_chatloop_knob_names),
+        cmocka_unit_test(config_env_accepts_chatloop_knob_names_and_ours_win),
+        cmocka_unit_test(config_chatloop_alias_errors_name_the_alias_and_range),
         cmocka_unit_test(config_precedence_is_flag_then_env_then_file),
         cmocka_unit_test(config_file_unknown_key_names_file_and_line),
         cmocka_unit_test(config_file_bad_value_names_file_line_option_and_range),

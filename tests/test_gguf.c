@@ -634,6 +634,155 @@ static void gguf_shared_models_open_with_their_tensor_counts(void **state)
     }
 }
 
+/* ---- split models ---- */
+
+/* Writes part `no` of `count` under dir/m: split keys (split_no may lie),
+ * a name key and n_tensors tensors "t<no>.<k>" of 4 floats, value no*10+k. */
+static void write_part(const char *dir, uint32_t no, uint32_t count, uint16_t split_no,
+                       int32_t total, int n_tensors, const char *dup_name)
+{
+    struct gguf_writer *w;
+    assert_int_equal(gguf_writer_new(&w, 32), 0);
+    uint16_t c16 = (uint16_t)count;
+    assert_int_equal(gguf_writer_set_str(w, "general.name", no == 0 ? "first" : "other"), 0);
+    assert_int_equal(gguf_writer_set_raw(w, "split.no", GGUF_TYPE_UINT16, &split_no, 2), 0);
+    assert_int_equal(gguf_writer_set_raw(w, "split.count", GGUF_TYPE_UINT16, &c16, 2), 0);
+    assert_int_equal(gguf_writer_set_i32(w, "split.tensors.count", total), 0);
+    for (int k = 0; k < n_tensors; k++) {
+        char name[32];
+        snprintf(name, sizeof name, "t%u.%d", no, k);
+        float v[4] = {(float)(no * 10 + (uint32_t)k), 1, 2, 3};
+        uint64_t ne[1] = {4};
+        assert_int_equal(gguf_writer_add_tensor(w, dup_name && k == 0 ? dup_name : name,
+                                                GGML_TYPE_F32, 1, ne, v, sizeof v),
+                         0);
+    }
+    char path[512];
+    char prefix[400];
+    snprintf(prefix, sizeof prefix, "%s/m", dir);
+    assert_int_equal(gguf_split_path(path, sizeof path, prefix, no, count), 0);
+    assert_int_equal(gguf_writer_write_file(w, path), 0);
+    gguf_writer_free(w);
+}
+
+static void split_dir(char *dir, size_t n)
+{
+    snprintf(dir, n, "/tmp/llorch-test-split-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+}
+
+static void split_dir_remove(const char *dir)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void gguf_split_path_uses_llama_cpp_names(void **state)
+{
+    (void)state;
+    char p[64];
+    assert_int_equal(gguf_split_path(p, sizeof p, "dir/m", 0, 3), 0);
+    assert_string_equal(p, "dir/m-00001-of-00003.gguf");
+    assert_int_equal(gguf_split_path(p, sizeof p, "m", 2, 3), 0);
+    assert_string_equal(p, "m-00003-of-00003.gguf");
+    assert_int_equal(gguf_split_path(p, sizeof p, "m", 3, 3), LLORCH_EINVAL);
+    assert_int_equal(gguf_split_path(p, 8, "m", 0, 3), LLORCH_ETOOBIG);
+}
+
+static void gguf_split_model_opens_as_one_from_its_first_part(void **state)
+{
+    (void)state;
+    char dir[64], path[256];
+    split_dir(dir, sizeof dir);
+    write_part(dir, 0, 3, 0, 6, 1, NULL);
+    write_part(dir, 1, 3, 1, 6, 2, NULL);
+    write_part(dir, 2, 3, 2, 6, 3, NULL);
+    snprintf(path, sizeof path, "%s/m-00001-of-00003.gguf", dir);
+    struct gguf_file *f;
+    assert_int_equal(gguf_open(&f, path, errbuf, sizeof errbuf), 0);
+    assert_int_equal(gguf_split_count(f), 3);
+    assert_int_equal(gguf_tensor_count(f), 6);
+    struct gguf_str s;
+    assert_int_equal(gguf_get_str(f, "general.name", &s), 0);
+    assert_memory_equal(s.ptr, "first", 5);
+    const char *names[] = {"t0.0", "t1.0", "t1.1", "t2.0", "t2.1", "t2.2"};
+    const float vals[] = {0, 10, 11, 20, 21, 22};
+    for (int i = 0; i < 6; i++) {
+        const struct gguf_tensor *t = gguf_tensor_find(f, names[i]);
+        assert_non_null(t);
+        assert_ptr_equal(gguf_tensor_at(f, (uint64_t)i), t);
+        float v;
+        memcpy(&v, t->data, sizeof v);
+        assert_true(v == vals[i]);
+    }
+    assert_null(gguf_tensor_find(f, "t0.1"));
+    gguf_close(f);
+    /* one part alone */
+    snprintf(path, sizeof path, "%s/m-00002-of-00003.gguf", dir);
+    assert_int_equal(gguf_open_part(&f, path, errbuf, sizeof errbuf), 0);
+    assert_int_equal(gguf_split_count(f), 1);
+    assert_int_equal(gguf_tensor_count(f), 2);
+    gguf_close(f);
+    split_dir_remove(dir);
+}
+
+static void gguf_split_later_part_is_refused_naming_the_first(void **state)
+{
+    (void)state;
+    char dir[64], path[256];
+    split_dir(dir, sizeof dir);
+    write_part(dir, 0, 2, 0, 2, 1, NULL);
+    write_part(dir, 1, 2, 1, 2, 1, NULL);
+    snprintf(path, sizeof path, "%s/m-00002-of-00002.gguf", dir);
+    struct gguf_file *f;
+    assert_int_equal(gguf_open(&f, path, errbuf, sizeof errbuf), LLORCH_EINVAL);
+    assert_null(f);
+    assert_non_null(strstr(errbuf, "part 2 of a model split in 2 parts"));
+    assert_non_null(strstr(errbuf, "-00001-of-00002.gguf"));
+    split_dir_remove(dir);
+}
+
+static void gguf_split_missing_or_inconsistent_parts_fail_naming_the_part(void **state)
+{
+    (void)state;
+    char dir[64], path[256];
+    struct gguf_file *f;
+    split_dir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/m-00001-of-00003.gguf", dir);
+    /* part 3 missing */
+    write_part(dir, 0, 3, 0, 3, 1, NULL);
+    write_part(dir, 1, 3, 1, 3, 1, NULL);
+    assert_true(gguf_open(&f, path, errbuf, sizeof errbuf) < 0);
+    assert_null(f);
+    assert_non_null(strstr(errbuf, "m-00003-of-00003.gguf"));
+    /* part 3 says it is part 2 */
+    write_part(dir, 2, 3, 1, 3, 1, NULL);
+    assert_int_equal(gguf_open(&f, path, errbuf, sizeof errbuf), LLORCH_EFORMAT);
+    assert_non_null(strstr(errbuf, "expected split.no 2"));
+    /* the parts hold 3 tensors, split.tensors.count says 4 */
+    write_part(dir, 0, 3, 0, 4, 1, NULL);
+    write_part(dir, 2, 3, 2, 4, 1, NULL);
+    assert_int_equal(gguf_open(&f, path, errbuf, sizeof errbuf), LLORCH_EFORMAT);
+    assert_non_null(strstr(errbuf, "split.tensors.count is 4"));
+    /* one tensor in two parts */
+    write_part(dir, 0, 3, 0, 3, 1, NULL);
+    write_part(dir, 2, 3, 2, 3, 1, "t0.0");
+    assert_int_equal(gguf_open(&f, path, errbuf, sizeof errbuf), LLORCH_EFORMAT);
+    assert_non_null(strstr(errbuf, "'t0.0' is in more than one part"));
+    /* consistent again: opens */
+    write_part(dir, 2, 3, 2, 3, 1, NULL);
+    assert_int_equal(gguf_open(&f, path, errbuf, sizeof errbuf), 0);
+    gguf_close(f);
+    /* a first part whose name does not follow the pattern */
+    char other[300];
+    snprintf(other, sizeof other, "%s/renamed.gguf", dir);
+    assert_int_equal(rename(path, other), 0);
+    assert_int_equal(gguf_open(&f, other, errbuf, sizeof errbuf), LLORCH_EFORMAT);
+    assert_non_null(strstr(errbuf, "does not end in '-00001-of-00003.gguf'"));
+    split_dir_remove(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -659,6 +808,10 @@ int main(void)
         cmocka_unit_test(gguf_qwen2_vocab_file_opens_with_indexed_strings),
         cmocka_unit_test(gguf_llama3_vocab_file_opens),
         cmocka_unit_test(gguf_shared_models_open_with_their_tensor_counts),
+        cmocka_unit_test(gguf_split_path_uses_llama_cpp_names),
+        cmocka_unit_test(gguf_split_model_opens_as_one_from_its_first_part),
+        cmocka_unit_test(gguf_split_later_part_is_refused_naming_the_first),
+        cmocka_unit_test(gguf_split_missing_or_inconsistent_parts_fail_naming_the_part),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -366,6 +366,77 @@ static void kv_every_block_returns_after_many_sequences_end(void **state)
     kv_cache_free(c);
 }
 
+/* The journal of one cache replayed on another of the same block count
+ * (no storage: a pipeline coordinator's) gives the same block tables, also
+ * through prefix reuse, frees and eviction. */
+struct journal {
+    struct kv_cache *peer;
+    int n_ops, fails;
+};
+
+static void journal_apply(void *ctx, const struct kv_op *op)
+{
+    struct journal *j = ctx;
+    j->n_ops++;
+    if (kv_cache_replay(j->peer, op) != 0)
+        j->fails++;
+}
+
+static void kv_journal_replayed_on_a_tables_only_cache_keeps_the_same_tables(void **state)
+{
+    (void)state;
+    struct kv_cache *a = make_cache(8, LLORCH_KV_F32, 4);
+    struct kv_cache_opts o = {.type = LLORCH_KV_F32,
+                              .n_layer = 0,
+                              .n_head_kv = 2,
+                              .head_dim = 8,
+                              .max_seqs = 4,
+                              .max_seq_len = 256,
+                              .n_blocks = 8};
+    struct kv_cache *b = NULL;
+    assert_int_equal(kv_cache_new(&b, &o), 0);
+    struct journal j = {.peer = b};
+    kv_cache_set_journal(a, journal_apply, &j);
+    llorch_token t[80];
+    tokens_fill(t, 80, 5);
+    for (int round = 0; round < 3; round++) {
+        struct kv_seq *s1, *s2;
+        assert_int_equal(kv_seq_new(a, &s1), 0);
+        uint32_t shared = kv_seq_share_prefix(a, s1, t, 40);
+        assert_int_equal(kv_seq_reserve(a, s1, 40 - shared), 0);
+        kv_seq_commit(a, s1, t + shared, 40 - shared);
+        kv_seq_commit(b, kv_seq_at(b, kv_seq_index(a, s1)), t + shared, 40 - shared);
+        assert_int_equal(kv_seq_new(a, &s2), 0);
+        shared = kv_seq_share_prefix(a, s2, t, 60);
+        assert_int_equal(shared, 32);
+        assert_int_equal(kv_seq_reserve(a, s2, 60 - shared), 0);
+        kv_seq_commit(a, s2, t + shared, 60 - shared);
+        kv_seq_commit(b, kv_seq_at(b, kv_seq_index(a, s2)), t + shared, 60 - shared);
+        struct kv_seq *const sa[2] = {s1, s2};
+        for (int i = 0; i < 2; i++) {
+            struct kv_seq *sb = kv_seq_at(b, kv_seq_index(a, sa[i]));
+            assert_non_null(sb);
+            assert_int_equal(kv_seq_len(sb), kv_seq_len(sa[i]));
+            assert_int_equal(kv_seq_capacity(sb), kv_seq_capacity(sa[i]));
+            assert_memory_equal(kv_seq_blocks(sb), kv_seq_blocks(sa[i]),
+                                kv_seq_capacity(sa[i]) / B * sizeof(uint32_t));
+        }
+        assert_int_equal(kv_cache_free_blocks(a), kv_cache_free_blocks(b));
+        kv_seq_free(a, round & 1 ? s1 : s2);
+        kv_seq_free(a, round & 1 ? s2 : s1);
+        tokens_fill(t + 40, 40, (llorch_token)(100 * round)); /* new suffixes evict */
+    }
+    assert_int_equal(j.fails, 0);
+    assert_true(j.n_ops >= 3 * 6);
+    /* a replay that does not fit is refused */
+    struct kv_op bad = {.type = KV_OP_SEQ_FREE, .seq = 3};
+    assert_int_equal(kv_cache_replay(b, &bad), LLORCH_EINVAL);
+    assert_all_blocks_free(a);
+    assert_all_blocks_free(b);
+    kv_cache_free(a);
+    kv_cache_free(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -381,6 +452,7 @@ int main(void)
         cmocka_unit_test(kv_cached_prefixes_are_evicted_deepest_first),
         cmocka_unit_test(kv_store_writes_through_the_block_table_in_the_cache_type),
         cmocka_unit_test(kv_every_block_returns_after_many_sequences_end),
+        cmocka_unit_test(kv_journal_replayed_on_a_tables_only_cache_keeps_the_same_tables),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -40,6 +40,8 @@ struct result {
     uint32_t n_tokens;
     llorch_token tokens[MAX_OUT];
     uint32_t n_top_seen;
+    uint32_t n_tokens_at_start_of; /* another result's n_tokens when this one started */
+    uint64_t t_started_ms;
     bool logprob_error;
     size_t text_len;
     char text[8192];
@@ -58,6 +60,7 @@ struct harness {
     /* on_step figures, written by the driver thread */
     _Atomic uint64_t steps_seen, step_tokens_seen, step_seqs_seen;
     _Atomic uint32_t max_step_tokens_seen;
+    uint32_t step_sleep_us;       /* slows every step (on_step), set before submits */
 };
 
 static void h_on_step(void *ctx, double seconds, uint32_t n_seqs, uint32_t n_tokens)
@@ -69,6 +72,10 @@ static void h_on_step(void *ctx, double seconds, uint32_t n_seqs, uint32_t n_tok
     h->step_seqs_seen += n_seqs;
     if (n_tokens > h->max_step_tokens_seen)
         h->max_step_tokens_seen = n_tokens;
+    if (h->step_sleep_us) {
+        struct timespec ts = {0, (long)h->step_sleep_us * 1000L};
+        nanosleep(&ts, NULL);
+    }
 }
 
 static void h_notify(void *ctx)
@@ -92,6 +99,7 @@ struct h_opts {
     const char *model;
     uint64_t kv_blocks;           /* 0: plenty */
     uint32_t max_batch, max_queue, step_tokens;
+    uint32_t batch_window_ms, step_sleep_us;
 };
 
 static uint64_t kv_block_bytes(const struct model *m)
@@ -122,6 +130,7 @@ static void h_open(struct harness *h, const struct h_opts *o)
         .max_step_tokens = step_tokens,
         .pool = h->pool,
     };
+    h->step_sleep_us = o->step_sleep_us;
     rc = forward_new(&h->fw, h->m, &fo, err, sizeof(err));
     if (rc < 0)
         fail_msg("forward_new: %s", err);
@@ -132,6 +141,7 @@ static void h_open(struct harness *h, const struct h_opts *o)
         .max_batch = max_batch,
         .max_queue = o->max_queue ? o->max_queue : 64,
         .step_tokens = step_tokens,
+        .batch_window_ms = o->batch_window_ms,
         .notify = h_notify,
         .notify_ctx = h,
         .on_step = h_on_step,
@@ -165,6 +175,13 @@ static void append_text(struct result *r, const char *t, size_t n)
     }
 }
 
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 static void dispatch(struct sched_event *ev)
 {
     struct result *r = ev->owner;
@@ -175,6 +192,7 @@ static void dispatch(struct sched_event *ev)
         if (r->n_started || r->n_tokens || r->n_terminal)
             r->order_error = true;
         r->n_started++;
+        r->t_started_ms = now_ms();
         break;
     case SCHED_EV_TOKEN:
         if (r->n_terminal || !r->n_started || ev->u.token.index != r->n_tokens ||
@@ -236,13 +254,6 @@ static void h_pump(struct harness *h, int wait_ms, bool hold)
         llorch_queue_move(&list, &h->held);
     else
         sched_events_release(h->s, &list);
-}
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 static bool all_done(struct result *rs, size_t n)
@@ -813,6 +824,88 @@ static void sched_held_events_stall_the_driver_without_losing_tokens(void **stat
     h_close(&h);
 }
 
+/* ChatLoop's batching window: arrivals while a sequence runs wait for more
+ * to join them (B and C start together, a window after B), and the running
+ * sequence keeps stepping meanwhile. */
+static void sched_batch_window_gathers_arrivals_while_others_run(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 4,
+                                .batch_window_ms = 300, .step_sleep_us = 2000});
+    static struct result a, b, c;
+    llorch_token pa[8], pb[8], pc[8];
+    make_prompt(pa, 8, 1);
+    make_prompt(pb, 8, 2);
+    make_prompt(pc, 8, 3);
+    struct sched_params p = greedy(400);
+    p.ignore_eos = true;
+    assert_int_equal(submit_tokens(&h, &a, "a", pa, 8, &p), 0);
+    h_pump_until_tokens(&h, &a, 3, false);
+    struct sched_params q = greedy(4);
+    uint64_t tb = now_ms();
+    assert_int_equal(submit_tokens(&h, &b, "b", pb, 8, &q), 0);
+    uint32_t a_at_b = a.n_tokens;
+    while (now_ms() < tb + 100)
+        h_pump(&h, 10, false);
+    assert_int_equal(b.n_started, 0);
+    uint64_t tc = now_ms();
+    assert_int_equal(submit_tokens(&h, &c, "c", pc, 8, &q), 0);
+    h_pump_until_started(&h, &b, false);
+    h_pump_until_started(&h, &c, false);
+    /* B waited the window, C joined it: both admitted by one sched_admit. */
+    assert_true(b.t_started_ms >= tb + 290);
+    assert_true(c.t_started_ms < tc + 290);
+    assert_true(c.t_started_ms <= b.t_started_ms + 25);
+    /* A kept stepping while B waited (2 ms a step, ~150 in the window;
+     * a loaded sanitizer run still makes a handful, a paused batch none). */
+    assert_true(a.n_tokens >= a_at_b + 4);
+    assert_int_equal(sched_cancel(h.s, a.id, SCHED_ERR_CANCELLED), 0);
+    struct result *rs[3] = {&a, &b, &c};
+    uint64_t until = now_ms() + WAIT_MS;
+    while (!rs[0]->n_terminal || !rs[1]->n_terminal || !rs[2]->n_terminal) {
+        if (now_ms() > until)
+            fail_msg("requests did not finish");
+        h_pump(&h, 20, false);
+    }
+    assert_int_equal(b.terminal, SCHED_EV_END);
+    assert_int_equal(c.terminal, SCHED_EV_END);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
+/* Arrivals that fill the batch do not wait for the window. */
+static void sched_batch_window_ends_early_when_the_batch_is_full(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 2,
+                                .batch_window_ms = 5000, .step_sleep_us = 1000});
+    static struct result a, b;
+    llorch_token pa[8], pb[8];
+    make_prompt(pa, 8, 4);
+    make_prompt(pb, 8, 5);
+    struct sched_params p = greedy(8);
+    p.ignore_eos = true;
+    uint64_t t0 = now_ms();
+    assert_int_equal(submit_tokens(&h, &a, "a", pa, 8, &p), 0);
+    assert_int_equal(submit_tokens(&h, &b, "b", pb, 8, &p), 0);
+    h_pump_until_started(&h, &a, false);
+    h_pump_until_started(&h, &b, false);
+    assert_true(a.t_started_ms < t0 + 2500);
+    assert_true(b.t_started_ms < t0 + 2500);
+    uint64_t until = now_ms() + WAIT_MS;
+    while (!a.n_terminal || !b.n_terminal) {
+        if (now_ms() > until)
+            fail_msg("requests did not finish");
+        h_pump(&h, 20, false);
+    }
+    assert_int_equal(a.terminal, SCHED_EV_END);
+    assert_int_equal(b.terminal, SCHED_EV_END);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
 static void sched_engine_smaller_than_the_batch_still_completes_everyone(void **state)
 {
     (void)state;
@@ -861,6 +954,8 @@ int main(void)
         cmocka_unit_test(sched_shutdown_ends_everything_and_refuses_new_work),
         cmocka_unit_test(sched_held_events_stall_the_driver_without_losing_tokens),
         cmocka_unit_test(sched_engine_smaller_than_the_batch_still_completes_everyone),
+        cmocka_unit_test(sched_batch_window_gathers_arrivals_while_others_run),
+        cmocka_unit_test(sched_batch_window_ends_early_when_the_batch_is_full),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

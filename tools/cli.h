@@ -14,5 +14,6 @@ int cli_tokenize_main(int argc, char **argv);
 int cli_detokenize_main(int argc, char **argv);
 int cli_logits_main(int argc, char **argv);
 int cli_generate_main(int argc, char **argv);
+int cli_split_main(int argc, char **argv);
 
 #endif

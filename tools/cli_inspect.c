@@ -9,6 +9,7 @@
 
 #include "cli.h"
 #include "gguf.h"
+#include "gguf_keys.h"
 #include "llorch/error.h"
 #include "model.h"
 #include "quant.h"
@@ -87,19 +88,19 @@ static void read_tok_info(const struct gguf_file *f, struct tok_info *ti)
     struct gguf_str s;
     strcpy(ti->model, "none");
     strcpy(ti->pre, "default");
-    if (!gguf_get_str(f, "tokenizer.ggml.model", &s))
+    if (!gguf_get_str(f, LLORCH_GGUF_KEY_TOK_MODEL, &s))
         str_copy(ti->model, sizeof ti->model, s);
-    if (!gguf_get_str(f, "tokenizer.ggml.pre", &s))
+    if (!gguf_get_str(f, LLORCH_GGUF_KEY_TOK_PRE, &s))
         str_copy(ti->pre, sizeof ti->pre, s);
     struct gguf_arr toks;
-    bool has = !gguf_get_arr(f, "tokenizer.ggml.tokens", &toks) && toks.type == GGUF_TYPE_STRING;
+    bool has = !gguf_get_arr(f, LLORCH_GGUF_KEY_TOK_TOKENS, &toks) && toks.type == GGUF_TYPE_STRING;
     ti->n_tokens = has ? toks.count : 0;
-    ti->bos = special_id(f, "tokenizer.ggml.bos_token_id", ti->n_tokens);
-    ti->eos = special_id(f, "tokenizer.ggml.eos_token_id", ti->n_tokens);
-    ti->unk = special_id(f, "tokenizer.ggml.unknown_token_id", ti->n_tokens);
-    ti->pad = special_id(f, "tokenizer.ggml.padding_token_id", ti->n_tokens);
-    ti->eot = special_id(f, "tokenizer.ggml.eot_token_id", ti->n_tokens);
-    ti->eom = special_id(f, "tokenizer.ggml.eom_token_id", ti->n_tokens);
+    ti->bos = special_id(f, LLORCH_GGUF_KEY_TOK_BOS_ID, ti->n_tokens);
+    ti->eos = special_id(f, LLORCH_GGUF_KEY_TOK_EOS_ID, ti->n_tokens);
+    ti->unk = special_id(f, LLORCH_GGUF_KEY_TOK_UNK_ID, ti->n_tokens);
+    ti->pad = special_id(f, LLORCH_GGUF_KEY_TOK_PAD_ID, ti->n_tokens);
+    ti->eot = special_id(f, LLORCH_GGUF_KEY_TOK_EOT_ID, ti->n_tokens);
+    ti->eom = special_id(f, LLORCH_GGUF_KEY_TOK_EOM_ID, ti->n_tokens);
     if (has)
         derive_eog(f, ti);
 }
@@ -139,7 +140,7 @@ static void token_text(const struct gguf_file *f, int64_t id, char *out, size_t 
     struct gguf_arr toks;
     struct gguf_str s;
     out[0] = 0;
-    if (id < 0 || gguf_get_arr(f, "tokenizer.ggml.tokens", &toks) ||
+    if (id < 0 || gguf_get_arr(f, LLORCH_GGUF_KEY_TOK_TOKENS, &toks) ||
         gguf_arr_str(f, &toks, (uint64_t)id, &s))
         return;
     str_copy(out, n, s);

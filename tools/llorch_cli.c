@@ -1,4 +1,4 @@
-/* llorch-cli: inspect, tokenize, detokenize, logits, generate. Dispatches to
+/* llorch-cli: inspect, tokenize, detokenize, logits, generate, split. Dispatches to
  * the subcommand named by argv[1]; each subcommand parses its own flags. */
 #include <errno.h>
 #include <stdint.h>
@@ -48,6 +48,9 @@ static const struct subcommand subcommands[] = {
 #endif
 #if LLORCH_CLI_HAS_GENERATE
     {"generate", cli_generate_main, "--model M --prompt T [sampling flags]"},
+#endif
+#if LLORCH_CLI_HAS_SPLIT
+    {"split", cli_split_main, "--model M --out PREFIX [--stages N | --layers 0-7,8-15]"},
 #endif
     {NULL, NULL, NULL},
 };

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "gguf.h"
+#include "gguf_keys.h"
 #include "llorch/error.h"
 #include "quant.h"
 
@@ -254,18 +255,21 @@ static int vocab_builtin(struct vocab *v, uint32_t n_vocab)
 
 static int put_builtin_vocab(struct gguf_writer *w, struct vocab *v)
 {
-    int rc = gguf_writer_set_str(w, "tokenizer.ggml.model", "llama");
-    rc = rc ? rc : gguf_writer_set_str(w, "tokenizer.ggml.pre", "default");
+    int rc = gguf_writer_set_str(w, LLORCH_GGUF_KEY_TOK_MODEL, "llama");
+    rc = rc ? rc : gguf_writer_set_str(w, LLORCH_GGUF_KEY_TOK_PRE, "default");
     rc = rc ? rc
-            : gguf_writer_set_str_arr(w, "tokenizer.ggml.tokens", (const char *const *)v->tok,
+            : gguf_writer_set_str_arr(w, LLORCH_GGUF_KEY_TOK_TOKENS, (const char *const *)v->tok,
                                       NULL, v->n);
-    rc = rc ? rc : gguf_writer_set_arr(w, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, v->score, v->n);
-    rc = rc ? rc : gguf_writer_set_arr(w, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, v->type, v->n);
-    rc = rc ? rc : gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", 1);
-    rc = rc ? rc : gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", 2);
-    rc = rc ? rc : gguf_writer_set_u32(w, "tokenizer.ggml.unknown_token_id", 0);
-    rc = rc ? rc : gguf_writer_set_bool(w, "tokenizer.ggml.add_bos_token", true);
-    rc = rc ? rc : gguf_writer_set_bool(w, "tokenizer.ggml.add_eos_token", false);
+    rc = rc ? rc
+            : gguf_writer_set_arr(w, LLORCH_GGUF_KEY_TOK_SCORES, GGUF_TYPE_FLOAT32, v->score, v->n);
+    rc =
+        rc ? rc
+           : gguf_writer_set_arr(w, LLORCH_GGUF_KEY_TOK_TOKEN_TYPE, GGUF_TYPE_INT32, v->type, v->n);
+    rc = rc ? rc : gguf_writer_set_u32(w, LLORCH_GGUF_KEY_TOK_BOS_ID, 1);
+    rc = rc ? rc : gguf_writer_set_u32(w, LLORCH_GGUF_KEY_TOK_EOS_ID, 2);
+    rc = rc ? rc : gguf_writer_set_u32(w, LLORCH_GGUF_KEY_TOK_UNK_ID, 0);
+    rc = rc ? rc : gguf_writer_set_bool(w, LLORCH_GGUF_KEY_TOK_ADD_BOS, true);
+    rc = rc ? rc : gguf_writer_set_bool(w, LLORCH_GGUF_KEY_TOK_ADD_EOS, false);
     return rc;
 }
 
@@ -279,7 +283,7 @@ static int copy_vocab(struct gguf_writer *w, const char *path, uint32_t *n_vocab
         return -1;
     }
     struct gguf_arr toks;
-    if (gguf_get_arr(f, "tokenizer.ggml.tokens", &toks) || toks.type != GGUF_TYPE_STRING ||
+    if (gguf_get_arr(f, LLORCH_GGUF_KEY_TOK_TOKENS, &toks) || toks.type != GGUF_TYPE_STRING ||
         toks.count == 0 || toks.count > (1u << 24)) {
         fprintf(stderr, "llorch-synth: --vocab-from: %s has no usable tokenizer.ggml.tokens\n", path);
         gguf_close(f);
@@ -474,29 +478,29 @@ static int put_hparams(struct gguf_writer *w, const struct opts *o)
     char k[128];
     const char *a = o->arch;
     bool gpt2 = !strcmp(a, "gpt2");
-    int rc = gguf_writer_set_str(w, "general.architecture", a);
+    int rc = gguf_writer_set_str(w, LLORCH_GGUF_KEY_ARCHITECTURE, a);
 #define SETU(s, v) (rc = rc ? rc : gguf_writer_set_u32(w, (snprintf(k, sizeof k, "%s." s, a), k), v))
 #define SETF(s, v) (rc = rc ? rc : gguf_writer_set_f32(w, (snprintf(k, sizeof k, "%s." s, a), k), v))
-    rc = rc ? rc : gguf_writer_set_str(w, "general.name", o->name);
-    rc = rc ? rc : gguf_writer_set_u32(w, "general.file_type", file_type_of(o->type));
+    rc = rc ? rc : gguf_writer_set_str(w, LLORCH_GGUF_KEY_NAME, o->name);
+    rc = rc ? rc : gguf_writer_set_u32(w, LLORCH_GGUF_KEY_FILE_TYPE, file_type_of(o->type));
     if (quant_block_elems(o->type) > 1)
-        rc = rc ? rc : gguf_writer_set_u32(w, "general.quantization_version", 2);
-    SETU("context_length", o->n_ctx);
-    SETU("embedding_length", o->n_embd);
-    SETU("block_count", o->n_layer);
-    SETU("feed_forward_length", o->n_ff);
-    SETU("attention.head_count", o->n_head);
-    SETU("attention.head_count_kv", o->n_head_kv);
+        rc = rc ? rc : gguf_writer_set_u32(w, LLORCH_GGUF_KEY_QUANTIZATION_VERSION, 2);
+    SETU(LLORCH_GGUF_ARCH_CONTEXT_LENGTH, o->n_ctx);
+    SETU(LLORCH_GGUF_ARCH_EMBEDDING_LENGTH, o->n_embd);
+    SETU(LLORCH_GGUF_ARCH_BLOCK_COUNT, o->n_layer);
+    SETU(LLORCH_GGUF_ARCH_FEED_FORWARD_LENGTH, o->n_ff);
+    SETU(LLORCH_GGUF_ARCH_HEAD_COUNT, o->n_head);
+    SETU(LLORCH_GGUF_ARCH_HEAD_COUNT_KV, o->n_head_kv);
     if (gpt2) {
-        SETF("attention.layer_norm_epsilon", o->eps);
+        SETF(LLORCH_GGUF_ARCH_LAYERNORM_EPS, o->eps);
     } else {
-        SETF("attention.layer_norm_rms_epsilon", o->eps);
-        SETF("rope.freq_base", o->rope_base);
+        SETF(LLORCH_GGUF_ARCH_LAYERNORM_RMS_EPS, o->eps);
+        SETF(LLORCH_GGUF_ARCH_ROPE_FREQ_BASE, o->rope_base);
         /* convert_hf_to_gguf writes no dimension_count for qwen2 */
         if (strcmp(a, "qwen2"))
-            SETU("rope.dimension_count", o->n_embd / o->n_head);
+            SETU(LLORCH_GGUF_ARCH_ROPE_DIMENSION_COUNT, o->n_embd / o->n_head);
         if (!strcmp(a, "phi3"))
-            SETU("rope.scaling.original_context_length", o->n_ctx);
+            SETU(LLORCH_GGUF_ARCH_ROPE_SCALING_ORIG_CTX, o->n_ctx);
     }
 #undef SETU
 #undef SETF

@@ -6,7 +6,14 @@
  * and lines whose first non-blank character is `#` are ignored; a value may
  * be wrapped in double quotes (kept verbatim inside, no escapes); trailing
  * ` # comment` after an unquoted value is stripped. Unknown keys are errors
- * reported as FILE:LINE. Precedence: flag > env > file > default. */
+ * reported as FILE:LINE. Precedence: flag > env > file > default.
+ *
+ * ChatLoop's knob names are aliases in the file and the environment (table
+ * `aliases`): worker_threads = threads, enable_cpu_pinning = cpu_pinning,
+ * max_batch_size = max_batch, batching_window_ms = batch_window_ms,
+ * max_queue_size = max_queue, kv_cache_mb (already ours), enable_simd
+ * (false = isa scalar, true = isa auto). In the environment they carry our
+ * prefix (LLORCH_WORKER_THREADS); our own name wins over an alias there. */
 #include "config.h"
 
 #include <errno.h>
@@ -120,7 +127,13 @@ static const struct opt opts[] = {
     {"ctx", NULL, OPT_U32, F(ctx), 0, 1048576, NULL, "N", "tokens", "0 = the model's",
      "context length per sequence"},
     {"batch-window-ms", NULL, OPT_U32, F(batch_window_ms), 0, 10000, NULL, "N", "ms", NULL,
-     "wait for more arrivals before a step from idle"},
+     "new requests wait up to this long (from the oldest) for more to join them before they are "
+     "admitted, unless they fill the batch; running streams keep stepping"},
+    {"pipeline", NULL, OPT_BOOL, F(pipeline), 0, 1, NULL, NULL, NULL, NULL,
+     "one model split by layers over MPI ranks: `mpirun -np S+1 llorch-cpud --pipeline ...`; "
+     "rank 0 serves, ranks 1..S each hold a layer range"},
+    {"layers", NULL, OPT_STR, F(layers), 0, 0, NULL, "A-B,...", NULL, "an even split",
+     "with --pipeline: each stage's inclusive layer range, in rank order (0-7,8-15,16-23,24-31)"},
 
     {"heartbeat-interval", "operations", OPT_U32, F(heartbeat_interval_s), 0, 86400, NULL, "N", "s",
      NULL, "pool-manager heartbeat period (0 = off)"},
@@ -138,6 +151,25 @@ static const struct opt opts[] = {
      "config file of `key = value` lines (env LLORCH_CONFIG; not allowed inside the file)"},
 };
 #undef F
+
+/* ChatLoop's knob names (file keys; env LLORCH_ + upper case). A boolean
+ * alias with value names maps false/true onto those values of the target. */
+struct opt_alias {
+    const char *key;
+    const char *flag;     /* our option */
+    const char *if_false; /* NULL: the value passes through */
+    const char *if_true;
+};
+
+static const struct opt_alias aliases[] = {
+    {"worker_threads", "threads", NULL, NULL},
+    {"enable_cpu_pinning", "cpu-pinning", NULL, NULL},
+    {"max_batch_size", "max-batch", NULL, NULL},
+    {"batching_window_ms", "batch-window-ms", NULL, NULL},
+    {"max_queue_size", "max-queue", NULL, NULL},
+    {"enable_simd", "isa", "scalar", "auto"},
+};
+
 
 static const struct opt *opt_find_flag(const char *name, size_t len)
 {
@@ -164,6 +196,30 @@ static const struct opt *opt_find_key(const char *key, size_t len)
     return NULL;
 }
 
+static const struct opt_alias *alias_find_key(const char *key, size_t len)
+{
+    for (size_t i = 0; i < LLORCH_ARRAY_SIZE(aliases); i++)
+        if (strlen(aliases[i].key) == len && !memcmp(aliases[i].key, key, len))
+            return &aliases[i];
+    return NULL;
+}
+
+static const struct opt_alias *alias_of_flag(const char *flag)
+{
+    for (size_t i = 0; i < LLORCH_ARRAY_SIZE(aliases); i++)
+        if (!strcmp(aliases[i].flag, flag))
+            return &aliases[i];
+    return NULL;
+}
+
+static void alias_env_name(const struct opt_alias *a, char *buf, size_t n)
+{
+    size_t w = (size_t)snprintf(buf, n, "LLORCH_");
+    for (const char *p = a->key; *p && w + 1 < n; p++, w++)
+        buf[w] = (*p >= 'a' && *p <= 'z') ? (char)(*p - 'a' + 'A') : *p;
+    buf[w] = 0;
+}
+
 static void opt_env_name(const struct opt *o, char *buf, size_t n)
 {
     size_t w = (size_t)snprintf(buf, n, "LLORCH_");
@@ -174,14 +230,17 @@ static void opt_env_name(const struct opt *o, char *buf, size_t n)
 
 /* Where a value came from, for error messages. */
 struct origin {
-    const char *kind; /* "flag", "env", "file" */
-    const char *name; /* env variable or file path */
+    const char *kind;  /* "flag", "env", "file" */
+    const char *name;  /* env variable or file path */
     unsigned line;
+    const char *alias; /* ChatLoop key the value came under, or NULL */
 };
 
 static void origin_format(const struct origin *src, const struct opt *o, char *buf, size_t n)
 {
-    if (!strcmp(src->kind, "file"))
+    if (!strcmp(src->kind, "file") && src->alias)
+        snprintf(buf, n, "%s:%u: %s (--%s)", src->name, src->line, src->alias, o->flag);
+    else if (!strcmp(src->kind, "file"))
         snprintf(buf, n, "%s:%u: --%s", src->name, src->line, o->flag);
     else if (!strcmp(src->kind, "env"))
         snprintf(buf, n, "--%s (from %s)", o->flag, src->name);
@@ -287,6 +346,26 @@ static int opt_set(struct config *c, const struct opt *o, const char *value,
                     where, value, list);
     }
     return llorch_errf(err, errlen, LLORCH_EINTERNAL, "%s: bad option type", where);
+}
+
+/* Stores a value given under a ChatLoop alias. */
+static int alias_set(struct config *c, const struct opt_alias *a, const char *value,
+                     const struct origin *src, char *err, size_t errlen)
+{
+    const struct opt *o = opt_find_flag(a->flag, strlen(a->flag));
+    if (a->if_false) {
+        bool b;
+        if (!parse_bool(value, &b)) {
+            char where[4200];
+            origin_format(src, o, where, sizeof where);
+            return llorch_errf(err, errlen, LLORCH_EINVAL,
+                               "%s: invalid value '%.64s' for %s: expected true|false (or 1|0, "
+                               "yes|no, on|off)",
+                               where, value, a->key);
+        }
+        value = b ? a->if_true : a->if_false;
+    }
+    return opt_set(c, o, value, src, err, errlen);
 }
 
 void config_defaults(struct config *c)
@@ -398,10 +477,14 @@ static void config_print_help(FILE *to)
             enum_list(o, list, sizeof list);
             snprintf(range, sizeof range, ", one of %s", list);
         }
-        char env[64];
+        char env[64], alias[96] = "";
         opt_env_name(o, env, sizeof env);
-        fprintf(to, "  %s\n      %s\n      (default: %s%s%s%s; env %s)\n", lhs, o->help, def,
-                o->unit ? " " : "", o->unit ? o->unit : "", range, env);
+        const struct opt_alias *al = alias_of_flag(o->flag);
+        if (al)
+            snprintf(alias, sizeof alias, "; ChatLoop key %s%s", al->key,
+                     al->if_false ? " (a boolean: false = scalar)" : "");
+        fprintf(to, "  %s\n      %s\n      (default: %s%s%s%s; env %s%s)\n", lhs, o->help, def,
+                o->unit ? " " : "", o->unit ? o->unit : "", range, env, alias);
     }
     fprintf(to, "\nother:\n  --help, -h\n      this text\n  --version\n      print the version\n");
 }
@@ -478,13 +561,21 @@ static int config_apply_file_text(struct config *c, const char *path, char *text
         if (!key[0])
             return llorch_errf(err, errlen, LLORCH_EFORMAT, "%s:%u: missing key before '='", path, lineno);
         const struct opt *o = opt_find_key(key, strlen(key));
-        if (!o)
-            return llorch_errf(err, errlen, LLORCH_EINVAL, "%s:%u: unknown key '%.64s'", path, lineno,
-                        key);
+        if (!o) {
+            const struct opt_alias *a = alias_find_key(key, strlen(key));
+            if (!a)
+                return llorch_errf(err, errlen, LLORCH_EINVAL, "%s:%u: unknown key '%.64s'", path,
+                                   lineno, key);
+            struct origin asrc = {"file", path, lineno, a->key};
+            int r = alias_set(c, a, value, &asrc, err, errlen);
+            if (r)
+                return r;
+            continue;
+        }
         if (!strcmp(o->flag, "config"))
             return llorch_errf(err, errlen, LLORCH_EINVAL,
                         "%s:%u: 'config' cannot be set inside a config file", path, lineno);
-        struct origin src = {"file", path, lineno};
+        struct origin src = {"file", path, lineno, NULL};
         int r = opt_set(c, o, value, &src, err, errlen);
         if (r)
             return r;
@@ -567,6 +658,18 @@ static const char *env_lookup(char **envp, const char *name)
 
 static int config_apply_env(struct config *c, char **envp, char *err, size_t errlen)
 {
+    /* Aliases first: our own name wins. */
+    for (size_t i = 0; i < LLORCH_ARRAY_SIZE(aliases); i++) {
+        char name[64];
+        alias_env_name(&aliases[i], name, sizeof name);
+        const char *v = env_lookup(envp, name);
+        if (!v)
+            continue;
+        struct origin src = {"env", name, 0, aliases[i].key};
+        int r = alias_set(c, &aliases[i], v, &src, err, errlen);
+        if (r)
+            return r;
+    }
     for (size_t i = 0; i < LLORCH_ARRAY_SIZE(opts); i++) {
         const struct opt *o = &opts[i];
         if (!strcmp(o->flag, "config"))
@@ -576,7 +679,7 @@ static int config_apply_env(struct config *c, char **envp, char *err, size_t err
         const char *v = env_lookup(envp, name);
         if (!v)
             continue;
-        struct origin src = {"env", name, 0};
+        struct origin src = {"env", name, 0, NULL};
         int r = opt_set(c, o, v, &src, err, errlen);
         if (r)
             return r;
@@ -589,7 +692,7 @@ static int config_apply_env(struct config *c, char **envp, char *err, size_t err
 static int config_apply_argv(struct config *c, int argc, char **argv, bool only_config, char *err,
                              size_t errlen)
 {
-    struct origin src = {"flag", NULL, 0};
+    struct origin src = {"flag", NULL, 0, NULL};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strncmp(a, "--", 2) != 0 || a[2] == 0)
@@ -742,7 +845,7 @@ int config_parse(struct config *c, int argc, char **argv, char **envp, bool *exi
     /* The config file's path: flag, then env. */
     const char *cf = env_lookup(envp, "LLORCH_CONFIG");
     if (cf) {
-        struct origin src = {"env", "LLORCH_CONFIG", 0};
+        struct origin src = {"env", "LLORCH_CONFIG", 0, NULL};
         int r = opt_set(c, opt_find_flag("config", 6), cf, &src, err, errlen);
         if (r)
             return r;

@@ -18,6 +18,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <jansson.h>
 #include <uv.h>
 
 #include "api_openai.h"
@@ -25,17 +26,23 @@
 #include "config.h"
 #include "forward.h"
 #include "gguf.h"
+#include "gguf_keys.h"
 #include "http.h"
+#include "llorch/config.h"
 #include "llorch/error.h"
 #include "log.h"
 #include "metrics.h"
 #include "mgr.h"
 #include "model.h"
-#include "sd.h"
+#include "pipeline.h"
 #include "sched.h"
+#include "sd.h"
 #include "tokenizer.h"
 #include "tpool.h"
 #include "util.h"
+#if LLORCH_HAVE_MPI
+#include <mpi.h>
+#endif
 
 struct daemon {
     const struct config *cfg;
@@ -47,6 +54,9 @@ struct daemon {
     struct tokenizer *tok;
     struct tpool *pool;
     struct forward *fw;
+    struct pipeline *pl;      /* --pipeline on rank 0: the stages instead of fw */
+    int mpi_rank, mpi_size;
+    bool pl_started;          /* pipeline_coord_new ran (the stages left its collectives) */
     struct http_server *srv;
     struct api_worker *api;
     struct api_openai *oai;
@@ -295,6 +305,16 @@ static void daemon_load_work(uv_work_t *w)
         .progress = daemon_load_progress,
         .progress_ctx = d,
     };
+#if LLORCH_HAVE_MPI
+    if (cfg->pipeline) {
+        struct pipeline_opts plo = {.fo = fo, .layers = cfg->layers, .rank = d->mpi_rank,
+                                    .size = d->mpi_size};
+        plo.fo.progress = NULL; /* the stages pack; rank 0 waits for them */
+        d->load_rc = pipeline_coord_new(&d->pl, d->model, &plo, d->load_err, sizeof(d->load_err));
+        d->pl_started = true;
+        return;
+    }
+#endif
     d->load_rc = forward_new(&d->fw, d->model, &fo, d->load_err, sizeof(d->load_err));
 }
 
@@ -343,19 +363,62 @@ static void daemon_on_load_progress(uv_async_t *h)
         daemon_show_progress(d);
 }
 
+/* /health on a pipeline's coordinator: "stages": [{rank, host, layers
+ * [first, last], weight_bytes, kv_bytes, last_step_ms}], and the last
+ * step's time through every stage and back. */
+static void daemon_health_stages(void *ctx, void *json_obj)
+{
+    struct daemon *d = ctx;
+    json_t *arr = json_array();
+    for (uint32_t i = 0; arr && i < pipeline_n_stages(d->pl); i++) {
+        struct pipeline_stage_info si;
+        pipeline_stage(d->pl, i, &si);
+        json_array_append_new(
+            arr, json_pack("{s:i,s:s,s:[I,I],s:I,s:I,s:f}", "rank", si.rank, "host", si.host,
+                           "layers", (json_int_t)si.layer_first, (json_int_t)si.layer_last,
+                           "weight_bytes", (json_int_t)si.weight_bytes, "kv_bytes",
+                           (json_int_t)si.kv_bytes, "last_step_ms", si.last_step_ms));
+    }
+    json_object_set_new(json_obj, "stages", arr);
+    json_object_set_new(json_obj, "pipeline_last_step_ms", json_real(pipeline_last_step_ms(d->pl)));
+}
+
 /* Loop thread, once the weights are packed: scheduler → ready → READY=1 →
  * the pool-manager callback. */
 static int daemon_loaded(struct daemon *d)
 {
     const struct config *cfg = d->cfg;
-    d->info.memory_bytes = forward_weight_bytes(d->fw) + ((uint64_t)cfg->kv_cache_mb << 20);
-    d->info.n_ctx = forward_n_ctx(d->fw);
-    d->info.dtype = forward_dtype_name(forward_dtype(d->fw));
-    d->info.kv_type = forward_kv_type_name(forward_kv_type(d->fw));
-    d->info.isa = forward_isa_name(d->fw);
+    uint64_t weight_bytes = 0;
+    if (d->pl) {
+        /* the whole pipeline's: every stage's packed weights and KV */
+        d->info.memory_bytes = 0;
+        for (uint32_t i = 0; i < pipeline_n_stages(d->pl); i++) {
+            struct pipeline_stage_info si;
+            pipeline_stage(d->pl, i, &si);
+            d->info.memory_bytes += si.weight_bytes + si.kv_bytes;
+            weight_bytes += si.weight_bytes;
+            struct log_field sf[] = {
+                LOG_F_UINT("rank", (uint64_t)si.rank), LOG_F_STR("host", si.host),
+                LOG_F_UINT("layer_first", si.layer_first), LOG_F_UINT("layer_last", si.layer_last),
+                LOG_F_UINT("weight_bytes", si.weight_bytes), LOG_F_UINT("kv_bytes", si.kv_bytes),
+            };
+            log_write(d->log, CONFIG_LOG_INFO, "pipeline stage ready", sf, LLORCH_ARRAY_SIZE(sf));
+        }
+        d->info.n_ctx = pipeline_n_ctx(d->pl);
+        d->info.dtype = forward_dtype_name(pipeline_dtype(d->pl));
+        d->info.kv_type = forward_kv_type_name(pipeline_kv_type(d->pl));
+        d->info.isa = pipeline_isa_name(d->pl);
+    } else {
+        weight_bytes = forward_weight_bytes(d->fw);
+        d->info.memory_bytes = weight_bytes + ((uint64_t)cfg->kv_cache_mb << 20);
+        d->info.n_ctx = forward_n_ctx(d->fw);
+        d->info.dtype = forward_dtype_name(forward_dtype(d->fw));
+        d->info.kv_type = forward_kv_type_name(forward_kv_type(d->fw));
+        d->info.isa = forward_isa_name(d->fw);
+    }
     api_worker_set_info(d->api, &d->info);
     struct gguf_str tmpl = {0};
-    bool has_tmpl = gguf_get_str(d->model->file, "tokenizer.chat_template", &tmpl) == 0;
+    bool has_tmpl = gguf_get_str(d->model->file, LLORCH_GGUF_KEY_TOK_CHAT_TEMPLATE, &tmpl) == 0;
     int r = api_openai_set_model(d->oai, d->tok, has_tmpl ? tmpl.ptr : NULL,
                                  has_tmpl ? (size_t)tmpl.len : 0, d->info.n_ctx);
     if (r)
@@ -363,11 +426,11 @@ static int daemon_loaded(struct daemon *d)
     struct log_field mf[] = {
         LOG_F_STR("model", cfg->model),
         LOG_F_UINT("load_ms", (uv_hrtime() - d->load_t0) / 1000000),
-        LOG_F_UINT("weight_bytes", forward_weight_bytes(d->fw)),
+        LOG_F_UINT("weight_bytes", weight_bytes),
         LOG_F_STR("dtype", d->info.dtype),
         LOG_F_STR("kv_type", d->info.kv_type),
         LOG_F_STR("isa", d->info.isa),
-        LOG_F_STR("matmul", forward_matmul_backend(d->fw)),
+        LOG_F_STR("matmul", d->fw ? forward_matmul_backend(d->fw) : "pipeline stages"),
         LOG_F_UINT("n_ctx", d->info.n_ctx),
     };
     log_write(d->log, CONFIG_LOG_INFO, "model loaded", mf, LLORCH_ARRAY_SIZE(mf));
@@ -383,9 +446,18 @@ static int daemon_loaded(struct daemon *d)
         .on_step = daemon_on_step,
         .on_step_ctx = d->metrics,
     };
+    if (d->pl) {
+        so.step = pipeline_step;
+        so.step_ctx = d->pl;
+        so.kv = pipeline_kv(d->pl);
+        so.n_vocab = d->model->hp.n_vocab;
+        so.n_ctx = pipeline_n_ctx(d->pl);
+    }
     r = sched_new(&d->sched, d->fw, d->tok, &so);
     if (r)
         return fail(d, "scheduler failed", llorch_strerror(r));
+    if (d->pl)
+        api_worker_set_health_extra(d->api, daemon_health_stages, d);
     api_worker_set_ready(d->api, d->sched);
     metrics_set_load_progress(d->metrics, 1.0);
 
@@ -529,7 +601,7 @@ static int daemon_start(struct daemon *d)
     if (r)
         return fail(d, "metrics route failed", llorch_strerror(r));
     struct gguf_str tmpl = {0};
-    bool has_tmpl = gguf_get_str(d->model->file, "tokenizer.chat_template", &tmpl) == 0;
+    bool has_tmpl = gguf_get_str(d->model->file, LLORCH_GGUF_KEY_TOK_CHAT_TEMPLATE, &tmpl) == 0;
     struct api_openai_opts oo = {
         .cfg = cfg,
         .worker = d->api,
@@ -621,10 +693,68 @@ static void daemon_stop(struct daemon *d)
     uv_loop_close(&d->loop);
     metrics_free(d->metrics);
     forward_free(d->fw);
+    pipeline_free(d->pl); /* the stages exit */
     tpool_free(d->pool);
     tokenizer_free(d->tok);
     model_free(d->model);
 }
+
+#if LLORCH_HAVE_MPI
+/* Ranks 1..S of --pipeline: load the model file, pack the stage's layers,
+ * serve steps until the coordinator says stop. Signals are the
+ * coordinator's business (mpirun forwards SIGTERM to every rank; the
+ * coordinator drains, then stops the stages). */
+static int daemon_stage_main(const struct config *cfg, int rank, int size)
+{
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    struct log *log = NULL;
+    char id[160];
+    snprintf(id, sizeof id, "%s/stage%d", cfg->worker_id, rank);
+    (void)log_new(&log, 2, cfg->log_format, cfg->log_level, id);
+    char err[512] = "";
+    struct model *m = NULL;
+    struct tpool *pool = NULL;
+    int r = model_load(&m, cfg->model, err, sizeof err);
+    struct tpool_opts po = {.n_threads = (int)cfg->threads, .pin = cfg->cpu_pinning,
+                            .name = "llorch-s"};
+    if (r) {
+        log_printf(log, CONFIG_LOG_ERROR, "stage %d: model load failed: %s", rank, err);
+        MPI_Abort(MPI_COMM_WORLD, 1); /* the coordinator waits in a collective */
+        return 1;
+    }
+    if ((r = tpool_new(&pool, &po)) != 0) {
+        log_printf(log, CONFIG_LOG_ERROR, "stage %d: thread pool failed", rank);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+        return 1;
+    }
+    struct pipeline_opts plo = {
+        .fo = {
+            .dtype = cfg->dtype,
+            .kv_type = cfg->kv_type,
+            .isa = cfg->isa,
+            .kv_bytes = (uint64_t)cfg->kv_cache_mb << 20,
+            .n_ctx = cfg->ctx,
+            .max_seqs = cfg->max_batch,
+            .max_step_tokens = LLORCH_MAX(cfg->step_tokens, cfg->max_batch),
+            .pool = pool,
+        },
+        .layers = cfg->layers,
+        .rank = rank,
+        .size = size,
+    };
+    r = pipeline_stage_run(m, &plo, err, sizeof err);
+    if (r)
+        log_printf(log, CONFIG_LOG_ERROR, "stage %d: %s", rank, err[0] ? err : llorch_strerror(r));
+    else
+        log_printf(log, CONFIG_LOG_INFO, "stage %d: stopped", rank);
+    tpool_free(pool);
+    model_free(m);
+    log_free(log);
+    MPI_Finalize();
+    return r ? 1 : 0;
+}
+#endif
 
 int main(int argc, char **argv, char **envp)
 {
@@ -641,6 +771,29 @@ int main(int argc, char **argv, char **envp)
         return 0;
 
     struct daemon d = {.cfg = &cfg, .listen_fd = -1};
+    if (cfg.pipeline) {
+#if LLORCH_HAVE_MPI
+        int provided = 0;
+        MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided);
+        MPI_Comm_rank(MPI_COMM_WORLD, &d.mpi_rank);
+        MPI_Comm_size(MPI_COMM_WORLD, &d.mpi_size);
+        if (provided < MPI_THREAD_SERIALIZED || d.mpi_size < 2) {
+            if (d.mpi_rank == 0)
+                log_printf(NULL, CONFIG_LOG_ERROR, "%s",
+                           d.mpi_size < 2 ? "--pipeline: run as `mpirun -np S+1 llorch-cpud "
+                                            "--pipeline ...` (rank 0 serves, ranks 1..S are stages)"
+                                          : "--pipeline: MPI lacks MPI_THREAD_SERIALIZED");
+            MPI_Finalize();
+            return 2;
+        }
+        if (d.mpi_rank > 0)
+            return daemon_stage_main(&cfg, d.mpi_rank, d.mpi_size);
+#else
+        log_printf(NULL, CONFIG_LOG_ERROR,
+                   "--pipeline: this build has no MPI (install libopenmpi-dev, rebuild)");
+        return 2;
+#endif
+    }
     if (log_new(&d.log, 2, cfg.log_format, cfg.log_level, cfg.worker_id) != 0) {
         log_printf(NULL, CONFIG_LOG_ERROR, "cannot create the logger");
         return 1;
@@ -659,5 +812,12 @@ int main(int argc, char **argv, char **envp)
     daemon_stop(&d);
     log_write(d.log, CONFIG_LOG_INFO, d.exit_code ? "start-up failed" : "stopped", NULL, 0);
     log_free(d.log);
+#if LLORCH_HAVE_MPI
+    if (cfg.pipeline) {
+        if (!d.pl_started) /* the stages wait in the start-up collectives: end the job */
+            MPI_Abort(MPI_COMM_WORLD, d.exit_code ? d.exit_code : 1);
+        MPI_Finalize();
+    }
+#endif
     return d.exit_code;
 }

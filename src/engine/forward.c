@@ -67,6 +67,8 @@ struct forward {
     enum kernels_isa isa;
     bool onednn;                      /* matmuls through matmul.c, else qmm.c */
     bool rounding;
+    uint32_t l0, l1;  /* layers [l0, l1) of this forward (a pipeline stage's) */
+    bool embed, head; /* l0 == 0, l1 == n_layer */
     uint32_t n_ctx;
     int n_workers;
     const struct kernels *k;
@@ -180,10 +182,10 @@ static int fw_progress_add(struct forward *f, uint64_t work, char *err, size_t e
 
 /* What fw_progress_add counts for a whole model: each packed matrix is
  * dequantised, then packed (same elements each). */
-static uint64_t fw_work_total(const struct model *m)
+static uint64_t fw_work_total(const struct model *m, uint32_t l0, uint32_t l1, bool head)
 {
-    uint64_t n = m->output ? m->output->n_elements : 0;
-    for (uint32_t il = 0; il < m->hp.n_layer; il++) {
+    uint64_t n = head && m->output ? m->output->n_elements : 0;
+    for (uint32_t il = l0; il < l1; il++) {
         const struct model_layer *L = &m->layers[il];
         const struct gguf_tensor *t[] = {L->wqkv, L->wq,     L->wk,     L->wv,
                                          L->wo,   L->ffn_gate, L->ffn_up, L->ffn_down};
@@ -575,6 +577,22 @@ static enum llorch_dtype fw_auto_dtype(const struct model *m)
     }
 }
 
+static enum llorch_kv_type fw_kv_type(const struct model *m, const struct forward_opts *o)
+{
+    const enum llorch_dtype d = o->dtype == LLORCH_DTYPE_AUTO ? LLORCH_DTYPE_NATIVE : o->dtype;
+    const bool f32_class =
+        d == LLORCH_DTYPE_F32 || (d == LLORCH_DTYPE_NATIVE && fw_auto_dtype(m) == LLORCH_DTYPE_F32);
+    return o->kv_type != LLORCH_KV_AUTO ? o->kv_type : f32_class ? LLORCH_KV_F32 : LLORCH_KV_F16;
+}
+
+LLORCH_API uint64_t forward_kv_block_bytes(const struct model *m, const struct forward_opts *o)
+{
+    const uint32_t end = o->layer_end ? o->layer_end : m->hp.n_layer;
+    const uint32_t n = end > o->layer_first ? end - o->layer_first : 0;
+    const uint64_t elem = fw_kv_type(m, o) == LLORCH_KV_F32 ? 4 : 2;
+    return 2ull * n * m->hp.n_head_kv * m->hp.head_dim * LLORCH_KV_BLOCK * elem;
+}
+
 /* Grows the shared activation scratch to what p needs for m rows. */
 static void fw_qact_need(struct forward *f, const struct fw_proj *p, int64_t m)
 {
@@ -720,15 +738,22 @@ LLORCH_API int forward_new(struct forward **out, const struct model *m, const st
     /* oneDNN runs an explicit f32/bf16/int8 choice where its AVX-512 kernels
      * are the measured best (large-m GEMM); everything else is ours */
     f->onednn = f->dtype != LLORCH_DTYPE_NATIVE && f->isa >= KERNELS_ISA_AVX512;
-    const bool f32_class = f->dtype == LLORCH_DTYPE_F32 ||
-                           (f->dtype == LLORCH_DTYPE_NATIVE && fw_auto_dtype(m) == LLORCH_DTYPE_F32);
-    f->kv_type = o->kv_type != LLORCH_KV_AUTO ? o->kv_type : f32_class ? LLORCH_KV_F32 : LLORCH_KV_F16;
+    f->kv_type = fw_kv_type(m, o);
     f->rounding = o->llama_rounding && f->dtype == LLORCH_DTYPE_F32;
     f->n_ctx = o->n_ctx ? o->n_ctx : hp->n_ctx_train;
     if (!f->n_ctx)
         f->n_ctx = 2048;
     if (hp->arch == MODEL_ARCH_GPT2 && f->n_ctx > hp->n_ctx_train)
         f->n_ctx = hp->n_ctx_train; /* learned positions end there */
+    f->l0 = o->layer_first;
+    f->l1 = o->layer_end ? o->layer_end : hp->n_layer;
+    if (f->l0 >= f->l1 || f->l1 > hp->n_layer) {
+        free(f);
+        fw_err(err, errlen, "%s", "the layer range is empty or past the model's layers");
+        return LLORCH_EINVAL;
+    }
+    f->embed = f->l0 == 0;
+    f->head = f->l1 == hp->n_layer;
     f->n_workers = o->pool ? tpool_size(o->pool) : 1;
     f->n_q = (int64_t)hp->n_head * hp->head_dim;
     f->n_kv = (int64_t)hp->n_head_kv * hp->head_dim;
@@ -742,7 +767,7 @@ LLORCH_API int forward_new(struct forward **out, const struct model *m, const st
         rc = LLORCH_ECANCELLED;
         goto fail;
     }
-    f->work_total = fw_work_total(m);
+    f->work_total = fw_work_total(m, f->l0, f->l1, f->head);
     if (!m->tok_embd || !m->output || !m->output_norm ||
         (hp->arch == MODEL_ARCH_GPT2 && !m->pos_embd)) {
         fw_err(err, errlen, "%s", "the model lacks token embeddings, output or positions");
@@ -764,13 +789,13 @@ LLORCH_API int forward_new(struct forward **out, const struct model *m, const st
         rc = LLORCH_ENOMEM;
         goto fail;
     }
-    for (uint32_t il = 0; il < hp->n_layer; il++)
+    for (uint32_t il = f->l0; il < f->l1; il++)
         if ((rc = fw_layer_new(f, il, err, errlen)) < 0)
             goto fail;
-    if ((rc = fw_vec(m->output_norm, hp->n_embd, &f->out_norm, err, errlen)) < 0 ||
-        (rc = fw_vec(m->output_norm_b, hp->n_embd, &f->out_norm_b, err, errlen)) < 0)
+    if (f->head && ((rc = fw_vec(m->output_norm, hp->n_embd, &f->out_norm, err, errlen)) < 0 ||
+                    (rc = fw_vec(m->output_norm_b, hp->n_embd, &f->out_norm_b, err, errlen)) < 0))
         goto fail;
-    {
+    if (f->head) {
         const struct gguf_tensor *w[1] = {m->output};
         if ((rc = fw_proj_new(f, &f->output, w, NULL, 1, f->out_cap, err, errlen)) < 0)
             goto fail;
@@ -793,9 +818,14 @@ LLORCH_API int forward_new(struct forward **out, const struct model *m, const st
     }
 
     struct kv_cache_opts ko = {
-        .type = f->kv_type, .n_layer = hp->n_layer, .n_head_kv = hp->n_head_kv,
-        .head_dim = hp->head_dim, .bytes = o->kv_bytes, .max_seqs = o->max_seqs,
+        .type = f->kv_type,
+        .n_layer = f->l1 - f->l0,
+        .n_head_kv = hp->n_head_kv,
+        .head_dim = hp->head_dim,
+        .bytes = o->kv_bytes,
+        .max_seqs = o->max_seqs,
         .max_seq_len = f->n_ctx,
+        .n_blocks = o->kv_blocks,
     };
     if ((rc = kv_cache_new(&f->kv, &ko)) < 0) {
         fw_err(err, errlen, "cannot create the KV cache: %s", llorch_strerror(rc));
@@ -803,11 +833,12 @@ LLORCH_API int forward_new(struct forward **out, const struct model *m, const st
     }
 
     int64_t max_in = n_embd;
-    for (uint32_t il = 0; il < hp->n_layer; il++)
+    for (uint32_t il = f->l0; il < f->l1; il++)
         max_in = LLORCH_MAX(max_in, f->layers[il].down.n_in);
     if (!f->onednn) {
-        fw_qact_need(f, &f->output, f->out_cap);
-        for (uint32_t il = 0; il < hp->n_layer; il++) {
+        if (f->head)
+            fw_qact_need(f, &f->output, f->out_cap);
+        for (uint32_t il = f->l0; il < f->l1; il++) {
             const struct fw_layer *l = &f->layers[il];
             for (int i = 0; i < l->qkv.n_proj; i++)
                 fw_qact_need(f, &l->qkv.p[i], T);
@@ -819,7 +850,7 @@ LLORCH_API int forward_new(struct forward **out, const struct model *m, const st
         if ((rc = fw_alloc(&f->qact, f->qact_bytes, 1)) < 0)
             goto fail;
     }
-    const int64_t up_total = f->layers[0].up.total;
+    const int64_t up_total = f->layers[f->l0].up.total;
     if ((rc = fw_alloc((void **)&f->x, (size_t)(T * n_embd), 4)) < 0 ||
         (rc = fw_alloc((void **)&f->xn, (size_t)(T * n_embd), 4)) < 0 ||
         (rc = fw_alloc((void **)&f->xr, (size_t)(T * max_in), 4)) < 0 ||
@@ -832,7 +863,8 @@ LLORCH_API int forward_new(struct forward **out, const struct model *m, const st
         (rc = fw_alloc((void **)&f->scores,
                        (size_t)f->n_workers * (hp->n_head / hp->n_head_kv) * f->n_ctx, 4)) < 0 ||
         (rc = fw_alloc((void **)&f->xo, (size_t)f->out_cap * n_embd, 4)) < 0 ||
-        (rc = fw_alloc((void **)&f->lo, (size_t)f->out_cap * (size_t)f->output.n_out, 4)) < 0 ||
+        (rc = fw_alloc((void **)&f->lo, (size_t)f->out_cap * (size_t)LLORCH_MAX(f->output.n_out, 1),
+                       4)) < 0 ||
         (rc = fw_alloc((void **)&f->tok_entry, (size_t)T, 4)) < 0 ||
         (rc = fw_alloc((void **)&f->tok_pos, (size_t)T, 4)) < 0 ||
         (rc = fw_alloc((void **)&f->ent_start, o->max_seqs, 4)) < 0 ||
@@ -840,7 +872,7 @@ LLORCH_API int forward_new(struct forward **out, const struct model *m, const st
         (rc = fw_alloc((void **)&f->out_src, (size_t)T, 4)) < 0 ||
         (rc = fw_alloc((void **)&f->out_dst, (size_t)T, sizeof(float *))) < 0)
         goto fail;
-    for (uint32_t il = 0; il < hp->n_layer; il++)
+    for (uint32_t il = f->l0; il < f->l1; il++)
         if (f->layers[il].up.total != up_total) {
             fw_err(err, errlen, "%s", "layers with different feed-forward widths");
             rc = LLORCH_EFORMAT;
@@ -907,6 +939,7 @@ LLORCH_API void forward_free(struct forward *f)
 
 struct fw_step {
     struct forward_entry *e;
+    const float *hidden_in; /* [n_tok, n_embd] residual stream from the previous stage, or NULL */
     uint32_t n_entries;
     int64_t n_tok;
     uint32_t layer;
@@ -928,9 +961,13 @@ static void fw_embed_rows(struct forward *f, void *arg, int64_t begin, int64_t e
         const llorch_token tok = e->tokens[r - f->ent_start[f->tok_entry[r]]];
         const struct gguf_tensor *te = f->m->tok_embd;
         float *x = f->x + r * n_embd;
-        quant_dequantize(te->type, (const uint8_t *)te->data + (uint64_t)tok * f->tok_row_bytes, x,
-                         (uint64_t)n_embd);
-        if (f->m->pos_embd) {
+        if (s->hidden_in) {
+            memcpy(x, s->hidden_in + r * n_embd, (size_t)n_embd * sizeof *x);
+        } else {
+            quant_dequantize(te->type, (const uint8_t *)te->data + (uint64_t)tok * f->tok_row_bytes,
+                             x, (uint64_t)n_embd);
+        }
+        if (f->m->pos_embd && !s->hidden_in) {
             const struct gguf_tensor *pe = f->m->pos_embd;
             float *p = f->proj + r * n_embd;
             quant_dequantize(pe->type, (const uint8_t *)pe->data + (uint64_t)f->tok_pos[r] * f->pos_row_bytes,
@@ -961,7 +998,7 @@ static void fw_rope_store_rows(struct forward *f, void *arg, int64_t begin, int6
         if (hp->arch == MODEL_ARCH_PHI3)
             f->k->scale(q, 1.0f / sqrtf((float)hp->head_dim), f->n_q);
         const struct forward_entry *e = &s->e[f->tok_entry[r]];
-        kv_seq_store(f->kv, e->seq, s->layer, f->tok_pos[r], k, v);
+        kv_seq_store(f->kv, e->seq, s->layer - f->l0, f->tok_pos[r], k, v);
     }
 }
 
@@ -1054,7 +1091,7 @@ static int fw_layer_run(struct forward *f, struct fw_step *s, uint32_t il)
         return rc;
     s->q = parts[0], s->k = parts[1], s->v = parts[2];
     s->qs = strides[0], s->ks = strides[1], s->vs = strides[2];
-    kv_cache_layer(f->kv, il, &s->lv);
+    kv_cache_layer(f->kv, il - f->l0, &s->lv);
     fw_parallel(f, T, 4, fw_rope_store_rows, s);
     fw_parallel(f, (int64_t)f->ent_task[s->n_entries], 1, fw_attn_tasks, s);
     /* x += att Wo^T (+ bo) */
@@ -1100,15 +1137,21 @@ static int fw_logits(struct forward *f, uint32_t n_out)
 
 LLORCH_API int forward_step(struct forward *f, struct forward_entry *entries, uint32_t n)
 {
+    return forward_step_hidden(f, entries, n, NULL, NULL);
+}
+
+LLORCH_API int forward_step_hidden(struct forward *f, struct forward_entry *entries, uint32_t n,
+                                   const float *hidden_in, float *hidden_out)
+{
     if (n == 0)
         return 0;
-    if (n > f->o.max_seqs)
+    if (n > f->o.max_seqs || (!hidden_in && !f->embed) || (!hidden_out && !f->head))
         return LLORCH_EINVAL;
     /* validate everything before touching any state */
     int64_t T = 0;
     for (uint32_t i = 0; i < n; i++) {
         const struct forward_entry *e = &entries[i];
-        if (!e->seq || !e->tokens || !e->n_tokens || !e->logits)
+        if (!e->seq || !e->tokens || !e->n_tokens || (!hidden_out && !e->logits))
             return LLORCH_EINVAL;
         for (uint32_t j = 0; j < i; j++)
             if (entries[j].seq == e->seq)
@@ -1137,7 +1180,7 @@ LLORCH_API int forward_step(struct forward *f, struct forward_entry *entries, ui
         for (uint32_t t = 0; t < e->n_tokens; t++) {
             f->tok_entry[row + t] = i;
             f->tok_pos[row + t] = len + t;
-            if (e->all_logits || t == e->n_tokens - 1) {
+            if (!hidden_out && (e->all_logits || t == e->n_tokens - 1)) {
                 f->out_src[n_out] = row + t;
                 f->out_dst[n_out] = e->logits + (e->all_logits ? (size_t)t * f->hp.n_vocab : 0);
                 n_out++;
@@ -1146,12 +1189,14 @@ LLORCH_API int forward_step(struct forward *f, struct forward_entry *entries, ui
         row += e->n_tokens;
     }
 
-    struct fw_step s = {.e = entries, .n_entries = n, .n_tok = T};
+    struct fw_step s = {.e = entries, .hidden_in = hidden_in, .n_entries = n, .n_tok = T};
     fw_parallel(f, T, 8, fw_embed_rows, &s);
     int rc = 0;
-    for (uint32_t il = 0; il < f->hp.n_layer && rc == 0; il++)
+    for (uint32_t il = f->l0; il < f->l1 && rc == 0; il++)
         rc = fw_layer_run(f, &s, il);
-    if (rc == 0)
+    if (rc == 0 && hidden_out)
+        memcpy(hidden_out, f->x, (size_t)T * f->hp.n_embd * sizeof *hidden_out);
+    else if (rc == 0)
         rc = fw_logits(f, n_out);
     if (rc < 0)
         return rc;

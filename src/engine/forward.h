@@ -37,6 +37,16 @@ struct forward_opts {
      * LLORCH_ECANCELLED (the return of the final 1.0 call is ignored). */
     bool (*progress)(void *ctx, double fraction);
     void *progress_ctx;
+    /* A pipeline stage's share of the model: layers [layer_first, layer_end)
+     * only (layer_end 0 = the last layer); only their weights are packed and
+     * only their KV is cached. The token embedding is used only by the range
+     * that starts at layer 0, the output norm and head only by the range that
+     * ends at the last layer. Default {0, 0}: the whole model. */
+    uint32_t layer_first;
+    uint32_t layer_end;
+    /* Exactly this many KV blocks (a pipeline's stages and coordinator must
+     * agree), kv_bytes ignored; 0: as many as kv_bytes holds. */
+    uint32_t kv_blocks;
 };
 
 /* One sequence's part of a step: tokens [0, n_tokens) appended at positions
@@ -55,10 +65,24 @@ struct forward;
 int forward_new(struct forward **out, const struct model *m, const struct forward_opts *o,
                 char *err, size_t errlen);
 void forward_free(struct forward *f); /* NULL is safe */
+/* Bytes of one KV block (LLORCH_KV_BLOCK tokens of K and V over the layer
+ * range of o), with o's dtype and KV type resolved as forward_new does. */
+uint64_t forward_kv_block_bytes(const struct model *m, const struct forward_opts *o);
 
 /* Runs one step. Every entry's seq must have room reserved (kv_seq_reserve);
  * on return each seq's length has advanced by its n_tokens. */
 int forward_step(struct forward *f, struct forward_entry *entries, uint32_t n);
+/* One step of a layer range (pipeline stage). The residual stream enters as
+ * hidden_in [T, n_embd] (T = the entries' n_tokens summed, rows in entry
+ * order), or from the token embedding when NULL (range from layer 0 only);
+ * it leaves as hidden_out [T, n_embd], or as logits into the entries when
+ * NULL (range to the last layer only; logits may be NULL otherwise). Tokens
+ * are always given (the KV cache keys prefixes by them). The same
+ * arithmetic as forward_step: stages chained by their hidden states give
+ * bit-identical logits. LLORCH_EINVAL when the range cannot do what is
+ * asked. */
+int forward_step_hidden(struct forward *f, struct forward_entry *entries, uint32_t n,
+                        const float *hidden_in, float *hidden_out);
 
 struct kv_cache *forward_kv(struct forward *f);
 enum llorch_dtype forward_dtype(const struct forward *f);

@@ -69,7 +69,18 @@ struct kv_cache {
     uint32_t seq_free_head;
     uint32_t seqs_active;
     uint64_t prefix_hits;
+    void (*journal)(void *ctx, const struct kv_op *op);
+    void *journal_ctx;
 };
+
+static void kv_journal(struct kv_cache *c, enum kv_op_type type, const struct kv_seq *s, uint32_t n,
+                       const llorch_token *tokens)
+{
+    if (!c->journal)
+        return;
+    struct kv_op op = {type, (uint32_t)(s - c->seqs), n, tokens};
+    c->journal(c->journal_ctx, &op);
+}
 
 /* ---- hashing ----------------------------------------------------------- */
 
@@ -232,8 +243,8 @@ LLORCH_API int kv_cache_new(struct kv_cache **out, const struct kv_cache_opts *o
 {
     *out = NULL;
     const size_t elem = kv_elem_size(o->type);
-    if (!elem || !o->n_layer || !o->n_head_kv || !o->head_dim || !o->max_seqs || !o->max_seq_len ||
-        o->max_seqs >= KV_NONE)
+    if (!elem || (!o->n_layer && !o->n_blocks) || !o->n_head_kv || !o->head_dim || !o->max_seqs ||
+        !o->max_seq_len || o->max_seqs >= KV_NONE || o->n_blocks > KV_NONE / 2)
         return LLORCH_EINVAL;
 
     uint64_t row, head, block, per_block;
@@ -241,7 +252,7 @@ LLORCH_API int kv_cache_new(struct kv_cache **out, const struct kv_cache_opts *o
         llorch_mul_overflows(head, 2ull * o->n_head_kv, &block) ||
         llorch_mul_overflows(block, o->n_layer, &per_block))
         return LLORCH_EOVERFLOW;
-    uint64_t n_blocks = o->bytes / per_block;
+    uint64_t n_blocks = o->n_blocks ? o->n_blocks : o->bytes / per_block;
     if (n_blocks == 0)
         return LLORCH_EINVAL;
     if (n_blocks > KV_NONE / 2)
@@ -270,7 +281,7 @@ LLORCH_API int kv_cache_new(struct kv_cache **out, const struct kv_cache_opts *o
     c->half_stride = (size_t)head * o->n_head_kv;
     c->block_stride = (size_t)block;
     c->layer_stride = (size_t)block * c->n_blocks;
-    c->storage = aligned_alloc(64, (size_t)llorch_align_up(storage_bytes, 64));
+    c->storage = aligned_alloc(64, (size_t)llorch_align_up(LLORCH_MAX(storage_bytes, 1), 64));
     c->blocks = calloc(n_blocks, sizeof *c->blocks);
     c->buckets = malloc((size_t)n_buckets * sizeof *c->buckets);
     c->seqs = calloc(o->max_seqs, sizeof *c->seqs);
@@ -365,6 +376,7 @@ LLORCH_API int kv_seq_new(struct kv_cache *c, struct kv_seq **out)
     s->canon_gen = 0;
     c->seqs_active++;
     *out = s;
+    kv_journal(c, KV_OP_SEQ_NEW, s, 0, NULL);
     return 0;
 }
 
@@ -383,6 +395,7 @@ LLORCH_API void kv_seq_free(struct kv_cache *c, struct kv_seq *s)
     s->next_free = c->seq_free_head;
     c->seq_free_head = (uint32_t)(s - c->seqs);
     c->seqs_active--;
+    kv_journal(c, KV_OP_SEQ_FREE, s, 0, NULL);
 }
 
 LLORCH_API uint32_t kv_seq_len(const struct kv_seq *s)
@@ -417,6 +430,7 @@ LLORCH_API int kv_seq_reserve(struct kv_cache *c, struct kv_seq *s, uint32_t n)
         return LLORCH_EKV_EXHAUSTED;
     for (uint32_t i = 0; i < need; i++)
         s->blocks[s->n_blocks++] = kv_block_alloc(c);
+    kv_journal(c, KV_OP_RESERVE, s, n, NULL);
     return 0;
 }
 
@@ -447,7 +461,51 @@ LLORCH_API uint32_t kv_seq_share_prefix(struct kv_cache *c, struct kv_seq *s,
     s->hash = h;
     s->canon = parent;
     s->canon_gen = parent_gen;
+    kv_journal(c, KV_OP_SHARE_PREFIX, s, n, tokens);
     return done;
+}
+
+LLORCH_API void kv_cache_set_journal(struct kv_cache *c,
+                                     void (*fn)(void *ctx, const struct kv_op *op), void *ctx)
+{
+    c->journal = fn;
+    c->journal_ctx = ctx;
+}
+
+LLORCH_API uint32_t kv_seq_index(const struct kv_cache *c, const struct kv_seq *s)
+{
+    return (uint32_t)(s - c->seqs);
+}
+
+LLORCH_API struct kv_seq *kv_seq_at(struct kv_cache *c, uint32_t index)
+{
+    return index < c->o.max_seqs && c->seqs[index].active ? &c->seqs[index] : NULL;
+}
+
+LLORCH_API int kv_cache_replay(struct kv_cache *c, const struct kv_op *op)
+{
+    struct kv_seq *s = kv_seq_at(c, op->seq);
+    switch (op->type) {
+    case KV_OP_SEQ_NEW: {
+        if (s || c->seq_free_head != op->seq)
+            return LLORCH_EINVAL;
+        struct kv_seq *n;
+        return kv_seq_new(c, &n);
+    }
+    case KV_OP_SEQ_FREE:
+        if (!s)
+            return LLORCH_EINVAL;
+        kv_seq_free(c, s);
+        return 0;
+    case KV_OP_RESERVE:
+        return s ? kv_seq_reserve(c, s, op->n) : LLORCH_EINVAL;
+    case KV_OP_SHARE_PREFIX:
+        if (!s || s->len || s->n_blocks || !op->tokens)
+            return LLORCH_EINVAL;
+        (void)kv_seq_share_prefix(c, s, op->tokens, op->n);
+        return 0;
+    }
+    return LLORCH_EINVAL;
 }
 
 /* Registers s's block that just became full, unless an equal prefix is

@@ -25,6 +25,23 @@ struct kv_cache_opts {
     uint64_t bytes;            /* budget for K and V of all layers */
     uint32_t max_seqs;         /* sequence handles preallocated */
     uint32_t max_seq_len;      /* context length: bounds a block table */
+    /* Exactly this many blocks when non-zero (bytes is then ignored), and
+     * n_layer may be 0: a cache of block tables without storage (a pipeline
+     * coordinator's, whose stages hold the K/V). */
+    uint32_t n_blocks;
+};
+
+/* The mutating calls a scheduler makes, as a journal: a pipeline's
+ * coordinator records them and every stage replays them in the same order
+ * on a cache of the same number of blocks, so that all hold the same block
+ * tables (admission, preemption, frees and prefix reuse reach every stage).
+ * kv_seq_commit is not journalled: forward steps commit on each side. */
+enum kv_op_type { KV_OP_SEQ_NEW = 1, KV_OP_SEQ_FREE, KV_OP_RESERVE, KV_OP_SHARE_PREFIX };
+struct kv_op {
+    enum kv_op_type type;
+    uint32_t seq;               /* handle index (kv_seq_index) */
+    uint32_t n;                 /* RESERVE: tokens; SHARE_PREFIX: tokens given */
+    const llorch_token *tokens; /* SHARE_PREFIX: [n] */
 };
 
 struct kv_stats {
@@ -39,6 +56,16 @@ int kv_cache_new(struct kv_cache **out, const struct kv_cache_opts *o);
 void kv_cache_free(struct kv_cache *c); /* NULL is safe */
 void kv_cache_stats(const struct kv_cache *c, struct kv_stats *s);
 uint32_t kv_cache_free_blocks(const struct kv_cache *c); /* allocatable now, cached ones included */
+
+/* Called after each journalled call (NULL: none). */
+void kv_cache_set_journal(struct kv_cache *c, void (*fn)(void *ctx, const struct kv_op *op),
+                          void *ctx);
+/* Applies one journalled call; LLORCH_EINVAL (and nothing changed) when it
+ * does not fit this cache's state (a handle not in use, a different handle
+ * from SEQ_NEW), LLORCH_EKV_EXHAUSTED when a reservation does not fit. */
+int kv_cache_replay(struct kv_cache *c, const struct kv_op *op);
+uint32_t kv_seq_index(const struct kv_cache *c, const struct kv_seq *s);
+struct kv_seq *kv_seq_at(struct kv_cache *c, uint32_t index); /* NULL: not in use */
 
 /* A sequence handle from the preallocated pool; LLORCH_EFULL when none left. */
 int kv_seq_new(struct kv_cache *c, struct kv_seq **out);

@@ -457,6 +457,29 @@ static bool sched_admit_one(struct sched *s, struct sched_req *r)
     return true;
 }
 
+/* The batching window (ChatLoop's batching_window_ms): new arrivals wait up
+ * to batch_window_ms from the oldest of them for more to join, so that they
+ * are admitted together, unless they already fill the batch. It applies
+ * whenever requests wait, not only from idle; running sequences keep
+ * stepping meanwhile, and preempted sequences are never held. Returns the
+ * time (sched_now_ns) the window closes, or 0 when admission may run now. */
+static uint64_t sched_window_hold(struct sched *s, uint64_t now)
+{
+    if (s->o.batch_window_ms == 0 || llorch_queue_empty(&s->waiting))
+        return 0;
+    struct sched_req *head = sched_req_of(llorch_queue_head(&s->waiting));
+    if (head->started)
+        return 0;
+    uint32_t n = s->n_running;
+    struct llorch_queue *q;
+    llorch_queue_foreach(q, &s->waiting) {
+        if (++n >= s->o.max_batch)
+            return 0;
+    }
+    uint64_t until = head->t_submit + (uint64_t)s->o.batch_window_ms * 1000000ull;
+    return now < until ? until : 0;
+}
+
 static void sched_admit(struct sched *s)
 {
     while (s->n_running < s->o.max_batch && !llorch_queue_empty(&s->waiting)) {
@@ -642,7 +665,7 @@ static void sched_step(struct sched *s)
         return;
     }
     uint64_t t0 = sched_now_ns();
-    int rc = forward_step(s->fw, s->entries, n);
+    int rc = s->o.step ? s->o.step(s->o.step_ctx, s->entries, n) : forward_step(s->fw, s->entries, n);
     s->c_steps++;
     if (s->o.on_step) {
         uint32_t n_tokens = 0;
@@ -682,18 +705,9 @@ static void *sched_driver_main(void *arg)
     struct sched *s = arg;
     for (;;) {
         pthread_mutex_lock(&s->mu);
-        bool was_idle = s->n_running == 0 && llorch_queue_empty(&s->waiting);
         while (!s->stop && !s->shutdown && llorch_queue_empty(&s->inbox) &&
                s->n_running == 0 && llorch_queue_empty(&s->waiting))
             pthread_cond_wait(&s->cv_work, &s->mu);
-        if (was_idle && s->o.batch_window_ms > 0 && !s->stop && !s->shutdown) {
-            /* Gather arrivals for a moment before the first step. */
-            struct timespec until;
-            sched_deadline(&until, (uint64_t)s->o.batch_window_ms * 1000000ull);
-            while (!s->stop && !s->shutdown &&
-                   pthread_cond_timedwait(&s->cv_work, &s->mu, &until) != ETIMEDOUT)
-                ;
-        }
         sched_sync_locked(s);
         bool stop = s->stop, shutdown = s->shutdown;
         pthread_mutex_unlock(&s->mu);
@@ -701,8 +715,11 @@ static void *sched_driver_main(void *arg)
         uint64_t now = sched_now_ns();
         sched_reap_list(s, &s->waiting, now, shutdown);
         sched_reap_list(s, &s->running, now, shutdown);
+        uint64_t hold_until = 0;
         if (!shutdown) {
-            sched_admit(s);
+            hold_until = sched_window_hold(s, now);
+            if (!hold_until)
+                sched_admit(s);
             sched_flush(s); /* STARTED events go out before the step runs */
             if (s->n_running > 0)
                 sched_step(s);
@@ -716,6 +733,18 @@ static void *sched_driver_main(void *arg)
             while (!s->stop && llorch_queue_empty(&s->inbox))
                 pthread_cond_wait(&s->cv_work, &s->mu);
             pthread_mutex_unlock(&s->mu);
+        } else if (hold_until && s->n_running == 0) {
+            /* Nothing to step while the window gathers: sleep until it
+             * closes or another arrival may fill the batch. */
+            uint64_t now2 = sched_now_ns();
+            if (hold_until > now2) {
+                pthread_mutex_lock(&s->mu);
+                struct timespec until;
+                sched_deadline(&until, hold_until - now2);
+                if (!s->stop && !s->shutdown && llorch_queue_empty(&s->inbox))
+                    pthread_cond_timedwait(&s->cv_work, &s->mu, &until);
+                pthread_mutex_unlock(&s->mu);
+            }
         } else if (s->n_running == 0 && !llorch_queue_empty(&s->waiting)) {
             /* Waiting on a resource with nothing running cannot happen with
              * a consistent KV cache; do not spin if it does. */
@@ -735,14 +764,14 @@ LLORCH_API int sched_new(struct sched **out, struct forward *fw, const struct to
                          const struct sched_opts *o)
 {
     *out = NULL;
-    if (!fw || !tok || !o)
+    if (!tok || !o || (!fw && !(o->step && o->kv && o->n_vocab && o->n_ctx)))
         return LLORCH_EINVAL;
     struct sched *s = calloc(1, sizeof(*s));
     if (!s)
         return LLORCH_ENOMEM;
     s->fw = fw;
     s->tok = tok;
-    s->kv = forward_kv(fw);
+    s->kv = o->step ? o->kv : forward_kv(fw);
     s->o = *o;
     if (s->o.max_batch == 0)
         s->o.max_batch = SCHED_DEFAULT_MAX_BATCH;
@@ -750,8 +779,8 @@ LLORCH_API int sched_new(struct sched **out, struct forward *fw, const struct to
         s->o.max_queue = SCHED_DEFAULT_MAX_QUEUE;
     if (s->o.step_tokens == 0)
         s->o.step_tokens = SCHED_DEFAULT_STEP_TOKENS;
-    s->n_vocab = forward_n_vocab(fw);
-    s->n_ctx = forward_n_ctx(fw);
+    s->n_vocab = o->step ? o->n_vocab : forward_n_vocab(fw);
+    s->n_ctx = o->step ? o->n_ctx : forward_n_ctx(fw);
     struct kv_stats ks;
     kv_cache_stats(s->kv, &ks);
     s->kv_blocks_total = ks.blocks_total;

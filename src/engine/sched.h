@@ -142,7 +142,10 @@ struct sched_opts {
     uint32_t max_batch;           /* running sequences, default 32 */
     uint32_t max_queue;           /* waiting requests, default 256 */
     uint32_t step_tokens;         /* token budget per step (chunked prefill), default 512 */
-    uint32_t batch_window_ms;     /* gather arrivals before a step from idle, default 0 */
+    /* New arrivals wait up to this long (from the oldest) for more to join
+     * them before they are admitted, unless they fill the batch; running
+     * sequences keep stepping. Default 0 = admit at once. */
+    uint32_t batch_window_ms;
     /* Called on the step driver thread when the event list goes from empty to
      * non-empty (e.g. uv_async_send). */
     void (*notify)(void *ctx);
@@ -155,6 +158,13 @@ struct sched_opts {
      * tokens plus prefill chunks); e.g. metrics_observe_step. May be NULL. */
     void (*on_step)(void *ctx, double seconds, uint32_t n_seqs, uint32_t n_tokens);
     void *on_step_ctx;
+    /* Another engine (a pipeline's coordinator): steps go to step() on the
+     * driver thread instead of forward_step, the KV decisions to kv; with
+     * n_vocab and n_ctx the forward engine may then be NULL. */
+    int (*step)(void *ctx, struct forward_entry *entries, uint32_t n);
+    void *step_ctx;
+    struct kv_cache *kv;
+    uint32_t n_vocab, n_ctx;
 };
 /* The forward engine must allow max_seqs >= max_batch and max_step_tokens >=
  * step_tokens. step_tokens bounds every step, decodes included: with

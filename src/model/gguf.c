@@ -9,6 +9,14 @@
  * A string is u64 length + bytes (no NUL). An array value is u32 element type,
  * u64 count, then count values of that type (arrays may nest).
  *
+ * Split models (llama.cpp's gguf-split): NAME-00001-of-0000N.gguf ... each
+ * part a whole GGUF file with split.no (u16, 0-based), split.count (u16) and
+ * split.tensors.count (i32, the model's total) and its share of the
+ * tensors; the first part holds the model's metadata. gguf_open() of the
+ * first part opens the others by name and presents one model: metadata of
+ * the first part, every part's tensors (their data inside each part's own
+ * mapping, `offset` relative to that part's data section).
+ *
  * Hostile input: every count is checked against the bytes left before any
  * allocation (a kv takes at least 13 bytes, a string 8, a tensor info 32), so
  * allocations are bounded by a small multiple of the file size. */
@@ -24,6 +32,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "gguf_keys.h"
 #include "llorch/error.h"
 #include "quant.h"
 #include "util.h"
@@ -69,6 +78,9 @@ struct gguf_file {
     uint64_t kv_hash_cap;
     uint64_t *t_hash;
     uint64_t t_hash_cap;
+    /* a split model: the parts after the first (owned), split.count - 1 */
+    struct gguf_file **parts;
+    uint32_t n_parts;
 };
 
 static const char *const type_names[GGUF_TYPE_COUNT_] = {
@@ -508,7 +520,7 @@ static int parse(struct gguf_file *f, char *err, size_t errlen)
         if (*slot)
             return fail(&r, at, LLORCH_EFORMAT, "duplicate key");
         *slot = i + 1;
-        if (str_eq(kv->key, "general.alignment", 17)) {
+        if (str_eq(kv->key, LLORCH_GGUF_KEY_ALIGNMENT, 17)) {
             if (kv->type != GGUF_TYPE_UINT32)
                 return fail(&r, kv->val_off, LLORCH_EFORMAT, "must be u32, is %s",
                             type_names[kv->type]);
@@ -605,7 +617,7 @@ LLORCH_API int gguf_open_buffer(struct gguf_file **out, const void *buf, size_t 
     return open_common(f, out, err, errlen);
 }
 
-LLORCH_API int gguf_open(struct gguf_file **out, const char *path, char *err, size_t errlen)
+static int gguf_open_one(struct gguf_file **out, const char *path, char *err, size_t errlen)
 {
     if (err && errlen)
         err[0] = 0;
@@ -659,10 +671,167 @@ LLORCH_API int gguf_open(struct gguf_file **out, const char *path, char *err, si
     return rc;
 }
 
+/* ---- split models ---- */
+
+LLORCH_API int gguf_split_path(char *out, size_t n, const char *prefix, uint32_t no, uint32_t count)
+{
+    if (count == 0 || no >= count || count > LLORCH_GGUF_SPLIT_MAX)
+        return LLORCH_EINVAL;
+    int w = snprintf(out, n, "%s-%05u-of-%05u.gguf", prefix, no + 1, count);
+    return w < 0 || (size_t)w >= n ? LLORCH_ETOOBIG : 0;
+}
+
+/* split.no and split.count of an opened part; count 0 when not split. */
+static int split_keys(const struct gguf_file *f, uint32_t *no, uint32_t *count)
+{
+    *no = 0;
+    *count = 0;
+    int rc = gguf_get_u32(f, LLORCH_GGUF_KEY_SPLIT_COUNT, count);
+    if (rc == LLORCH_ENOTFOUND)
+        return 0;
+    if (rc)
+        return rc;
+    rc = gguf_get_u32(f, LLORCH_GGUF_KEY_SPLIT_NO, no);
+    if (rc == LLORCH_ENOTFOUND)
+        *no = 0;
+    else if (rc)
+        return rc;
+    return 0;
+}
+
+/* f is the first part, opened from path: opens the others and merges their
+ * tensors into f's table. */
+static int split_join(struct gguf_file *f, const char *path, uint32_t count, char *err,
+                      size_t errlen)
+{
+    char suffix[64], prefix[4096], part[4200];
+    snprintf(suffix, sizeof suffix, "-%05u-of-%05u.gguf", 1u, count);
+    size_t plen = strlen(path), slen = strlen(suffix);
+    if (plen <= slen || strcmp(path + plen - slen, suffix) || plen - slen >= sizeof prefix)
+        return llorch_errf(err, errlen, LLORCH_EFORMAT,
+                           "%s: part 1 of a model split in %u parts, but the name does not end in "
+                           "'%s' (the other parts are found by name)",
+                           path, count, suffix);
+    memcpy(prefix, path, plen - slen);
+    prefix[plen - slen] = 0;
+    f->parts = calloc(count - 1, sizeof *f->parts);
+    if (!f->parts)
+        return LLORCH_ENOMEM;
+    uint64_t total = f->n_tensors;
+    for (uint32_t i = 1; i < count; i++) {
+        (void)gguf_split_path(part, sizeof part, prefix, i, count);
+        int rc = gguf_open_one(&f->parts[i - 1], part, err, errlen);
+        if (rc)
+            return rc; /* err names the part */
+        f->n_parts = i;
+        uint32_t no, cnt;
+        rc = split_keys(f->parts[i - 1], &no, &cnt);
+        if (rc || no != i || cnt != count)
+            return llorch_errf(err, errlen, LLORCH_EFORMAT,
+                               "%s: expected split.no %u and split.count %u, found %u and %u", part,
+                               i, count, no, cnt);
+        if (llorch_add_overflows(total, f->parts[i - 1]->n_tensors, &total))
+            return LLORCH_EFORMAT;
+    }
+    int32_t want;
+    if (gguf_get_i32(f, LLORCH_GGUF_KEY_SPLIT_TENSORS_COUNT, &want) == 0 &&
+        (want < 0 || (uint64_t)want != total))
+        return llorch_errf(err, errlen, LLORCH_EFORMAT,
+                           "%s: split.tensors.count is %d but the %u parts hold %llu tensors", path,
+                           want, count, (unsigned long long)total);
+    /* One table over every part's tensors. */
+    struct gguf_tensor *all = calloc(total ? total : 1, sizeof *all);
+    uint64_t cap = hash_cap_for(total);
+    uint64_t *hash = calloc(cap, sizeof *hash);
+    if (!all || !hash) {
+        free(all);
+        free(hash);
+        return LLORCH_ENOMEM;
+    }
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        const struct gguf_file *p = i ? f->parts[i - 1] : f;
+        for (uint64_t j = 0; j < p->n_tensors; j++, n++) {
+            all[n] = p->tensors[j];
+            uint64_t *slot = hash_slot(hash, cap, all[n].name.ptr, all[n].name.len, all,
+                                       sizeof *all, offsetof(struct gguf_tensor, name));
+            if (*slot) {
+                int len = (int)LLORCH_MIN(all[n].name.len, (uint64_t)100);
+                const char *name = all[n].name.ptr;
+                free(all);
+                free(hash);
+                return llorch_errf(err, errlen, LLORCH_EFORMAT,
+                                   "%s: tensor '%.*s' is in more than one part of the split model",
+                                   path, len, name);
+            }
+            *slot = n + 1;
+        }
+    }
+    free(f->tensors);
+    free(f->t_hash);
+    f->tensors = all;
+    f->t_hash = hash;
+    f->t_hash_cap = cap;
+    f->n_tensors = total;
+    return 0;
+}
+
+LLORCH_API int gguf_open(struct gguf_file **out, const char *path, char *err, size_t errlen)
+{
+    int rc = gguf_open_one(out, path, err, errlen);
+    if (rc)
+        return rc;
+    struct gguf_file *f = *out;
+    uint32_t no, count;
+    rc = split_keys(f, &no, &count);
+    if (rc)
+        rc = llorch_errf(err, errlen, LLORCH_EFORMAT,
+                         "%s: split.no or split.count is not a "
+                         "small integer",
+                         path);
+    else if (count > LLORCH_GGUF_SPLIT_MAX || (count > 0 && no >= count))
+        rc = llorch_errf(err, errlen, LLORCH_EFORMAT,
+                         "%s: split.no %u of split.count %u is out of range (at most %u parts)",
+                         path, no, count, LLORCH_GGUF_SPLIT_MAX);
+    else if (count > 1 && no != 0)
+        rc = llorch_errf(err, errlen, LLORCH_EINVAL,
+                         "%s: part %u of a model split in %u parts: open the first part "
+                         "(-00001-of-%05u.gguf), which finds the others",
+                         path, no + 1, count, count);
+    else if (count > 1)
+        rc = split_join(f, path, count, err, errlen);
+    if (rc) {
+        gguf_close(f);
+        *out = NULL;
+    }
+    return rc;
+}
+
+LLORCH_API int gguf_open_part(struct gguf_file **out, const char *path, char *err, size_t errlen)
+{
+    return gguf_open_one(out, path, err, errlen);
+}
+
+LLORCH_API void gguf_release_pages(const struct gguf_file *f)
+{
+    if (f->mapped)
+        (void)madvise((void *)f->base, (size_t)f->size, MADV_DONTNEED);
+    for (uint32_t i = 0; i < f->n_parts; i++)
+        gguf_release_pages(f->parts[i]);
+}
+
+LLORCH_API uint32_t gguf_split_count(const struct gguf_file *f)
+{
+    return f->n_parts + 1;
+}
+
 LLORCH_API void gguf_close(struct gguf_file *f)
 {
     if (!f)
         return;
+    for (uint32_t i = 0; i < f->n_parts; i++)
+        gguf_close(f->parts[i]);
+    free(f->parts);
     file_free_tables(f);
     if (f->mapped)
         munmap((void *)f->base, (size_t)f->size);
@@ -694,7 +863,10 @@ LLORCH_API uint64_t gguf_alignment(const struct gguf_file *f)
 
 LLORCH_API uint64_t gguf_file_size(const struct gguf_file *f)
 {
-    return f->size;
+    uint64_t n = f->size;
+    for (uint32_t i = 0; i < f->n_parts; i++)
+        n += f->parts[i]->size;
+    return n;
 }
 
 LLORCH_API uint64_t gguf_data_offset(const struct gguf_file *f)
@@ -1237,7 +1409,7 @@ static int write_head(struct gguf_writer *w, FILE *fp)
     /* general.alignment must agree with the layout we write */
     bool have_align = false;
     for (uint64_t i = 0; i < w->n_kv; i++) {
-        if (!strcmp(w->kv[i].key, "general.alignment")) {
+        if (!strcmp(w->kv[i].key, LLORCH_GGUF_KEY_ALIGNMENT)) {
             uint32_t a;
             if (w->kv[i].type != GGUF_TYPE_UINT32)
                 return LLORCH_EINVAL;
@@ -1248,7 +1420,7 @@ static int write_head(struct gguf_writer *w, FILE *fp)
         }
     }
     if (!have_align && w->alignment != GGUF_DEFAULT_ALIGNMENT) {
-        int rc = gguf_writer_set_u32(w, "general.alignment", (uint32_t)w->alignment);
+        int rc = gguf_writer_set_u32(w, LLORCH_GGUF_KEY_ALIGNMENT, (uint32_t)w->alignment);
         if (rc)
             return rc;
     }

@@ -80,8 +80,23 @@ struct gguf_file;
 
 /* Opens and validates a GGUF file. On failure returns a negative llorch code
  * and writes a one-line message naming the key or tensor and the file offset
- * into err (if errlen > 0). The mapping stays valid until gguf_close(). */
+ * into err (if errlen > 0). The mapping stays valid until gguf_close().
+ * The first part of a split model (NAME-00001-of-0000N.gguf, split.count N)
+ * opens every part and reads as one model: the first part's metadata, all
+ * parts' tensors; another part is refused (LLORCH_EINVAL) naming the first. */
 int gguf_open(struct gguf_file **out, const char *path, char *err, size_t errlen);
+/* One file alone, also a single part of a split model (a pipeline stage's). */
+int gguf_open_part(struct gguf_file **out, const char *path, char *err, size_t errlen);
+/* Drops the file's pages from this process's memory (they stay in the page
+ * cache; a later read maps them again): after the weights are packed. */
+void gguf_release_pages(const struct gguf_file *f);
+/* Parts behind f: 1 for a whole file. */
+uint32_t gguf_split_count(const struct gguf_file *f);
+/* Most parts of a split model (llama.cpp's names have five digits). */
+#define LLORCH_GGUF_SPLIT_MAX 9999u
+/* PREFIX-%05u-of-%05u.gguf for part `no` (0-based) of count: llama.cpp's
+ * split names. LLORCH_ETOOBIG when it does not fit in n. */
+int gguf_split_path(char *out, size_t n, const char *prefix, uint32_t no, uint32_t count);
 
 /* Same, over a caller-owned buffer (tests, fuzzing); buf must outlive the
  * returned object. */
@@ -96,7 +111,7 @@ void gguf_close(struct gguf_file *f); /* NULL is safe */
 
 uint32_t gguf_version(const struct gguf_file *f);
 uint64_t gguf_alignment(const struct gguf_file *f);
-uint64_t gguf_file_size(const struct gguf_file *f);
+uint64_t gguf_file_size(const struct gguf_file *f); /* all parts of a split model */
 
 /* Metadata. Getters return 0, LLORCH_ENOTFOUND when the key is absent, or
  * LLORCH_EFORMAT when it has another type. Integer getters accept any integer

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gguf_keys.h"
 #include "llorch/error.h"
 #include "quant.h"
 #include "util.h"
@@ -242,36 +243,38 @@ static int read_hparams(const struct gguf_file *f, enum model_arch arch, bool vo
     int rc;
     memset(hp, 0, sizeof *hp);
     hp->arch = arch;
-    if ((rc = hp_u32(&k, "context_length", req, &hp->n_ctx_train)) ||
-        (rc = hp_u32(&k, "embedding_length", req, &hp->n_embd)) ||
-        (rc = hp_u32(&k, "block_count", req, &hp->n_layer)) ||
-        (rc = hp_u32(&k, "feed_forward_length", req, &hp->n_ff)) ||
-        (rc = hp_u32(&k, "attention.head_count", req, &hp->n_head)) ||
-        (rc = hp_u32(&k, "attention.head_count_kv", hp->n_head, &hp->n_head_kv)))
+    if ((rc = hp_u32(&k, LLORCH_GGUF_ARCH_CONTEXT_LENGTH, req, &hp->n_ctx_train)) ||
+        (rc = hp_u32(&k, LLORCH_GGUF_ARCH_EMBEDDING_LENGTH, req, &hp->n_embd)) ||
+        (rc = hp_u32(&k, LLORCH_GGUF_ARCH_BLOCK_COUNT, req, &hp->n_layer)) ||
+        (rc = hp_u32(&k, LLORCH_GGUF_ARCH_FEED_FORWARD_LENGTH, req, &hp->n_ff)) ||
+        (rc = hp_u32(&k, LLORCH_GGUF_ARCH_HEAD_COUNT, req, &hp->n_head)) ||
+        (rc = hp_u32(&k, LLORCH_GGUF_ARCH_HEAD_COUNT_KV, hp->n_head, &hp->n_head_kv)))
         return rc;
     if (hp->n_layer > MODEL_MAX_LAYERS)
-        return llorch_errf(err, errlen, LLORCH_ERANGE, "key '%s.block_count' = %u exceeds %d", k.arch,
-                    hp->n_layer, MODEL_MAX_LAYERS);
+        return llorch_errf(err, errlen, LLORCH_ERANGE,
+                           "key '%s." LLORCH_GGUF_ARCH_BLOCK_COUNT "' = %u exceeds %d", k.arch,
+                           hp->n_layer, MODEL_MAX_LAYERS);
     uint32_t def_hd = hp->n_head ? hp->n_embd / hp->n_head : 0;
     uint32_t vdim;
-    if ((rc = hp_u32(&k, "attention.key_length", def_hd, &hp->head_dim)) ||
-        (rc = hp_u32(&k, "attention.value_length", hp->head_dim, &vdim)))
+    if ((rc = hp_u32(&k, LLORCH_GGUF_ARCH_KEY_LENGTH, def_hd, &hp->head_dim)) ||
+        (rc = hp_u32(&k, LLORCH_GGUF_ARCH_VALUE_LENGTH, hp->head_dim, &vdim)))
         return rc;
-    if ((rc = hp_u32(&k, "vocab_size", 0, &hp->n_vocab)))
+    if ((rc = hp_u32(&k, LLORCH_GGUF_ARCH_VOCAB_SIZE, 0, &hp->n_vocab)))
         return rc;
 
     if (arch == MODEL_ARCH_GPT2) {
         hp->rope_type = MODEL_ROPE_NONE;
-        rc = hp_f32(&k, "attention.layer_norm_epsilon", !vocab_only, 1e-5f, &hp->norm_eps);
+        rc = hp_f32(&k, LLORCH_GGUF_ARCH_LAYERNORM_EPS, !vocab_only, 1e-5f, &hp->norm_eps);
     } else {
         hp->rope_type = arch == MODEL_ARCH_LLAMA ? MODEL_ROPE_NORM : MODEL_ROPE_NEOX;
-        rc = hp_f32(&k, "attention.layer_norm_rms_epsilon", !vocab_only, 1e-5f, &hp->norm_eps);
+        rc = hp_f32(&k, LLORCH_GGUF_ARCH_LAYERNORM_RMS_EPS, !vocab_only, 1e-5f, &hp->norm_eps);
     }
     if (rc)
         return rc;
     if (arch != MODEL_ARCH_GPT2) {
-        if ((rc = hp_u32(&k, "rope.dimension_count", hp->head_dim, &hp->n_rot)) ||
-            (rc = hp_f32(&k, "rope.freq_base", false, 10000.0f, &hp->rope_freq_base)))
+        if ((rc = hp_u32(&k, LLORCH_GGUF_ARCH_ROPE_DIMENSION_COUNT, hp->head_dim, &hp->n_rot)) ||
+            (rc =
+                 hp_f32(&k, LLORCH_GGUF_ARCH_ROPE_FREQ_BASE, false, 10000.0f, &hp->rope_freq_base)))
             return rc;
     } else {
         hp->rope_freq_base = 10000.0f;
@@ -282,19 +285,20 @@ static int read_hparams(const struct gguf_file *f, enum model_arch arch, bool vo
     char key[128];
     struct gguf_str st;
     float factor = 0.0f;
-    arch_key(key, sizeof key, k.arch, "rope.scaling.type");
+    arch_key(key, sizeof key, k.arch, LLORCH_GGUF_ARCH_ROPE_SCALING_TYPE);
     bool has_type = gguf_get_str(f, key, &st) == 0;
-    arch_key(key, sizeof key, k.arch, "rope.scaling.factor");
+    arch_key(key, sizeof key, k.arch, LLORCH_GGUF_ARCH_ROPE_SCALING_FACTOR);
     if (gguf_get_f32(f, key, &factor)) {
-        arch_key(key, sizeof key, k.arch, "rope.scale_linear"); /* older files */
+        arch_key(key, sizeof key, k.arch, LLORCH_GGUF_ARCH_ROPE_SCALE_LINEAR); /* older files */
         if (gguf_get_f32(f, key, &factor))
             factor = 0.0f;
     }
     if (has_type && !(st.len == 4 && !memcmp(st.ptr, "none", 4)) &&
         !(st.len == 6 && !memcmp(st.ptr, "linear", 6)))
         return llorch_errf(err, errlen, LLORCH_EUNSUPPORTED,
-                    "key '%s.rope.scaling.type' = '%.*s' is not supported (none, linear)", k.arch,
-                    (int)(st.len > 32 ? 32 : st.len), st.ptr);
+                           "key '%s." LLORCH_GGUF_ARCH_ROPE_SCALING_TYPE
+                           "' = '%.*s' is not supported (none, linear)",
+                           k.arch, (int)(st.len > 32 ? 32 : st.len), st.ptr);
     bool is_none = has_type && st.len == 4;
     if (!is_none && factor != 0.0f && factor != 1.0f) {
         if (!(factor > 0.0f) || factor > 1e6f)
@@ -303,7 +307,7 @@ static int read_hparams(const struct gguf_file *f, enum model_arch arch, bool vo
         hp->rope_freq_scale = 1.0f / factor;
     }
     uint32_t ft;
-    hp->file_type = gguf_get_u32(f, "general.file_type", &ft) ? UINT32_MAX : ft;
+    hp->file_type = gguf_get_u32(f, LLORCH_GGUF_KEY_FILE_TYPE, &ft) ? UINT32_MAX : ft;
     if (vocab_only)
         return 0;
 
@@ -429,7 +433,7 @@ static int check_roles(struct model *m, char *err, size_t errlen)
 static void name_from(struct model *m, const struct gguf_file *f, const char *path)
 {
     struct gguf_str s;
-    if (!gguf_get_str(f, "general.name", &s) && s.len > 0) {
+    if (!gguf_get_str(f, LLORCH_GGUF_KEY_NAME, &s) && s.len > 0) {
         size_t n = s.len < sizeof m->name - 1 ? (size_t)s.len : sizeof m->name - 1;
         memcpy(m->name, s.ptr, n);
         m->name[n] = 0;
@@ -450,11 +454,13 @@ static int load(struct model *m, char *err, size_t errlen, const char *path)
 {
     const struct gguf_file *f = m->file;
     struct gguf_str a;
-    int rc = gguf_get_str(f, "general.architecture", &a);
+    int rc = gguf_get_str(f, LLORCH_GGUF_KEY_ARCHITECTURE, &a);
     if (rc == LLORCH_ENOTFOUND)
-        return llorch_errf(err, errlen, LLORCH_EFORMAT, "key 'general.architecture' is missing");
+        return llorch_errf(err, errlen, LLORCH_EFORMAT,
+                           "key '" LLORCH_GGUF_KEY_ARCHITECTURE "' is missing");
     if (rc)
-        return llorch_errf(err, errlen, LLORCH_EFORMAT, "key 'general.architecture' is not a string");
+        return llorch_errf(err, errlen, LLORCH_EFORMAT,
+                           "key '" LLORCH_GGUF_KEY_ARCHITECTURE "' is not a string");
     int arch = -1;
     for (int i = 0; i < MODEL_ARCH_COUNT_; i++)
         if (a.len == strlen(arch_names[i]) && !memcmp(a.ptr, arch_names[i], a.len))
@@ -470,7 +476,7 @@ static int load(struct model *m, char *err, size_t errlen, const char *path)
 
     /* vocabulary size from the tokenizer when there is one */
     struct gguf_arr toks;
-    bool has_toks = gguf_get_arr(f, "tokenizer.ggml.tokens", &toks) == 0;
+    bool has_toks = gguf_get_arr(f, LLORCH_GGUF_KEY_TOK_TOKENS, &toks) == 0;
     if (has_toks && toks.count > UINT32_MAX)
         return llorch_errf(err, errlen, LLORCH_ERANGE, "key 'tokenizer.ggml.tokens' has too many entries");
     if (m->vocab_only) {

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gguf_keys.h"
 #include "util.h"
 
 /* GGUF token_type values (llama.cpp's llama_token_type). */
@@ -1743,8 +1744,8 @@ static int merges_init(struct tokenizer *t, const struct gguf_file *f, const str
 {
     uint64_t nm = ma->count;
     if (nm > (uint64_t)INT32_MAX) {
-        (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.merges: %llu merges is too many",
-                (unsigned long long)nm);
+        (void)llorch_errf(err, errlen, 0, LLORCH_GGUF_KEY_TOK_MERGES ": %llu merges is too many",
+                          (unsigned long long)nm);
         return LLORCH_ERANGE;
     }
     /* Pass 1: intern both halves of every merge. */
@@ -1755,7 +1756,8 @@ static int merges_init(struct tokenizer *t, const struct gguf_file *f, const str
     for (uint64_t i = 0; i < nm; i++) {
         struct gguf_str s;
         if ((rc = gguf_arr_str(f, ma, i, &s))) {
-            (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.merges[%llu]: unreadable", (unsigned long long)i);
+            (void)llorch_errf(err, errlen, 0, LLORCH_GGUF_KEY_TOK_MERGES "[%llu]: unreadable",
+                              (unsigned long long)i);
             goto out;
         }
         /* Split at the first space after the first byte; none gives an
@@ -1841,8 +1843,8 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
         return LLORCH_EINVAL;
     *out = NULL;
     struct gguf_str model;
-    if (gguf_get_str(f, "tokenizer.ggml.model", &model)) {
-        (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.model: missing or not a string");
+    if (gguf_get_str(f, LLORCH_GGUF_KEY_TOK_MODEL, &model)) {
+        (void)llorch_errf(err, errlen, 0, LLORCH_GGUF_KEY_TOK_MODEL ": missing or not a string");
         return LLORCH_EFORMAT;
     }
     struct tokenizer *t = calloc(1, sizeof(*t));
@@ -1854,7 +1856,7 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
     byte_map_init(t);
 
     struct gguf_str pre = {NULL, 0};
-    bool has_pre = gguf_get_str(f, "tokenizer.ggml.pre", &pre) == 0;
+    bool has_pre = gguf_get_str(f, LLORCH_GGUF_KEY_TOK_PRE, &pre) == 0;
     if (gstr_eq(model, "llama")) {
         t->kind = TOKENIZER_SPM;
         t->bos = 1;
@@ -1879,8 +1881,9 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
                     pd = &pre_defs[i];
         }
         if (!pd) {
-            (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.pre: unsupported pre-tokenizer '%.*s'",
-                    (int)LLORCH_MIN(pre.len, (uint64_t)64), pre.ptr);
+            (void)llorch_errf(err, errlen, 0,
+                              LLORCH_GGUF_KEY_TOK_PRE ": unsupported pre-tokenizer '%.*s'",
+                              (int)LLORCH_MIN(pre.len, (uint64_t)64), pre.ptr);
             rc = LLORCH_EUNSUPPORTED;
             goto fail;
         }
@@ -1892,38 +1895,43 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
             t->bos = -1;
         snprintf(t->pre_name, sizeof(t->pre_name), "%s", pd->name);
     } else {
-        (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.model: unsupported tokenizer '%.*s'",
-                (int)LLORCH_MIN(model.len, (uint64_t)64), model.ptr);
+        (void)llorch_errf(err, errlen, 0,
+                          LLORCH_GGUF_KEY_TOK_MODEL ": unsupported tokenizer '%.*s'",
+                          (int)LLORCH_MIN(model.len, (uint64_t)64), model.ptr);
         rc = LLORCH_EUNSUPPORTED;
         goto fail;
     }
     bool bv;
-    if (gguf_get_bool(f, "tokenizer.ggml.add_space_prefix", &bv) == 0)
+    if (gguf_get_bool(f, LLORCH_GGUF_KEY_TOK_ADD_SPACE_PREFIX, &bv) == 0)
         t->add_space_prefix = bv;
 
     struct gguf_arr toks;
-    if (gguf_get_arr(f, "tokenizer.ggml.tokens", &toks) || toks.type != GGUF_TYPE_STRING) {
-        (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.tokens: missing or not a string array");
+    if (gguf_get_arr(f, LLORCH_GGUF_KEY_TOK_TOKENS, &toks) || toks.type != GGUF_TYPE_STRING) {
+        (void)llorch_errf(err, errlen, 0,
+                          LLORCH_GGUF_KEY_TOK_TOKENS ": missing or not a string array");
         rc = LLORCH_EFORMAT;
         goto fail;
     }
     if (toks.count == 0 || toks.count > (uint64_t)INT32_MAX) {
-        (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.tokens: %llu tokens", (unsigned long long)toks.count);
+        (void)llorch_errf(err, errlen, 0, LLORCH_GGUF_KEY_TOK_TOKENS ": %llu tokens",
+                          (unsigned long long)toks.count);
         rc = LLORCH_EFORMAT;
         goto fail;
     }
     uint32_t nv = (uint32_t)toks.count;
     t->n_vocab = nv;
     struct gguf_arr sc = {0}, tt = {0};
-    bool has_sc = gguf_get_arr(f, "tokenizer.ggml.scores", &sc) == 0;
-    bool has_tt = gguf_get_arr(f, "tokenizer.ggml.token_type", &tt) == 0;
+    bool has_sc = gguf_get_arr(f, LLORCH_GGUF_KEY_TOK_SCORES, &sc) == 0;
+    bool has_tt = gguf_get_arr(f, LLORCH_GGUF_KEY_TOK_TOKEN_TYPE, &tt) == 0;
     if (has_sc && ((sc.type != GGUF_TYPE_FLOAT32 && sc.type != GGUF_TYPE_INT32) || sc.count < nv)) {
-        (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.scores: want %u f32 or i32 values", nv);
+        (void)llorch_errf(err, errlen, 0, LLORCH_GGUF_KEY_TOK_SCORES ": want %u f32 or i32 values",
+                          nv);
         rc = LLORCH_EFORMAT;
         goto fail;
     }
     if (has_tt && ((tt.type != GGUF_TYPE_INT32 && tt.type != GGUF_TYPE_UINT32) || tt.count < nv)) {
-        (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.token_type: want %u i32 values", nv);
+        (void)llorch_errf(err, errlen, 0, LLORCH_GGUF_KEY_TOK_TOKEN_TYPE ": want %u i32 values",
+                          nv);
         rc = LLORCH_EFORMAT;
         goto fail;
     }
@@ -1936,7 +1944,7 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
     for (uint32_t i = 0; i < nv; i++) {
         struct gguf_str s;
         if (gguf_arr_str(f, &toks, i, &s)) {
-            (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.tokens[%u]: unreadable", i);
+            (void)llorch_errf(err, errlen, 0, LLORCH_GGUF_KEY_TOK_TOKENS "[%u]: unreadable", i);
             rc = LLORCH_EFORMAT;
             goto fail;
         }
@@ -1952,8 +1960,10 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
             goto fail;
         }
         if ((uint32_t)id != i) {
-            (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.tokens: duplicate token '%.*s' at ids %d and %u",
-                    (int)LLORCH_MIN(s.len, (uint64_t)64), s.ptr, id, i);
+            (void)llorch_errf(err, errlen, 0,
+                              LLORCH_GGUF_KEY_TOK_TOKENS
+                              ": duplicate token '%.*s' at ids %d and %u",
+                              (int)LLORCH_MIN(s.len, (uint64_t)64), s.ptr, id, i);
             rc = LLORCH_EFORMAT;
             goto fail;
         }
@@ -1985,8 +1995,9 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
 
     if (t->kind == TOKENIZER_BPE) {
         struct gguf_arr ma;
-        if (gguf_get_arr(f, "tokenizer.ggml.merges", &ma) || ma.type != GGUF_TYPE_STRING) {
-            (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.merges: missing or not a string array");
+        if (gguf_get_arr(f, LLORCH_GGUF_KEY_TOK_MERGES, &ma) || ma.type != GGUF_TYPE_STRING) {
+            (void)llorch_errf(err, errlen, 0,
+                              LLORCH_GGUF_KEY_TOK_MERGES ": missing or not a string array");
             rc = LLORCH_EFORMAT;
             goto fail;
         }
@@ -2023,29 +2034,29 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
         const char *key;
         size_t field;
     } id_keys[] = {
-        {"tokenizer.ggml.bos_token_id", offsetof(struct tokenizer, bos)},
-        {"tokenizer.ggml.eos_token_id", offsetof(struct tokenizer, eos)},
-        {"tokenizer.ggml.eot_token_id", offsetof(struct tokenizer, eot)},
-        {"tokenizer.ggml.eom_token_id", offsetof(struct tokenizer, eom)},
-        {"tokenizer.ggml.unknown_token_id", offsetof(struct tokenizer, unk)},
-        {"tokenizer.ggml.seperator_token_id", offsetof(struct tokenizer, sep)},
-        {"tokenizer.ggml.padding_token_id", offsetof(struct tokenizer, pad)},
-        {"tokenizer.ggml.mask_token_id", offsetof(struct tokenizer, mask)},
-        {"tokenizer.ggml.fim_pre_token_id", offsetof(struct tokenizer, fim_pre)},
-        {"tokenizer.ggml.fim_suf_token_id", offsetof(struct tokenizer, fim_suf)},
-        {"tokenizer.ggml.fim_mid_token_id", offsetof(struct tokenizer, fim_mid)},
-        {"tokenizer.ggml.fim_pad_token_id", offsetof(struct tokenizer, fim_pad)},
-        {"tokenizer.ggml.fim_rep_token_id", offsetof(struct tokenizer, fim_rep)},
-        {"tokenizer.ggml.fim_sep_token_id", offsetof(struct tokenizer, fim_sep)},
-        {"tokenizer.ggml.prefix_token_id", offsetof(struct tokenizer, fim_pre)},
-        {"tokenizer.ggml.suffix_token_id", offsetof(struct tokenizer, fim_suf)},
-        {"tokenizer.ggml.middle_token_id", offsetof(struct tokenizer, fim_mid)},
+        {LLORCH_GGUF_KEY_TOK_BOS_ID, offsetof(struct tokenizer, bos)},
+        {LLORCH_GGUF_KEY_TOK_EOS_ID, offsetof(struct tokenizer, eos)},
+        {LLORCH_GGUF_KEY_TOK_EOT_ID, offsetof(struct tokenizer, eot)},
+        {LLORCH_GGUF_KEY_TOK_EOM_ID, offsetof(struct tokenizer, eom)},
+        {LLORCH_GGUF_KEY_TOK_UNK_ID, offsetof(struct tokenizer, unk)},
+        {LLORCH_GGUF_KEY_TOK_SEP_ID, offsetof(struct tokenizer, sep)},
+        {LLORCH_GGUF_KEY_TOK_PAD_ID, offsetof(struct tokenizer, pad)},
+        {LLORCH_GGUF_KEY_TOK_MASK_ID, offsetof(struct tokenizer, mask)},
+        {LLORCH_GGUF_KEY_TOK_FIM_PRE_ID, offsetof(struct tokenizer, fim_pre)},
+        {LLORCH_GGUF_KEY_TOK_FIM_SUF_ID, offsetof(struct tokenizer, fim_suf)},
+        {LLORCH_GGUF_KEY_TOK_FIM_MID_ID, offsetof(struct tokenizer, fim_mid)},
+        {LLORCH_GGUF_KEY_TOK_FIM_PAD_ID, offsetof(struct tokenizer, fim_pad)},
+        {LLORCH_GGUF_KEY_TOK_FIM_REP_ID, offsetof(struct tokenizer, fim_rep)},
+        {LLORCH_GGUF_KEY_TOK_FIM_SEP_ID, offsetof(struct tokenizer, fim_sep)},
+        {LLORCH_GGUF_KEY_TOK_PREFIX_ID, offsetof(struct tokenizer, fim_pre)},
+        {LLORCH_GGUF_KEY_TOK_SUFFIX_ID, offsetof(struct tokenizer, fim_suf)},
+        {LLORCH_GGUF_KEY_TOK_MIDDLE_ID, offsetof(struct tokenizer, fim_mid)},
     };
     for (size_t k = 0; k < LLORCH_ARRAY_SIZE(id_keys); k++)
         read_id(f, id_keys[k].key, (llorch_token *)((char *)t + id_keys[k].field), nv);
-    if (gguf_get_bool(f, "tokenizer.ggml.add_bos_token", &bv) == 0)
+    if (gguf_get_bool(f, LLORCH_GGUF_KEY_TOK_ADD_BOS, &bv) == 0)
         t->add_bos = bv;
-    if (gguf_get_bool(f, "tokenizer.ggml.add_eos_token", &bv) == 0)
+    if (gguf_get_bool(f, LLORCH_GGUF_KEY_TOK_ADD_EOS, &bv) == 0)
         t->add_eos = bv;
     if ((t->add_bos && t->bos < 0) || (t->add_eos && t->eos < 0)) {
         (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.add_%s_token is true but the %s id is not set",
@@ -2060,7 +2071,7 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
 
     /* Phi-3 vocabularies strip whitespace after special tokens. */
     struct gguf_str gname;
-    if (gguf_get_str(f, "general.name", &gname) == 0) {
+    if (gguf_get_str(f, LLORCH_GGUF_KEY_NAME, &gname) == 0) {
         char lower[256];
         size_t n = LLORCH_MIN(gname.len, sizeof(lower) - 1);
         for (size_t i = 0; i < n; i++) {

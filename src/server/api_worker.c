@@ -32,6 +32,8 @@ struct api_worker {
     struct api_worker_info info;
     void (*shutdown_cb)(void *ctx);
     void *shutdown_ctx;
+    void (*health_extra)(void *ctx, void *json_obj);
+    void *health_extra_ctx;
     struct metrics *metrics;
     struct log *log;
     const struct mgr *mgr;
@@ -786,7 +788,16 @@ static void h_health(void *ctx, struct http_request *r, const char *tail, size_t
                                       "attempts", (json_int_t)ms.attempts, "last_error",
                                       ms.last_error));
     }
+    if (o && a->health_extra)
+        a->health_extra(a->health_extra_ctx, o);
     respond_json(a, r, 200, o, NULL);
+}
+
+LLORCH_API void api_worker_set_health_extra(struct api_worker *a,
+                                            void (*fn)(void *ctx, void *json_obj), void *ctx)
+{
+    a->health_extra = fn;
+    a->health_extra_ctx = ctx;
 }
 
 static void h_ready(void *ctx, struct http_request *r, const char *tail, size_t tail_len)

@@ -81,6 +81,10 @@ bool api_worker_is_ready(const struct api_worker *a);
 /* The pool-manager client whose state /health reports as "pool_manager"
  * (created after listening, so set later; NULL = not reported). */
 void api_worker_set_mgr(struct api_worker *a, const struct mgr *m);
+/* Loop thread: fn adds its fields to every healthy /health object (a
+ * jansson json_t *; e.g. a pipeline's "stages"). fn runs on the loop thread. */
+void api_worker_set_health_extra(struct api_worker *a, void (*fn)(void *ctx, void *json_obj),
+                                 void *ctx);
 /* The scheduler once ready (NULL while loading and after close), for other
  * API modules that submit to it. */
 struct sched *api_worker_sched(const struct api_worker *a);

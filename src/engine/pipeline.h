@@ -1,0 +1,73 @@
+/* One model split by layers over MPI ranks (ChatLoop's coordinator and
+ * stages, on Open MPI): rank 0, the coordinator, runs the scheduler with
+ * pipeline_step as its engine and a KV cache of block tables only; ranks
+ * 1..S are stages, each packing only its layer range (the first also the
+ * token embedding, the last the output norm and head) and holding its
+ * layers' K/V. Per step the coordinator sends every stage the journal of
+ * the scheduler's KV decisions since the last step (admit, preempt, free,
+ * prefix reuse: replayed on identical caches) and the step's tokens; the
+ * hidden states [T, n_embd] flow stage to stage and the last stage sends
+ * the logits back. Same kernels, same order: the logits are bit-identical
+ * to one process. Built only with MPI (LLORCH_HAVE_MPI). MPI must be
+ * initialised with at least MPI_THREAD_SERIALIZED; calls on rank 0 come
+ * from one thread at a time (the loader, then the step driver, then the
+ * closer). A lost rank ends the job (MPI's default error handler). */
+#ifndef LLORCH_PIPELINE_H
+#define LLORCH_PIPELINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "forward.h"
+#include "kv.h"
+#include "model.h"
+
+#define PIPELINE_MAX_STAGES 64
+
+struct pipeline_opts {
+    struct forward_opts fo; /* as for one process; layer_first/end/kv_blocks are set here */
+    const char *layers;     /* "0-7,8-15,...": one inclusive range per stage; NULL/"" = even */
+    int rank, size;         /* MPI_COMM_WORLD; stages = size - 1 */
+};
+
+/* A stage as the coordinator sees it (for /health). */
+struct pipeline_stage_info {
+    int rank;
+    char host[64];
+    uint32_t layer_first, layer_last; /* inclusive */
+    uint64_t weight_bytes, kv_bytes;
+    double last_step_ms;              /* that stage's compute of the last step */
+};
+
+struct pipeline;
+
+/* Splits "A-B,C-D" or evenly: first layer of each of n stages into first[];
+ * 0 or LLORCH_EINVAL with a message. */
+int pipeline_layers_parse(const char *spec, uint32_t n_layer, uint32_t n_stages, uint32_t *first,
+                          char *err, size_t errlen);
+
+/* Rank 0: waits for every stage to load, agrees the KV block count (the
+ * smallest any stage's --kv-cache-mb holds) and makes the table-only cache. */
+int pipeline_coord_new(struct pipeline **out, const struct model *m, const struct pipeline_opts *o,
+                       char *err, size_t errlen);
+/* Tells the stages to exit, frees. NULL is safe. */
+void pipeline_free(struct pipeline *p);
+/* The scheduler's engine (sched_opts.step): one step through every stage. */
+int pipeline_step(void *p, struct forward_entry *entries, uint32_t n);
+struct kv_cache *pipeline_kv(struct pipeline *p);
+uint32_t pipeline_n_ctx(const struct pipeline *p);
+uint32_t pipeline_n_stages(const struct pipeline *p);
+enum llorch_dtype pipeline_dtype(const struct pipeline *p);
+enum llorch_kv_type pipeline_kv_type(const struct pipeline *p);
+const char *pipeline_isa_name(const struct pipeline *p); /* the stages' kernel level */
+/* Thread-safe snapshot of stage i (0-based). */
+void pipeline_stage(struct pipeline *p, uint32_t i, struct pipeline_stage_info *out);
+double pipeline_last_step_ms(struct pipeline *p);
+
+/* Ranks 1..S: loads the range, serves steps until the coordinator says
+ * stop. Returns 0, or an error (reported to the coordinator while loading). */
+int pipeline_stage_run(const struct model *m, const struct pipeline_opts *o, char *err,
+                       size_t errlen);
+
+#endif
