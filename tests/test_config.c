@@ -538,6 +538,7 @@ static void config_help_lists_every_option_with_default_and_unit(void **state)
                                         "max-batch",
                                         "max-queue",
                                         "step-tokens",
+                                        "itl-target-ms",
                                         "kv-cache-mb",
                                         "ctx",
                                         "batch-window-ms",
@@ -570,12 +571,14 @@ static void config_help_lists_every_option_with_default_and_unit(void **state)
         opts++;
     for (const char *p = out; (p = strstr(p, "(default: ")); p++)
         defaults++;
-    assert_int_equal(defaults, 34);
+    assert_int_equal(defaults, 35);
     assert_true(opts >= defaults);
     assert_non_null(strstr(out, "(default: 32 sequences, range 1..1024; env LLORCH_MAX_BATCH)"));
     assert_non_null(strstr(out, "(default: 2097152 bytes, range 1024..1073741824"));
     assert_non_null(strstr(out, "(default: 1024 MiB"));
     assert_non_null(strstr(out, "(default: 15000 ms"));
+    assert_non_null(strstr(out, "(default: 0 = twice a decode step, range 0..600000; env "
+                                "LLORCH_ITL_TARGET_MS)"));
     assert_non_null(strstr(out, "(default: 30 s"));
     assert_non_null(strstr(out, "(default: auto, one of auto|f32|bf16|int8"));
 }

@@ -60,15 +60,15 @@ struct harness {
     _Atomic uint32_t max_step_tokens_seen;
 };
 
-static void h_on_step(void *ctx, double seconds, uint32_t n_seqs, uint32_t n_tokens)
+static void h_on_step(void *ctx, const struct sched_step_info *info)
 {
     struct harness *h = ctx;
-    (void)seconds; /* cmocka asserts must stay on the test thread */
+    /* cmocka asserts must stay on the test thread */
     h->steps_seen++;
-    h->step_tokens_seen += n_tokens;
-    h->step_seqs_seen += n_seqs;
-    if (n_tokens > h->max_step_tokens_seen)
-        h->max_step_tokens_seen = n_tokens;
+    h->step_tokens_seen += info->n_tokens;
+    h->step_seqs_seen += info->n_seqs;
+    if (info->n_tokens > h->max_step_tokens_seen)
+        h->max_step_tokens_seen = info->n_tokens;
 }
 
 static void h_notify(void *ctx)
