@@ -11,7 +11,9 @@
  *
  * --scenario stall measures what a long prompt does to streams already
  * running (stall-free batching, issue #19), through the OpenAI
- * /v1/completions stream that both llorch-cpud and llama-server speak: the
+ * /v1/completions stream that both llorch-cpud and llama-server speak (with
+ * logprobs: 1, so that every token is a frame even when its text is empty or
+ * held back, as on a synthetic model's vocabulary): the
  * long prompt's TTFT on the idle server first, then N streams decoding, the
  * long prompt at time T, K short requests shortly after it, and the running
  * streams' inter-token latency and throughput before and during the
@@ -1493,9 +1495,9 @@ static struct lg_sx_stream *lg_sx_start(struct lg_sx *sx, enum lg_sx_kind kind, 
     struct lg_sx_stream *st = calloc(1, sizeof *st);
     char *prompt = lg_prompt_synth(words, seed);
     json_t *j =
-        prompt ? json_pack("{s:s, s:i, s:f, s:I, s:b, s:b, s:b}", "prompt", prompt, "max_tokens",
+        prompt ? json_pack("{s:s, s:i, s:f, s:I, s:b, s:b, s:b, s:i}", "prompt", prompt, "max_tokens",
                            (int)max_tokens, "temperature", sx->o->temperature, "seed",
-                           (json_int_t)seed, "stream", 1, "ignore_eos", 1, "cache_prompt", 0)
+                           (json_int_t)seed, "stream", 1, "ignore_eos", 1, "cache_prompt", 0, "logprobs", 1)
                : NULL;
     free(prompt);
     if (st && j)
