@@ -916,11 +916,19 @@ static void stepcost_budget_keeps_the_step_within_twice_a_decode_step(void **sta
      * prompt chunks costs 140 ms + 10 ms per token: 10 tokens */
     assert_float_equal(stepcost_target(&c, 4, 0.0), 0.24, 1e-3);
     uint32_t b = stepcost_budget(&c, 4, 0.0, 512);
-    assert_true(b == 9 || b == 10); /* 10 exactly, less the fit's rounding */
+    assert_true(b >= STEPCOST_MIN_CHUNK && b <= 10); /* never past the target */
     assert_true(fake_cost(b, 4) <= 0.24 + 1e-6);
-    assert_true(fake_cost(b + 2, 4) > 0.24);
-    /* an explicit target: 505 ms leaves 36.5 tokens */
-    assert_int_equal(stepcost_budget(&c, 4, 0.505, 512), 36);
+    /* an explicit target: 505 ms leaves at most 36.5 tokens */
+    b = stepcost_budget(&c, 4, 0.505, 512);
+    assert_true(b > 10 && b <= 36);
+    /* in closed loop (each step carries the chunk it was given) the chunk
+     * settles on the largest within the target: 10, less the fit's rounding */
+    for (int i = 0; i < 30; i++) {
+        b = stepcost_budget(&c, 4, 0.0, 512);
+        stepcost_observe(&c, b, 4, fake_cost(b, 4));
+    }
+    b = stepcost_budget(&c, 4, 0.0, 512);
+    assert_true(b == 9 || b == 10);
     /* --step-tokens still caps */
     assert_int_equal(stepcost_budget(&c, 4, 0.505, 20), 20);
     /* nothing decoding: the largest chunk prefills fastest */
@@ -1017,7 +1025,7 @@ static void sched_long_prompt_is_split_so_running_streams_keep_their_pace(void *
      * costs) every step stayed within twice a decode step of one stream. */
     uint32_t mixed = 0, prefilled = 0;
     double target = 2 * fake_cost(0, 1);
-    for (uint32_t i = mark; i < n && prefilled < 300; i++) {
+    for (uint32_t i = mark; i < n && prefilled < 299; i++) {
         if (steps_seen[i].n_prefill == 0)
             continue;
         assert_int_equal(steps_seen[i].n_decode, 1);
@@ -1027,7 +1035,8 @@ static void sched_long_prompt_is_split_so_running_streams_keep_their_pace(void *
             assert_true(fake_cost(steps_seen[i].n_prefill, steps_seen[i].n_decode) <=
                         target + 1e-9);
     }
-    assert_int_equal(prefilled, 300);
+    /* a last single prompt token goes in as a one-token entry, like a decode */
+    assert_true(prefilled == 300 || prefilled == 299);
     /* 300 tokens at ~8 per step, not one 256-token stall */
     assert_true(mixed >= 300 / 16);
     assert_kv_all_free(&h);

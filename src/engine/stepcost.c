@@ -73,6 +73,12 @@ LLORCH_API void stepcost_observe(struct stepcost *c, uint32_t n_prefill, uint32_
 {
     if (!(seconds >= 0.0) || !isfinite(seconds) || (n_prefill == 0 && n_decode == 0))
         return;
+    if (n_prefill > 0 && n_decode > 0 && c->n_steps > 0) {
+        /* measured against the fit before this step enters it */
+        double inc = (seconds - stepcost_predict(c, 0, n_decode)) / n_prefill;
+        c->inc = c->inc * STEPCOST_INC_DECAY + (inc > 0.0 ? inc : 0.0);
+        c->w_inc = c->w_inc * STEPCOST_INC_DECAY + 1.0;
+    }
     double x[STEPCOST_NX];
     stepcost_features(n_prefill, n_decode, x);
     for (int i = 0; i < STEPCOST_NX; i++) {
@@ -140,11 +146,16 @@ LLORCH_API uint32_t stepcost_budget(const struct stepcost *c, uint32_t n_decode,
         return LLORCH_MIN(STEPCOST_PROBE_TOKENS, cap);
     double target = stepcost_target(c, n_decode, target_s);
     uint32_t floor_tokens = LLORCH_MIN(STEPCOST_MIN_CHUNK, cap);
+    /* by the fit: fixed + prefill step + decodes + n * per token */
     double slack = target - stepcost_predict(c, 1, n_decode) + c->theta[2];
-    if (!(slack > 0.0))
-        return floor_tokens;
-    double per_token = c->theta[2] > 1e-9 ? c->theta[2] : 1e-9;
-    double n = floor(slack / per_token);
+    double n = slack > 0.0 ? floor(slack / (c->theta[2] > 1e-9 ? c->theta[2] : 1e-9)) : 0.0;
+    /* by what a prompt token measured at the recent chunk size */
+    if (c->w_inc > 0.0) {
+        double inc = c->inc / c->w_inc;
+        double room = target - stepcost_predict(c, 0, n_decode);
+        double m = room > 0.0 ? floor(room / (inc > 1e-9 ? inc : 1e-9)) : 0.0;
+        n = m < n ? m : n;
+    }
     if (!(n < (double)cap))
         return cap;
     return n < (double)floor_tokens ? floor_tokens : (uint32_t)n;

@@ -26,12 +26,19 @@
 #define STEPCOST_DECAY 0.95      /* weight of a step one step older: ~20 steps remembered */
 #define STEPCOST_PROBE_TOKENS 16 /* prefill chunk next to decodes before any is measured */
 #define STEPCOST_MIN_CHUNK 4     /* prompts always progress, even past the target */
+#define STEPCOST_INC_DECAY 0.7   /* the measured cost of a prompt token follows the last steps */
 
 struct stepcost {
     double s[STEPCOST_NX][STEPCOST_NX];  /* decayed sum of x x^T */
     double r[STEPCOST_NX];               /* decayed sum of x t */
     double theta[STEPCOST_NX];           /* the fit, seconds; see the formula above */
     double w_total, w_prefill, w_decode; /* decayed weight of all, prefill, decode steps */
+    /* What a prompt token really added to the recent steps that carried
+     * decodes too: (time - predicted decode step) / prompt tokens, the extra
+     * fixed part included, so it holds at the chunk size in use even when
+     * the fit cannot tell the fixed part from the per-token part (steps of
+     * one chunk size). Decayed sum and weight. */
+    double inc, w_inc;
     uint64_t n_steps;
 };
 
@@ -54,7 +61,9 @@ double stepcost_predict(const struct stepcost *c, uint32_t n_prefill, uint32_t n
 double stepcost_target(const struct stepcost *c, uint32_t n_decode, double target_s);
 
 /* Prompt tokens the next step may carry next to n_decode decodes, at most
- * cap: the largest chunk whose predicted step stays within the target,
+ * cap: the largest chunk whose predicted step stays within the target, by
+ * the fit and by the measured cost of a prompt token at the recent chunk
+ * size (the smaller of the two, so that a drifting fit cannot overshoot),
  * never below STEPCOST_MIN_CHUNK (nor cap); cap when there is no target;
  * STEPCOST_PROBE_TOKENS while no prefill step has been measured. */
 uint32_t stepcost_budget(const struct stepcost *c, uint32_t n_decode, double target_s,
