@@ -1,7 +1,9 @@
-/* Continuous batching. The loop thread submits and cancels; the step driver
+/* Continuous batching. The loop thread submits and cancels; a preparation
+ * thread tokenises and checks each request in arrival order; the step driver
  * thread (which also drives the pool as worker 0) admits requests, builds
  * each step from one decode token per running sequence plus chunks of pending
- * prompts under a token budget, samples, detokenises, and posts events back.
+ * prompts sized to a latency target (stepcost.h), has the pool sample and
+ * detokenise the step's sequences in parallel, and posts events back.
  * Every accepted request yields exactly one terminal event (END or ERROR);
  * the submitter's `owner` pointer must stay valid until it has been taken.
  *
