@@ -950,6 +950,13 @@ static void stepcost_budget_probes_before_a_prompt_chunk_was_measured(void **sta
     /* decodes alone say nothing about a prompt token */
     assert_int_equal(stepcost_budget(&c, 2, 0.0, 512), STEPCOST_PROBE_TOKENS);
     assert_int_equal(stepcost_budget(&c, 2, 0.0, 8), 8);
+    /* prompt-only steps (a fit that says prompt tokens are cheap) are not
+     * trusted next to decodes until such a step was measured */
+    for (int i = 0; i < 5; i++)
+        stepcost_observe(&c, 512, 0, 0.1 + 1e-5 * 512);
+    assert_int_equal(stepcost_budget(&c, 2, 0.0, 512), STEPCOST_PROBE_TOKENS);
+    stepcost_observe(&c, STEPCOST_PROBE_TOKENS, 2, fake_cost(STEPCOST_PROBE_TOKENS, 2));
+    assert_true(stepcost_budget(&c, 2, 0.0, 512) < STEPCOST_PROBE_TOKENS);
 }
 
 static void stepcost_split_serves_a_short_prompt_next_to_a_long_one(void **state)

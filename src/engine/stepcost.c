@@ -155,6 +155,10 @@ LLORCH_API uint32_t stepcost_budget(const struct stepcost *c, uint32_t n_decode,
         double room = target - stepcost_predict(c, 0, n_decode);
         double m = room > 0.0 ? floor(room / (inc > 1e-9 ? inc : 1e-9)) : 0.0;
         n = m < n ? m : n;
+    } else if (n > STEPCOST_PROBE_TOKENS) {
+        /* prompt chunks were measured, but never next to decodes: what the
+         * fit extrapolates from prompt-only steps is probed first */
+        n = STEPCOST_PROBE_TOKENS;
     }
     if (!(n < (double)cap))
         return cap;

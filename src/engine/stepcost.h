@@ -65,7 +65,8 @@ double stepcost_target(const struct stepcost *c, uint32_t n_decode, double targe
  * the fit and by the measured cost of a prompt token at the recent chunk
  * size (the smaller of the two, so that a drifting fit cannot overshoot),
  * never below STEPCOST_MIN_CHUNK (nor cap); cap when there is no target;
- * STEPCOST_PROBE_TOKENS while no prefill step has been measured. */
+ * at most STEPCOST_PROBE_TOKENS while no step with prompt chunks and decodes
+ * has been measured. */
 uint32_t stepcost_budget(const struct stepcost *c, uint32_t n_decode, double target_s,
                          uint32_t cap);
 
