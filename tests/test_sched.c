@@ -959,6 +959,28 @@ static void stepcost_budget_probes_before_a_prompt_chunk_was_measured(void **sta
     assert_true(stepcost_budget(&c, 2, 0.0, 512) < STEPCOST_PROBE_TOKENS);
 }
 
+static void stepcost_target_holds_while_a_long_prefill_runs_slow(void **state)
+{
+    (void)state;
+    struct stepcost c;
+    stepcost_init(&c);
+    stepcost_observe(&c, 64, 0, fake_cost(64, 0));
+    for (int i = 0; i < 20; i++)
+        stepcost_observe(&c, 0, 4, fake_cost(0, 4));
+    assert_float_equal(stepcost_target(&c, 4, 0.0), 2 * fake_cost(0, 4), 1e-9);
+    /* minutes of mixed steps only, each far slower than the model says (the
+     * host got busy): the target stays twice the measured decode step, and
+     * the chunk shrinks to the floor instead of following a drifting fit */
+    for (int i = 0; i < 200; i++) {
+        uint32_t b = stepcost_budget(&c, 4, 0.0, 512);
+        stepcost_observe(&c, b, 4, 0.2 + 0.01 * b);
+    }
+    assert_float_equal(stepcost_target(&c, 4, 0.0), 2 * fake_cost(0, 4), 1e-9);
+    assert_int_equal(stepcost_budget(&c, 4, 0.0, 512), STEPCOST_MIN_CHUNK);
+    /* another batch size: moved by the fitted cost per sequence */
+    assert_true(stepcost_decode_step(&c, 6) >= stepcost_decode_step(&c, 4));
+}
+
 static void stepcost_split_serves_a_short_prompt_next_to_a_long_one(void **state)
 {
     (void)state;
@@ -1205,6 +1227,7 @@ int main(void)
         cmocka_unit_test(stepcost_fit_recovers_a_linear_step_cost),
         cmocka_unit_test(stepcost_budget_keeps_the_step_within_twice_a_decode_step),
         cmocka_unit_test(stepcost_budget_probes_before_a_prompt_chunk_was_measured),
+        cmocka_unit_test(stepcost_target_holds_while_a_long_prefill_runs_slow),
         cmocka_unit_test(stepcost_split_serves_a_short_prompt_next_to_a_long_one),
         cmocka_unit_test(sched_long_prompt_is_split_so_running_streams_keep_their_pace),
         cmocka_unit_test(sched_explicit_itl_target_sizes_the_chunks),

@@ -75,7 +75,7 @@ LLORCH_API void stepcost_observe(struct stepcost *c, uint32_t n_prefill, uint32_
         return;
     if (n_prefill > 0 && n_decode > 0 && c->n_steps > 0) {
         /* measured against the fit before this step enters it */
-        double inc = (seconds - stepcost_predict(c, 0, n_decode)) / n_prefill;
+        double inc = (seconds - stepcost_decode_step(c, n_decode)) / n_prefill;
         c->inc = c->inc * STEPCOST_INC_DECAY + (inc > 0.0 ? inc : 0.0);
         c->w_inc = c->w_inc * STEPCOST_INC_DECAY + 1.0;
     }
@@ -90,6 +90,13 @@ LLORCH_API void stepcost_observe(struct stepcost *c, uint32_t n_prefill, uint32_
     c->w_prefill = c->w_prefill * STEPCOST_DECAY + (n_prefill > 0);
     c->w_decode = c->w_decode * STEPCOST_DECAY + (n_decode > 0);
     c->n_steps++;
+    if (n_prefill == 0) {
+        /* the mean so far, moved to this batch size, then this step */
+        c->dec += c->w_dec * c->theta[3] * ((double)n_decode - (double)c->dec_n);
+        c->dec = c->dec * STEPCOST_INC_DECAY + seconds;
+        c->w_dec = c->w_dec * STEPCOST_INC_DECAY + 1.0;
+        c->dec_n = n_decode;
+    }
 
     /* (S + D) theta = r + D theta_prev */
     double a[STEPCOST_NX][STEPCOST_NX], b[STEPCOST_NX], th[STEPCOST_NX];
@@ -134,7 +141,15 @@ LLORCH_API double stepcost_target(const struct stepcost *c, uint32_t n_decode, d
         return target_s;
     if (n_decode == 0 || c->n_steps == 0)
         return 0.0;
-    return 2.0 * stepcost_predict(c, 0, n_decode);
+    return 2.0 * stepcost_decode_step(c, n_decode);
+}
+
+LLORCH_API double stepcost_decode_step(const struct stepcost *c, uint32_t n_decode)
+{
+    if (c->w_dec <= 0.0)
+        return stepcost_predict(c, 0, n_decode);
+    double t = c->dec / c->w_dec + c->theta[3] * ((double)n_decode - (double)c->dec_n);
+    return t > 0.0 ? t : 0.0;
 }
 
 LLORCH_API uint32_t stepcost_budget(const struct stepcost *c, uint32_t n_decode, double target_s,
@@ -152,7 +167,7 @@ LLORCH_API uint32_t stepcost_budget(const struct stepcost *c, uint32_t n_decode,
     /* by what a prompt token measured at the recent chunk size */
     if (c->w_inc > 0.0) {
         double inc = c->inc / c->w_inc;
-        double room = target - stepcost_predict(c, 0, n_decode);
+        double room = target - stepcost_decode_step(c, n_decode);
         double m = room > 0.0 ? floor(room / (inc > 1e-9 ? inc : 1e-9)) : 0.0;
         n = m < n ? m : n;
     } else if (n > STEPCOST_PROBE_TOKENS) {

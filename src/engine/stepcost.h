@@ -39,6 +39,12 @@ struct stepcost {
      * the fit cannot tell the fixed part from the per-token part (steps of
      * one chunk size). Decayed sum and weight. */
     double inc, w_inc;
+    /* The measured pure decode step (decayed mean over decode-only steps, and
+     * the batch of the last one): the reference of the target and of the
+     * per-token measure. Only decode-only steps move it, so a long prefill
+     * (no decode-only steps for minutes) cannot drag it along. */
+    double dec, w_dec;
+    uint32_t dec_n;
     uint64_t n_steps;
 };
 
@@ -59,6 +65,11 @@ double stepcost_predict(const struct stepcost *c, uint32_t n_prefill, uint32_t n
  * predicted pure decode step of n_decode sequences (0 when nothing is
  * decoding or nothing was measured yet: no target). */
 double stepcost_target(const struct stepcost *c, uint32_t n_decode, double target_s);
+
+/* The pure decode step of n_decode sequences: the measured one, moved by the
+ * fitted cost per sequence for another batch size (the fit before any
+ * decode-only step was measured). */
+double stepcost_decode_step(const struct stepcost *c, uint32_t n_decode);
 
 /* Prompt tokens the next step may carry next to n_decode decodes, at most
  * cap: the largest chunk whose predicted step stays within the target, by
