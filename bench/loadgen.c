@@ -7,7 +7,17 @@
  * errors by code and malformed streams, as a table and as one CSV row.
  * It always stops by itself (request count and duration are both bounded) and
  * only talks to the address given, which must be loopback unless
- * --allow-remote is passed. */
+ * --allow-remote is passed.
+ *
+ * --scenario stall measures what a long prompt does to streams already
+ * running (stall-free batching, issue #19), through the OpenAI
+ * /v1/completions stream that both llorch-cpud and llama-server speak (with
+ * logprobs: 1, so that every token is a frame even when its text is empty or
+ * held back, as on a synthetic model's vocabulary): the
+ * long prompt's TTFT on the idle server first, then N streams decoding, the
+ * long prompt at time T, K short requests shortly after it, and the running
+ * streams' inter-token latency and throughput before and during the
+ * prefill. */
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <curl/curl.h>
@@ -63,6 +73,14 @@ struct lg_opts {
     const char *label;
     bool fail_on_error;
     bool quiet;
+    /* --scenario stall */
+    bool stall;
+    uint32_t stall_streams;
+    uint32_t stall_prompt_tokens;
+    uint32_t stall_stream_tokens;
+    double stall_at_s;
+    uint32_t stall_shorts;
+    double stall_short_delay_s;
 };
 
 /* Growable array of latency samples in seconds, capped at LG_SAMPLES_MAX. */
@@ -967,7 +985,8 @@ static int lg_target_make(struct lg *lg)
     }
     if (curl_url_get(u, CURLUPART_PATH, &path, 0) == CURLUE_OK &&
         (path[0] == '\0' || strcmp(path, "/") == 0) &&
-        curl_url_set(u, CURLUPART_PATH, "/execute", 0) != CURLUE_OK)
+        curl_url_set(u, CURLUPART_PATH, lg->o.stall ? "/v1/completions" : "/execute", 0) !=
+            CURLUE_OK)
         goto out;
     if (curl_url_get(u, CURLUPART_URL, &full, 0) != CURLUE_OK)
         goto out;
@@ -1065,6 +1084,17 @@ static void lg_usage(FILE *f)
         "  --label TEXT              first CSV column\n"
         "  --fail-on-error           exit 3 when any request failed\n"
         "  --quiet                   no table on stdout\n"
+        "--scenario stall (POST /v1/completions, stream=true; llorch-cpud or llama-server):\n"
+        "  the long prompt alone on the idle server, then --stall-streams N decoding,\n"
+        "  the long prompt again (new text) --stall-at S seconds after they all run and\n"
+        "  --stall-shorts K short requests --stall-short-delay S after it; reports the\n"
+        "  running streams' ITL and tok/s before and during the prefill and every TTFT\n"
+        "  --stall-streams N         running streams (default 4)\n"
+        "  --stall-prompt-tokens P   long prompt, about P tokens (default 1950)\n"
+        "  --stall-stream-tokens M   running streams' max_tokens (default 1500)\n"
+        "  --stall-at S              (default 8)\n"
+        "  --stall-shorts K          (default 2)\n"
+        "  --stall-short-delay S     (default 1)\n"
         "Exit: 0 ok, 1 a stream was malformed, 2 usage or set-up error, 3 errors with\n"
         "--fail-on-error.\n",
         (unsigned long long)LG_MAX_REQUESTS, LG_MAX_DURATION_S);
@@ -1120,6 +1150,13 @@ enum {
     OPT_FAIL_ON_ERROR,
     OPT_QUIET,
     OPT_HELP,
+    OPT_SCENARIO,
+    OPT_STALL_STREAMS,
+    OPT_STALL_PROMPT,
+    OPT_STALL_STREAM_TOKENS,
+    OPT_STALL_AT,
+    OPT_STALL_SHORTS,
+    OPT_STALL_SHORT_DELAY,
 };
 
 static int lg_opts_parse(struct lg_opts *o, int argc, char **argv)
@@ -1148,6 +1185,13 @@ static int lg_opts_parse(struct lg_opts *o, int argc, char **argv)
         {"fail-on-error", no_argument, NULL, OPT_FAIL_ON_ERROR},
         {"quiet", no_argument, NULL, OPT_QUIET},
         {"help", no_argument, NULL, OPT_HELP},
+        {"scenario", required_argument, NULL, OPT_SCENARIO},
+        {"stall-streams", required_argument, NULL, OPT_STALL_STREAMS},
+        {"stall-prompt-tokens", required_argument, NULL, OPT_STALL_PROMPT},
+        {"stall-stream-tokens", required_argument, NULL, OPT_STALL_STREAM_TOKENS},
+        {"stall-at", required_argument, NULL, OPT_STALL_AT},
+        {"stall-shorts", required_argument, NULL, OPT_STALL_SHORTS},
+        {"stall-short-delay", required_argument, NULL, OPT_STALL_SHORT_DELAY},
         {NULL, 0, NULL, 0},
     };
     *o = (struct lg_opts){
@@ -1162,7 +1206,14 @@ static int lg_opts_parse(struct lg_opts *o, int argc, char **argv)
         .idle_max_tokens = 2048,
         .idle_read_bps = 64,
         .connect_timeout_s = 5,
+        .stall_streams = 4,
+        .stall_prompt_tokens = 1950,
+        .stall_stream_tokens = 1500,
+        .stall_at_s = 8,
+        .stall_shorts = 2,
+        .stall_short_delay_s = 1,
     };
+    bool duration_set = false;
     int c;
     uint64_t u;
     int li = 0;
@@ -1212,6 +1263,7 @@ static int lg_opts_parse(struct lg_opts *o, int argc, char **argv)
             break;
         case OPT_DURATION:
             bad = lg_parse_double(optarg, 0.001, LG_MAX_DURATION_S, &o->duration_s);
+            duration_set = true;
             break;
         case OPT_DRAIN:
             bad = lg_parse_double(optarg, 0.0, LG_MAX_DRAIN_S, &o->drain_s);
@@ -1246,6 +1298,32 @@ static int lg_opts_parse(struct lg_opts *o, int argc, char **argv)
         case OPT_HELP:
             lg_usage(stdout);
             exit(0);
+        case OPT_SCENARIO:
+            bad = strcmp(optarg, "stall") != 0;
+            o->stall = !bad;
+            break;
+        case OPT_STALL_STREAMS:
+            bad = lg_parse_u64(optarg, 0, 1024, &u);
+            o->stall_streams = (uint32_t)u;
+            break;
+        case OPT_STALL_PROMPT:
+            bad = lg_parse_u64(optarg, 1, LG_PROMPT_CHARS_MAX / 4, &u);
+            o->stall_prompt_tokens = (uint32_t)u;
+            break;
+        case OPT_STALL_STREAM_TOKENS:
+            bad = lg_parse_u64(optarg, 1, 2048, &u);
+            o->stall_stream_tokens = (uint32_t)u;
+            break;
+        case OPT_STALL_AT:
+            bad = lg_parse_double(optarg, 0.0, 3600, &o->stall_at_s);
+            break;
+        case OPT_STALL_SHORTS:
+            bad = lg_parse_u64(optarg, 0, 1024, &u);
+            o->stall_shorts = (uint32_t)u;
+            break;
+        case OPT_STALL_SHORT_DELAY:
+            bad = lg_parse_double(optarg, 0.0, 3600, &o->stall_short_delay_s);
+            break;
         default:
             lg_usage(stderr);
             return -1;
@@ -1262,6 +1340,11 @@ static int lg_opts_parse(struct lg_opts *o, int argc, char **argv)
     if (!o->url) {
         fprintf(stderr, "loadgen: --url is required\n");
         return -1;
+    }
+    if (o->stall) {
+        if (!duration_set)
+            o->duration_s = 900; /* the whole scenario's bound */
+        return 0;
     }
     if ((o->prompt != NULL) + (o->prompt_file != NULL) + (o->prompt_tokens_approx != 0) > 1) {
         fprintf(stderr, "loadgen: give at most one of --prompt, --prompt-file, "
@@ -1307,6 +1390,343 @@ static void lg_free(struct lg *lg)
         curl_multi_cleanup(lg->multi);
 }
 
+/* ---- --scenario stall --------------------------------------------------- */
+
+enum lg_sx_kind { LG_SX_RUNNING, LG_SX_LONG, LG_SX_SHORT };
+
+/* One OpenAI completion stream: data-only SSE frames whose JSON carries
+ * choices[0].text, then data: [DONE]. A frame with choices[0] and no
+ * finish_reason is one token. */
+struct lg_sx_stream {
+    struct lg_sx *sx;
+    CURL *easy;
+    enum lg_sx_kind kind;
+    char *body;
+    double t_start, t_first, t_last;
+    uint64_t tokens;
+    bool finished, failed;
+    long status;
+    char *line;
+    size_t line_len, line_cap;
+};
+
+/* A token of a running stream: when it came and the gap before it. */
+struct lg_sx_tok {
+    double t, gap;
+};
+
+struct lg_sx {
+    const struct lg_opts *o;
+    const char *url;
+    CURLM *multi;
+    struct curl_slist *headers;
+    struct lg_sx_stream **streams;
+    size_t n_streams, cap_streams;
+    struct lg_sx_tok *toks;
+    size_t n_toks, cap_toks;
+};
+
+static void lg_sx_line(struct lg_sx_stream *st, const char *s, size_t n, double now)
+{
+    if (n < 6 || memcmp(s, "data: ", 6) != 0)
+        return;
+    s += 6;
+    n -= 6;
+    if (n == 6 && memcmp(s, "[DONE]", 6) == 0)
+        return;
+    json_t *j = json_loadb(s, n, JSON_ALLOW_NUL, NULL);
+    json_t *c0 = j ? json_array_get(json_object_get(j, "choices"), 0) : NULL;
+    json_t *fr = c0 ? json_object_get(c0, "finish_reason") : NULL;
+    const char *text = c0 ? json_string_value(json_object_get(c0, "text")) : NULL;
+    bool token = c0 && ((!fr || json_is_null(fr)) || (text && *text));
+    if (j && json_object_get(j, "error"))
+        st->failed = true;
+    json_decref(j);
+    if (!token)
+        return;
+    if (st->tokens == 0) {
+        st->t_first = now;
+    } else if (st->kind == LG_SX_RUNNING) {
+        struct lg_sx *sx = st->sx;
+        if (sx->n_toks == sx->cap_toks) {
+            size_t cap = sx->cap_toks ? sx->cap_toks * 2 : 4096;
+            struct lg_sx_tok *nt = realloc(sx->toks, cap * sizeof *nt);
+            if (!nt)
+                return;
+            sx->toks = nt;
+            sx->cap_toks = cap;
+        }
+        sx->toks[sx->n_toks++] = (struct lg_sx_tok){now, now - st->t_last};
+    }
+    st->t_last = now;
+    st->tokens++;
+}
+
+static size_t lg_sx_on_body(char *buf, size_t size, size_t nmemb, void *ud)
+{
+    struct lg_sx_stream *st = ud;
+    size_t n = size * nmemb;
+    double now = lg_now();
+    for (size_t k = 0; k < n; k++) {
+        char c = buf[k];
+        if (c == '\n' || c == '\r') {
+            lg_sx_line(st, st->line, st->line_len, now);
+            st->line_len = 0;
+            continue;
+        }
+        if (st->line_len + 1 >= st->line_cap) {
+            if (st->line_cap >= LG_FRAME_MAX)
+                return 0; /* a line over 1 MiB: cut the stream */
+            size_t cap = st->line_cap ? st->line_cap * 2 : 1024;
+            char *nl = realloc(st->line, cap);
+            if (!nl)
+                return 0;
+            st->line = nl;
+            st->line_cap = cap;
+        }
+        st->line[st->line_len++] = c;
+    }
+    return n;
+}
+
+static struct lg_sx_stream *lg_sx_start(struct lg_sx *sx, enum lg_sx_kind kind, uint32_t words,
+                                        uint32_t max_tokens, uint64_t seed)
+{
+    struct lg_sx_stream *st = calloc(1, sizeof *st);
+    char *prompt = lg_prompt_synth(words, seed);
+    json_t *j =
+        prompt ? json_pack("{s:s, s:i, s:f, s:I, s:b, s:b, s:b, s:i}", "prompt", prompt, "max_tokens",
+                           (int)max_tokens, "temperature", sx->o->temperature, "seed",
+                           (json_int_t)seed, "stream", 1, "ignore_eos", 1, "cache_prompt", 0, "logprobs", 1)
+               : NULL;
+    free(prompt);
+    if (st && j)
+        st->body = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    if (!st || !st->body || !(st->easy = curl_easy_init())) {
+        if (st)
+            free(st->body);
+        free(st);
+        return NULL;
+    }
+    st->sx = sx;
+    st->kind = kind;
+    CURL *e = st->easy;
+    curl_easy_setopt(e, CURLOPT_URL, sx->url);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http");
+    curl_easy_setopt(e, CURLOPT_NOPROXY, "*");
+    curl_easy_setopt(e, CURLOPT_PROXY, "");
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, sx->headers);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, st->body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(st->body));
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(sx->o->connect_timeout_s * 1e3));
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, lg_sx_on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, st);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, st);
+    if (sx->n_streams == sx->cap_streams) {
+        size_t cap = sx->cap_streams ? sx->cap_streams * 2 : 16;
+        struct lg_sx_stream **ns = realloc(sx->streams, cap * sizeof *ns);
+        if (!ns)
+            goto fail;
+        sx->streams = ns;
+        sx->cap_streams = cap;
+    }
+    if (curl_multi_add_handle(sx->multi, e) != CURLM_OK)
+        goto fail;
+    sx->streams[sx->n_streams++] = st;
+    st->t_start = lg_now();
+    return st;
+fail:
+    curl_easy_cleanup(e);
+    free(st->body);
+    free(st);
+    return NULL;
+}
+
+/* Runs the transfers for up to `until` (absolute) or until done(ctx). */
+static void lg_sx_pump(struct lg_sx *sx, double until, bool (*done)(struct lg_sx *, void *),
+                       void *ctx)
+{
+    int running = 0;
+    while (lg_now() < until && !(done && done(sx, ctx))) {
+        curl_multi_perform(sx->multi, &running);
+        CURLMsg *m;
+        int left;
+        while ((m = curl_multi_info_read(sx->multi, &left))) {
+            if (m->msg != CURLMSG_DONE)
+                continue;
+            struct lg_sx_stream *st;
+            curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&st);
+            curl_easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &st->status);
+            st->finished = true;
+            if (m->data.result != CURLE_OK || st->status != 200)
+                st->failed = true;
+            curl_multi_remove_handle(sx->multi, m->easy_handle);
+        }
+        curl_multi_poll(sx->multi, NULL, 0, 10, NULL);
+    }
+}
+
+static bool lg_sx_first_token(struct lg_sx *sx, void *ctx)
+{
+    (void)sx;
+    struct lg_sx_stream *st = ctx;
+    return st->tokens > 0 || st->finished;
+}
+
+static bool lg_sx_all_running(struct lg_sx *sx, void *ctx)
+{
+    (void)ctx;
+    for (size_t k = 0; k < sx->n_streams; k++)
+        if (sx->streams[k]->kind == LG_SX_RUNNING && sx->streams[k]->tokens < 2 &&
+            !sx->streams[k]->finished)
+            return false;
+    return true;
+}
+
+static bool lg_sx_not_running_done(struct lg_sx *sx, void *ctx)
+{
+    (void)ctx;
+    for (size_t k = 0; k < sx->n_streams; k++)
+        if (sx->streams[k]->kind != LG_SX_RUNNING && sx->streams[k]->tokens == 0 &&
+            !sx->streams[k]->finished)
+            return false;
+    return true;
+}
+
+/* ITL percentiles (ms) and throughput of the running streams' tokens that
+ * arrived in [t0, t1). */
+static void lg_sx_window(const struct lg_sx *sx, double t0, double t1, double *p50, double *p99,
+                         double *max, double *tok_s)
+{
+    struct lg_samples w = {0};
+    for (size_t k = 0; k < sx->n_toks; k++)
+        if (sx->toks[k].t >= t0 && sx->toks[k].t < t1)
+            lg_samples_push(&w, sx->toks[k].gap);
+    if (w.n)
+        qsort(w.v, w.n, sizeof *w.v, lg_double_cmp);
+    *p50 = lg_samples_pct_ms(&w, 50);
+    *p99 = lg_samples_pct_ms(&w, 99);
+    *max = lg_samples_pct_ms(&w, 100);
+    *tok_s = t1 > t0 ? (double)w.n / (t1 - t0) : NAN;
+    free(w.v);
+}
+
+static void lg_sx_free(struct lg_sx *sx)
+{
+    for (size_t k = 0; k < sx->n_streams; k++) {
+        struct lg_sx_stream *st = sx->streams[k];
+        if (!st->finished)
+            curl_multi_remove_handle(sx->multi, st->easy); /* closes: the server cancels */
+        curl_easy_cleanup(st->easy);
+        free(st->body);
+        free(st->line);
+        free(st);
+    }
+    free(sx->streams);
+    free(sx->toks);
+}
+
+static int lg_stall_run(struct lg *lg)
+{
+    const struct lg_opts *o = &lg->o;
+    struct lg_sx sx = {.o = o, .url = lg->target, .multi = lg->multi, .headers = lg->headers};
+    double t_end = lg_now() + o->duration_s;
+    int rc = 2;
+    uint64_t seed = o->seed * 1000;
+
+    /* 1. the long prompt on the idle server */
+    struct lg_sx_stream *idle = lg_sx_start(&sx, LG_SX_LONG, o->stall_prompt_tokens, 1, seed + 1);
+    if (!idle)
+        goto out;
+    lg_sx_pump(&sx, t_end, lg_sx_first_token, idle);
+    /* 2. the running streams, until each has decoded, then stall_at more */
+    for (uint32_t i = 0; i < o->stall_streams; i++)
+        if (!lg_sx_start(&sx, LG_SX_RUNNING, 16, o->stall_stream_tokens, seed + 100 + i))
+            goto out;
+    lg_sx_pump(&sx, t_end, lg_sx_all_running, NULL);
+    double t_run = lg_now();
+    lg_sx_pump(&sx, fmin(t_end, t_run + o->stall_at_s), NULL, NULL);
+    /* 3. the long prompt again (new text: no prefix cache), short ones after */
+    double t_long = lg_now();
+    struct lg_sx_stream *lng = lg_sx_start(&sx, LG_SX_LONG, o->stall_prompt_tokens, 1, seed + 2);
+    if (!lng)
+        goto out;
+    lg_sx_pump(&sx, fmin(t_end, t_long + o->stall_short_delay_s), lg_sx_first_token, lng);
+    for (uint32_t i = 0; i < o->stall_shorts; i++)
+        if (!lg_sx_start(&sx, LG_SX_SHORT, 16, 1, seed + 200 + i))
+            goto out;
+    lg_sx_pump(&sx, t_end, lg_sx_not_running_done, NULL);
+    double t_long_first = lng->tokens ? lng->t_first : lg_now();
+
+    /* report */
+    double b50, b99, bmax, btps, d50, d99, dmax, dtps;
+    double t_before0 = t_run > t_long - o->stall_at_s ? t_run : t_long - o->stall_at_s;
+    lg_sx_window(&sx, t_before0, t_long, &b50, &b99, &bmax, &btps);
+    lg_sx_window(&sx, t_long, t_long_first, &d50, &d99, &dmax, &dtps);
+    double ttft_idle = idle->tokens ? (idle->t_first - idle->t_start) * 1e3 : NAN;
+    double ttft_long = lng->tokens ? (lng->t_first - lng->t_start) * 1e3 : NAN;
+    struct lg_samples sh = {0};
+    uint32_t failed = 0, ended_early = 0;
+    for (size_t k = 0; k < sx.n_streams; k++) {
+        struct lg_sx_stream *st = sx.streams[k];
+        failed += st->failed || (st->finished && st->tokens == 0);
+        ended_early += st->kind == LG_SX_RUNNING && st->finished && st->t_last < t_long_first;
+        if (st->kind == LG_SX_SHORT && st->tokens)
+            lg_samples_push(&sh, st->t_first - st->t_start);
+    }
+    if (sh.n)
+        qsort(sh.v, sh.n, sizeof *sh.v, lg_double_cmp);
+    const char *label = o->label ? o->label : "";
+    if (!o->quiet) {
+        printf("stall scenario %s: %u running streams, long prompt ~%u tokens, %u short requests "
+               "%.1f s after it\n",
+               label, o->stall_streams, o->stall_prompt_tokens, o->stall_shorts,
+               o->stall_short_delay_s);
+        printf("  running ITL before   p50 %8.1f ms  p99 %8.1f ms  max %8.1f ms  %6.2f tok/s\n",
+               b50, b99, bmax, btps);
+        printf("  running ITL during   p50 %8.1f ms  p99 %8.1f ms  max %8.1f ms  %6.2f tok/s\n",
+               d50, d99, dmax, dtps);
+        printf("  ratios during/before ITL p99 %.2fx   throughput %.2fx\n", d99 / b99, dtps / btps);
+        printf("  long prompt TTFT     %8.1f ms (idle server %8.1f ms, %.2fx)\n", ttft_long,
+               ttft_idle, ttft_long / ttft_idle);
+        printf("  short requests TTFT  p50 %8.1f ms  max %8.1f ms  (%zu of %u)\n",
+               lg_samples_pct_ms(&sh, 50), lg_samples_pct_ms(&sh, 100), sh.n, o->stall_shorts);
+        if (failed || ended_early)
+            printf("  %u request(s) failed, %u running stream(s) ended before the long prompt's "
+                   "first token\n",
+                   failed, ended_early);
+    }
+    if (o->csv) {
+        struct stat sb;
+        bool fresh = stat(o->csv, &sb) != 0 || sb.st_size == 0;
+        FILE *f = fopen(o->csv, "a");
+        if (f) {
+            if (fresh)
+                fprintf(f, "label,streams,prompt_tokens,itl_p50_before_ms,itl_p99_before_ms,"
+                           "itl_p50_during_ms,itl_p99_during_ms,itl_max_during_ms,"
+                           "tok_s_before,tok_s_during,ttft_long_ms,ttft_idle_ms,"
+                           "ttft_short_p50_ms,ttft_short_max_ms,failed\n");
+            lg_csv_field(f, label);
+            fprintf(f, ",%u,%u,%.1f,%.1f,%.1f,%.1f,%.1f,%.2f,%.2f,%.1f,%.1f,%.1f,%.1f,%u\n",
+                    o->stall_streams, o->stall_prompt_tokens, b50, b99, d50, d99, dmax, btps, dtps,
+                    ttft_long, ttft_idle, lg_samples_pct_ms(&sh, 50), lg_samples_pct_ms(&sh, 100),
+                    failed);
+            fclose(f);
+        }
+    }
+    free(sh.v);
+    rc = failed ? 3 : 0;
+out:
+    if (rc == 2)
+        fprintf(stderr, "loadgen: could not start a stall-scenario request\n");
+    lg_sx_free(&sx);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     struct lg lg = {0};
@@ -1335,6 +1755,10 @@ int main(int argc, char **argv)
         goto out;
     }
     lg_fd_limit_raise();
+    if (lg.o.stall) {
+        rc = lg_stall_run(&lg);
+        goto out;
+    }
     lg_run(&lg);
     double elapsed = lg.t_last_done - lg.t0;
     if (lg.load.started == 0)

@@ -152,6 +152,24 @@ static void config_env_sets_every_kind_of_field(void **state)
     assert_int_equal(c.max_body_bytes, 4096);
 }
 
+static void config_itl_target_from_flag_env_and_file_with_default_zero(void **state)
+{
+    (void)state;
+    struct config c;
+    char err[512];
+    assert_int_equal(parse(&c, NULL, NULL, err, sizeof err), 0);
+    assert_int_equal(c.itl_target_ms, 0); /* 0: twice the measured decode step */
+    assert_int_equal(parse(&c, ARGS("--itl-target-ms", "250"), NULL, err, sizeof err), 0);
+    assert_int_equal(c.itl_target_ms, 250);
+    assert_int_equal(parse(&c, NULL, ARGS("LLORCH_ITL_TARGET_MS=300"), err, sizeof err), 0);
+    assert_int_equal(c.itl_target_ms, 300);
+    const char *path = write_file("itl.conf", "itl_target_ms = 400\n", 0644);
+    assert_int_equal(parse(&c, ARGS("--config", path), NULL, err, sizeof err), 0);
+    assert_int_equal(c.itl_target_ms, 400);
+    assert_int_not_equal(parse(&c, ARGS("--itl-target-ms", "600001"), NULL, err, sizeof err), 0);
+    assert_non_null(strstr(err, "itl-target-ms"));
+}
+
 static void config_file_sets_fields_skipping_comments_and_blanks(void **state)
 {
     (void)state;
@@ -538,6 +556,7 @@ static void config_help_lists_every_option_with_default_and_unit(void **state)
                                         "max-batch",
                                         "max-queue",
                                         "step-tokens",
+                                        "itl-target-ms",
                                         "kv-cache-mb",
                                         "ctx",
                                         "batch-window-ms",
@@ -573,13 +592,15 @@ static void config_help_lists_every_option_with_default_and_unit(void **state)
         opts++;
     for (const char *p = out; (p = strstr(p, "(default: ")); p++)
         defaults++;
-    assert_int_equal(defaults, 37);
+    assert_int_equal(defaults, 38);
     assert_true(opts >= defaults);
     assert_non_null(strstr(out, "(default: 32 sequences, range 1..1024; env LLORCH_MAX_BATCH; "
                                 "ChatLoop key max_batch_size)"));
     assert_non_null(strstr(out, "(default: 2097152 bytes, range 1024..1073741824"));
     assert_non_null(strstr(out, "(default: 1024 MiB"));
     assert_non_null(strstr(out, "(default: 15000 ms"));
+    assert_non_null(strstr(out, "(default: 0 = twice a decode step, range 0..600000; env "
+                                "LLORCH_ITL_TARGET_MS)"));
     assert_non_null(strstr(out, "(default: 30 s"));
     assert_non_null(strstr(out, "(default: auto, one of auto|f32|bf16|int8|native"));
 }
@@ -666,6 +687,7 @@ int main(void)
         cmocka_unit_test(config_flag_accepts_space_and_equals_forms),
         cmocka_unit_test(config_model_ref_defaults_to_file_name),
         cmocka_unit_test(config_env_sets_every_kind_of_field),
+        cmocka_unit_test(config_itl_target_from_flag_env_and_file_with_default_zero),
         cmocka_unit_test(config_file_sets_fields_skipping_comments_and_blanks),
         cmocka_unit_test(config_file_accepts_chatloop_knob_names),
         cmocka_unit_test(config_env_accepts_chatloop_knob_names_and_ours_win),

@@ -436,9 +436,9 @@ static void sch_notify(void *ctx)
     pthread_mutex_unlock(&h->mu);
 }
 
-static void sch_on_step(void *ctx, double seconds, uint32_t n_seqs, uint32_t n_tokens)
+static void sch_on_step(void *ctx, const struct sched_step_info *info)
 {
-    LLORCH_UNUSED(seconds);
+    const uint32_t n_seqs = info->n_seqs, n_tokens = info->n_tokens;
     struct sch *h = ctx;
     if (atomic_load(&h->done))
         return;

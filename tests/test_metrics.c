@@ -618,6 +618,38 @@ static void metrics_histogram_le_is_inclusive_and_count_matches(void **state)
     metrics_free(m);
 }
 
+static void metrics_step_mix_and_cost_model_are_exported(void **state)
+{
+    (void)state;
+    struct metrics *m;
+    assert_int_equal(metrics_new(&m, "w1", "tiny"), 0);
+    metrics_observe_step_mix(m, 12, 4, 12); /* a step with a prompt chunk */
+    metrics_observe_step_mix(m, 0, 4, 0);   /* decodes only: no budget */
+    struct sched_stats st = sample_stats();
+    st.cost.itl_target_s = 0.25;
+    st.cost.step_s = 0.1;
+    st.cost.prefill_step_s = 0.02;
+    st.cost.prefill_token_s = 0.0125;
+    st.cost.decode_seq_s = 0.005;
+    struct prom *p = render_and_parse(m, &st, NULL);
+    assert_true(prom_get(p, "llorch_step_prefill_tokens_count", NULL) == 2);
+    assert_true(prom_get(p, "llorch_step_prefill_tokens_bucket", "le=\"0\"") == 1);
+    assert_true(prom_get(p, "llorch_step_prefill_tokens_bucket", "le=\"16\"") == 2);
+    assert_true(prom_get(p, "llorch_step_decode_tokens_bucket", "le=\"4\"") == 2);
+    assert_true(prom_get(p, "llorch_step_decode_tokens_sum", NULL) == 8);
+    assert_true(prom_get(p, "llorch_step_budget_tokens_count", NULL) == 1);
+    assert_true(prom_get(p, "llorch_step_budget_tokens_sum", NULL) == 12);
+    assert_true(prom_get(p, "llorch_itl_target_seconds", NULL) == 0.25);
+    assert_true(prom_get(p, "llorch_step_cost_fixed_seconds", NULL) == 0.1);
+    assert_true(prom_get(p, "llorch_step_cost_prefill_step_seconds", NULL) == 0.02);
+    assert_true(prom_get(p, "llorch_step_cost_prefill_token_seconds", NULL) == 0.0125);
+    assert_true(prom_get(p, "llorch_step_cost_decode_seq_seconds", NULL) == 0.005);
+    assert_string_equal(prom_type(p, "llorch_itl_target_seconds"), "gauge");
+    assert_string_equal(prom_type(p, "llorch_step_budget_tokens"), "histogram");
+    free(p);
+    metrics_free(m);
+}
+
 static void metrics_jobs_gauges_and_counters_render(void **state)
 {
     (void)state;
@@ -834,6 +866,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(metrics_fresh_render_is_valid_exposition),
         cmocka_unit_test(metrics_sched_stats_become_gauges_and_counters),
+        cmocka_unit_test(metrics_step_mix_and_cost_model_are_exported),
         cmocka_unit_test(metrics_requests_are_counted_by_endpoint_and_status),
         cmocka_unit_test(metrics_endpoint_from_path_maps_every_route),
         cmocka_unit_test(metrics_histogram_le_is_inclusive_and_count_matches),

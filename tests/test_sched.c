@@ -20,6 +20,7 @@
 #include "forward.h"
 #include "model.h"
 #include "sched.h"
+#include "stepcost.h"
 #include "tokenizer.h"
 #include "tpool.h"
 #include "util.h"
@@ -29,6 +30,7 @@
 
 struct result {
     uint64_t id;
+    uint64_t started_seq, first_token_seq; /* dispatch order of STARTED and token 0 */
     int n_started, n_terminal;
     bool order_error;
     enum sched_event_type terminal;
@@ -61,17 +63,40 @@ struct harness {
     _Atomic uint64_t steps_seen, step_tokens_seen, step_seqs_seen;
     _Atomic uint32_t max_step_tokens_seen;
     uint32_t step_sleep_us;       /* slows every step (on_step), set before submits */
+    /* every step's mix, written by the driver thread under mu */
+    struct sched_step_info steps[4096];
+    uint32_t n_steps;
 };
 
-static void h_on_step(void *ctx, double seconds, uint32_t n_seqs, uint32_t n_tokens)
+#define STEPS_MAX 4096
+
+/* The made-up cost model of the stall tests (seconds): 100 ms to read the
+ * weights, 20 ms more for a step with prompt chunks, 10 ms per prompt
+ * token, 5 ms per decoded sequence. */
+static double fake_cost(uint32_t n_prefill, uint32_t n_decode)
+{
+    return 0.1 + (n_prefill ? 0.02 : 0.0) + 0.01 * n_prefill + 0.005 * n_decode;
+}
+
+static double h_step_cost(void *ctx, uint32_t n_prefill, uint32_t n_decode)
+{
+    (void)ctx;
+    return fake_cost(n_prefill, n_decode);
+}
+
+static void h_on_step(void *ctx, const struct sched_step_info *info)
 {
     struct harness *h = ctx;
-    (void)seconds; /* cmocka asserts must stay on the test thread */
+    /* cmocka asserts must stay on the test thread */
     h->steps_seen++;
-    h->step_tokens_seen += n_tokens;
-    h->step_seqs_seen += n_seqs;
-    if (n_tokens > h->max_step_tokens_seen)
-        h->max_step_tokens_seen = n_tokens;
+    h->step_tokens_seen += info->n_tokens;
+    h->step_seqs_seen += info->n_seqs;
+    if (info->n_tokens > h->max_step_tokens_seen)
+        h->max_step_tokens_seen = info->n_tokens;
+    pthread_mutex_lock(&h->mu);
+    if (h->n_steps < STEPS_MAX)
+        h->steps[h->n_steps++] = *info;
+    pthread_mutex_unlock(&h->mu);
     if (h->step_sleep_us) {
         struct timespec ts = {0, (long)h->step_sleep_us * 1000L};
         nanosleep(&ts, NULL);
@@ -100,6 +125,8 @@ struct h_opts {
     uint64_t kv_blocks;           /* 0: plenty */
     uint32_t max_batch, max_queue, step_tokens;
     uint32_t batch_window_ms, step_sleep_us;
+    uint32_t itl_target_ms;
+    bool fake_cost;               /* the cost model learns fake_cost(), not the clock */
 };
 
 static uint64_t kv_block_bytes(const struct model *m)
@@ -146,6 +173,9 @@ static void h_open(struct harness *h, const struct h_opts *o)
         .notify_ctx = h,
         .on_step = h_on_step,
         .on_step_ctx = h,
+        .itl_target_ms = o->itl_target_ms,
+        .pool = h->pool,
+        .step_cost = o->fake_cost ? h_step_cost : NULL,
     };
     assert_int_equal(sched_new(&h->s, h->fw, h->tok, &so), 0);
 }
@@ -181,10 +211,16 @@ static uint64_t now_ms(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
+static uint64_t dispatch_seq;
 
 static void dispatch(struct sched_event *ev)
 {
     struct result *r = ev->owner;
+    dispatch_seq++;
+    if (ev->type == SCHED_EV_STARTED)
+        r->started_seq = dispatch_seq;
+    if (ev->type == SCHED_EV_TOKEN && ev->u.token.index == 0)
+        r->first_token_seq = dispatch_seq;
     if (ev->req_id != r->id)
         r->order_error = true;
     switch (ev->type) {
@@ -937,6 +973,332 @@ static void sched_engine_smaller_than_the_batch_still_completes_everyone(void **
     h_close(&h);
 }
 
+/* ---- the step cost model and the prefill budget (made-up costs) ---- */
+
+static void stepcost_fit_recovers_a_linear_step_cost(void **state)
+{
+    (void)state;
+    struct stepcost c;
+    stepcost_init(&c);
+    /* varied steps, as a busy server makes them */
+    for (uint32_t i = 0; i < 200; i++) {
+        uint32_t p = (i % 3 == 0) ? 0 : (i * 7) % 61 + 1, d = (i * 5) % 9;
+        stepcost_observe(&c, p, d, fake_cost(p, d));
+    }
+    struct stepcost_fit f;
+    stepcost_get(&c, &f);
+    assert_true(f.prefill_known);
+    assert_float_equal(f.fixed, 0.1, 1e-3);
+    assert_float_equal(f.prefill_step, 0.02, 1e-3);
+    assert_float_equal(f.prefill_token, 0.01, 1e-4);
+    assert_float_equal(f.decode_seq, 0.005, 1e-4);
+    assert_float_equal(stepcost_predict(&c, 40, 4), fake_cost(40, 4), 1e-3);
+}
+
+static void stepcost_budget_keeps_the_step_within_twice_a_decode_step(void **state)
+{
+    (void)state;
+    struct stepcost c;
+    stepcost_init(&c);
+    for (uint32_t i = 0; i < 200; i++) {
+        uint32_t p = (i % 3 == 0) ? 0 : (i * 7) % 61 + 1, d = (i * 5) % 9;
+        stepcost_observe(&c, p, d, fake_cost(p, d));
+    }
+    /* 4 streams: a decode step is 120 ms, the target 240 ms; a step with
+     * prompt chunks costs 140 ms + 10 ms per token: 10 tokens */
+    assert_float_equal(stepcost_target(&c, 4, 0.0), 0.24, 1e-3);
+    uint32_t b = stepcost_budget(&c, 4, 0.0, 512);
+    assert_true(b >= STEPCOST_MIN_CHUNK && b <= 10); /* never past the target */
+    assert_true(fake_cost(b, 4) <= 0.24 + 1e-6);
+    /* an explicit target: 505 ms leaves at most 36.5 tokens */
+    b = stepcost_budget(&c, 4, 0.505, 512);
+    assert_true(b > 10 && b <= 36);
+    /* in closed loop (each step carries the chunk it was given) the chunk
+     * settles on the largest within the target: 10, less the fit's rounding */
+    for (int i = 0; i < 30; i++) {
+        b = stepcost_budget(&c, 4, 0.0, 512);
+        stepcost_observe(&c, b, 4, fake_cost(b, 4));
+    }
+    b = stepcost_budget(&c, 4, 0.0, 512);
+    assert_true(b == 9 || b == 10);
+    /* --step-tokens still caps */
+    assert_int_equal(stepcost_budget(&c, 4, 0.505, 20), 20);
+    /* nothing decoding: the largest chunk prefills fastest */
+    assert_int_equal(stepcost_budget(&c, 0, 0.0, 512), 512);
+    assert_int_equal(stepcost_budget(&c, 0, 0.05, 512), 512);
+    /* a target below a decode step: prompts still progress */
+    assert_int_equal(stepcost_budget(&c, 4, 0.01, 512), STEPCOST_MIN_CHUNK);
+}
+
+static void stepcost_budget_probes_before_a_prompt_chunk_was_measured(void **state)
+{
+    (void)state;
+    struct stepcost c;
+    stepcost_init(&c);
+    assert_int_equal(stepcost_budget(&c, 2, 0.0, 512), STEPCOST_PROBE_TOKENS);
+    for (int i = 0; i < 20; i++)
+        stepcost_observe(&c, 0, 2, fake_cost(0, 2));
+    assert_float_equal(stepcost_target(&c, 2, 0.0), 2 * fake_cost(0, 2), 1e-3);
+    /* decodes alone say nothing about a prompt token */
+    assert_int_equal(stepcost_budget(&c, 2, 0.0, 512), STEPCOST_PROBE_TOKENS);
+    assert_int_equal(stepcost_budget(&c, 2, 0.0, 8), 8);
+    /* prompt-only steps (a fit that says prompt tokens are cheap) are not
+     * trusted next to decodes until such a step was measured */
+    for (int i = 0; i < 5; i++)
+        stepcost_observe(&c, 512, 0, 0.1 + 1e-5 * 512);
+    assert_int_equal(stepcost_budget(&c, 2, 0.0, 512), STEPCOST_PROBE_TOKENS);
+    stepcost_observe(&c, STEPCOST_PROBE_TOKENS, 2, fake_cost(STEPCOST_PROBE_TOKENS, 2));
+    assert_true(stepcost_budget(&c, 2, 0.0, 512) < STEPCOST_PROBE_TOKENS);
+}
+
+static void stepcost_target_holds_while_a_long_prefill_runs_slow(void **state)
+{
+    (void)state;
+    struct stepcost c;
+    stepcost_init(&c);
+    stepcost_observe(&c, 64, 0, fake_cost(64, 0));
+    for (int i = 0; i < 20; i++)
+        stepcost_observe(&c, 0, 4, fake_cost(0, 4));
+    assert_float_equal(stepcost_target(&c, 4, 0.0), 2 * fake_cost(0, 4), 1e-9);
+    /* minutes of mixed steps only, each far slower than the model says (the
+     * host got busy): the target stays twice the measured decode step, and
+     * the chunk shrinks to the floor instead of following a drifting fit */
+    for (int i = 0; i < 200; i++) {
+        uint32_t b = stepcost_budget(&c, 4, 0.0, 512);
+        stepcost_observe(&c, b, 4, 0.2 + 0.01 * b);
+    }
+    assert_float_equal(stepcost_target(&c, 4, 0.0), 2 * fake_cost(0, 4), 1e-9);
+    assert_int_equal(stepcost_budget(&c, 4, 0.0, 512), STEPCOST_MIN_CHUNK);
+    /* another batch size: moved by the fitted cost per sequence */
+    assert_true(stepcost_decode_step(&c, 6) >= stepcost_decode_step(&c, 4));
+}
+
+static void stepcost_split_serves_a_short_prompt_next_to_a_long_one(void **state)
+{
+    (void)state;
+    uint32_t out[4];
+    /* arrival order: a long prompt, then a short one */
+    stepcost_split((uint32_t[]){2000, 30}, 2, 64, out);
+    assert_int_equal(out[0], 34);
+    assert_int_equal(out[1], 30);
+    /* equal shares when all are long; the remainder goes to the oldest */
+    stepcost_split((uint32_t[]){500, 400, 300}, 3, 64, out);
+    assert_int_equal(out[0], 22);
+    assert_int_equal(out[1], 21);
+    assert_int_equal(out[2], 21);
+    /* water-filling: 10 and 20 are served in full, the rest split */
+    stepcost_split((uint32_t[]){10, 1000, 20, 1000}, 4, 100, out);
+    assert_int_equal(out[0], 10);
+    assert_int_equal(out[1], 35);
+    assert_int_equal(out[2], 20);
+    assert_int_equal(out[3], 35);
+    /* fewer tokens than prompts: the oldest get one each */
+    stepcost_split((uint32_t[]){50, 50, 50}, 3, 2, out);
+    assert_int_equal(out[0], 1);
+    assert_int_equal(out[1], 1);
+    assert_int_equal(out[2], 0);
+    /* more than everyone needs */
+    stepcost_split((uint32_t[]){5, 7}, 2, 100, out);
+    assert_int_equal(out[0], 5);
+    assert_int_equal(out[1], 7);
+}
+
+/* ---- the scheduler's step rules (made-up step cost through step_cost) ---- */
+
+static void h_steps_copy(struct harness *h, struct sched_step_info *out, uint32_t *n)
+{
+    pthread_mutex_lock(&h->mu);
+    *n = h->n_steps;
+    memcpy(out, h->steps, (size_t)h->n_steps * sizeof(*out));
+    pthread_mutex_unlock(&h->mu);
+}
+
+static struct sched_step_info steps_seen[STEPS_MAX];
+
+static void sched_long_prompt_is_split_so_running_streams_keep_their_pace(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 4, .step_tokens = 256,
+                                .fake_cost = true});
+    static struct result run, lng;
+    llorch_token p8[8];
+    static llorch_token p300[300];
+    make_prompt(p8, 8, 21);
+    make_prompt(p300, 300, 22);
+    struct sched_params p = greedy(400);
+    p.ignore_eos = true;
+    assert_int_equal(submit_tokens(&h, &run, "run", p8, 8, &p), 0);
+    h_pump_until_tokens(&h, &run, 4, false);
+    pthread_mutex_lock(&h.mu);
+    uint32_t mark = h.n_steps;
+    pthread_mutex_unlock(&h.mu);
+    struct sched_params pl = greedy(2);
+    pl.ignore_eos = true;
+    assert_int_equal(submit_tokens(&h, &lng, "long", p300, 300, &pl), 0);
+    h_wait_all(&h, &lng, 1);
+    assert_int_equal(sched_cancel(h.s, run.id, SCHED_ERR_CANCELLED), 0);
+    h_wait_all(&h, &run, 1);
+    uint32_t n;
+    h_steps_copy(&h, steps_seen, &n);
+    /* The prompt went in chunks next to the stream's decode, which no step
+     * skipped; past the first chunks (the model learns what a prompt token
+     * costs) every step stayed within twice a decode step of one stream. */
+    uint32_t mixed = 0, prefilled = 0;
+    double target = 2 * fake_cost(0, 1);
+    for (uint32_t i = mark; i < n && prefilled < 299; i++) {
+        if (steps_seen[i].n_prefill == 0)
+            continue;
+        assert_int_equal(steps_seen[i].n_decode, 1);
+        assert_true(steps_seen[i].n_prefill <= steps_seen[i].budget);
+        prefilled += steps_seen[i].n_prefill;
+        if (++mixed > 3)
+            assert_true(fake_cost(steps_seen[i].n_prefill, steps_seen[i].n_decode) <=
+                        target + 1e-9);
+    }
+    /* a last single prompt token goes in as a one-token entry, like a decode */
+    assert_true(prefilled == 300 || prefilled == 299);
+    /* 300 tokens at ~8 per step, not one 256-token stall */
+    assert_true(mixed >= 300 / 16);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
+static void sched_explicit_itl_target_sizes_the_chunks(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 4, .step_tokens = 256,
+                                .fake_cost = true, .itl_target_ms = 400});
+    static struct result run, lng;
+    llorch_token p8[8];
+    static llorch_token p300[300];
+    make_prompt(p8, 8, 31);
+    make_prompt(p300, 300, 32);
+    struct sched_params p = greedy(400);
+    p.ignore_eos = true;
+    assert_int_equal(submit_tokens(&h, &run, "run", p8, 8, &p), 0);
+    h_pump_until_tokens(&h, &run, 4, false);
+    pthread_mutex_lock(&h.mu);
+    uint32_t mark = h.n_steps;
+    pthread_mutex_unlock(&h.mu);
+    struct sched_params pl = greedy(2);
+    pl.ignore_eos = true;
+    assert_int_equal(submit_tokens(&h, &lng, "long", p300, 300, &pl), 0);
+    h_wait_all(&h, &lng, 1);
+    assert_int_equal(sched_cancel(h.s, run.id, SCHED_ERR_CANCELLED), 0);
+    h_wait_all(&h, &run, 1);
+    struct sched_stats st;
+    sched_stats(h.s, &st);
+    assert_float_equal(st.cost.itl_target_s, 0.4, 1e-9);
+    assert_float_equal(st.cost.prefill_token_s, 0.01, 2e-3);
+    uint32_t n, mixed = 0, prefilled = 0, largest = 0;
+    h_steps_copy(&h, steps_seen, &n);
+    for (uint32_t i = mark; i < n && prefilled < 300; i++) {
+        if (steps_seen[i].n_prefill == 0)
+            continue;
+        prefilled += steps_seen[i].n_prefill;
+        if (++mixed > 3) {
+            assert_true(fake_cost(steps_seen[i].n_prefill, steps_seen[i].n_decode) <= 0.4 + 1e-9);
+            largest = LLORCH_MAX(largest, steps_seen[i].n_prefill);
+        }
+    }
+    /* 400 ms - 125 ms leaves 27 prompt tokens a step */
+    assert_true(largest >= 25 && largest <= 27);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
+static void sched_prompt_alone_prefills_in_the_largest_chunks(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 4, .step_tokens = 128,
+                                .fake_cost = true});
+    static struct result lng;
+    static llorch_token p300[300];
+    make_prompt(p300, 300, 41);
+    struct sched_params pl = greedy(2);
+    pl.ignore_eos = true;
+    assert_int_equal(submit_tokens(&h, &lng, "long", p300, 300, &pl), 0);
+    h_wait_all(&h, &lng, 1);
+    uint32_t n;
+    h_steps_copy(&h, steps_seen, &n);
+    assert_true(n >= 3);
+    assert_int_equal(steps_seen[0].n_prefill, 128);
+    assert_int_equal(steps_seen[1].n_prefill, 128);
+    assert_int_equal(steps_seen[2].n_prefill, 44);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
+static void sched_short_prompt_is_not_starved_behind_a_long_prefill(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 4, .step_tokens = 32,
+                                .fake_cost = true});
+    static struct result lng, shrt;
+    static llorch_token p400[400];
+    llorch_token p10[10];
+    make_prompt(p400, 400, 51);
+    make_prompt(p10, 10, 52);
+    struct sched_params p = greedy(2);
+    p.ignore_eos = true;
+    assert_int_equal(submit_tokens(&h, &lng, "long", p400, 400, &p), 0);
+    h_pump_until_started(&h, &lng, false);
+    assert_int_equal(submit_tokens(&h, &shrt, "short", p10, 10, &p), 0);
+    struct result both[2];
+    h_wait_all(&h, &lng, 1);
+    h_wait_all(&h, &shrt, 1);
+    (void)both;
+    /* 400 tokens take 13 steps of 32; the short prompt shares the next one */
+    assert_true(shrt.first_token_seq < lng.first_token_seq);
+    assert_true(shrt.started_seq > lng.started_seq);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
+static void sched_queued_requests_are_admitted_in_arrival_order(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 1});
+    /* a long text prompt first: it is tokenised off the driver, and the
+     * token prompts behind it still wait their turn */
+    static char text[24000];
+    for (size_t i = 0; i + 1 < sizeof(text); i++)
+        text[i] = "once upon a time "[i % 17];
+    text[sizeof(text) - 1] = '\0';
+    static struct result r[5];
+    llorch_token pr[8];
+    make_prompt(pr, 8, 61);
+    struct sched_params p = greedy(2);
+    p.ignore_eos = true;
+    struct sched_params pt = greedy(2);
+    pt.ignore_eos = true;
+    /* the text is far longer than the context: it ends with KV_EXHAUSTED
+     * after tokenising, without a STARTED */
+    assert_int_equal(submit_text(&h, &r[0], "text-long", text, &pt), 0);
+    assert_int_equal(submit_text(&h, &r[1], "text", "once upon a time", &pt), 0);
+    char job[16];
+    for (int i = 2; i < 5; i++) {
+        snprintf(job, sizeof(job), "tok-%d", i);
+        assert_int_equal(submit_tokens(&h, &r[i], job, pr, 8, &p), 0);
+    }
+    h_wait_all(&h, r, 5);
+    assert_int_equal(r[0].terminal, SCHED_EV_ERROR);
+    assert_int_equal(r[0].code, SCHED_ERR_KV_EXHAUSTED);
+    assert_int_equal(r[0].n_started, 0);
+    for (int i = 1; i < 5; i++) {
+        assert_int_equal(r[i].terminal, SCHED_EV_END);
+        if (i > 1)
+            assert_true(r[i].started_seq > r[i - 1].started_seq);
+    }
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -956,6 +1318,16 @@ int main(void)
         cmocka_unit_test(sched_engine_smaller_than_the_batch_still_completes_everyone),
         cmocka_unit_test(sched_batch_window_gathers_arrivals_while_others_run),
         cmocka_unit_test(sched_batch_window_ends_early_when_the_batch_is_full),
+        cmocka_unit_test(stepcost_fit_recovers_a_linear_step_cost),
+        cmocka_unit_test(stepcost_budget_keeps_the_step_within_twice_a_decode_step),
+        cmocka_unit_test(stepcost_budget_probes_before_a_prompt_chunk_was_measured),
+        cmocka_unit_test(stepcost_target_holds_while_a_long_prefill_runs_slow),
+        cmocka_unit_test(stepcost_split_serves_a_short_prompt_next_to_a_long_one),
+        cmocka_unit_test(sched_long_prompt_is_split_so_running_streams_keep_their_pace),
+        cmocka_unit_test(sched_explicit_itl_target_sizes_the_chunks),
+        cmocka_unit_test(sched_prompt_alone_prefills_in_the_largest_chunks),
+        cmocka_unit_test(sched_short_prompt_is_not_starved_behind_a_long_prefill),
+        cmocka_unit_test(sched_queued_requests_are_admitted_in_arrival_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

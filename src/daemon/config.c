@@ -122,6 +122,10 @@ static const struct opt opts[] = {
      "waiting requests before 503"},
     {"step-tokens", NULL, OPT_U32, F(step_tokens), 1, 65536, NULL, "N", "tokens", NULL,
      "token budget of one step (chunked prefill)"},
+    {"itl-target-ms", NULL, OPT_U32, F(itl_target_ms), 0, 600000, NULL, "N", NULL,
+     "0 = twice a decode step",
+     "step time in ms that running streams keep while prompts prefill (the prompt chunk is "
+     "sized from the measured step cost; --step-tokens still caps it)"},
     {"kv-cache-mb", NULL, OPT_U32, F(kv_cache_mb), 1, 1048576, NULL, "N", "MiB", NULL,
      "KV cache size"},
     {"ctx", NULL, OPT_U32, F(ctx), 0, 1048576, NULL, "N", "tokens", "0 = the model's",
@@ -389,6 +393,7 @@ void config_defaults(struct config *c)
     c->max_batch = 32;
     c->max_queue = 256;
     c->step_tokens = 512;
+    c->itl_target_ms = 0;
     c->kv_cache_mb = 1024;
     c->ctx = 0;
     c->batch_window_ms = 0;

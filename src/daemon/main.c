@@ -265,11 +265,12 @@ static int daemon_start_mgr(struct daemon *d, uint64_t memory_bytes)
     return 0;
 }
 
-/* Step driver thread: the engine's per-step figures go to the step-time and
- * batch-size histograms (metrics are lock-free). */
-static void daemon_on_step(void *ctx, double seconds, uint32_t n_seqs, uint32_t n_tokens)
+/* Step driver thread: the engine's per-step figures go to the step-time,
+ * batch-size and step-mix histograms (metrics are lock-free). */
+static void daemon_on_step(void *ctx, const struct sched_step_info *info)
 {
-    metrics_observe_step(ctx, seconds, n_seqs, n_tokens);
+    metrics_observe_step(ctx, info->seconds, info->n_seqs, info->n_tokens);
+    metrics_observe_step_mix(ctx, info->n_prefill, info->n_decode, info->budget);
 }
 
 /* ---- loading ---- */
@@ -440,6 +441,8 @@ static int daemon_loaded(struct daemon *d)
         .max_batch = cfg->max_batch,
         .max_queue = cfg->max_queue,
         .step_tokens = cfg->step_tokens,
+        .itl_target_ms = cfg->itl_target_ms,
+        .pool = d->pool,
         .batch_window_ms = cfg->batch_window_ms,
         .notify = api_worker_notify,
         .notify_ctx = d->api,

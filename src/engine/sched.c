@@ -1,8 +1,13 @@
 /* Continuous batching: the step driver thread owns the waiting and running
  * lists, the KV cache and the forward engine; the loop thread reaches it only
  * through a mutex-guarded inbox (submit, cancel) and a mutex-guarded event
- * list (out). Each step runs one decode token for every running sequence and
- * chunks of pending prompts under a token budget; under KV pressure the most
+ * list (out). A preparation thread tokenises and checks each submitted
+ * request (in arrival order) before the driver sees it, so a 32k-character
+ * prompt never delays a step. Each step runs one decode token for every
+ * running sequence and chunks of pending prompts, sized by the measured step
+ * cost to keep the step within a latency target (stepcost.h) and shared
+ * max-min fairly between the prompts; the step's sequences are then sampled
+ * and detokenised in parallel on the pool. Under KV pressure the most
  * recently admitted sequence is preempted and recomputed later. */
 #include "sched.h"
 
@@ -16,6 +21,7 @@
 
 #include "kv.h"
 #include "sample.h"
+#include "stepcost.h"
 #include "util.h"
 
 _Static_assert(SCHED_MAX_LOGPROBS == SAMPLE_MAX_LOGPROBS, "log-prob table sizes differ");
@@ -51,9 +57,14 @@ struct sched_req {
     int refs;                     /* embedded events posted and not released */
     int cancel;                   /* -1, or the enum sched_error to end with */
 
+    /* Preparation thread until handed over (under mu), then driver only. */
+    bool prepared;                /* tokenised and checked */
+    bool prep_failed;             /* ev_end holds the ERROR to post */
+
     /* Driver only. */
     int drv_cancel;
-    bool prepared, started, finished;
+    bool started, finished;
+    uint32_t chunk;               /* prompt tokens given in the step being built */
     uint32_t n_tok;               /* tokens in tokens[] */
     uint32_t n_prompt;
     uint32_t n_done;              /* tokens whose K/V are in the cache */
@@ -66,6 +77,19 @@ struct sched_req {
 
     struct sched_event ev_started;
     struct sched_event ev_end;
+};
+
+/* One sequence to sample after a step: filled on the driver, sampled and
+ * detokenised by a pool task, then finished on the driver. */
+struct sched_sample {
+    struct sched_req *r;
+    const float *logits;          /* [n_vocab] */
+    struct sched_event *ev;       /* a TOKEN event taken beforehand; NULL when shutting down */
+    struct sample_out so;
+    int rc;                       /* sample_token's */
+    bool eog;
+    int text_len;                 /* detok_push's */
+    int stop_idx;
 };
 
 struct sched {
@@ -81,9 +105,13 @@ struct sched {
     pthread_mutex_t mu;
     pthread_cond_t cv_work;       /* driver: new work, cancel, shutdown */
     pthread_cond_t cv_events;     /* driver: a TOKEN event came back */
+    pthread_cond_t cv_prep;       /* preparation thread: a submit, shutdown */
+    pthread_t prep_thread;
+    bool prep_started;
 
     /* Under mu. */
-    struct llorch_queue inbox;
+    struct llorch_queue inbox;    /* submitted, for the preparation thread */
+    struct llorch_queue ready;    /* prepared, for the driver */
     struct llorch_queue free_reqs;
     struct llorch_queue events;
     struct llorch_queue free_events;
@@ -102,7 +130,14 @@ struct sched {
     struct forward_entry *entries; /* [max_batch] */
     struct sched_req **entry_req; /* [max_batch] */
     float *logits;                /* [max_batch, n_vocab] */
-    struct sample_scratch *scratch;
+    struct sample_scratch **scratch; /* [n_scratch]: one per pool worker */
+    uint32_t n_scratch;
+    struct sched_sample *samples; /* [max_batch] */
+    uint32_t *pending;            /* [max_batch] */
+    uint32_t *chunks;             /* [max_batch] */
+    struct stepcost cost;
+    double target_s;              /* itl_target_ms, 0 = automatic */
+    uint32_t step_budget, step_prefill, step_decode;
     uint64_t c_generated, c_prompted, c_reused, c_preempt, c_steps;
 
     /* Memory. */
@@ -206,6 +241,14 @@ static void sched_stats_fill_locked(struct sched *s)
     st->prefix_tokens_reused = s->c_reused;
     st->preemptions = s->c_preempt;
     st->steps = s->c_steps;
+    struct stepcost_fit f;
+    stepcost_get(&s->cost, &f);
+    st->cost.itl_target_s = stepcost_target(&s->cost, s->step_decode, s->target_s);
+    st->cost.step_s = f.fixed;
+    st->cost.prefill_step_s = f.prefill_step;
+    st->cost.prefill_token_s = f.prefill_token;
+    st->cost.decode_seq_s = f.decode_seq;
+    st->cost.budget = s->step_budget;
 }
 
 /* Publishes the events built since the last flush, the counters and the
@@ -259,6 +302,14 @@ static struct sched_event *sched_event_get(struct sched *s)
     }
     pthread_mutex_unlock(&s->mu);
     return ev;
+}
+
+/* Gives back a TOKEN event taken with sched_event_get and not posted. */
+static void sched_event_put(struct sched *s, struct sched_event *ev)
+{
+    pthread_mutex_lock(&s->mu);
+    llorch_queue_insert_tail(&s->free_events, &ev->node);
+    pthread_mutex_unlock(&s->mu);
 }
 
 /* ---- ending a request (driver) ---- */
@@ -341,56 +392,75 @@ static uint32_t sched_blocks_for(uint64_t tokens)
     return b > UINT32_MAX ? UINT32_MAX : (uint32_t)b;
 }
 
-/* Tokenises and checks a request once. Returns false when it was ended. */
-static bool sched_req_prepare(struct sched *s, struct sched_req *r)
+static bool sched_prep_fail(struct sched_req *r, enum sched_error code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Preparation thread: records the ERROR a request will end with (the driver
+ * posts it). Returns false. */
+static bool sched_prep_fail(struct sched_req *r, enum sched_error code, const char *fmt, ...)
+{
+    struct sched_event *ev = &r->ev_end;
+    ev->type = SCHED_EV_ERROR;
+    ev->req_id = r->id;
+    ev->owner = r->owner;
+    ev->u.error.code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ev->u.error.message, sizeof(ev->u.error.message), fmt, ap);
+    va_end(ap);
+    r->prep_failed = true;
+    return false;
+}
+
+/* Preparation thread: tokenises and checks a request once, and sets up its
+ * sampler and detokeniser. Touches nothing but the request (and reads the
+ * immutable tokenizer and sizes). Returns false when it must end with the
+ * ERROR recorded in ev_end. */
+static bool sched_req_prepare(const struct sched *s, struct sched_req *r)
 {
     const struct sched_params *p = &r->params;
-    if (r->too_big) {
-        sched_req_fail(s, r, SCHED_ERR_KV_EXHAUSTED,
-                       "the prompt exceeds the per-request limit of %zu bytes", s->prompt_cap);
-        return false;
-    }
+    if (r->too_big)
+        return sched_prep_fail(r, SCHED_ERR_KV_EXHAUSTED,
+                               "the prompt exceeds the per-request limit of %zu bytes",
+                               s->prompt_cap);
     if (r->has_text) {
         size_t n = 0, bad = 0;
         int rc = tokenizer_encode(s->tok, r->prompt, r->prompt_len, r->add_bos, r->parse_special,
                                   r->tokens, s->n_ctx, &n, &bad);
         if (rc == LLORCH_ETOOBIG) {
-            sched_req_fail(s, r, SCHED_ERR_KV_EXHAUSTED,
-                           "the prompt is %zu tokens; the context length is %u", n, s->n_ctx);
-            return false;
+            return sched_prep_fail(r, SCHED_ERR_KV_EXHAUSTED,
+                                   "the prompt is %zu tokens; the context length is %u", n,
+                                   s->n_ctx);
         }
         if (rc == LLORCH_EUTF8) {
-            sched_req_fail(s, r, SCHED_ERR_INVALID_REQUEST,
-                           "the prompt is not valid UTF-8 (byte %zu)", bad);
-            return false;
+            return sched_prep_fail(r, SCHED_ERR_INVALID_REQUEST,
+                                   "the prompt is not valid UTF-8 (byte %zu)", bad);
         }
         if (rc < 0) {
-            sched_req_fail(s, r, SCHED_ERR_INVALID_REQUEST, "the prompt cannot be tokenized: %s",
-                           llorch_strerror(rc));
-            return false;
+            return sched_prep_fail(r, SCHED_ERR_INVALID_REQUEST,
+                                   "the prompt cannot be tokenized: %s", llorch_strerror(rc));
         }
         r->n_tok = (uint32_t)n;
     }
     r->n_prompt = r->n_tok;
     if (r->n_prompt == 0) {
-        sched_req_fail(s, r, SCHED_ERR_INVALID_REQUEST, "the prompt is empty");
-        return false;
+        return sched_prep_fail(r, SCHED_ERR_INVALID_REQUEST, "the prompt is empty");
     }
     uint64_t need = (uint64_t)r->n_prompt + p->max_tokens;
     if (need > s->n_ctx) {
-        sched_req_fail(s, r, SCHED_ERR_KV_EXHAUSTED,
-                       "prompt (%u tokens) + max_tokens (%u) exceeds the context length of %u "
-                       "tokens",
-                       r->n_prompt, p->max_tokens, s->n_ctx);
-        return false;
+        return sched_prep_fail(
+            r, SCHED_ERR_KV_EXHAUSTED,
+            "prompt (%u tokens) + max_tokens (%u) exceeds the context length of %u "
+            "tokens",
+            r->n_prompt, p->max_tokens, s->n_ctx);
     }
     if (sched_blocks_for(need) > s->kv_blocks_total) {
-        sched_req_fail(s, r, SCHED_ERR_KV_EXHAUSTED,
-                       "prompt (%u tokens) + max_tokens (%u) needs %u KV blocks of %d tokens; the "
-                       "KV cache holds %u blocks (%u tokens)",
-                       r->n_prompt, p->max_tokens, sched_blocks_for(need), LLORCH_KV_BLOCK,
-                       s->kv_blocks_total, s->kv_blocks_total * LLORCH_KV_BLOCK);
-        return false;
+        return sched_prep_fail(
+            r, SCHED_ERR_KV_EXHAUSTED,
+            "prompt (%u tokens) + max_tokens (%u) needs %u KV blocks of %d tokens; the "
+            "KV cache holds %u blocks (%u tokens)",
+            r->n_prompt, p->max_tokens, sched_blocks_for(need), LLORCH_KV_BLOCK, s->kv_blocks_total,
+            s->kv_blocks_total * LLORCH_KV_BLOCK);
     }
     struct sample_params sp;
     sample_params_default(&sp);
@@ -411,9 +481,8 @@ static bool sched_req_prepare(struct sched *s, struct sched_req *r)
      * (as llama-server streams pieces). */
     int rc = detok_init(&r->dt, s->tok, stops, r->stop_lens, p->n_stops, false);
     if (rc < 0) {
-        sched_req_fail(s, r, SCHED_ERR_INVALID_REQUEST, "invalid stop strings: %s",
-                       llorch_strerror(rc));
-        return false;
+        return sched_prep_fail(r, SCHED_ERR_INVALID_REQUEST, "invalid stop strings: %s",
+                               llorch_strerror(rc));
     }
     r->prepared = true;
     return true;
@@ -480,12 +549,18 @@ static uint64_t sched_window_hold(struct sched *s, uint64_t now)
     return now < until ? until : 0;
 }
 
+/* Admits in arrival order (preempted sequences first): a request that must
+ * wait for room holds back the ones behind it. */
 static void sched_admit(struct sched *s)
 {
     while (s->n_running < s->o.max_batch && !llorch_queue_empty(&s->waiting)) {
         struct sched_req *r = sched_req_of(llorch_queue_head(&s->waiting));
-        if (!r->prepared && !sched_req_prepare(s, r))
+        if (r->prep_failed || !r->prepared) {
+            /* !prepared only when shutting down, which never admits */
+            sched_req_unlink(s, r);
+            llorch_queue_insert_tail(&s->post, &r->ev_end.node);
             continue;
+        }
         if (!sched_admit_one(s, r))
             break;
     }
@@ -534,28 +609,51 @@ static struct sched_req *sched_newest_running(struct sched *s)
     return sched_req_of(s->running.prev);
 }
 
+/* Sizes this step's prompt chunks: the decodes come first (step_tokens
+ * bounds the whole step, the engine was sized for it), the cost model gives
+ * the prompt tokens that keep the step within the latency target, and the
+ * prompts share them max-min fairly (stepcost_split), so a short prompt
+ * admitted behind a long one is not starved. Sets each prompt's r->chunk and
+ * returns the decodes allowed. */
+static uint32_t sched_plan_step(struct sched *s)
+{
+    uint32_t n_decode = 0, n_prompts = 0;
+    struct llorch_queue *q;
+    llorch_queue_foreach(q, &s->running) {
+        struct sched_req *r = sched_req_of(q);
+        uint32_t pending = r->n_tok - r->n_done;
+        if (pending == 1)
+            n_decode++;
+        else
+            s->pending[n_prompts++] = pending;
+    }
+    uint32_t decode_left = LLORCH_MIN(n_decode, s->o.step_tokens);
+    uint32_t cap = s->o.step_tokens - decode_left;
+    s->step_budget = n_prompts ? stepcost_budget(&s->cost, decode_left, s->target_s, cap) : 0;
+    stepcost_split(s->pending, n_prompts, s->step_budget, s->chunks);
+    uint32_t i = 0;
+    llorch_queue_foreach(q, &s->running) {
+        struct sched_req *r = sched_req_of(q);
+        r->chunk = r->n_tok - r->n_done == 1 ? 0 : s->chunks[i++];
+    }
+    return decode_left;
+}
+
 /* Chooses each running sequence's tokens for this step, oldest first, and
  * reserves their KV room, preempting the newest sequences when the pool runs
  * dry. Returns the number of entries. */
 static uint32_t sched_build_step(struct sched *s)
 {
-    uint32_t n_decode = 0;
-    struct llorch_queue *q;
-    llorch_queue_foreach(q, &s->running) {
-        struct sched_req *r = sched_req_of(q);
-        n_decode += r->n_tok - r->n_done == 1;
-    }
-    /* step_tokens bounds the whole step (the engine was sized for it): the
-     * decodes come first, oldest first, and prompt chunks share the rest. */
-    uint32_t decode_left = LLORCH_MIN(n_decode, s->o.step_tokens);
-    uint32_t budget = s->o.step_tokens - decode_left;
+    uint32_t decode_left = sched_plan_step(s);
     uint32_t n = 0;
+    s->step_prefill = s->step_decode = 0;
+    struct llorch_queue *q;
     q = s->running.next;
     while (q != &s->running) {
         struct sched_req *r = sched_req_of(q);
         uint32_t pending = r->n_tok - r->n_done;
         bool decode = pending == 1;
-        uint32_t want = decode ? (decode_left > 0) : LLORCH_MIN(pending, budget);
+        uint32_t want = decode ? (decode_left > 0) : r->chunk;
         if (decode && want)
             decode_left--;
         bool self_preempted = false;
@@ -603,50 +701,77 @@ static uint32_t sched_build_step(struct sched *s)
             };
             s->entry_req[n] = r;
             n++;
-            if (!decode)
-                budget -= want;
+            if (decode)
+                s->step_decode++;
+            else
+                s->step_prefill += want;
         }
         q = r->node.next;
     }
     return n;
 }
 
-static void sched_emit_token(struct sched *s, struct sched_req *r, const float *logits)
+/* Pool task: samples and detokenises the step's sequences [begin, end),
+ * each with the scratch of the worker it runs on. */
+static void sched_sample_task(void *ctx, int64_t begin, int64_t end, int worker)
 {
-    struct sample_out so;
-    if (sample_token(&r->smp, s->scratch, logits, r->tokens, r->n_tok, &so) < 0) {
+    struct sched *s = ctx;
+    struct sample_scratch *sc = s->scratch[(uint32_t)worker < s->n_scratch ? worker : 0];
+    for (int64_t i = begin; i < end; i++) {
+        struct sched_sample *sm = &s->samples[i];
+        struct sched_req *r = sm->r;
+        sm->rc = sample_token(&r->smp, sc, sm->logits, r->tokens, r->n_tok, &sm->so);
+        sm->eog = false;
+        sm->text_len = 0;
+        sm->stop_idx = -1;
+        if (sm->rc < 0)
+            continue;
+        sm->eog = !r->params.ignore_eos && tokenizer_is_eog(s->tok, sm->so.id);
+        if (!sm->eog && sm->ev)
+            sm->text_len = detok_push(&r->dt, sm->so.id, sm->ev->u.token.text,
+                                      sizeof(sm->ev->u.token.text), &sm->stop_idx);
+    }
+}
+
+/* Driver: posts a sampled token (or ends the request) in step order. */
+static void sched_emit_token(struct sched *s, struct sched_sample *sm)
+{
+    struct sched_req *r = sm->r;
+    struct sched_event *ev = sm->ev;
+    if (sm->rc < 0) {
+        if (ev)
+            sched_event_put(s, ev);
         sched_req_fail(s, r, SCHED_ERR_INFERENCE_FAILED, "sampling failed");
         return;
     }
     if (r->n_gen == 0)
         r->t_first = sched_now_ns();
-    r->tokens[r->n_tok++] = so.id;
+    r->tokens[r->n_tok++] = sm->so.id;
     r->n_gen++;
     s->c_generated++;
-    if (!r->params.ignore_eos && tokenizer_is_eog(s->tok, so.id)) {
+    if (sm->eog) {
+        if (ev)
+            sched_event_put(s, ev);
         sched_req_end(s, r, SCHED_STOP_EOS, -1);
         return;
     }
-    struct sched_event *ev = sched_event_get(s);
     if (!ev)
         return; /* shutting down: the request ends with SHUTTING_DOWN next */
-    int stop_idx = -1;
-    int n = detok_push(&r->dt, so.id, ev->u.token.text, sizeof(ev->u.token.text), &stop_idx);
     ev->type = SCHED_EV_TOKEN;
     ev->req_id = r->id;
     ev->owner = r->owner;
     ev->u.token.index = r->n_out++;
-    ev->u.token.id = so.id;
-    ev->u.token.logprob = so.logprob;
-    ev->u.token.n_top = so.n_top;
-    for (uint32_t i = 0; i < so.n_top; i++) {
-        ev->u.token.top[i].id = so.top[i].id;
-        ev->u.token.top[i].logprob = so.top[i].logprob;
+    ev->u.token.id = sm->so.id;
+    ev->u.token.logprob = sm->so.logprob;
+    ev->u.token.n_top = sm->so.n_top;
+    for (uint32_t i = 0; i < sm->so.n_top; i++) {
+        ev->u.token.top[i].id = sm->so.top[i].id;
+        ev->u.token.top[i].logprob = sm->so.top[i].logprob;
     }
-    ev->u.token.text_len = n > 0 ? (uint32_t)n : 0;
+    ev->u.token.text_len = sm->text_len > 0 ? (uint32_t)sm->text_len : 0;
     llorch_queue_insert_tail(&s->post, &ev->node);
-    if (stop_idx >= 0)
-        sched_req_end(s, r, SCHED_STOP_SEQUENCE, stop_idx);
+    if (sm->stop_idx >= 0)
+        sched_req_end(s, r, SCHED_STOP_SEQUENCE, sm->stop_idx);
     else if (r->n_gen >= r->params.max_tokens)
         sched_req_end(s, r, SCHED_STOP_MAX_TOKENS, -1);
 }
@@ -666,12 +791,23 @@ static void sched_step(struct sched *s)
     }
     uint64_t t0 = sched_now_ns();
     int rc = s->o.step ? s->o.step(s->o.step_ctx, s->entries, n) : forward_step(s->fw, s->entries, n);
+    double seconds = (double)(sched_now_ns() - t0) * 1e-9;
     s->c_steps++;
+    if (rc == 0)
+        stepcost_observe(&s->cost, s->step_prefill, s->step_decode,
+                         s->o.step_cost ? s->o.step_cost(s->o.step_cost_ctx, s->step_prefill,
+                                                         s->step_decode)
+                                        : seconds);
     if (s->o.on_step) {
-        uint32_t n_tokens = 0;
-        for (uint32_t i = 0; i < n; i++)
-            n_tokens += s->entries[i].n_tokens;
-        s->o.on_step(s->o.on_step_ctx, (double)(sched_now_ns() - t0) * 1e-9, n, n_tokens);
+        struct sched_step_info info = {
+            .seconds = seconds,
+            .n_seqs = n,
+            .n_tokens = s->step_prefill + s->step_decode,
+            .n_prefill = s->step_prefill,
+            .n_decode = s->step_decode,
+            .budget = s->step_budget,
+        };
+        s->o.on_step(s->o.on_step_ctx, &info);
     }
     if (rc < 0) {
         for (uint32_t i = 0; i < n; i++)
@@ -679,20 +815,61 @@ static void sched_step(struct sched *s)
                            "the forward step failed: %s", llorch_strerror(rc));
         return;
     }
+    /* The driver only decides and launches: the sequences that finished
+     * their prompt or decoded get their next token from a pool task each
+     * (softmax over the vocabulary, penalties, detokenising). */
+    uint32_t k = 0;
     for (uint32_t i = 0; i < n; i++) {
         struct sched_req *r = s->entry_req[i];
         r->n_done += s->entries[i].n_tokens;
         if (r->n_done == r->n_tok)
-            sched_emit_token(s, r, s->entries[i].logits);
+            s->samples[k++] = (struct sched_sample){.r = r, .logits = s->entries[i].logits};
     }
+    for (uint32_t i = 0; i < k; i++)
+        s->samples[i].ev = sched_event_get(s);
+    tpool_parallel_for(s->o.pool, k, 1, sched_sample_task, s);
+    for (uint32_t i = 0; i < k; i++)
+        sched_emit_token(s, &s->samples[i]);
 }
 
 /* ---- the driver thread ---- */
 
-/* Under mu: moves new requests to the waiting list and snapshots cancels. */
+/* The preparation thread: tokenises submitted requests one at a time, in
+ * arrival order, and hands them to the driver. It runs next to the step (a
+ * long prompt costs the pool a core for a few milliseconds, never a step
+ * boundary). When shutting down it hands them over unprepared: the driver
+ * ends them. */
+static void *sched_prep_main(void *arg)
+{
+    struct sched *s = arg;
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        while (!s->stop && llorch_queue_empty(&s->inbox))
+            pthread_cond_wait(&s->cv_prep, &s->mu);
+        if (s->stop)
+            break;
+        struct llorch_queue *q = llorch_queue_head(&s->inbox);
+        llorch_queue_remove(q);
+        struct sched_req *r = sched_req_of(q);
+        if (!s->shutdown && r->cancel < 0) {
+            pthread_mutex_unlock(&s->mu);
+            sched_req_prepare(s, r);
+            pthread_mutex_lock(&s->mu);
+        }
+        llorch_queue_insert_tail(&s->ready, q);
+        pthread_cond_signal(&s->cv_work);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* Under mu: moves prepared requests to the waiting list and snapshots
+ * cancels; when shutting down, the ones not prepared yet too (they end). */
 static void sched_sync_locked(struct sched *s)
 {
-    llorch_queue_move(&s->inbox, &s->waiting);
+    llorch_queue_move(&s->ready, &s->waiting);
+    if (s->shutdown)
+        llorch_queue_move(&s->inbox, &s->waiting);
     struct llorch_queue *q;
     llorch_queue_foreach(q, &s->waiting)
         sched_req_of(q)->drv_cancel = sched_req_of(q)->cancel;
@@ -705,7 +882,7 @@ static void *sched_driver_main(void *arg)
     struct sched *s = arg;
     for (;;) {
         pthread_mutex_lock(&s->mu);
-        while (!s->stop && !s->shutdown && llorch_queue_empty(&s->inbox) &&
+        while (!s->stop && !s->shutdown && llorch_queue_empty(&s->ready) &&
                s->n_running == 0 && llorch_queue_empty(&s->waiting))
             pthread_cond_wait(&s->cv_work, &s->mu);
         sched_sync_locked(s);
@@ -730,7 +907,7 @@ static void *sched_driver_main(void *arg)
         if (shutdown) {
             /* Wait for the next submit (refused) or for sched_free. */
             pthread_mutex_lock(&s->mu);
-            while (!s->stop && llorch_queue_empty(&s->inbox))
+            while (!s->stop && llorch_queue_empty(&s->inbox) && llorch_queue_empty(&s->ready))
                 pthread_cond_wait(&s->cv_work, &s->mu);
             pthread_mutex_unlock(&s->mu);
         } else if (hold_until && s->n_running == 0) {
@@ -741,7 +918,7 @@ static void *sched_driver_main(void *arg)
                 pthread_mutex_lock(&s->mu);
                 struct timespec until;
                 sched_deadline(&until, hold_until - now2);
-                if (!s->stop && !s->shutdown && llorch_queue_empty(&s->inbox))
+                if (!s->stop && !s->shutdown && llorch_queue_empty(&s->ready))
                     pthread_cond_timedwait(&s->cv_work, &s->mu, &until);
                 pthread_mutex_unlock(&s->mu);
             }
@@ -759,6 +936,25 @@ static void *sched_driver_main(void *arg)
 }
 
 /* ---- construction ---- */
+
+static void sched_mem_free(struct sched *s)
+{
+    if (s->scratch)
+        for (uint32_t i = 0; i < s->n_scratch; i++)
+            sample_scratch_free(s->scratch[i]);
+    free(s->scratch);
+    free(s->samples);
+    free(s->pending);
+    free(s->chunks);
+    free(s->reqs);
+    free(s->ev_pool);
+    free(s->token_arena);
+    free(s->prompt_arena);
+    free(s->entries);
+    free(s->entry_req);
+    free(s->logits);
+    free(s);
+}
 
 LLORCH_API int sched_new(struct sched **out, struct forward *fw, const struct tokenizer *tok,
                          const struct sched_opts *o)
@@ -791,6 +987,7 @@ LLORCH_API int sched_new(struct sched **out, struct forward *fw, const struct to
     s->n_events = s->o.max_batch * SCHED_EVENTS_PER_SLOT + 16;
 
     llorch_queue_init(&s->inbox);
+    llorch_queue_init(&s->ready);
     llorch_queue_init(&s->free_reqs);
     llorch_queue_init(&s->events);
     llorch_queue_init(&s->free_events);
@@ -817,11 +1014,19 @@ LLORCH_API int sched_new(struct sched **out, struct forward *fw, const struct to
     s->entries = calloc(s->o.max_batch, sizeof(*s->entries));
     s->entry_req = calloc(s->o.max_batch, sizeof(*s->entry_req));
     s->logits = malloc(logit_count * sizeof(float));
+    s->samples = calloc(s->o.max_batch, sizeof(*s->samples));
+    s->pending = calloc(s->o.max_batch, sizeof(*s->pending));
+    s->chunks = calloc(s->o.max_batch, sizeof(*s->chunks));
+    s->n_scratch = s->o.pool ? (uint32_t)tpool_size(s->o.pool) : 1;
+    s->scratch = calloc(s->n_scratch, sizeof(*s->scratch));
     if (!s->reqs || !s->ev_pool || !s->token_arena || !s->prompt_arena || !s->entries ||
-        !s->entry_req || !s->logits)
+        !s->entry_req || !s->logits || !s->samples || !s->pending || !s->chunks || !s->scratch)
         goto fail;
-    if ((rc = sample_scratch_new(&s->scratch, s->n_vocab)) < 0)
-        goto fail;
+    for (uint32_t i = 0; i < s->n_scratch; i++)
+        if ((rc = sample_scratch_new(&s->scratch[i], s->n_vocab)) < 0)
+            goto fail;
+    stepcost_init(&s->cost);
+    s->target_s = (double)s->o.itl_target_ms * 1e-3;
     for (uint32_t i = 0; i < s->n_reqs; i++) {
         struct sched_req *r = &s->reqs[i];
         r->index = i;
@@ -840,28 +1045,30 @@ LLORCH_API int sched_new(struct sched **out, struct forward *fw, const struct to
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv_work, &ca);
     pthread_cond_init(&s->cv_events, &ca);
+    pthread_cond_init(&s->cv_prep, &ca);
     pthread_condattr_destroy(&ca);
-    if (pthread_create(&s->thread, NULL, sched_driver_main, s) != 0) {
-        rc = LLORCH_ENOMEM;
-        pthread_cond_destroy(&s->cv_work);
-        pthread_cond_destroy(&s->cv_events);
-        pthread_mutex_destroy(&s->mu);
-        goto fail;
+    if (pthread_create(&s->prep_thread, NULL, sched_prep_main, s) == 0) {
+        s->prep_started = true;
+        pthread_setname_np(s->prep_thread, "llorch-prep");
+        if (pthread_create(&s->thread, NULL, sched_driver_main, s) == 0) {
+            s->thread_started = true;
+            pthread_setname_np(s->thread, "llorch-sched");
+            *out = s;
+            return 0;
+        }
+        pthread_mutex_lock(&s->mu);
+        s->stop = true;
+        pthread_cond_broadcast(&s->cv_prep);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->prep_thread, NULL);
     }
-    s->thread_started = true;
-    pthread_setname_np(s->thread, "llorch-sched");
-    *out = s;
-    return 0;
+    rc = LLORCH_ENOMEM;
+    pthread_cond_destroy(&s->cv_work);
+    pthread_cond_destroy(&s->cv_events);
+    pthread_cond_destroy(&s->cv_prep);
+    pthread_mutex_destroy(&s->mu);
 fail:
-    sample_scratch_free(s->scratch);
-    free(s->reqs);
-    free(s->ev_pool);
-    free(s->token_arena);
-    free(s->prompt_arena);
-    free(s->entries);
-    free(s->entry_req);
-    free(s->logits);
-    free(s);
+    sched_mem_free(s);
     return rc;
 }
 
@@ -875,21 +1082,17 @@ LLORCH_API void sched_free(struct sched *s)
     s->draining = true;
     pthread_cond_broadcast(&s->cv_work);
     pthread_cond_broadcast(&s->cv_events);
+    pthread_cond_broadcast(&s->cv_prep);
     pthread_mutex_unlock(&s->mu);
+    if (s->prep_started)
+        pthread_join(s->prep_thread, NULL);
     if (s->thread_started)
         pthread_join(s->thread, NULL);
     pthread_cond_destroy(&s->cv_work);
     pthread_cond_destroy(&s->cv_events);
+    pthread_cond_destroy(&s->cv_prep);
     pthread_mutex_destroy(&s->mu);
-    sample_scratch_free(s->scratch);
-    free(s->reqs);
-    free(s->ev_pool);
-    free(s->token_arena);
-    free(s->prompt_arena);
-    free(s->entries);
-    free(s->entry_req);
-    free(s->logits);
-    free(s);
+    sched_mem_free(s);
 }
 
 /* ---- the loop thread's side ---- */
@@ -994,7 +1197,7 @@ LLORCH_API int sched_submit(struct sched *s, const struct sched_request *req, ui
     r->refs = 0;
     r->cancel = -1;
     r->drv_cancel = -1;
-    r->prepared = r->started = r->finished = false;
+    r->prepared = r->prep_failed = r->started = r->finished = false;
     r->n_prompt = r->n_done = r->n_gen = r->n_out = 0;
     r->t_admit = r->t_first = 0;
     r->seq = NULL;
@@ -1002,7 +1205,7 @@ LLORCH_API int sched_submit(struct sched *s, const struct sched_request *req, ui
     s->n_live++;
     s->stats.queue_depth = s->n_queued;
     llorch_queue_insert_tail(&s->inbox, &r->node);
-    pthread_cond_signal(&s->cv_work);
+    pthread_cond_signal(&s->cv_prep);
     pthread_mutex_unlock(&s->mu);
     if (req_id)
         *req_id = r->id;

@@ -1,7 +1,9 @@
-/* Continuous batching. The loop thread submits and cancels; the step driver
+/* Continuous batching. The loop thread submits and cancels; a preparation
+ * thread tokenises and checks each request in arrival order; the step driver
  * thread (which also drives the pool as worker 0) admits requests, builds
  * each step from one decode token per running sequence plus chunks of pending
- * prompts under a token budget, samples, detokenises, and posts events back.
+ * prompts sized to a latency target (stepcost.h), has the pool sample and
+ * detokenise the step's sequences in parallel, and posts events back.
  * Every accepted request yields exactly one terminal event (END or ERROR);
  * the submitter's `owner` pointer must stay valid until it has been taken.
  *
@@ -35,6 +37,7 @@
 #include "llorch/llorch.h"
 #include "queue.h"
 #include "tokenizer.h"
+#include "tpool.h"
 
 #define SCHED_JOB_ID_MAX 256
 #define SCHED_MAX_LOGPROBS 20
@@ -138,6 +141,26 @@ struct sched_event {
     } u;
 };
 
+/* What one engine step carried and cost. */
+struct sched_step_info {
+    double seconds;               /* the forward step, measured */
+    uint32_t n_seqs;              /* sequences in it */
+    uint32_t n_tokens;            /* n_prefill + n_decode */
+    uint32_t n_prefill;           /* prompt tokens (chunks) */
+    uint32_t n_decode;            /* sequences decoding one token */
+    uint32_t budget;              /* prompt tokens the step was allowed */
+};
+
+/* The step cost model as last fitted, and the latency target it serves. */
+struct sched_cost_stats {
+    double itl_target_s;          /* configured, or 2x the current decode step; 0: none yet */
+    double step_s;                /* fixed part of every step */
+    double prefill_step_s;        /* extra fixed part of a step with prompt chunks */
+    double prefill_token_s;       /* per prompt token */
+    double decode_seq_s;          /* per decoded sequence */
+    uint32_t budget;              /* prompt tokens allowed in the last step */
+};
+
 struct sched_opts {
     uint32_t max_batch;           /* running sequences, default 32 */
     uint32_t max_queue;           /* waiting requests, default 256 */
@@ -153,10 +176,9 @@ struct sched_opts {
     /* Prompt text bytes per request slot; 0: max(128 KiB, 16 * n_ctx). A
      * longer prompt is accepted and ends with ERROR KV_EXHAUSTED. */
     uint32_t max_prompt_bytes;
-    /* Called on the step driver thread after every engine step with its
-     * duration, the sequences in it and the tokens it computed (decode
-     * tokens plus prefill chunks); e.g. metrics_observe_step. May be NULL. */
-    void (*on_step)(void *ctx, double seconds, uint32_t n_seqs, uint32_t n_tokens);
+    /* Called on the step driver thread after every engine step with what it
+     * carried and cost; e.g. metrics_observe_step. May be NULL. */
+    void (*on_step)(void *ctx, const struct sched_step_info *info);
     void *on_step_ctx;
     /* Another engine (a pipeline's coordinator): steps go to step() on the
      * driver thread instead of forward_step, the KV decisions to kv; with
@@ -165,10 +187,24 @@ struct sched_opts {
     void *step_ctx;
     struct kv_cache *kv;
     uint32_t n_vocab, n_ctx;
+    /* Latency target of a step with prompt chunks next to running streams,
+     * in ms; 0: twice the measured pure decode step of the current batch.
+     * The prompt chunk of each step is sized from the measured step cost to
+     * stay within it (stall-free batching, see stepcost.h). */
+    uint32_t itl_target_ms;
+    /* The pool that samples and detokenises a step's sequences in parallel
+     * (the one the forward engine runs on); NULL: the driver does it. */
+    struct tpool *pool;
+    /* Tests: the step time the cost model learns from, instead of the
+     * measured one (a made-up cost model). NULL in production. */
+    double (*step_cost)(void *ctx, uint32_t n_prefill, uint32_t n_decode);
+    void *step_cost_ctx;
 };
 /* The forward engine must allow max_seqs >= max_batch and max_step_tokens >=
- * step_tokens. step_tokens bounds every step, decodes included: with
- * step_tokens < max_batch not every stream advances every step. */
+ * step_tokens. step_tokens bounds every step, decodes included; with
+ * step_tokens >= max_batch (the daemon sizes the engine so) every running
+ * stream decodes in every step and prompt chunks get what the latency target
+ * leaves, at most step_tokens minus the decodes. */
 
 struct sched_stats {
     uint32_t slots_total;         /* max_batch */
@@ -180,6 +216,7 @@ struct sched_stats {
     uint64_t prefix_tokens_reused;
     uint64_t preemptions;
     uint64_t steps;
+    struct sched_cost_stats cost;
 };
 
 struct sched;

@@ -35,7 +35,18 @@ struct histogram {
     _Atomic uint64_t sum_bits;                         /* double */
 };
 
-enum histogram_id { H_TTFT, H_ITL, H_STEP, H_BATCH, H_STEP_TOKENS, H_REQUEST, H_COUNT_ };
+enum histogram_id {
+    H_TTFT,
+    H_ITL,
+    H_STEP,
+    H_BATCH,
+    H_STEP_TOKENS,
+    H_REQUEST,
+    H_STEP_PREFILL,
+    H_STEP_DECODE,
+    H_STEP_BUDGET,
+    H_COUNT_
+};
 
 static const double ttft_bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                      1,     2.5,  5,     10,   30,  60};
@@ -45,6 +56,7 @@ static const double step_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                                      0.05,   0.1,   0.25,   0.5,   1,    2.5};
 static const double batch_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
 static const double step_token_bounds[] = {1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192};
+static const double step_mix_bounds[] = {0, 1, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
 static const double request_bounds[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1,  2.5,
                                         5,    10,   30,  60,   120, 300};
 
@@ -200,6 +212,15 @@ int metrics_new(struct metrics **out, const char *worker_id, const char *model)
     hist_init(&m->hist[H_REQUEST], "llorch_request_duration_seconds",
               "Generation requests from arrival to their terminal event.", request_bounds,
               LLORCH_ARRAY_SIZE(request_bounds));
+    hist_init(&m->hist[H_STEP_PREFILL], "llorch_step_prefill_tokens",
+              "Prompt tokens (prefill chunks) carried by one engine step.", step_mix_bounds,
+              LLORCH_ARRAY_SIZE(step_mix_bounds));
+    hist_init(&m->hist[H_STEP_DECODE], "llorch_step_decode_tokens",
+              "Decoded sequences (one token each) in one engine step.", step_mix_bounds,
+              LLORCH_ARRAY_SIZE(step_mix_bounds));
+    hist_init(&m->hist[H_STEP_BUDGET], "llorch_step_budget_tokens",
+              "Prompt tokens the latency target allowed in a step with prompts to prefill.",
+              step_mix_bounds, LLORCH_ARRAY_SIZE(step_mix_bounds));
     for (size_t i = 0; i < H_COUNT_; i++)
         if (m->hist[i].n_bounds > METRICS_MAX_BUCKETS) {
             free(m);
@@ -321,6 +342,17 @@ void metrics_observe_step(struct metrics *m, double seconds, uint32_t batch_size
     hist_observe(&m->hist[H_STEP], seconds);
     hist_observe(&m->hist[H_BATCH], (double)batch_size);
     hist_observe(&m->hist[H_STEP_TOKENS], (double)n_tokens);
+}
+
+void metrics_observe_step_mix(struct metrics *m, uint32_t n_prefill, uint32_t n_decode,
+                              uint32_t budget)
+{
+    if (!m)
+        return;
+    hist_observe(&m->hist[H_STEP_PREFILL], (double)n_prefill);
+    hist_observe(&m->hist[H_STEP_DECODE], (double)n_decode);
+    if (n_prefill > 0)
+        hist_observe(&m->hist[H_STEP_BUDGET], (double)budget);
 }
 
 void metrics_observe_request(struct metrics *m, double seconds)
@@ -477,6 +509,14 @@ static void scalar(struct out *o, const char *name, const char *type, const char
     sample_u64(o, name, v);
 }
 
+static void gauge_dbl(struct out *o, const char *name, const char *help, double v)
+{
+    char buf[40];
+    fmt_value(v, buf, sizeof buf);
+    family(o, name, "gauge", help);
+    out_printf(o, "%s %s\n", name, buf);
+}
+
 static void render_histogram(struct out *o, const struct histogram *h)
 {
     family(o, h->name, "histogram", h->help);
@@ -582,6 +622,19 @@ static void render(struct metrics *m, const struct sched_stats *st, struct out *
         scalar(o, "llorch_preemptions_total", "counter",
                "Sequences preempted for lack of KV blocks.", st->preemptions);
         scalar(o, "llorch_steps_total", "counter", "Engine steps run.", st->steps);
+        gauge_dbl(o, "llorch_itl_target_seconds",
+                  "Step time the prompt chunks are sized to stay within (--itl-target-ms, or "
+                  "twice the current decode step; 0 before it is known).",
+                  st->cost.itl_target_s);
+        gauge_dbl(o, "llorch_step_cost_fixed_seconds",
+                  "Measured fixed cost of an engine step (weights read once).", st->cost.step_s);
+        gauge_dbl(o, "llorch_step_cost_prefill_step_seconds",
+                  "Measured extra fixed cost of a step that carries prompt chunks.",
+                  st->cost.prefill_step_s);
+        gauge_dbl(o, "llorch_step_cost_prefill_token_seconds",
+                  "Measured cost of one prompt token in a step.", st->cost.prefill_token_s);
+        gauge_dbl(o, "llorch_step_cost_decode_seq_seconds",
+                  "Measured cost of one decoded sequence in a step.", st->cost.decode_seq_s);
     }
     for (int h = 0; h < H_COUNT_; h++)
         render_histogram(o, &m->hist[h]);

@@ -76,6 +76,11 @@ void metrics_observe_itl(struct metrics *m, double seconds);
  * computed (decode tokens plus prefill chunks). */
 void metrics_observe_step(struct metrics *m, double seconds, uint32_t batch_size,
                           uint32_t n_tokens);
+/* One engine step's mix: the prompt tokens and decoded sequences it carried
+ * and the prompt-token budget the latency target gave it (counted only for
+ * steps with prompt tokens). */
+void metrics_observe_step_mix(struct metrics *m, uint32_t n_prefill, uint32_t n_decode,
+                              uint32_t budget);
 /* Model loading, 0..1; 1 = loaded (llorch_model_loaded). */
 void metrics_set_load_progress(struct metrics *m, double progress);
 /* Whole request, from the request's arrival to its terminal event. */
