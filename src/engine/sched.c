@@ -147,15 +147,17 @@ static struct sched_req *sched_req_of(struct llorch_queue *q)
 LLORCH_API const char *sched_error_name(enum sched_error e)
 {
     switch (e) {
-    case SCHED_ERR_CANCELLED: return "CANCELLED";
-    case SCHED_ERR_TIMEOUT: return "TIMEOUT";
-    case SCHED_ERR_INVALID_REQUEST: return "INVALID_REQUEST";
-    case SCHED_ERR_INFERENCE_FAILED: return "INFERENCE_FAILED";
-    case SCHED_ERR_KV_EXHAUSTED: return "KV_EXHAUSTED";
-    case SCHED_ERR_CLIENT_TOO_SLOW: return "CLIENT_TOO_SLOW";
-    case SCHED_ERR_SHUTTING_DOWN: return "SHUTTING_DOWN";
+    case SCHED_ERR_CANCELLED: return "cancelled";
+    case SCHED_ERR_TIMEOUT: return "timeout";
+    case SCHED_ERR_INVALID_REQUEST: return "invalid_request";
+    case SCHED_ERR_INFERENCE_FAILED: return "inference_failed";
+    case SCHED_ERR_KV_EXHAUSTED: return "kv_exhausted";
+    case SCHED_ERR_CLIENT_TOO_SLOW: return "client_too_slow";
+    case SCHED_ERR_SHUTTING_DOWN: return "shutting_down";
+    case SCHED_ERR_CONTEXT_EXCEEDED: return "context_exceeded";
+    case SCHED_ERR_PROMPT_TOO_LARGE: return "prompt_too_large";
     }
-    return "INFERENCE_FAILED";
+    return "inference_failed";
 }
 
 LLORCH_API const char *sched_stop_reason_name(enum sched_stop_reason r)
@@ -345,9 +347,14 @@ static uint32_t sched_blocks_for(uint64_t tokens)
 static bool sched_req_prepare(struct sched *s, struct sched_req *r)
 {
     const struct sched_params *p = &r->params;
-    if (r->too_big) {
-        sched_req_fail(s, r, SCHED_ERR_KV_EXHAUSTED,
+    if (r->too_big && r->has_text) {
+        sched_req_fail(s, r, SCHED_ERR_PROMPT_TOO_LARGE,
                        "the prompt exceeds the per-request limit of %zu bytes", s->prompt_cap);
+        return false;
+    }
+    if (r->too_big) {
+        sched_req_fail(s, r, SCHED_ERR_CONTEXT_EXCEEDED,
+                       "the prompt has more tokens than the context length of %u", s->n_ctx);
         return false;
     }
     if (r->has_text) {
@@ -355,7 +362,7 @@ static bool sched_req_prepare(struct sched *s, struct sched_req *r)
         int rc = tokenizer_encode(s->tok, r->prompt, r->prompt_len, r->add_bos, r->parse_special,
                                   r->tokens, s->n_ctx, &n, &bad);
         if (rc == LLORCH_ETOOBIG) {
-            sched_req_fail(s, r, SCHED_ERR_KV_EXHAUSTED,
+            sched_req_fail(s, r, SCHED_ERR_CONTEXT_EXCEEDED,
                            "the prompt is %zu tokens; the context length is %u", n, s->n_ctx);
             return false;
         }
@@ -378,14 +385,14 @@ static bool sched_req_prepare(struct sched *s, struct sched_req *r)
     }
     uint64_t need = (uint64_t)r->n_prompt + p->max_tokens;
     if (need > s->n_ctx) {
-        sched_req_fail(s, r, SCHED_ERR_KV_EXHAUSTED,
+        sched_req_fail(s, r, SCHED_ERR_CONTEXT_EXCEEDED,
                        "prompt (%u tokens) + max_tokens (%u) exceeds the context length of %u "
                        "tokens",
                        r->n_prompt, p->max_tokens, s->n_ctx);
         return false;
     }
     if (sched_blocks_for(need) > s->kv_blocks_total) {
-        sched_req_fail(s, r, SCHED_ERR_KV_EXHAUSTED,
+        sched_req_fail(s, r, SCHED_ERR_CONTEXT_EXCEEDED,
                        "prompt (%u tokens) + max_tokens (%u) needs %u KV blocks of %d tokens; the "
                        "KV cache holds %u blocks (%u tokens)",
                        r->n_prompt, p->max_tokens, sched_blocks_for(need), LLORCH_KV_BLOCK,

@@ -18,6 +18,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "api.h"
 #include "llorch/config.h"
 #include "llorch/error.h"
 #include "queue.h"
@@ -101,6 +102,48 @@ static void err_set(struct oai_err *e, int status, const char *type, const char 
     va_start(ap, fmt);
     vsnprintf(e->message, sizeof(e->message), fmt, ap);
     va_end(ap);
+}
+
+/* OpenAI's status, type and code of every api_error; `names_prompt`: the
+ * error is about the prompt (param "prompt" or "messages"). */
+static const struct oai_wire {
+    int status;
+    const char *type;
+    const char *code;             /* NULL = JSON null */
+    bool names_prompt;
+} oai_errors[API_ERR_COUNT_] = {
+    [API_ERR_CANCELLED] = {499, "server_error", "cancelled", false},
+    [API_ERR_TIMEOUT] = {504, "server_error", "timeout", false},
+    [API_ERR_INVALID_REQUEST] = {400, "invalid_request_error", NULL, true},
+    [API_ERR_INFERENCE_FAILED] = {500, "server_error", "inference_failed", false},
+    [API_ERR_KV_EXHAUSTED] = {503, "server_error", "kv_cache_exhausted", false},
+    [API_ERR_CLIENT_TOO_SLOW] = {503, "server_error", "client_too_slow", false},
+    [API_ERR_SHUTTING_DOWN] = {503, "server_error", "shutting_down", false},
+    [API_ERR_CONTEXT_EXCEEDED] = {400, "invalid_request_error", "context_length_exceeded", true},
+    [API_ERR_PROMPT_TOO_LARGE] = {400, "invalid_request_error", "context_length_exceeded", true},
+    [API_ERR_QUEUE_FULL] = {429, "server_error", "queue_full", false},
+    [API_ERR_JOB_EXISTS] = {500, "server_error", NULL, false}, /* our ids are random */
+    [API_ERR_LOADING] = {503, "server_error", "model_loading", false},
+    [API_ERR_INTERNAL] = {500, "server_error", NULL, false},
+};
+
+/* The error of code `c` with a message; param names the prompt's field when
+ * the table says the error is about the prompt. */
+static void err_code(struct oai_err *e, enum api_error c, const char *prompt_param,
+                     const char *message)
+{
+    const struct oai_wire *w = &oai_errors[(unsigned)c < API_ERR_COUNT_ ? c : API_ERR_INTERNAL];
+    err_set(e, w->status, w->type, w->code, w->names_prompt ? prompt_param : NULL, "%s",
+            message);
+}
+
+LLORCH_API int api_openai_error_wire(enum api_error e, const char **type, const char **code)
+{
+    struct oai_err err;
+    err_code(&err, e, "prompt", "");
+    *type = err.type;
+    *code = err.code;
+    return err.status;
 }
 
 #define BAD(e, param, ...) err_set(e, 400, "invalid_request_error", NULL, param, __VA_ARGS__)
@@ -872,8 +915,8 @@ static void job_cut_slow(struct oai_job *j)
 {
     struct oai_err e;
     job_cancel(j, SCHED_ERR_CLIENT_TOO_SLOW);
-    err_set(&e, 503, "server_error", "client_too_slow", NULL,
-            "the client reads slower than the stream is produced");
+    err_code(&e, API_ERR_CLIENT_TOO_SLOW, NULL,
+             "the client reads slower than the stream is produced");
     job_send_error_frame(j, &e);
     sse_stream_cut(&j->sse);
     j->req = NULL;
@@ -1136,35 +1179,9 @@ static void job_on_end(struct oai_job *j, const struct sched_event *ev)
 static void job_on_error(struct oai_job *j, const struct sched_event *ev)
 {
     struct oai_err e;
-    const char *m = ev->u.error.message[0] ? ev->u.error.message
-                                           : sched_error_name(ev->u.error.code);
-    const char *param = j->kind == OAI_CHAT ? "messages" : "prompt";
-    switch (ev->u.error.code) {
-    case SCHED_ERR_INVALID_REQUEST:
-        err_set(&e, 400, "invalid_request_error", NULL, param, "%s", m);
-        break;
-    case SCHED_ERR_KV_EXHAUSTED:
-        if (strstr(m, "context length") || strstr(m, "KV cache holds") || strstr(m, "limit"))
-            err_set(&e, 400, "invalid_request_error", "context_length_exceeded", param, "%s", m);
-        else
-            err_set(&e, 503, "server_error", "kv_cache_exhausted", NULL, "%s", m);
-        break;
-    case SCHED_ERR_SHUTTING_DOWN:
-        err_set(&e, 503, "server_error", "shutting_down", NULL, "%s", m);
-        break;
-    case SCHED_ERR_TIMEOUT:
-        err_set(&e, 504, "server_error", "timeout", NULL, "%s", m);
-        break;
-    case SCHED_ERR_CANCELLED:
-        err_set(&e, 499, "server_error", "cancelled", NULL, "%s", m);
-        break;
-    case SCHED_ERR_CLIENT_TOO_SLOW:
-        err_set(&e, 503, "server_error", "client_too_slow", NULL, "%s", m);
-        break;
-    default:
-        err_set(&e, 500, "server_error", "inference_failed", NULL, "%s", m);
-        break;
-    }
+    enum api_error c = api_error_from_sched(ev->u.error.code);
+    const char *m = ev->u.error.message[0] ? ev->u.error.message : sched_error_name(ev->u.error.code);
+    err_code(&e, c, j->kind == OAI_CHAT ? "messages" : "prompt", m);
     if (!j->head_sent) {
         if (j->req)
             respond_err(j->api, j->req, &e);
@@ -1216,12 +1233,12 @@ static bool admit_request(struct api_openai *a, struct http_request *r, bool gen
     if (!generation)
         return true;
     if (api_worker_draining(a->worker)) {
-        err_set(&e, 503, "server_error", "shutting_down", NULL, "the server is shutting down");
+        err_code(&e, API_ERR_SHUTTING_DOWN, NULL, "the server is shutting down");
         respond_err(a, r, &e);
         return false;
     }
     if (!api_worker_is_ready(a->worker) || !api_worker_sched(a->worker) || !a->tok) {
-        err_set(&e, 503, "server_error", "model_loading", NULL, "the model is loading");
+        err_code(&e, API_ERR_LOADING, NULL, "the model is loading");
         respond_err(a, r, &e);
         return false;
     }
@@ -1238,23 +1255,23 @@ static void new_id(char *out, size_t cap, const char *prefix)
 static void submit_failed(struct api_openai *a, struct http_request *r, int rc)
 {
     struct oai_err e;
-    switch (rc) {
-    case LLORCH_EFULL:
-        err_set(&e, 429, "server_error", "queue_full",
-                NULL, "the request queue is full; retry later");
+    enum api_error c = api_error_from_submit(rc);
+    char msg[200];
+    switch (c) {
+    case API_ERR_QUEUE_FULL:
+        snprintf(msg, sizeof(msg), "the request queue is full; retry later");
         break;
-    case LLORCH_ESHUTDOWN:
-        err_set(&e, 503, "server_error", "shutting_down", NULL, "the server is shutting down");
+    case API_ERR_SHUTTING_DOWN:
+        snprintf(msg, sizeof(msg), "the server is shutting down");
         break;
-    case LLORCH_EINVAL:
-    case LLORCH_EUTF8:
-    case LLORCH_ETOOBIG:
-        BAD(&e, NULL, "request rejected: %s", llorch_strerror(rc));
+    case API_ERR_INVALID_REQUEST:
+        snprintf(msg, sizeof(msg), "request rejected: %s", llorch_strerror(rc));
         break;
     default:
-        err_set(&e, 500, "server_error", NULL, NULL, "submit failed: %s", llorch_strerror(rc));
+        snprintf(msg, sizeof(msg), "submit failed: %s", llorch_strerror(rc));
         break;
     }
+    err_code(&e, c, NULL, msg);
     respond_err(a, r, &e);
 }
 

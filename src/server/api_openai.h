@@ -40,6 +40,10 @@ int api_openai_new(struct api_openai **out, struct http_server *srv,
  * loaded after api_openai_new. Generation requests answer 503 until set. */
 int api_openai_set_model(struct api_openai *a, const struct tokenizer *tok,
                          const char *chat_template, size_t chat_template_len, uint32_t n_ctx);
+/* OpenAI's error type, code (NULL = JSON null) and HTTP status of an
+ * api_error (its one table; exposed for unit tests). */
+int api_openai_error_wire(enum api_error e, const char **type, const char **code);
+
 /* Frees jobs still waiting for a terminal event (call after sched_free())
  * and the api. Call before api_worker_close(). NULL is safe. */
 void api_openai_free(struct api_openai *a);

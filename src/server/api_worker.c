@@ -13,6 +13,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "api.h"
 #include "llorch/error.h"
 #include "queue.h"
 #include "sse.h"
@@ -70,6 +71,48 @@ struct worker_job {
     size_t job_id_len;
     char job_id[SCHED_JOB_ID_MAX];
 };
+
+/* The worker contract's wire name and HTTP status of every api_error. A
+ * generation's stream head is sent at submission, so the errors of a job
+ * that was accepted arrive as `error` frames (their status is not sent). */
+static const struct worker_error {
+    int status;
+    const char *code;
+    const char *extra_headers;
+} worker_errors[API_ERR_COUNT_] = {
+    [API_ERR_CANCELLED] = {499, "CANCELLED", NULL},
+    [API_ERR_TIMEOUT] = {504, "TIMEOUT", NULL},
+    [API_ERR_INVALID_REQUEST] = {400, "INVALID_REQUEST", NULL},
+    [API_ERR_INFERENCE_FAILED] = {500, "INFERENCE_FAILED", NULL},
+    [API_ERR_KV_EXHAUSTED] = {503, "KV_EXHAUSTED", NULL},
+    [API_ERR_CLIENT_TOO_SLOW] = {503, "CLIENT_TOO_SLOW", NULL},
+    [API_ERR_SHUTTING_DOWN] = {503, "SHUTTING_DOWN", NULL},
+    /* the contract has one name for "does not fit" */
+    [API_ERR_CONTEXT_EXCEEDED] = {400, "KV_EXHAUSTED", NULL},
+    [API_ERR_PROMPT_TOO_LARGE] = {400, "KV_EXHAUSTED", NULL},
+    [API_ERR_QUEUE_FULL] = {503, "QUEUE_FULL", "Retry-After: 1\r\n"},
+    [API_ERR_JOB_EXISTS] = {409, "JOB_EXISTS", NULL},
+    [API_ERR_LOADING] = {503, "LOADING", "Retry-After: 1\r\n"},
+    [API_ERR_INTERNAL] = {500, "INTERNAL", NULL},
+};
+
+static const struct worker_error *worker_error_of(enum api_error e)
+{
+    return &worker_errors[(unsigned)e < API_ERR_COUNT_ ? e : API_ERR_INTERNAL];
+}
+
+LLORCH_API int api_worker_error_wire(enum api_error e, const char **code)
+{
+    const struct worker_error *w = worker_error_of(e);
+    *code = w->code;
+    return w->status;
+}
+
+static void respond_error(struct http_request *r, enum api_error e, const char *message)
+{
+    const struct worker_error *w = worker_error_of(e);
+    http_respond_error(r, w->status, w->code, message, w->extra_headers);
+}
 
 /* ---- small helpers ---- */
 
@@ -649,7 +692,7 @@ static void job_log_end(struct worker_job *j, const struct sched_event *ev)
     } else {
         struct log_field f[] = {
             LOG_F_STR("job_id", id),
-            LOG_F_STR("code", sched_error_name(ev->u.error.code)),
+            LOG_F_STR("code", worker_error_of(api_error_from_sched(ev->u.error.code))->code),
             LOG_F_STR("error", ev->u.error.message),
             LOG_F_UINT("token_frames", j->n_frames),
         };
@@ -696,9 +739,9 @@ static void job_on_event(struct api_sink *sink, const struct sched_event *ev)
     }
     case SCHED_EV_ERROR:
         if (j->sse.req) {
+            const char *code = worker_error_of(api_error_from_sched(ev->u.error.code))->code;
             const char *m = ev->u.error.message;
-            job_send_error(j, sched_error_name(ev->u.error.code),
-                           m[0] ? m : sched_error_name(ev->u.error.code));
+            job_send_error(j, code, m[0] ? m : code);
         }
         job_log_end(j, ev);
         job_finish_stream(j, false);
@@ -737,11 +780,11 @@ LLORCH_API void api_worker_notify(void *ctx)
 static bool refuse_unless_ready(struct api_worker *a, struct http_request *r)
 {
     if (a->state == API_LOADING) {
-        http_respond_error(r, 503, "LOADING", "the model is loading", "Retry-After: 1\r\n");
+        respond_error(r, API_ERR_LOADING, "the model is loading");
         return true;
     }
     if (a->state == API_DRAINING || !a->sched) {
-        http_respond_error(r, 503, "SHUTTING_DOWN", "the worker is shutting down", NULL);
+        respond_error(r, API_ERR_SHUTTING_DOWN, "the worker is shutting down");
         return true;
     }
     return false;
@@ -853,29 +896,26 @@ static void handle_generate(struct api_worker *a, struct http_request *r, enum s
     if (rc != 0) {
         char msg[400];
         free(j);
-        switch (rc) {
-        case LLORCH_EFULL:
-            http_respond_error(r, 503, "QUEUE_FULL", "the request queue is full",
-                               "Retry-After: 1\r\n");
+        enum api_error e = api_error_from_submit(rc);
+        switch (e) {
+        case API_ERR_QUEUE_FULL:
+            snprintf(msg, sizeof(msg), "the request queue is full");
             break;
-        case LLORCH_EEXISTS:
-            snprintf(msg, sizeof(msg), "job_id `%.*s` is already running", (int)LLORCH_MIN(p.job_id_len, 256), p.job_id);
-            http_respond_error(r, 409, "JOB_EXISTS", msg, NULL);
+        case API_ERR_JOB_EXISTS:
+            snprintf(msg, sizeof(msg), "job_id `%.*s` is already running",
+                     (int)LLORCH_MIN(p.job_id_len, 256), p.job_id);
             break;
-        case LLORCH_ESHUTDOWN:
-            http_respond_error(r, 503, "SHUTTING_DOWN", "the worker is shutting down", NULL);
+        case API_ERR_SHUTTING_DOWN:
+            snprintf(msg, sizeof(msg), "the worker is shutting down");
             break;
-        case LLORCH_EINVAL:
-        case LLORCH_EUTF8:
-        case LLORCH_ETOOBIG:
+        case API_ERR_INVALID_REQUEST:
             snprintf(msg, sizeof(msg), "request rejected: %s", llorch_strerror(rc));
-            http_respond_error(r, 400, "INVALID_REQUEST", msg, NULL);
             break;
         default:
             snprintf(msg, sizeof(msg), "submit failed: %s", llorch_strerror(rc));
-            http_respond_error(r, 500, "INTERNAL", msg, NULL);
             break;
         }
+        respond_error(r, e, msg);
         json_decref(root);
         return;
     }

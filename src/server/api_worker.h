@@ -15,6 +15,7 @@
 #include <jansson.h>
 #include <uv.h>
 
+#include "api.h"
 #include "config.h"
 #include "http.h"
 #include "log.h"
@@ -105,6 +106,10 @@ void api_worker_number_text(const json_t *v, char *out, size_t cap);
 bool api_worker_authorized(const struct api_worker *a, const struct http_request *r);
 /* 401 with WWW-Authenticate and a JSON error body. */
 void api_worker_respond_unauthorized(struct http_request *r);
+
+/* The worker contract's wire code ("KV_EXHAUSTED", ...) and HTTP status of
+ * an api_error (its one table; exposed for unit tests). */
+int api_worker_error_wire(enum api_error e, const char **code);
 
 /* Validation of a generation request body (exposed for unit tests): on
  * success fills p and returns 200; otherwise returns the status (400, 415,

@@ -298,6 +298,9 @@ void metrics_job_end(struct metrics *m, enum sched_stop_reason r)
 
 void metrics_job_error(struct metrics *m, enum sched_error e)
 {
+    /* counted under the worker contract's one name for "does not fit" */
+    if (e == SCHED_ERR_CONTEXT_EXCEEDED || e == SCHED_ERR_PROMPT_TOO_LARGE)
+        e = SCHED_ERR_KV_EXHAUSTED;
     if (m && (unsigned)e < ERR_N)
         atomic_fetch_add_explicit(&m->job_errors[e], 1, memory_order_relaxed);
 }
