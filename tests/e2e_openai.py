@@ -170,6 +170,43 @@ def test_sdk_greedy_completion_equals_execute_and_counts_tokens():
     assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"], u
 
 
+def job_log_lines(job_id):
+    out = []
+    for line in list(D.log_lines):
+        try:
+            o = json.loads(line)
+        except ValueError:
+            continue
+        if o.get("job_id") == job_id:
+            out.append(o)
+    return out
+
+
+def test_every_openai_job_is_logged_like_a_worker_job():
+    doc = completion(D.port, prompt=PROMPT, max_tokens=3, temperature=0)
+    lines = []
+
+    def logged():
+        lines[:] = job_log_lines(doc["id"])
+        return any(o["msg"] == "job done" for o in lines)
+    assert wait_for(logged, 5), lines
+    done = [o for o in lines if o["msg"] == "job done"][0]
+    assert done["api"] == "openai" and done["tokens_out"] == 3, done
+    assert done["stop_reason"] == "max_tokens" and done["client_gone"] is False, done
+    for k in ("tokens_in", "ttft_ms", "decode_time_ms"):
+        assert isinstance(done[k], int), done
+    # an error is logged with the OpenAI wire code
+    st, h, doc, raw = post_json(D.port, "/v1/completions",
+                                {"prompt": " ".join(["hello"] * 300), "max_tokens": 4})
+    assert st == 400, doc
+
+    def error_logged():
+        return any(o.get("api") == "openai" and o["msg"] == "job ended with an error" and
+                   o.get("code") == "context_length_exceeded"
+                   for o in (json.loads(x) for x in list(D.log_lines) if x.startswith("{")))
+    assert wait_for(error_logged, 5), D.log_lines[-5:]
+
+
 def test_max_tokens_defaults_to_16():
     doc = completion(D.port, prompt=PROMPT, temperature=0)
     assert doc["usage"]["completion_tokens"] == 16, doc
@@ -634,6 +671,7 @@ def main():
             test_sdk_lists_and_retrieves_the_one_model,
             test_models_list_has_the_list_shape,
             test_sdk_greedy_completion_equals_execute_and_counts_tokens,
+            test_every_openai_job_is_logged_like_a_worker_job,
             test_max_tokens_defaults_to_16,
             test_sdk_streamed_completion_equals_the_whole_one_with_usage_last,
             test_stream_without_include_usage_has_no_usage_chunk,

@@ -48,7 +48,8 @@ struct daemon {
     struct tpool *pool;
     struct forward *fw;
     struct http_server *srv;
-    struct api_worker *api;
+    struct api *api;              /* the API core: jobs, readiness, the drain */
+    struct api_worker *worker;
     struct api_openai *oai;
     struct sched *sched;
     bool shutting_down;
@@ -56,6 +57,7 @@ struct daemon {
     /* operations */
     struct metrics *metrics;
     struct mgr *mgr;
+    struct mgr_state mgr_state;   /* /health's copy, refreshed when asked */
     struct llorch_sd *sd;
     int listen_fd;            /* from systemd socket activation, or -1 */
     uint64_t wd_steps;        /* engine steps at the last watchdog check */
@@ -86,12 +88,14 @@ static void daemon_close_all(struct daemon *d)
     http_server_close(d->srv);
     d->srv = NULL;
     /* Joins the step driver; ends anything left with SHUTTING_DOWN (its
-     * events are never taken: api_worker_close frees their owners). */
+     * events are never taken: api_close frees their owners). */
     sched_free(d->sched);
     d->sched = NULL;
     api_openai_free(d->oai);
     d->oai = NULL;
-    api_worker_close(d->api);
+    api_worker_free(d->worker);
+    d->worker = NULL;
+    api_close(d->api);
     d->api = NULL;
     mgr_close(d->mgr, NULL, NULL);
     d->mgr = NULL;
@@ -120,12 +124,12 @@ static void daemon_begin_shutdown(void *ctx)
         return;
     d->shutting_down = true;
     struct log_field f[] = {LOG_F_UINT("drain_timeout_ms", d->cfg->drain_timeout_ms),
-                            LOG_F_UINT("live_jobs", api_worker_live_jobs(d->api))};
+                            LOG_F_UINT("live_jobs", api_live_jobs(d->api))};
     log_write(d->log, CONFIG_LOG_INFO, d->loading ? "shutting down: loading stopped" :
               "shutting down: draining", f, LLORCH_ARRAY_SIZE(f));
     atomic_store(&d->load_cancel, true); /* the load thread stops at its next report */
     llorch_sd_stopping(d->sd, "draining");
-    api_worker_drain(d->api, d->cfg->drain_timeout_ms, daemon_on_drained, d);
+    api_drain(d->api, d->cfg->drain_timeout_ms, daemon_on_drained, d);
 }
 
 static void daemon_on_signal(uv_signal_t *h, int signum)
@@ -175,8 +179,8 @@ static void daemon_h_metrics(void *ctx, struct http_request *r, const char *tail
     LLORCH_UNUSED(tail);
     LLORCH_UNUSED(tail_len);
     struct daemon *d = ctx;
-    if (!api_worker_authorized(d->api, r)) { /* same key as the API when one is set */
-        api_worker_respond_unauthorized(r);
+    if (!api_authorized(d->api, r)) { /* same key as the API when one is set */
+        api_respond_unauthorized(r);
         return;
     }
     struct sched_stats st;
@@ -223,6 +227,16 @@ static const char *daemon_health_status(void *ctx)
     return d->shutting_down ? "degraded" : "healthy";
 }
 
+/* /health's pool_manager object (loop thread, as the client's state). */
+static void daemon_pm_state(void *ctx, struct api_worker_pm_state *out)
+{
+    struct daemon *d = ctx;
+    mgr_state_get(d->mgr, &d->mgr_state);
+    out->status = mgr_status_name(d->mgr_state.status);
+    out->attempts = d->mgr_state.attempts;
+    out->last_error = d->mgr_state.last_error;
+}
+
 /* The pool-manager client, once the port is known (after listening). */
 static int daemon_start_mgr(struct daemon *d, uint64_t memory_bytes)
 {
@@ -250,7 +264,7 @@ static int daemon_start_mgr(struct daemon *d, uint64_t memory_bytes)
     int r = mgr_new(&d->mgr, &d->loop, &mo);
     if (r)
         return fail(d, "pool-manager client failed", llorch_strerror(r));
-    api_worker_set_mgr(d->api, d->mgr);
+    api_worker_set_pool_manager(d->worker, daemon_pm_state, d);
     mgr_start(d->mgr);
     return 0;
 }
@@ -318,7 +332,7 @@ static void daemon_show_progress(struct daemon *d)
     double shown = LLORCH_MIN(p, 0.999);
     metrics_set_load_progress(d->metrics, shown);
     if (d->api && !d->shutting_down)
-        api_worker_set_loading(d->api, shown);
+        api_set_loading(d->api, shown);
     int pct = (int)(p * 100.0);
     if (pct > d->load_pct) {
         d->load_pct = pct;
@@ -351,7 +365,7 @@ static int daemon_loaded(struct daemon *d)
     d->info.n_ctx = forward_n_ctx(d->fw);
     d->info.dtype = forward_dtype_name(forward_dtype(d->fw));
     d->info.kv_type = forward_kv_type_name(forward_kv_type(d->fw));
-    api_worker_set_info(d->api, &d->info);
+    api_worker_set_info(d->worker, &d->info);
     struct gguf_str tmpl = {0};
     bool has_tmpl = gguf_get_str(d->model->file, "tokenizer.chat_template", &tmpl) == 0;
     int r = api_openai_set_model(d->oai, d->tok, has_tmpl ? tmpl.ptr : NULL,
@@ -374,7 +388,7 @@ static int daemon_loaded(struct daemon *d)
         .max_queue = cfg->max_queue,
         .step_tokens = cfg->step_tokens,
         .batch_window_ms = cfg->batch_window_ms,
-        .notify = api_worker_notify,
+        .notify = api_notify,
         .notify_ctx = d->api,
         .on_step = daemon_on_step,
         .on_step_ctx = d->metrics,
@@ -382,7 +396,7 @@ static int daemon_loaded(struct daemon *d)
     r = sched_new(&d->sched, d->fw, d->tok, &so);
     if (r)
         return fail(d, "scheduler failed", llorch_strerror(r));
-    api_worker_set_ready(d->api, d->sched);
+    api_set_ready(d->api, d->sched);
     metrics_set_load_progress(d->metrics, 1.0);
 
     /* systemd: READY=1, then watchdog pings from the loop */
@@ -508,15 +522,22 @@ static int daemon_start(struct daemon *d)
         .threads = (uint32_t)tpool_size(d->pool),
         .add_bos = tokenizer_adds_bos(d->tok),
     };
-    struct api_worker_opts ao = {
-        .cfg = cfg,
-        .info = d->info,
-        .shutdown_cb = daemon_begin_shutdown,
-        .shutdown_ctx = d,
+    struct api_opts co = {
+        .api_key = cfg->api_key,
+        .sse_outbox_bytes = cfg->sse_outbox_bytes,
+        .ping_interval_ms = cfg->ping_interval_ms,
         .metrics = d->metrics,
         .log = d->log,
     };
-    r = api_worker_new(&d->api, &d->loop, d->srv, &ao);
+    r = api_new(&d->api, &d->loop, d->srv, &co);
+    if (r)
+        return fail(d, "api failed", llorch_strerror(r));
+    struct api_worker_opts ao = {
+        .info = d->info,
+        .shutdown_cb = daemon_begin_shutdown,
+        .shutdown_ctx = d,
+    };
+    r = api_worker_new(&d->worker, d->api, d->srv, &ao);
     if (r)
         return fail(d, "worker api failed", llorch_strerror(r));
     http_server_observe(d->srv, daemon_on_response, d);
@@ -528,7 +549,7 @@ static int daemon_start(struct daemon *d)
     bool has_tmpl = gguf_get_str(d->model->file, "tokenizer.chat_template", &tmpl) == 0;
     struct api_openai_opts oo = {
         .cfg = cfg,
-        .worker = d->api,
+        .core = d->api,
         .model_id = d->info.model,
         .model_name = d->model->name,
         .tok = d->tok,
@@ -604,7 +625,8 @@ static void daemon_stop(struct daemon *d)
         http_server_close(d->srv);
     sched_free(d->sched);
     api_openai_free(d->oai);
-    api_worker_close(d->api);
+    api_worker_free(d->worker);
+    api_close(d->api);
     mgr_close(d->mgr, NULL, NULL);
     llorch_sd_close(d->sd, NULL, NULL);
     if (d->signals_open) {

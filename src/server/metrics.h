@@ -82,7 +82,7 @@ void metrics_set_load_progress(struct metrics *m, double progress);
 void metrics_observe_request(struct metrics *m, double seconds);
 
 /* Per-job state for metrics_observe_event(), zero-initialised, owned by
- * whoever owns the job (e.g. embedded in its api_sink). */
+ * whoever owns the job (e.g. embedded in its api_job). */
 struct metrics_job {
     uint64_t submit_ns;     /* monotonic; 0 until STARTED */
     uint64_t last_token_ns; /* monotonic; 0 before the first token */
