@@ -96,8 +96,8 @@ static void config_defaults_apply_when_nothing_is_given(void **state)
     assert_int_equal(c.callback_backoff_ms, 500);
     assert_int_equal(c.dtype, LLORCH_DTYPE_AUTO);
     assert_int_equal(c.kv_type, LLORCH_KV_AUTO);
-    assert_int_equal(c.log_format, CONFIG_LOG_JSON);
-    assert_int_equal(c.log_level, CONFIG_LOG_INFO);
+    assert_int_equal(c.log_format, LOG_FORMAT_JSON);
+    assert_int_equal(c.log_level, LOG_LEVEL_INFO);
     assert_false(c.cpu_pinning);
     assert_string_equal(c.model, "");
     assert_string_equal(c.api_key, "");
@@ -148,7 +148,7 @@ static void config_env_sets_every_kind_of_field(void **state)
     assert_int_equal(c.max_batch, 5);
     assert_string_equal(c.worker_id, "w9");
     assert_true(c.cpu_pinning);
-    assert_int_equal(c.log_format, CONFIG_LOG_TEXT);
+    assert_int_equal(c.log_format, LOG_FORMAT_TEXT);
     assert_int_equal(c.max_body_bytes, 4096);
 }
 
@@ -173,7 +173,7 @@ static void config_file_sets_fields_skipping_comments_and_blanks(void **state)
     assert_string_equal(c.worker_id, "w x");
     assert_string_equal(c.callback_url, "http://pm:9200/ready#frag");
     assert_true(c.cpu_pinning);
-    assert_int_equal(c.log_level, CONFIG_LOG_DEBUG);
+    assert_int_equal(c.log_level, LOG_LEVEL_DEBUG);
     assert_int_equal(c.kv_cache_mb, 64);
     assert_string_equal(c.config_file, path);
 }

@@ -50,8 +50,8 @@ static const char *const log_level_names[] = {"debug", "info", "warn", "error", 
 /* Enum fields are stored through an int. */
 _Static_assert(sizeof(enum llorch_dtype) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum llorch_kv_type) == sizeof(int), "enum size");
-_Static_assert(sizeof(enum config_log_format) == sizeof(int), "enum size");
-_Static_assert(sizeof(enum config_log_level) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum log_format) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum log_level) == sizeof(int), "enum size");
 
 #define F(field) offsetof(struct config, field), sizeof(((struct config *)0)->field)
 #define KiB 1024ull
@@ -314,8 +314,8 @@ void config_defaults(struct config *c)
     c->callback_max_retries = 8;
     c->callback_backoff_ms = 500;
     c->callback_backoff_max_ms = 30000;
-    c->log_format = CONFIG_LOG_JSON;
-    c->log_level = CONFIG_LOG_INFO;
+    c->log_format = LOG_FORMAT_JSON;
+    c->log_level = LOG_LEVEL_INFO;
 }
 
 /* ---- --help ---------------------------------------------------------- */

@@ -10,9 +10,7 @@
 #include <stdint.h>
 
 #include "llorch/llorch.h"
-
-enum config_log_format { CONFIG_LOG_JSON, CONFIG_LOG_TEXT };
-enum config_log_level { CONFIG_LOG_DEBUG, CONFIG_LOG_INFO, CONFIG_LOG_WARN, CONFIG_LOG_ERROR };
+#include "log.h"
 
 /* Smallest non-zero --sse-sndbuf-bytes (below it the kernel rounds up anyway). */
 #define CONFIG_SNDBUF_MIN 4096u
@@ -56,8 +54,8 @@ struct config {
     uint32_t callback_max_retries;   /* --callback-max-retries, default 8 */
     uint32_t callback_backoff_ms;    /* --callback-backoff-ms, first delay, default 500 */
     uint32_t callback_backoff_max_ms; /* --callback-backoff-max-ms, delay cap, default 30000 */
-    enum config_log_format log_format; /* --log-format json|text */
-    enum config_log_level log_level;   /* --log-level debug|info|warn|error */
+    enum log_format log_format; /* --log-format json|text */
+    enum log_level log_level;   /* --log-level debug|info|warn|error */
     char config_file[4096];       /* --config FILE */
 };
 

@@ -112,7 +112,7 @@ static void daemon_close_all(struct daemon *d)
 static void daemon_on_drained(void *ctx)
 {
     struct daemon *d = ctx;
-    log_write(d->log, CONFIG_LOG_INFO, "drained, exiting", NULL, 0);
+    log_write(d->log, LOG_LEVEL_INFO, "drained, exiting", NULL, 0);
     daemon_close_all(d);
 }
 
@@ -125,7 +125,7 @@ static void daemon_begin_shutdown(void *ctx)
     d->shutting_down = true;
     struct log_field f[] = {LOG_F_UINT("drain_timeout_ms", d->cfg->drain_timeout_ms),
                             LOG_F_UINT("live_jobs", api_live_jobs(d->api))};
-    log_write(d->log, CONFIG_LOG_INFO, d->loading ? "shutting down: loading stopped" :
+    log_write(d->log, LOG_LEVEL_INFO, d->loading ? "shutting down: loading stopped" :
               "shutting down: draining", f, LLORCH_ARRAY_SIZE(f));
     atomic_store(&d->load_cancel, true); /* the load thread stops at its next report */
     llorch_sd_stopping(d->sd, "draining");
@@ -143,14 +143,14 @@ static void daemon_on_signal(uv_signal_t *h, int signum)
         _exit(1);
     }
     struct log_field f[] = {LOG_F_STR("signal", signum == SIGTERM ? "SIGTERM" : "SIGINT")};
-    log_write(d->log, CONFIG_LOG_INFO, "signal received", f, 1);
+    log_write(d->log, LOG_LEVEL_INFO, "signal received", f, 1);
     daemon_begin_shutdown(d);
 }
 
 static int fail(struct daemon *d, const char *what, const char *detail)
 {
     struct log_field f[] = {LOG_F_STR("error", detail)};
-    log_write(d->log, CONFIG_LOG_ERROR, what, f, 1);
+    log_write(d->log, LOG_LEVEL_ERROR, what, f, 1);
     return 1;
 }
 
@@ -159,10 +159,9 @@ static int fail(struct daemon *d, const char *what, const char *detail)
 static void daemon_on_response(void *ctx, const struct http_request *r, int status)
 {
     struct daemon *d = ctx;
-    enum metrics_endpoint e =
-        r ? metrics_endpoint_from_path(r->path, r->path_len) : METRICS_EP_OTHER;
+    enum metrics_endpoint e = metrics_endpoint_from_tag(r ? r->route_tag : -1);
     metrics_request_done(d->metrics, e, (unsigned)status);
-    if (!log_enabled(d->log, CONFIG_LOG_DEBUG))
+    if (!log_enabled(d->log, LOG_LEVEL_DEBUG))
         return;
     char path[256];
     size_t n = r ? LLORCH_MIN(r->path_len, sizeof(path) - 1) : 0;
@@ -171,7 +170,7 @@ static void daemon_on_response(void *ctx, const struct http_request *r, int stat
     path[n] = 0;
     struct log_field f[] = {LOG_F_STR("method", r ? r->method_name : ""), LOG_F_STR("path", path),
                             LOG_F_INT("status", status)};
-    log_write(d->log, CONFIG_LOG_DEBUG, "http response", f, LLORCH_ARRAY_SIZE(f));
+    log_write(d->log, LOG_LEVEL_DEBUG, "http response", f, LLORCH_ARRAY_SIZE(f));
 }
 
 static void daemon_h_metrics(void *ctx, struct http_request *r, const char *tail, size_t tail_len)
@@ -237,6 +236,19 @@ static void daemon_pm_state(void *ctx, struct api_worker_pm_state *out)
     out->last_error = d->mgr_state.last_error;
 }
 
+/* The pool-manager client's counted events, into metrics. */
+static void daemon_count_mgr(void *ctx, enum mgr_count what)
+{
+    static const enum metrics_counter c[] = {
+        [MGR_COUNT_CALLBACK_ATTEMPT] = METRICS_C_CALLBACK_ATTEMPTS,
+        [MGR_COUNT_CALLBACK_FAILURE] = METRICS_C_CALLBACK_FAILURES,
+        [MGR_COUNT_HEARTBEAT] = METRICS_C_HEARTBEATS,
+        [MGR_COUNT_HEARTBEAT_FAILURE] = METRICS_C_HEARTBEAT_FAILURES,
+    };
+    if ((unsigned)what < LLORCH_ARRAY_SIZE(c))
+        metrics_counter_add(ctx, c[what], 1);
+}
+
 /* The pool-manager client, once the port is known (after listening). */
 static int daemon_start_mgr(struct daemon *d, uint64_t memory_bytes)
 {
@@ -259,7 +271,8 @@ static int daemon_start_mgr(struct daemon *d, uint64_t memory_bytes)
         .health_status = daemon_health_status,
         .health_ctx = d,
         .log = d->log,
-        .metrics = d->metrics,
+        .count = daemon_count_mgr,
+        .count_ctx = d->metrics,
     };
     int r = mgr_new(&d->mgr, &d->loop, &mo);
     if (r)
@@ -345,7 +358,7 @@ static void daemon_show_progress(struct daemon *d)
         d->load_decile = decile;
         struct log_field f[] = {LOG_F_DBL("progress", (double)(int)(p * 1000.0) / 1000.0),
                                 LOG_F_UINT("elapsed_ms", (uv_hrtime() - d->load_t0) / 1000000)};
-        log_write(d->log, CONFIG_LOG_INFO, "loading model: progress", f, LLORCH_ARRAY_SIZE(f));
+        log_write(d->log, LOG_LEVEL_INFO, "loading model: progress", f, LLORCH_ARRAY_SIZE(f));
     }
 }
 
@@ -380,7 +393,7 @@ static int daemon_loaded(struct daemon *d)
         LOG_F_STR("kv_type", d->info.kv_type),
         LOG_F_UINT("n_ctx", d->info.n_ctx),
     };
-    log_write(d->log, CONFIG_LOG_INFO, "model loaded", mf, LLORCH_ARRAY_SIZE(mf));
+    log_write(d->log, LOG_LEVEL_INFO, "model loaded", mf, LLORCH_ARRAY_SIZE(mf));
 
     /* the scheduler: its events come back through the api's uv_async_t */
     struct sched_opts so = {
@@ -456,7 +469,7 @@ static void daemon_raise_nofile(struct daemon *d)
             LOG_F_UINT("open_files_limit", (uint64_t)rl.rlim_cur),
             LOG_F_UINT("max_connections", d->cfg->max_connections),
         };
-        log_write(d->log, CONFIG_LOG_WARN,
+        log_write(d->log, LOG_LEVEL_WARN,
                   "the open-file limit is below --max-connections: connections past it are "
                   "refused by accept()",
                   f, LLORCH_ARRAY_SIZE(f));
@@ -486,7 +499,7 @@ static int daemon_start(struct daemon *d)
     if (cfg->model[0] == 0)
         return fail(d, "no model", "--model PATH is required");
     struct log_field lf[] = {LOG_F_STR("model", cfg->model)};
-    log_write(d->log, CONFIG_LOG_INFO, "loading model", lf, 1);
+    log_write(d->log, LOG_LEVEL_INFO, "loading model", lf, 1);
     llorch_sd_status(d->sd, "loading model %s", cfg->model);
     d->load_t0 = uv_hrtime();
     r = model_load(&d->model, cfg->model, err, sizeof(err));
@@ -541,14 +554,15 @@ static int daemon_start(struct daemon *d)
     if (r)
         return fail(d, "worker api failed", llorch_strerror(r));
     http_server_observe(d->srv, daemon_on_response, d);
-    r = http_server_route(d->srv, LLORCH_HTTP_GET | LLORCH_HTTP_HEAD, "/metrics", false,
-                          daemon_h_metrics, d);
+    r = http_server_route_tagged(d->srv, LLORCH_HTTP_GET | LLORCH_HTTP_HEAD, "/metrics", false,
+                                 daemon_h_metrics, d, METRICS_EP_METRICS);
     if (r)
         return fail(d, "metrics route failed", llorch_strerror(r));
     struct gguf_str tmpl = {0};
     bool has_tmpl = gguf_get_str(d->model->file, "tokenizer.chat_template", &tmpl) == 0;
     struct api_openai_opts oo = {
-        .cfg = cfg,
+        .model_ref = cfg->model_ref,
+        .chat_template_name = cfg->chat_template,
         .core = d->api,
         .model_id = d->info.model,
         .model_name = d->model->name,
@@ -566,7 +580,7 @@ static int daemon_start(struct daemon *d)
     }
     if (api_openai_chat_template(d->oai) == CHAT_TEMPLATE_UNKNOWN) {
         struct log_field tf[] = {LOG_F_STR("supported", chat_template_names())};
-        log_write(d->log, CONFIG_LOG_WARN,
+        log_write(d->log, LOG_LEVEL_WARN,
                   "the model's chat template is not recognised: /v1/chat/completions answers 400 "
                   "unless --chat-template NAME is given",
                   tf, 1);
@@ -597,7 +611,7 @@ static int daemon_start(struct daemon *d)
         LOG_F_UINT("threads", d->info.threads),
         LOG_F_UINT("max_batch", cfg->max_batch),
     };
-    log_write(d->log, CONFIG_LOG_INFO,
+    log_write(d->log, LOG_LEVEL_INFO,
               d->listen_fd >= 0 ? "listening on the socket passed by systemd" : "listening", f,
               LLORCH_ARRAY_SIZE(f));
 
@@ -607,7 +621,7 @@ static int daemon_start(struct daemon *d)
         return fail(d, "loading failed", uv_strerror(r));
     d->load_async.data = d;
     d->load_async_open = true;
-    d->load_bar = isatty(2) && cfg->log_format == CONFIG_LOG_TEXT;
+    d->load_bar = isatty(2) && cfg->log_format == LOG_FORMAT_TEXT;
     d->load_pct = -1;
     d->load_work.data = d;
     r = uv_queue_work(&d->loop, &d->load_work, daemon_load_work, daemon_load_done);
@@ -652,7 +666,7 @@ int main(int argc, char **argv, char **envp)
     char err[1024] = "";
     int r = config_parse(&cfg, argc, argv, envp, &exit_now, err, sizeof(err));
     if (r) {
-        log_printf(NULL, CONFIG_LOG_ERROR, "%s", err[0] ? err : llorch_strerror(r));
+        log_printf(NULL, LOG_LEVEL_ERROR, "%s", err[0] ? err : llorch_strerror(r));
         return 2;
     }
     if (exit_now)
@@ -660,12 +674,12 @@ int main(int argc, char **argv, char **envp)
 
     struct daemon d = {.cfg = &cfg, .listen_fd = -1};
     if (log_new(&d.log, 2, cfg.log_format, cfg.log_level, cfg.worker_id) != 0) {
-        log_printf(NULL, CONFIG_LOG_ERROR, "cannot create the logger");
+        log_printf(NULL, LOG_LEVEL_ERROR, "cannot create the logger");
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
     if (uv_loop_init(&d.loop) != 0) {
-        log_write(d.log, CONFIG_LOG_ERROR, "uv_loop_init failed", NULL, 0);
+        log_write(d.log, LOG_LEVEL_ERROR, "uv_loop_init failed", NULL, 0);
         log_free(d.log);
         return 1;
     }
@@ -675,7 +689,7 @@ int main(int argc, char **argv, char **envp)
         d.srv = NULL; /* closed by daemon_on_drained */
     }
     daemon_stop(&d);
-    log_write(d.log, CONFIG_LOG_INFO, d.exit_code ? "start-up failed" : "stopped", NULL, 0);
+    log_write(d.log, LOG_LEVEL_INFO, d.exit_code ? "start-up failed" : "stopped", NULL, 0);
     log_free(d.log);
     return d.exit_code;
 }

@@ -16,6 +16,7 @@
 
 #include "kv.h"
 #include "sample.h"
+#include "thread.h"
 #include "util.h"
 
 _Static_assert(SCHED_MAX_LOGPROBS == SAMPLE_MAX_LOGPROBS, "log-prob table sizes differ");
@@ -81,6 +82,7 @@ struct sched {
     pthread_mutex_t mu;
     pthread_cond_t cv_work;       /* driver: new work, cancel, shutdown */
     pthread_cond_t cv_events;     /* driver: a TOKEN event came back */
+    struct llorch_thread driver;  /* recorded when the driver starts */
 
     /* Under mu. */
     struct llorch_queue inbox;
@@ -214,6 +216,7 @@ static void sched_stats_fill_locked(struct sched *s)
  * stats snapshot; notifies the loop when its list was empty. */
 static void sched_flush(struct sched *s)
 {
+    LLORCH_ASSERT_ON_DRIVER(&s->driver);
     bool notify = false;
     pthread_mutex_lock(&s->mu);
     struct llorch_queue *q;
@@ -284,6 +287,7 @@ static void sched_req_fail(struct sched *s, struct sched_req *r, enum sched_erro
 static void sched_req_fail(struct sched *s, struct sched_req *r, enum sched_error code,
                            const char *fmt, ...)
 {
+    LLORCH_ASSERT_ON_DRIVER(&s->driver);
     sched_req_unlink(s, r);
     struct sched_event *ev = &r->ev_end;
     ev->type = SCHED_EV_ERROR;
@@ -300,6 +304,7 @@ static void sched_req_fail(struct sched *s, struct sched_req *r, enum sched_erro
 static void sched_req_end(struct sched *s, struct sched_req *r, enum sched_stop_reason reason,
                           int32_t stop_index)
 {
+    LLORCH_ASSERT_ON_DRIVER(&s->driver);
     uint64_t now = sched_now_ns();
     sched_req_unlink(s, r);
     struct sched_event *ev = &r->ev_end;
@@ -687,6 +692,7 @@ static void sched_sync_locked(struct sched *s)
 static void *sched_driver_main(void *arg)
 {
     struct sched *s = arg;
+    llorch_thread_record(&s->driver);
     for (;;) {
         pthread_mutex_lock(&s->mu);
         bool was_idle = s->n_running == 0 && llorch_queue_empty(&s->waiting);
@@ -1020,6 +1026,7 @@ LLORCH_API int sched_cancel_job(struct sched *s, const char *job_id, size_t len,
 
 LLORCH_API void sched_events_take(struct sched *s, struct llorch_queue *out)
 {
+    LLORCH_ASSERT_OFF_THREAD(&s->driver); /* the loop's side */
     pthread_mutex_lock(&s->mu);
     llorch_queue_move(&s->events, out);
     pthread_mutex_unlock(&s->mu);
@@ -1027,6 +1034,7 @@ LLORCH_API void sched_events_take(struct sched *s, struct llorch_queue *out)
 
 LLORCH_API void sched_events_release(struct sched *s, struct llorch_queue *events)
 {
+    LLORCH_ASSERT_OFF_THREAD(&s->driver); /* the loop's side */
     bool pooled = false;
     pthread_mutex_lock(&s->mu);
     while (!llorch_queue_empty(events)) {

@@ -11,6 +11,7 @@
 #include <strings.h>
 
 #include "llorch/error.h"
+#include "thread.h"
 #include "util.h"
 
 #define API_DRAIN_POLL_MS 20
@@ -18,6 +19,7 @@
 
 struct api {
     uv_loop_t *loop;
+    struct llorch_thread loop_thread; /* recorded by api_new: every function but api_notify */
     struct http_server *srv;
     const char *api_key;
     uint64_t sse_outbox_bytes;
@@ -86,6 +88,7 @@ LLORCH_API int api_json_append(struct http_buf *b, json_t *o)
 LLORCH_API void api_respond_json(struct api *a, struct http_request *r, int status, json_t *o,
                                  const char *extra_headers)
 {
+    LLORCH_ASSERT_ON_LOOP(&a->loop_thread);
     a->json.len = 0;
     if (api_json_append(&a->json, o) != 0) {
         http_respond_error(r, 500, "INTERNAL", "out of memory", NULL);
@@ -97,6 +100,7 @@ LLORCH_API void api_respond_json(struct api *a, struct http_request *r, int stat
 LLORCH_API const char *api_text_sanitize(struct api *a, const char *s, size_t len,
                                          size_t *out_len)
 {
+    LLORCH_ASSERT_ON_LOOP(&a->loop_thread);
     size_t need = len * 3 + 1;
     if (need > a->text_cap) {
         char *p = realloc(a->text, need);
@@ -264,6 +268,7 @@ static void api_job_release(struct api_job *j)
 
 LLORCH_API void api_job_cancel(struct api_job *j, enum sched_error code)
 {
+    LLORCH_ASSERT_ON_LOOP(&j->api->loop_thread);
     if (j->api->sched)
         sched_cancel(j->api->sched, j->req_id, code);
 }
@@ -284,9 +289,10 @@ static void api_job_on_abort(void *data)
  * takes nothing). */
 static void api_job_cut_slow(struct api_job *j)
 {
+    LLORCH_ASSERT_ON_LOOP(&j->api->loop_thread);
     struct api *a = j->api;
     api_job_cancel(j, SCHED_ERR_CLIENT_TOO_SLOW);
-    if (log_enabled(a->log, CONFIG_LOG_WARN)) {
+    if (log_enabled(a->log, LOG_LEVEL_WARN)) {
         char id[SCHED_JOB_ID_MAX];
         api_job_id_text(j, id);
         struct log_field f[] = {
@@ -297,7 +303,7 @@ static void api_job_cut_slow(struct api_job *j)
             LOG_F_UINT("queued_bytes", http_request_pending_bytes(j->sse.req)),
             LOG_F_UINT("outbox_bytes", j->sse.outbox_bytes),
         };
-        log_write(a->log, CONFIG_LOG_WARN, "stream cut: the client reads too slowly", f,
+        log_write(a->log, LOG_LEVEL_WARN, "stream cut: the client reads too slowly", f,
                   LLORCH_ARRAY_SIZE(f));
     }
     j->ops->send_error(j, API_ERR_CLIENT_TOO_SLOW,
@@ -309,6 +315,7 @@ static void api_job_cut_slow(struct api_job *j)
 LLORCH_API void api_job_send(struct api_job *j, const char *type, const char *data, size_t len,
                              bool force)
 {
+    LLORCH_ASSERT_ON_LOOP(&j->api->loop_thread);
     if (!j->sse.req)
         return;
     if (sse_stream_send(&j->sse, type, data, len, force) == LLORCH_EFULL)
@@ -318,6 +325,7 @@ LLORCH_API void api_job_send(struct api_job *j, const char *type, const char *da
 static void api_job_ping(void *data)
 {
     struct api_job *j = data;
+    LLORCH_ASSERT_ON_LOOP(&j->api->loop_thread);
     if (!j->head_sent) {
         if (j->ops->ping_before_head)
             j->ops->ping_before_head(j);
@@ -329,6 +337,7 @@ static void api_job_ping(void *data)
 
 LLORCH_API int api_job_begin_stream(struct api_job *j, enum sse_mode mode)
 {
+    LLORCH_ASSERT_ON_LOOP(&j->api->loop_thread);
     if (j->head_sent || !j->req)
         return j->sse.req ? 0 : LLORCH_EINVAL;
     j->head_sent = true;
@@ -344,6 +353,7 @@ LLORCH_API int api_job_begin_stream(struct api_job *j, enum sse_mode mode)
 LLORCH_API int api_job_submit(struct api *a, struct api_job *j, const struct api_job_ops *ops,
                               struct http_request *r, struct sched_request *req, bool ping)
 {
+    LLORCH_ASSERT_ON_LOOP(&a->loop_thread);
     j->ops = ops;
     j->api = a;
     j->req = r;
@@ -367,7 +377,7 @@ LLORCH_API int api_job_submit(struct api *a, struct api_job *j, const struct api
 static void api_job_log_end(struct api_job *j, const struct sched_event *ev)
 {
     struct api *a = j->api;
-    if (!log_enabled(a->log, CONFIG_LOG_INFO))
+    if (!log_enabled(a->log, LOG_LEVEL_INFO))
         return;
     char id[SCHED_JOB_ID_MAX];
     api_job_id_text(j, id);
@@ -382,7 +392,7 @@ static void api_job_log_end(struct api_job *j, const struct sched_event *ev)
             LOG_F_UINT("decode_time_ms", ev->u.end.decode_time_ms),
             LOG_F_BOOL("client_gone", j->req == NULL),
         };
-        log_write(a->log, CONFIG_LOG_INFO, "job done", f, LLORCH_ARRAY_SIZE(f));
+        log_write(a->log, LOG_LEVEL_INFO, "job done", f, LLORCH_ARRAY_SIZE(f));
     } else {
         struct log_field f[] = {
             LOG_F_STR("job_id", id),
@@ -391,12 +401,13 @@ static void api_job_log_end(struct api_job *j, const struct sched_event *ev)
             LOG_F_STR("error", ev->u.error.message),
             LOG_F_UINT("token_frames", j->n_frames),
         };
-        log_write(a->log, CONFIG_LOG_INFO, "job ended with an error", f, LLORCH_ARRAY_SIZE(f));
+        log_write(a->log, LOG_LEVEL_INFO, "job ended with an error", f, LLORCH_ARRAY_SIZE(f));
     }
 }
 
 static void api_job_on_event(struct api_job *j, const struct sched_event *ev)
 {
+    LLORCH_ASSERT_ON_LOOP(&j->api->loop_thread);
     bool terminal = ev->type == SCHED_EV_END || ev->type == SCHED_EV_ERROR;
     if (ev->type == SCHED_EV_TOKEN && !j->got_token) {
         j->got_token = true;
@@ -419,6 +430,7 @@ static void api_job_on_event(struct api_job *j, const struct sched_event *ev)
 static void api_async_cb(uv_async_t *h)
 {
     struct api *a = h->data;
+    LLORCH_ASSERT_ON_LOOP(&a->loop_thread);
     if (!a->sched)
         return;
     struct llorch_queue list, *q;
@@ -446,6 +458,7 @@ LLORCH_API void api_notify(void *ctx)
 static void api_drain_timer_cb(uv_timer_t *t)
 {
     struct api *a = t->data;
+    LLORCH_ASSERT_ON_LOOP(&a->loop_thread);
     uint64_t now = uv_now(a->loop);
     bool done = a->live == 0 && http_server_conn_count(a->srv) == 0;
     if (!done && !a->drain_forced && now >= a->drain_deadline) {
@@ -467,6 +480,7 @@ static void api_drain_timer_cb(uv_timer_t *t)
 LLORCH_API void api_drain(struct api *a, uint32_t timeout_ms, void (*done)(void *ctx),
                           void *ctx)
 {
+    LLORCH_ASSERT_ON_LOOP(&a->loop_thread);
     if (a->state == API_DRAINING || a->closing)
         return;
     a->state = API_DRAINING;
@@ -493,12 +507,14 @@ LLORCH_API uint32_t api_live_jobs(const struct api *a)
 
 LLORCH_API void api_set_loading(struct api *a, double progress)
 {
+    LLORCH_ASSERT_ON_LOOP(&a->loop_thread);
     a->state = API_LOADING;
     a->progress = progress;
 }
 
 LLORCH_API void api_set_ready(struct api *a, struct sched *s)
 {
+    LLORCH_ASSERT_ON_LOOP(&a->loop_thread);
     a->sched = s;
     if (a->state != API_DRAINING)
         a->state = API_READY;
@@ -534,6 +550,7 @@ LLORCH_API int api_new(struct api **out, uv_loop_t *loop, struct http_server *sr
     if (!a)
         return LLORCH_ENOMEM;
     a->loop = loop;
+    llorch_thread_record(&a->loop_thread);
     a->srv = srv;
     a->api_key = o->api_key;
     a->sse_outbox_bytes = o->sse_outbox_bytes;
@@ -568,6 +585,7 @@ LLORCH_API void api_close(struct api *a)
 {
     if (!a || a->closing)
         return;
+    LLORCH_ASSERT_ON_LOOP(&a->loop_thread);
     a->closing = true;
     a->sched = NULL;
     while (!llorch_queue_empty(&a->jobs)) {

@@ -35,7 +35,8 @@
 
 struct api_openai {
     struct http_server *srv;
-    const struct config *cfg;
+    char *model_ref;
+    char *chat_template_name;     /* forced family, or "" */
     struct api *core;
     char *model_id;
     char *model_name;
@@ -368,7 +369,7 @@ static bool check_model(struct api_openai *a, json_t *root, struct oai_err *e)
     }
     const char *m = json_string_value(v);
     size_t n = json_string_length(v);
-    const char *names[] = {a->model_id, a->model_name, a->cfg->model_ref};
+    const char *names[] = {a->model_id, a->model_name, a->model_ref};
     for (size_t i = 0; i < LLORCH_ARRAY_SIZE(names); i++)
         if (names[i] && names[i][0] && strlen(names[i]) == n && memcmp(names[i], m, n) == 0)
             return true;
@@ -1292,7 +1293,7 @@ static void h_model(void *ctx, struct http_request *r, const char *tail, size_t 
     size_t n;
     bool ok = api_path_unescape(tail, tail_len, true, id, sizeof(id), &n);
     if (ok && (!strcmp(id, a->model_id) || (a->model_name && !strcmp(id, a->model_name)) ||
-               !strcmp(id, a->cfg->model_ref))) {
+               !strcmp(id, a->model_ref))) {
         respond_json(a, r, 200, model_object(a), NULL);
         return;
     }
@@ -1304,11 +1305,11 @@ static void h_model(void *ctx, struct http_request *r, const char *tail, size_t 
 
 /* ---- lifecycle ---- */
 
-static enum chat_template resolve_template(const struct config *cfg, const char *tmpl,
+static enum chat_template resolve_template(const char *forced, const char *tmpl,
                                            size_t len)
 {
-    if (cfg->chat_template[0])
-        return chat_template_from_name(cfg->chat_template);
+    if (forced[0])
+        return chat_template_from_name(forced);
     if (!tmpl || len == 0)
         return CHAT_TEMPLATE_CHATML;
     return chat_template_detect(tmpl, len);
@@ -1329,7 +1330,7 @@ LLORCH_API int api_openai_set_model(struct api_openai *a, const struct tokenizer
     free(a->chat_tmpl);
     a->chat_tmpl = t;
     a->chat_tmpl_len = t ? chat_template_len : 0;
-    a->tmpl = resolve_template(a->cfg, a->chat_tmpl, a->chat_tmpl_len);
+    a->tmpl = resolve_template(a->chat_template_name, a->chat_tmpl, a->chat_tmpl_len);
     a->tok = tok;
     a->n_ctx = n_ctx;
     return 0;
@@ -1348,32 +1349,39 @@ LLORCH_API int api_openai_new(struct api_openai **out, struct http_server *srv,
     if (!a)
         return LLORCH_ENOMEM;
     a->srv = srv;
-    a->cfg = o->cfg;
+    a->model_ref = strdup(o->model_ref ? o->model_ref : "");
+    a->chat_template_name = strdup(o->chat_template_name ? o->chat_template_name : "");
     a->core = o->core;
     a->created = (int64_t)time(NULL);
-    const char *id = o->model_id && o->model_id[0] ? o->model_id : o->cfg->model_ref;
+    const char *ref = o->model_ref ? o->model_ref : "";
+    const char *id = o->model_id && o->model_id[0] ? o->model_id : ref;
     a->model_id = strdup(id[0] ? id : "model");
     a->model_name = o->model_name ? strdup(o->model_name) : NULL;
-    int r = a->model_id && (!o->model_name || a->model_name) ? 0 : LLORCH_ENOMEM;
+    int r = a->model_id && (!o->model_name || a->model_name) && a->model_ref &&
+                    a->chat_template_name
+                ? 0
+                : LLORCH_ENOMEM;
     if (!r)
         r = api_openai_set_model(a, o->tok, o->chat_template, o->chat_template_len, o->n_ctx);
+    /* path, methods, handler and metrics label: the one route table */
     static const struct {
         unsigned methods;
         const char *path;
         bool prefix;
         http_handler_fn fn;
+        enum metrics_endpoint label;
     } routes[] = {
-        {LLORCH_HTTP_GET, "/v1/models", false, h_models},
-        {LLORCH_HTTP_GET, "/v1/models/", true, h_model},
-        {LLORCH_HTTP_POST, "/v1/completions", false, h_completions},
-        {LLORCH_HTTP_POST, "/v1/chat/completions", false, h_chat},
-        {LLORCH_HTTP_GET, "/models", false, h_models},
-        {LLORCH_HTTP_POST, "/completions", false, h_completions},
-        {LLORCH_HTTP_POST, "/chat/completions", false, h_chat},
+        {LLORCH_HTTP_GET, "/v1/models", false, h_models, METRICS_EP_MODELS},
+        {LLORCH_HTTP_GET, "/v1/models/", true, h_model, METRICS_EP_MODEL},
+        {LLORCH_HTTP_POST, "/v1/completions", false, h_completions, METRICS_EP_COMPLETIONS},
+        {LLORCH_HTTP_POST, "/v1/chat/completions", false, h_chat, METRICS_EP_CHAT_COMPLETIONS},
+        {LLORCH_HTTP_GET, "/models", false, h_models, METRICS_EP_MODELS_ROOT},
+        {LLORCH_HTTP_POST, "/completions", false, h_completions, METRICS_EP_COMPLETIONS_ROOT},
+        {LLORCH_HTTP_POST, "/chat/completions", false, h_chat, METRICS_EP_CHAT_COMPLETIONS_ROOT},
     };
     for (size_t i = 0; !r && i < LLORCH_ARRAY_SIZE(routes); i++)
-        r = http_server_route(srv, routes[i].methods, routes[i].path, routes[i].prefix,
-                              routes[i].fn, a);
+        r = http_server_route_tagged(srv, routes[i].methods, routes[i].path, routes[i].prefix,
+                                     routes[i].fn, a, (int)routes[i].label);
     if (r) {
         api_openai_free(a);
         return r;
@@ -1390,5 +1398,7 @@ LLORCH_API void api_openai_free(struct api_openai *a)
     free(a->chat_tmpl);
     free(a->model_id);
     free(a->model_name);
+    free(a->model_ref);
+    free(a->chat_template_name);
     free(a);
 }

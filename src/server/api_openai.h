@@ -14,14 +14,14 @@
 
 #include "api.h"
 #include "chat.h"
-#include "config.h"
 #include "http.h"
 #include "tokenizer.h"
 
 struct api_openai_opts {
-    const struct config *cfg;     /* must outlive the api: api key, outbox, ping, chat_template */
+    const char *model_ref;        /* --model-ref, also accepted in `model`; "" = none */
+    const char *chat_template_name; /* --chat-template NAME forces a family; "" = none */
     struct api *core;             /* must outlive the api: sched, readiness, auth, jobs */
-    const char *model_id;         /* `id` in /v1/models; NULL = cfg->model_ref */
+    const char *model_id;         /* `id` in /v1/models; NULL = model_ref */
     const char *model_name;       /* general.name, accepted as an alias in `model`; may be NULL */
     /* The loaded model, when known at start-up (else api_openai_set_model). */
     const struct tokenizer *tok;

@@ -249,33 +249,124 @@ static bool field_at_offset(const char *b, size_t len, size_t off, char *field, 
 
 enum field_kind { FK_STRING, FK_INTEGER, FK_NUMBER, FK_STOP };
 
+struct api_worker_params;
+typedef void (*field_check_fn)(json_t *errs, json_t *v, struct api_worker_params *p);
+
+static void check_job_id(json_t *errs, json_t *v, struct api_worker_params *p);
+static void check_prompt(json_t *errs, json_t *v, struct api_worker_params *p);
+static void check_stop(json_t *errs, json_t *v, struct api_worker_params *p);
+
+/* The request's fields: JSON kind, whether required, and the value check:
+ * a range (inclusive, with the constraint name reported) for numbers, or a
+ * function for the rest. */
 static const struct field_spec {
     const char *name;
     enum field_kind kind;
     bool required;
+    double lo, hi;                /* FK_NUMBER, FK_INTEGER */
+    const char *constraint;
+    field_check_fn check;         /* instead of the range */
 } fields[] = {
-    {"job_id", FK_STRING, true},      {"prompt", FK_STRING, true},
-    {"max_tokens", FK_INTEGER, true}, {"temperature", FK_NUMBER, false},
-    {"top_p", FK_NUMBER, false},      {"top_k", FK_INTEGER, false},
-    {"repetition_penalty", FK_NUMBER, false},
-    {"min_p", FK_NUMBER, false},      {"stop", FK_STOP, false},
-    {"seed", FK_INTEGER, false},
+    {"job_id", FK_STRING, true, 0, 0, NULL, check_job_id},
+    {"prompt", FK_STRING, true, 0, 0, NULL, check_prompt},
+    {"max_tokens", FK_INTEGER, true, 1, API_MAX_TOKENS, "range(1..=2048)", NULL},
+    {"temperature", FK_NUMBER, false, 0.0, 2.0, "range(0.0..=2.0)", NULL},
+    {"top_p", FK_NUMBER, false, 0.0, 1.0, "range(0.0..=1.0)", NULL},
+    {"top_k", FK_INTEGER, false, 0, 4294967295.0, "range(0..=4294967295)", NULL},
+    {"repetition_penalty", FK_NUMBER, false, 0.0, 2.0, "range(0.0..=2.0)", NULL},
+    {"min_p", FK_NUMBER, false, 0.0, 1.0, "range(0.0..=1.0)", NULL},
+    {"stop", FK_STOP, false, 0, 0, NULL, check_stop},
+    /* json_int_t cannot exceed the upper bound; only the lower one can fail */
+    {"seed", FK_INTEGER, false, 0, 18446744073709551615.0, "range(0..=18446744073709551615)",
+     NULL},
 };
 enum { F_JOB_ID, F_PROMPT, F_MAX_TOKENS, F_TEMPERATURE, F_TOP_P, F_TOP_K, F_REP_PEN, F_MIN_P,
        F_STOP, F_SEED, F_COUNT_ };
 
-LLORCH_API int api_worker_validate(const char *content_type, size_t ct_len, const char *body,
-                                   size_t len, struct api_worker_params *p, void **json_root,
-                                   char **err_body)
+/* An integer outside [lo, hi]: "NAME must be at least LO (got V)". */
+static void check_int(json_t *errs, const struct field_spec *f, json_t *v)
+{
+    json_int_t k = json_integer_value(v);
+    bool low = (double)k < f->lo;
+    if (!low && (double)k <= f->hi)
+        return;
+    char num[64], msg[160];
+    api_number_text(v, num, sizeof(num));
+    snprintf(msg, sizeof(msg), "%s must be %s %.0f (got %s)", f->name,
+             low ? "at least" : "at most", low ? f->lo : f->hi, num);
+    add_violation(errs, f->name, f->constraint, msg, v);
+}
+
+static void check_job_id(json_t *errs, json_t *v, struct api_worker_params *p)
+{
+    char msg[160], c[32];
+    p->job_id = json_string_value(v);
+    p->job_id_len = json_string_length(v);
+    if (p->job_id_len == 0) {
+        add_violation(errs, "job_id", "non_empty", "job_id must not be empty", v);
+    } else if (p->job_id_len >= SCHED_JOB_ID_MAX) {
+        snprintf(msg, sizeof(msg), "job_id must be at most %d bytes (got %zu)",
+                 SCHED_JOB_ID_MAX - 1, p->job_id_len);
+        snprintf(c, sizeof(c), "max_length(%d)", SCHED_JOB_ID_MAX - 1);
+        add_violation(errs, "job_id", c, msg, v);
+    }
+}
+
+/* Counted in Unicode characters; the value is not echoed. */
+static void check_prompt(json_t *errs, json_t *v, struct api_worker_params *p)
+{
+    char msg[160];
+    p->prompt = json_string_value(v);
+    p->prompt_len = json_string_length(v);
+    size_t chars = api_utf8_chars(p->prompt, p->prompt_len);
+    if (chars < 1 || chars > API_PROMPT_MAX_CHARS) {
+        snprintf(msg, sizeof(msg), "prompt must be between 1 and %d characters (got %zu)",
+                 API_PROMPT_MAX_CHARS, chars);
+        add_violation(errs, "prompt", "length(1..=32768)", msg, NULL);
+    }
+}
+
+/* A string or an array of strings; values are not echoed. */
+static void check_stop(json_t *errs, json_t *v, struct api_worker_params *p)
+{
+    char msg[160];
+    size_t n = json_is_array(v) ? json_array_size(v) : 1;
+    if (n > DETOK_MAX_STOPS) {
+        snprintf(msg, sizeof(msg), "stop must have at most %d sequences (got %zu)",
+                 DETOK_MAX_STOPS, n);
+        add_violation(errs, "stop", "max_count(4)", msg, NULL);
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_is_array(v) ? json_array_get(v, i) : v;
+        size_t sl = json_string_length(e);
+        char fname[32];
+        snprintf(fname, sizeof(fname), "stop[%zu]", i);
+        if (sl == 0) {
+            snprintf(msg, sizeof(msg), "%s must not be empty", fname);
+            add_violation(errs, fname, "non_empty", msg, NULL);
+        } else if (sl > DETOK_MAX_STOP_LEN) {
+            snprintf(msg, sizeof(msg), "%s must be at most %d bytes (got %zu)", fname,
+                     DETOK_MAX_STOP_LEN, sl);
+            add_violation(errs, fname, "max_length(100)", msg, NULL);
+        } else if (i < DETOK_MAX_STOPS) {
+            p->sp.stops[i] = json_string_value(e);
+            p->sp.stop_lens[i] = sl;
+        }
+    }
+    p->sp.n_stops = (uint32_t)LLORCH_MIN(n, (size_t)DETOK_MAX_STOPS);
+}
+
+/* Phase 1: the body is a JSON object of valid UTF-8 sent as JSON. Returns
+ * the document, or NULL with *status and *err_body set. */
+static json_t *validate_body(const char *content_type, size_t ct_len, const char *body,
+                             size_t len, int *status, char **err_body)
 {
     char msg[512];
-    *json_root = NULL;
-    *err_body = NULL;
-    memset(p, 0, sizeof(*p));
     if (!content_type_is_json(content_type, ct_len)) {
         *err_body = error_obj_string("UNSUPPORTED_MEDIA_TYPE",
                                      "Content-Type must be application/json");
-        return 415;
+        *status = 415;
+        return NULL;
     }
     size_t bad;
     if (!sse_utf8_valid(body, len, &bad)) {
@@ -285,7 +376,8 @@ LLORCH_API int api_worker_validate(const char *content_type, size_t ct_len, cons
         else
             snprintf(msg, sizeof(msg), "request body is not valid UTF-8 (byte offset %zu)", bad);
         *err_body = error_obj_string("INVALID_UTF8", msg);
-        return 400;
+        *status = 400;
+        return NULL;
     }
     json_error_t jerr;
     json_t *root = json_loadb(body, len, JSON_ALLOW_NUL, &jerr);
@@ -293,14 +385,24 @@ LLORCH_API int api_worker_validate(const char *content_type, size_t ct_len, cons
         snprintf(msg, sizeof(msg), "malformed JSON at byte offset %zu: %s", json_error_offset(&jerr),
                  jerr.text);
         *err_body = error_obj_string("INVALID_JSON", msg);
-        return 400;
+        *status = 400;
+        return NULL;
     }
     if (!json_is_object(root)) {
         json_decref(root);
         *err_body = error_obj_string("INVALID_TYPE", "request body must be a JSON object");
-        return 422;
+        *status = 422;
+        return NULL;
     }
-    json_t *v[F_COUNT_];
+    return root;
+}
+
+/* Phase 2: every field present when required and of its kind (null counts
+ * as absent); v[i] is fields[i]'s value or NULL. Returns 0, or 422 with
+ * *err_body set. */
+static int validate_kinds(json_t *root, json_t *v[F_COUNT_], char **err_body)
+{
+    char msg[512];
     for (size_t i = 0; i < F_COUNT_; i++) {
         const struct field_spec *f = &fields[i];
         v[i] = json_object_get(root, f->name);
@@ -311,7 +413,6 @@ LLORCH_API int api_worker_validate(const char *content_type, size_t ct_len, cons
                 continue;
             snprintf(msg, sizeof(msg), "missing required field `%s`", f->name);
             *err_body = error_obj_string("MISSING_FIELD", msg);
-            json_decref(root);
             return 422;
         }
         const char *want = NULL;
@@ -344,90 +445,41 @@ LLORCH_API int api_worker_validate(const char *content_type, size_t ct_len, cons
         if (want) {
             snprintf(msg, sizeof(msg), "field `%s` must be %s", f->name, want);
             *err_body = error_obj_string("INVALID_TYPE", msg);
-            json_decref(root);
             return 422;
         }
     }
+    return 0;
+}
 
+LLORCH_API int api_worker_validate(const char *content_type, size_t ct_len, const char *body,
+                                   size_t len, struct api_worker_params *p, void **json_root,
+                                   char **err_body)
+{
+    *json_root = NULL;
+    *err_body = NULL;
+    memset(p, 0, sizeof(*p));
+    int status = 0;
+    json_t *root = validate_body(content_type, ct_len, body, len, &status, err_body);
+    if (!root)
+        return status;
+    json_t *v[F_COUNT_];
+    if ((status = validate_kinds(root, v, err_body)) != 0) {
+        json_decref(root);
+        return status;
+    }
+    /* phase 3: every value in range, all violations reported at once */
     json_t *errs = json_array();
-    char num[64];
-    /* job_id */
-    p->job_id = json_string_value(v[F_JOB_ID]);
-    p->job_id_len = json_string_length(v[F_JOB_ID]);
-    if (p->job_id_len == 0) {
-        add_violation(errs, "job_id", "non_empty", "job_id must not be empty", v[F_JOB_ID]);
-    } else if (p->job_id_len >= SCHED_JOB_ID_MAX) {
-        snprintf(msg, sizeof(msg), "job_id must be at most %d bytes (got %zu)",
-                 SCHED_JOB_ID_MAX - 1, p->job_id_len);
-        char c[32];
-        snprintf(c, sizeof(c), "max_length(%d)", SCHED_JOB_ID_MAX - 1);
-        add_violation(errs, "job_id", c, msg, v[F_JOB_ID]);
-    }
-    /* prompt: counted in Unicode characters; value omitted */
-    p->prompt = json_string_value(v[F_PROMPT]);
-    p->prompt_len = json_string_length(v[F_PROMPT]);
-    size_t chars = api_utf8_chars(p->prompt, p->prompt_len);
-    if (chars < 1 || chars > API_PROMPT_MAX_CHARS) {
-        snprintf(msg, sizeof(msg), "prompt must be between 1 and %d characters (got %zu)",
-                 API_PROMPT_MAX_CHARS, chars);
-        add_violation(errs, "prompt", "length(1..=32768)", msg, NULL);
-    }
-    /* max_tokens */
-    json_int_t mt = json_integer_value(v[F_MAX_TOKENS]);
-    if (mt < 1 || mt > API_MAX_TOKENS) {
-        api_number_text(v[F_MAX_TOKENS], num, sizeof(num));
-        if (mt < 1)
-            snprintf(msg, sizeof(msg), "max_tokens must be at least 1 (got %s)", num);
+    for (size_t i = 0; i < F_COUNT_; i++) {
+        const struct field_spec *f = &fields[i];
+        if (!v[i])
+            continue;
+        if (f->check)
+            f->check(errs, v[i], p);
+        else if (f->kind == FK_INTEGER)
+            check_int(errs, f, v[i]);
         else
-            snprintf(msg, sizeof(msg), "max_tokens must be at most %d (got %s)", API_MAX_TOKENS, num);
-        add_violation(errs, "max_tokens", "range(1..=2048)", msg, v[F_MAX_TOKENS]);
+            check_float(errs, f->name, v[i], f->lo, f->hi, f->constraint);
     }
-    check_float(errs, "temperature", v[F_TEMPERATURE], 0.0, 2.0, "range(0.0..=2.0)");
-    check_float(errs, "top_p", v[F_TOP_P], 0.0, 1.0, "range(0.0..=1.0)");
-    if (v[F_TOP_K]) {
-        json_int_t k = json_integer_value(v[F_TOP_K]);
-        if (k < 0 || k > (json_int_t)UINT32_MAX) {
-            api_number_text(v[F_TOP_K], num, sizeof(num));
-            snprintf(msg, sizeof(msg), "top_k must be %s %s (got %s)",
-                     k < 0 ? "at least" : "at most", k < 0 ? "0" : "4294967295", num);
-            add_violation(errs, "top_k", "range(0..=4294967295)", msg, v[F_TOP_K]);
-        }
-    }
-    check_float(errs, "repetition_penalty", v[F_REP_PEN], 0.0, 2.0, "range(0.0..=2.0)");
-    check_float(errs, "min_p", v[F_MIN_P], 0.0, 1.0, "range(0.0..=1.0)");
-    /* stop: value omitted */
-    if (v[F_STOP]) {
-        size_t n = json_is_array(v[F_STOP]) ? json_array_size(v[F_STOP]) : 1;
-        if (n > DETOK_MAX_STOPS) {
-            snprintf(msg, sizeof(msg), "stop must have at most %d sequences (got %zu)",
-                     DETOK_MAX_STOPS, n);
-            add_violation(errs, "stop", "max_count(4)", msg, NULL);
-        }
-        for (size_t i = 0; i < n; i++) {
-            json_t *e = json_is_array(v[F_STOP]) ? json_array_get(v[F_STOP], i) : v[F_STOP];
-            size_t sl = json_string_length(e);
-            char fname[32];
-            snprintf(fname, sizeof(fname), "stop[%zu]", i);
-            if (sl == 0) {
-                snprintf(msg, sizeof(msg), "%s must not be empty", fname);
-                add_violation(errs, fname, "non_empty", msg, NULL);
-            } else if (sl > DETOK_MAX_STOP_LEN) {
-                snprintf(msg, sizeof(msg), "%s must be at most %d bytes (got %zu)", fname,
-                         DETOK_MAX_STOP_LEN, sl);
-                add_violation(errs, fname, "max_length(100)", msg, NULL);
-            } else if (i < DETOK_MAX_STOPS) {
-                p->sp.stops[i] = json_string_value(e);
-                p->sp.stop_lens[i] = sl;
-            }
-        }
-        p->sp.n_stops = (uint32_t)LLORCH_MIN(n, (size_t)DETOK_MAX_STOPS);
-    }
-    if (v[F_SEED] && json_integer_value(v[F_SEED]) < 0) {
-        api_number_text(v[F_SEED], num, sizeof(num));
-        snprintf(msg, sizeof(msg), "seed must be at least 0 (got %s)", num);
-        add_violation(errs, "seed", "range(0..=18446744073709551615)", msg, v[F_SEED]);
-    }
-
     if (json_array_size(errs) > 0) {
         json_t *o = json_pack("{s:o}", "errors", errs);
         *err_body = o ? json_dumps(o, JSON_COMPACT) : NULL;
@@ -436,7 +488,8 @@ LLORCH_API int api_worker_validate(const char *content_type, size_t ct_len, cons
         return 400;
     }
     json_decref(errs);
-    p->sp.max_tokens = (uint32_t)mt;
+    /* phase 4: the scheduler's parameters, defaults for what is absent */
+    p->sp.max_tokens = (uint32_t)json_integer_value(v[F_MAX_TOKENS]);
     p->sp.temperature = v[F_TEMPERATURE] ? (float)json_number_value(v[F_TEMPERATURE]) : 1.0f;
     p->sp.top_p = v[F_TOP_P] ? (float)json_number_value(v[F_TOP_P]) : 1.0f;
     p->sp.top_k = v[F_TOP_K] ? (uint32_t)json_integer_value(v[F_TOP_K]) : 0;
@@ -819,25 +872,28 @@ LLORCH_API int api_worker_new(struct api_worker **out, struct api *core, struct 
     a->shutdown_cb = o->shutdown_cb;
     a->shutdown_ctx = o->shutdown_ctx;
 
+    /* path, methods, handler and metrics label: the one route table */
     static const struct {
         unsigned methods;
         const char *path;
         bool prefix;
         http_handler_fn fn;
+        enum metrics_endpoint label;
     } routes[] = {
-        {LLORCH_HTTP_GET, "/health", false, h_health},
-        {LLORCH_HTTP_GET, "/v1/health", false, h_health},
-        {LLORCH_HTTP_GET, "/v1/ready", false, h_ready},
-        {LLORCH_HTTP_POST, "/execute", false, h_execute},
-        {LLORCH_HTTP_POST, "/v1/inference", false, h_inference},
-        {LLORCH_HTTP_DELETE, "/v1/inference/", true, h_delete_inference},
-        {LLORCH_HTTP_POST, "/cancel", false, h_cancel},
-        {LLORCH_HTTP_POST, "/v1/admin/shutdown", false, h_shutdown},
-        {LLORCH_HTTP_POST, "/v1/shutdown", false, h_shutdown},
+        {LLORCH_HTTP_GET, "/health", false, h_health, METRICS_EP_HEALTH},
+        {LLORCH_HTTP_GET, "/v1/health", false, h_health, METRICS_EP_HEALTH},
+        {LLORCH_HTTP_GET, "/v1/ready", false, h_ready, METRICS_EP_READY},
+        {LLORCH_HTTP_POST, "/execute", false, h_execute, METRICS_EP_EXECUTE},
+        {LLORCH_HTTP_POST, "/v1/inference", false, h_inference, METRICS_EP_INFERENCE},
+        {LLORCH_HTTP_DELETE, "/v1/inference/", true, h_delete_inference,
+         METRICS_EP_INFERENCE_CANCEL},
+        {LLORCH_HTTP_POST, "/cancel", false, h_cancel, METRICS_EP_CANCEL},
+        {LLORCH_HTTP_POST, "/v1/admin/shutdown", false, h_shutdown, METRICS_EP_SHUTDOWN},
+        {LLORCH_HTTP_POST, "/v1/shutdown", false, h_shutdown, METRICS_EP_SHUTDOWN},
     };
     for (size_t i = 0; i < LLORCH_ARRAY_SIZE(routes); i++) {
-        int r = http_server_route(srv, routes[i].methods, routes[i].path, routes[i].prefix,
-                                  routes[i].fn, a);
+        int r = http_server_route_tagged(srv, routes[i].methods, routes[i].path, routes[i].prefix,
+                                         routes[i].fn, a, (int)routes[i].label);
         if (r) {
             api_worker_free(a);
             return r;
