@@ -26,6 +26,8 @@ struct config {
     char chat_template[64];       /* --chat-template NAME; empty = from the file */
     /* network */
     char host[256];               /* --host, default 127.0.0.1 */
+    char advertise_url[2048];     /* --advertise-url: the worker's URL in the ready callback;
+                                     empty = http://<host>:<port> */
     uint16_t port;                /* --port, default 8080 */
     uint32_t max_connections;     /* --max-connections, default 16384 */
     uint32_t max_header_bytes;    /* --max-header-bytes, default 16384 */
@@ -73,5 +75,8 @@ int config_parse(struct config *c, int argc, char **argv, char **envp, bool *exi
 
 /* True when the callback URL means "no pool manager" (test mode). */
 bool config_callback_is_test_mode(const struct config *c);
+/* localhost, *.localhost, 127.0.0.0/8 or ::1 (brackets allowed): bytes plus
+ * length. */
+bool config_host_is_loopback(const char *host, size_t len);
 
 #endif

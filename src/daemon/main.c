@@ -254,8 +254,12 @@ static int daemon_start_mgr(struct daemon *d, uint64_t memory_bytes)
 {
     const struct config *cfg = d->cfg;
     uint16_t port = http_server_port(d->srv);
-    char url[512];
-    if (mgr_format_worker_url(cfg->host, port, url, sizeof(url)) != 0)
+    /* --advertise-url, else the listen address (config refused a loopback
+     * one for a pool manager on another host) */
+    char url[2048];
+    if (cfg->advertise_url[0])
+        snprintf(url, sizeof(url), "%s", cfg->advertise_url);
+    else if (mgr_format_worker_url(cfg->host, port, url, sizeof(url)) != 0)
         return fail(d, "pool-manager client failed", "worker URL too long");
     struct mgr_opts mo = {
         .callback_url = cfg->callback_url,

@@ -131,13 +131,13 @@ static void mgr_log(struct mgr *m, enum log_level level, const char *msg,
 
 /* ---- handle bookkeeping -------------------------------------------------- */
 
-/* The memory and the libcurl global reference of m (its handles are gone). */
 static void mgr_count(struct mgr *m, enum mgr_count what)
 {
     if (m->count)
         m->count(m->count_ctx, what);
 }
 
+/* The memory and the libcurl global reference of m (its handles are gone). */
 static void mgr_release(struct mgr *m)
 {
     if (m->curl_inited)
