@@ -480,13 +480,13 @@ static void daemon_raise_nofile(struct daemon *d)
     }
 }
 
-static int daemon_start(struct daemon *d)
+/* Phase 0: the open-file limit, systemd, the socket it may pass us, metrics. */
+static int daemon_start_operations(struct daemon *d)
 {
     const struct config *cfg = d->cfg;
     char err[512] = "";
     int r;
 
-    /* 0. operations: file limit, systemd, the socket it may pass us, metrics */
     daemon_raise_nofile(d);
     r = llorch_sd_new(&d->sd, &d->loop, d->log);
     if (r)
@@ -497,6 +497,16 @@ static int daemon_start(struct daemon *d)
     r = metrics_new(&d->metrics, cfg->worker_id, cfg->model_ref);
     if (r)
         return fail(d, "metrics failed", llorch_strerror(r));
+    return 0;
+}
+
+/* Phase 1: the model file (mapped, checked), its tokenizer and the compute pool; quick, so a bad
+ * file fails before anything listens. */
+static int daemon_open_model(struct daemon *d)
+{
+    const struct config *cfg = d->cfg;
+    char err[512] = "";
+    int r;
 
     /* 1. the model file (mapped, checked) and its tokenizer: quick, so a bad
      * file fails here, before anything listens */
@@ -519,6 +529,15 @@ static int daemon_start(struct daemon *d)
     r = tpool_new(&d->pool, &po);
     if (r)
         return fail(d, "thread pool failed", llorch_strerror(r));
+    return 0;
+}
+
+/* Phase 2: the HTTP server, the API core and both APIs, in the loading state. */
+static int daemon_start_server(struct daemon *d)
+{
+    const struct config *cfg = d->cfg;
+    char err[512] = "";
+    int r;
 
     /* 2. the server and its APIs, in the loading state; what only the
      * packed weights tell (dtype, n_ctx, memory) is set once loaded */
@@ -589,6 +608,14 @@ static int daemon_start(struct daemon *d)
                   "unless --chat-template NAME is given",
                   tf, 1);
     }
+    return 0;
+}
+
+/* Phase 3: listen (so /health answers while the weights are packed) and handle signals. */
+static int daemon_listen(struct daemon *d)
+{
+    const struct config *cfg = d->cfg;
+    int r;
 
     /* 3. listen now, so that /health answers at once while the weights are
      * packed: on the socket systemd passed (--host/--port ignored) or our
@@ -618,6 +645,14 @@ static int daemon_start(struct daemon *d)
     log_write(d->log, LOG_LEVEL_INFO,
               d->listen_fd >= 0 ? "listening on the socket passed by systemd" : "listening", f,
               LLORCH_ARRAY_SIZE(f));
+    return 0;
+}
+
+/* Phase 4: pack the weights on a libuv pool thread; daemon_load_done continues. */
+static int daemon_start_load(struct daemon *d)
+{
+    const struct config *cfg = d->cfg;
+    int r;
 
     /* 4. pack the weights off the loop; daemon_load_done continues */
     r = uv_async_init(&d->loop, &d->load_async, daemon_on_load_progress);
@@ -633,6 +668,20 @@ static int daemon_start(struct daemon *d)
         return fail(d, "loading failed", uv_strerror(r));
     d->loading = true;
     return 0;
+}
+
+static int daemon_start(struct daemon *d)
+{
+    int r = daemon_start_operations(d);
+    if (!r)
+        r = daemon_open_model(d);
+    if (!r)
+        r = daemon_start_server(d);
+    if (!r)
+        r = daemon_listen(d);
+    if (!r)
+        r = daemon_start_load(d);
+    return r;
 }
 
 /* Frees whatever start-up created, in reverse order. Handles still open
