@@ -22,6 +22,7 @@
 #include "llorch/config.h"
 #include "llorch/error.h"
 #include "queue.h"
+#include "thread.h"
 #include "util.h"
 
 #define MGR_URL_MAX 2048
@@ -48,6 +49,7 @@ struct sock {
 
 struct mgr {
     uv_loop_t *loop;
+    struct llorch_thread loop_thread; /* recorded by mgr_new: every function runs there */
     CURLM *multi;
     uv_timer_t curl_timer;  /* curl's own timeouts */
     uv_timer_t retry_timer; /* next callback attempt */
@@ -94,6 +96,7 @@ enum mgr_status mgr_state_get(const struct mgr *m, struct mgr_state *out)
         out->status = MGR_DISABLED;
         return MGR_DISABLED;
     }
+    LLORCH_ASSERT_ON_LOOP(&m->loop_thread);
     *out = m->st;
     return m->st.status;
 }
@@ -384,6 +387,7 @@ static void callback_failed(struct mgr *m, const char *why)
 
 static void callback_attempt(struct mgr *m)
 {
+    LLORCH_ASSERT_ON_LOOP(&m->loop_thread);
     if (m->closing)
         return;
     m->st.attempts++;
@@ -539,6 +543,7 @@ int mgr_new(struct mgr **out, uv_loop_t *loop, const struct mgr_opts *o)
     if (!m)
         return LLORCH_ENOMEM;
     m->loop = loop;
+    llorch_thread_record(&m->loop_thread);
     llorch_queue_init(&m->socks);
     m->log = o->log;
     m->count = o->count;
@@ -608,6 +613,8 @@ nomem:
 
 int mgr_start(struct mgr *m)
 {
+    if (m)
+        LLORCH_ASSERT_ON_LOOP(&m->loop_thread);
     if (!m || m->test_mode) {
         if (m && !m->started) {
             m->started = true;
@@ -631,6 +638,7 @@ void mgr_close(struct mgr *m, void (*cb)(void *ctx), void *ctx)
             cb(ctx);
         return;
     }
+    LLORCH_ASSERT_ON_LOOP(&m->loop_thread);
     if (m->closing)
         return;
     m->closing = true;

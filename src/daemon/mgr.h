@@ -6,7 +6,8 @@
  * Failures never stop serving: they are logged, counted (opts.count) and
  * visible through mgr_status() for /health. A callback URL containing
  * localhost:9999 (or none) is test mode: nothing is sent.
- * Every function runs on the loop thread only. */
+ * Every function runs on the loop thread only (asserted: the thread that
+ * called mgr_new). */
 #ifndef LLORCH_MGR_H
 #define LLORCH_MGR_H
 
