@@ -348,7 +348,9 @@ def check_stream_shape(objs, job_id, mode="execute"):
         if terminal["stop_reason"] == "stop_sequence":
             assert isinstance(terminal.get("stop_sequence_matched"), str), terminal
         else:
-            assert "stop_sequence_matched" not in terminal, terminal
+            # the contract's `end` always has the field: null when no stop matched
+            assert "stop_sequence_matched" in terminal, terminal
+            assert terminal["stop_sequence_matched"] is None, terminal
     else:
         assert terminal["code"] in ERROR_CODES, terminal
         assert isinstance(terminal["message"], str), terminal

@@ -236,6 +236,40 @@ def test_test_mode_sends_nothing():
     check(rc == 0, f"exit status {rc}")
 
 
+def test_advertise_url_is_the_payloads_url():
+    port = free_port()
+    rx = Receiver({"/ready": [200]}, port)
+    d = Daemon(port, "--callback-url", f"http://127.0.0.1:{rx.port}/ready",
+               "--advertise-url", "http://worker-7.example:18080")
+    try:
+        check(d.wait_healthy(), "daemon healthy with --advertise-url")
+        check(wait_for(lambda: len(rx.of("/ready")) >= 1, 30), "one callback")
+        if rx.of("/ready"):
+            p = json.loads(rx.of("/ready")[0]["body"])
+            check(p.get("url") == "http://worker-7.example:18080" and
+                  p.get("uri") == "http://worker-7.example:18080",
+                  f"payload url {p.get('url')!r} uri {p.get('uri')!r}")
+    finally:
+        rc = d.stop()
+        rx.close()
+    check(rc == 0, f"exit status {rc}")
+
+
+def test_remote_pool_manager_and_loopback_listen_address_stop_start_up():
+    port = free_port()
+    # the default --host 127.0.0.1 cannot be reached from another host
+    d = Daemon(port, "--callback-url", "http://pool-manager.example:9200/v1/workers/ready")
+    try:
+        rc = d.p.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        rc = None
+    d.stop()
+    check(rc not in (0, None), f"start-up refused (exit status {rc})")
+    text = "".join(d.log)
+    check("pool-manager.example" in text and "--advertise-url" in text and "127.0.0.1" in text,
+          f"the error names the pool manager, the address and the fix: {text[-400:]!r}")
+
+
 def test_metrics_exposition_and_auth():
     port = free_port()
     with tempfile.TemporaryDirectory() as d:
@@ -285,6 +319,8 @@ def main():
     test_retries_payload_heartbeats()
     test_unreachable_pool_manager_never_stops_serving()
     test_test_mode_sends_nothing()
+    test_advertise_url_is_the_payloads_url()
+    test_remote_pool_manager_and_loopback_listen_address_stop_start_up()
     test_metrics_exposition_and_auth()
     if failures:
         print(f"{len(failures)} check(s) failed")

@@ -170,6 +170,89 @@ def test_sdk_greedy_completion_equals_execute_and_counts_tokens():
     assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"], u
 
 
+def job_log_lines(job_id):
+    out = []
+    for line in list(D.log_lines):
+        try:
+            o = json.loads(line)
+        except ValueError:
+            continue
+        if o.get("job_id") == job_id:
+            out.append(o)
+    return out
+
+
+def test_every_openai_job_is_logged_like_a_worker_job():
+    doc = completion(D.port, prompt=PROMPT, max_tokens=3, temperature=0)
+    lines = []
+
+    def logged():
+        lines[:] = job_log_lines(doc["id"])
+        return any(o["msg"] == "job done" for o in lines)
+    assert wait_for(logged, 5), lines
+    done = [o for o in lines if o["msg"] == "job done"][0]
+    assert done["api"] == "openai" and done["tokens_out"] == 3, done
+    assert done["stop_reason"] == "max_tokens" and done["client_gone"] is False, done
+    for k in ("tokens_in", "ttft_ms", "decode_time_ms"):
+        assert isinstance(done[k], int), done
+    # an error is logged with the OpenAI wire code
+    st, h, doc, raw = post_json(D.port, "/v1/completions",
+                                {"prompt": " ".join(["hello"] * 300), "max_tokens": 4})
+    assert st == 400, doc
+
+    def error_logged():
+        return any(o.get("api") == "openai" and o["msg"] == "job ended with an error" and
+                   o.get("code") == "context_length_exceeded"
+                   for o in (json.loads(x) for x in list(D.log_lines) if x.startswith("{")))
+    assert wait_for(error_logged, 5), D.log_lines[-5:]
+
+
+def requests_by_label():
+    st, _, body = request(D.port, "GET", "/metrics")
+    assert st == 200, st
+    out = {}
+    for m in re.finditer(r'^llorch_http_requests_total\{endpoint="([^"]*)",status="\d+"\} (\d+)$',
+                         body.decode(), re.MULTILINE):
+        out[m.group(1)] = out.get(m.group(1), 0) + int(m.group(2))
+    return out
+
+
+def test_every_route_is_counted_under_its_own_label():
+    bad = json.dumps({"max_tokens": -1}).encode()
+    ct = {"Content-Type": "application/json"}
+    calls = [  # (method, path, body, label)
+        ("GET", "/health", None, "/health"),
+        ("GET", "/v1/health", None, "/health"),
+        ("GET", "/v1/ready", None, "/v1/ready"),
+        ("POST", "/execute", bad, "/execute"),
+        ("POST", "/v1/inference", bad, "/v1/inference"),
+        ("DELETE", "/v1/inference/no-such-job", None, "/v1/inference/{job_id}"),
+        ("POST", "/cancel", json.dumps({"job_id": "no-such-job"}).encode(), "/cancel"),
+        ("GET", "/v1/shutdown", None, "/v1/shutdown"),        # 405: still its route
+        ("GET", "/v1/admin/shutdown", None, "/v1/shutdown"),
+        ("GET", "/v1/models", None, "/v1/models"),
+        ("GET", "/v1/models/" + TINY_ID, None, "/v1/models/{id}"),
+        ("GET", "/models", None, "/models"),
+        ("POST", "/v1/completions", bad, "/v1/completions"),
+        ("POST", "/completions", bad, "/completions"),
+        ("POST", "/v1/chat/completions", bad, "/v1/chat/completions"),
+        ("POST", "/chat/completions", bad, "/chat/completions"),
+        ("GET", "/no/such/route", None, "other"),
+    ]
+    want = {}
+    for _, _, _, label in calls:
+        want[label] = want.get(label, 0) + 1
+    before = requests_by_label()
+    for method, path, body, _ in calls:
+        request(D.port, method, path, body, ct if body else None)
+    after = requests_by_label()
+    # the /metrics scrape itself counts under its own label
+    want["/metrics"] = 1
+    for label, n in want.items():
+        assert after.get(label, 0) - before.get(label, 0) == n, (label, before.get(label),
+                                                                  after.get(label))
+
+
 def test_max_tokens_defaults_to_16():
     doc = completion(D.port, prompt=PROMPT, temperature=0)
     assert doc["usage"]["completion_tokens"] == 16, doc
@@ -634,6 +717,8 @@ def main():
             test_sdk_lists_and_retrieves_the_one_model,
             test_models_list_has_the_list_shape,
             test_sdk_greedy_completion_equals_execute_and_counts_tokens,
+            test_every_openai_job_is_logged_like_a_worker_job,
+            test_every_route_is_counted_under_its_own_label,
             test_max_tokens_defaults_to_16,
             test_sdk_streamed_completion_equals_the_whole_one_with_usage_last,
             test_stream_without_include_usage_has_no_usage_chunk,

@@ -216,10 +216,16 @@ def test_inference_slow_reader_gets_the_error_then_done():
 
 
 def test_openai_slow_reader_gets_an_error_chunk():
-    raw, _ = cut_scenario("/v1/completions", dict(LONG, stream=True), True)
+    raw, log = cut_scenario("/v1/completions", dict(LONG, stream=True), True)
     frames, ended = cut_stream(raw)
     chunks = [json.loads(f["data"]) for f in frames if f["data"] and f["data"] != "[DONE]"]
     assert chunks and chunks[0]["object"] == "text_completion", chunks[:1]
+    # logged as a worker stream is: the warning, then the job's error line
+    lines = job_log(log, chunks[0]["id"])
+    assert any(o["msg"].startswith("stream cut") and o["level"] == "warn" and
+               o["api"] == "openai" for o in lines), lines
+    assert any(o.get("code") == "client_too_slow" and o["msg"] == "job ended with an error"
+               for o in lines), lines
     assert all("error" not in c for c in chunks[:-1]), chunks[-3:]
     if ended:
         assert chunks[-1]["error"]["code"] == "client_too_slow", chunks[-1]

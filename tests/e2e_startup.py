@@ -5,7 +5,7 @@ q8_0, ~110 MB; packed to f32, ~420 MB).
 
 1. Socket-activated (a listening socket made here, passed as fd 3 with
    LISTEN_FDS/LISTEN_PID) with a NOTIFY_SOCKET: /health answers 503
-   {"status":"loading","progress":p} at once, p in [0,1] and never
+   {"status":"loading","model_loaded":false,"progress":p} at once, p in [0,1] and never
    decreasing, other endpoints 503, the load gauge below 1; then 200
    healthy. READY=1 comes only once loading is over (/health asked right
    after it answers 200) and after STATUS=loading model N% lines with
@@ -132,7 +132,8 @@ def check_loading_answers(seen, what):
         except ValueError:
             check(False, f"{what}: 503 body is not JSON: {b[:200]!r}")
             return
-        ok = set(o) == {"status", "progress"} and o["status"] == "loading"
+        ok = (set(o) == {"status", "model_loaded", "progress"} and o["status"] == "loading"
+              and o["model_loaded"] is False)
         check(ok, f"{what}: 503 body {o}")
         p = o.get("progress", -1)
         check(isinstance(p, (int, float)) and 0.0 <= p <= 1.0, f"{what}: progress {p} in [0,1]")

@@ -96,8 +96,8 @@ static void config_defaults_apply_when_nothing_is_given(void **state)
     assert_int_equal(c.callback_backoff_ms, 500);
     assert_int_equal(c.dtype, LLORCH_DTYPE_AUTO);
     assert_int_equal(c.kv_type, LLORCH_KV_AUTO);
-    assert_int_equal(c.log_format, CONFIG_LOG_JSON);
-    assert_int_equal(c.log_level, CONFIG_LOG_INFO);
+    assert_int_equal(c.log_format, LOG_FORMAT_JSON);
+    assert_int_equal(c.log_level, LOG_LEVEL_INFO);
     assert_false(c.cpu_pinning);
     assert_string_equal(c.model, "");
     assert_string_equal(c.api_key, "");
@@ -148,7 +148,7 @@ static void config_env_sets_every_kind_of_field(void **state)
     assert_int_equal(c.max_batch, 5);
     assert_string_equal(c.worker_id, "w9");
     assert_true(c.cpu_pinning);
-    assert_int_equal(c.log_format, CONFIG_LOG_TEXT);
+    assert_int_equal(c.log_format, LOG_FORMAT_TEXT);
     assert_int_equal(c.max_body_bytes, 4096);
 }
 
@@ -180,6 +180,7 @@ static void config_file_sets_fields_skipping_comments_and_blanks(void **state)
                                   "max_batch = 12\n"
                                   "  worker_id=\"w x\"  # trailing\n"
                                   "callback_url = http://pm:9200/ready#frag\n"
+                                  "advertise_url = http://w1:8080\n"
                                   "cpu_pinning = yes\n"
                                   "log_level = debug   # lower\n"
                                   "kv_cache_mb = 64",
@@ -190,8 +191,9 @@ static void config_file_sets_fields_skipping_comments_and_blanks(void **state)
     assert_int_equal(c.max_batch, 12);
     assert_string_equal(c.worker_id, "w x");
     assert_string_equal(c.callback_url, "http://pm:9200/ready#frag");
+    assert_string_equal(c.advertise_url, "http://w1:8080");
     assert_true(c.cpu_pinning);
-    assert_int_equal(c.log_level, CONFIG_LOG_DEBUG);
+    assert_int_equal(c.log_level, LOG_LEVEL_DEBUG);
     assert_int_equal(c.kv_cache_mb, 64);
     assert_string_equal(c.config_file, path);
 }
@@ -392,6 +394,53 @@ static void config_callback_url_must_be_http_and_test_mode_is_detected(void **st
     assert_false(config_callback_is_test_mode(&c));
 }
 
+static void config_remote_pool_manager_needs_a_reachable_advertised_url(void **state)
+{
+    (void)state;
+    struct config c;
+    char err[512];
+    /* default --host 127.0.0.1 and a pool manager elsewhere: refused, clearly */
+    assert_int_equal(parse(&c, ARGS("--callback-url", "http://pm.example:9200/ready"), NULL, err,
+                           sizeof err),
+                     LLORCH_EINVAL);
+    assert_non_null(strstr(err, "pm.example"));
+    assert_non_null(strstr(err, "http://127.0.0.1"));
+    assert_non_null(strstr(err, "--advertise-url"));
+    /* an advertised loopback URL is no better */
+    assert_int_equal(parse(&c, ARGS("--callback-url", "http://10.0.0.5/ready", "--advertise-url",
+                                    "http://localhost:8080"),
+                           NULL, err, sizeof err),
+                     LLORCH_EINVAL);
+    /* fixed by --advertise-url or by listening on a reachable address */
+    assert_int_equal(parse(&c, ARGS("--callback-url", "http://pm.example:9200/ready",
+                                    "--advertise-url", "http://worker-7.example:8080"),
+                           NULL, err, sizeof err),
+                     0);
+    assert_string_equal(c.advertise_url, "http://worker-7.example:8080");
+    assert_int_equal(parse(&c, ARGS("--callback-url", "http://[fd00::1]:9200/ready", "--host",
+                                    "0.0.0.0"),
+                           NULL, err, sizeof err),
+                     0);
+    /* a pool manager on this host, and test mode, may be called back on loopback */
+    assert_int_equal(parse(&c, ARGS("--callback-url", "http://127.0.0.1:9200/ready"), NULL, err,
+                           sizeof err),
+                     0);
+    assert_int_equal(parse(&c, ARGS("--callback-url", "http://user@localhost:9200/ready"), NULL,
+                           err, sizeof err),
+                     0);
+    assert_int_equal(parse(&c, ARGS("--callback-url", "http://[::1]:9200/ready"), NULL, err,
+                           sizeof err),
+                     0);
+    assert_int_equal(parse(&c, ARGS("--advertise-url", "ftp://w/"), NULL, err, sizeof err),
+                     LLORCH_EINVAL);
+    assert_non_null(strstr(err, "--advertise-url"));
+    assert_true(config_host_is_loopback("[::1]", 5));
+    assert_true(config_host_is_loopback("127.0.1.1", 9));
+    assert_true(config_host_is_loopback("LOCALHOST", 9));
+    assert_false(config_host_is_loopback("localhost.example", 17));
+    assert_false(config_host_is_loopback("10.1.2.3", 8));
+}
+
 static void config_backoff_cap_below_first_delay_is_an_error(void **state)
 {
     (void)state;
@@ -542,6 +591,7 @@ static void config_help_lists_every_option_with_default_and_unit(void **state)
                                         "chat-template",
                                         "host",
                                         "port",
+                                        "advertise-url",
                                         "max-connections",
                                         "max-header-bytes",
                                         "max-body-bytes",
@@ -592,7 +642,7 @@ static void config_help_lists_every_option_with_default_and_unit(void **state)
         opts++;
     for (const char *p = out; (p = strstr(p, "(default: ")); p++)
         defaults++;
-    assert_int_equal(defaults, 38);
+    assert_int_equal(defaults, 39);
     assert_true(opts >= defaults);
     assert_non_null(strstr(out, "(default: 32 sequences, range 1..1024; env LLORCH_MAX_BATCH; "
                                 "ChatLoop key max_batch_size)"));
@@ -706,6 +756,7 @@ int main(void)
         cmocka_unit_test(config_flag_without_value_is_an_error),
         cmocka_unit_test(config_too_long_string_is_an_error),
         cmocka_unit_test(config_callback_url_must_be_http_and_test_mode_is_detected),
+        cmocka_unit_test(config_remote_pool_manager_needs_a_reachable_advertised_url),
         cmocka_unit_test(config_backoff_cap_below_first_delay_is_an_error),
         cmocka_unit_test(config_sse_sndbuf_is_zero_or_at_least_4096),
         cmocka_unit_test(config_api_key_file_is_read_and_trimmed),

@@ -227,6 +227,46 @@ static void get_on_a_route_answers_200_with_content_length(void **state)
     teardown(&f);
 }
 
+static void observe_tag(void *ctx, const struct http_request *r, int status)
+{
+    int *tags = ctx;
+    (void)status;
+    tags[tags[0] + 1] = r ? r->route_tag : -2;
+    tags[0]++;
+}
+
+static void requests_carry_the_tag_of_the_route_their_path_matched(void **state)
+{
+    (void)state;
+    struct fixture f;
+    setup(&f);
+    assert_int_equal(http_server_route_tagged(f.srv, LLORCH_HTTP_GET, "/tagged", false, h_hello,
+                                              &f, 7),
+                     0);
+    assert_int_equal(http_server_route_tagged(f.srv, LLORCH_HTTP_GET, "/pre/", true, h_hello, &f,
+                                              9),
+                     0);
+    int tags[8] = {0};
+    http_server_observe(f.srv, observe_tag, tags);
+    int fd = client_connect(&f);
+    const char *req = "GET /tagged HTTP/1.1\r\nHost: t\r\n\r\n"
+                      "POST /tagged HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"
+                      "GET /pre/x%2Fy HTTP/1.1\r\nHost: t\r\n\r\n"
+                      "GET /nope HTTP/1.1\r\nHost: t\r\n\r\n"
+                      "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n";
+    client_send(fd, req, strlen(req));
+    struct recv_buf b = {0};
+    pump(&f, fd, &b, "HTTP/1.1 ", 5, 2000);
+    assert_int_equal(tags[0], 5);
+    assert_int_equal(tags[1], 7);  /* matched */
+    assert_int_equal(tags[2], 7);  /* 405: its path matched */
+    assert_int_equal(tags[3], 9);  /* prefix route */
+    assert_int_equal(tags[4], -1); /* 404 */
+    assert_int_equal(tags[5], -1); /* a route registered without a tag */
+    close(fd);
+    teardown(&f);
+}
+
 static void unknown_path_answers_404_with_a_json_error(void **state)
 {
     (void)state;
@@ -718,6 +758,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(get_on_a_route_answers_200_with_content_length),
         cmocka_unit_test(unknown_path_answers_404_with_a_json_error),
+        cmocka_unit_test(requests_carry_the_tag_of_the_route_their_path_matched),
         cmocka_unit_test(wrong_method_answers_405_with_allow),
         cmocka_unit_test(pipelined_requests_are_answered_in_order),
         cmocka_unit_test(pipelined_request_waits_for_a_streamed_response),

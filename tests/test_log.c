@@ -51,12 +51,12 @@ static void log_json_line_has_ts_level_msg_worker_id_then_fields(void **state)
     (void)state;
     int fd = tmp_fd();
     struct log *l;
-    assert_int_equal(log_new(&l, fd, CONFIG_LOG_JSON, CONFIG_LOG_INFO, "w1"), 0);
+    assert_int_equal(log_new(&l, fd, LOG_FORMAT_JSON, LOG_LEVEL_INFO, "w1"), 0);
     struct log_field f[] = {
         LOG_F_STR("job_id", "j-1"), LOG_F_UINT("tokens_out", 42), LOG_F_INT("delta", -3),
         LOG_F_DBL("ttft_ms", 12.5), LOG_F_BOOL("stream", 1),      LOG_F_STR("none", NULL),
     };
-    log_write(l, CONFIG_LOG_INFO, "request done", f, 6);
+    log_write(l, LOG_LEVEL_INFO, "request done", f, 6);
     char *out = slurp(fd);
     size_t len = strlen(out);
     assert_true(len > 0 && out[len - 1] == '\n');
@@ -98,10 +98,10 @@ static void log_json_escapes_quotes_controls_and_invalid_utf8(void **state)
     (void)state;
     int fd = tmp_fd();
     struct log *l;
-    assert_int_equal(log_new(&l, fd, CONFIG_LOG_JSON, CONFIG_LOG_DEBUG, "w\"\n"), 0);
+    assert_int_equal(log_new(&l, fd, LOG_FORMAT_JSON, LOG_LEVEL_DEBUG, "w\"\n"), 0);
     const char *msg = "q\" b\\ n\n t\t c\x01 del\x7f é 日本 \xf0\x9f\x98\x80 bad\xff\xc3 end";
     struct log_field f[] = {LOG_F_STR("k\"ey\n", "v\x02\"")};
-    log_write(l, CONFIG_LOG_WARN, msg, f, 1);
+    log_write(l, LOG_LEVEL_WARN, msg, f, 1);
     char *out = slurp(fd);
     size_t len = strlen(out);
     assert_null(memchr(out, '\n', len - 1));
@@ -123,10 +123,10 @@ static void log_json_non_finite_doubles_are_null(void **state)
     (void)state;
     int fd = tmp_fd();
     struct log *l;
-    assert_int_equal(log_new(&l, fd, CONFIG_LOG_JSON, CONFIG_LOG_DEBUG, "w"), 0);
+    assert_int_equal(log_new(&l, fd, LOG_FORMAT_JSON, LOG_LEVEL_DEBUG, "w"), 0);
     struct log_field f[] = {LOG_F_DBL("a", 0.0 / 0.0), LOG_F_DBL("b", 1.0 / 0.0),
                             LOG_F_DBL("c", 1e300)};
-    log_write(l, CONFIG_LOG_INFO, "m", f, 3);
+    log_write(l, LOG_LEVEL_INFO, "m", f, 3);
     char *out = slurp(fd);
     json_t *j = parse_line(out, strlen(out) - 1);
     assert_true(json_is_null(json_object_get(j, "a")));
@@ -143,14 +143,14 @@ static void log_level_filter_drops_lower_levels(void **state)
     (void)state;
     int fd = tmp_fd();
     struct log *l;
-    assert_int_equal(log_new(&l, fd, CONFIG_LOG_JSON, CONFIG_LOG_WARN, "w"), 0);
-    assert_false(log_enabled(l, CONFIG_LOG_INFO));
-    assert_true(log_enabled(l, CONFIG_LOG_ERROR));
-    log_write(l, CONFIG_LOG_DEBUG, "d", NULL, 0);
-    log_write(l, CONFIG_LOG_INFO, "i", NULL, 0);
-    log_write(l, CONFIG_LOG_WARN, "w", NULL, 0);
-    log_printf(l, CONFIG_LOG_ERROR, "e %d", 7);
-    log_printf(l, CONFIG_LOG_INFO, "i %d", 8);
+    assert_int_equal(log_new(&l, fd, LOG_FORMAT_JSON, LOG_LEVEL_WARN, "w"), 0);
+    assert_false(log_enabled(l, LOG_LEVEL_INFO));
+    assert_true(log_enabled(l, LOG_LEVEL_ERROR));
+    log_write(l, LOG_LEVEL_DEBUG, "d", NULL, 0);
+    log_write(l, LOG_LEVEL_INFO, "i", NULL, 0);
+    log_write(l, LOG_LEVEL_WARN, "w", NULL, 0);
+    log_printf(l, LOG_LEVEL_ERROR, "e %d", 7);
+    log_printf(l, LOG_LEVEL_INFO, "i %d", 8);
     char *out = slurp(fd);
     size_t lines = 0;
     for (char *p = out; (p = strchr(p, '\n')); p++)
@@ -168,10 +168,10 @@ static void log_text_format_is_one_readable_line(void **state)
     (void)state;
     int fd = tmp_fd();
     struct log *l;
-    assert_int_equal(log_new(&l, fd, CONFIG_LOG_TEXT, CONFIG_LOG_INFO, "w1"), 0);
+    assert_int_equal(log_new(&l, fd, LOG_FORMAT_TEXT, LOG_LEVEL_INFO, "w1"), 0);
     struct log_field f[] = {LOG_F_STR("job_id", "j1"), LOG_F_STR("path", "a b"), LOG_F_UINT("n", 3),
                             LOG_F_DBL("ms", 1.25)};
-    log_write(l, CONFIG_LOG_ERROR, "listen failed:\naddress \"in use\"", f, 4);
+    log_write(l, LOG_LEVEL_ERROR, "listen failed:\naddress \"in use\"", f, 4);
     char *out = slurp(fd);
     size_t len = strlen(out);
     assert_null(memchr(out, '\n', len - 1));
@@ -190,7 +190,7 @@ static void log_huge_message_stays_one_valid_line(void **state)
     (void)state;
     int fd = tmp_fd();
     struct log *l;
-    assert_int_equal(log_new(&l, fd, CONFIG_LOG_JSON, CONFIG_LOG_INFO, "w"), 0);
+    assert_int_equal(log_new(&l, fd, LOG_FORMAT_JSON, LOG_LEVEL_INFO, "w"), 0);
     size_t n = 200000;
     char *big = malloc(n + 1);
     assert_non_null(big);
@@ -198,10 +198,10 @@ static void log_huge_message_stays_one_valid_line(void **state)
         big[i] = (char)(i % 3 == 0 ? '\n' : 'x'); /* escaping doubles a third */
     big[n] = 0;
     struct log_field f[] = {LOG_F_STR("big", big)};
-    log_write(l, CONFIG_LOG_INFO, big, f, 1);
-    log_write(l, CONFIG_LOG_INFO, "short", f, 1);
-    log_printf(l, CONFIG_LOG_INFO, "%s", big);
-    log_write(l, CONFIG_LOG_INFO, "after", NULL, 0);
+    log_write(l, LOG_LEVEL_INFO, big, f, 1);
+    log_write(l, LOG_LEVEL_INFO, "short", f, 1);
+    log_printf(l, LOG_LEVEL_INFO, "%s", big);
+    log_write(l, LOG_LEVEL_INFO, "after", NULL, 0);
     char *out = slurp(fd);
     size_t lines = 0;
     for (char *p = out, *nl; (nl = strchr(p, '\n')); p = nl + 1) {
@@ -225,11 +225,11 @@ static void log_medium_message_is_kept_whole(void **state)
     (void)state;
     int fd = tmp_fd();
     struct log *l;
-    assert_int_equal(log_new(&l, fd, CONFIG_LOG_JSON, CONFIG_LOG_INFO, "w"), 0);
+    assert_int_equal(log_new(&l, fd, LOG_FORMAT_JSON, LOG_LEVEL_INFO, "w"), 0);
     char big[20000];
     memset(big, 'y', sizeof big - 1);
     big[sizeof big - 1] = 0;
-    log_write(l, CONFIG_LOG_INFO, big, NULL, 0);
+    log_write(l, LOG_LEVEL_INFO, big, NULL, 0);
     char *out = slurp(fd);
     json_t *j = parse_line(out, strlen(out) - 1);
     assert_string_equal(json_string_value(json_object_get(j, "msg")), big);
@@ -251,7 +251,7 @@ static void *writer(void *arg)
     msg[sizeof msg - 1] = 0;
     for (int i = 0; i < N_LINES; i++) {
         struct log_field f[] = {LOG_F_UINT("i", (uint64_t)i), LOG_F_STR("pad", msg)};
-        log_write(l, CONFIG_LOG_INFO, "concurrent", f, 2);
+        log_write(l, LOG_LEVEL_INFO, "concurrent", f, 2);
     }
     return NULL;
 }
@@ -261,7 +261,7 @@ static void log_concurrent_writers_never_interleave(void **state)
     (void)state;
     int fd = tmp_fd();
     struct log *l;
-    assert_int_equal(log_new(&l, fd, CONFIG_LOG_JSON, CONFIG_LOG_INFO, "w"), 0);
+    assert_int_equal(log_new(&l, fd, LOG_FORMAT_JSON, LOG_LEVEL_INFO, "w"), 0);
     pthread_t t[N_THREADS];
     for (int i = 0; i < N_THREADS; i++)
         assert_int_equal(pthread_create(&t[i], NULL, writer, l), 0);
@@ -284,10 +284,10 @@ static void log_new_rejects_bad_arguments_and_free_null_is_safe(void **state)
 {
     (void)state;
     struct log *l = (struct log *)1;
-    assert_int_equal(log_new(&l, -1, CONFIG_LOG_JSON, CONFIG_LOG_INFO, "w"), LLORCH_EINVAL);
+    assert_int_equal(log_new(&l, -1, LOG_FORMAT_JSON, LOG_LEVEL_INFO, "w"), LLORCH_EINVAL);
     assert_null(l);
     log_free(NULL);
-    assert_string_equal(log_level_name(CONFIG_LOG_WARN), "warn");
+    assert_string_equal(log_level_name(LOG_LEVEL_WARN), "warn");
 }
 
 static void log_null_logger_writes_text_to_stderr(void **state)
@@ -296,8 +296,8 @@ static void log_null_logger_writes_text_to_stderr(void **state)
     int fd = tmp_fd();
     int saved = dup(2);
     dup2(fd, 2);
-    log_write(NULL, CONFIG_LOG_ERROR, "early failure", NULL, 0);
-    log_write(NULL, CONFIG_LOG_DEBUG, "hidden", NULL, 0);
+    log_write(NULL, LOG_LEVEL_ERROR, "early failure", NULL, 0);
+    log_write(NULL, LOG_LEVEL_DEBUG, "hidden", NULL, 0);
     dup2(saved, 2);
     close(saved);
     char *out = slurp(fd);

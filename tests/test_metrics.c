@@ -529,8 +529,8 @@ static void metrics_requests_are_counted_by_endpoint_and_status(void **state)
     for (int i = 0; i < 3; i++)
         metrics_request_done(m, METRICS_EP_EXECUTE, 200);
     metrics_request_done(m, METRICS_EP_EXECUTE, 400);
-    metrics_request_done(m, metrics_endpoint_from_path("/v1/health?x=1", 14), 503);
-    metrics_request_done(m, metrics_endpoint_from_path("/nope", 5), 404);
+    metrics_request_done(m, metrics_endpoint_from_tag(METRICS_EP_HEALTH), 503);
+    metrics_request_done(m, metrics_endpoint_from_tag(-1), 404);
     metrics_request_done(m, METRICS_EP_METRICS, 999); /* out of range: counted as 500 */
     struct prom *p = render_and_parse(m, NULL, NULL);
     assert_string_equal(prom_type(p, "llorch_http_requests_total"), "counter");
@@ -550,37 +550,34 @@ static void metrics_requests_are_counted_by_endpoint_and_status(void **state)
     metrics_free(m);
 }
 
-static void metrics_endpoint_from_path_maps_every_route(void **state)
+static void metrics_every_endpoint_has_its_own_label(void **state)
 {
     (void)state;
-    static const struct {
-        const char *path;
-        enum metrics_endpoint e;
-    } cases[] = {
-        {"/health", METRICS_EP_HEALTH},
-        {"/v1/health", METRICS_EP_HEALTH},
-        {"/v1/ready", METRICS_EP_READY},
-        {"/execute", METRICS_EP_EXECUTE},
-        {"/v1/inference", METRICS_EP_INFERENCE},
-        {"/v1/inference/job-7", METRICS_EP_INFERENCE_CANCEL},
-        {"/v1/inference/", METRICS_EP_OTHER},
-        {"/cancel", METRICS_EP_CANCEL},
-        {"/v1/completions", METRICS_EP_COMPLETIONS},
-        {"/v1/chat/completions", METRICS_EP_CHAT_COMPLETIONS},
-        {"/v1/models", METRICS_EP_MODELS},
-        {"/metrics", METRICS_EP_METRICS},
-        {"/metrics?name[]=x", METRICS_EP_METRICS},
-        {"/v1/admin/shutdown", METRICS_EP_SHUTDOWN},
-        {"/v1/shutdown", METRICS_EP_SHUTDOWN},
-        {"/executex", METRICS_EP_OTHER},
-        {"", METRICS_EP_OTHER},
+    static const char *const want[METRICS_EP_COUNT_] = {
+        [METRICS_EP_HEALTH] = "/health",
+        [METRICS_EP_READY] = "/v1/ready",
+        [METRICS_EP_EXECUTE] = "/execute",
+        [METRICS_EP_INFERENCE] = "/v1/inference",
+        [METRICS_EP_INFERENCE_CANCEL] = "/v1/inference/{job_id}",
+        [METRICS_EP_CANCEL] = "/cancel",
+        [METRICS_EP_COMPLETIONS] = "/v1/completions",
+        [METRICS_EP_CHAT_COMPLETIONS] = "/v1/chat/completions",
+        [METRICS_EP_MODELS] = "/v1/models",
+        [METRICS_EP_METRICS] = "/metrics",
+        [METRICS_EP_SHUTDOWN] = "/v1/shutdown",
+        [METRICS_EP_OTHER] = "other",
+        [METRICS_EP_MODEL] = "/v1/models/{id}",
+        [METRICS_EP_COMPLETIONS_ROOT] = "/completions",
+        [METRICS_EP_CHAT_COMPLETIONS_ROOT] = "/chat/completions",
+        [METRICS_EP_MODELS_ROOT] = "/models",
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        if (metrics_endpoint_from_path(cases[i].path, strlen(cases[i].path)) != cases[i].e)
-            fail_msg("%s mapped wrongly", cases[i].path);
-    /* not NUL-terminated: only len bytes are read */
-    assert_int_equal(metrics_endpoint_from_path("/executeXYZ", 8), METRICS_EP_EXECUTE);
-    assert_string_equal(metrics_endpoint_name(METRICS_EP_EXECUTE), "/execute");
+    for (int e = 0; e < METRICS_EP_COUNT_; e++) {
+        assert_non_null(want[e]);
+        assert_string_equal(metrics_endpoint_name((enum metrics_endpoint)e), want[e]);
+        assert_int_equal(metrics_endpoint_from_tag(e), e);
+    }
+    assert_int_equal(metrics_endpoint_from_tag(-1), METRICS_EP_OTHER);
+    assert_int_equal(metrics_endpoint_from_tag(METRICS_EP_COUNT_), METRICS_EP_OTHER);
 }
 
 static void metrics_histogram_le_is_inclusive_and_count_matches(void **state)
@@ -868,7 +865,7 @@ int main(void)
         cmocka_unit_test(metrics_sched_stats_become_gauges_and_counters),
         cmocka_unit_test(metrics_step_mix_and_cost_model_are_exported),
         cmocka_unit_test(metrics_requests_are_counted_by_endpoint_and_status),
-        cmocka_unit_test(metrics_endpoint_from_path_maps_every_route),
+        cmocka_unit_test(metrics_every_endpoint_has_its_own_label),
         cmocka_unit_test(metrics_histogram_le_is_inclusive_and_count_matches),
         cmocka_unit_test(metrics_jobs_gauges_and_counters_render),
         cmocka_unit_test(metrics_label_values_are_escaped),

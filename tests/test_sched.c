@@ -642,7 +642,30 @@ static void sched_bad_parameters_are_refused_at_submit(void **state)
     h_close(&h);
 }
 
-static void sched_requests_that_can_never_fit_end_with_kv_exhausted(void **state)
+static void sched_prompt_over_the_byte_limit_ends_with_prompt_too_large(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf"});
+    /* the default limit for a 512-token context is 128 KiB */
+    size_t n = 200 * 1024;
+    char *text = malloc(n + 1);
+    assert_non_null(text);
+    memset(text, 'a', n);
+    text[n] = 0;
+    static struct result r;
+    struct sched_params p = greedy(1);
+    assert_int_equal(submit_text(&h, &r, "big", text, &p), 0);
+    free(text);
+    h_wait_all(&h, &r, 1);
+    assert_int_equal(r.terminal, SCHED_EV_ERROR);
+    assert_int_equal(r.code, SCHED_ERR_PROMPT_TOO_LARGE);
+    assert_int_equal(r.n_started, 0);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
+static void sched_requests_that_can_never_fit_end_with_context_exceeded(void **state)
 {
     (void)state;
     struct harness h;
@@ -664,7 +687,7 @@ static void sched_requests_that_can_never_fit_end_with_kv_exhausted(void **state
     h_wait_all(&h, r, 4);
     for (int i = 0; i < 3; i++) {
         assert_int_equal(r[i].terminal, SCHED_EV_ERROR);
-        assert_int_equal(r[i].code, SCHED_ERR_KV_EXHAUSTED);
+        assert_int_equal(r[i].code, SCHED_ERR_CONTEXT_EXCEEDED);
         assert_int_equal(r[i].n_started, 0);
     }
     assert_non_null(strstr(r[0].message, "context length"));
@@ -1308,7 +1331,8 @@ int main(void)
         cmocka_unit_test(sched_preemption_under_a_tiny_kv_cache_keeps_every_output),
         cmocka_unit_test(sched_full_queue_and_duplicate_job_are_refused),
         cmocka_unit_test(sched_bad_parameters_are_refused_at_submit),
-        cmocka_unit_test(sched_requests_that_can_never_fit_end_with_kv_exhausted),
+        cmocka_unit_test(sched_requests_that_can_never_fit_end_with_context_exceeded),
+        cmocka_unit_test(sched_prompt_over_the_byte_limit_ends_with_prompt_too_large),
         cmocka_unit_test(sched_timeout_ends_running_and_waiting_requests),
         cmocka_unit_test(sched_stop_string_ends_the_stream_before_the_match),
         cmocka_unit_test(sched_shared_prefix_is_reused_with_the_same_output),

@@ -409,9 +409,10 @@ static void tpool_free_releases_slot_objects(void **state)
     struct tpool *p;
     assert_int_equal(tpool_new(&p, &(struct tpool_opts){.n_threads = 2}), 0);
     int freed = 0;
-    assert_null(tpool_slot_get(p, TPOOL_SLOT_MATMUL));
-    tpool_slot_set(p, TPOOL_SLOT_MATMUL, &freed, count_free);
-    assert_ptr_equal(tpool_slot_get(p, TPOOL_SLOT_MATMUL), &freed);
+    assert_null(tpool_slot_get(p, 1u));
+    tpool_slot_set(p, 1u, &freed, count_free);
+    assert_ptr_equal(tpool_slot_get(p, 1u), &freed);
+    assert_null(tpool_slot_get(p, TPOOL_SLOTS));
     tpool_free(p);
     assert_int_equal(freed, 1);
 }

@@ -25,8 +25,8 @@
 
 struct log {
     int fd;
-    enum config_log_format format;
-    enum config_log_level level;
+    enum log_format format;
+    enum log_level level;
     char worker_id[LOG_WORKER_ID_MAX];
 };
 
@@ -316,15 +316,15 @@ static void write_all(int fd, const char *p, size_t n)
     }
 }
 
-static void log_emit(int fd, enum config_log_format format, const char *worker_id,
-                     enum config_log_level level, const char *msg, const struct log_field *fields,
+static void log_emit(int fd, enum log_format format, const char *worker_id,
+                     enum log_level level, const char *msg, const struct log_field *fields,
                      size_t n_fields)
 {
-    if ((unsigned)level > CONFIG_LOG_ERROR)
-        level = CONFIG_LOG_ERROR;
+    if ((unsigned)level > LOG_LEVEL_ERROR)
+        level = LOG_LEVEL_ERROR;
     struct lbuf b;
     lbuf_init(&b);
-    if (format == CONFIG_LOG_JSON) {
+    if (format == LOG_FORMAT_JSON) {
         lbuf_puts(&b, "{\"ts\":\"");
         put_timestamp(&b);
         lbuf_puts(&b, "\",\"level\":\"");
@@ -381,11 +381,11 @@ static void log_emit(int fd, enum config_log_format format, const char *worker_i
     lbuf_free(&b);
 }
 
-int log_new(struct log **out, int fd, enum config_log_format format, enum config_log_level level,
+int log_new(struct log **out, int fd, enum log_format format, enum log_level level,
             const char *worker_id)
 {
     *out = NULL;
-    if (fd < 0 || (unsigned)format > CONFIG_LOG_TEXT || (unsigned)level > CONFIG_LOG_ERROR)
+    if (fd < 0 || (unsigned)format > LOG_FORMAT_TEXT || (unsigned)level > LOG_LEVEL_ERROR)
         return LLORCH_EINVAL;
     struct log *l = calloc(1, sizeof *l);
     if (!l)
@@ -403,29 +403,29 @@ void log_free(struct log *l)
     free(l);
 }
 
-bool log_enabled(const struct log *l, enum config_log_level level)
+bool log_enabled(const struct log *l, enum log_level level)
 {
-    return level >= (l ? l->level : CONFIG_LOG_INFO);
+    return level >= (l ? l->level : LOG_LEVEL_INFO);
 }
 
-const char *log_level_name(enum config_log_level level)
+const char *log_level_name(enum log_level level)
 {
-    return (unsigned)level <= CONFIG_LOG_ERROR ? level_names[level] : "error";
+    return (unsigned)level <= LOG_LEVEL_ERROR ? level_names[level] : "error";
 }
 
-void log_write(struct log *l, enum config_log_level level, const char *msg,
+void log_write(struct log *l, enum log_level level, const char *msg,
                const struct log_field *fields, size_t n_fields)
 {
     if (!log_enabled(l, level))
         return;
     if (!l) {
-        log_emit(2, CONFIG_LOG_TEXT, NULL, level, msg, fields, n_fields);
+        log_emit(2, LOG_FORMAT_TEXT, NULL, level, msg, fields, n_fields);
         return;
     }
     log_emit(l->fd, l->format, l->worker_id, level, msg, fields, n_fields);
 }
 
-void log_printf(struct log *l, enum config_log_level level, const char *fmt, ...)
+void log_printf(struct log *l, enum log_level level, const char *fmt, ...)
 {
     if (!log_enabled(l, level))
         return;

@@ -9,7 +9,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "config.h"
+/* --log-format and --log-level (the config module parses them). */
+enum log_format { LOG_FORMAT_JSON, LOG_FORMAT_TEXT };
+enum log_level { LOG_LEVEL_DEBUG, LOG_LEVEL_INFO, LOG_LEVEL_WARN, LOG_LEVEL_ERROR };
 
 struct log;
 
@@ -33,21 +35,21 @@ struct log_field {
 #define LOG_F_BOOL(k, x) ((struct log_field){.key = (k), .type = LOG_BOOL, .v.b = (x)})
 
 /* fd is usually 2. worker_id is copied. */
-int log_new(struct log **out, int fd, enum config_log_format format, enum config_log_level level,
+int log_new(struct log **out, int fd, enum log_format format, enum log_level level,
             const char *worker_id);
 void log_free(struct log *l); /* NULL is safe */
 
 /* Whether a line at level would be written (to skip building costly fields). */
-bool log_enabled(const struct log *l, enum config_log_level level);
+bool log_enabled(const struct log *l, enum log_level level);
 /* "debug", "info", "warn", "error". */
-const char *log_level_name(enum config_log_level level);
+const char *log_level_name(enum log_level level);
 
 /* msg is plain text (escaped as needed); fields may be NULL/0. A NULL log
  * writes text lines to stderr (useful before configuration is parsed). */
-void log_write(struct log *l, enum config_log_level level, const char *msg,
+void log_write(struct log *l, enum log_level level, const char *msg,
                const struct log_field *fields, size_t n_fields);
 /* printf-style convenience without fields. */
-void log_printf(struct log *l, enum config_log_level level, const char *fmt, ...)
+void log_printf(struct log *l, enum log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 #endif

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -59,8 +60,8 @@ static const char *const log_level_names[] = {"debug", "info", "warn", "error", 
 _Static_assert(sizeof(enum llorch_dtype) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum llorch_kv_type) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum llorch_isa) == sizeof(int), "enum size");
-_Static_assert(sizeof(enum config_log_format) == sizeof(int), "enum size");
-_Static_assert(sizeof(enum config_log_level) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum log_format) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum log_level) == sizeof(int), "enum size");
 
 #define F(field) offsetof(struct config, field), sizeof(((struct config *)0)->field)
 #define KiB 1024ull
@@ -91,6 +92,10 @@ static const struct opt opts[] = {
     {"host", "network", OPT_STR, F(host), 0, 0, NULL, "ADDR", NULL, NULL, "address to listen on"},
     {"port", NULL, OPT_U16, F(port), 0, 65535, NULL, "N", NULL, NULL,
      "TCP port to listen on (0 = any free port)"},
+    {"advertise-url", NULL, OPT_STR, F(advertise_url), 0, 0, NULL, "URL", NULL,
+     "http://HOST:PORT (the listen address)",
+     "this worker's URL in the pool-manager ready callback, for a pool manager on another host "
+     "when listening on loopback or behind NAT"},
     {"max-connections", NULL, OPT_U32, F(max_connections), 1, 1048576, NULL, "N", NULL, NULL,
      "open connections at most"},
     {"max-header-bytes", NULL, OPT_U32, F(max_header_bytes), 1024, 1 * MiB, NULL, "N", "bytes",
@@ -403,8 +408,8 @@ void config_defaults(struct config *c)
     c->callback_max_retries = 8;
     c->callback_backoff_ms = 500;
     c->callback_backoff_max_ms = 30000;
-    c->log_format = CONFIG_LOG_JSON;
-    c->log_level = CONFIG_LOG_INFO;
+    c->log_format = LOG_FORMAT_JSON;
+    c->log_level = LOG_LEVEL_INFO;
 }
 
 /* ---- --help ---------------------------------------------------------- */
@@ -786,6 +791,76 @@ static int config_read_api_key(struct config *c, char *err, size_t errlen)
     return r;
 }
 
+/* The host part of an http(s) URL (without brackets or port). */
+static void url_host(const char *url, const char **host, size_t *len)
+{
+    const char *p = strstr(url, "://");
+    p = p ? p + 3 : url;
+    const char *end = p + strcspn(p, "/?#");
+    const char *at = memchr(p, '@', (size_t)(end - p));
+    if (at)
+        p = at + 1;
+    if (*p == '[') {
+        const char *rb = memchr(p, ']', (size_t)(end - p));
+        *host = p + 1;
+        *len = rb ? (size_t)(rb - p - 1) : (size_t)(end - p - 1);
+        return;
+    }
+    const char *colon = memchr(p, ':', (size_t)(end - p));
+    *host = p;
+    *len = (size_t)((colon ? colon : end) - p);
+}
+
+bool config_host_is_loopback(const char *host, size_t len)
+{
+    if (len >= 2 && host[0] == '[' && host[len - 1] == ']') {
+        host++;
+        len -= 2;
+    }
+    return (len == 9 && !strncasecmp(host, "localhost", 9)) ||
+           (len > 10 && !strncasecmp(host + len - 10, ".localhost", 10)) ||
+           (len >= 4 && !strncmp(host, "127.", 4)) || (len == 3 && !strncmp(host, "::1", 3));
+}
+
+static bool is_http_url(const char *u)
+{
+    return !strncmp(u, "http://", 7) || !strncmp(u, "https://", 8);
+}
+
+/* A pool manager on another host cannot call back a worker that would
+ * advertise a loopback address: refuse to start rather than register an
+ * unreachable URL. */
+static int config_check_advertised(const struct config *c, char *err, size_t errlen)
+{
+    if (c->advertise_url[0] && !is_http_url(c->advertise_url))
+        return llorch_errf(err, errlen, LLORCH_EINVAL,
+                           "--advertise-url: expected an http:// or https:// URL, got '%.64s'",
+                           c->advertise_url);
+    if (config_callback_is_test_mode(c))
+        return 0;
+    const char *h;
+    size_t n;
+    url_host(c->callback_url, &h, &n);
+    bool pm_local = config_host_is_loopback(h, n);
+    const char *adv = c->advertise_url[0] ? c->advertise_url : NULL;
+    bool worker_local;
+    if (adv) {
+        url_host(adv, &h, &n);
+        worker_local = config_host_is_loopback(h, n);
+    } else {
+        worker_local = config_host_is_loopback(c->host, strlen(c->host));
+    }
+    if (pm_local || !worker_local)
+        return 0;
+    url_host(c->callback_url, &h, &n);
+    return llorch_errf(err, errlen, LLORCH_EINVAL,
+                       "--callback-url: the pool manager at %.*s is on another host, but this "
+                       "worker would advertise %s%s, a loopback address it cannot reach; listen "
+                       "on a reachable address (--host) or pass --advertise-url URL",
+                       (int)LLORCH_MIN(n, (size_t)200), h, adv ? adv : "http://",
+                       adv ? "" : c->host);
+}
+
 static int config_finish(struct config *c, char *err, size_t errlen)
 {
     if (!c->worker_id[0])
@@ -800,6 +875,9 @@ static int config_finish(struct config *c, char *err, size_t errlen)
         return llorch_errf(err, errlen, LLORCH_EINVAL,
                     "--callback-url: expected an http:// or https:// URL, got '%.64s'",
                     c->callback_url);
+    int ra = config_check_advertised(c, err, errlen);
+    if (ra)
+        return ra;
     if (c->sse_sndbuf_bytes > 0 && c->sse_sndbuf_bytes < CONFIG_SNDBUF_MIN)
         return llorch_errf(err, errlen, LLORCH_ERANGE,
                     "--sse-sndbuf-bytes: must be 0 (kernel autotuning) or at least %u, got %u",

@@ -10,9 +10,7 @@
 #include <stdint.h>
 
 #include "llorch/llorch.h"
-
-enum config_log_format { CONFIG_LOG_JSON, CONFIG_LOG_TEXT };
-enum config_log_level { CONFIG_LOG_DEBUG, CONFIG_LOG_INFO, CONFIG_LOG_WARN, CONFIG_LOG_ERROR };
+#include "log.h"
 
 /* Smallest non-zero --sse-sndbuf-bytes (below it the kernel rounds up anyway). */
 #define CONFIG_SNDBUF_MIN 4096u
@@ -28,6 +26,8 @@ struct config {
     char chat_template[64];       /* --chat-template NAME; empty = from the file */
     /* network */
     char host[256];               /* --host, default 127.0.0.1 */
+    char advertise_url[2048];     /* --advertise-url: the worker's URL in the ready callback;
+                                     empty = http://<host>:<port> */
     uint16_t port;                /* --port, default 8080 */
     uint32_t max_connections;     /* --max-connections, default 16384 */
     uint32_t max_header_bytes;    /* --max-header-bytes, default 16384 */
@@ -61,8 +61,8 @@ struct config {
     uint32_t callback_max_retries;   /* --callback-max-retries, default 8 */
     uint32_t callback_backoff_ms;    /* --callback-backoff-ms, first delay, default 500 */
     uint32_t callback_backoff_max_ms; /* --callback-backoff-max-ms, delay cap, default 30000 */
-    enum config_log_format log_format; /* --log-format json|text */
-    enum config_log_level log_level;   /* --log-level debug|info|warn|error */
+    enum log_format log_format; /* --log-format json|text */
+    enum log_level log_level;   /* --log-level debug|info|warn|error */
     char config_file[4096];       /* --config FILE */
 };
 
@@ -80,5 +80,8 @@ int config_parse(struct config *c, int argc, char **argv, char **envp, bool *exi
 
 /* True when the callback URL means "no pool manager" (test mode). */
 bool config_callback_is_test_mode(const struct config *c);
+/* localhost, *.localhost, 127.0.0.0/8 or ::1 (brackets allowed): bytes plus
+ * length. */
+bool config_host_is_loopback(const char *host, size_t len);
 
 #endif

@@ -58,7 +58,8 @@ struct daemon {
     int mpi_rank, mpi_size;
     bool pl_started;          /* pipeline_coord_new ran (the stages left its collectives) */
     struct http_server *srv;
-    struct api_worker *api;
+    struct api *api;              /* the API core: jobs, readiness, the drain */
+    struct api_worker *worker;
     struct api_openai *oai;
     struct sched *sched;
     bool shutting_down;
@@ -66,6 +67,7 @@ struct daemon {
     /* operations */
     struct metrics *metrics;
     struct mgr *mgr;
+    struct mgr_state mgr_state;   /* /health's copy, refreshed when asked */
     struct llorch_sd *sd;
     int listen_fd;            /* from systemd socket activation, or -1 */
     uint64_t wd_steps;        /* engine steps at the last watchdog check */
@@ -96,12 +98,14 @@ static void daemon_close_all(struct daemon *d)
     http_server_close(d->srv);
     d->srv = NULL;
     /* Joins the step driver; ends anything left with SHUTTING_DOWN (its
-     * events are never taken: api_worker_close frees their owners). */
+     * events are never taken: api_close frees their owners). */
     sched_free(d->sched);
     d->sched = NULL;
     api_openai_free(d->oai);
     d->oai = NULL;
-    api_worker_close(d->api);
+    api_worker_free(d->worker);
+    d->worker = NULL;
+    api_close(d->api);
     d->api = NULL;
     mgr_close(d->mgr, NULL, NULL);
     d->mgr = NULL;
@@ -118,7 +122,7 @@ static void daemon_close_all(struct daemon *d)
 static void daemon_on_drained(void *ctx)
 {
     struct daemon *d = ctx;
-    log_write(d->log, CONFIG_LOG_INFO, "drained, exiting", NULL, 0);
+    log_write(d->log, LOG_LEVEL_INFO, "drained, exiting", NULL, 0);
     daemon_close_all(d);
 }
 
@@ -130,12 +134,12 @@ static void daemon_begin_shutdown(void *ctx)
         return;
     d->shutting_down = true;
     struct log_field f[] = {LOG_F_UINT("drain_timeout_ms", d->cfg->drain_timeout_ms),
-                            LOG_F_UINT("live_jobs", api_worker_live_jobs(d->api))};
-    log_write(d->log, CONFIG_LOG_INFO, d->loading ? "shutting down: loading stopped" :
+                            LOG_F_UINT("live_jobs", api_live_jobs(d->api))};
+    log_write(d->log, LOG_LEVEL_INFO, d->loading ? "shutting down: loading stopped" :
               "shutting down: draining", f, LLORCH_ARRAY_SIZE(f));
     atomic_store(&d->load_cancel, true); /* the load thread stops at its next report */
     llorch_sd_stopping(d->sd, "draining");
-    api_worker_drain(d->api, d->cfg->drain_timeout_ms, daemon_on_drained, d);
+    api_drain(d->api, d->cfg->drain_timeout_ms, daemon_on_drained, d);
 }
 
 static void daemon_on_signal(uv_signal_t *h, int signum)
@@ -149,14 +153,14 @@ static void daemon_on_signal(uv_signal_t *h, int signum)
         _exit(1);
     }
     struct log_field f[] = {LOG_F_STR("signal", signum == SIGTERM ? "SIGTERM" : "SIGINT")};
-    log_write(d->log, CONFIG_LOG_INFO, "signal received", f, 1);
+    log_write(d->log, LOG_LEVEL_INFO, "signal received", f, 1);
     daemon_begin_shutdown(d);
 }
 
 static int fail(struct daemon *d, const char *what, const char *detail)
 {
     struct log_field f[] = {LOG_F_STR("error", detail)};
-    log_write(d->log, CONFIG_LOG_ERROR, what, f, 1);
+    log_write(d->log, LOG_LEVEL_ERROR, what, f, 1);
     return 1;
 }
 
@@ -165,10 +169,9 @@ static int fail(struct daemon *d, const char *what, const char *detail)
 static void daemon_on_response(void *ctx, const struct http_request *r, int status)
 {
     struct daemon *d = ctx;
-    enum metrics_endpoint e =
-        r ? metrics_endpoint_from_path(r->path, r->path_len) : METRICS_EP_OTHER;
+    enum metrics_endpoint e = metrics_endpoint_from_tag(r ? r->route_tag : -1);
     metrics_request_done(d->metrics, e, (unsigned)status);
-    if (!log_enabled(d->log, CONFIG_LOG_DEBUG))
+    if (!log_enabled(d->log, LOG_LEVEL_DEBUG))
         return;
     char path[256];
     size_t n = r ? LLORCH_MIN(r->path_len, sizeof(path) - 1) : 0;
@@ -177,7 +180,7 @@ static void daemon_on_response(void *ctx, const struct http_request *r, int stat
     path[n] = 0;
     struct log_field f[] = {LOG_F_STR("method", r ? r->method_name : ""), LOG_F_STR("path", path),
                             LOG_F_INT("status", status)};
-    log_write(d->log, CONFIG_LOG_DEBUG, "http response", f, LLORCH_ARRAY_SIZE(f));
+    log_write(d->log, LOG_LEVEL_DEBUG, "http response", f, LLORCH_ARRAY_SIZE(f));
 }
 
 static void daemon_h_metrics(void *ctx, struct http_request *r, const char *tail, size_t tail_len)
@@ -185,8 +188,8 @@ static void daemon_h_metrics(void *ctx, struct http_request *r, const char *tail
     LLORCH_UNUSED(tail);
     LLORCH_UNUSED(tail_len);
     struct daemon *d = ctx;
-    if (!api_worker_authorized(d->api, r)) { /* same key as the API when one is set */
-        api_worker_respond_unauthorized(r);
+    if (!api_authorized(d->api, r)) { /* same key as the API when one is set */
+        api_respond_unauthorized(r);
         return;
     }
     struct sched_stats st;
@@ -233,13 +236,40 @@ static const char *daemon_health_status(void *ctx)
     return d->shutting_down ? "degraded" : "healthy";
 }
 
+/* /health's pool_manager object (loop thread, as the client's state). */
+static void daemon_pm_state(void *ctx, struct api_worker_pm_state *out)
+{
+    struct daemon *d = ctx;
+    mgr_state_get(d->mgr, &d->mgr_state);
+    out->status = mgr_status_name(d->mgr_state.status);
+    out->attempts = d->mgr_state.attempts;
+    out->last_error = d->mgr_state.last_error;
+}
+
+/* The pool-manager client's counted events, into metrics. */
+static void daemon_count_mgr(void *ctx, enum mgr_count what)
+{
+    static const enum metrics_counter c[] = {
+        [MGR_COUNT_CALLBACK_ATTEMPT] = METRICS_C_CALLBACK_ATTEMPTS,
+        [MGR_COUNT_CALLBACK_FAILURE] = METRICS_C_CALLBACK_FAILURES,
+        [MGR_COUNT_HEARTBEAT] = METRICS_C_HEARTBEATS,
+        [MGR_COUNT_HEARTBEAT_FAILURE] = METRICS_C_HEARTBEAT_FAILURES,
+    };
+    if ((unsigned)what < LLORCH_ARRAY_SIZE(c))
+        metrics_counter_add(ctx, c[what], 1);
+}
+
 /* The pool-manager client, once the port is known (after listening). */
 static int daemon_start_mgr(struct daemon *d, uint64_t memory_bytes)
 {
     const struct config *cfg = d->cfg;
     uint16_t port = http_server_port(d->srv);
-    char url[512];
-    if (mgr_format_worker_url(cfg->host, port, url, sizeof(url)) != 0)
+    /* --advertise-url, else the listen address (config refused a loopback
+     * one for a pool manager on another host) */
+    char url[2048];
+    if (cfg->advertise_url[0])
+        snprintf(url, sizeof(url), "%s", cfg->advertise_url);
+    else if (mgr_format_worker_url(cfg->host, port, url, sizeof(url)) != 0)
         return fail(d, "pool-manager client failed", "worker URL too long");
     struct mgr_opts mo = {
         .callback_url = cfg->callback_url,
@@ -255,12 +285,13 @@ static int daemon_start_mgr(struct daemon *d, uint64_t memory_bytes)
         .health_status = daemon_health_status,
         .health_ctx = d,
         .log = d->log,
-        .metrics = d->metrics,
+        .count = daemon_count_mgr,
+        .count_ctx = d->metrics,
     };
     int r = mgr_new(&d->mgr, &d->loop, &mo);
     if (r)
         return fail(d, "pool-manager client failed", llorch_strerror(r));
-    api_worker_set_mgr(d->api, d->mgr);
+    api_worker_set_pool_manager(d->worker, daemon_pm_state, d);
     mgr_start(d->mgr);
     return 0;
 }
@@ -340,7 +371,7 @@ static void daemon_show_progress(struct daemon *d)
     double shown = LLORCH_MIN(p, 0.999);
     metrics_set_load_progress(d->metrics, shown);
     if (d->api && !d->shutting_down)
-        api_worker_set_loading(d->api, shown);
+        api_set_loading(d->api, shown);
     int pct = (int)(p * 100.0);
     if (pct > d->load_pct) {
         d->load_pct = pct;
@@ -353,7 +384,7 @@ static void daemon_show_progress(struct daemon *d)
         d->load_decile = decile;
         struct log_field f[] = {LOG_F_DBL("progress", (double)(int)(p * 1000.0) / 1000.0),
                                 LOG_F_UINT("elapsed_ms", (uv_hrtime() - d->load_t0) / 1000000)};
-        log_write(d->log, CONFIG_LOG_INFO, "loading model: progress", f, LLORCH_ARRAY_SIZE(f));
+        log_write(d->log, LOG_LEVEL_INFO, "loading model: progress", f, LLORCH_ARRAY_SIZE(f));
     }
 }
 
@@ -403,7 +434,7 @@ static int daemon_loaded(struct daemon *d)
                 LOG_F_UINT("layer_first", si.layer_first), LOG_F_UINT("layer_last", si.layer_last),
                 LOG_F_UINT("weight_bytes", si.weight_bytes), LOG_F_UINT("kv_bytes", si.kv_bytes),
             };
-            log_write(d->log, CONFIG_LOG_INFO, "pipeline stage ready", sf, LLORCH_ARRAY_SIZE(sf));
+            log_write(d->log, LOG_LEVEL_INFO, "pipeline stage ready", sf, LLORCH_ARRAY_SIZE(sf));
         }
         d->info.n_ctx = pipeline_n_ctx(d->pl);
         d->info.dtype = forward_dtype_name(pipeline_dtype(d->pl));
@@ -417,7 +448,7 @@ static int daemon_loaded(struct daemon *d)
         d->info.kv_type = forward_kv_type_name(forward_kv_type(d->fw));
         d->info.isa = forward_isa_name(d->fw);
     }
-    api_worker_set_info(d->api, &d->info);
+    api_worker_set_info(d->worker, &d->info);
     struct gguf_str tmpl = {0};
     bool has_tmpl = gguf_get_str(d->model->file, LLORCH_GGUF_KEY_TOK_CHAT_TEMPLATE, &tmpl) == 0;
     int r = api_openai_set_model(d->oai, d->tok, has_tmpl ? tmpl.ptr : NULL,
@@ -434,7 +465,7 @@ static int daemon_loaded(struct daemon *d)
         LOG_F_STR("matmul", d->fw ? forward_matmul_backend(d->fw) : "pipeline stages"),
         LOG_F_UINT("n_ctx", d->info.n_ctx),
     };
-    log_write(d->log, CONFIG_LOG_INFO, "model loaded", mf, LLORCH_ARRAY_SIZE(mf));
+    log_write(d->log, LOG_LEVEL_INFO, "model loaded", mf, LLORCH_ARRAY_SIZE(mf));
 
     /* the scheduler: its events come back through the api's uv_async_t */
     struct sched_opts so = {
@@ -444,7 +475,7 @@ static int daemon_loaded(struct daemon *d)
         .itl_target_ms = cfg->itl_target_ms,
         .pool = d->pool,
         .batch_window_ms = cfg->batch_window_ms,
-        .notify = api_worker_notify,
+        .notify = api_notify,
         .notify_ctx = d->api,
         .on_step = daemon_on_step,
         .on_step_ctx = d->metrics,
@@ -460,8 +491,8 @@ static int daemon_loaded(struct daemon *d)
     if (r)
         return fail(d, "scheduler failed", llorch_strerror(r));
     if (d->pl)
-        api_worker_set_health_extra(d->api, daemon_health_stages, d);
-    api_worker_set_ready(d->api, d->sched);
+        api_worker_set_health_extra(d->worker, daemon_health_stages, d);
+    api_set_ready(d->api, d->sched);
     metrics_set_load_progress(d->metrics, 1.0);
 
     /* systemd: READY=1, then watchdog pings from the loop */
@@ -521,20 +552,20 @@ static void daemon_raise_nofile(struct daemon *d)
             LOG_F_UINT("open_files_limit", (uint64_t)rl.rlim_cur),
             LOG_F_UINT("max_connections", d->cfg->max_connections),
         };
-        log_write(d->log, CONFIG_LOG_WARN,
+        log_write(d->log, LOG_LEVEL_WARN,
                   "the open-file limit is below --max-connections: connections past it are "
                   "refused by accept()",
                   f, LLORCH_ARRAY_SIZE(f));
     }
 }
 
-static int daemon_start(struct daemon *d)
+/* Phase 0: the open-file limit, systemd, the socket it may pass us, metrics. */
+static int daemon_start_operations(struct daemon *d)
 {
     const struct config *cfg = d->cfg;
     char err[512] = "";
     int r;
 
-    /* 0. operations: file limit, systemd, the socket it may pass us, metrics */
     daemon_raise_nofile(d);
     r = llorch_sd_new(&d->sd, &d->loop, d->log);
     if (r)
@@ -545,13 +576,23 @@ static int daemon_start(struct daemon *d)
     r = metrics_new(&d->metrics, cfg->worker_id, cfg->model_ref);
     if (r)
         return fail(d, "metrics failed", llorch_strerror(r));
+    return 0;
+}
+
+/* Phase 1: the model file (mapped, checked), its tokenizer and the compute pool; quick, so a bad
+ * file fails before anything listens. */
+static int daemon_open_model(struct daemon *d)
+{
+    const struct config *cfg = d->cfg;
+    char err[512] = "";
+    int r;
 
     /* 1. the model file (mapped, checked) and its tokenizer: quick, so a bad
      * file fails here, before anything listens */
     if (cfg->model[0] == 0)
         return fail(d, "no model", "--model PATH is required");
     struct log_field lf[] = {LOG_F_STR("model", cfg->model)};
-    log_write(d->log, CONFIG_LOG_INFO, "loading model", lf, 1);
+    log_write(d->log, LOG_LEVEL_INFO, "loading model", lf, 1);
     llorch_sd_status(d->sd, "loading model %s", cfg->model);
     d->load_t0 = uv_hrtime();
     r = model_load(&d->model, cfg->model, err, sizeof(err));
@@ -567,6 +608,15 @@ static int daemon_start(struct daemon *d)
     r = tpool_new(&d->pool, &po);
     if (r)
         return fail(d, "thread pool failed", llorch_strerror(r));
+    return 0;
+}
+
+/* Phase 2: the HTTP server, the API core and both APIs, in the loading state. */
+static int daemon_start_server(struct daemon *d)
+{
+    const struct config *cfg = d->cfg;
+    char err[512] = "";
+    int r;
 
     /* 2. the server and its APIs, in the loading state; what only the
      * packed weights tell (dtype, n_ctx, memory) is set once loaded */
@@ -587,27 +637,35 @@ static int daemon_start(struct daemon *d)
         .threads = (uint32_t)tpool_size(d->pool),
         .add_bos = tokenizer_adds_bos(d->tok),
     };
-    struct api_worker_opts ao = {
-        .cfg = cfg,
-        .info = d->info,
-        .shutdown_cb = daemon_begin_shutdown,
-        .shutdown_ctx = d,
+    struct api_opts co = {
+        .api_key = cfg->api_key,
+        .sse_outbox_bytes = cfg->sse_outbox_bytes,
+        .ping_interval_ms = cfg->ping_interval_ms,
         .metrics = d->metrics,
         .log = d->log,
     };
-    r = api_worker_new(&d->api, &d->loop, d->srv, &ao);
+    r = api_new(&d->api, &d->loop, d->srv, &co);
+    if (r)
+        return fail(d, "api failed", llorch_strerror(r));
+    struct api_worker_opts ao = {
+        .info = d->info,
+        .shutdown_cb = daemon_begin_shutdown,
+        .shutdown_ctx = d,
+    };
+    r = api_worker_new(&d->worker, d->api, d->srv, &ao);
     if (r)
         return fail(d, "worker api failed", llorch_strerror(r));
     http_server_observe(d->srv, daemon_on_response, d);
-    r = http_server_route(d->srv, LLORCH_HTTP_GET | LLORCH_HTTP_HEAD, "/metrics", false,
-                          daemon_h_metrics, d);
+    r = http_server_route_tagged(d->srv, LLORCH_HTTP_GET | LLORCH_HTTP_HEAD, "/metrics", false,
+                                 daemon_h_metrics, d, METRICS_EP_METRICS);
     if (r)
         return fail(d, "metrics route failed", llorch_strerror(r));
     struct gguf_str tmpl = {0};
     bool has_tmpl = gguf_get_str(d->model->file, LLORCH_GGUF_KEY_TOK_CHAT_TEMPLATE, &tmpl) == 0;
     struct api_openai_opts oo = {
-        .cfg = cfg,
-        .worker = d->api,
+        .model_ref = cfg->model_ref,
+        .chat_template_name = cfg->chat_template,
+        .core = d->api,
         .model_id = d->info.model,
         .model_name = d->model->name,
         .tok = d->tok,
@@ -624,11 +682,19 @@ static int daemon_start(struct daemon *d)
     }
     if (api_openai_chat_template(d->oai) == CHAT_TEMPLATE_UNKNOWN) {
         struct log_field tf[] = {LOG_F_STR("supported", chat_template_names())};
-        log_write(d->log, CONFIG_LOG_WARN,
+        log_write(d->log, LOG_LEVEL_WARN,
                   "the model's chat template is not recognised: /v1/chat/completions answers 400 "
                   "unless --chat-template NAME is given",
                   tf, 1);
     }
+    return 0;
+}
+
+/* Phase 3: listen (so /health answers while the weights are packed) and handle signals. */
+static int daemon_listen(struct daemon *d)
+{
+    const struct config *cfg = d->cfg;
+    int r;
 
     /* 3. listen now, so that /health answers at once while the weights are
      * packed: on the socket systemd passed (--host/--port ignored) or our
@@ -655,9 +721,17 @@ static int daemon_start(struct daemon *d)
         LOG_F_UINT("threads", d->info.threads),
         LOG_F_UINT("max_batch", cfg->max_batch),
     };
-    log_write(d->log, CONFIG_LOG_INFO,
+    log_write(d->log, LOG_LEVEL_INFO,
               d->listen_fd >= 0 ? "listening on the socket passed by systemd" : "listening", f,
               LLORCH_ARRAY_SIZE(f));
+    return 0;
+}
+
+/* Phase 4: pack the weights on a libuv pool thread; daemon_load_done continues. */
+static int daemon_start_load(struct daemon *d)
+{
+    const struct config *cfg = d->cfg;
+    int r;
 
     /* 4. pack the weights off the loop; daemon_load_done continues */
     r = uv_async_init(&d->loop, &d->load_async, daemon_on_load_progress);
@@ -665,7 +739,7 @@ static int daemon_start(struct daemon *d)
         return fail(d, "loading failed", uv_strerror(r));
     d->load_async.data = d;
     d->load_async_open = true;
-    d->load_bar = isatty(2) && cfg->log_format == CONFIG_LOG_TEXT;
+    d->load_bar = isatty(2) && cfg->log_format == LOG_FORMAT_TEXT;
     d->load_pct = -1;
     d->load_work.data = d;
     r = uv_queue_work(&d->loop, &d->load_work, daemon_load_work, daemon_load_done);
@@ -673,6 +747,20 @@ static int daemon_start(struct daemon *d)
         return fail(d, "loading failed", uv_strerror(r));
     d->loading = true;
     return 0;
+}
+
+static int daemon_start(struct daemon *d)
+{
+    int r = daemon_start_operations(d);
+    if (!r)
+        r = daemon_open_model(d);
+    if (!r)
+        r = daemon_start_server(d);
+    if (!r)
+        r = daemon_listen(d);
+    if (!r)
+        r = daemon_start_load(d);
+    return r;
 }
 
 /* Frees whatever start-up created, in reverse order. Handles still open
@@ -683,7 +771,8 @@ static void daemon_stop(struct daemon *d)
         http_server_close(d->srv);
     sched_free(d->sched);
     api_openai_free(d->oai);
-    api_worker_close(d->api);
+    api_worker_free(d->worker);
+    api_close(d->api);
     mgr_close(d->mgr, NULL, NULL);
     llorch_sd_close(d->sd, NULL, NULL);
     if (d->signals_open) {
@@ -722,12 +811,12 @@ static int daemon_stage_main(const struct config *cfg, int rank, int size)
     struct tpool_opts po = {.n_threads = (int)cfg->threads, .pin = cfg->cpu_pinning,
                             .name = "llorch-s"};
     if (r) {
-        log_printf(log, CONFIG_LOG_ERROR, "stage %d: model load failed: %s", rank, err);
+        log_printf(log, LOG_LEVEL_ERROR, "stage %d: model load failed: %s", rank, err);
         MPI_Abort(MPI_COMM_WORLD, 1); /* the coordinator waits in a collective */
         return 1;
     }
     if ((r = tpool_new(&pool, &po)) != 0) {
-        log_printf(log, CONFIG_LOG_ERROR, "stage %d: thread pool failed", rank);
+        log_printf(log, LOG_LEVEL_ERROR, "stage %d: thread pool failed", rank);
         MPI_Abort(MPI_COMM_WORLD, 1);
         return 1;
     }
@@ -748,9 +837,9 @@ static int daemon_stage_main(const struct config *cfg, int rank, int size)
     };
     r = pipeline_stage_run(m, &plo, err, sizeof err);
     if (r)
-        log_printf(log, CONFIG_LOG_ERROR, "stage %d: %s", rank, err[0] ? err : llorch_strerror(r));
+        log_printf(log, LOG_LEVEL_ERROR, "stage %d: %s", rank, err[0] ? err : llorch_strerror(r));
     else
-        log_printf(log, CONFIG_LOG_INFO, "stage %d: stopped", rank);
+        log_printf(log, LOG_LEVEL_INFO, "stage %d: stopped", rank);
     tpool_free(pool);
     model_free(m);
     log_free(log);
@@ -767,7 +856,7 @@ int main(int argc, char **argv, char **envp)
     char err[1024] = "";
     int r = config_parse(&cfg, argc, argv, envp, &exit_now, err, sizeof(err));
     if (r) {
-        log_printf(NULL, CONFIG_LOG_ERROR, "%s", err[0] ? err : llorch_strerror(r));
+        log_printf(NULL, LOG_LEVEL_ERROR, "%s", err[0] ? err : llorch_strerror(r));
         return 2;
     }
     if (exit_now)
@@ -782,7 +871,7 @@ int main(int argc, char **argv, char **envp)
         MPI_Comm_size(MPI_COMM_WORLD, &d.mpi_size);
         if (provided < MPI_THREAD_SERIALIZED || d.mpi_size < 2) {
             if (d.mpi_rank == 0)
-                log_printf(NULL, CONFIG_LOG_ERROR, "%s",
+                log_printf(NULL, LOG_LEVEL_ERROR, "%s",
                            d.mpi_size < 2 ? "--pipeline: run as `mpirun -np S+1 llorch-cpud "
                                             "--pipeline ...` (rank 0 serves, ranks 1..S are stages)"
                                           : "--pipeline: MPI lacks MPI_THREAD_SERIALIZED");
@@ -792,18 +881,18 @@ int main(int argc, char **argv, char **envp)
         if (d.mpi_rank > 0)
             return daemon_stage_main(&cfg, d.mpi_rank, d.mpi_size);
 #else
-        log_printf(NULL, CONFIG_LOG_ERROR,
+        log_printf(NULL, LOG_LEVEL_ERROR,
                    "--pipeline: this build has no MPI (install libopenmpi-dev, rebuild)");
         return 2;
 #endif
     }
     if (log_new(&d.log, 2, cfg.log_format, cfg.log_level, cfg.worker_id) != 0) {
-        log_printf(NULL, CONFIG_LOG_ERROR, "cannot create the logger");
+        log_printf(NULL, LOG_LEVEL_ERROR, "cannot create the logger");
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
     if (uv_loop_init(&d.loop) != 0) {
-        log_write(d.log, CONFIG_LOG_ERROR, "uv_loop_init failed", NULL, 0);
+        log_write(d.log, LOG_LEVEL_ERROR, "uv_loop_init failed", NULL, 0);
         log_free(d.log);
         return 1;
     }
@@ -813,7 +902,7 @@ int main(int argc, char **argv, char **envp)
         d.srv = NULL; /* closed by daemon_on_drained */
     }
     daemon_stop(&d);
-    log_write(d.log, CONFIG_LOG_INFO, d.exit_code ? "start-up failed" : "stopped", NULL, 0);
+    log_write(d.log, LOG_LEVEL_INFO, d.exit_code ? "start-up failed" : "stopped", NULL, 0);
     log_free(d.log);
 #if LLORCH_HAVE_MPI
     if (cfg.pipeline) {

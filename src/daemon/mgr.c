@@ -22,6 +22,7 @@
 #include "llorch/config.h"
 #include "llorch/error.h"
 #include "queue.h"
+#include "thread.h"
 #include "util.h"
 
 #define MGR_URL_MAX 2048
@@ -48,6 +49,7 @@ struct sock {
 
 struct mgr {
     uv_loop_t *loop;
+    struct llorch_thread loop_thread; /* recorded by mgr_new: every function runs there */
     CURLM *multi;
     uv_timer_t curl_timer;  /* curl's own timeouts */
     uv_timer_t retry_timer; /* next callback attempt */
@@ -68,7 +70,8 @@ struct mgr {
     const char *(*health_status)(void *ctx);
     void *health_ctx;
     struct log *log;
-    struct metrics *metrics;
+    void (*count)(void *ctx, enum mgr_count what);
+    void *count_ctx;
 };
 
 static const char *const status_names[] = {
@@ -93,6 +96,7 @@ enum mgr_status mgr_state_get(const struct mgr *m, struct mgr_state *out)
         out->status = MGR_DISABLED;
         return MGR_DISABLED;
     }
+    LLORCH_ASSERT_ON_LOOP(&m->loop_thread);
     *out = m->st;
     return m->st.status;
 }
@@ -122,13 +126,19 @@ int mgr_format_worker_url(const char *host, uint16_t port, char *buf, size_t n)
 
 /* ---- logging helpers --------------------------------------------------- */
 
-static void mgr_log(struct mgr *m, enum config_log_level level, const char *msg,
+static void mgr_log(struct mgr *m, enum log_level level, const char *msg,
                     const struct log_field *f, size_t n)
 {
     log_write(m->log, level, msg, f, n);
 }
 
 /* ---- handle bookkeeping -------------------------------------------------- */
+
+static void mgr_count(struct mgr *m, enum mgr_count what)
+{
+    if (m->count)
+        m->count(m->count_ctx, what);
+}
 
 /* The memory and the libcurl global reference of m (its handles are gone). */
 static void mgr_release(struct mgr *m)
@@ -349,7 +359,7 @@ static void on_heartbeat_timer(uv_timer_t *t)
 
 static void callback_failed(struct mgr *m, const char *why)
 {
-    metrics_counter_add(m->metrics, METRICS_C_CALLBACK_FAILURES, 1);
+    mgr_count(m, MGR_COUNT_CALLBACK_FAILURE);
     snprintf(m->st.last_error, sizeof m->st.last_error, "%s", why);
     uint32_t retries_done = m->st.attempts - 1;
     if (retries_done >= m->max_retries) {
@@ -359,7 +369,7 @@ static void callback_failed(struct mgr *m, const char *why)
             LOG_F_UINT("attempts", m->st.attempts),
             LOG_F_STR("error", why),
         };
-        mgr_log(m, CONFIG_LOG_ERROR, "pool-manager callback failed; giving up (still serving)", f,
+        mgr_log(m, LOG_LEVEL_ERROR, "pool-manager callback failed; giving up (still serving)", f,
                 LLORCH_ARRAY_SIZE(f));
         return;
     }
@@ -371,17 +381,18 @@ static void callback_failed(struct mgr *m, const char *why)
         LOG_F_STR("error", why),
         LOG_F_UINT("retry_in_ms", delay),
     };
-    mgr_log(m, CONFIG_LOG_WARN, "pool-manager callback failed; retrying", f, LLORCH_ARRAY_SIZE(f));
+    mgr_log(m, LOG_LEVEL_WARN, "pool-manager callback failed; retrying", f, LLORCH_ARRAY_SIZE(f));
     uv_timer_start(&m->retry_timer, on_retry_timer, delay, 0);
 }
 
 static void callback_attempt(struct mgr *m)
 {
+    LLORCH_ASSERT_ON_LOOP(&m->loop_thread);
     if (m->closing)
         return;
     m->st.attempts++;
     m->st.status = MGR_REGISTERING;
-    metrics_counter_add(m->metrics, METRICS_C_CALLBACK_ATTEMPTS, 1);
+    mgr_count(m, MGR_COUNT_CALLBACK_ATTEMPT);
     int r = xfer_start(m, &m->callback, m->callback_url, m->payload);
     if (r) {
         char why[128];
@@ -402,7 +413,7 @@ static void callback_done(struct mgr *m, CURLcode rc, long http, const char *err
             LOG_F_UINT("attempt", m->st.attempts),
             LOG_F_INT("http_status", http),
         };
-        mgr_log(m, CONFIG_LOG_INFO, "registered with the pool manager", f, LLORCH_ARRAY_SIZE(f));
+        mgr_log(m, LOG_LEVEL_INFO, "registered with the pool manager", f, LLORCH_ARRAY_SIZE(f));
         if (m->heartbeat_interval_s && m->heartbeat_url) {
             uint64_t period = (uint64_t)m->heartbeat_interval_s * 1000;
             uv_timer_start(&m->heartbeat_timer, on_heartbeat_timer, period, period);
@@ -436,11 +447,11 @@ static void heartbeat_send(struct mgr *m)
     if (!body)
         return;
     m->st.heartbeats_sent++;
-    metrics_counter_add(m->metrics, METRICS_C_HEARTBEATS, 1);
+    mgr_count(m, MGR_COUNT_HEARTBEAT);
     if (xfer_start(m, &m->heartbeat, m->heartbeat_url, body) != 0) {
         m->st.heartbeats_failed++;
         m->st.heartbeat_ok = false;
-        metrics_counter_add(m->metrics, METRICS_C_HEARTBEAT_FAILURES, 1);
+        mgr_count(m, MGR_COUNT_HEARTBEAT_FAILURE);
     }
     free(body);
 }
@@ -450,7 +461,7 @@ static void heartbeat_done(struct mgr *m, CURLcode rc, long http, const char *er
     bool ok = rc == CURLE_OK && http >= 200 && http < 300;
     if (!ok) {
         m->st.heartbeats_failed++;
-        metrics_counter_add(m->metrics, METRICS_C_HEARTBEAT_FAILURES, 1);
+        mgr_count(m, MGR_COUNT_HEARTBEAT_FAILURE);
         /* Log the first failure of a run and every 10th, not every beat. */
         if (m->st.heartbeat_ok || m->st.heartbeats_failed % 10 == 1) {
             struct log_field f[] = {
@@ -460,11 +471,11 @@ static void heartbeat_done(struct mgr *m, CURLcode rc, long http, const char *er
                                                   : "non-2xx answer"),
                 LOG_F_UINT("failures", m->st.heartbeats_failed),
             };
-            mgr_log(m, CONFIG_LOG_WARN, "pool-manager heartbeat failed", f, LLORCH_ARRAY_SIZE(f));
+            mgr_log(m, LOG_LEVEL_WARN, "pool-manager heartbeat failed", f, LLORCH_ARRAY_SIZE(f));
         }
     } else if (!m->st.heartbeat_ok) {
         struct log_field f[] = {LOG_F_STR("url", m->heartbeat_url)};
-        mgr_log(m, CONFIG_LOG_DEBUG, "pool-manager heartbeat ok", f, 1);
+        mgr_log(m, LOG_LEVEL_DEBUG, "pool-manager heartbeat ok", f, 1);
     }
     m->st.heartbeat_ok = ok;
 }
@@ -532,9 +543,11 @@ int mgr_new(struct mgr **out, uv_loop_t *loop, const struct mgr_opts *o)
     if (!m)
         return LLORCH_ENOMEM;
     m->loop = loop;
+    llorch_thread_record(&m->loop_thread);
     llorch_queue_init(&m->socks);
     m->log = o->log;
-    m->metrics = o->metrics;
+    m->count = o->count;
+    m->count_ctx = o->count_ctx;
     m->max_retries = o->max_retries;
     m->backoff_ms = o->backoff_ms ? o->backoff_ms : 500;
     m->backoff_max_ms = LLORCH_MAX(o->backoff_max_ms, m->backoff_ms);
@@ -600,10 +613,12 @@ nomem:
 
 int mgr_start(struct mgr *m)
 {
+    if (m)
+        LLORCH_ASSERT_ON_LOOP(&m->loop_thread);
     if (!m || m->test_mode) {
         if (m && !m->started) {
             m->started = true;
-            mgr_log(m, CONFIG_LOG_INFO, "pool-manager callback disabled (test mode)", NULL, 0);
+            mgr_log(m, LOG_LEVEL_INFO, "pool-manager callback disabled (test mode)", NULL, 0);
         }
         return 0;
     }
@@ -611,7 +626,7 @@ int mgr_start(struct mgr *m)
         return 0;
     m->started = true;
     struct log_field f[] = {LOG_F_STR("url", m->callback_url)};
-    mgr_log(m, CONFIG_LOG_INFO, "calling back the pool manager", f, 1);
+    mgr_log(m, LOG_LEVEL_INFO, "calling back the pool manager", f, 1);
     callback_attempt(m);
     return 0;
 }
@@ -623,6 +638,7 @@ void mgr_close(struct mgr *m, void (*cb)(void *ctx), void *ctx)
             cb(ctx);
         return;
     }
+    LLORCH_ASSERT_ON_LOOP(&m->loop_thread);
     if (m->closing)
         return;
     m->closing = true;

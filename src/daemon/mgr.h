@@ -3,10 +3,11 @@
  * back-off, then (optionally) POSTs a heartbeat to <root>/v1/heartbeat every
  * heartbeat_interval_s. libcurl's multi interface runs on the caller's libuv
  * loop (uv_poll per socket, one uv_timer for curl's timeouts); no thread.
- * Failures never stop serving: they are logged, counted in metrics and
+ * Failures never stop serving: they are logged, counted (opts.count) and
  * visible through mgr_status() for /health. A callback URL containing
  * localhost:9999 (or none) is test mode: nothing is sent.
- * Every function runs on the loop thread only. */
+ * Every function runs on the loop thread only (asserted: the thread that
+ * called mgr_new). */
 #ifndef LLORCH_MGR_H
 #define LLORCH_MGR_H
 
@@ -17,7 +18,14 @@
 #include <uv.h>
 
 #include "log.h"
-#include "metrics.h"
+
+/* What the client counts, through mgr_opts.count (e.g. into metrics). */
+enum mgr_count {
+    MGR_COUNT_CALLBACK_ATTEMPT,   /* a ready-callback POST sent */
+    MGR_COUNT_CALLBACK_FAILURE,   /* one that failed */
+    MGR_COUNT_HEARTBEAT,          /* a heartbeat POST sent */
+    MGR_COUNT_HEARTBEAT_FAILURE,  /* one that failed */
+};
 
 struct mgr_opts {
     const char *callback_url; /* "" or NULL = no pool manager */
@@ -35,7 +43,9 @@ struct mgr_opts {
     const char *(*health_status)(void *ctx);
     void *health_ctx;
     struct log *log;         /* may be NULL */
-    struct metrics *metrics; /* may be NULL */
+    /* Called on the loop thread for every counted event; may be NULL. */
+    void (*count)(void *ctx, enum mgr_count what);
+    void *count_ctx;
 };
 
 enum mgr_status {

@@ -107,7 +107,7 @@ static void on_watchdog(uv_timer_t *t)
     if (s->alive && !s->alive(s->alive_ctx)) {
         /* Log the first skipped ping only: systemd will act on the silence. */
         if (s->skipped++ == 0)
-            log_write(s->log, CONFIG_LOG_ERROR,
+            log_write(s->log, LOG_LEVEL_ERROR,
                       "engine not making progress; withholding the systemd watchdog ping", NULL, 0);
         return;
     }
@@ -127,7 +127,7 @@ void llorch_sd_ready(struct llorch_sd *s, const char *status, bool (*alive)(void
                (unsigned long)getpid());
     if (s->period_ms) {
         struct log_field f[] = {LOG_F_UINT("period_ms", s->period_ms)};
-        log_write(s->log, CONFIG_LOG_INFO, "systemd watchdog pings on", f, 1);
+        log_write(s->log, LOG_LEVEL_INFO, "systemd watchdog pings on", f, 1);
         on_watchdog(&s->watchdog); /* one at once, then every period */
         uv_timer_start(&s->watchdog, on_watchdog, s->period_ms, s->period_ms);
     }

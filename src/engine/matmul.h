@@ -15,6 +15,9 @@
 #include "llorch/llorch.h"
 #include "tpool.h"
 
+/* The pool slot matmul keeps its per-pool context in (tpool_slot_get). */
+#define TPOOL_SLOT_MATMUL 0u
+
 struct mm_weight;
 
 /* Packs w ([n_out, n_in] f32 row-major). dtype must be F32, BF16 or INT8.

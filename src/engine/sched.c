@@ -22,6 +22,7 @@
 #include "kv.h"
 #include "sample.h"
 #include "stepcost.h"
+#include "thread.h"
 #include "util.h"
 
 _Static_assert(SCHED_MAX_LOGPROBS == SAMPLE_MAX_LOGPROBS, "log-prob table sizes differ");
@@ -108,6 +109,7 @@ struct sched {
     pthread_cond_t cv_prep;       /* preparation thread: a submit, shutdown */
     pthread_t prep_thread;
     bool prep_started;
+    struct llorch_thread driver;  /* recorded when the driver starts */
 
     /* Under mu. */
     struct llorch_queue inbox;    /* submitted, for the preparation thread */
@@ -182,15 +184,17 @@ static struct sched_req *sched_req_of(struct llorch_queue *q)
 LLORCH_API const char *sched_error_name(enum sched_error e)
 {
     switch (e) {
-    case SCHED_ERR_CANCELLED: return "CANCELLED";
-    case SCHED_ERR_TIMEOUT: return "TIMEOUT";
-    case SCHED_ERR_INVALID_REQUEST: return "INVALID_REQUEST";
-    case SCHED_ERR_INFERENCE_FAILED: return "INFERENCE_FAILED";
-    case SCHED_ERR_KV_EXHAUSTED: return "KV_EXHAUSTED";
-    case SCHED_ERR_CLIENT_TOO_SLOW: return "CLIENT_TOO_SLOW";
-    case SCHED_ERR_SHUTTING_DOWN: return "SHUTTING_DOWN";
+    case SCHED_ERR_CANCELLED: return "cancelled";
+    case SCHED_ERR_TIMEOUT: return "timeout";
+    case SCHED_ERR_INVALID_REQUEST: return "invalid_request";
+    case SCHED_ERR_INFERENCE_FAILED: return "inference_failed";
+    case SCHED_ERR_KV_EXHAUSTED: return "kv_exhausted";
+    case SCHED_ERR_CLIENT_TOO_SLOW: return "client_too_slow";
+    case SCHED_ERR_SHUTTING_DOWN: return "shutting_down";
+    case SCHED_ERR_CONTEXT_EXCEEDED: return "context_exceeded";
+    case SCHED_ERR_PROMPT_TOO_LARGE: return "prompt_too_large";
     }
-    return "INFERENCE_FAILED";
+    return "inference_failed";
 }
 
 LLORCH_API const char *sched_stop_reason_name(enum sched_stop_reason r)
@@ -255,6 +259,7 @@ static void sched_stats_fill_locked(struct sched *s)
  * stats snapshot; notifies the loop when its list was empty. */
 static void sched_flush(struct sched *s)
 {
+    LLORCH_ASSERT_ON_DRIVER(&s->driver);
     bool notify = false;
     pthread_mutex_lock(&s->mu);
     struct llorch_queue *q;
@@ -333,6 +338,7 @@ static void sched_req_fail(struct sched *s, struct sched_req *r, enum sched_erro
 static void sched_req_fail(struct sched *s, struct sched_req *r, enum sched_error code,
                            const char *fmt, ...)
 {
+    LLORCH_ASSERT_ON_DRIVER(&s->driver);
     sched_req_unlink(s, r);
     struct sched_event *ev = &r->ev_end;
     ev->type = SCHED_EV_ERROR;
@@ -349,6 +355,7 @@ static void sched_req_fail(struct sched *s, struct sched_req *r, enum sched_erro
 static void sched_req_end(struct sched *s, struct sched_req *r, enum sched_stop_reason reason,
                           int32_t stop_index)
 {
+    LLORCH_ASSERT_ON_DRIVER(&s->driver);
     uint64_t now = sched_now_ns();
     sched_req_unlink(s, r);
     struct sched_event *ev = &r->ev_end;
@@ -419,16 +426,19 @@ static bool sched_prep_fail(struct sched_req *r, enum sched_error code, const ch
 static bool sched_req_prepare(const struct sched *s, struct sched_req *r)
 {
     const struct sched_params *p = &r->params;
-    if (r->too_big)
-        return sched_prep_fail(r, SCHED_ERR_KV_EXHAUSTED,
+    if (r->too_big && r->has_text)
+        return sched_prep_fail(r, SCHED_ERR_PROMPT_TOO_LARGE,
                                "the prompt exceeds the per-request limit of %zu bytes",
                                s->prompt_cap);
+    if (r->too_big)
+        return sched_prep_fail(r, SCHED_ERR_CONTEXT_EXCEEDED,
+                               "the prompt has more tokens than the context length of %u", s->n_ctx);
     if (r->has_text) {
         size_t n = 0, bad = 0;
         int rc = tokenizer_encode(s->tok, r->prompt, r->prompt_len, r->add_bos, r->parse_special,
                                   r->tokens, s->n_ctx, &n, &bad);
         if (rc == LLORCH_ETOOBIG) {
-            return sched_prep_fail(r, SCHED_ERR_KV_EXHAUSTED,
+            return sched_prep_fail(r, SCHED_ERR_CONTEXT_EXCEEDED,
                                    "the prompt is %zu tokens; the context length is %u", n,
                                    s->n_ctx);
         }
@@ -449,14 +459,14 @@ static bool sched_req_prepare(const struct sched *s, struct sched_req *r)
     uint64_t need = (uint64_t)r->n_prompt + p->max_tokens;
     if (need > s->n_ctx) {
         return sched_prep_fail(
-            r, SCHED_ERR_KV_EXHAUSTED,
+            r, SCHED_ERR_CONTEXT_EXCEEDED,
             "prompt (%u tokens) + max_tokens (%u) exceeds the context length of %u "
             "tokens",
             r->n_prompt, p->max_tokens, s->n_ctx);
     }
     if (sched_blocks_for(need) > s->kv_blocks_total) {
         return sched_prep_fail(
-            r, SCHED_ERR_KV_EXHAUSTED,
+            r, SCHED_ERR_CONTEXT_EXCEEDED,
             "prompt (%u tokens) + max_tokens (%u) needs %u KV blocks of %d tokens; the "
             "KV cache holds %u blocks (%u tokens)",
             r->n_prompt, p->max_tokens, sched_blocks_for(need), LLORCH_KV_BLOCK, s->kv_blocks_total,
@@ -880,6 +890,7 @@ static void sched_sync_locked(struct sched *s)
 static void *sched_driver_main(void *arg)
 {
     struct sched *s = arg;
+    llorch_thread_record(&s->driver);
     for (;;) {
         pthread_mutex_lock(&s->mu);
         while (!s->stop && !s->shutdown && llorch_queue_empty(&s->ready) &&
@@ -1245,6 +1256,7 @@ LLORCH_API int sched_cancel_job(struct sched *s, const char *job_id, size_t len,
 
 LLORCH_API void sched_events_take(struct sched *s, struct llorch_queue *out)
 {
+    LLORCH_ASSERT_OFF_THREAD(&s->driver); /* the loop's side */
     pthread_mutex_lock(&s->mu);
     llorch_queue_move(&s->events, out);
     pthread_mutex_unlock(&s->mu);
@@ -1252,6 +1264,7 @@ LLORCH_API void sched_events_take(struct sched *s, struct llorch_queue *out)
 
 LLORCH_API void sched_events_release(struct sched *s, struct llorch_queue *events)
 {
+    LLORCH_ASSERT_OFF_THREAD(&s->driver); /* the loop's side */
     bool pooled = false;
     pthread_mutex_lock(&s->mu);
     while (!llorch_queue_empty(events)) {

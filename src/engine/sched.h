@@ -9,7 +9,7 @@
  *
  * Event order per request: STARTED (when admitted), TOKEN*, then END or
  * ERROR. A request rejected at admission (invalid prompt, can never fit:
- * KV_EXHAUSTED) gets its ERROR without a STARTED. Preemption under KV
+ * CONTEXT_EXCEEDED) gets its ERROR without a STARTED. Preemption under KV
  * pressure is invisible to the client: the sequence is recomputed and its
  * output continues with the next index. An end-of-generation token is not
  * sent as a TOKEN event and does not count in tokens_out.
@@ -58,16 +58,21 @@ enum sched_stop_reason {
     SCHED_STOP_ERROR,
 };
 
-/* The wire error codes of the worker contract. */
+/* What ended a request, as the engine saw it. Each API maps these codes to
+ * its own wire names and statuses in one table (src/server/api.h); the
+ * message is for people and no API reads it to decide anything. */
 enum sched_error {
     SCHED_ERR_CANCELLED,
     SCHED_ERR_TIMEOUT,
-    SCHED_ERR_INVALID_REQUEST,
+    SCHED_ERR_INVALID_REQUEST,    /* empty, not UTF-8, not tokenizable, bad stops */
     SCHED_ERR_INFERENCE_FAILED,
-    SCHED_ERR_KV_EXHAUSTED,
+    SCHED_ERR_KV_EXHAUSTED,       /* the cache has no room now (it would fit an empty one) */
     SCHED_ERR_CLIENT_TOO_SLOW,
     SCHED_ERR_SHUTTING_DOWN,
+    SCHED_ERR_CONTEXT_EXCEEDED,   /* prompt + max_tokens can never fit: n_ctx or the whole cache */
+    SCHED_ERR_PROMPT_TOO_LARGE,   /* prompt text over the per-request byte limit */
 };
+#define SCHED_ERR_COUNT_ (SCHED_ERR_PROMPT_TOO_LARGE + 1)
 
 struct sched_params {
     uint32_t max_tokens;          /* >= 1 */
@@ -174,7 +179,7 @@ struct sched_opts {
     void (*notify)(void *ctx);
     void *notify_ctx;
     /* Prompt text bytes per request slot; 0: max(128 KiB, 16 * n_ctx). A
-     * longer prompt is accepted and ends with ERROR KV_EXHAUSTED. */
+     * longer prompt is accepted and ends with ERROR PROMPT_TOO_LARGE. */
     uint32_t max_prompt_bytes;
     /* Called on the step driver thread after every engine step with what it
      * carried and cost; e.g. metrics_observe_step. May be NULL. */
@@ -251,7 +256,9 @@ bool sched_idle(struct sched *s);
 /* Thread-safe snapshot. */
 void sched_stats(struct sched *s, struct sched_stats *out);
 
-const char *sched_error_name(enum sched_error e);           /* "CANCELLED", ... */
+/* The engine's names, for logs and tools ("context_exceeded", ...); wire
+ * names are each API's. */
+const char *sched_error_name(enum sched_error e);
 const char *sched_stop_reason_name(enum sched_stop_reason r); /* "max_tokens", ... */
 
 #endif

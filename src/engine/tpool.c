@@ -80,8 +80,8 @@ struct tpool {
     _Atomic bool stop;
     _Atomic bool busy; /* a parallel_for is running (one driver at a time) */
 
-    void *slot_obj[TPOOL_SLOT_COUNT_];
-    tpool_slot_free_fn slot_free[TPOOL_SLOT_COUNT_];
+    void *slot_obj[TPOOL_SLOTS];
+    tpool_slot_free_fn slot_free[TPOOL_SLOTS];
 };
 
 /* ---- small helpers ---- */
@@ -491,7 +491,7 @@ LLORCH_API void tpool_free(struct tpool *p)
     for (int i = 1; i < p->n; i++)
         if (p->w[i].started)
             pthread_join(p->w[i].thread, NULL);
-    for (int s = 0; s < TPOOL_SLOT_COUNT_; s++)
+    for (unsigned s = 0; s < TPOOL_SLOTS; s++)
         if (p->slot_obj[s] && p->slot_free[s])
             p->slot_free[s](p->slot_obj[s]);
     free(p->w);
@@ -513,17 +513,17 @@ LLORCH_API bool tpool_in_task(void)
     return tl_in_task != 0;
 }
 
-LLORCH_API void *tpool_slot_get(const struct tpool *p, enum tpool_slot slot)
+LLORCH_API void *tpool_slot_get(const struct tpool *p, unsigned slot)
 {
-    if (!p || (unsigned)slot >= TPOOL_SLOT_COUNT_)
+    if (!p || slot >= TPOOL_SLOTS)
         return NULL;
     return p->slot_obj[slot];
 }
 
-LLORCH_API void tpool_slot_set(struct tpool *p, enum tpool_slot slot, void *obj,
+LLORCH_API void tpool_slot_set(struct tpool *p, unsigned slot, void *obj,
                                tpool_slot_free_fn free_fn)
 {
-    if (!p || (unsigned)slot >= TPOOL_SLOT_COUNT_)
+    if (!p || slot >= TPOOL_SLOTS)
         return;
     p->slot_obj[slot] = obj;
     p->slot_free[slot] = free_fn;

@@ -42,12 +42,12 @@ bool tpool_in_task(void);
  * free_fn(obj) after joining the workers. Driver thread only, outside
  * tpool_parallel_for. Setting a slot that is already set replaces it without
  * freeing the old object. */
-enum tpool_slot {
-    TPOOL_SLOT_MATMUL = 0,
-    TPOOL_SLOT_COUNT_,
-};
+/* Slots 0..TPOOL_SLOTS-1: each client claims one in its own header
+ * (matmul.h: TPOOL_SLOT_MATMUL), so the pool names none of its clients. An
+ * out-of-range slot reads NULL and is not set. */
+#define TPOOL_SLOTS 4u
 typedef void (*tpool_slot_free_fn)(void *obj);
-void *tpool_slot_get(const struct tpool *p, enum tpool_slot slot);
-void tpool_slot_set(struct tpool *p, enum tpool_slot slot, void *obj, tpool_slot_free_fn free_fn);
+void *tpool_slot_get(const struct tpool *p, unsigned slot);
+void tpool_slot_set(struct tpool *p, unsigned slot, void *obj, tpool_slot_free_fn free_fn);
 
 #endif

@@ -1836,25 +1836,13 @@ static int regex_init(struct tokenizer *t, char *err, size_t errlen)
     return 0;
 }
 
-LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, char *err,
-                             size_t errlen)
-{
-    if (!out || !f)
-        return LLORCH_EINVAL;
-    *out = NULL;
-    struct gguf_str model;
-    if (gguf_get_str(f, LLORCH_GGUF_KEY_TOK_MODEL, &model)) {
-        (void)llorch_errf(err, errlen, 0, LLORCH_GGUF_KEY_TOK_MODEL ": missing or not a string");
-        return LLORCH_EFORMAT;
-    }
-    struct tokenizer *t = calloc(1, sizeof(*t));
-    if (!t)
-        return LLORCH_ENOMEM;
-    int rc = 0;
-    t->eot = t->eom = t->sep = t->pad = t->mask = -1;
-    t->fim_pre = t->fim_suf = t->fim_mid = t->fim_pad = t->fim_rep = t->fim_sep = -1;
-    byte_map_init(t);
+/* ---- tokenizer_new, by phase ---- */
 
+/* The tokenizer family (tokenizer.ggml.model) and, for BPE, its
+ * pre-tokenizer (tokenizer.ggml.pre), with their default special ids. */
+static int tokenizer_kind_init(struct tokenizer *t, const struct gguf_file *f,
+                               struct gguf_str model, char *err, size_t errlen)
+{
     struct gguf_str pre = {NULL, 0};
     bool has_pre = gguf_get_str(f, LLORCH_GGUF_KEY_TOK_PRE, &pre) == 0;
     if (gstr_eq(model, "llama")) {
@@ -1881,11 +1869,9 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
                     pd = &pre_defs[i];
         }
         if (!pd) {
-            (void)llorch_errf(err, errlen, 0,
-                              LLORCH_GGUF_KEY_TOK_PRE ": unsupported pre-tokenizer '%.*s'",
-                              (int)LLORCH_MIN(pre.len, (uint64_t)64), pre.ptr);
-            rc = LLORCH_EUNSUPPORTED;
-            goto fail;
+            (void)llorch_errf(err, errlen, 0, LLORCH_GGUF_KEY_TOK_PRE ": unsupported pre-tokenizer '%.*s'",
+                    (int)LLORCH_MIN(pre.len, (uint64_t)64), pre.ptr);
+            return LLORCH_EUNSUPPORTED;
         }
         t->pre = pd->kind;
         t->clean_spaces = pd->clean_spaces;
@@ -1895,28 +1881,29 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
             t->bos = -1;
         snprintf(t->pre_name, sizeof(t->pre_name), "%s", pd->name);
     } else {
-        (void)llorch_errf(err, errlen, 0,
-                          LLORCH_GGUF_KEY_TOK_MODEL ": unsupported tokenizer '%.*s'",
-                          (int)LLORCH_MIN(model.len, (uint64_t)64), model.ptr);
-        rc = LLORCH_EUNSUPPORTED;
-        goto fail;
+        (void)llorch_errf(err, errlen, 0, LLORCH_GGUF_KEY_TOK_MODEL ": unsupported tokenizer '%.*s'",
+                (int)LLORCH_MIN(model.len, (uint64_t)64), model.ptr);
+        return LLORCH_EUNSUPPORTED;
     }
     bool bv;
     if (gguf_get_bool(f, LLORCH_GGUF_KEY_TOK_ADD_SPACE_PREFIX, &bv) == 0)
         t->add_space_prefix = bv;
+    return 0;
+}
 
+/* The vocabulary: token texts (interned; ids must be unique), scores and
+ * token types. */
+static int tokenizer_vocab_init(struct tokenizer *t, const struct gguf_file *f, char *err,
+                                size_t errlen)
+{
     struct gguf_arr toks;
     if (gguf_get_arr(f, LLORCH_GGUF_KEY_TOK_TOKENS, &toks) || toks.type != GGUF_TYPE_STRING) {
-        (void)llorch_errf(err, errlen, 0,
-                          LLORCH_GGUF_KEY_TOK_TOKENS ": missing or not a string array");
-        rc = LLORCH_EFORMAT;
-        goto fail;
+        (void)llorch_errf(err, errlen, 0, LLORCH_GGUF_KEY_TOK_TOKENS ": missing or not a string array");
+        return LLORCH_EFORMAT;
     }
     if (toks.count == 0 || toks.count > (uint64_t)INT32_MAX) {
-        (void)llorch_errf(err, errlen, 0, LLORCH_GGUF_KEY_TOK_TOKENS ": %llu tokens",
-                          (unsigned long long)toks.count);
-        rc = LLORCH_EFORMAT;
-        goto fail;
+        (void)llorch_errf(err, errlen, 0, LLORCH_GGUF_KEY_TOK_TOKENS ": %llu tokens", (unsigned long long)toks.count);
+        return LLORCH_EFORMAT;
     }
     uint32_t nv = (uint32_t)toks.count;
     t->n_vocab = nv;
@@ -1924,29 +1911,22 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
     bool has_sc = gguf_get_arr(f, LLORCH_GGUF_KEY_TOK_SCORES, &sc) == 0;
     bool has_tt = gguf_get_arr(f, LLORCH_GGUF_KEY_TOK_TOKEN_TYPE, &tt) == 0;
     if (has_sc && ((sc.type != GGUF_TYPE_FLOAT32 && sc.type != GGUF_TYPE_INT32) || sc.count < nv)) {
-        (void)llorch_errf(err, errlen, 0, LLORCH_GGUF_KEY_TOK_SCORES ": want %u f32 or i32 values",
-                          nv);
-        rc = LLORCH_EFORMAT;
-        goto fail;
+        (void)llorch_errf(err, errlen, 0, LLORCH_GGUF_KEY_TOK_SCORES ": want %u f32 or i32 values", nv);
+        return LLORCH_EFORMAT;
     }
     if (has_tt && ((tt.type != GGUF_TYPE_INT32 && tt.type != GGUF_TYPE_UINT32) || tt.count < nv)) {
-        (void)llorch_errf(err, errlen, 0, LLORCH_GGUF_KEY_TOK_TOKEN_TYPE ": want %u i32 values",
-                          nv);
-        rc = LLORCH_EFORMAT;
-        goto fail;
+        (void)llorch_errf(err, errlen, 0, LLORCH_GGUF_KEY_TOK_TOKEN_TYPE ": want %u i32 values", nv);
+        return LLORCH_EFORMAT;
     }
     t->score = calloc(nv, sizeof(*t->score));
     t->attr = calloc(nv, sizeof(*t->attr));
-    if (!t->score || !t->attr) {
-        rc = LLORCH_ENOMEM;
-        goto fail;
-    }
+    if (!t->score || !t->attr)
+        return LLORCH_ENOMEM;
     for (uint32_t i = 0; i < nv; i++) {
         struct gguf_str s;
         if (gguf_arr_str(f, &toks, i, &s)) {
-            (void)llorch_errf(err, errlen, 0, LLORCH_GGUF_KEY_TOK_TOKENS "[%u]: unreadable", i);
-            rc = LLORCH_EFORMAT;
-            goto fail;
+            (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.tokens[%u]: unreadable", i);
+            return LLORCH_EFORMAT;
         }
         char emptybuf[32];
         if (s.len == 0) {
@@ -1956,16 +1936,12 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
         }
         int32_t id = strtab_intern(&t->st, s.ptr, s.len);
         if (id < 0) {
-            rc = id;
-            goto fail;
+            return id;
         }
         if ((uint32_t)id != i) {
-            (void)llorch_errf(err, errlen, 0,
-                              LLORCH_GGUF_KEY_TOK_TOKENS
-                              ": duplicate token '%.*s' at ids %d and %u",
-                              (int)LLORCH_MIN(s.len, (uint64_t)64), s.ptr, id, i);
-            rc = LLORCH_EFORMAT;
-            goto fail;
+            (void)llorch_errf(err, errlen, 0, LLORCH_GGUF_KEY_TOK_TOKENS ": duplicate token '%.*s' at ids %d and %u",
+                    (int)LLORCH_MIN(s.len, (uint64_t)64), s.ptr, id, i);
+            return LLORCH_EFORMAT;
         }
         if (has_sc) {
             if (sc.type == GGUF_TYPE_FLOAT32) {
@@ -1992,21 +1968,29 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
         }
         t->attr[i] = (uint16_t)a;
     }
+    return 0;
+}
 
+/* How bytes become tokens: BPE's merges, byte map and pre-tokenizer regex;
+ * SPM's <0xXX> byte tokens and whether its vocabulary needs the split of
+ * ▁-runs. */
+static int tokenizer_bytes_init(struct tokenizer *t, const struct gguf_file *f, char *err,
+                                size_t errlen)
+{
+    int rc;
+    uint32_t nv = t->n_vocab;
     if (t->kind == TOKENIZER_BPE) {
         struct gguf_arr ma;
         if (gguf_get_arr(f, LLORCH_GGUF_KEY_TOK_MERGES, &ma) || ma.type != GGUF_TYPE_STRING) {
-            (void)llorch_errf(err, errlen, 0,
-                              LLORCH_GGUF_KEY_TOK_MERGES ": missing or not a string array");
-            rc = LLORCH_EFORMAT;
-            goto fail;
+            (void)llorch_errf(err, errlen, 0, LLORCH_GGUF_KEY_TOK_MERGES ": missing or not a string array");
+            return LLORCH_EFORMAT;
         }
         if ((rc = merges_init(t, f, &ma, err, errlen)))
-            goto fail;
+            return rc;
         for (int b = 0; b < 256; b++)
             t->byte_sym[b] = strtab_find(&t->st, (const char *)t->byte_enc[b], t->byte_enc_len[b]);
         if ((rc = regex_init(t, err, errlen)))
-            goto fail;
+            return rc;
     } else {
         static const char hex[] = "0123456789ABCDEF";
         for (int b = 0; b < 256; b++) {
@@ -2029,7 +2013,17 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
                     t->spm_split = false;
         }
     }
+    return 0;
+}
 
+/* The special tokens: ids from the file, add_bos/add_eos, the special and
+ * piece tables, and Phi-3's whitespace stripping after specials. */
+static int tokenizer_specials_init(struct tokenizer *t, const struct gguf_file *f, char *err,
+                                   size_t errlen)
+{
+    int rc;
+    bool bv;
+    uint32_t nv = t->n_vocab;
     static const struct {
         const char *key;
         size_t field;
@@ -2061,13 +2055,12 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
     if ((t->add_bos && t->bos < 0) || (t->add_eos && t->eos < 0)) {
         (void)llorch_errf(err, errlen, 0, "tokenizer.ggml.add_%s_token is true but the %s id is not set",
                 t->add_bos && t->bos < 0 ? "bos" : "eos", t->add_bos && t->bos < 0 ? "bos" : "eos");
-        rc = LLORCH_EFORMAT;
-        goto fail;
+        return LLORCH_EFORMAT;
     }
     if ((rc = specials_init(t)))
-        goto fail;
+        return rc;
     if ((rc = pieces_init(t)))
-        goto fail;
+        return rc;
 
     /* Phi-3 vocabularies strip whitespace after special tokens. */
     struct gguf_str gname;
@@ -2091,11 +2084,39 @@ LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, 
                     t->attr[id] &= (uint16_t)~TOKENIZER_ATTR_RSTRIP;
         }
     }
+    return 0;
+}
+
+LLORCH_API int tokenizer_new(struct tokenizer **out, const struct gguf_file *f, char *err,
+                             size_t errlen)
+{
+    if (!out || !f)
+        return LLORCH_EINVAL;
+    *out = NULL;
+    struct gguf_str model;
+    if (gguf_get_str(f, LLORCH_GGUF_KEY_TOK_MODEL, &model)) {
+        (void)llorch_errf(err, errlen, 0, LLORCH_GGUF_KEY_TOK_MODEL ": missing or not a string");
+        return LLORCH_EFORMAT;
+    }
+    struct tokenizer *t = calloc(1, sizeof(*t));
+    if (!t)
+        return LLORCH_ENOMEM;
+    t->eot = t->eom = t->sep = t->pad = t->mask = -1;
+    t->fim_pre = t->fim_suf = t->fim_mid = t->fim_pad = t->fim_rep = t->fim_sep = -1;
+    byte_map_init(t);
+    int rc = tokenizer_kind_init(t, f, model, err, errlen);
+    if (!rc)
+        rc = tokenizer_vocab_init(t, f, err, errlen);
+    if (!rc)
+        rc = tokenizer_bytes_init(t, f, err, errlen);
+    if (!rc)
+        rc = tokenizer_specials_init(t, f, err, errlen);
+    if (rc) {
+        if (rc == LLORCH_ENOMEM)
+            (void)llorch_errf(err, errlen, 0, "tokenizer: out of memory");
+        tokenizer_free(t);
+        return rc;
+    }
     *out = t;
     return 0;
-fail:
-    if (rc == LLORCH_ENOMEM)
-        (void)llorch_errf(err, errlen, 0, "tokenizer: out of memory");
-    tokenizer_free(t);
-    return rc;
 }

@@ -18,6 +18,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "api.h"
 #include "llorch/config.h"
 #include "llorch/error.h"
 #include "queue.h"
@@ -34,8 +35,9 @@
 
 struct api_openai {
     struct http_server *srv;
-    const struct config *cfg;
-    struct api_worker *worker;
+    char *model_ref;
+    char *chat_template_name;     /* forced family, or "" */
+    struct api *core;
     char *model_id;
     char *model_name;
     int64_t created;
@@ -44,10 +46,7 @@ struct api_openai {
     size_t chat_tmpl_len;
     enum chat_template tmpl;
     uint32_t n_ctx;
-    struct llorch_queue jobs;
     struct http_buf out;          /* scratch: the JSON being emitted */
-    char *san;                    /* scratch: sanitised UTF-8 */
-    size_t san_cap;
 };
 
 /* An error in OpenAI's shape. */
@@ -61,20 +60,17 @@ struct oai_err {
 
 enum oai_kind { OAI_COMPLETION, OAI_CHAT };
 
+/* An OpenAI job: the core's job (its request, stream and lifecycle) plus
+ * what its chunks and whole response need. A stream's head is sent at
+ * STARTED or at the first ping, whichever comes first. */
 struct oai_job {
-    struct api_sink sink;         /* first: the owner pointer */
+    struct api_job base;          /* first: the scheduler's owner */
     struct api_openai *api;
-    struct llorch_queue node;
-    struct http_request *req;     /* while the client is connected */
-    struct sse_stream sse;        /* stream: sse.req != NULL from the head to the end */
     enum oai_kind kind;
     bool stream;
-    bool head_sent;
     bool include_usage;
     bool logprobs;                /* per-token log-probs wanted */
-    bool got_token;
     uint32_t n_top;               /* alternatives per token */
-    uint64_t req_id;
     int64_t created;
     uint32_t n_prompt;
     uint64_t text_offset;         /* legacy logprobs: byte offset of the next token */
@@ -103,6 +99,48 @@ static void err_set(struct oai_err *e, int status, const char *type, const char 
     va_end(ap);
 }
 
+/* OpenAI's status, type and code of every api_error; `names_prompt`: the
+ * error is about the prompt (param "prompt" or "messages"). */
+static const struct oai_wire {
+    int status;
+    const char *type;
+    const char *code;             /* NULL = JSON null */
+    bool names_prompt;
+} oai_errors[API_ERR_COUNT_] = {
+    [API_ERR_CANCELLED] = {499, "server_error", "cancelled", false},
+    [API_ERR_TIMEOUT] = {504, "server_error", "timeout", false},
+    [API_ERR_INVALID_REQUEST] = {400, "invalid_request_error", NULL, true},
+    [API_ERR_INFERENCE_FAILED] = {500, "server_error", "inference_failed", false},
+    [API_ERR_KV_EXHAUSTED] = {503, "server_error", "kv_cache_exhausted", false},
+    [API_ERR_CLIENT_TOO_SLOW] = {503, "server_error", "client_too_slow", false},
+    [API_ERR_SHUTTING_DOWN] = {503, "server_error", "shutting_down", false},
+    [API_ERR_CONTEXT_EXCEEDED] = {400, "invalid_request_error", "context_length_exceeded", true},
+    [API_ERR_PROMPT_TOO_LARGE] = {400, "invalid_request_error", "context_length_exceeded", true},
+    [API_ERR_QUEUE_FULL] = {429, "server_error", "queue_full", false},
+    [API_ERR_JOB_EXISTS] = {500, "server_error", NULL, false}, /* our ids are random */
+    [API_ERR_LOADING] = {503, "server_error", "model_loading", false},
+    [API_ERR_INTERNAL] = {500, "server_error", NULL, false},
+};
+
+/* The error of code `c` with a message; param names the prompt's field when
+ * the table says the error is about the prompt. */
+static void err_code(struct oai_err *e, enum api_error c, const char *prompt_param,
+                     const char *message)
+{
+    const struct oai_wire *w = &oai_errors[(unsigned)c < API_ERR_COUNT_ ? c : API_ERR_INTERNAL];
+    err_set(e, w->status, w->type, w->code, w->names_prompt ? prompt_param : NULL, "%s",
+            message);
+}
+
+LLORCH_API int api_openai_error_wire(enum api_error e, const char **type, const char **code)
+{
+    struct oai_err err;
+    err_code(&err, e, "prompt", "");
+    *type = err.type;
+    *code = err.code;
+    return err.status;
+}
+
 #define BAD(e, param, ...) err_set(e, 400, "invalid_request_error", NULL, param, __VA_ARGS__)
 
 static json_t *err_json(const struct oai_err *e)
@@ -112,31 +150,10 @@ static json_t *err_json(const struct oai_err *e)
                      e->code ? json_string(e->code) : json_null());
 }
 
-static int dump_json(struct http_buf *b, json_t *o)
-{
-    if (!o)
-        return LLORCH_ENOMEM;
-    /* log-probs need no more than float precision */
-    size_t flags = JSON_COMPACT | JSON_REAL_PRECISION(9);
-    size_t n = json_dumpb(o, NULL, 0, flags);
-    int r = LLORCH_ENOMEM;
-    if (n && http_buf_reserve(b, n) == 0) {
-        b->len += json_dumpb(o, b->data + b->len, n, flags);
-        r = 0;
-    }
-    json_decref(o);
-    return r;
-}
-
 static void respond_json(struct api_openai *a, struct http_request *r, int status, json_t *o,
                          const char *extra)
 {
-    a->out.len = 0;
-    if (dump_json(&a->out, o) != 0) {
-        http_respond_error(r, 500, "INTERNAL", "out of memory", NULL);
-        return;
-    }
-    http_respond(r, status, "application/json", extra, a->out.data, a->out.len);
+    api_respond_json(a->core, r, status, o, extra);
 }
 
 static void respond_err(struct api_openai *a, struct http_request *r, const struct oai_err *e)
@@ -147,69 +164,6 @@ static void respond_err(struct api_openai *a, struct http_request *r, const stru
     else if (e->status == 429 || e->status == 503)
         extra = "Retry-After: 1\r\n";
     respond_json(a, r, e->status, err_json(e), extra);
-}
-
-/* Replaces invalid UTF-8 with U+FFFD into the api's scratch. */
-static const char *sanitize(struct api_openai *a, const char *s, size_t len, size_t *out_len)
-{
-    size_t need = len * 3 + 1;
-    if (need > a->san_cap) {
-        char *p = realloc(a->san, need);
-        if (!p)
-            return NULL;
-        a->san = p;
-        a->san_cap = need;
-    }
-    size_t n = sse_utf8_sanitize(s, len, a->san, a->san_cap);
-    if (n == SIZE_MAX)
-        return NULL;
-    *out_len = n;
-    return a->san;
-}
-
-static json_t *json_text(struct api_openai *a, const char *s, size_t len)
-{
-    size_t n;
-    const char *t = sanitize(a, s, len, &n);
-    return t ? json_stringn_nocheck(t, n) : NULL;
-}
-
-/* Appends s as a quoted JSON string (invalid UTF-8 as U+FFFD). */
-static int append_json_string(struct api_openai *a, struct http_buf *b, const char *s, size_t len)
-{
-    size_t n;
-    const char *t = sanitize(a, s, len, &n);
-    if (!t || http_buf_reserve(b, n * 6 + 2) != 0)
-        return LLORCH_ENOMEM;
-    char *o = b->data + b->len;
-    *o++ = '"';
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)t[i];
-        switch (c) {
-        case '"': *o++ = '\\'; *o++ = '"'; break;
-        case '\\': *o++ = '\\'; *o++ = '\\'; break;
-        case '\n': *o++ = '\\'; *o++ = 'n'; break;
-        case '\r': *o++ = '\\'; *o++ = 'r'; break;
-        case '\t': *o++ = '\\'; *o++ = 't'; break;
-        default:
-            if (c < 0x20) {
-                o += snprintf(o, 7, "\\u%04x", c);
-            } else {
-                *o++ = (char)c;
-            }
-        }
-    }
-    *o++ = '"';
-    b->len = (size_t)(o - b->data);
-    return 0;
-}
-
-static size_t utf8_chars(const char *s, size_t len)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < len; i++)
-        n += ((unsigned char)s[i] & 0xC0) != 0x80;
-    return n;
 }
 
 static uint64_t random_u64(void)
@@ -256,7 +210,7 @@ static bool get_number(json_t *root, const char *name, double lo, double hi, dou
     }
     double d = json_number_value(v);
     char num[64];
-    api_worker_number_text(v, num, sizeof(num));
+    api_number_text(v, num, sizeof(num));
     if (d < lo) {
         BAD(e, name, "%s must be at least %.1f (got %s)", name, lo, num);
         return false;
@@ -415,7 +369,7 @@ static bool check_model(struct api_openai *a, json_t *root, struct oai_err *e)
     }
     const char *m = json_string_value(v);
     size_t n = json_string_length(v);
-    const char *names[] = {a->model_id, a->model_name, a->cfg->model_ref};
+    const char *names[] = {a->model_id, a->model_name, a->model_ref};
     for (size_t i = 0; i < LLORCH_ARRAY_SIZE(names); i++)
         if (names[i] && names[i][0] && strlen(names[i]) == n && memcmp(names[i], m, n) == 0)
             return true;
@@ -459,7 +413,7 @@ static void oai_request_free(struct oai_request *q)
 
 static bool prompt_text_ok(const char *s, size_t len, const char *param, struct oai_err *e)
 {
-    size_t chars = utf8_chars(s, len);
+    size_t chars = api_utf8_chars(s, len);
     if (chars < 1 || chars > OAI_PROMPT_MAX_CHARS) {
         BAD(e, param, "%s must be between 1 and %d characters (got %zu)", param,
             OAI_PROMPT_MAX_CHARS, chars);
@@ -691,7 +645,7 @@ static bool render_messages(struct api_openai *a, json_t *root, struct oai_reque
         size_t len = 0;
         int rc = chat_render(a->tmpl, cm, n, true, (size_t)OAI_PROMPT_MAX_CHARS * 4, &q->rendered,
                              &len);
-        if (rc == LLORCH_ETOOBIG || (rc == 0 && utf8_chars(q->rendered, len) > OAI_PROMPT_MAX_CHARS)) {
+        if (rc == LLORCH_ETOOBIG || (rc == 0 && api_utf8_chars(q->rendered, len) > OAI_PROMPT_MAX_CHARS)) {
             BAD(e, "messages", "the rendered conversation must be at most %d characters",
                 OAI_PROMPT_MAX_CHARS);
             ok = false;
@@ -799,32 +753,13 @@ static bool validate_chat(struct api_openai *a, json_t *root, struct oai_request
 
 /* ---- jobs ---- */
 
-static void job_free(struct oai_job *j)
+static void job_free(struct api_job *base)
 {
-    struct api_openai *a = j->api;
-    llorch_queue_remove(&j->node);
-    sse_stream_free(&j->sse);
+    struct oai_job *j = (struct oai_job *)base;
     http_buf_free(&j->text);
     json_decref(j->lp);
     free(j->echo);
     free(j);
-    api_worker_job_unref(a->worker);
-}
-
-static void job_cancel(struct oai_job *j, enum sched_error code)
-{
-    struct sched *s = api_worker_sched(j->api->worker);
-    if (s)
-        sched_cancel(s, j->req_id, code);
-}
-
-/* Connection gone: keep the job until its terminal event, cancel it now. */
-static void job_on_abort(void *data)
-{
-    struct oai_job *j = data;
-    j->req = NULL;
-    j->sse.req = NULL;
-    job_cancel(j, SCHED_ERR_CANCELLED);
 }
 
 /* The common head of every object: {"id":..,"object":..,"created":..,"model":.. */
@@ -835,7 +770,7 @@ static int chunk_head(struct oai_job *j, struct http_buf *b)
                             j->kind == OAI_CHAT ? "chat.completion.chunk" : "text_completion",
                             (long long)j->created);
     if (!r)
-        r = append_json_string(a, b, a->model_id, strlen(a->model_id));
+        r = api_json_append_string(a->core, b, a->model_id, strlen(a->model_id));
     if (!r)
         r = http_buf_printf(b, ",\"system_fingerprint\":\"%s\",\"choices\":[", OAI_FINGERPRINT);
     return r;
@@ -849,34 +784,24 @@ static int usage_append(struct http_buf *b, uint32_t prompt, uint32_t completion
                            prompt, completion, prompt + completion);
 }
 
-/* The reader is too slow for the outbox bound: cut it, cancel the job. */
-static void job_cut_slow(struct oai_job *j);
-
 static void job_send_frame(struct oai_job *j, struct http_buf *b, bool force)
 {
-    if (!j->sse.req)
-        return;
-    if (sse_stream_send(&j->sse, "chunk", b->data, b->len, force) == LLORCH_EFULL)
-        job_cut_slow(j);
+    api_job_send(&j->base, "chunk", b->data, b->len, force);
 }
 
 static void job_send_error_frame(struct oai_job *j, const struct oai_err *e)
 {
     struct api_openai *a = j->api;
     a->out.len = 0;
-    if (j->sse.req && dump_json(&a->out, err_json(e)) == 0)
-        sse_stream_send(&j->sse, "error", a->out.data, a->out.len, true);
+    if (j->base.sse.req && api_json_append(&a->out, err_json(e)) == 0)
+        sse_stream_send(&j->base.sse, "error", a->out.data, a->out.len, true);
 }
 
-static void job_cut_slow(struct oai_job *j)
+static void job_send_error(struct api_job *base, enum api_error c, const char *message)
 {
     struct oai_err e;
-    job_cancel(j, SCHED_ERR_CLIENT_TOO_SLOW);
-    err_set(&e, 503, "server_error", "client_too_slow", NULL,
-            "the client reads slower than the stream is produced");
-    job_send_error_frame(j, &e);
-    sse_stream_cut(&j->sse);
-    j->req = NULL;
+    err_code(&e, c, NULL, message);
+    job_send_error_frame((struct oai_job *)base, &e);
 }
 
 /* One chunk: text (a completion's `text` or a chat `delta.content`), the
@@ -898,7 +823,7 @@ static void job_send_chunk(struct oai_job *j, const char *text, size_t len, bool
         if (!r && text) {
             r = http_buf_append(b, "\"content\":", 10);
             if (!r)
-                r = append_json_string(a, b, text, len);
+                r = api_json_append_string(a->core, b, text, len);
         }
         if (!r)
             r = http_buf_append(b, "},", 2);
@@ -906,14 +831,14 @@ static void job_send_chunk(struct oai_job *j, const char *text, size_t len, bool
         if (!r)
             r = http_buf_append(b, "\"text\":", 7);
         if (!r)
-            r = append_json_string(a, b, text ? text : "", text ? len : 0);
+            r = api_json_append_string(a->core, b, text ? text : "", text ? len : 0);
         if (!r)
             r = http_buf_append(b, ",", 1);
     }
     if (!r)
         r = http_buf_append(b, "\"logprobs\":", 11);
     if (!r)
-        r = lp ? dump_json(b, lp) : http_buf_append(b, "null", 4);
+        r = lp ? api_json_append(b, lp) : http_buf_append(b, "null", 4);
     else
         json_decref(lp);
     if (!r)
@@ -931,32 +856,21 @@ static void job_send_chunk(struct oai_job *j, const char *text, size_t len, bool
  * echoed prompt). */
 static void job_begin_stream(struct oai_job *j)
 {
-    if (j->head_sent || !j->req)
+    if (j->base.head_sent || !j->base.req)
         return;
-    j->head_sent = true;
-    if (sse_stream_begin(&j->sse, j->req, SSE_MODE_DATA, j->api->cfg->sse_outbox_bytes) != 0) {
-        j->sse.req = NULL;
-        j->req = NULL;
-        job_cancel(j, SCHED_ERR_CANCELLED);
+    if (api_job_begin_stream(&j->base, SSE_MODE_DATA) != 0)
         return;
-    }
     if (j->kind == OAI_CHAT)
         job_send_chunk(j, "", 0, true, NULL, NULL, false);
     else if (j->echo_len)
         job_send_chunk(j, j->echo, j->echo_len, false, NULL, NULL, false);
 }
 
-/* Ping timer: until the first token. Before the head it sends the head (a
- * job waiting in a long queue must not look dead to proxies). */
-static void job_ping(void *data)
+/* The ping timer before the head: a job waiting in a long queue must not
+ * look dead to proxies. */
+static void job_ping_before_head(struct api_job *base)
 {
-    struct oai_job *j = data;
-    if (!j->head_sent) {
-        job_begin_stream(j);
-        return;
-    }
-    if (j->sse.req && sse_stream_ping(&j->sse) == LLORCH_EFULL)
-        job_cut_slow(j);
+    job_begin_stream((struct oai_job *)base);
 }
 
 /* One token's piece, for log-probs (control tokens as their text). */
@@ -984,11 +898,11 @@ static json_t *chat_logprob_entry(struct oai_job *j, const struct sched_event *e
     for (uint32_t i = 0; top && i < LLORCH_MIN(ev->u.token.n_top, j->n_top); i++) {
         char p2[OAI_TOKEN_TEXT_CAP];
         size_t n2 = token_piece(a, ev->u.token.top[i].id, p2, sizeof(p2));
-        json_array_append_new(top, json_pack("{s:o*,s:f,s:o*}", "token", json_text(a, p2, n2),
+        json_array_append_new(top, json_pack("{s:o*,s:f,s:o*}", "token", api_json_text(a->core, p2, n2),
                                              "logprob", (double)ev->u.token.top[i].logprob,
                                              "bytes", bytes_array(p2, n2)));
     }
-    return json_pack("{s:o*,s:f,s:o*,s:o*}", "token", json_text(a, piece, n), "logprob",
+    return json_pack("{s:o*,s:f,s:o*,s:o*}", "token", api_json_text(a->core, piece, n), "logprob",
                      (double)ev->u.token.logprob, "bytes", bytes_array(piece, n), "top_logprobs",
                      top);
 }
@@ -1004,18 +918,18 @@ static void legacy_logprob_append(struct oai_job *j, json_t *lp, const struct sc
         char p2[OAI_TOKEN_TEXT_CAP];
         size_t n2 = token_piece(a, ev->u.token.top[i].id, p2, sizeof(p2));
         size_t sl;
-        const char *s = sanitize(a, p2, n2, &sl);
+        const char *s = api_text_sanitize(a->core, p2, n2, &sl);
         if (s)
             json_object_setn_new_nocheck(top, s, sl, json_real(ev->u.token.top[i].logprob));
     }
-    json_array_append_new(json_object_get(lp, "tokens"), json_text(a, piece, n));
+    json_array_append_new(json_object_get(lp, "tokens"), api_json_text(a->core, piece, n));
     json_array_append_new(json_object_get(lp, "token_logprobs"), json_real(ev->u.token.logprob));
     json_array_append_new(json_object_get(lp, "top_logprobs"), top);
     json_array_append_new(json_object_get(lp, "text_offset"),
                           json_integer((json_int_t)j->text_offset));
     /* offsets count characters, as OpenAI's do; a character split over byte
      * tokens counts once, at its lead byte */
-    j->text_offset += utf8_chars(piece, n);
+    j->text_offset += api_utf8_chars(piece, n);
 }
 
 static json_t *logprobs_new(enum oai_kind kind)
@@ -1028,11 +942,6 @@ static json_t *logprobs_new(enum oai_kind kind)
 
 static void job_on_token(struct oai_job *j, const struct sched_event *ev)
 {
-    if (!j->got_token) {
-        j->got_token = true;
-        if (j->sse.req)
-            http_request_timer_stop(j->sse.req);
-    }
     const char *text = ev->u.token.text;
     size_t len = ev->u.token.text_len;
     if (!j->stream) {
@@ -1047,7 +956,7 @@ static void job_on_token(struct oai_job *j, const struct sched_event *ev)
         }
         return;
     }
-    if (!j->sse.req || (len == 0 && !j->logprobs))
+    if (!j->base.sse.req || (len == 0 && !j->logprobs))
         return;
     json_t *lp = NULL;
     if (j->logprobs) {
@@ -1076,7 +985,7 @@ static void job_respond_whole(struct oai_job *j, const struct sched_event *ev,
     json_t *lp = j->lp ? json_incref(j->lp) : json_null();
     if (j->kind == OAI_CHAT) {
         choice = json_pack("{s:i,s:{s:s,s:o*},s:o,s:s}", "index", 0, "message", "role",
-                           "assistant", "content", json_text(a, j->text.data ? j->text.data : "",
+                           "assistant", "content", api_json_text(a->core, j->text.data ? j->text.data : "",
                                                               j->text.len),
                            "logprobs", lp, "finish_reason", fin);
     } else {
@@ -1084,7 +993,7 @@ static void job_respond_whole(struct oai_job *j, const struct sched_event *ev,
         http_buf_append(&all, j->echo ? j->echo : "", j->echo_len);
         http_buf_append(&all, j->text.data ? j->text.data : "", j->text.len);
         choice = json_pack("{s:o*,s:i,s:o,s:s}", "text",
-                           json_text(a, all.data ? all.data : "", all.len), "index", 0,
+                           api_json_text(a->core, all.data ? all.data : "", all.len), "index", 0,
                            "logprobs", lp, "finish_reason", fin);
         http_buf_free(&all);
     }
@@ -1094,8 +1003,8 @@ static void job_respond_whole(struct oai_job *j, const struct sched_event *ev,
                           OAI_FINGERPRINT, "choices", choice, "usage", "prompt_tokens",
                           (json_int_t)j->n_prompt, "completion_tokens", (json_int_t)completion,
                           "total_tokens", (json_int_t)(j->n_prompt + completion));
-    respond_json(a, j->req, 200, o, NULL);
-    j->req = NULL;
+    respond_json(a, j->base.req, 200, o, NULL);
+    j->base.req = NULL;
 }
 
 static void job_on_end(struct oai_job *j, const struct sched_event *ev)
@@ -1104,17 +1013,17 @@ static void job_on_end(struct oai_job *j, const struct sched_event *ev)
     uint32_t completion = ev->u.end.tokens_out + (ev->u.end.reason == SCHED_STOP_EOS);
     j->n_prompt = ev->u.end.n_prompt_tokens;
     if (!j->stream) {
-        if (j->req)
+        if (j->base.req)
             job_respond_whole(j, ev, completion);
         return;
     }
     job_begin_stream(j);
-    if (!j->sse.req)
+    if (!j->base.sse.req)
         return;
     const char *fin = finish_reason(ev->u.end.reason);
     job_send_chunk(j, ev->u.end.text_len ? ev->u.end.text : NULL, ev->u.end.text_len, false, NULL,
                    fin, true);
-    if (j->include_usage && j->sse.req) {
+    if (j->include_usage && j->base.sse.req) {
         struct http_buf *b = &j->api->out;
         b->len = 0;
         int r = chunk_head(j, b);
@@ -1127,8 +1036,8 @@ static void job_on_end(struct oai_job *j, const struct sched_event *ev)
         if (!r)
             job_send_frame(j, b, true);
     }
-    sse_stream_end(&j->sse, false);
-    j->req = NULL;
+    sse_stream_end(&j->base.sse, false);
+    j->base.req = NULL;
 }
 
 /* The scheduler's error before or after the head: an HTTP error, or an
@@ -1136,51 +1045,25 @@ static void job_on_end(struct oai_job *j, const struct sched_event *ev)
 static void job_on_error(struct oai_job *j, const struct sched_event *ev)
 {
     struct oai_err e;
-    const char *m = ev->u.error.message[0] ? ev->u.error.message
-                                           : sched_error_name(ev->u.error.code);
-    const char *param = j->kind == OAI_CHAT ? "messages" : "prompt";
-    switch (ev->u.error.code) {
-    case SCHED_ERR_INVALID_REQUEST:
-        err_set(&e, 400, "invalid_request_error", NULL, param, "%s", m);
-        break;
-    case SCHED_ERR_KV_EXHAUSTED:
-        if (strstr(m, "context length") || strstr(m, "KV cache holds") || strstr(m, "limit"))
-            err_set(&e, 400, "invalid_request_error", "context_length_exceeded", param, "%s", m);
-        else
-            err_set(&e, 503, "server_error", "kv_cache_exhausted", NULL, "%s", m);
-        break;
-    case SCHED_ERR_SHUTTING_DOWN:
-        err_set(&e, 503, "server_error", "shutting_down", NULL, "%s", m);
-        break;
-    case SCHED_ERR_TIMEOUT:
-        err_set(&e, 504, "server_error", "timeout", NULL, "%s", m);
-        break;
-    case SCHED_ERR_CANCELLED:
-        err_set(&e, 499, "server_error", "cancelled", NULL, "%s", m);
-        break;
-    case SCHED_ERR_CLIENT_TOO_SLOW:
-        err_set(&e, 503, "server_error", "client_too_slow", NULL, "%s", m);
-        break;
-    default:
-        err_set(&e, 500, "server_error", "inference_failed", NULL, "%s", m);
-        break;
-    }
-    if (!j->head_sent) {
-        if (j->req)
-            respond_err(j->api, j->req, &e);
-        j->req = NULL;
+    enum api_error c = api_error_from_sched(ev->u.error.code);
+    const char *m = ev->u.error.message[0] ? ev->u.error.message : sched_error_name(ev->u.error.code);
+    err_code(&e, c, j->kind == OAI_CHAT ? "messages" : "prompt", m);
+    if (!j->base.head_sent) {
+        if (j->base.req)
+            respond_err(j->api, j->base.req, &e);
+        j->base.req = NULL;
         return;
     }
-    if (j->sse.req) {
+    if (j->base.sse.req) {
         job_send_error_frame(j, &e);
-        sse_stream_end(&j->sse, false);
+        sse_stream_end(&j->base.sse, false);
     }
-    j->req = NULL;
+    j->base.req = NULL;
 }
 
-static void job_on_event(struct api_sink *sink, const struct sched_event *ev)
+static void job_on_event(struct api_job *base, const struct sched_event *ev)
 {
-    struct oai_job *j = (struct oai_job *)sink;
+    struct oai_job *j = (struct oai_job *)base;
     switch (ev->type) {
     case SCHED_EV_STARTED:
         j->n_prompt = ev->u.started.n_prompt_tokens;
@@ -1192,14 +1075,28 @@ static void job_on_event(struct api_sink *sink, const struct sched_event *ev)
         break;
     case SCHED_EV_END:
         job_on_end(j, ev);
-        job_free(j);
         break;
     case SCHED_EV_ERROR:
         job_on_error(j, ev);
-        job_free(j);
         break;
     }
 }
+
+static const char *job_error_code(enum api_error e)
+{
+    const char *type, *code;
+    api_openai_error_wire(e, &type, &code);
+    return code ? code : type;
+}
+
+static const struct api_job_ops oai_job_ops = {
+    .api = "openai",
+    .on_event = job_on_event,
+    .send_error = job_send_error,
+    .ping_before_head = job_ping_before_head,
+    .error_code = job_error_code,
+    .free = job_free,
+};
 
 /* ---- handlers ---- */
 
@@ -1207,7 +1104,7 @@ static void job_on_event(struct api_sink *sink, const struct sched_event *ev)
 static bool admit_request(struct api_openai *a, struct http_request *r, bool generation)
 {
     struct oai_err e;
-    if (!api_worker_authorized(a->worker, r)) {
+    if (!api_authorized(a->core, r)) {
         err_set(&e, 401, "invalid_request_error", "invalid_api_key", NULL,
                 "missing or invalid bearer token (Authorization: Bearer <key>)");
         respond_err(a, r, &e);
@@ -1215,13 +1112,13 @@ static bool admit_request(struct api_openai *a, struct http_request *r, bool gen
     }
     if (!generation)
         return true;
-    if (api_worker_draining(a->worker)) {
-        err_set(&e, 503, "server_error", "shutting_down", NULL, "the server is shutting down");
+    if (api_draining(a->core)) {
+        err_code(&e, API_ERR_SHUTTING_DOWN, NULL, "the server is shutting down");
         respond_err(a, r, &e);
         return false;
     }
-    if (!api_worker_is_ready(a->worker) || !api_worker_sched(a->worker) || !a->tok) {
-        err_set(&e, 503, "server_error", "model_loading", NULL, "the model is loading");
+    if (!api_is_ready(a->core) || !a->tok) {
+        err_code(&e, API_ERR_LOADING, NULL, "the model is loading");
         respond_err(a, r, &e);
         return false;
     }
@@ -1238,23 +1135,23 @@ static void new_id(char *out, size_t cap, const char *prefix)
 static void submit_failed(struct api_openai *a, struct http_request *r, int rc)
 {
     struct oai_err e;
-    switch (rc) {
-    case LLORCH_EFULL:
-        err_set(&e, 429, "server_error", "queue_full",
-                NULL, "the request queue is full; retry later");
+    enum api_error c = api_error_from_submit(rc);
+    char msg[200];
+    switch (c) {
+    case API_ERR_QUEUE_FULL:
+        snprintf(msg, sizeof(msg), "the request queue is full; retry later");
         break;
-    case LLORCH_ESHUTDOWN:
-        err_set(&e, 503, "server_error", "shutting_down", NULL, "the server is shutting down");
+    case API_ERR_SHUTTING_DOWN:
+        snprintf(msg, sizeof(msg), "the server is shutting down");
         break;
-    case LLORCH_EINVAL:
-    case LLORCH_EUTF8:
-    case LLORCH_ETOOBIG:
-        BAD(&e, NULL, "request rejected: %s", llorch_strerror(rc));
+    case API_ERR_INVALID_REQUEST:
+        snprintf(msg, sizeof(msg), "request rejected: %s", llorch_strerror(rc));
         break;
     default:
-        err_set(&e, 500, "server_error", NULL, NULL, "submit failed: %s", llorch_strerror(rc));
+        snprintf(msg, sizeof(msg), "submit failed: %s", llorch_strerror(rc));
         break;
     }
+    err_code(&e, c, NULL, msg);
     respond_err(a, r, &e);
 }
 
@@ -1327,25 +1224,22 @@ static void handle_generate(struct api_openai *a, struct http_request *r, enum o
         json_decref(root);
         return;
     }
-    j->sink.on_event = job_on_event;
     j->api = a;
-    j->req = r;
     j->kind = kind;
     j->stream = q.stream;
     j->include_usage = q.include_usage;
     j->logprobs = q.logprobs;
     j->n_top = q.n_top;
     j->created = (int64_t)time(NULL);
-    j->text_offset = utf8_chars(j->echo ? j->echo : "", j->echo_len);
+    j->text_offset = api_utf8_chars(j->echo ? j->echo : "", j->echo_len);
     if (j->logprobs && !j->stream)
         j->lp = logprobs_new(kind);
     new_id(j->id, sizeof(j->id), kind == OAI_CHAT ? "chatcmpl-" : "cmpl-");
     q.sr.job_id = j->id;
     q.sr.job_id_len = strlen(j->id);
-    q.sr.owner = &j->sink;
     /* the scheduler reports the chosen token's log-prob only with n_logprobs > 0 */
     q.sr.params.n_logprobs = j->logprobs ? LLORCH_MAX(j->n_top, 1u) : 0;
-    int rc = sched_submit(api_worker_sched(a->worker), &q.sr, &j->req_id);
+    int rc = api_job_submit(a->core, &j->base, &oai_job_ops, r, &q.sr, j->stream);
     oai_request_free(&q);
     json_decref(root);
     if (rc != 0) {
@@ -1355,11 +1249,6 @@ static void handle_generate(struct api_openai *a, struct http_request *r, enum o
         submit_failed(a, r, rc);
         return;
     }
-    llorch_queue_insert_tail(&a->jobs, &j->node);
-    api_worker_job_ref(a->worker);
-    http_request_on_abort(r, job_on_abort, j);
-    if (j->stream && a->cfg->ping_interval_ms)
-        http_request_timer_start(r, a->cfg->ping_interval_ms, job_ping, j);
 }
 
 static void h_completions(void *ctx, struct http_request *r, const char *tail, size_t tail_len)
@@ -1394,17 +1283,6 @@ static void h_models(void *ctx, struct http_request *r, const char *tail, size_t
                  NULL);
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static void h_model(void *ctx, struct http_request *r, const char *tail, size_t tail_len)
 {
     struct api_openai *a = ctx;
@@ -1412,23 +1290,10 @@ static void h_model(void *ctx, struct http_request *r, const char *tail, size_t 
         return;
     /* the id may contain '/' (as "org/name"), percent-encoded or not */
     char id[512];
-    size_t n = 0;
-    bool ok = tail_len > 0;
-    for (size_t i = 0; ok && i < tail_len; i++) {
-        char c = tail[i];
-        if (c == '%' && i + 2 < tail_len + 0 && hexval(tail[i + 1]) >= 0 &&
-            hexval(tail[i + 2]) >= 0) {
-            c = (char)(hexval(tail[i + 1]) * 16 + hexval(tail[i + 2]));
-            i += 2;
-        }
-        if (n + 1 >= sizeof(id))
-            ok = false;
-        else
-            id[n++] = c;
-    }
-    id[n] = 0;
+    size_t n;
+    bool ok = api_path_unescape(tail, tail_len, true, id, sizeof(id), &n);
     if (ok && (!strcmp(id, a->model_id) || (a->model_name && !strcmp(id, a->model_name)) ||
-               !strcmp(id, a->cfg->model_ref))) {
+               !strcmp(id, a->model_ref))) {
         respond_json(a, r, 200, model_object(a), NULL);
         return;
     }
@@ -1440,11 +1305,11 @@ static void h_model(void *ctx, struct http_request *r, const char *tail, size_t 
 
 /* ---- lifecycle ---- */
 
-static enum chat_template resolve_template(const struct config *cfg, const char *tmpl,
+static enum chat_template resolve_template(const char *forced, const char *tmpl,
                                            size_t len)
 {
-    if (cfg->chat_template[0])
-        return chat_template_from_name(cfg->chat_template);
+    if (forced[0])
+        return chat_template_from_name(forced);
     if (!tmpl || len == 0)
         return CHAT_TEMPLATE_CHATML;
     return chat_template_detect(tmpl, len);
@@ -1465,7 +1330,7 @@ LLORCH_API int api_openai_set_model(struct api_openai *a, const struct tokenizer
     free(a->chat_tmpl);
     a->chat_tmpl = t;
     a->chat_tmpl_len = t ? chat_template_len : 0;
-    a->tmpl = resolve_template(a->cfg, a->chat_tmpl, a->chat_tmpl_len);
+    a->tmpl = resolve_template(a->chat_template_name, a->chat_tmpl, a->chat_tmpl_len);
     a->tok = tok;
     a->n_ctx = n_ctx;
     return 0;
@@ -1484,33 +1349,39 @@ LLORCH_API int api_openai_new(struct api_openai **out, struct http_server *srv,
     if (!a)
         return LLORCH_ENOMEM;
     a->srv = srv;
-    a->cfg = o->cfg;
-    a->worker = o->worker;
+    a->model_ref = strdup(o->model_ref ? o->model_ref : "");
+    a->chat_template_name = strdup(o->chat_template_name ? o->chat_template_name : "");
+    a->core = o->core;
     a->created = (int64_t)time(NULL);
-    llorch_queue_init(&a->jobs);
-    const char *id = o->model_id && o->model_id[0] ? o->model_id : o->cfg->model_ref;
+    const char *ref = o->model_ref ? o->model_ref : "";
+    const char *id = o->model_id && o->model_id[0] ? o->model_id : ref;
     a->model_id = strdup(id[0] ? id : "model");
     a->model_name = o->model_name ? strdup(o->model_name) : NULL;
-    int r = a->model_id && (!o->model_name || a->model_name) ? 0 : LLORCH_ENOMEM;
+    int r = a->model_id && (!o->model_name || a->model_name) && a->model_ref &&
+                    a->chat_template_name
+                ? 0
+                : LLORCH_ENOMEM;
     if (!r)
         r = api_openai_set_model(a, o->tok, o->chat_template, o->chat_template_len, o->n_ctx);
+    /* path, methods, handler and metrics label: the one route table */
     static const struct {
         unsigned methods;
         const char *path;
         bool prefix;
         http_handler_fn fn;
+        enum metrics_endpoint label;
     } routes[] = {
-        {LLORCH_HTTP_GET, "/v1/models", false, h_models},
-        {LLORCH_HTTP_GET, "/v1/models/", true, h_model},
-        {LLORCH_HTTP_POST, "/v1/completions", false, h_completions},
-        {LLORCH_HTTP_POST, "/v1/chat/completions", false, h_chat},
-        {LLORCH_HTTP_GET, "/models", false, h_models},
-        {LLORCH_HTTP_POST, "/completions", false, h_completions},
-        {LLORCH_HTTP_POST, "/chat/completions", false, h_chat},
+        {LLORCH_HTTP_GET, "/v1/models", false, h_models, METRICS_EP_MODELS},
+        {LLORCH_HTTP_GET, "/v1/models/", true, h_model, METRICS_EP_MODEL},
+        {LLORCH_HTTP_POST, "/v1/completions", false, h_completions, METRICS_EP_COMPLETIONS},
+        {LLORCH_HTTP_POST, "/v1/chat/completions", false, h_chat, METRICS_EP_CHAT_COMPLETIONS},
+        {LLORCH_HTTP_GET, "/models", false, h_models, METRICS_EP_MODELS_ROOT},
+        {LLORCH_HTTP_POST, "/completions", false, h_completions, METRICS_EP_COMPLETIONS_ROOT},
+        {LLORCH_HTTP_POST, "/chat/completions", false, h_chat, METRICS_EP_CHAT_COMPLETIONS_ROOT},
     };
     for (size_t i = 0; !r && i < LLORCH_ARRAY_SIZE(routes); i++)
-        r = http_server_route(srv, routes[i].methods, routes[i].path, routes[i].prefix,
-                              routes[i].fn, a);
+        r = http_server_route_tagged(srv, routes[i].methods, routes[i].path, routes[i].prefix,
+                                     routes[i].fn, a, (int)routes[i].label);
     if (r) {
         api_openai_free(a);
         return r;
@@ -1523,19 +1394,11 @@ LLORCH_API void api_openai_free(struct api_openai *a)
 {
     if (!a)
         return;
-    while (!llorch_queue_empty(&a->jobs)) {
-        struct oai_job *j = llorch_container_of(llorch_queue_head(&a->jobs), struct oai_job, node);
-        llorch_queue_remove(&j->node);
-        sse_stream_free(&j->sse);
-        http_buf_free(&j->text);
-        json_decref(j->lp);
-        free(j->echo);
-        free(j);
-    }
     http_buf_free(&a->out);
-    free(a->san);
     free(a->chat_tmpl);
     free(a->model_id);
     free(a->model_name);
+    free(a->model_ref);
+    free(a->chat_template_name);
     free(a);
 }

@@ -2,9 +2,9 @@
  * and POST /v1/chat/completions (also without the /v1 prefix, as llama.cpp's
  * server serves them), whole responses and SSE streams ending in
  * `data: [DONE]`, errors as {"error":{"message","type","param","code"}}.
- * Served from the same scheduler as the worker contract: jobs are
- * api_sinks fed by api_worker's one event drain, and count in its drain;
- * auth and readiness are api_worker's. Loop thread only. */
+ * A protocol adapter over the API core (api.h), like the worker contract:
+ * the core owns auth, readiness, the event drain, the jobs' lifecycle and
+ * the drain. Loop thread only. */
 #ifndef LLORCH_API_OPENAI_H
 #define LLORCH_API_OPENAI_H
 
@@ -12,16 +12,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "api_worker.h"
+#include "api.h"
 #include "chat.h"
-#include "config.h"
 #include "http.h"
 #include "tokenizer.h"
 
 struct api_openai_opts {
-    const struct config *cfg;     /* must outlive the api: api key, outbox, ping, chat_template */
-    struct api_worker *worker;    /* must outlive the api: sched, readiness, auth, drain */
-    const char *model_id;         /* `id` in /v1/models; NULL = cfg->model_ref */
+    const char *model_ref;        /* --model-ref, also accepted in `model`; "" = none */
+    const char *chat_template_name; /* --chat-template NAME forces a family; "" = none */
+    struct api *core;             /* must outlive the api: sched, readiness, auth, jobs */
+    const char *model_id;         /* `id` in /v1/models; NULL = model_ref */
     const char *model_name;       /* general.name, accepted as an alias in `model`; may be NULL */
     /* The loaded model, when known at start-up (else api_openai_set_model). */
     const struct tokenizer *tok;
@@ -40,8 +40,12 @@ int api_openai_new(struct api_openai **out, struct http_server *srv,
  * loaded after api_openai_new. Generation requests answer 503 until set. */
 int api_openai_set_model(struct api_openai *a, const struct tokenizer *tok,
                          const char *chat_template, size_t chat_template_len, uint32_t n_ctx);
-/* Frees jobs still waiting for a terminal event (call after sched_free())
- * and the api. Call before api_worker_close(). NULL is safe. */
+/* OpenAI's error type, code (NULL = JSON null) and HTTP status of an
+ * api_error (its one table; exposed for unit tests). */
+int api_openai_error_wire(enum api_error e, const char **type, const char **code);
+
+/* Frees the api (its jobs are the core's: api_close frees them). NULL is
+ * safe. */
 void api_openai_free(struct api_openai *a);
 
 /* The chat template requests are rendered with: --chat-template when set,

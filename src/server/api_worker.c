@@ -1,8 +1,7 @@
-/* The worker contract: routes, validation, job streams and the drain. A job
- * (struct worker_job) is the scheduler's `owner` for one generation: it lives
- * from a successful sched_submit() until its terminal event has been taken,
- * whether or not its connection still exists (a dead or too slow connection
- * detaches it and cancels the request). */
+/* The worker contract: routes, validation and the frames of its job
+ * streams, over the API core (api.h), which owns the jobs' lifecycle. A
+ * worker job is an api_job plus what its frames need (stop strings for
+ * `stop_sequence_matched`). */
 #include "api_worker.h"
 
 #include <jansson.h>
@@ -14,107 +13,80 @@
 #include <time.h>
 
 #include "llorch/error.h"
-#include "queue.h"
 #include "sse.h"
 #include "util.h"
 
 #define API_PROMPT_MAX_CHARS 32768
 #define API_MAX_TOKENS 2048
-#define API_DRAIN_POLL_MS 20
-#define API_DRAIN_GRACE_MS 5000   /* after SHUTTING_DOWN was sent to everything */
-
-enum api_state { API_LOADING, API_READY, API_DRAINING };
 
 struct api_worker {
-    uv_loop_t *loop;
-    struct http_server *srv;
-    const struct config *cfg;
+    struct api *core;
     struct api_worker_info info;
     void (*shutdown_cb)(void *ctx);
     void *shutdown_ctx;
     void (*health_extra)(void *ctx, void *json_obj);
     void *health_extra_ctx;
-    struct metrics *metrics;
-    struct log *log;
-    const struct mgr *mgr;
-    struct sched *sched;
-    enum api_state state;
-    double progress;
-    uv_async_t async;
-    uv_timer_t drain_timer;
-    unsigned handles_open;
-    bool closing;
-    struct llorch_queue jobs;
-    uint32_t live;            /* our jobs + other modules' refs */
-    struct http_buf json;     /* scratch for emitted JSON */
-    char *text;               /* scratch for sanitised token text */
-    size_t text_cap;
-    /* drain */
-    void (*drain_done)(void *ctx);
-    void *drain_ctx;
-    uint64_t drain_deadline;  /* uv_now() ms */
-    bool drain_forced;
-    uint64_t drain_forced_at;
-    bool drain_fired;
+    void (*pool_manager)(void *ctx, struct api_worker_pm_state *out);
+    void *pool_manager_ctx;
+    struct http_buf json;     /* scratch for frames */
 };
 
 struct worker_job {
-    struct api_sink sink;     /* first: the owner pointer */
+    struct api_job base;      /* first: the scheduler's owner */
     struct api_worker *api;
-    struct llorch_queue node;
-    struct sse_stream sse;    /* sse.req != NULL while attached to a connection */
-    uint64_t req_id;
-    uint32_t n_frames;        /* token frames sent: their "i" */
-    bool got_token;
     uint32_t n_stops;
     size_t stop_lens[DETOK_MAX_STOPS];
     char stops[DETOK_MAX_STOPS][DETOK_MAX_STOP_LEN];
-    size_t job_id_len;
-    char job_id[SCHED_JOB_ID_MAX];
 };
 
-/* ---- small helpers ---- */
+/* The worker contract's wire name and HTTP status of every api_error. A
+ * generation's stream head is sent at submission, so the errors of a job
+ * that was accepted arrive as `error` frames (their status is not sent). */
+static const struct worker_error {
+    int status;
+    const char *code;
+    const char *extra_headers;
+} worker_errors[API_ERR_COUNT_] = {
+    [API_ERR_CANCELLED] = {499, "CANCELLED", NULL},
+    [API_ERR_TIMEOUT] = {504, "TIMEOUT", NULL},
+    [API_ERR_INVALID_REQUEST] = {400, "INVALID_REQUEST", NULL},
+    [API_ERR_INFERENCE_FAILED] = {500, "INFERENCE_FAILED", NULL},
+    [API_ERR_KV_EXHAUSTED] = {503, "KV_EXHAUSTED", NULL},
+    [API_ERR_CLIENT_TOO_SLOW] = {503, "CLIENT_TOO_SLOW", NULL},
+    [API_ERR_SHUTTING_DOWN] = {503, "SHUTTING_DOWN", NULL},
+    /* the contract has one name for "does not fit" */
+    [API_ERR_CONTEXT_EXCEEDED] = {400, "KV_EXHAUSTED", NULL},
+    [API_ERR_PROMPT_TOO_LARGE] = {400, "KV_EXHAUSTED", NULL},
+    [API_ERR_QUEUE_FULL] = {503, "QUEUE_FULL", "Retry-After: 1\r\n"},
+    [API_ERR_JOB_EXISTS] = {409, "JOB_EXISTS", NULL},
+    [API_ERR_LOADING] = {503, "LOADING", "Retry-After: 1\r\n"},
+    [API_ERR_INTERNAL] = {500, "INTERNAL", NULL},
+};
 
-static int dump_json(struct api_worker *a, json_t *o)
+static const struct worker_error *worker_error_of(enum api_error e)
 {
-    a->json.len = 0;
-    if (!o)
-        return LLORCH_ENOMEM;
-    size_t n = json_dumpb(o, NULL, 0, JSON_COMPACT);
-    int r = LLORCH_ENOMEM;
-    if (n && http_buf_reserve(&a->json, n) == 0) {
-        a->json.len = json_dumpb(o, a->json.data, n, JSON_COMPACT);
-        r = 0;
-    }
-    json_decref(o);
-    return r;
+    return &worker_errors[(unsigned)e < API_ERR_COUNT_ ? e : API_ERR_INTERNAL];
 }
+
+LLORCH_API int api_worker_error_wire(enum api_error e, const char **code)
+{
+    const struct worker_error *w = worker_error_of(e);
+    *code = w->code;
+    return w->status;
+}
+
+static void respond_error(struct http_request *r, enum api_error e, const char *message)
+{
+    const struct worker_error *w = worker_error_of(e);
+    http_respond_error(r, w->status, w->code, message, w->extra_headers);
+}
+
+/* ---- small helpers ---- */
 
 static void respond_json(struct api_worker *a, struct http_request *r, int status, json_t *o,
                          const char *extra)
 {
-    if (dump_json(a, o) != 0) {
-        http_respond_error(r, 500, "INTERNAL", "out of memory", NULL);
-        return;
-    }
-    http_respond(r, status, "application/json", extra, a->json.data, a->json.len);
-}
-
-/* A JSON string of arbitrary bytes: invalid UTF-8 becomes U+FFFD. */
-static json_t *json_text(struct api_worker *a, const char *s, size_t len)
-{
-    size_t need = len * 3 + 1;
-    if (need > a->text_cap) {
-        char *p = realloc(a->text, need);
-        if (!p)
-            return NULL;
-        a->text = p;
-        a->text_cap = need;
-    }
-    size_t n = sse_utf8_sanitize(s, len, a->text, a->text_cap);
-    if (n == SIZE_MAX)
-        return NULL;
-    return json_stringn_nocheck(a->text, n);
+    api_respond_json(a->core, r, status, o, extra);
 }
 
 static void iso8601_now(char *out, size_t cap)
@@ -125,44 +97,11 @@ static void iso8601_now(char *out, size_t cap)
     strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-LLORCH_API bool api_worker_authorized(const struct api_worker *a, const struct http_request *r)
-{
-    const char *key = a->cfg->api_key;
-    size_t klen = strlen(key);
-    if (klen == 0)
-        return true;
-    size_t hlen;
-    const char *h = http_request_header(r, "authorization", &hlen);
-    if (!h || hlen < 7 || strncasecmp(h, "Bearer ", 7) != 0)
-        return false;
-    h += 7;
-    hlen -= 7;
-    while (hlen && (*h == ' ' || *h == '\t')) {
-        h++;
-        hlen--;
-    }
-    while (hlen && (h[hlen - 1] == ' ' || h[hlen - 1] == '\t'))
-        hlen--;
-    /* constant time in the key's length: no early exit on a mismatch */
-    unsigned diff = (unsigned)(hlen ^ klen);
-    for (size_t i = 0; i < klen; i++) {
-        unsigned char c = hlen ? (unsigned char)h[i % hlen] : 0;
-        diff |= c ^ (unsigned char)key[i];
-    }
-    return diff == 0;
-}
-
-LLORCH_API void api_worker_respond_unauthorized(struct http_request *r)
-{
-    http_respond_error(r, 401, "UNAUTHORIZED", "missing or invalid bearer token",
-                       "WWW-Authenticate: Bearer\r\n");
-}
-
 static bool check_auth(struct api_worker *a, struct http_request *r)
 {
-    if (api_worker_authorized(a, r))
+    if (api_authorized(a->core, r))
         return true;
-    api_worker_respond_unauthorized(r);
+    api_respond_unauthorized(r);
     return false;
 }
 
@@ -198,21 +137,6 @@ static size_t json_error_offset(const json_error_t *e)
     return pos;
 }
 
-/* Shortest text that reads back as the same number. */
-LLORCH_API void api_worker_number_text(const json_t *v, char *out, size_t cap)
-{
-    if (json_is_integer(v)) {
-        snprintf(out, cap, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
-        return;
-    }
-    double d = json_number_value(v);
-    for (int p = 1; p <= 17; p++) {
-        snprintf(out, cap, "%.*g", p, d);
-        if (strtod(out, NULL) == d)
-            return;
-    }
-}
-
 static char *error_obj_string(const char *code, const char *message)
 {
     json_t *o = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", message);
@@ -242,7 +166,7 @@ static void check_float(json_t *errs, const char *name, json_t *v, double lo, do
     if (d >= lo && d <= hi)
         return;
     char num[64], msg[160];
-    api_worker_number_text(v, num, sizeof(num));
+    api_number_text(v, num, sizeof(num));
     if (d < lo)
         snprintf(msg, sizeof(msg), "%s must be at least %.1f (got %s)", name, lo, num);
     else
@@ -327,41 +251,124 @@ static bool field_at_offset(const char *b, size_t len, size_t off, char *field, 
 
 enum field_kind { FK_STRING, FK_INTEGER, FK_NUMBER, FK_STOP };
 
+struct api_worker_params;
+typedef void (*field_check_fn)(json_t *errs, json_t *v, struct api_worker_params *p);
+
+static void check_job_id(json_t *errs, json_t *v, struct api_worker_params *p);
+static void check_prompt(json_t *errs, json_t *v, struct api_worker_params *p);
+static void check_stop(json_t *errs, json_t *v, struct api_worker_params *p);
+
+/* The request's fields: JSON kind, whether required, and the value check:
+ * a range (inclusive, with the constraint name reported) for numbers, or a
+ * function for the rest. */
 static const struct field_spec {
     const char *name;
     enum field_kind kind;
     bool required;
+    double lo, hi;                /* FK_NUMBER, FK_INTEGER */
+    const char *constraint;
+    field_check_fn check;         /* instead of the range */
 } fields[] = {
-    {"job_id", FK_STRING, true},      {"prompt", FK_STRING, true},
-    {"max_tokens", FK_INTEGER, true}, {"temperature", FK_NUMBER, false},
-    {"top_p", FK_NUMBER, false},      {"top_k", FK_INTEGER, false},
-    {"repetition_penalty", FK_NUMBER, false},
-    {"min_p", FK_NUMBER, false},      {"stop", FK_STOP, false},
-    {"seed", FK_INTEGER, false},
+    {"job_id", FK_STRING, true, 0, 0, NULL, check_job_id},
+    {"prompt", FK_STRING, true, 0, 0, NULL, check_prompt},
+    {"max_tokens", FK_INTEGER, true, 1, API_MAX_TOKENS, "range(1..=2048)", NULL},
+    {"temperature", FK_NUMBER, false, 0.0, 2.0, "range(0.0..=2.0)", NULL},
+    {"top_p", FK_NUMBER, false, 0.0, 1.0, "range(0.0..=1.0)", NULL},
+    {"top_k", FK_INTEGER, false, 0, 4294967295.0, "range(0..=4294967295)", NULL},
+    {"repetition_penalty", FK_NUMBER, false, 0.0, 2.0, "range(0.0..=2.0)", NULL},
+    {"min_p", FK_NUMBER, false, 0.0, 1.0, "range(0.0..=1.0)", NULL},
+    {"stop", FK_STOP, false, 0, 0, NULL, check_stop},
+    /* json_int_t cannot exceed the upper bound; only the lower one can fail */
+    {"seed", FK_INTEGER, false, 0, 18446744073709551615.0, "range(0..=18446744073709551615)",
+     NULL},
 };
 enum { F_JOB_ID, F_PROMPT, F_MAX_TOKENS, F_TEMPERATURE, F_TOP_P, F_TOP_K, F_REP_PEN, F_MIN_P,
        F_STOP, F_SEED, F_COUNT_ };
 
-static size_t utf8_chars(const char *s, size_t len)
+/* An integer outside [lo, hi]: "NAME must be at least LO (got V)". */
+static void check_int(json_t *errs, const struct field_spec *f, json_t *v)
 {
-    size_t n = 0;
-    for (size_t i = 0; i < len; i++)
-        n += ((unsigned char)s[i] & 0xC0) != 0x80;
-    return n;
+    json_int_t k = json_integer_value(v);
+    bool low = (double)k < f->lo;
+    if (!low && (double)k <= f->hi)
+        return;
+    char num[64], msg[160];
+    api_number_text(v, num, sizeof(num));
+    snprintf(msg, sizeof(msg), "%s must be %s %.0f (got %s)", f->name,
+             low ? "at least" : "at most", low ? f->lo : f->hi, num);
+    add_violation(errs, f->name, f->constraint, msg, v);
 }
 
-LLORCH_API int api_worker_validate(const char *content_type, size_t ct_len, const char *body,
-                                   size_t len, struct api_worker_params *p, void **json_root,
-                                   char **err_body)
+static void check_job_id(json_t *errs, json_t *v, struct api_worker_params *p)
+{
+    char msg[160], c[32];
+    p->job_id = json_string_value(v);
+    p->job_id_len = json_string_length(v);
+    if (p->job_id_len == 0) {
+        add_violation(errs, "job_id", "non_empty", "job_id must not be empty", v);
+    } else if (p->job_id_len >= SCHED_JOB_ID_MAX) {
+        snprintf(msg, sizeof(msg), "job_id must be at most %d bytes (got %zu)",
+                 SCHED_JOB_ID_MAX - 1, p->job_id_len);
+        snprintf(c, sizeof(c), "max_length(%d)", SCHED_JOB_ID_MAX - 1);
+        add_violation(errs, "job_id", c, msg, v);
+    }
+}
+
+/* Counted in Unicode characters; the value is not echoed. */
+static void check_prompt(json_t *errs, json_t *v, struct api_worker_params *p)
+{
+    char msg[160];
+    p->prompt = json_string_value(v);
+    p->prompt_len = json_string_length(v);
+    size_t chars = api_utf8_chars(p->prompt, p->prompt_len);
+    if (chars < 1 || chars > API_PROMPT_MAX_CHARS) {
+        snprintf(msg, sizeof(msg), "prompt must be between 1 and %d characters (got %zu)",
+                 API_PROMPT_MAX_CHARS, chars);
+        add_violation(errs, "prompt", "length(1..=32768)", msg, NULL);
+    }
+}
+
+/* A string or an array of strings; values are not echoed. */
+static void check_stop(json_t *errs, json_t *v, struct api_worker_params *p)
+{
+    char msg[160];
+    size_t n = json_is_array(v) ? json_array_size(v) : 1;
+    if (n > DETOK_MAX_STOPS) {
+        snprintf(msg, sizeof(msg), "stop must have at most %d sequences (got %zu)",
+                 DETOK_MAX_STOPS, n);
+        add_violation(errs, "stop", "max_count(4)", msg, NULL);
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_is_array(v) ? json_array_get(v, i) : v;
+        size_t sl = json_string_length(e);
+        char fname[32];
+        snprintf(fname, sizeof(fname), "stop[%zu]", i);
+        if (sl == 0) {
+            snprintf(msg, sizeof(msg), "%s must not be empty", fname);
+            add_violation(errs, fname, "non_empty", msg, NULL);
+        } else if (sl > DETOK_MAX_STOP_LEN) {
+            snprintf(msg, sizeof(msg), "%s must be at most %d bytes (got %zu)", fname,
+                     DETOK_MAX_STOP_LEN, sl);
+            add_violation(errs, fname, "max_length(100)", msg, NULL);
+        } else if (i < DETOK_MAX_STOPS) {
+            p->sp.stops[i] = json_string_value(e);
+            p->sp.stop_lens[i] = sl;
+        }
+    }
+    p->sp.n_stops = (uint32_t)LLORCH_MIN(n, (size_t)DETOK_MAX_STOPS);
+}
+
+/* Phase 1: the body is a JSON object of valid UTF-8 sent as JSON. Returns
+ * the document, or NULL with *status and *err_body set. */
+static json_t *validate_body(const char *content_type, size_t ct_len, const char *body,
+                             size_t len, int *status, char **err_body)
 {
     char msg[512];
-    *json_root = NULL;
-    *err_body = NULL;
-    memset(p, 0, sizeof(*p));
     if (!content_type_is_json(content_type, ct_len)) {
         *err_body = error_obj_string("UNSUPPORTED_MEDIA_TYPE",
                                      "Content-Type must be application/json");
-        return 415;
+        *status = 415;
+        return NULL;
     }
     size_t bad;
     if (!sse_utf8_valid(body, len, &bad)) {
@@ -371,7 +378,8 @@ LLORCH_API int api_worker_validate(const char *content_type, size_t ct_len, cons
         else
             snprintf(msg, sizeof(msg), "request body is not valid UTF-8 (byte offset %zu)", bad);
         *err_body = error_obj_string("INVALID_UTF8", msg);
-        return 400;
+        *status = 400;
+        return NULL;
     }
     json_error_t jerr;
     json_t *root = json_loadb(body, len, JSON_ALLOW_NUL, &jerr);
@@ -379,14 +387,24 @@ LLORCH_API int api_worker_validate(const char *content_type, size_t ct_len, cons
         snprintf(msg, sizeof(msg), "malformed JSON at byte offset %zu: %s", json_error_offset(&jerr),
                  jerr.text);
         *err_body = error_obj_string("INVALID_JSON", msg);
-        return 400;
+        *status = 400;
+        return NULL;
     }
     if (!json_is_object(root)) {
         json_decref(root);
         *err_body = error_obj_string("INVALID_TYPE", "request body must be a JSON object");
-        return 422;
+        *status = 422;
+        return NULL;
     }
-    json_t *v[F_COUNT_];
+    return root;
+}
+
+/* Phase 2: every field present when required and of its kind (null counts
+ * as absent); v[i] is fields[i]'s value or NULL. Returns 0, or 422 with
+ * *err_body set. */
+static int validate_kinds(json_t *root, json_t *v[F_COUNT_], char **err_body)
+{
+    char msg[512];
     for (size_t i = 0; i < F_COUNT_; i++) {
         const struct field_spec *f = &fields[i];
         v[i] = json_object_get(root, f->name);
@@ -397,7 +415,6 @@ LLORCH_API int api_worker_validate(const char *content_type, size_t ct_len, cons
                 continue;
             snprintf(msg, sizeof(msg), "missing required field `%s`", f->name);
             *err_body = error_obj_string("MISSING_FIELD", msg);
-            json_decref(root);
             return 422;
         }
         const char *want = NULL;
@@ -430,90 +447,41 @@ LLORCH_API int api_worker_validate(const char *content_type, size_t ct_len, cons
         if (want) {
             snprintf(msg, sizeof(msg), "field `%s` must be %s", f->name, want);
             *err_body = error_obj_string("INVALID_TYPE", msg);
-            json_decref(root);
             return 422;
         }
     }
+    return 0;
+}
 
+LLORCH_API int api_worker_validate(const char *content_type, size_t ct_len, const char *body,
+                                   size_t len, struct api_worker_params *p, void **json_root,
+                                   char **err_body)
+{
+    *json_root = NULL;
+    *err_body = NULL;
+    memset(p, 0, sizeof(*p));
+    int status = 0;
+    json_t *root = validate_body(content_type, ct_len, body, len, &status, err_body);
+    if (!root)
+        return status;
+    json_t *v[F_COUNT_];
+    if ((status = validate_kinds(root, v, err_body)) != 0) {
+        json_decref(root);
+        return status;
+    }
+    /* phase 3: every value in range, all violations reported at once */
     json_t *errs = json_array();
-    char num[64];
-    /* job_id */
-    p->job_id = json_string_value(v[F_JOB_ID]);
-    p->job_id_len = json_string_length(v[F_JOB_ID]);
-    if (p->job_id_len == 0) {
-        add_violation(errs, "job_id", "non_empty", "job_id must not be empty", v[F_JOB_ID]);
-    } else if (p->job_id_len >= SCHED_JOB_ID_MAX) {
-        snprintf(msg, sizeof(msg), "job_id must be at most %d bytes (got %zu)",
-                 SCHED_JOB_ID_MAX - 1, p->job_id_len);
-        char c[32];
-        snprintf(c, sizeof(c), "max_length(%d)", SCHED_JOB_ID_MAX - 1);
-        add_violation(errs, "job_id", c, msg, v[F_JOB_ID]);
-    }
-    /* prompt: counted in Unicode characters; value omitted */
-    p->prompt = json_string_value(v[F_PROMPT]);
-    p->prompt_len = json_string_length(v[F_PROMPT]);
-    size_t chars = utf8_chars(p->prompt, p->prompt_len);
-    if (chars < 1 || chars > API_PROMPT_MAX_CHARS) {
-        snprintf(msg, sizeof(msg), "prompt must be between 1 and %d characters (got %zu)",
-                 API_PROMPT_MAX_CHARS, chars);
-        add_violation(errs, "prompt", "length(1..=32768)", msg, NULL);
-    }
-    /* max_tokens */
-    json_int_t mt = json_integer_value(v[F_MAX_TOKENS]);
-    if (mt < 1 || mt > API_MAX_TOKENS) {
-        api_worker_number_text(v[F_MAX_TOKENS], num, sizeof(num));
-        if (mt < 1)
-            snprintf(msg, sizeof(msg), "max_tokens must be at least 1 (got %s)", num);
+    for (size_t i = 0; i < F_COUNT_; i++) {
+        const struct field_spec *f = &fields[i];
+        if (!v[i])
+            continue;
+        if (f->check)
+            f->check(errs, v[i], p);
+        else if (f->kind == FK_INTEGER)
+            check_int(errs, f, v[i]);
         else
-            snprintf(msg, sizeof(msg), "max_tokens must be at most %d (got %s)", API_MAX_TOKENS, num);
-        add_violation(errs, "max_tokens", "range(1..=2048)", msg, v[F_MAX_TOKENS]);
+            check_float(errs, f->name, v[i], f->lo, f->hi, f->constraint);
     }
-    check_float(errs, "temperature", v[F_TEMPERATURE], 0.0, 2.0, "range(0.0..=2.0)");
-    check_float(errs, "top_p", v[F_TOP_P], 0.0, 1.0, "range(0.0..=1.0)");
-    if (v[F_TOP_K]) {
-        json_int_t k = json_integer_value(v[F_TOP_K]);
-        if (k < 0 || k > (json_int_t)UINT32_MAX) {
-            api_worker_number_text(v[F_TOP_K], num, sizeof(num));
-            snprintf(msg, sizeof(msg), "top_k must be %s %s (got %s)",
-                     k < 0 ? "at least" : "at most", k < 0 ? "0" : "4294967295", num);
-            add_violation(errs, "top_k", "range(0..=4294967295)", msg, v[F_TOP_K]);
-        }
-    }
-    check_float(errs, "repetition_penalty", v[F_REP_PEN], 0.0, 2.0, "range(0.0..=2.0)");
-    check_float(errs, "min_p", v[F_MIN_P], 0.0, 1.0, "range(0.0..=1.0)");
-    /* stop: value omitted */
-    if (v[F_STOP]) {
-        size_t n = json_is_array(v[F_STOP]) ? json_array_size(v[F_STOP]) : 1;
-        if (n > DETOK_MAX_STOPS) {
-            snprintf(msg, sizeof(msg), "stop must have at most %d sequences (got %zu)",
-                     DETOK_MAX_STOPS, n);
-            add_violation(errs, "stop", "max_count(4)", msg, NULL);
-        }
-        for (size_t i = 0; i < n; i++) {
-            json_t *e = json_is_array(v[F_STOP]) ? json_array_get(v[F_STOP], i) : v[F_STOP];
-            size_t sl = json_string_length(e);
-            char fname[32];
-            snprintf(fname, sizeof(fname), "stop[%zu]", i);
-            if (sl == 0) {
-                snprintf(msg, sizeof(msg), "%s must not be empty", fname);
-                add_violation(errs, fname, "non_empty", msg, NULL);
-            } else if (sl > DETOK_MAX_STOP_LEN) {
-                snprintf(msg, sizeof(msg), "%s must be at most %d bytes (got %zu)", fname,
-                         DETOK_MAX_STOP_LEN, sl);
-                add_violation(errs, fname, "max_length(100)", msg, NULL);
-            } else if (i < DETOK_MAX_STOPS) {
-                p->sp.stops[i] = json_string_value(e);
-                p->sp.stop_lens[i] = sl;
-            }
-        }
-        p->sp.n_stops = (uint32_t)LLORCH_MIN(n, (size_t)DETOK_MAX_STOPS);
-    }
-    if (v[F_SEED] && json_integer_value(v[F_SEED]) < 0) {
-        api_worker_number_text(v[F_SEED], num, sizeof(num));
-        snprintf(msg, sizeof(msg), "seed must be at least 0 (got %s)", num);
-        add_violation(errs, "seed", "range(0..=18446744073709551615)", msg, v[F_SEED]);
-    }
-
     if (json_array_size(errs) > 0) {
         json_t *o = json_pack("{s:o}", "errors", errs);
         *err_body = o ? json_dumps(o, JSON_COMPACT) : NULL;
@@ -522,7 +490,8 @@ LLORCH_API int api_worker_validate(const char *content_type, size_t ct_len, cons
         return 400;
     }
     json_decref(errs);
-    p->sp.max_tokens = (uint32_t)mt;
+    /* phase 4: the scheduler's parameters, defaults for what is absent */
+    p->sp.max_tokens = (uint32_t)json_integer_value(v[F_MAX_TOKENS]);
     p->sp.temperature = v[F_TEMPERATURE] ? (float)json_number_value(v[F_TEMPERATURE]) : 1.0f;
     p->sp.top_p = v[F_TOP_P] ? (float)json_number_value(v[F_TOP_P]) : 1.0f;
     p->sp.top_k = v[F_TOP_K] ? (uint32_t)json_integer_value(v[F_TOP_K]) : 0;
@@ -533,217 +502,115 @@ LLORCH_API int api_worker_validate(const char *content_type, size_t ct_len, cons
     return 200;
 }
 
-/* ---- jobs and their streams ---- */
-
-static void job_free(struct worker_job *j)
-{
-    struct api_worker *a = j->api;
-    llorch_queue_remove(&j->node);
-    sse_stream_free(&j->sse);
-    free(j);
-    a->live--; /* a drain in progress notices on its next poll */
-}
-
-/* Connection gone: keep the job until its terminal event, cancel it now. */
-static void job_on_abort(void *data)
-{
-    struct worker_job *j = data;
-    j->sse.req = NULL;
-    if (j->api->sched)
-        sched_cancel(j->api->sched, j->req_id, SCHED_ERR_CANCELLED);
-}
-
-static void job_send_error(struct worker_job *j, const char *code, const char *message)
-{
-    struct api_worker *a = j->api;
-    json_t *o = json_pack("{s:s,s:s,s:o*}", "type", "error", "code", code, "message",
-                          json_text(a, message, strlen(message)));
-    if (dump_json(a, o) == 0)
-        sse_stream_send(&j->sse, "error", a->json.data, a->json.len, true);
-}
-
-/* Ends the response and detaches from the connection. */
-static void job_finish_stream(struct worker_job *j, bool close_conn)
-{
-    if (!j->sse.req)
-        return;
-    sse_stream_end(&j->sse, close_conn);
-}
-
-/* The reader is too slow for the outbox bound: cancel the job (its ERROR
- * event, counted by code in the metrics, comes back and frees it), queue the
- * error frame past the bound and cut the connection (sse_stream_cut: closed
- * once flushed, or after a short grace if the reader takes nothing). */
-static void job_cut_slow(struct worker_job *j)
-{
-    struct api_worker *a = j->api;
-    if (a->sched)
-        sched_cancel(a->sched, j->req_id, SCHED_ERR_CLIENT_TOO_SLOW);
-    if (log_enabled(a->log, CONFIG_LOG_WARN)) {
-        char id[SCHED_JOB_ID_MAX];
-        memcpy(id, j->job_id, j->job_id_len);
-        id[j->job_id_len] = 0;
-        struct log_field f[] = {
-            LOG_F_STR("job_id", id),
-            LOG_F_STR("code", "CLIENT_TOO_SLOW"),
-            LOG_F_UINT("token_frames", j->n_frames),
-            LOG_F_UINT("queued_bytes", http_request_pending_bytes(j->sse.req)),
-            LOG_F_UINT("outbox_bytes", j->sse.outbox_bytes),
-        };
-        log_write(a->log, CONFIG_LOG_WARN, "stream cut: the client reads too slowly", f,
-                  LLORCH_ARRAY_SIZE(f));
-    }
-    job_send_error(j, "CLIENT_TOO_SLOW", "client reads slower than the stream is produced");
-    sse_stream_cut(&j->sse);
-}
+/* ---- jobs and their frames ---- */
 
 static void job_send(struct worker_job *j, const char *type, json_t *o, bool force)
 {
     struct api_worker *a = j->api;
-    if (!j->sse.req) {
+    if (!j->base.sse.req) {
         json_decref(o);
         return;
     }
-    if (dump_json(a, o) != 0)
+    a->json.len = 0;
+    if (api_json_append(&a->json, o) != 0)
         return;
-    if (sse_stream_send(&j->sse, type, a->json.data, a->json.len, force) == LLORCH_EFULL)
-        job_cut_slow(j);
+    api_job_send(&j->base, type, a->json.data, a->json.len, force);
+}
+
+static void job_send_error(struct api_job *base, enum api_error e, const char *message)
+{
+    struct worker_job *j = (struct worker_job *)base;
+    struct api_worker *a = j->api;
+    const char *code = worker_error_of(e)->code;
+    json_t *o = json_pack("{s:s,s:s,s:o*}", "type", "error", "code", code, "message",
+                          api_json_text(a->core, message, strlen(message)));
+    a->json.len = 0;
+    if (base->sse.req && api_json_append(&a->json, o) == 0)
+        sse_stream_send(&base->sse, "error", a->json.data, a->json.len, true);
 }
 
 static void job_send_text(struct worker_job *j, const char *text, size_t len, bool force)
 {
     struct api_worker *a = j->api;
-    if (len == 0 || !j->sse.req)
+    if (len == 0 || !j->base.sse.req)
         return;
-    json_t *o = json_pack("{s:s,s:o*,s:I}", "type", "token", "t", json_text(a, text, len), "i",
-                          (json_int_t)j->n_frames);
-    j->n_frames++;
+    json_t *o = json_pack("{s:s,s:o*,s:I}", "type", "token", "t",
+                          api_json_text(a->core, text, len), "i", (json_int_t)j->base.n_frames);
+    j->base.n_frames++;
     job_send(j, "token", o, force);
 }
 
-static void job_ping(void *data)
+static void job_on_event(struct api_job *base, const struct sched_event *ev)
 {
-    struct worker_job *j = data;
-    if (j->sse.req && sse_stream_ping(&j->sse) == LLORCH_EFULL)
-        job_cut_slow(j);
-}
-
-/* One log line per finished job (END or ERROR). */
-static void job_log_end(struct worker_job *j, const struct sched_event *ev)
-{
-    struct api_worker *a = j->api;
-    if (!log_enabled(a->log, CONFIG_LOG_INFO))
-        return;
-    char id[SCHED_JOB_ID_MAX];
-    memcpy(id, j->job_id, j->job_id_len);
-    id[j->job_id_len] = 0;
-    if (ev->type == SCHED_EV_END) {
-        struct log_field f[] = {
-            LOG_F_STR("job_id", id),
-            LOG_F_STR("stop_reason", sched_stop_reason_name(ev->u.end.reason)),
-            LOG_F_UINT("tokens_in", ev->u.end.n_prompt_tokens),
-            LOG_F_UINT("tokens_out", ev->u.end.tokens_out),
-            LOG_F_UINT("ttft_ms", ev->u.end.ttft_ms),
-            LOG_F_UINT("decode_time_ms", ev->u.end.decode_time_ms),
-            LOG_F_BOOL("client_gone", j->sse.req == NULL),
-        };
-        log_write(a->log, CONFIG_LOG_INFO, "job done", f, LLORCH_ARRAY_SIZE(f));
-    } else {
-        struct log_field f[] = {
-            LOG_F_STR("job_id", id),
-            LOG_F_STR("code", sched_error_name(ev->u.error.code)),
-            LOG_F_STR("error", ev->u.error.message),
-            LOG_F_UINT("token_frames", j->n_frames),
-        };
-        log_write(a->log, CONFIG_LOG_INFO, "job ended with an error", f, LLORCH_ARRAY_SIZE(f));
-    }
-}
-
-static void job_on_event(struct api_sink *sink, const struct sched_event *ev)
-{
-    struct worker_job *j = (struct worker_job *)sink;
+    struct worker_job *j = (struct worker_job *)base;
     struct api_worker *a = j->api;
     switch (ev->type) {
     case SCHED_EV_STARTED: {
         char ts[32];
         iso8601_now(ts, sizeof(ts));
-        json_t *o = json_pack("{s:s,s:s#,s:s,s:s}", "type", "started", "job_id", j->job_id,
-                              (int)j->job_id_len, "model", a->info.model, "started_at", ts);
+        json_t *o = json_pack("{s:s,s:s#,s:s,s:s}", "type", "started", "job_id", base->job_id,
+                              (int)base->job_id_len, "model", a->info.model, "started_at", ts);
         job_send(j, "started", o, false);
         break;
     }
     case SCHED_EV_TOKEN:
-        if (!j->got_token) {
-            j->got_token = true;
-            if (j->sse.req)
-                http_request_timer_stop(j->sse.req);
-        }
         job_send_text(j, ev->u.token.text, ev->u.token.text_len, false);
         break;
     case SCHED_EV_END: {
         job_send_text(j, ev->u.end.text, ev->u.end.text_len, true);
-        json_t *o = json_pack("{s:s,s:I,s:I,s:s}", "type", "end", "tokens_out",
+        /* stop_sequence_matched is null unless a stop string ended the job */
+        int32_t si = ev->u.end.stop_index;
+        json_t *matched = ev->u.end.reason == SCHED_STOP_SEQUENCE && si >= 0 &&
+                                  (uint32_t)si < j->n_stops
+                              ? api_json_text(a->core, j->stops[si], j->stop_lens[si])
+                              : json_null();
+        json_t *o = json_pack("{s:s,s:I,s:I,s:s,s:o*}", "type", "end", "tokens_out",
                               (json_int_t)ev->u.end.tokens_out, "decode_time_ms",
                               (json_int_t)ev->u.end.decode_time_ms, "stop_reason",
-                              sched_stop_reason_name(ev->u.end.reason));
-        int32_t si = ev->u.end.stop_index;
-        if (o && ev->u.end.reason == SCHED_STOP_SEQUENCE && si >= 0 && (uint32_t)si < j->n_stops)
-            json_object_set_new(o, "stop_sequence_matched",
-                                json_text(a, j->stops[si], j->stop_lens[si]));
+                              sched_stop_reason_name(ev->u.end.reason), "stop_sequence_matched",
+                              matched);
         job_send(j, "end", o, true);
-        job_log_end(j, ev);
-        job_finish_stream(j, false);
-        job_free(j);
         break;
     }
     case SCHED_EV_ERROR:
-        if (j->sse.req) {
+        if (base->sse.req) {
             const char *m = ev->u.error.message;
-            job_send_error(j, sched_error_name(ev->u.error.code),
-                           m[0] ? m : sched_error_name(ev->u.error.code));
+            enum api_error e = api_error_from_sched(ev->u.error.code);
+            job_send_error(base, e, m[0] ? m : worker_error_of(e)->code);
         }
-        job_log_end(j, ev);
-        job_finish_stream(j, false);
-        job_free(j);
         break;
     }
 }
 
-static void async_cb(uv_async_t *h)
+static const char *job_error_code(enum api_error e)
 {
-    struct api_worker *a = h->data;
-    if (!a->sched)
-        return;
-    struct llorch_queue list, *q;
-    llorch_queue_init(&list);
-    sched_events_take(a->sched, &list);
-    llorch_queue_foreach(q, &list) {
-        struct sched_event *ev = llorch_container_of(q, struct sched_event, node);
-        struct api_sink *sink = ev->owner;
-        if (sink)
-            metrics_observe_event(a->metrics, ev, &sink->metrics); /* before: it may free */
-        if (sink && sink->on_event)
-            sink->on_event(sink, ev);
-    }
-    sched_events_release(a->sched, &list);
+    return worker_error_of(e)->code;
 }
 
-LLORCH_API void api_worker_notify(void *ctx)
+static void job_free(struct api_job *base)
 {
-    struct api_worker *a = ctx;
-    uv_async_send(&a->async);
+    free(base);
 }
+
+static const struct api_job_ops worker_job_ops = {
+    .api = "worker",
+    .on_event = job_on_event,
+    .send_error = job_send_error,
+    .ping_before_head = NULL,
+    .error_code = job_error_code,
+    .free = job_free,
+};
 
 /* ---- handlers ---- */
 
 static bool refuse_unless_ready(struct api_worker *a, struct http_request *r)
 {
-    if (a->state == API_LOADING) {
-        http_respond_error(r, 503, "LOADING", "the model is loading", "Retry-After: 1\r\n");
+    if (api_state(a->core) == API_LOADING) {
+        respond_error(r, API_ERR_LOADING, "the model is loading");
         return true;
     }
-    if (a->state == API_DRAINING || !a->sched) {
-        http_respond_error(r, 503, "SHUTTING_DOWN", "the worker is shutting down", NULL);
+    if (!api_is_ready(a->core)) {
+        respond_error(r, API_ERR_SHUTTING_DOWN, "the worker is shutting down");
         return true;
     }
     return false;
@@ -754,17 +621,20 @@ static void h_health(void *ctx, struct http_request *r, const char *tail, size_t
     LLORCH_UNUSED(tail);
     LLORCH_UNUSED(tail_len);
     struct api_worker *a = ctx;
-    if (a->state == API_LOADING) {
-        respond_json(a, r, 503, json_pack("{s:s,s:f}", "status", "loading", "progress", a->progress),
+    if (api_state(a->core) == API_LOADING) {
+        respond_json(a, r, 503,
+                     json_pack("{s:s,s:b,s:f}", "status", "loading", "model_loaded", 0,
+                               "progress", api_loading_progress(a->core)),
                      NULL);
         return;
     }
-    if (a->state == API_DRAINING || !a->sched) {
+    struct sched *s = api_sched(a->core);
+    if (api_state(a->core) == API_DRAINING || !s) {
         respond_json(a, r, 503, json_pack("{s:s}", "status", "draining"), NULL);
         return;
     }
     struct sched_stats st;
-    sched_stats(a->sched, &st);
+    sched_stats(s, &st);
     json_t *o = json_pack(
         "{s:s,s:b,s:I,s:I,s:s,s:s,s:s,s:I,s:I,s:I,"
         "s:{s:b,s:b,s:I,s:I,s:I,s:I,s:s,s:s,s:s,s:I},"
@@ -780,13 +650,12 @@ static void h_health(void *ctx, struct http_request *r, const char *tail, size_t
         "kv", "blocks_total", (json_int_t)st.kv.blocks_total, "blocks_used",
         (json_int_t)st.kv.blocks_used, "blocks_cached", (json_int_t)st.kv.blocks_cached,
         "seqs_active", (json_int_t)st.kv.seqs_active);
-    if (o && a->mgr) {
-        struct mgr_state ms;
-        mgr_state_get(a->mgr, &ms);
+    if (o && a->pool_manager) {
+        struct api_worker_pm_state ms = {.status = "", .last_error = ""};
+        a->pool_manager(a->pool_manager_ctx, &ms);
         json_object_set_new(o, "pool_manager",
-                            json_pack("{s:s,s:I,s:s}", "status", mgr_status_name(ms.status),
-                                      "attempts", (json_int_t)ms.attempts, "last_error",
-                                      ms.last_error));
+                            json_pack("{s:s,s:I,s:s}", "status", ms.status, "attempts",
+                                      (json_int_t)ms.attempts, "last_error", ms.last_error));
     }
     if (o && a->health_extra)
         a->health_extra(a->health_extra_ctx, o);
@@ -807,7 +676,7 @@ static void h_ready(void *ctx, struct http_request *r, const char *tail, size_t 
     struct api_worker *a = ctx;
     if (!check_auth(a, r))
         return;
-    bool ready = a->state == API_READY && a->sched;
+    bool ready = api_is_ready(a->core);
     respond_json(a, r, ready ? 200 : 503, json_pack("{s:b}", "ready", ready), NULL);
 }
 
@@ -841,10 +710,7 @@ static void handle_generate(struct api_worker *a, struct http_request *r, enum s
         http_respond_error(r, 500, "INTERNAL", "out of memory", NULL);
         return;
     }
-    j->sink.on_event = job_on_event;
     j->api = a;
-    memcpy(j->job_id, p.job_id, p.job_id_len);
-    j->job_id_len = p.job_id_len;
     j->n_stops = p.sp.n_stops;
     for (uint32_t i = 0; i < p.sp.n_stops; i++) {
         memcpy(j->stops[i], p.sp.stops[i], p.sp.stop_lens[i]);
@@ -858,49 +724,36 @@ static void handle_generate(struct api_worker *a, struct http_request *r, enum s
         .add_bos = a->info.add_bos,
         .parse_special = false,
         .params = p.sp,
-        .owner = &j->sink,
     };
-    int rc = sched_submit(a->sched, &req, &j->req_id);
+    int rc = api_job_submit(a->core, &j->base, &worker_job_ops, r, &req, true);
     if (rc != 0) {
         char msg[400];
         free(j);
-        switch (rc) {
-        case LLORCH_EFULL:
-            http_respond_error(r, 503, "QUEUE_FULL", "the request queue is full",
-                               "Retry-After: 1\r\n");
+        enum api_error e = api_error_from_submit(rc);
+        switch (e) {
+        case API_ERR_QUEUE_FULL:
+            snprintf(msg, sizeof(msg), "the request queue is full");
             break;
-        case LLORCH_EEXISTS:
-            snprintf(msg, sizeof(msg), "job_id `%.*s` is already running", (int)LLORCH_MIN(p.job_id_len, 256), p.job_id);
-            http_respond_error(r, 409, "JOB_EXISTS", msg, NULL);
+        case API_ERR_JOB_EXISTS:
+            snprintf(msg, sizeof(msg), "job_id `%.*s` is already running",
+                     (int)LLORCH_MIN(p.job_id_len, 256), p.job_id);
             break;
-        case LLORCH_ESHUTDOWN:
-            http_respond_error(r, 503, "SHUTTING_DOWN", "the worker is shutting down", NULL);
+        case API_ERR_SHUTTING_DOWN:
+            snprintf(msg, sizeof(msg), "the worker is shutting down");
             break;
-        case LLORCH_EINVAL:
-        case LLORCH_EUTF8:
-        case LLORCH_ETOOBIG:
+        case API_ERR_INVALID_REQUEST:
             snprintf(msg, sizeof(msg), "request rejected: %s", llorch_strerror(rc));
-            http_respond_error(r, 400, "INVALID_REQUEST", msg, NULL);
             break;
         default:
             snprintf(msg, sizeof(msg), "submit failed: %s", llorch_strerror(rc));
-            http_respond_error(r, 500, "INTERNAL", msg, NULL);
             break;
         }
+        respond_error(r, e, msg);
         json_decref(root);
         return;
     }
     json_decref(root); /* the scheduler copied what it needs */
-    llorch_queue_insert_tail(&a->jobs, &j->node);
-    a->live++;
-    http_request_on_abort(r, job_on_abort, j);
-    if (sse_stream_begin(&j->sse, r, mode, a->cfg->sse_outbox_bytes) != 0) {
-        j->sse.req = NULL;
-        sched_cancel(a->sched, j->req_id, SCHED_ERR_CANCELLED);
-        return;
-    }
-    if (a->cfg->ping_interval_ms)
-        http_request_timer_start(r, a->cfg->ping_interval_ms, job_ping, j);
+    api_job_begin_stream(&j->base, mode);
 }
 
 static void h_execute(void *ctx, struct http_request *r, const char *tail, size_t tail_len)
@@ -919,9 +772,10 @@ static void h_inference(void *ctx, struct http_request *r, const char *tail, siz
 
 static int cancel_job(struct api_worker *a, const char *id, size_t len)
 {
-    if (!a->sched || len == 0)
+    struct sched *s = api_sched(a->core);
+    if (!s || len == 0)
         return LLORCH_ENOTFOUND;
-    return sched_cancel_job(a->sched, id, len, SCHED_ERR_CANCELLED);
+    return sched_cancel_job(s, id, len, SCHED_ERR_CANCELLED);
 }
 
 static void h_cancel(void *ctx, struct http_request *r, const char *tail, size_t tail_len)
@@ -961,17 +815,6 @@ static void h_cancel(void *ctx, struct http_request *r, const char *tail, size_t
     json_decref(root);
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static void h_delete_inference(void *ctx, struct http_request *r, const char *tail,
                                size_t tail_len)
 {
@@ -979,24 +822,8 @@ static void h_delete_inference(void *ctx, struct http_request *r, const char *ta
     if (!check_auth(a, r))
         return;
     char id[SCHED_JOB_ID_MAX];
-    size_t n = 0;
-    bool ok = tail_len > 0;
-    for (size_t i = 0; ok && i < tail_len; i++) {
-        char c = tail[i];
-        if (c == '%' && i + 2 < tail_len && hexval(tail[i + 1]) >= 0 &&
-            hexval(tail[i + 2]) >= 0) {
-            c = (char)(hexval(tail[i + 1]) * 16 + hexval(tail[i + 2]));
-            i += 2;
-        } else if (c == '/') {
-            ok = false;
-            break;
-        }
-        if (n + 1 >= sizeof(id)) {
-            ok = false;
-            break;
-        }
-        id[n++] = c;
-    }
+    size_t n;
+    bool ok = api_path_unescape(tail, tail_len, false, id, sizeof(id), &n);
     if (ok && cancel_job(a, id, n) == 0)
         http_respond(r, 204, NULL, NULL, "", 0);
     else
@@ -1010,7 +837,7 @@ static void h_shutdown(void *ctx, struct http_request *r, const char *tail, size
     struct api_worker *a = ctx;
     if (!check_auth(a, r))
         return;
-    if (a->cfg->api_key[0] == 0 && !r->peer_is_loopback) {
+    if (!api_has_key(a->core) && !r->peer_is_loopback) {
         http_respond_error(r, 403, "FORBIDDEN",
                            "shutdown is allowed only from loopback or with the API key", NULL);
         return;
@@ -1020,71 +847,7 @@ static void h_shutdown(void *ctx, struct http_request *r, const char *tail, size
         a->shutdown_cb(a->shutdown_ctx);
 }
 
-/* ---- drain ---- */
-
-static void drain_timer_cb(uv_timer_t *t)
-{
-    struct api_worker *a = t->data;
-    uint64_t now = uv_now(a->loop);
-    bool done = a->live == 0 && http_server_conn_count(a->srv) == 0;
-    if (!done && !a->drain_forced && now >= a->drain_deadline) {
-        a->drain_forced = true;
-        a->drain_forced_at = now;
-        if (a->sched)
-            sched_shutdown_now(a->sched);
-    }
-    if (!done && a->drain_forced && now >= a->drain_forced_at + API_DRAIN_GRACE_MS)
-        done = true;
-    if (done && !a->drain_fired) {
-        a->drain_fired = true;
-        uv_timer_stop(t);
-        if (a->drain_done)
-            a->drain_done(a->drain_ctx);
-    }
-}
-
-LLORCH_API void api_worker_drain(struct api_worker *a, uint32_t timeout_ms,
-                                 void (*done)(void *ctx), void *ctx)
-{
-    if (a->state == API_DRAINING || a->closing)
-        return;
-    a->state = API_DRAINING;
-    a->drain_done = done;
-    a->drain_ctx = ctx;
-    a->drain_deadline = uv_now(a->loop) + timeout_ms;
-    http_server_drain(a->srv);
-    if (a->sched)
-        sched_drain(a->sched);
-    uv_timer_start(&a->drain_timer, drain_timer_cb, 0, API_DRAIN_POLL_MS);
-}
-
-LLORCH_API bool api_worker_draining(const struct api_worker *a)
-{
-    return a->state == API_DRAINING;
-}
-
-LLORCH_API void api_worker_job_ref(struct api_worker *a)
-{
-    a->live++;
-}
-
-LLORCH_API void api_worker_job_unref(struct api_worker *a)
-{
-    a->live--;
-}
-
-LLORCH_API uint32_t api_worker_live_jobs(const struct api_worker *a)
-{
-    return a->live;
-}
-
 /* ---- lifecycle ---- */
-
-LLORCH_API void api_worker_set_loading(struct api_worker *a, double progress)
-{
-    a->state = API_LOADING;
-    a->progress = progress;
-}
 
 LLORCH_API void api_worker_set_info(struct api_worker *a, const struct api_worker_info *info)
 {
@@ -1101,76 +864,51 @@ LLORCH_API void api_worker_set_info(struct api_worker *a, const struct api_worke
         a->info.kv_type = "";
 }
 
-LLORCH_API void api_worker_set_ready(struct api_worker *a, struct sched *s)
+LLORCH_API void api_worker_set_pool_manager(struct api_worker *a,
+                                            void (*state)(void *ctx,
+                                                          struct api_worker_pm_state *out),
+                                            void *ctx)
 {
-    a->sched = s;
-    if (a->state != API_DRAINING)
-        a->state = API_READY;
+    a->pool_manager = state;
+    a->pool_manager_ctx = ctx;
 }
 
-LLORCH_API bool api_worker_is_ready(const struct api_worker *a)
-{
-    return a->state == API_READY && a->sched;
-}
-
-LLORCH_API void api_worker_set_mgr(struct api_worker *a, const struct mgr *m)
-{
-    a->mgr = m;
-}
-
-LLORCH_API struct sched *api_worker_sched(const struct api_worker *a)
-{
-    return a->closing ? NULL : a->sched;
-}
-
-LLORCH_API int api_worker_new(struct api_worker **out, uv_loop_t *loop, struct http_server *srv,
+LLORCH_API int api_worker_new(struct api_worker **out, struct api *core, struct http_server *srv,
                               const struct api_worker_opts *o)
 {
     *out = NULL;
     struct api_worker *a = calloc(1, sizeof(*a));
     if (!a)
         return LLORCH_ENOMEM;
-    a->loop = loop;
-    a->srv = srv;
-    a->cfg = o->cfg;
+    a->core = core;
     api_worker_set_info(a, &o->info);
     a->shutdown_cb = o->shutdown_cb;
     a->shutdown_ctx = o->shutdown_ctx;
-    a->metrics = o->metrics;
-    a->log = o->log;
-    a->state = API_LOADING;
-    llorch_queue_init(&a->jobs);
-    int r = uv_async_init(loop, &a->async, async_cb);
-    if (r) {
-        free(a);
-        return LLORCH_EUV;
-    }
-    a->async.data = a;
-    uv_timer_init(loop, &a->drain_timer);
-    a->drain_timer.data = a;
-    a->handles_open = 2;
 
+    /* path, methods, handler and metrics label: the one route table */
     static const struct {
         unsigned methods;
         const char *path;
         bool prefix;
         http_handler_fn fn;
+        enum metrics_endpoint label;
     } routes[] = {
-        {LLORCH_HTTP_GET, "/health", false, h_health},
-        {LLORCH_HTTP_GET, "/v1/health", false, h_health},
-        {LLORCH_HTTP_GET, "/v1/ready", false, h_ready},
-        {LLORCH_HTTP_POST, "/execute", false, h_execute},
-        {LLORCH_HTTP_POST, "/v1/inference", false, h_inference},
-        {LLORCH_HTTP_DELETE, "/v1/inference/", true, h_delete_inference},
-        {LLORCH_HTTP_POST, "/cancel", false, h_cancel},
-        {LLORCH_HTTP_POST, "/v1/admin/shutdown", false, h_shutdown},
-        {LLORCH_HTTP_POST, "/v1/shutdown", false, h_shutdown},
+        {LLORCH_HTTP_GET, "/health", false, h_health, METRICS_EP_HEALTH},
+        {LLORCH_HTTP_GET, "/v1/health", false, h_health, METRICS_EP_HEALTH},
+        {LLORCH_HTTP_GET, "/v1/ready", false, h_ready, METRICS_EP_READY},
+        {LLORCH_HTTP_POST, "/execute", false, h_execute, METRICS_EP_EXECUTE},
+        {LLORCH_HTTP_POST, "/v1/inference", false, h_inference, METRICS_EP_INFERENCE},
+        {LLORCH_HTTP_DELETE, "/v1/inference/", true, h_delete_inference,
+         METRICS_EP_INFERENCE_CANCEL},
+        {LLORCH_HTTP_POST, "/cancel", false, h_cancel, METRICS_EP_CANCEL},
+        {LLORCH_HTTP_POST, "/v1/admin/shutdown", false, h_shutdown, METRICS_EP_SHUTDOWN},
+        {LLORCH_HTTP_POST, "/v1/shutdown", false, h_shutdown, METRICS_EP_SHUTDOWN},
     };
     for (size_t i = 0; i < LLORCH_ARRAY_SIZE(routes); i++) {
-        r = http_server_route(srv, routes[i].methods, routes[i].path, routes[i].prefix,
-                              routes[i].fn, a);
+        int r = http_server_route_tagged(srv, routes[i].methods, routes[i].path, routes[i].prefix,
+                                         routes[i].fn, a, (int)routes[i].label);
         if (r) {
-            api_worker_close(a);
+            api_worker_free(a);
             return r;
         }
     }
@@ -1178,30 +916,10 @@ LLORCH_API int api_worker_new(struct api_worker **out, uv_loop_t *loop, struct h
     return 0;
 }
 
-static void api_handle_closed(uv_handle_t *h)
+LLORCH_API void api_worker_free(struct api_worker *a)
 {
-    struct api_worker *a = h->data;
-    if (--a->handles_open > 0)
+    if (!a)
         return;
     http_buf_free(&a->json);
-    free(a->text);
     free(a);
-}
-
-LLORCH_API void api_worker_close(struct api_worker *a)
-{
-    if (!a || a->closing)
-        return;
-    a->closing = true;
-    a->sched = NULL;
-    while (!llorch_queue_empty(&a->jobs)) {
-        struct worker_job *j =
-            llorch_container_of(llorch_queue_head(&a->jobs), struct worker_job, node);
-        llorch_queue_remove(&j->node);
-        sse_stream_free(&j->sse);
-        free(j);
-    }
-    uv_timer_stop(&a->drain_timer);
-    uv_close((uv_handle_t *)&a->async, api_handle_closed);
-    uv_close((uv_handle_t *)&a->drain_timer, api_handle_closed);
 }

@@ -21,6 +21,7 @@
 
 #include "llorch/error.h"
 #include "queue.h"
+#include "thread.h"
 #include "util.h"
 
 #define HTTP_MAX_HEADERS 64
@@ -50,10 +51,12 @@ struct http_route {
     bool prefix;
     http_handler_fn fn;
     void *ctx;
+    int tag;
 };
 
 struct http_server {
     uv_loop_t *loop;
+    struct llorch_thread loop_thread; /* recorded by http_server_new: every function runs there */
     struct http_limits lim;
     llhttp_settings_t settings;
     uv_tcp_t listener;
@@ -697,13 +700,17 @@ static void conn_dispatch(struct http_conn *c)
     conn_timer_set(c, CONN_TIMER_NONE, 0);
 
     unsigned allowed = 0;
+    r->route_tag = -1;
     for (size_t i = 0; i < s->n_routes; i++) {
         const struct http_route *rt = &s->routes[i];
         bool match = rt->prefix ? (r->path_len >= rt->len && memcmp(r->path, rt->path, rt->len) == 0)
                                 : (r->path_len == rt->len && memcmp(r->path, rt->path, rt->len) == 0);
         if (!match)
             continue;
+        if (r->route_tag < 0)
+            r->route_tag = rt->tag;
         if (rt->methods & r->method) {
+            r->route_tag = rt->tag;
             const char *tail = r->path + rt->len;
             rt->fn(rt->ctx, r, tail, rt->prefix ? r->path_len - rt->len : 0);
             return;
@@ -811,6 +818,7 @@ LLORCH_API const char *http_request_header(const struct http_request *r, const c
 LLORCH_API int http_respond(struct http_request *r, int status, const char *content_type,
                             const char *extra_headers, const void *body, size_t len)
 {
+    LLORCH_ASSERT_ON_LOOP(&r->conn->srv->loop_thread);
     struct http_conn *c = r->conn;
     if (c->closing || !c->busy || c->streaming)
         return LLORCH_EINVAL;
@@ -842,6 +850,7 @@ LLORCH_API int http_respond_error(struct http_request *r, int status, const char
 LLORCH_API int http_stream_begin(struct http_request *r, int status, const char *content_type,
                                  const char *extra_headers)
 {
+    LLORCH_ASSERT_ON_LOOP(&r->conn->srv->loop_thread);
     struct http_conn *c = r->conn;
     if (c->closing || !c->busy || c->streaming)
         return LLORCH_EINVAL;
@@ -865,6 +874,7 @@ LLORCH_API int http_stream_begin(struct http_request *r, int status, const char 
 
 LLORCH_API int http_stream_write(struct http_request *r, const void *data, size_t len)
 {
+    LLORCH_ASSERT_ON_LOOP(&r->conn->srv->loop_thread);
     struct http_conn *c = r->conn;
     if (c->closing || !c->streaming)
         return LLORCH_EINVAL;
@@ -883,6 +893,7 @@ LLORCH_API int http_stream_write(struct http_request *r, const void *data, size_
 
 LLORCH_API void http_stream_end(struct http_request *r, bool close_conn)
 {
+    LLORCH_ASSERT_ON_LOOP(&r->conn->srv->loop_thread);
     struct http_conn *c = r->conn;
     if (c->closing || !c->streaming)
         return;
@@ -894,6 +905,7 @@ LLORCH_API void http_stream_end(struct http_request *r, bool close_conn)
 
 LLORCH_API void http_stream_cut(struct http_request *r, uint32_t grace_ms)
 {
+    LLORCH_ASSERT_ON_LOOP(&r->conn->srv->loop_thread);
     struct http_conn *c = r->conn;
     if (c->closing || !c->streaming)
         return;
@@ -913,6 +925,7 @@ LLORCH_API size_t http_request_pending_bytes(const struct http_request *r)
 
 LLORCH_API void http_request_on_abort(struct http_request *r, void (*cb)(void *data), void *data)
 {
+    LLORCH_ASSERT_ON_LOOP(&r->conn->srv->loop_thread);
     r->conn->abort_cb = cb;
     r->conn->abort_data = data;
 }
@@ -920,6 +933,7 @@ LLORCH_API void http_request_on_abort(struct http_request *r, void (*cb)(void *d
 LLORCH_API int http_request_timer_start(struct http_request *r, uint64_t interval_ms,
                                         void (*cb)(void *data), void *data)
 {
+    LLORCH_ASSERT_ON_LOOP(&r->conn->srv->loop_thread);
     struct http_conn *c = r->conn;
     if (c->closing || !c->busy || interval_ms == 0)
         return LLORCH_EINVAL;
@@ -1039,6 +1053,7 @@ LLORCH_API int http_server_new(struct http_server **out, uv_loop_t *loop,
     if (!s)
         return LLORCH_ENOMEM;
     s->loop = loop;
+    llorch_thread_record(&s->loop_thread);
     s->lim = *lim;
     if (s->lim.max_connections == 0)
         s->lim.max_connections = 1;
@@ -1064,6 +1079,13 @@ LLORCH_API int http_server_new(struct http_server **out, uv_loop_t *loop,
 LLORCH_API int http_server_route(struct http_server *s, unsigned methods, const char *path,
                                  bool prefix, http_handler_fn fn, void *ctx)
 {
+    return http_server_route_tagged(s, methods, path, prefix, fn, ctx, -1);
+}
+
+LLORCH_API int http_server_route_tagged(struct http_server *s, unsigned methods, const char *path,
+                                        bool prefix, http_handler_fn fn, void *ctx, int tag)
+{
+    LLORCH_ASSERT_ON_LOOP(&s->loop_thread);
     struct http_route *r = realloc(s->routes, (s->n_routes + 1) * sizeof(*r));
     if (!r)
         return LLORCH_ENOMEM;
@@ -1072,7 +1094,8 @@ LLORCH_API int http_server_route(struct http_server *s, unsigned methods, const 
     if (!p)
         return LLORCH_ENOMEM;
     s->routes[s->n_routes++] = (struct http_route){
-        .methods = methods, .path = p, .len = strlen(p), .prefix = prefix, .fn = fn, .ctx = ctx};
+        .methods = methods, .path = p, .len = strlen(p), .prefix = prefix, .fn = fn, .ctx = ctx,
+        .tag = tag};
     return 0;
 }
 
@@ -1115,6 +1138,7 @@ static void listener_close(struct http_server *s)
 
 LLORCH_API int http_server_listen(struct http_server *s, const char *host, uint16_t port)
 {
+    LLORCH_ASSERT_ON_LOOP(&s->loop_thread);
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof(ss));
     if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
@@ -1135,6 +1159,7 @@ LLORCH_API int http_server_listen(struct http_server *s, const char *host, uint1
 
 LLORCH_API int http_server_listen_fd(struct http_server *s, int fd)
 {
+    LLORCH_ASSERT_ON_LOOP(&s->loop_thread);
     int r = server_init_listener(s);
     if (r)
         return r;
@@ -1168,6 +1193,7 @@ LLORCH_API bool http_server_draining(const struct http_server *s)
 
 LLORCH_API void http_server_drain(struct http_server *s)
 {
+    LLORCH_ASSERT_ON_LOOP(&s->loop_thread);
     if (s->draining)
         return;
     s->draining = true;

@@ -79,6 +79,9 @@ struct http_request {
     uint8_t http_major, http_minor;
     bool keep_alive;
     bool peer_is_loopback;
+    /* The tag of the first route whose path matched (its method may not
+     * have: a 405), or -1 when none did (a 404); see http_server_route_tagged. */
+    int route_tag;
 };
 
 /* The handler answers with http_respond() or http_stream_begin() now or
@@ -132,6 +135,10 @@ int http_server_new(struct http_server **out, uv_loop_t *loop, const struct http
  * prefix. A path with routes but none for the method gets 405 + Allow. */
 int http_server_route(struct http_server *s, unsigned methods, const char *path, bool prefix,
                       http_handler_fn fn, void *ctx);
+/* The same with a tag (>= 0) that requests matching the path carry in
+ * route_tag, e.g. the route's metrics label; http_server_route's tag is -1. */
+int http_server_route_tagged(struct http_server *s, unsigned methods, const char *path,
+                             bool prefix, http_handler_fn fn, void *ctx, int tag);
 int http_server_listen(struct http_server *s, const char *host, uint16_t port);
 /* Adopts an already bound and listening TCP socket (socket activation). */
 int http_server_listen_fd(struct http_server *s, int fd);

@@ -73,6 +73,10 @@ static const char *const endpoint_names[METRICS_EP_COUNT_] = {
     [METRICS_EP_METRICS] = "/metrics",
     [METRICS_EP_SHUTDOWN] = "/v1/shutdown",
     [METRICS_EP_OTHER] = "other",
+    [METRICS_EP_MODEL] = "/v1/models/{id}",
+    [METRICS_EP_COMPLETIONS_ROOT] = "/completions",
+    [METRICS_EP_CHAT_COMPLETIONS_ROOT] = "/chat/completions",
+    [METRICS_EP_MODELS_ROOT] = "/models",
 };
 
 /* Label values of llorch_jobs_total; local so that metrics does not need
@@ -238,42 +242,10 @@ void metrics_free(struct metrics *m)
     free(m);
 }
 
-static bool path_is(const char *path, size_t len, const char *want)
+enum metrics_endpoint metrics_endpoint_from_tag(int route_tag)
 {
-    size_t n = strlen(want);
-    return len == n && !memcmp(path, want, n);
-}
-
-enum metrics_endpoint metrics_endpoint_from_path(const char *path, size_t len)
-{
-    const char *q = path ? memchr(path, '?', len) : NULL;
-    if (q)
-        len = (size_t)(q - path);
-    if (!path || !len)
-        return METRICS_EP_OTHER;
-    if (path_is(path, len, "/health") || path_is(path, len, "/v1/health"))
-        return METRICS_EP_HEALTH;
-    if (path_is(path, len, "/v1/ready"))
-        return METRICS_EP_READY;
-    if (path_is(path, len, "/execute"))
-        return METRICS_EP_EXECUTE;
-    if (path_is(path, len, "/v1/inference"))
-        return METRICS_EP_INFERENCE;
-    if (len > 14 && !memcmp(path, "/v1/inference/", 14))
-        return METRICS_EP_INFERENCE_CANCEL;
-    if (path_is(path, len, "/cancel"))
-        return METRICS_EP_CANCEL;
-    if (path_is(path, len, "/v1/completions"))
-        return METRICS_EP_COMPLETIONS;
-    if (path_is(path, len, "/v1/chat/completions"))
-        return METRICS_EP_CHAT_COMPLETIONS;
-    if (path_is(path, len, "/v1/models"))
-        return METRICS_EP_MODELS;
-    if (path_is(path, len, "/metrics"))
-        return METRICS_EP_METRICS;
-    if (path_is(path, len, "/v1/shutdown") || path_is(path, len, "/v1/admin/shutdown"))
-        return METRICS_EP_SHUTDOWN;
-    return METRICS_EP_OTHER;
+    return route_tag >= 0 && route_tag < METRICS_EP_COUNT_ ? (enum metrics_endpoint)route_tag
+                                                           : METRICS_EP_OTHER;
 }
 
 const char *metrics_endpoint_name(enum metrics_endpoint e)
@@ -319,6 +291,9 @@ void metrics_job_end(struct metrics *m, enum sched_stop_reason r)
 
 void metrics_job_error(struct metrics *m, enum sched_error e)
 {
+    /* counted under the worker contract's one name for "does not fit" */
+    if (e == SCHED_ERR_CONTEXT_EXCEEDED || e == SCHED_ERR_PROMPT_TOO_LARGE)
+        e = SCHED_ERR_KV_EXHAUSTED;
     if (m && (unsigned)e < ERR_N)
         atomic_fetch_add_explicit(&m->job_errors[e], 1, memory_order_relaxed);
 }

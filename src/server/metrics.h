@@ -14,7 +14,9 @@
 /* The Content-Type of metrics_render()'s output. */
 #define METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
 
-/* Route label of llorch_http_requests_total. */
+/* Route label of llorch_http_requests_total. Each route is registered with
+ * its label as the route's tag (http_server_route_tagged), so a request's
+ * http_request.route_tag is its label and no second route table exists. */
 enum metrics_endpoint {
     METRICS_EP_HEALTH,           /* /health, /v1/health */
     METRICS_EP_READY,            /* /v1/ready */
@@ -27,7 +29,11 @@ enum metrics_endpoint {
     METRICS_EP_MODELS,           /* /v1/models */
     METRICS_EP_METRICS,          /* /metrics */
     METRICS_EP_SHUTDOWN,         /* /v1/admin/shutdown, /v1/shutdown */
-    METRICS_EP_OTHER,            /* anything else (404s) */
+    METRICS_EP_OTHER,            /* no route (404s) */
+    METRICS_EP_MODEL,            /* /v1/models/{id} */
+    METRICS_EP_COMPLETIONS_ROOT, /* /completions */
+    METRICS_EP_CHAT_COMPLETIONS_ROOT, /* /chat/completions */
+    METRICS_EP_MODELS_ROOT,      /* /models */
     METRICS_EP_COUNT_
 };
 
@@ -54,9 +60,8 @@ struct metrics;
 int metrics_new(struct metrics **out, const char *worker_id, const char *model);
 void metrics_free(struct metrics *m); /* NULL is safe */
 
-/* Maps a request path (bytes plus length, query string allowed) to its
- * endpoint label. */
-enum metrics_endpoint metrics_endpoint_from_path(const char *path, size_t len);
+/* A request's label from its route tag (-1 or out of range: "other"). */
+enum metrics_endpoint metrics_endpoint_from_tag(int route_tag);
 const char *metrics_endpoint_name(enum metrics_endpoint e);
 
 /* Every function below is thread-safe and lock-free; a NULL m is ignored so
@@ -87,7 +92,7 @@ void metrics_set_load_progress(struct metrics *m, double progress);
 void metrics_observe_request(struct metrics *m, double seconds);
 
 /* Per-job state for metrics_observe_event(), zero-initialised, owned by
- * whoever owns the job (e.g. embedded in its api_sink). */
+ * whoever owns the job (e.g. embedded in its api_job). */
 struct metrics_job {
     uint64_t submit_ns;     /* monotonic; 0 until STARTED */
     uint64_t last_token_ns; /* monotonic; 0 before the first token */
