@@ -1300,8 +1300,8 @@ static void sched_queued_requests_are_admitted_in_arrival_order(void **state)
     p.ignore_eos = true;
     struct sched_params pt = greedy(2);
     pt.ignore_eos = true;
-    /* the text is far longer than the context: it ends with KV_EXHAUSTED
-     * after tokenising, without a STARTED */
+    /* the text is far longer than the context: it ends with
+     * CONTEXT_EXCEEDED after tokenising, without a STARTED */
     assert_int_equal(submit_text(&h, &r[0], "text-long", text, &pt), 0);
     assert_int_equal(submit_text(&h, &r[1], "text", "once upon a time", &pt), 0);
     char job[16];
@@ -1311,7 +1311,7 @@ static void sched_queued_requests_are_admitted_in_arrival_order(void **state)
     }
     h_wait_all(&h, r, 5);
     assert_int_equal(r[0].terminal, SCHED_EV_ERROR);
-    assert_int_equal(r[0].code, SCHED_ERR_KV_EXHAUSTED);
+    assert_int_equal(r[0].code, SCHED_ERR_CONTEXT_EXCEEDED);
     assert_int_equal(r[0].n_started, 0);
     for (int i = 1; i < 5; i++) {
         assert_int_equal(r[i].terminal, SCHED_EV_END);
