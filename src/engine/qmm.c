@@ -34,6 +34,10 @@
 #define QMM_ROW_GRAIN 16  /* output rows per task, at least */
 #define QMM_M_TILE 16     /* activation rows per pass over a weight row chunk */
 #define QMM_N_CHUNK 64    /* weight rows kept in cache across every activation tile */
+/* Bytes ahead of a weight row's reads that its blocks are prefetched: one
+ * core's stream from memory fell short of the read bandwidth without it
+ * (Q8_0 batch 1: +10 % measured on an AVX2 EPYC). */
+#define QMM_PREFETCH 1024
 
 /* How activations are rounded for a weight type. */
 enum qmm_fmt {
@@ -454,6 +458,7 @@ QMM_INLINE void avx2_q32_tile(enum ggml_type t, int bytes, bool has_min, const i
         }
         for (int i = 0; i < WR; i++) {
             const uint8_t *blk = w + (size_t)i * wstride + (size_t)b * (size_t)bytes;
+            _mm_prefetch((const char *)blk + QMM_PREFETCH, _MM_HINT_T0);
             const __m256i v = avx2_q32_values(t, blk);
             const __m256 dw = _mm256_set1_ps(avx2_f16(blk));
             const __m256i av = is_signed ? _mm256_abs_epi8(v) : v;
@@ -489,6 +494,10 @@ QMM_INLINE void avx2_q45k_tile(bool five, const int WR, const int NR, const uint
     for (int64_t sb = 0; sb < n / 256; sb++) {
         for (int i = 0; i < WR; i++) {
             const uint8_t *blk = w + (size_t)i * wstride + (size_t)sb * (size_t)bytes;
+            _mm_prefetch((const char *)blk + QMM_PREFETCH, _MM_HINT_T0);
+            _mm_prefetch((const char *)blk + QMM_PREFETCH + 64, _MM_HINT_T0);
+            if (five)
+                _mm_prefetch((const char *)blk + QMM_PREFETCH + 128, _MM_HINT_T0);
             const uint8_t *scales = blk + 4, *qs = blk + (five ? 48 : 16);
             const __m256i qh = five ? avx2_load(blk + 16) : _mm256_setzero_si256();
             /* the 6-bit scales and mins as bytes (see qmm_k4_scale_min) */
@@ -551,6 +560,8 @@ QMM_INLINE void avx2_q6k_tile(const int WR, const int NR, const uint8_t *w, size
     for (int64_t sb = 0; sb < n / 256; sb++) {
         for (int i = 0; i < WR; i++) {
             const uint8_t *blk = w + (size_t)i * wstride + (size_t)sb * 210;
+            for (int l = 0; l < 4; l++)
+                _mm_prefetch((const char *)blk + QMM_PREFETCH + 64 * l, _MM_HINT_T0);
             const int8_t *sc = (const int8_t *)(blk + 192);
             __m256i P[QMM_MAX_NR];
             for (int r = 0; r < NR; r++)
@@ -615,6 +626,9 @@ QMM_INLINE void avx2_float_tile(enum ggml_type t, int esize, const int WR, const
     for (; e + 32 <= n; e += 32)
         for (int i = 0; i < WR; i++)
             for (int k = 0; k < 4; k++) {
+                if (k * esize * 8 % 64 == 0)
+                    _mm_prefetch((const char *)w + (size_t)i * wstride + (size_t)(e + 8 * k) * (size_t)esize +
+                                     QMM_PREFETCH, _MM_HINT_T0);
                 const __m256 wv = avx2_load_wf(t, w + (size_t)i * wstride + (size_t)(e + 8 * k) * (size_t)esize);
                 for (int r = 0; r < NR; r++)
                     acc[i][r][k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(a[r].f + e + 8 * k), acc[i][r][k]);
