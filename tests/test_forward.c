@@ -22,6 +22,7 @@
 
 #include "forward.h"
 #include "gguf.h"
+#include "half.h"
 #include "kernels.h"
 #include "model.h"
 #include "quant.h"
@@ -89,8 +90,8 @@ static double *add_tensor(struct ref_model *r, const char *name, uint64_t n_in, 
     for (uint64_t i = 0; i < n; i++) {
         f[i] = (float)(center + scale * rnd(r));
         if (f16) {
-            h[i] = kernels_f32_to_f16(f[i]);
-            d[i] = kernels_f16_to_f32(h[i]);
+            h[i] = half_f32_to_f16(f[i]);
+            d[i] = half_f16_to_f32(h[i]);
         } else {
             d[i] = f[i];
         }
@@ -292,9 +293,9 @@ static double gelu_ggml(double x)
         return 0.0;
     if (x >= 10.0)
         return x;
-    double xr = kernels_f16_to_f32(kernels_f32_to_f16((float)x));
+    double xr = half_f16_to_f32(half_f32_to_f16((float)x));
     double g = 0.5 * xr * (1.0 + tanh(0.7978845608028654 * xr * (1.0 + 0.044715 * xr * xr)));
-    return kernels_f16_to_f32(kernels_f32_to_f16((float)g));
+    return half_f16_to_f32(half_f32_to_f16((float)g));
 }
 
 /* Logits [n][n_vocab] of positions 0..n-1. */

@@ -13,6 +13,7 @@
 
 #include <cmocka.h>
 
+#include "half.h"
 #include "kernels.h"
 
 #define FEPS 5.9604644775390625e-8 /* 2^-24 */
@@ -60,8 +61,8 @@ static void kernels_scalar_is_always_available_and_best_is_not_null(void **state
 /* The nearest f16 by search over neighbours, ties to even. */
 static void check_f16_nearest(float x)
 {
-    uint16_t h = kernels_f32_to_f16(x);
-    double v = kernels_f16_to_f32(h);
+    uint16_t h = half_f32_to_f16(x);
+    double v = half_f16_to_f32(h);
     if (isinf(v)) {
         assert_true(fabs((double)x) >= 65520.0);
         return;
@@ -71,7 +72,7 @@ static void check_f16_nearest(float x)
         uint16_t nb = (uint16_t)(h + d);
         if (((nb >> 10) & 0x1f) == 0x1f || ((h & 0x7fff) == 0 && d < 0))
             continue;
-        double e2 = fabs((double)kernels_f16_to_f32(nb) - x);
+        double e2 = fabs((double)half_f16_to_f32(nb) - x);
         assert_true(err <= e2);
         if (err == e2)
             assert_int_equal(h & 1, 0);
@@ -83,12 +84,12 @@ static void kernels_f16_conversion_rounds_to_nearest_even(void **state)
     (void)state;
     for (uint32_t i = 0; i < 65536; i++) {
         uint16_t h = (uint16_t)i;
-        float f = kernels_f16_to_f32(h);
+        float f = half_f16_to_f32(h);
         if (isnan(f)) {
-            assert_true(isnan(kernels_f16_to_f32(kernels_f32_to_f16(f))));
+            assert_true(isnan(half_f16_to_f32(half_f32_to_f16(f))));
             continue;
         }
-        assert_int_equal(kernels_f32_to_f16(f), h);
+        assert_int_equal(half_f32_to_f16(f), h);
     }
     const float edge[] = {0.0f, -0.0f, 65504.0f, 65519.99f, 65520.0f, 1e-8f, 2.9802322e-8f,
                           2.98023259e-8f, 5.96046448e-8f, 6.1e-5f, 6.103515625e-05f, 0.33333334f};
@@ -100,26 +101,26 @@ static void kernels_f16_conversion_rounds_to_nearest_even(void **state)
         float x = ldexpf(frand(), (int)(frand() * 30.0f));
         check_f16_nearest(x);
     }
-    assert_int_equal(kernels_f32_to_f16(2.9802322387695312e-8f), 0);  /* 2^-25: tie to even */
-    assert_int_equal(kernels_f32_to_f16(65520.0f), 0x7c00);
-    assert_true(isnan(kernels_f16_to_f32(kernels_f32_to_f16(NAN))));
+    assert_int_equal(half_f32_to_f16(2.9802322387695312e-8f), 0);  /* 2^-25: tie to even */
+    assert_int_equal(half_f32_to_f16(65520.0f), 0x7c00);
+    assert_true(isnan(half_f16_to_f32(half_f32_to_f16(NAN))));
 }
 
 static void kernels_bf16_conversion_rounds_to_nearest_even(void **state)
 {
     (void)state;
-    assert_int_equal(kernels_f32_to_bf16(1.0f), 0x3f80);
+    assert_int_equal(half_f32_to_bf16(1.0f), 0x3f80);
     /* 1 + 2^-8 is a tie between 1 and 1 + 2^-7: to even (1) */
-    assert_int_equal(kernels_f32_to_bf16(1.00390625f), 0x3f80);
+    assert_int_equal(half_f32_to_bf16(1.00390625f), 0x3f80);
     /* 1 + 3*2^-8 ties up to 1 + 2^-6 (even) */
-    assert_int_equal(kernels_f32_to_bf16(1.01171875f), 0x3f82);
-    assert_true(isnan(kernels_bf16_to_f32(kernels_f32_to_bf16(NAN))));
+    assert_int_equal(half_f32_to_bf16(1.01171875f), 0x3f82);
+    assert_true(isnan(half_bf16_to_f32(half_f32_to_bf16(NAN))));
     for (int i = 0; i < 100000; i++) {
         float x = ldexpf(frand(), (int)(frand() * 60.0f));
-        uint16_t b = kernels_f32_to_bf16(x);
-        double e = fabs((double)kernels_bf16_to_f32(b) - x);
-        double up = fabs((double)kernels_bf16_to_f32((uint16_t)(b + 1)) - x);
-        double dn = fabs((double)kernels_bf16_to_f32((uint16_t)(b - 1)) - x);
+        uint16_t b = half_f32_to_bf16(x);
+        double e = fabs((double)half_bf16_to_f32(b) - x);
+        double up = fabs((double)half_bf16_to_f32((uint16_t)(b + 1)) - x);
+        double dn = fabs((double)half_bf16_to_f32((uint16_t)(b - 1)) - x);
         assert_true(e <= up && e <= dn);
     }
 }
@@ -142,19 +143,19 @@ static void kernels_vector_conversions_match_scalar(void **state)
             memset(h, 0xab, sizeof h);
             ks[k]->to_f16(h, x, n);
             for (int64_t i = 0; i < n; i++)
-                assert_int_equal(h[i], kernels_f32_to_f16(x[i]));
+                assert_int_equal(h[i], half_f32_to_f16(x[i]));
             assert_int_equal(h[n], 0xabab); /* nothing written past n */
             ks[k]->from_f16(back, h, n);
             for (int64_t i = 0; i < n; i++) {
-                float ref = kernels_f16_to_f32(h[i]);
+                float ref = half_f16_to_f32(h[i]);
                 assert_true(memcmp(&back[i], &ref, 4) == 0 || (isnan(ref) && isnan(back[i])));
             }
             ks[k]->to_bf16(h, x, n);
             for (int64_t i = 0; i < n; i++) {
                 if (isnan(x[i]))
-                    assert_true(isnan(kernels_bf16_to_f32(h[i])));
+                    assert_true(isnan(half_bf16_to_f32(h[i])));
                 else
-                    assert_int_equal(h[i], kernels_f32_to_bf16(x[i]));
+                    assert_int_equal(h[i], half_f32_to_bf16(x[i]));
             }
         }
     }
@@ -174,15 +175,15 @@ static void kernels_dot_and_axpy_match_double_reference(void **state)
             fill(b, n, 2.0f);
             fill(y0, n, 1.0f);
             for (int64_t i = 0; i < n; i++) {
-                bh[i] = kernels_f32_to_f16(b[i]);
-                bb[i] = kernels_f32_to_bf16(b[i]);
+                bh[i] = half_f32_to_f16(b[i]);
+                bb[i] = half_f32_to_bf16(b[i]);
             }
             for (int variant = 0; variant < 3; variant++) {
                 double ref = 0.0, mag = 0.0;
                 for (int64_t i = 0; i < n; i++) {
                     double bv = variant == 0 ? b[i]
-                                : variant == 1 ? kernels_f16_to_f32(bh[i])
-                                               : kernels_bf16_to_f32(bb[i]);
+                                : variant == 1 ? half_f16_to_f32(bh[i])
+                                               : half_bf16_to_f32(bb[i]);
                     ref += (double)a[i] * bv;
                     mag += fabs((double)a[i] * bv);
                 }
@@ -201,8 +202,8 @@ static void kernels_dot_and_axpy_match_double_reference(void **state)
                     ks[k]->axpy_bf16(y, alpha, bb, n);
                 for (int64_t i = 0; i < n; i++) {
                     double bv = variant == 0 ? b[i]
-                                : variant == 1 ? kernels_f16_to_f32(bh[i])
-                                               : kernels_bf16_to_f32(bb[i]);
+                                : variant == 1 ? half_f16_to_f32(bh[i])
+                                               : half_bf16_to_f32(bb[i]);
                     double r = (double)y0[i] + (double)alpha * bv;
                     assert_true(fabs(y[i] - r) <= 2 * FEPS * (fabs(y0[i]) + fabs(alpha * bv)));
                 }
@@ -359,8 +360,8 @@ static void kernels_gelu_rounds_input_to_f16_like_ggml(void **state)
         }
         /* the output is the f16 of the float tanh-GELU of the f16-rounded
          * input, exactly */
-        const float xr = kernels_f16_to_f32(kernels_f32_to_f16(x[i]));
-        assert_true(y[i] == kernels_f16_to_f32(kernels_f32_to_f16(kernels_gelu_exact(xr))));
+        const float xr = half_f16_to_f32(half_f32_to_f16(x[i]));
+        assert_true(y[i] == half_f16_to_f32(half_f32_to_f16(kernels_gelu_exact(xr))));
         /* and within f16 rounding of the double formula, plus the float
          * cancellation in 1 + tanh(z) for negative inputs (~ulp(1) * |x|) */
         double r = 0.5 * xr * (1.0 + tanh(0.7978845608028654 * xr * (1.0 + 0.044715 * xr * xr)));
@@ -460,7 +461,7 @@ static void kernels_round_q8_0_quantises_blocks_of_32(void **state)
         float amax = 0.0f;
         for (int j = 0; j < 32; j++)
             amax = fmaxf(amax, fabsf(x0[b * 32 + j]));
-        double d = kernels_f16_to_f32(kernels_f32_to_f16(amax / 127.0f));
+        double d = half_f16_to_f32(half_f32_to_f16(amax / 127.0f));
         for (int j = 0; j < 32; j++) {
             double q = x[b * 32 + j] / d;
             assert_true(fabs(q - nearbyint(q)) < 1e-4);  /* a multiple of the f16 scale */
@@ -475,7 +476,7 @@ static void kernels_round_q8_0_quantises_blocks_of_32(void **state)
     float h[3] = {1.0f + 0x1p-12f, 0.1f, 70000.0f};
     kernels_round_f16(h, 3);
     assert_true(h[0] == 1.0f);
-    assert_true(h[1] == kernels_f16_to_f32(kernels_f32_to_f16(0.1f)));
+    assert_true(h[1] == half_f16_to_f32(half_f32_to_f16(0.1f)));
     assert_true(isinf(h[2]));
 }
 
@@ -510,14 +511,14 @@ static void kernels_attention_over_paged_kv_matches_double_reference(void **stat
                     kq[p][d] = kf[p][d];
                     vq[p][d] = vf[p][d];
                 } else {
-                    uint16_t hk = types[ti] == LLORCH_KV_F16 ? kernels_f32_to_f16(kf[p][d])
-                                                             : kernels_f32_to_bf16(kf[p][d]);
-                    uint16_t hv = types[ti] == LLORCH_KV_F16 ? kernels_f32_to_f16(vf[p][d])
-                                                             : kernels_f32_to_bf16(vf[p][d]);
+                    uint16_t hk = types[ti] == LLORCH_KV_F16 ? half_f32_to_f16(kf[p][d])
+                                                             : half_f32_to_bf16(kf[p][d]);
+                    uint16_t hv = types[ti] == LLORCH_KV_F16 ? half_f32_to_f16(vf[p][d])
+                                                             : half_f32_to_bf16(vf[p][d]);
                     memcpy(kstore + off + (size_t)d * 2, &hk, 2);
                     memcpy(vstore + off + (size_t)d * 2, &hv, 2);
-                    kq[p][d] = types[ti] == LLORCH_KV_F16 ? kernels_f16_to_f32(hk) : kernels_bf16_to_f32(hk);
-                    vq[p][d] = types[ti] == LLORCH_KV_F16 ? kernels_f16_to_f32(hv) : kernels_bf16_to_f32(hv);
+                    kq[p][d] = types[ti] == LLORCH_KV_F16 ? half_f16_to_f32(hk) : half_bf16_to_f32(hk);
+                    vq[p][d] = types[ti] == LLORCH_KV_F16 ? half_f16_to_f32(hv) : half_bf16_to_f32(hv);
                 }
             }
         }
@@ -579,10 +580,10 @@ static void kernels_attention_group_matches_each_head_alone(void **state)
                 memcpy(kstore + b * 4, &kv2[0], 4);
                 memcpy(vstore + b * 4, &kv2[1], 4);
             } else {
-                uint16_t hk = types[ti] == LLORCH_KV_F16 ? kernels_f32_to_f16(kv2[0])
-                                                         : kernels_f32_to_bf16(kv2[0]);
-                uint16_t hv = types[ti] == LLORCH_KV_F16 ? kernels_f32_to_f16(kv2[1])
-                                                         : kernels_f32_to_bf16(kv2[1]);
+                uint16_t hk = types[ti] == LLORCH_KV_F16 ? half_f32_to_f16(kv2[0])
+                                                         : half_f32_to_bf16(kv2[0]);
+                uint16_t hv = types[ti] == LLORCH_KV_F16 ? half_f32_to_f16(kv2[1])
+                                                         : half_f32_to_bf16(kv2[1]);
                 memcpy(kstore + b * 2, &hk, 2);
                 memcpy(vstore + b * 2, &hv, 2);
             }

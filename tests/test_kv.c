@@ -10,6 +10,7 @@
 
 #include <cmocka.h>
 
+#include "half.h"
 #include "kernels.h"
 #include "kv.h"
 
@@ -325,8 +326,8 @@ static void kv_store_writes_through_the_block_table_in_the_cache_type(void **sta
                     uint16_t hk, hv;
                     memcpy(&hk, lv.k + off + d * 2, 2);
                     memcpy(&hv, lv.v + off + d * 2, 2);
-                    kr = types[ti] == LLORCH_KV_F16 ? kernels_f16_to_f32(hk) : kernels_bf16_to_f32(hk);
-                    vr = types[ti] == LLORCH_KV_F16 ? kernels_f16_to_f32(hv) : kernels_bf16_to_f32(hv);
+                    kr = types[ti] == LLORCH_KV_F16 ? half_f16_to_f32(hk) : half_bf16_to_f32(hk);
+                    vr = types[ti] == LLORCH_KV_F16 ? half_f16_to_f32(hv) : half_bf16_to_f32(hv);
                 }
                 assert_true(kr == k[h * 8 + d]); /* these values are exact in all three types */
                 assert_true(vr == v[h * 8 + d]);

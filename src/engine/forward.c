@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "half.h"
 #include "kernels.h"
 #include "matmul.h"
 #include "qmm.h"
@@ -496,7 +497,7 @@ static void fw_round_rows(struct forward *f, void *arg, int64_t begin, int64_t e
             break;
         case FW_ROUND_BF16:
             for (int64_t i = 0; i < a->n; i++)
-                y[i] = kernels_bf16_to_f32(kernels_f32_to_bf16(y[i]));
+                y[i] = half_bf16_to_f32(half_f32_to_bf16(y[i]));
             break;
         case FW_ROUND_Q8_0:
             kernels_round_q8_0(y, a->n);

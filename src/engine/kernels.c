@@ -6,6 +6,8 @@
  * angles by repeated float multiplication, GELU goes through an f16 table. */
 #include "kernels.h"
 
+#include "half.h"
+
 #include <assert.h>
 #include <float.h>
 #include <math.h>
@@ -36,62 +38,6 @@ static inline float bits_f32(uint32_t u)
     return f;
 }
 
-LLORCH_API float kernels_f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t e = (h >> 10) & 0x1fu;
-    uint32_t m = h & 0x3ffu;
-    if (e == 0) {
-        float v = (float)m * 0x1p-24f; /* subnormal or zero: exact */
-        return bits_f32(f32_bits(v) | sign);
-    }
-    if (e == 31)
-        return bits_f32(sign | 0x7f800000u | (m << 13));
-    return bits_f32(sign | ((e + 112u) << 23) | (m << 13));
-}
-
-LLORCH_API uint16_t kernels_f32_to_f16(float f)
-{
-    uint32_t x = f32_bits(f);
-    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
-    uint32_t ax = x & 0x7fffffffu;
-    if (ax >= 0x7f800000u) /* inf, or NaN with its top payload bits and the quiet bit */
-        return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u | ((ax >> 13) & 0x3ffu) : 0));
-    if (ax >= 0x477ff000u) /* >= 65520 rounds to infinity */
-        return (uint16_t)(sign | 0x7c00u);
-    if (ax >= 0x38800000u) { /* normal half: rebias, round the 13 dropped bits to even */
-        uint32_t r = ax - 0x38000000u;
-        r += 0x0fffu + ((r >> 13) & 1u);
-        return (uint16_t)(sign | (r >> 13));
-    }
-    /* subnormal half: value / 2^-24 = mant * 2^(e - 126) */
-    uint32_t e = ax >> 23;
-    if (e < 101) /* below 2^-26: rounds to zero */
-        return sign;
-    uint32_t mant = (ax & 0x7fffffu) | 0x800000u;
-    uint32_t s = 126 - e; /* 14 .. 25 */
-    uint32_t q = mant >> s;
-    uint32_t rem = mant & ((1u << s) - 1u);
-    uint32_t half = 1u << (s - 1);
-    if (rem > half || (rem == half && (q & 1u)))
-        q++;
-    return (uint16_t)(sign | q);
-}
-
-LLORCH_API float kernels_bf16_to_f32(uint16_t h)
-{
-    return bits_f32((uint32_t)h << 16);
-}
-
-LLORCH_API uint16_t kernels_f32_to_bf16(float f)
-{
-    uint32_t x = f32_bits(f);
-    if ((x & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((x >> 16) | 0x40u); /* NaN stays NaN (quiet) */
-    x += 0x7fffu + ((x >> 16) & 1u);
-    return (uint16_t)(x >> 16);
-}
-
 /* ---- scalar kernels ---------------------------------------------------- */
 
 static float dot_scalar(const float *a, const float *b, int64_t n)
@@ -106,7 +52,7 @@ static float dot_f16_scalar(const float *a, const uint16_t *b, int64_t n)
 {
     float s = 0.0f;
     for (int64_t i = 0; i < n; i++)
-        s += a[i] * kernels_f16_to_f32(b[i]);
+        s += a[i] * half_f16_to_f32(b[i]);
     return s;
 }
 
@@ -114,7 +60,7 @@ static float dot_bf16_scalar(const float *a, const uint16_t *b, int64_t n)
 {
     float s = 0.0f;
     for (int64_t i = 0; i < n; i++)
-        s += a[i] * kernels_bf16_to_f32(b[i]);
+        s += a[i] * half_bf16_to_f32(b[i]);
     return s;
 }
 
@@ -127,13 +73,13 @@ static void axpy_scalar(float *y, float a, const float *x, int64_t n)
 static void axpy_f16_scalar(float *y, float a, const uint16_t *x, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
-        y[i] += a * kernels_f16_to_f32(x[i]);
+        y[i] += a * half_f16_to_f32(x[i]);
 }
 
 static void axpy_bf16_scalar(float *y, float a, const uint16_t *x, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
-        y[i] += a * kernels_bf16_to_f32(x[i]);
+        y[i] += a * half_bf16_to_f32(x[i]);
 }
 
 /* The normalisation factor of RMSNorm exactly as ggml: float squares summed
@@ -214,19 +160,19 @@ static float softmax_scalar(float *x, int64_t n)
 static void to_f16_scalar(uint16_t *y, const float *x, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
-        y[i] = kernels_f32_to_f16(x[i]);
+        y[i] = half_f32_to_f16(x[i]);
 }
 
 static void to_bf16_scalar(uint16_t *y, const float *x, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
-        y[i] = kernels_f32_to_bf16(x[i]);
+        y[i] = half_f32_to_bf16(x[i]);
 }
 
 static void from_f16_scalar(float *y, const uint16_t *x, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
-        y[i] = kernels_f16_to_f32(x[i]);
+        y[i] = half_f16_to_f32(x[i]);
 }
 
 static const struct kernels kernels_scalar = {
@@ -350,7 +296,7 @@ AVX2_TARGET static float dot_f16_avx2(const float *a, const uint16_t *b, int64_t
         s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load_f16x8(b + i), s0);
     float s = hsum256(_mm256_add_ps(s0, s1));
     for (; i < n; i++)
-        s += a[i] * kernels_f16_to_f32(b[i]);
+        s += a[i] * half_f16_to_f32(b[i]);
     return s;
 }
 
@@ -366,7 +312,7 @@ AVX2_TARGET static float dot_bf16_avx2(const float *a, const uint16_t *b, int64_
         s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load_bf16x8(b + i), s0);
     float s = hsum256(_mm256_add_ps(s0, s1));
     for (; i < n; i++)
-        s += a[i] * kernels_bf16_to_f32(b[i]);
+        s += a[i] * half_bf16_to_f32(b[i]);
     return s;
 }
 
@@ -387,7 +333,7 @@ AVX2_TARGET static void axpy_f16_avx2(float *y, float a, const uint16_t *x, int6
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, load_f16x8(x + i), _mm256_loadu_ps(y + i)));
     for (; i < n; i++)
-        y[i] = fmaf(a, kernels_f16_to_f32(x[i]), y[i]);
+        y[i] = fmaf(a, half_f16_to_f32(x[i]), y[i]);
 }
 
 AVX2_TARGET static void axpy_bf16_avx2(float *y, float a, const uint16_t *x, int64_t n)
@@ -397,7 +343,7 @@ AVX2_TARGET static void axpy_bf16_avx2(float *y, float a, const uint16_t *x, int
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, load_bf16x8(x + i), _mm256_loadu_ps(y + i)));
     for (; i < n; i++)
-        y[i] = fmaf(a, kernels_bf16_to_f32(x[i]), y[i]);
+        y[i] = fmaf(a, half_bf16_to_f32(x[i]), y[i]);
 }
 
 /* Squares rounded to float, then widened and summed in double (ggml's
@@ -541,7 +487,7 @@ AVX2_TARGET static void to_f16_avx2(uint16_t *y, const float *x, int64_t n)
         _mm_storeu_si128((__m128i *)(y + i),
                          _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
     for (; i < n; i++)
-        y[i] = kernels_f32_to_f16(x[i]);
+        y[i] = half_f32_to_f16(x[i]);
 }
 
 AVX2_TARGET static void to_bf16_avx2(uint16_t *y, const float *x, int64_t n)
@@ -556,7 +502,7 @@ AVX2_TARGET static void to_bf16_avx2(uint16_t *y, const float *x, int64_t n)
         __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
         if (_mm256_movemask_ps(nan)) {
             for (int j = 0; j < 8; j++)
-                y[i + j] = kernels_f32_to_bf16(x[i + j]);
+                y[i + j] = half_f32_to_bf16(x[i + j]);
             continue;
         }
         __m256i b = _mm256_castps_si256(v);
@@ -566,7 +512,7 @@ AVX2_TARGET static void to_bf16_avx2(uint16_t *y, const float *x, int64_t n)
         _mm_storeu_si128((__m128i *)(y + i), packed);
     }
     for (; i < n; i++)
-        y[i] = kernels_f32_to_bf16(x[i]);
+        y[i] = half_f32_to_bf16(x[i]);
 }
 
 AVX2_TARGET static void from_f16_avx2(float *y, const uint16_t *x, int64_t n)
@@ -575,7 +521,7 @@ AVX2_TARGET static void from_f16_avx2(float *y, const uint16_t *x, int64_t n)
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(y + i, load_f16x8(x + i));
     for (; i < n; i++)
-        y[i] = kernels_f16_to_f32(x[i]);
+        y[i] = half_f16_to_f32(x[i]);
 }
 
 static const struct kernels kernels_avx2 = {
@@ -1008,7 +954,7 @@ LLORCH_API float kernels_gelu_exact(float x)
 LLORCH_API void kernels_gelu_table_init(uint16_t *table)
 {
     for (uint32_t i = 0; i < KERNELS_GELU_TABLE_SIZE; i++)
-        table[i] = kernels_f32_to_f16(kernels_gelu_exact(kernels_f16_to_f32((uint16_t)i)));
+        table[i] = half_f32_to_f16(kernels_gelu_exact(half_f16_to_f32((uint16_t)i)));
 }
 
 /* A table lookup per element in every instruction set, as ggml does; the
@@ -1022,7 +968,7 @@ LLORCH_API void kernels_gelu(float *y, const float *x, int64_t n, const uint16_t
         else if (v >= 10.0f)
             y[i] = v;
         else
-            y[i] = kernels_f16_to_f32(table[kernels_f32_to_f16(v)]);
+            y[i] = half_f16_to_f32(table[half_f32_to_f16(v)]);
     }
 }
 
@@ -1073,7 +1019,7 @@ LLORCH_API void kernels_rope(float *x, int64_t n_head, int64_t head_dim, int64_t
 LLORCH_API void kernels_round_f16(float *x, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
-        x[i] = kernels_f16_to_f32(kernels_f32_to_f16(x[i]));
+        x[i] = half_f16_to_f32(half_f32_to_f16(x[i]));
 }
 
 LLORCH_API void kernels_round_q8_0(float *x, int64_t n)
@@ -1088,7 +1034,7 @@ LLORCH_API void kernels_round_q8_0(float *x, int64_t n)
         }
         const float d = amax / 127.0f;
         const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
-        const float dh = kernels_f16_to_f32(kernels_f32_to_f16(d));
+        const float dh = half_f16_to_f32(half_f32_to_f16(d));
         for (int j = 0; j < 32; j++)
             x[b + j] = dh * nearbyintf(x[b + j] * id);
     }
@@ -1115,7 +1061,7 @@ static const float *attn_row(const struct kernels *k, const struct kernels_kv_vi
         for (int64_t d = 0; d < hd; d++) {
             uint16_t h;
             memcpy(&h, row + 2 * d, 2);
-            buf[d] = kernels_bf16_to_f32(h);
+            buf[d] = half_bf16_to_f32(h);
         }
         return buf;
     default:

@@ -59,11 +59,7 @@ const struct kernels *kernels_get(enum kernels_isa isa);
 const struct kernels *kernels_best(void);
 const char *kernels_isa_name(enum kernels_isa isa);
 
-/* Scalar conversions, exact (round to nearest even; NaN stays NaN). */
-float kernels_f16_to_f32(uint16_t h);
-uint16_t kernels_f32_to_f16(float f);
-float kernels_bf16_to_f32(uint16_t h);
-uint16_t kernels_f32_to_bf16(float f);
+/* Scalar f16/bf16 conversions: src/model/half.h (the project's one pair). */
 
 /* GELU as ggml's CPU backend computes it for f32 tensors: x <= -10 gives 0,
  * x >= 10 gives x, otherwise x is rounded to f16 and the f16 tanh-GELU of that

@@ -56,6 +56,7 @@
 #include <oneapi/dnnl/dnnl.h>
 
 #include "llorch/error.h"
+#include "half.h"
 #include "matmul.h"
 #include "util.h"
 
@@ -414,20 +415,10 @@ static int mm_prims_for_m(struct mm_weight *w, int64_t m)
 
 /* ---- conversions (per row: the same bits whatever else is in the batch) ---- */
 
-static inline uint16_t mm_f32_to_bf16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof(u));
-    if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN stays a (quiet) NaN */
-        return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest even */
-    return (uint16_t)(u >> 16);
-}
-
 static void mm_row_to_bf16(uint16_t *dst, const float *x, int64_t k)
 {
     for (int64_t i = 0; i < k; i++)
-        dst[i] = mm_f32_to_bf16(x[i]);
+        dst[i] = half_f32_to_bf16(x[i]);
 }
 
 /* u8 with zero point over [min(x, 0), max(x, 0)], so 0 is exact. Rounding

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "half.h"
 #include "llorch/error.h"
 #include "quant.h"
 #include "util.h"
@@ -102,7 +103,7 @@ static inline float qmm_f16(const uint8_t *p)
 {
     uint16_t h;
     memcpy(&h, p, 2);
-    return quant_f16_to_f32(h);
+    return half_f16_to_f32(h);
 }
 
 static inline float qmm_hsum8(const float *a)
@@ -165,7 +166,7 @@ static float dot_bf16_scalar(const uint8_t *w, const struct qmm_act *a, int64_t 
             uint16_t h = 0;
             if (i + t < n)
                 memcpy(&h, w + 2 * (i + t), 2);
-            const float wv = quant_bf16_to_f32(h), xv = i + t < n ? a->f[i + t] : 0.0f;
+            const float wv = half_bf16_to_f32(h), xv = i + t < n ? a->f[i + t] : 0.0f;
             acc[t] = fmaf(wv, xv, acc[t]);
         }
     return qmm_hsum32(acc);
@@ -760,13 +761,13 @@ static const qmm_tile_fn *qmm_tiles_for(enum kernels_isa isa)
 static void act_round_f16(float *y, const float *x, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
-        y[i] = quant_f16_to_f32(quant_f32_to_f16(x[i]));
+        y[i] = half_f16_to_f32(half_f32_to_f16(x[i]));
 }
 
 static void act_round_bf16(float *y, const float *x, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
-        y[i] = quant_bf16_to_f32(quant_f32_to_bf16(x[i]));
+        y[i] = half_bf16_to_f32(half_f32_to_bf16(x[i]));
 }
 
 /* As ggml's x86 quantize_row_q8_0 / q8_1: d = amax/127 kept as f16, values
@@ -787,8 +788,8 @@ static void act_quant_q8_0(int8_t *q, float *d, float *s, const float *x, int64_
             q[32 * b + j] = (int8_t)v;
             sum += v;
         }
-        d[b] = quant_f16_to_f32(quant_f32_to_f16(dd));
-        s[b] = quant_f16_to_f32(quant_f32_to_f16(dd * (float)sum));
+        d[b] = half_f16_to_f32(half_f32_to_f16(dd));
+        s[b] = half_f16_to_f32(half_f32_to_f16(dd * (float)sum));
     }
 }
 

@@ -13,6 +13,8 @@
  *   Q6_K 256 elems, 210 B: ql[128], qh[64], scales[16] int8, d */
 #include "quant.h"
 
+#include "half.h"
+
 #include <math.h>
 #include <string.h>
 
@@ -121,59 +123,22 @@ static inline float f32_from_bits(uint32_t u)
 
 LLORCH_API float quant_f16_to_f32(uint16_t h)
 {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exp = (h >> 10) & 0x1f;
-    uint32_t man = h & 0x3ff;
-    if (exp == 0x1f) /* inf / NaN: keep the payload */
-        return f32_from_bits(sign | 0x7f800000 | (man << 13));
-    if (exp == 0) {
-        /* zero or subnormal: man * 2^-24, exact in f32 */
-        float v = (float)man * 0x1p-24f;
-        return sign ? -v : v;
-    }
-    return f32_from_bits(sign | ((exp + 112) << 23) | (man << 13));
+    return half_f16_to_f32(h);
 }
 
-/* Round to nearest, ties to even, like F16C's _cvtss_sh(x, 0) that ggml's
- * CPU backend uses. */
 LLORCH_API uint16_t quant_f32_to_f16(float f)
 {
-    uint32_t x = f32_bits(f);
-    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
-    uint32_t ax = x & 0x7fffffff;
-    if (ax > 0x7f800000) /* NaN: quiet, keep the top payload bits */
-        return sign | 0x7e00 | (uint16_t)((ax >> 13) & 0x1ff);
-    if (ax >= 0x477ff000) /* >= 65520 rounds to infinity */
-        return sign | 0x7c00;
-    if (ax >= 0x38800000) { /* normal half: rebias exponent by 127 - 15 */
-        uint32_t r = ax - 0x38000000;
-        uint32_t h = r >> 13, rem = r & 0x1fff;
-        if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
-            h++;
-        return sign | (uint16_t)h;
-    }
-    if (ax <= 0x33000000) /* <= 2^-25 rounds (ties to even) to zero */
-        return sign;
-    /* subnormal half: value = m 2^(e-150), unit 2^-24, so h = m >> (126 - e) */
-    uint32_t e = ax >> 23, m = (ax & 0x7fffff) | 0x800000;
-    uint32_t shift = 126 - e; /* 14..24 */
-    uint32_t h = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-    if (rem > half || (rem == half && (h & 1)))
-        h++;
-    return sign | (uint16_t)h;
+    return half_f32_to_f16(f);
 }
 
 LLORCH_API float quant_bf16_to_f32(uint16_t h)
 {
-    return f32_from_bits((uint32_t)h << 16);
+    return half_bf16_to_f32(h);
 }
 
 LLORCH_API uint16_t quant_f32_to_bf16(float f)
 {
-    uint32_t x = f32_bits(f);
-    if ((x & 0x7fffffff) > 0x7f800000) /* NaN: force quiet so it stays NaN */
-        return (uint16_t)((x >> 16) | 0x40);
-    return (uint16_t)((x + 0x7fff + ((x >> 16) & 1)) >> 16);
+    return half_f32_to_bf16(f);
 }
 
 /* ---- dequantisation ---- */
