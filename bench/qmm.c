@@ -47,7 +47,7 @@ static void put16(uint8_t *p, uint16_t h)
 static uint8_t *make_rows(enum ggml_type t, int64_t rows, int64_t k, uint64_t *bytes)
 {
     uint64_t rb;
-    if (quant_row_bytes(t, (uint64_t)k, &rb) < 0)
+    if (ggml_type_row_bytes(t, (uint64_t)k, &rb) < 0)
         return NULL;
     *bytes = rb * (uint64_t)rows;
     uint8_t *w = malloc(*bytes);
@@ -55,7 +55,7 @@ static uint8_t *make_rows(enum ggml_type t, int64_t rows, int64_t k, uint64_t *b
         return NULL;
     for (uint64_t i = 0; i < *bytes; i++)
         w[i] = (uint8_t)rnd();
-    const uint64_t bb = quant_block_bytes(t), nb = *bytes / bb;
+    const uint64_t bb = ggml_type_block_bytes(t), nb = *bytes / bb;
     const uint16_t small = quant_f32_to_f16(0.01f);
     for (uint64_t b = 0; b < nb; b++) {
         uint8_t *p = w + b * bb;

@@ -80,7 +80,7 @@ static void *make_model(size_t *len)
     for (size_t i = 0; i < sizeof ts_ / sizeof ts_[0]; i++) {
         uint64_t ne[2] = {ts_[i].d0, ts_[i].d1};
         uint64_t row;
-        assert_int_equal(quant_row_bytes(ts_[i].type, ts_[i].d0, &row), 0);
+        assert_int_equal(ggml_type_row_bytes(ts_[i].type, ts_[i].d0, &row), 0);
         uint64_t nbytes = row * (ts_[i].d1 ? ts_[i].d1 : 1);
         assert_true(nbytes <= sizeof data);
         if (ts_[i].type == GGML_TYPE_Q8_0) /* keep the f16 scales finite */
@@ -125,8 +125,8 @@ static uint64_t walk(const struct gguf_file *f, const uint8_t *buf, size_t len)
     for (uint64_t i = 0; i < gguf_tensor_count(f); i++) {
         const struct gguf_tensor *t = gguf_tensor_at(f, i);
         uint64_t row;
-        assert_true(quant_type_known(t->type));
-        assert_int_equal(quant_row_bytes(t->type, t->ne[0], &row), 0);
+        assert_true(ggml_type_known(t->type));
+        assert_int_equal(ggml_type_row_bytes(t->type, t->ne[0], &row), 0);
         assert_true(t->data == NULL || ((const uint8_t *)t->data >= buf &&
                                         (const uint8_t *)t->data + t->nbytes <= buf + len));
         if (t->nbytes)

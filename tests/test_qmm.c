@@ -49,12 +49,12 @@ static void put_f16(uint8_t *p, float v)
 static uint8_t *random_rows(enum ggml_type t, int64_t rows, int64_t k)
 {
     uint64_t rb;
-    assert_int_equal(quant_row_bytes(t, (uint64_t)k, &rb), 0);
+    assert_int_equal(ggml_type_row_bytes(t, (uint64_t)k, &rb), 0);
     uint8_t *w = malloc((size_t)(rb * (uint64_t)rows) + 1);
     assert_non_null(w);
     for (uint64_t i = 0; i < rb * (uint64_t)rows; i++)
         w[i] = (uint8_t)rnd();
-    const uint64_t bb = quant_block_bytes(t), nb = rb * (uint64_t)rows / bb;
+    const uint64_t bb = ggml_type_block_bytes(t), nb = rb * (uint64_t)rows / bb;
     for (uint64_t b = 0; b < nb; b++) {
         uint8_t *blk = w + b * bb;
         switch (t) {
@@ -119,7 +119,7 @@ static void *act_for(const struct qmm_weight *w, int64_t m)
 /* Row lengths that each type's block size allows, tails included. */
 static int lengths_for(enum ggml_type t, int64_t *ks)
 {
-    const uint64_t b = quant_block_elems(t);
+    const uint64_t b = ggml_type_block_elems(t);
     if (b == 1) {
         const int64_t f[] = {1, 7, 31, 32, 33, 176, 1000};
         memcpy(ks, f, sizeof f);
@@ -158,7 +158,7 @@ static void every_level_gives_the_scalar_bits_for_every_type(void **state)
             /* semantics: within activation rounding of the dequantised dot */
             float *deq = malloc((size_t)k * sizeof *deq);
             uint64_t rb;
-            assert_int_equal(quant_row_bytes(t, (uint64_t)k, &rb), 0);
+            assert_int_equal(ggml_type_row_bytes(t, (uint64_t)k, &rb), 0);
             for (int r = 0; r < rows; r++) {
                 assert_int_equal(quant_dequantize(t, wd + r * rb, deq, (uint64_t)k), 0);
                 double exact = 0, mag = 0;
@@ -168,7 +168,7 @@ static void every_level_gives_the_scalar_bits_for_every_type(void **state)
                 }
                 const double tol = (t == GGML_TYPE_F32 ? 1e-6 : t == GGML_TYPE_BF16 ? 1e-2 : 2e-2) * mag + 1e-6;
                 if (fabs(want[r] - exact) > tol)
-                    fail_msg("%s k=%lld row %d: %.9g vs exact %.9g (tol %.3g)", quant_type_name(t),
+                    fail_msg("%s k=%lld row %d: %.9g vs exact %.9g (tol %.3g)", ggml_type_name(t),
                              (long long)k, r, want[r], exact, tol);
             }
             free(deq);
@@ -179,7 +179,7 @@ static void every_level_gives_the_scalar_bits_for_every_type(void **state)
                 for (int r = 0; r < rows; r++) {
                     const float got = qmm_dot_row(w, r, x, act);
                     if (memcmp(&got, &want[r], sizeof got) != 0)
-                        fail_msg("%s k=%lld row %d level %s: %.9g, scalar %.9g", quant_type_name(t),
+                        fail_msg("%s k=%lld row %d level %s: %.9g, scalar %.9g", ggml_type_name(t),
                                  (long long)k, r, kernels_isa_name((enum kernels_isa)isa), got,
                                  want[r]);
                 }

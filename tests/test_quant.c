@@ -41,26 +41,26 @@ static void put16(uint8_t *p, uint16_t v)
 static void quant_sizes_match_ggml(void **state)
 {
     (void)state;
-    assert_int_equal(quant_block_elems(GGML_TYPE_Q4_0), 32);
-    assert_int_equal(quant_block_bytes(GGML_TYPE_Q4_0), 18);
-    assert_int_equal(quant_block_bytes(GGML_TYPE_Q4_1), 20);
-    assert_int_equal(quant_block_bytes(GGML_TYPE_Q5_0), 22);
-    assert_int_equal(quant_block_bytes(GGML_TYPE_Q5_1), 24);
-    assert_int_equal(quant_block_bytes(GGML_TYPE_Q8_0), 34);
-    assert_int_equal(quant_block_elems(GGML_TYPE_Q4_K), 256);
-    assert_int_equal(quant_block_bytes(GGML_TYPE_Q4_K), 144);
-    assert_int_equal(quant_block_bytes(GGML_TYPE_Q5_K), 176);
-    assert_int_equal(quant_block_bytes(GGML_TYPE_Q6_K), 210);
-    assert_int_equal(quant_block_bytes(GGML_TYPE_BF16), 2);
-    assert_false(quant_type_known((enum ggml_type)4));
-    assert_false(quant_type_known((enum ggml_type)1000));
-    assert_string_equal(quant_type_name(GGML_TYPE_Q6_K), "q6_K");
+    assert_int_equal(ggml_type_block_elems(GGML_TYPE_Q4_0), 32);
+    assert_int_equal(ggml_type_block_bytes(GGML_TYPE_Q4_0), 18);
+    assert_int_equal(ggml_type_block_bytes(GGML_TYPE_Q4_1), 20);
+    assert_int_equal(ggml_type_block_bytes(GGML_TYPE_Q5_0), 22);
+    assert_int_equal(ggml_type_block_bytes(GGML_TYPE_Q5_1), 24);
+    assert_int_equal(ggml_type_block_bytes(GGML_TYPE_Q8_0), 34);
+    assert_int_equal(ggml_type_block_elems(GGML_TYPE_Q4_K), 256);
+    assert_int_equal(ggml_type_block_bytes(GGML_TYPE_Q4_K), 144);
+    assert_int_equal(ggml_type_block_bytes(GGML_TYPE_Q5_K), 176);
+    assert_int_equal(ggml_type_block_bytes(GGML_TYPE_Q6_K), 210);
+    assert_int_equal(ggml_type_block_bytes(GGML_TYPE_BF16), 2);
+    assert_false(ggml_type_known((enum ggml_type)4));
+    assert_false(ggml_type_known((enum ggml_type)1000));
+    assert_string_equal(ggml_type_name(GGML_TYPE_Q6_K), "q6_K");
     uint64_t n;
-    assert_int_equal(quant_row_bytes(GGML_TYPE_Q8_0, 64, &n), 0);
+    assert_int_equal(ggml_type_row_bytes(GGML_TYPE_Q8_0, 64, &n), 0);
     assert_int_equal(n, 68);
-    assert_int_equal(quant_row_bytes(GGML_TYPE_Q8_0, 65, &n), LLORCH_EINVAL);
-    assert_int_equal(quant_row_bytes((enum ggml_type)4, 64, &n), LLORCH_EUNSUPPORTED);
-    assert_int_equal(quant_row_bytes(GGML_TYPE_F32, UINT64_MAX / 2, &n), LLORCH_EOVERFLOW);
+    assert_int_equal(ggml_type_row_bytes(GGML_TYPE_Q8_0, 65, &n), LLORCH_EINVAL);
+    assert_int_equal(ggml_type_row_bytes((enum ggml_type)4, 64, &n), LLORCH_EUNSUPPORTED);
+    assert_int_equal(ggml_type_row_bytes(GGML_TYPE_F32, UINT64_MAX / 2, &n), LLORCH_EOVERFLOW);
 }
 
 static void quant_f16_known_values_round_to_nearest_even(void **state)
@@ -449,7 +449,7 @@ static int check_against_f32(const char *rel, enum ggml_type want_type)
         if (memcmp(bytes, t->data, t->nbytes))
             fail_msg("%s %s: requantised bytes differ", rel, name);
         assert_int_equal(quant_dequantize(t->type, t->data, y, n), 0);
-        uint64_t blck = quant_block_elems(t->type);
+        uint64_t blck = ggml_type_block_elems(t->type);
         uint64_t bb = blck > 1 ? blck : 1;
         for (uint64_t b0 = 0; b0 < n; b0 += bb) {
             float amax = 0;

@@ -175,7 +175,7 @@ static void synth_quantised_types_fall_back_to_f16_for_odd_rows(void **state)
         assert_int_equal(m->hp.file_type, types[i].ft);
         assert_int_equal(m->layers[0].wq->type, types[i].t);
         assert_int_equal(m->tok_embd->type, types[i].t);
-        bool blocked = quant_block_elems(types[i].t) > 1;
+        bool blocked = ggml_type_block_elems(types[i].t) > 1;
         assert_int_equal(m->layers[0].ffn_down->type, blocked ? GGML_TYPE_F16 : types[i].t);
         assert_int_equal(m->layers[0].attn_norm->type, GGML_TYPE_F32);
         model_free(m);

@@ -217,7 +217,7 @@ static int print_json(const char *path, const struct model *m, const struct tok_
         json_t *e = json_object();
         json_object_set_new(e, "count", json_integer((json_int_t)stats[t].count));
         json_object_set_new(e, "bytes", json_integer((json_int_t)stats[t].bytes));
-        json_object_set_new(bt, quant_type_name((enum ggml_type)t), e);
+        json_object_set_new(bt, ggml_type_name((enum ggml_type)t), e);
     }
     json_object_set_new(o, "bytes_by_type", bt);
     if (tensors) {
@@ -226,7 +226,7 @@ static int print_json(const char *path, const struct model *m, const struct tok_
             const struct gguf_tensor *t = gguf_tensor_at(f, i);
             json_t *e = json_object(), *ne = json_array();
             json_object_set_new(e, "name", json_stringn(t->name.ptr, (size_t)t->name.len));
-            json_object_set_new(e, "type", json_string(quant_type_name(t->type)));
+            json_object_set_new(e, "type", json_string(ggml_type_name(t->type)));
             for (uint32_t d = 0; d < t->n_dims; d++)
                 json_array_append_new(ne, json_integer((json_int_t)t->ne[d]));
             json_object_set_new(e, "ne", ne);
@@ -297,7 +297,7 @@ static void print_text(const char *path, const struct model *m, const struct tok
            (unsigned long long)total);
     for (int t = 0; t < N_TYPES; t++)
         if (stats[t].count)
-            printf("; %s %llu (%llu bytes)", quant_type_name((enum ggml_type)t),
+            printf("; %s %llu (%llu bytes)", ggml_type_name((enum ggml_type)t),
                    (unsigned long long)stats[t].count, (unsigned long long)stats[t].bytes);
     printf("\n");
     if (tensors) {
@@ -307,7 +307,7 @@ static void print_text(const char *path, const struct model *m, const struct tok
             char shape[96];
             shape_text(t, shape, sizeof shape);
             printf("%-36.*s %-6s %-20s %12llu %12llu\n", (int)t->name.len, t->name.ptr,
-                   quant_type_name(t->type), shape, (unsigned long long)t->nbytes,
+                   ggml_type_name(t->type), shape, (unsigned long long)t->nbytes,
                    (unsigned long long)t->offset);
         }
     }

@@ -349,7 +349,7 @@ static int tl_add(struct tlist *l, const struct opts *o, const char *name, uint6
     if (d1) {
         t->type = o->type;
         /* convert_hf_to_gguf keeps rows it cannot block-quantise as F16 */
-        if (quant_block_elems(o->type) > 1 && d0 % quant_block_elems(o->type))
+        if (ggml_type_block_elems(o->type) > 1 && d0 % ggml_type_block_elems(o->type))
             t->type = GGML_TYPE_F16;
     }
     return 0;
@@ -432,7 +432,7 @@ static int write_tensor(struct gguf_writer *w, const struct tdesc *t, const stru
     uint64_t ne0 = t->ne[0], rows = t->ne[1];
     uint64_t rows_per_chunk = ne0 >= CHUNK_ELEMS ? 1 : CHUNK_ELEMS / ne0;
     uint64_t row_bytes;
-    if (quant_row_bytes(t->type, ne0, &row_bytes))
+    if (ggml_type_row_bytes(t->type, ne0, &row_bytes))
         return -1;
     for (uint64_t r0 = 0; r0 < rows; r0 += rows_per_chunk) {
         uint64_t nr = rows - r0 < rows_per_chunk ? rows - r0 : rows_per_chunk;
@@ -483,7 +483,7 @@ static int put_hparams(struct gguf_writer *w, const struct opts *o)
 #define SETF(s, v) (rc = rc ? rc : gguf_writer_set_f32(w, (snprintf(k, sizeof k, "%s." s, a), k), v))
     rc = rc ? rc : gguf_writer_set_str(w, LLORCH_GGUF_KEY_NAME, o->name);
     rc = rc ? rc : gguf_writer_set_u32(w, LLORCH_GGUF_KEY_FILE_TYPE, file_type_of(o->type));
-    if (quant_block_elems(o->type) > 1)
+    if (ggml_type_block_elems(o->type) > 1)
         rc = rc ? rc : gguf_writer_set_u32(w, LLORCH_GGUF_KEY_QUANTIZATION_VERSION, 2);
     SETU(LLORCH_GGUF_ARCH_CONTEXT_LENGTH, o->n_ctx);
     SETU(LLORCH_GGUF_ARCH_EMBEDDING_LENGTH, o->n_embd);

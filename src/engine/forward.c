@@ -154,7 +154,7 @@ static int fw_vec(const struct gguf_tensor *t, uint64_t n, float **out, char *er
     int rc = quant_dequantize(t->type, t->data, v, n);
     if (rc < 0) {
         free(v);
-        fw_err(err, errlen, "cannot dequantise a %s tensor", quant_type_name(t->type));
+        fw_err(err, errlen, "cannot dequantise a %s tensor", ggml_type_name(t->type));
         return rc;
     }
     *out = v;
@@ -217,7 +217,7 @@ static enum ggml_type fw_qmm_type(const struct forward *f, const struct gguf_ten
 static void fw_tensor_name(const struct gguf_tensor *t, char *name, size_t len)
 {
     snprintf(name, len, "%.*s (%s)", (int)LLORCH_MIN(t->name.len, 64), t->name.ptr,
-             quant_type_name(t->type));
+             ggml_type_name(t->type));
 }
 
 /* One tensor as a qmm part: in place from the mapping when it runs in its
@@ -240,7 +240,7 @@ static int fw_qmm_part(struct forward *f, const struct gguf_tensor *t, struct qm
         return fw_progress_add(f, 2 * t->n_elements, err, errlen);
     uint64_t rb;
     size_t n = (size_t)t->n_elements;
-    if (quant_row_bytes(want, t->ne[0], &rb) < 0 || n > SIZE_MAX / 4)
+    if (ggml_type_row_bytes(want, t->ne[0], &rb) < 0 || n > SIZE_MAX / 4)
         return LLORCH_EOVERFLOW;
     float *buf = malloc(n * sizeof *buf);
     if (!buf)
@@ -775,9 +775,9 @@ LLORCH_API int forward_new(struct forward **out, const struct model *m, const st
         rc = LLORCH_EFORMAT;
         goto fail;
     }
-    if ((rc = quant_row_bytes(m->tok_embd->type, hp->n_embd, &f->tok_row_bytes)) < 0)
+    if ((rc = ggml_type_row_bytes(m->tok_embd->type, hp->n_embd, &f->tok_row_bytes)) < 0)
         goto fail;
-    if (m->pos_embd && (rc = quant_row_bytes(m->pos_embd->type, hp->n_embd, &f->pos_row_bytes)) < 0)
+    if (m->pos_embd && (rc = ggml_type_row_bytes(m->pos_embd->type, hp->n_embd, &f->pos_row_bytes)) < 0)
         goto fail;
     if (m->tok_embd->ne[0] != hp->n_embd || m->tok_embd->ne[1] < hp->n_vocab ||
         (m->pos_embd && (m->pos_embd->ne[0] != hp->n_embd || m->pos_embd->ne[1] < f->n_ctx))) {

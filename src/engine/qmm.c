@@ -882,7 +882,7 @@ LLORCH_API int qmm_weight_new(struct qmm_weight **out, const struct qmm_part *pa
             continue;
         }
         if (parts[i].n_rows < 1 || n_in % s->ti->block || !parts[i].data ||
-            quant_row_bytes(parts[i].type, (uint64_t)n_in, &rb) < 0) {
+            ggml_type_row_bytes(parts[i].type, (uint64_t)n_in, &rb) < 0) {
             rc = LLORCH_EINVAL;
             continue;
         }

@@ -34,7 +34,7 @@
 
 #include "gguf_keys.h"
 #include "llorch/error.h"
-#include "quant.h"
+#include "ggml_type.h"
 #include "util.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -438,14 +438,14 @@ static int read_tensor_info(struct rd *r, struct gguf_tensor *t)
     if ((rc = rd_u32(r, &type, "tensor type")))
         return rc;
     t->type = (enum ggml_type)type;
-    if (!quant_type_known(t->type))
+    if (!ggml_type_known(t->type))
         return fail(r, at, LLORCH_EFORMAT, "unknown tensor type %u", type);
-    uint64_t blck = quant_block_elems(t->type);
+    uint64_t blck = ggml_type_block_elems(t->type);
     if (t->ne[0] % blck)
         return fail(r, at, LLORCH_EFORMAT, "row length %llu is not a multiple of the %s block size %llu",
-                    (unsigned long long)t->ne[0], quant_type_name(t->type), (unsigned long long)blck);
+                    (unsigned long long)t->ne[0], ggml_type_name(t->type), (unsigned long long)blck);
     uint64_t row;
-    if (quant_row_bytes(t->type, t->ne[0], &row) || llorch_mul_overflows(row, n / (t->ne[0] ? t->ne[0] : 1), &t->nbytes))
+    if (ggml_type_row_bytes(t->type, t->ne[0], &row) || llorch_mul_overflows(row, n / (t->ne[0] ? t->ne[0] : 1), &t->nbytes))
         return fail(r, at, LLORCH_EFORMAT, "byte size overflows");
     if (t->ne[0] == 0)
         t->nbytes = 0;
@@ -1300,7 +1300,7 @@ LLORCH_API int gguf_writer_set_raw(struct gguf_writer *w, const char *key, enum 
 static int writer_tensor(struct gguf_writer *w, const char *name, enum ggml_type type,
                          uint32_t n_dims, const uint64_t *ne, struct wtensor *out)
 {
-    if (n_dims < 1 || n_dims > GGUF_MAX_DIMS || !quant_type_known(type))
+    if (n_dims < 1 || n_dims > GGUF_MAX_DIMS || !ggml_type_known(type))
         return LLORCH_EINVAL;
     for (uint64_t i = 0; i < w->n_t; i++)
         if (!strcmp(w->t[i].name, name))
@@ -1317,7 +1317,7 @@ static int writer_tensor(struct gguf_writer *w, const char *name, enum ggml_type
             return LLORCH_EOVERFLOW;
     }
     uint64_t row;
-    int rc = quant_row_bytes(type, ne[0], &row);
+    int rc = ggml_type_row_bytes(type, ne[0], &row);
     if (rc)
         return rc;
     if (ne[0] == 0)

@@ -157,12 +157,12 @@ static int check_shape(const struct model_hparams *hp, const struct gguf_tensor 
     }
     if (!quant_can_dequantize(t->type))
         return llorch_errf(err, errlen, LLORCH_EUNSUPPORTED, "tensor '%.*s': type %s is not supported",
-                    (int)t->name.len, t->name.ptr, quant_type_name(t->type));
+                    (int)t->name.len, t->name.ptr, ggml_type_name(t->type));
     /* norms, biases and rope factors are used as f32 vectors */
     if (r->d1 == D_NONE && t->type != GGML_TYPE_F32 && t->type != GGML_TYPE_F16 &&
         t->type != GGML_TYPE_BF16)
         return llorch_errf(err, errlen, LLORCH_EUNSUPPORTED, "tensor '%.*s': 1-D tensor of type %s",
-                    (int)t->name.len, t->name.ptr, quant_type_name(t->type));
+                    (int)t->name.len, t->name.ptr, ggml_type_name(t->type));
     return 0;
 }
 

@@ -1,23 +1,13 @@
-/* GGUF/ggml tensor element types: sizes, names, and dequantisation to f32
- * exactly as the block formats define them; f16/bf16 scalar conversions. */
+/* Dequantisation of GGUF/ggml tensor types to f32 exactly as the block
+ * formats define them, reference quantisers, f16/bf16 scalar conversions
+ * (the type traits: ggml_type.h). */
 #ifndef LLORCH_QUANT_H
 #define LLORCH_QUANT_H
 
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "gguf.h"
-
-/* Elements per block (1 for F32/F16/BF16) and bytes per block; 0 for an
- * unknown type. */
-uint64_t quant_block_elems(enum ggml_type t);
-uint64_t quant_block_bytes(enum ggml_type t);
-bool quant_type_known(enum ggml_type t);
-const char *quant_type_name(enum ggml_type t);
-
-/* Bytes of a row of n elements, or LLORCH_E* (<0) if n is not a multiple of
- * the block size or the type is unknown. */
-int quant_row_bytes(enum ggml_type t, uint64_t n, uint64_t *out);
+#include "ggml_type.h"
 
 /* Dequantises n elements (a multiple of the block size) of type t to f32. */
 int quant_dequantize(enum ggml_type t, const void *src, float *dst, uint64_t n);
