@@ -22,22 +22,6 @@
 #define KERNELS_X86 0
 #endif
 
-/* ---- scalar conversions ------------------------------------------------ */
-
-static inline uint32_t f32_bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
-static inline float bits_f32(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
 /* ---- scalar kernels ---------------------------------------------------- */
 
 static float dot_scalar(const float *a, const float *b, int64_t n)

@@ -134,42 +134,49 @@ static inline void qmm_k4_scale_min(int j, const uint8_t *q, int *sc, int *m)
 
 /* ---- scalar reference dots ---------------------------------------------- */
 
+/* Element i of a float-type row as f32. */
+static inline float float_value(enum ggml_type t, const uint8_t *w, int64_t i)
+{
+    switch (t) {
+    case GGML_TYPE_F16:
+        return qmm_f16(w + 2 * i);
+    case GGML_TYPE_BF16: {
+        uint16_t h;
+        memcpy(&h, w + 2 * i, 2);
+        return half_bf16_to_f32(h);
+    }
+    default: {
+        float f;
+        memcpy(&f, w + 4 * i, 4);
+        return f;
+    }
+    }
+}
+
+/* 32 lanes, the tail padded with zeros (see qmm.h). */
+static inline float float_dot_scalar(enum ggml_type t, const uint8_t *w, const struct qmm_act *a,
+                                     int64_t n)
+{
+    float acc[32] = {0};
+    for (int64_t i = 0; i < n; i += 32)
+        for (int l = 0; l < 32; l++) {
+            const bool in = i + l < n;
+            acc[l] = fmaf(in ? float_value(t, w, i + l) : 0.0f, in ? a->f[i + l] : 0.0f, acc[l]);
+        }
+    return qmm_hsum32(acc);
+}
+
 static float dot_f32_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n)
 {
-    float acc[32] = {0};
-    const float *wf = (const float *)(const void *)w;
-    for (int64_t i = 0; i < n; i += 32)
-        for (int t = 0; t < 32; t++) {
-            const float wv = i + t < n ? wf[i + t] : 0.0f, xv = i + t < n ? a->f[i + t] : 0.0f;
-            acc[t] = fmaf(wv, xv, acc[t]);
-        }
-    return qmm_hsum32(acc);
+    return float_dot_scalar(GGML_TYPE_F32, w, a, n);
 }
-
 static float dot_f16_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n)
 {
-    float acc[32] = {0};
-    for (int64_t i = 0; i < n; i += 32)
-        for (int t = 0; t < 32; t++) {
-            const float wv = i + t < n ? qmm_f16(w + 2 * (i + t)) : 0.0f;
-            const float xv = i + t < n ? a->f[i + t] : 0.0f;
-            acc[t] = fmaf(wv, xv, acc[t]);
-        }
-    return qmm_hsum32(acc);
+    return float_dot_scalar(GGML_TYPE_F16, w, a, n);
 }
-
 static float dot_bf16_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n)
 {
-    float acc[32] = {0};
-    for (int64_t i = 0; i < n; i += 32)
-        for (int t = 0; t < 32; t++) {
-            uint16_t h = 0;
-            if (i + t < n)
-                memcpy(&h, w + 2 * (i + t), 2);
-            const float wv = half_bf16_to_f32(h), xv = i + t < n ? a->f[i + t] : 0.0f;
-            acc[t] = fmaf(wv, xv, acc[t]);
-        }
-    return qmm_hsum32(acc);
+    return float_dot_scalar(GGML_TYPE_BF16, w, a, n);
 }
 
 /* 32-element types: weight values q[32] (signed, offsets applied) of block b. */
