@@ -105,10 +105,20 @@ static void err_set(struct oai_err *e, int status, const char *type, const char 
 
 #define BAD(e, param, ...) err_set(e, 400, "invalid_request_error", NULL, param, __VA_ARGS__)
 
+/* Invalid UTF-8 replaced: messages and params quote the request (cut to
+ * fit, or jansson's "near '...'"), and json_pack refuses invalid UTF-8. */
+static json_t *err_text(const char *s, size_t cap)
+{
+    char buf[3 * sizeof(((struct oai_err *)0)->message) + 1];
+    size_t n = sse_utf8_sanitize(s, strnlen(s, cap), buf, sizeof(buf));
+    return json_stringn(buf, n == SIZE_MAX ? 0 : n);
+}
+
 static json_t *err_json(const struct oai_err *e)
 {
-    return json_pack("{s:{s:s,s:s,s:o,s:o}}", "error", "message", e->message, "type", e->type,
-                     "param", e->param[0] ? json_string(e->param) : json_null(), "code",
+    return json_pack("{s:{s:o,s:s,s:o,s:o}}", "error", "message",
+                     err_text(e->message, sizeof(e->message)), "type", e->type, "param",
+                     e->param[0] ? err_text(e->param, sizeof(e->param)) : json_null(), "code",
                      e->code ? json_string(e->code) : json_null());
 }
 
@@ -1538,4 +1548,37 @@ LLORCH_API void api_openai_free(struct api_openai *a)
     free(a->model_id);
     free(a->model_name);
     free(a);
+}
+
+/* ---- validation alone (fuzzers, tests) ---- */
+
+LLORCH_API int api_openai_validate(struct api_openai *a, bool chat, const char *body, size_t len,
+                                   char **err_body)
+{
+    *err_body = NULL;
+    if (!a->tok)
+        return 503;
+    struct oai_err e = {0};
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, 0, &jerr);
+    struct oai_request q = {.kind = chat ? OAI_CHAT : OAI_COMPLETION};
+    bool ok = false;
+    if (!root)
+        BAD(&e, NULL, "the request body is not valid JSON (byte offset %d): %s", jerr.position,
+            jerr.text);
+    else if (!json_is_object(root))
+        BAD(&e, NULL, "the request body must be a JSON object");
+    else {
+        q.sr.add_bos = tokenizer_adds_bos(a->tok);
+        ok = chat ? validate_chat(a, root, &q, &e) : validate_completion(a, root, &q, &e);
+    }
+    int status = ok ? 200 : e.status;
+    if (!ok) {
+        json_t *o = err_json(&e);
+        *err_body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+    }
+    oai_request_free(&q);
+    json_decref(root);
+    return status;
 }

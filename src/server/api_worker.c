@@ -211,9 +211,19 @@ LLORCH_API void api_worker_number_text(const json_t *v, char *out, size_t cap)
     }
 }
 
+/* A message as a JSON string, invalid UTF-8 replaced: messages quote the
+ * request (jansson's "near '...'" may end inside a multi-byte character),
+ * and json_pack refuses invalid UTF-8, which turned a 400 into a 500. */
+static json_t *json_message(const char *message)
+{
+    char buf[3 * 1024 + 1];
+    size_t n = sse_utf8_sanitize(message, strnlen(message, 1024), buf, sizeof(buf));
+    return json_stringn(buf, n == SIZE_MAX ? 0 : n);
+}
+
 static char *error_obj_string(const char *code, const char *message)
 {
-    json_t *o = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", message);
+    json_t *o = json_pack("{s:{s:s,s:o}}", "error", "code", code, "message", json_message(message));
     char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     return s;
@@ -222,8 +232,8 @@ static char *error_obj_string(const char *code, const char *message)
 static void add_violation(json_t *errs, const char *field, const char *constraint,
                           const char *message, json_t *value)
 {
-    json_t *e = json_pack("{s:s,s:s,s:s}", "field", field, "constraint", constraint, "message",
-                          message);
+    json_t *e = json_pack("{s:s,s:s,s:o}", "field", field, "constraint", constraint, "message",
+                          json_message(message));
     if (!e)
         return;
     if (value)
