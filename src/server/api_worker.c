@@ -788,6 +788,8 @@ static void h_health(void *ctx, struct http_request *r, const char *tail, size_t
         "kv", "blocks_total", (json_int_t)st.kv.blocks_total, "blocks_used",
         (json_int_t)st.kv.blocks_used, "blocks_cached", (json_int_t)st.kv.blocks_cached,
         "seqs_active", (json_int_t)st.kv.seqs_active);
+    if (o) /* jobs not yet at their terminal event (streams, cut or not) */
+        json_object_set_new(o, "live_jobs", json_integer((json_int_t)a->live));
     if (o && a->mgr) {
         struct mgr_state ms;
         mgr_state_get(a->mgr, &ms);
