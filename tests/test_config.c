@@ -532,6 +532,9 @@ static void config_help_lists_every_option_with_default_and_unit(void **state)
                                         "sse-outbox-bytes",
                                         "sse-sndbuf-bytes",
                                         "ping-interval-ms",
+                                        "resume-grace-ms",
+                                        "resume-job-bytes",
+                                        "resume-total-bytes",
                                         "drain-timeout-ms",
                                         "threads",
                                         "cpu-pinning",
@@ -570,7 +573,7 @@ static void config_help_lists_every_option_with_default_and_unit(void **state)
         opts++;
     for (const char *p = out; (p = strstr(p, "(default: ")); p++)
         defaults++;
-    assert_int_equal(defaults, 34);
+    assert_int_equal(defaults, 37);
     assert_true(opts >= defaults);
     assert_non_null(strstr(out, "(default: 32 sequences, range 1..1024; env LLORCH_MAX_BATCH)"));
     assert_non_null(strstr(out, "(default: 2097152 bytes, range 1024..1073741824"));

@@ -15,6 +15,7 @@
 
 #include "llorch/error.h"
 #include "queue.h"
+#include "resume.h"
 #include "sse.h"
 #include "util.h"
 
@@ -45,6 +46,8 @@ struct api_worker {
     struct llorch_queue jobs;
     uint32_t live;            /* our jobs + other modules' refs */
     struct http_buf json;     /* scratch for emitted JSON */
+    struct http_buf frame;    /* scratch for a frame with its id */
+    struct resume_registry *resume; /* resumable streams (resume.c) */
     char *text;               /* scratch for sanitised token text */
     size_t text_cap;
     /* drain */
@@ -64,6 +67,9 @@ struct worker_job {
     uint64_t req_id;
     uint32_t n_frames;        /* token frames sent: their "i" */
     bool got_token;
+    bool finished;            /* terminal event seen while detached: kept for a reader */
+    enum sse_mode mode;
+    struct resume_entry resume; /* frame ids; journal and grace when resumable */
     uint32_t n_stops;
     size_t stop_lens[DETOK_MAX_STOPS];
     char stops[DETOK_MAX_STOPS][DETOK_MAX_STOP_LEN];
@@ -548,6 +554,7 @@ static void job_free(struct worker_job *j)
     struct api_worker *a = j->api;
     llorch_queue_remove(&j->node);
     sse_stream_free(&j->sse);
+    resume_entry_free(&j->resume);
     free(j);
     a->live--; /* a drain in progress notices on its next poll */
 }
@@ -557,17 +564,33 @@ static void job_on_abort(void *data)
 {
     struct worker_job *j = data;
     j->sse.req = NULL;
+    if (resume_entry_detach(&j->resume))
+        return; /* resumable: runs on, journaled, for its grace period */
     if (j->api->sched)
         sched_cancel(j->api->sched, j->req_id, SCHED_ERR_CANCELLED);
 }
+
+/* Grace over with nobody back (resume.c): cancel the job as a dropped
+ * connection does, or free it if it had already ended. */
+static void job_on_expire(void *ctx, struct resume_entry *e)
+{
+    struct api_worker *a = ctx;
+    struct worker_job *j = llorch_container_of(e, struct worker_job, resume);
+    metrics_counter_add(a->metrics, METRICS_C_RESUME_EXPIRED, 1);
+    if (j->finished)
+        job_free(j);
+    else if (a->sched)
+        sched_cancel(a->sched, j->req_id, SCHED_ERR_CANCELLED);
+}
+
+static void job_send(struct worker_job *j, const char *type, json_t *o, bool force);
 
 static void job_send_error(struct worker_job *j, const char *code, const char *message)
 {
     struct api_worker *a = j->api;
     json_t *o = json_pack("{s:s,s:s,s:o*}", "type", "error", "code", code, "message",
                           json_text(a, message, strlen(message)));
-    if (dump_json(a, o) == 0)
-        sse_stream_send(&j->sse, "error", a->json.data, a->json.len, true);
+    job_send(j, "error", o, true);
 }
 
 /* Ends the response and detaches from the connection. */
@@ -587,6 +610,7 @@ static void job_cut_slow(struct worker_job *j)
     struct api_worker *a = j->api;
     if (a->sched)
         sched_cancel(a->sched, j->req_id, SCHED_ERR_CLIENT_TOO_SLOW);
+    resume_entry_free(&j->resume); /* cut, not resumable: its journal goes too */
     if (log_enabled(a->log, CONFIG_LOG_WARN)) {
         char id[SCHED_JOB_ID_MAX];
         memcpy(id, j->job_id, j->job_id_len);
@@ -605,23 +629,29 @@ static void job_cut_slow(struct worker_job *j)
     sse_stream_cut(&j->sse);
 }
 
+/* Frames go to the reader when attached and to the journal when the job is
+ * resumable (detached included); every frame carries its id. */
 static void job_send(struct worker_job *j, const char *type, json_t *o, bool force)
 {
     struct api_worker *a = j->api;
-    if (!j->sse.req) {
+    if (!j->sse.req && !j->resume.resumable) {
         json_decref(o);
         return;
     }
     if (dump_json(a, o) != 0)
         return;
-    if (sse_stream_send(&j->sse, type, a->json.data, a->json.len, force) == LLORCH_EFULL)
+    bool terminal = !strcmp(type, "end") || !strcmp(type, "error");
+    if (resume_entry_frame(&j->resume, &a->frame, type, a->json.data, a->json.len, terminal) != 0)
+        return;
+    if (j->sse.req &&
+        sse_stream_send_frame(&j->sse, a->frame.data, a->frame.len, force) == LLORCH_EFULL)
         job_cut_slow(j);
 }
 
 static void job_send_text(struct worker_job *j, const char *text, size_t len, bool force)
 {
     struct api_worker *a = j->api;
-    if (len == 0 || !j->sse.req)
+    if (len == 0 || (!j->sse.req && !j->resume.resumable))
         return;
     json_t *o = json_pack("{s:s,s:o*,s:I}", "type", "token", "t", json_text(a, text, len), "i",
                           (json_int_t)j->n_frames);
@@ -700,17 +730,25 @@ static void job_on_event(struct api_sink *sink, const struct sched_event *ev)
                                 json_text(a, j->stops[si], j->stop_lens[si]));
         job_send(j, "end", o, true);
         job_log_end(j, ev);
+        if (j->resume.detached) {
+            j->finished = true; /* its frames wait for a reader until the grace ends */
+            break;
+        }
         job_finish_stream(j, false);
         job_free(j);
         break;
     }
     case SCHED_EV_ERROR:
-        if (j->sse.req) {
+        if (j->sse.req || (j->resume.resumable && !j->resume.ended)) {
             const char *m = ev->u.error.message;
             job_send_error(j, sched_error_name(ev->u.error.code),
                            m[0] ? m : sched_error_name(ev->u.error.code));
         }
         job_log_end(j, ev);
+        if (j->resume.detached) {
+            j->finished = true;
+            break;
+        }
         job_finish_stream(j, false);
         job_free(j);
         break;
@@ -822,6 +860,123 @@ static void respond_raw_json(struct http_request *r, int status, char *body, con
     free(body);
 }
 
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* The grace a request asks for: "resumable": true in the body (the
+ * configured grace), or X-Resume-Grace-Ms: N (at most the configured grace);
+ * 0 = not resumable. False when a 400 was answered. */
+static bool request_grace(struct api_worker *a, struct http_request *r, json_t *root,
+                          uint32_t *grace)
+{
+    uint32_t max = resume_registry_grace_ms(a->resume);
+    *grace = json_is_true(json_object_get(root, "resumable")) ? max : 0;
+    size_t hl = 0;
+    const char *h = http_request_header(r, "x-resume-grace-ms", &hl);
+    if (!h)
+        return true;
+    uint64_t v = 0;
+    bool ok = hl > 0 && hl <= 10;
+    for (size_t i = 0; ok && i < hl; i++) {
+        ok = h[i] >= '0' && h[i] <= '9';
+        v = v * 10 + (uint64_t)(h[i] - '0');
+    }
+    if (!ok) {
+        http_respond_error(r, 400, "INVALID_HEADER",
+                           "X-Resume-Grace-Ms must be a whole number of milliseconds", NULL);
+        return false;
+    }
+    *grace = (uint32_t)LLORCH_MIN(v, (uint64_t)max);
+    return true;
+}
+
+/* GET /execute/{job_id} and GET /v1/inference/{job_id} with Last-Event-ID:
+ * the frames after that id, then the rest live, in the mode the job began
+ * with. */
+static void h_resume(void *ctx, struct http_request *r, const char *tail, size_t tail_len)
+{
+    struct api_worker *a = ctx;
+    if (!check_auth(a, r) || refuse_unless_ready(a, r))
+        return;
+    char id[SCHED_JOB_ID_MAX];
+    size_t n = 0;
+    bool ok = tail_len > 0;
+    for (size_t i = 0; ok && i < tail_len; i++) {
+        char c = tail[i];
+        if (c == '%' && i + 2 < tail_len && hexval(tail[i + 1]) >= 0 &&
+            hexval(tail[i + 2]) >= 0) {
+            c = (char)(hexval(tail[i + 1]) * 16 + hexval(tail[i + 2]));
+            i += 2;
+        } else if (c == '/') {
+            ok = false;
+        }
+        if (n + 1 >= sizeof(id))
+            ok = false;
+        else
+            id[n++] = c;
+    }
+    struct resume_entry *e = ok ? resume_registry_find(a->resume, id, n) : NULL;
+    if (!e) {
+        http_respond_error(r, 404, "RESUME_NOT_FOUND",
+                           "no resumable stream with this job_id (unknown, not resumable, "
+                           "expired, or over the journal bound)", NULL);
+        return;
+    }
+    struct worker_job *j = llorch_container_of(e, struct worker_job, resume);
+    if (!e->detached || j->sse.req) {
+        http_respond_error(r, 409, "STREAM_ATTACHED",
+                           "this job's stream is being read on another connection", NULL);
+        return;
+    }
+    size_t hl = 0;
+    const char *h = http_request_header(r, "last-event-id", &hl);
+    uint64_t from;
+    int rc = resume_entry_parse_last_id(e, h, hl, &from);
+    if (rc == LLORCH_ERANGE) {
+        http_respond_error(r, 400, "LAST_EVENT_ID_PAST_END",
+                           "Last-Event-ID is past the last frame of this job", NULL);
+        return;
+    }
+    if (rc) {
+        http_respond_error(r, 400, "INVALID_LAST_EVENT_ID",
+                           "Last-Event-ID must be an id of this job's frames (<job_id>:<index>)",
+                           NULL);
+        return;
+    }
+    if (sse_stream_begin(&j->sse, r, j->mode, a->cfg->sse_outbox_bytes) != 0) {
+        j->sse.req = NULL;
+        return;
+    }
+    const char *data;
+    size_t len;
+    uint64_t before = 0;
+    struct resume_stats st;
+    resume_registry_stats(a->resume, &st);
+    before = st.replayed_frames;
+    resume_entry_attach(e, from, &data, &len);
+    resume_registry_stats(a->resume, &st);
+    metrics_counter_add(a->metrics, METRICS_C_RESUMES, 1);
+    metrics_counter_add(a->metrics, METRICS_C_RESUME_REPLAYED, st.replayed_frames - before);
+    if (len)
+        sse_stream_send_frame(&j->sse, data, len, true); /* within --resume-job-bytes */
+    if (j->finished) {
+        job_finish_stream(j, false);
+        job_free(j);
+        return;
+    }
+    http_request_on_abort(r, job_on_abort, j);
+    if (!j->got_token && a->cfg->ping_interval_ms)
+        http_request_timer_start(r, a->cfg->ping_interval_ms, job_ping, j);
+}
+
 static void handle_generate(struct api_worker *a, struct http_request *r, enum sse_mode mode)
 {
     if (!check_auth(a, r) || refuse_unless_ready(a, r))
@@ -836,6 +991,17 @@ static void handle_generate(struct api_worker *a, struct http_request *r, enum s
         respond_raw_json(r, status, err, NULL);
         return;
     }
+    uint32_t grace = 0;
+    if (!request_grace(a, r, root, &grace)) {
+        json_decref(root);
+        return;
+    }
+    if (resume_registry_find(a->resume, p.job_id, p.job_id_len)) {
+        json_decref(root);
+        http_respond_error(r, 409, "JOB_EXISTS",
+                           "job_id is held for a resumable stream (GET /execute/{job_id})", NULL);
+        return;
+    }
     struct worker_job *j = calloc(1, sizeof(*j));
     if (!j) {
         json_decref(root);
@@ -844,6 +1010,8 @@ static void handle_generate(struct api_worker *a, struct http_request *r, enum s
     }
     j->sink.on_event = job_on_event;
     j->api = a;
+    j->mode = mode;
+    resume_entry_init(&j->resume, a->resume, p.job_id, p.job_id_len, mode, grace);
     memcpy(j->job_id, p.job_id, p.job_id_len);
     j->job_id_len = p.job_id_len;
     j->n_stops = p.sp.n_stops;
@@ -864,6 +1032,7 @@ static void handle_generate(struct api_worker *a, struct http_request *r, enum s
     int rc = sched_submit(a->sched, &req, &j->req_id);
     if (rc != 0) {
         char msg[400];
+        resume_entry_free(&j->resume);
         free(j);
         switch (rc) {
         case LLORCH_EFULL:
@@ -962,16 +1131,6 @@ static void h_cancel(void *ctx, struct http_request *r, const char *tail, size_t
     json_decref(root);
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
 
 static void h_delete_inference(void *ctx, struct http_request *r, const char *tail,
                                size_t tail_len)
@@ -1054,6 +1213,7 @@ LLORCH_API void api_worker_drain(struct api_worker *a, uint32_t timeout_ms,
     a->drain_ctx = ctx;
     a->drain_deadline = uv_now(a->loop) + timeout_ms;
     http_server_drain(a->srv);
+    resume_registry_expire_all(a->resume); /* nobody is coming back to a drain */
     if (a->sched)
         sched_drain(a->sched);
     uv_timer_start(&a->drain_timer, drain_timer_cb, 0, API_DRAIN_POLL_MS);
@@ -1148,6 +1308,14 @@ LLORCH_API int api_worker_new(struct api_worker **out, uv_loop_t *loop, struct h
     uv_timer_init(loop, &a->drain_timer);
     a->drain_timer.data = a;
     a->handles_open = 2;
+    struct resume_limits rl = {.grace_ms = a->cfg->resume_grace_ms,
+                               .job_bytes = a->cfg->resume_job_bytes,
+                               .total_bytes = a->cfg->resume_total_bytes};
+    r = resume_registry_new(&a->resume, loop, &rl, job_on_expire, a);
+    if (r) {
+        api_worker_close(a);
+        return r;
+    }
 
     static const struct {
         unsigned methods;
@@ -1161,6 +1329,8 @@ LLORCH_API int api_worker_new(struct api_worker **out, uv_loop_t *loop, struct h
         {LLORCH_HTTP_POST, "/execute", false, h_execute},
         {LLORCH_HTTP_POST, "/v1/inference", false, h_inference},
         {LLORCH_HTTP_DELETE, "/v1/inference/", true, h_delete_inference},
+        {LLORCH_HTTP_GET, "/v1/inference/", true, h_resume},
+        {LLORCH_HTTP_GET, "/execute/", true, h_resume},
         {LLORCH_HTTP_POST, "/cancel", false, h_cancel},
         {LLORCH_HTTP_POST, "/v1/admin/shutdown", false, h_shutdown},
         {LLORCH_HTTP_POST, "/v1/shutdown", false, h_shutdown},
@@ -1183,6 +1353,7 @@ static void api_handle_closed(uv_handle_t *h)
     if (--a->handles_open > 0)
         return;
     http_buf_free(&a->json);
+    http_buf_free(&a->frame);
     free(a->text);
     free(a);
 }
@@ -1198,8 +1369,11 @@ LLORCH_API void api_worker_close(struct api_worker *a)
             llorch_container_of(llorch_queue_head(&a->jobs), struct worker_job, node);
         llorch_queue_remove(&j->node);
         sse_stream_free(&j->sse);
+        resume_entry_free(&j->resume);
         free(j);
     }
+    resume_registry_close(a->resume);
+    a->resume = NULL;
     uv_timer_stop(&a->drain_timer);
     uv_close((uv_handle_t *)&a->async, api_handle_closed);
     uv_close((uv_handle_t *)&a->drain_timer, api_handle_closed);

@@ -104,6 +104,12 @@ static const struct {
                                       "Heartbeat POSTs that failed."},
     [METRICS_C_CONNECTIONS_REJECTED] = {"llorch_http_connections_rejected_total",
                                         "Connections closed at once for --max-connections."},
+    [METRICS_C_RESUMES] = {"llorch_stream_resumes_total",
+                           "Resumable streams picked up again after a dropped connection."},
+    [METRICS_C_RESUME_REPLAYED] = {"llorch_stream_replayed_frames_total",
+                                   "Frames replayed to resuming readers."},
+    [METRICS_C_RESUME_EXPIRED] = {"llorch_stream_resume_expired_total",
+                                  "Detached jobs cancelled or dropped when their grace ended."},
 };
 
 struct metrics {

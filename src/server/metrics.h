@@ -45,6 +45,9 @@ enum metrics_counter {
     METRICS_C_HEARTBEATS,           /* heartbeat POSTs sent */
     METRICS_C_HEARTBEAT_FAILURES,   /* of which failed */
     METRICS_C_CONNECTIONS_REJECTED, /* over --max-connections */
+    METRICS_C_RESUMES,              /* resumable streams picked up again */
+    METRICS_C_RESUME_REPLAYED,      /* frames replayed to resuming readers */
+    METRICS_C_RESUME_EXPIRED,       /* detached jobs nobody came back for */
     METRICS_C_COUNT_
 };
 
