@@ -571,15 +571,17 @@ static void job_on_abort(void *data)
 }
 
 /* Grace over with nobody back (resume.c): cancel the job as a dropped
- * connection does, or free it if it had already ended. */
+ * connection does (counted as expired), or free it if it had ended. */
 static void job_on_expire(void *ctx, struct resume_entry *e)
 {
     struct api_worker *a = ctx;
     struct worker_job *j = llorch_container_of(e, struct worker_job, resume);
+    if (j->finished) {
+        job_free(j); /* ended: its kept frames go */
+        return;
+    }
     metrics_counter_add(a->metrics, METRICS_C_RESUME_EXPIRED, 1);
-    if (j->finished)
-        job_free(j);
-    else if (a->sched)
+    if (a->sched)
         sched_cancel(a->sched, j->req_id, SCHED_ERR_CANCELLED);
 }
 
@@ -697,6 +699,19 @@ static void job_log_end(struct worker_job *j, const struct sched_event *ev)
     }
 }
 
+/* The job's last frame is queued: a resumable job keeps its journal for its
+ * grace even when its reader is attached (the last frames may still be in
+ * flight when the connection drops); any other job goes now. */
+static void job_end_or_keep(struct worker_job *j)
+{
+    job_finish_stream(j, false);
+    if (j->resume.detached || resume_entry_detach(&j->resume)) {
+        j->finished = true;
+        return;
+    }
+    job_free(j);
+}
+
 static void job_on_event(struct api_sink *sink, const struct sched_event *ev)
 {
     struct worker_job *j = (struct worker_job *)sink;
@@ -730,12 +745,7 @@ static void job_on_event(struct api_sink *sink, const struct sched_event *ev)
                                 json_text(a, j->stops[si], j->stop_lens[si]));
         job_send(j, "end", o, true);
         job_log_end(j, ev);
-        if (j->resume.detached) {
-            j->finished = true; /* its frames wait for a reader until the grace ends */
-            break;
-        }
-        job_finish_stream(j, false);
-        job_free(j);
+        job_end_or_keep(j);
         break;
     }
     case SCHED_EV_ERROR:
@@ -745,12 +755,7 @@ static void job_on_event(struct api_sink *sink, const struct sched_event *ev)
                            m[0] ? m : sched_error_name(ev->u.error.code));
         }
         job_log_end(j, ev);
-        if (j->resume.detached) {
-            j->finished = true;
-            break;
-        }
-        job_finish_stream(j, false);
-        job_free(j);
+        job_end_or_keep(j);
         break;
     }
 }
@@ -968,8 +973,7 @@ static void h_resume(void *ctx, struct http_request *r, const char *tail, size_t
     if (len)
         sse_stream_send_frame(&j->sse, data, len, true); /* within --resume-job-bytes */
     if (j->finished) {
-        job_finish_stream(j, false);
-        job_free(j);
+        job_end_or_keep(j); /* kept again for its grace */
         return;
     }
     http_request_on_abort(r, job_on_abort, j);
