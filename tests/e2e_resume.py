@@ -280,10 +280,12 @@ def test_header_asks_for_a_grace_and_metrics_count_resumes():
     with Daemon(model=TINY) as d:
         got = cut_after(d.port, "/v1/inference", body("hdr", max_tokens=12), 3,
                         headers={"X-Resume-Grace-Ms": "2000"})
-        st, rest = resume(d.port, "hdr", got[-1]["id"], path="/v1/inference/")
+        # from the first frame: the two after it were kept and are replayed
+        st, rest = resume(d.port, "hdr", got[0]["id"], path="/v1/inference/")
         assert st == 200 and rest[-1]["data"] == "[DONE]", rest[-2:]
+        assert [f["data"] for f in rest[:2]] == [f["data"] for f in got[1:3]], (rest[:2], got)
         assert metric(d, "llorch_stream_resumes_total") == 1
-        assert metric(d, "llorch_stream_replayed_frames_total") >= 1
+        assert metric(d, "llorch_stream_replayed_frames_total") >= 2
         st, h, doc, raw = post_json(d.port, "/execute", body("hdr2"), headers={"X-Resume-Grace-Ms": "soon"})
         assert st == 400, (st, raw)
 

@@ -2,10 +2,11 @@
 all) against the real daemon, in the release and the ASan+UBSan builds:
 concurrent clients on /execute, /v1/inference and the OpenAI chat stream that
 read whole streams, cut them at a random byte (mid-frame included), cancel
-them (POST /cancel, DELETE /v1/inference/{id}) and fire bursts past the
-queue bound (503 with Retry-After). Every whole stream has the contract's
+them (POST /cancel, DELETE /v1/inference/{id}), fire bursts past the
+queue bound (503 with Retry-After), and cut resumable streams, then resume
+them with Last-Event-ID (or leave them to expire). Every whole stream has the contract's
 shape; at the end the daemon holds 0 KV blocks, 0 running or queued
-sequences and 0 live jobs (/health), exits 0 on SIGTERM, and its stderr holds
+sequences and 0 live jobs (/health; kept frames expired), exits 0 on SIGTERM, and its stderr holds
 no sanitizer report."""
 
 import json
@@ -18,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from e2e_common import (Daemon, Stream, check_stream_shape, events_of, get_json,  # noqa: E402
-                        post_json, request, run_tests, wait_for)
+                        parse_sse, post_json, request, run_tests, wait_for)
 
 SECONDS = float(os.environ.get("LLORCH_SOAK_SECONDS", "20"))
 CLIENTS = 10
@@ -138,6 +139,48 @@ class Soak:
         finally:
             s.close()
 
+    def resume(self, rnd, jid):
+        path = rnd.choice(["/execute", "/v1/inference"])
+        s = Stream(self.d.port, path, body(jid, rnd) | {"resumable": True})
+        try:
+            if s.status == 503:
+                self.count("queue_full")
+                return
+            got = []
+            for _ in range(rnd.randint(0, 12)):
+                f = s.next_frame()
+                if f is None:
+                    break
+                got.append(f)
+            if rnd.random() < 0.5:
+                s.resp.read(rnd.randint(1, 30))  # the cut lands inside a frame
+        finally:
+            s.close()
+        if rnd.random() < 0.2:
+            self.count("left_to_expire")
+            return
+        last = next((f["id"] for f in reversed(got) if f["id"]), None)  # [DONE] has none
+        h = {"Last-Event-ID": last} if last else {}
+        deadline = time.time() + 5
+        while True:
+            st, _, data = request(self.d.port, "GET", path + "/" + jid, headers=h, timeout=30)
+            if st != 409 or time.time() > deadline:  # 409: the old connection not yet seen closed
+                break
+            time.sleep(0.02)
+        if st != 200:
+            self.fail("%s: resume answered %d %r" % (jid, st, data[:200]))
+            return
+        rest = parse_sse(data.decode("utf-8"))
+        joined = got + rest
+        ids = [f["id"] for f in joined if f["id"] is not None]
+        if ids != ["%s:%d" % (jid, i) for i in range(len(ids))]:
+            self.fail("%s: ids %r" % (jid, ids))
+        try:
+            check_stream_shape(events_of(joined), jid)
+        except AssertionError as e:
+            self.fail("%s: bad resumed stream %r" % (jid, e))
+        self.count("resumed")
+
     def burst(self, rnd, jid):
         socks = [raw_post(self.d.port, "/execute", body("%s-%d" % (jid, k), rnd)) for k in range(24)]
         for s in socks:
@@ -161,8 +204,8 @@ class Soak:
         while time.time() < self.deadline:
             jid = "soak-%d-%d" % (i, n)
             n += 1
-            action = rnd.choices([self.whole, self.chat, self.cut, self.cancel, self.burst],
-                                 [4, 1, 4, 2, 0.4])[0]
+            action = rnd.choices([self.whole, self.chat, self.cut, self.cancel, self.burst,
+                                  self.resume], [4, 1, 4, 2, 0.4, 3])[0]
             try:
                 action(rnd, jid)
             except Exception as e:  # noqa: BLE001 - every failure is reported
@@ -170,7 +213,8 @@ class Soak:
 
 
 def test_soak_ends_with_nothing_left():
-    with Daemon("--max-batch", "6", "--max-queue", "6", "--ping-interval-ms", "200") as d:
+    with Daemon("--max-batch", "6", "--max-queue", "6", "--ping-interval-ms", "200",
+                "--resume-grace-ms", "1500") as d:
         soak = Soak(d)
         threads = [threading.Thread(target=soak.client, args=(i,)) for i in range(CLIENTS)]
         for t in threads:
@@ -179,7 +223,7 @@ def test_soak_ends_with_nothing_left():
             t.join(SECONDS + 60)
         print("soak:", json.dumps(soak.counts, sort_keys=True), flush=True)
         assert not soak.errors, soak.errors[:10]
-        for what in ("whole", "cut", "cancelled", "queue_full", "chat"):
+        for what in ("whole", "cut", "cancelled", "queue_full", "chat", "resumed"):
             assert soak.counts.get(what, 0) > 0, (what, soak.counts)
 
         def idle():
