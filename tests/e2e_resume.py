@@ -290,6 +290,40 @@ def test_header_asks_for_a_grace_and_metrics_count_resumes():
         assert st == 400, (st, raw)
 
 
+def chat_text(frames):
+    """The content of a chat stream's chunks, and its finish reason."""
+    text, fin = "", None
+    for f in frames:
+        if f["data"] and f["data"] != "[DONE]":
+            c = json.loads(f["data"])["choices"][0]
+            text += c["delta"].get("content") or ""
+            fin = c["finish_reason"] or fin
+    return text, fin
+
+
+def test_openai_chat_stream_resumes_with_its_chunk_id():
+    with Daemon(model=model_path("llama-mid-f32.gguf")) as d:
+        req = {"messages": [{"role": "user", "content": "Tell a story"}], "max_tokens": 30,
+               "temperature": 0, "stream": True}
+        ref = whole(d.port, "/v1/chat/completions", req)
+        assert all(f["id"] is None for f in ref), ref[:2]  # not resumable: the wire form as before
+        for k in (1, 3, 7):
+            got = cut_after(d.port, "/v1/chat/completions", dict(req, resumable=True), k, 5)
+            cid = json.loads(got[0]["data"])["id"]
+            assert [f["id"] for f in got] == ["%s:%d" % (cid, i) for i in range(len(got))], got
+            st, rest = resume(d.port, cid, got[-1]["id"], path="/v1/chat/completions/")
+            assert st == 200, (st, rest)
+            assert rest[-1]["data"] == "[DONE]", rest[-2:]
+            assert chat_text(got + rest) == chat_text(ref), (chat_text(got + rest), chat_text(ref))
+        st, doc = resume(d.port, "chatcmpl-nope", path="/v1/chat/completions/")
+        assert st == 404 and doc["error"]["code"] == "resume_not_found", (st, doc)
+        # a completion id is not a chat stream, and worker jobs are not OpenAI streams
+        st, doc = resume(d.port, cid, path="/v1/completions/")
+        assert st == 404, (st, doc)
+        st, doc = resume(d.port, cid, path="/execute/")
+        assert st == 404, (st, doc)
+
+
 if __name__ == "__main__":
     run_tests([
         test_every_frame_carries_its_job_id_and_index,
@@ -303,4 +337,5 @@ if __name__ == "__main__":
         test_a_journal_over_its_bound_stops_being_resumable_cleanly,
         test_grace_zero_keeps_todays_behaviour,
         test_header_asks_for_a_grace_and_metrics_count_resumes,
+        test_openai_chat_stream_resumes_with_its_chunk_id,
     ])

@@ -32,7 +32,7 @@ static struct fx *fx_new(uint32_t grace, uint64_t job_bytes, uint64_t total_byte
     struct fx *f = calloc(1, sizeof(*f));
     assert_int_equal(uv_loop_init(&f->loop), 0);
     struct resume_limits lim = {grace, job_bytes, total_bytes};
-    assert_int_equal(resume_registry_new(&f->reg, &f->loop, &lim, on_expire, f), 0);
+    assert_int_equal(resume_registry_new(&f->reg, &f->loop, &lim), 0);
     return f;
 }
 
@@ -56,7 +56,7 @@ static void frames_carry_escaped_ids_after_the_data_line(void **state)
     struct fx *f = fx_new(1000, 1 << 20, 1 << 20);
     struct resume_entry e;
     static const char id[] = "a b:c%d\n";
-    resume_entry_init(&e, f->reg, id, sizeof(id) - 1, SSE_MODE_DATA, 0);
+    resume_entry_init(&e, f->reg, id, sizeof(id) - 1, SSE_MODE_DATA, 0, on_expire, f);
     struct http_buf b = {0};
     frame(&e, &b, "token", false);
     frame(&e, &b, "token", false);
@@ -73,7 +73,7 @@ static void last_event_id_must_name_this_job_and_a_sent_frame(void **state)
     (void)state;
     struct fx *f = fx_new(1000, 1 << 20, 1 << 20);
     struct resume_entry e;
-    resume_entry_init(&e, f->reg, "j:1", 3, SSE_MODE_EVENT, 500);
+    resume_entry_init(&e, f->reg, "j:1", 3, SSE_MODE_EVENT, 500, on_expire, f);
     struct http_buf b = {0};
     for (int i = 0; i < 3; i++)
         frame(&e, &b, "token", false);
@@ -100,7 +100,7 @@ static void attach_replays_exactly_the_frames_after_the_id(void **state)
     (void)state;
     struct fx *f = fx_new(1000, 1 << 20, 1 << 20);
     struct resume_entry e;
-    resume_entry_init(&e, f->reg, "j", 1, SSE_MODE_EVENT, 1000);
+    resume_entry_init(&e, f->reg, "j", 1, SSE_MODE_EVENT, 1000, on_expire, f);
     struct http_buf b = {0}, all = {0};
     for (int i = 0; i < 4; i++) {
         frame(&e, &b, i == 3 ? "end" : "token", i == 3);
@@ -139,7 +139,7 @@ static void journal_over_the_job_bound_stops_being_resumable(void **state)
     (void)state;
     struct fx *f = fx_new(1000, 200, 1 << 20);
     struct resume_entry e;
-    resume_entry_init(&e, f->reg, "j", 1, SSE_MODE_EVENT, 1000);
+    resume_entry_init(&e, f->reg, "j", 1, SSE_MODE_EVENT, 1000, on_expire, f);
     struct http_buf b = {0};
     for (int i = 0; i < 20 && e.resumable; i++)
         frame(&e, &b, "token", false);
@@ -164,8 +164,8 @@ static void journal_over_the_total_bound_ends_a_detached_job(void **state)
     (void)state;
     struct fx *f = fx_new(1000, 1 << 20, 300);
     struct resume_entry a, c;
-    resume_entry_init(&a, f->reg, "a", 1, SSE_MODE_EVENT, 1000);
-    resume_entry_init(&c, f->reg, "c", 1, SSE_MODE_EVENT, 1000);
+    resume_entry_init(&a, f->reg, "a", 1, SSE_MODE_EVENT, 1000, on_expire, f);
+    resume_entry_init(&c, f->reg, "c", 1, SSE_MODE_EVENT, 1000, on_expire, f);
     struct http_buf b = {0};
     for (int i = 0; i < 3; i++)
         frame(&a, &b, "token", false);
@@ -187,7 +187,7 @@ static void detached_entry_expires_after_its_grace(void **state)
     (void)state;
     struct fx *f = fx_new(60000, 1 << 20, 1 << 20);
     struct resume_entry e;
-    resume_entry_init(&e, f->reg, "j", 1, SSE_MODE_EVENT, 50); /* asks for less */
+    resume_entry_init(&e, f->reg, "j", 1, SSE_MODE_EVENT, 50, on_expire, f); /* asks for less */
     assert_int_equal(e.grace_ms, 50);
     struct http_buf b = {0};
     frame(&e, &b, "token", false);
@@ -213,8 +213,8 @@ static void expire_all_ends_every_detached_entry_and_the_grace(void **state)
     (void)state;
     struct fx *f = fx_new(60000, 1 << 20, 1 << 20);
     struct resume_entry a, c;
-    resume_entry_init(&a, f->reg, "a", 1, SSE_MODE_EVENT, 60000);
-    resume_entry_init(&c, f->reg, "c", 1, SSE_MODE_EVENT, 60000);
+    resume_entry_init(&a, f->reg, "a", 1, SSE_MODE_EVENT, 60000, on_expire, f);
+    resume_entry_init(&c, f->reg, "c", 1, SSE_MODE_EVENT, 60000, on_expire, f);
     assert_true(resume_entry_detach(&a));
     resume_registry_expire_all(f->reg);
     assert_int_equal(f->expired, 1);
@@ -230,7 +230,7 @@ static void grace_zero_makes_nothing_resumable(void **state)
     (void)state;
     struct fx *f = fx_new(0, 1 << 20, 1 << 20);
     struct resume_entry e;
-    resume_entry_init(&e, f->reg, "j", 1, SSE_MODE_EVENT, 5000);
+    resume_entry_init(&e, f->reg, "j", 1, SSE_MODE_EVENT, 5000, on_expire, f);
     assert_false(e.resumable);
     assert_false(resume_entry_detach(&e));
     resume_entry_free(&e);

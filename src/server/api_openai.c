@@ -21,6 +21,7 @@
 #include "llorch/config.h"
 #include "llorch/error.h"
 #include "queue.h"
+#include "resume.h"
 #include "sched.h"
 #include "sse.h"
 #include "util.h"
@@ -46,6 +47,7 @@ struct api_openai {
     uint32_t n_ctx;
     struct llorch_queue jobs;
     struct http_buf out;          /* scratch: the JSON being emitted */
+    struct http_buf frame;        /* scratch: a frame with its id */
     char *san;                    /* scratch: sanitised UTF-8 */
     size_t san_cap;
 };
@@ -82,6 +84,8 @@ struct oai_job {
     size_t echo_len;
     struct http_buf text;         /* whole response: the output so far */
     json_t *lp;                   /* whole response: the log-probs so far */
+    bool finished;                /* resumable stream ended while kept for a reader */
+    struct resume_entry resume;   /* frame ids; journal and grace when resumable */
     char id[48];
 };
 
@@ -814,11 +818,19 @@ static void job_free(struct oai_job *j)
     struct api_openai *a = j->api;
     llorch_queue_remove(&j->node);
     sse_stream_free(&j->sse);
+    resume_entry_free(&j->resume);
     http_buf_free(&j->text);
     json_decref(j->lp);
     free(j->echo);
     free(j);
     api_worker_job_unref(a->worker);
+}
+
+/* Frames are written while a reader is attached, and journaled while the
+ * stream is resumable (detached included). */
+static bool job_writing(const struct oai_job *j)
+{
+    return j->sse.req || j->resume.resumable;
 }
 
 static void job_cancel(struct oai_job *j, enum sched_error code)
@@ -834,7 +846,37 @@ static void job_on_abort(void *data)
     struct oai_job *j = data;
     j->req = NULL;
     j->sse.req = NULL;
+    if (resume_entry_detach(&j->resume))
+        return; /* resumable: runs on, journaled, for its grace period */
     job_cancel(j, SCHED_ERR_CANCELLED);
+}
+
+/* Grace over with nobody back: cancel as a dropped connection does, or free
+ * a job that had ended. */
+static void job_on_expire(void *ctx, struct resume_entry *e)
+{
+    (void)ctx;
+    struct oai_job *j = llorch_container_of(e, struct oai_job, resume);
+    if (j->finished) {
+        job_free(j);
+        return;
+    }
+    metrics_counter_add(api_worker_metrics(j->api->worker), METRICS_C_RESUME_EXPIRED, 1);
+    job_cancel(j, SCHED_ERR_CANCELLED);
+}
+
+/* The stream's last frame is queued: a resumable job keeps its frames for
+ * its grace (its last ones may be in flight when the connection drops). */
+static void job_end_or_keep(struct oai_job *j)
+{
+    if (j->sse.req)
+        sse_stream_end(&j->sse, false);
+    j->req = NULL;
+    if (j->resume.detached || resume_entry_detach(&j->resume)) {
+        j->finished = true;
+        return;
+    }
+    job_free(j);
 }
 
 /* The common head of every object: {"id":..,"object":..,"created":..,"model":.. */
@@ -864,9 +906,13 @@ static void job_cut_slow(struct oai_job *j);
 
 static void job_send_frame(struct oai_job *j, struct http_buf *b, bool force)
 {
-    if (!j->sse.req)
+    struct api_openai *a = j->api;
+    if (!job_writing(j))
         return;
-    if (sse_stream_send(&j->sse, "chunk", b->data, b->len, force) == LLORCH_EFULL)
+    if (resume_entry_frame(&j->resume, &a->frame, "chunk", b->data, b->len, false) != 0)
+        return;
+    if (j->sse.req &&
+        sse_stream_send_frame(&j->sse, a->frame.data, a->frame.len, force) == LLORCH_EFULL)
         job_cut_slow(j);
 }
 
@@ -874,14 +920,17 @@ static void job_send_error_frame(struct oai_job *j, const struct oai_err *e)
 {
     struct api_openai *a = j->api;
     a->out.len = 0;
-    if (j->sse.req && dump_json(&a->out, err_json(e)) == 0)
-        sse_stream_send(&j->sse, "error", a->out.data, a->out.len, true);
+    if (job_writing(j) && dump_json(&a->out, err_json(e)) == 0 &&
+        resume_entry_frame(&j->resume, &a->frame, "error", a->out.data, a->out.len, true) == 0 &&
+        j->sse.req)
+        sse_stream_send_frame(&j->sse, a->frame.data, a->frame.len, true);
 }
 
 static void job_cut_slow(struct oai_job *j)
 {
     struct oai_err e;
     job_cancel(j, SCHED_ERR_CLIENT_TOO_SLOW);
+    resume_entry_free(&j->resume); /* cut, not resumable */
     err_set(&e, 503, "server_error", "client_too_slow", NULL,
             "the client reads slower than the stream is produced");
     job_send_error_frame(j, &e);
@@ -941,10 +990,12 @@ static void job_send_chunk(struct oai_job *j, const char *text, size_t len, bool
  * echoed prompt). */
 static void job_begin_stream(struct oai_job *j)
 {
-    if (j->head_sent || !j->req)
+    /* a resumable stream dropped before its head still begins, in its journal */
+    if (j->head_sent || (!j->req && !j->resume.resumable))
         return;
     j->head_sent = true;
-    if (sse_stream_begin(&j->sse, j->req, SSE_MODE_DATA, j->api->cfg->sse_outbox_bytes) != 0) {
+    if (j->req &&
+        sse_stream_begin(&j->sse, j->req, SSE_MODE_DATA, j->api->cfg->sse_outbox_bytes) != 0) {
         j->sse.req = NULL;
         j->req = NULL;
         job_cancel(j, SCHED_ERR_CANCELLED);
@@ -1057,7 +1108,7 @@ static void job_on_token(struct oai_job *j, const struct sched_event *ev)
         }
         return;
     }
-    if (!j->sse.req || (len == 0 && !j->logprobs))
+    if (!job_writing(j) || (len == 0 && !j->logprobs))
         return;
     json_t *lp = NULL;
     if (j->logprobs) {
@@ -1119,12 +1170,12 @@ static void job_on_end(struct oai_job *j, const struct sched_event *ev)
         return;
     }
     job_begin_stream(j);
-    if (!j->sse.req)
+    if (!job_writing(j))
         return;
     const char *fin = finish_reason(ev->u.end.reason);
     job_send_chunk(j, ev->u.end.text_len ? ev->u.end.text : NULL, ev->u.end.text_len, false, NULL,
                    fin, true);
-    if (j->include_usage && j->sse.req) {
+    if (j->include_usage && job_writing(j)) {
         struct http_buf *b = &j->api->out;
         b->len = 0;
         int r = chunk_head(j, b);
@@ -1137,8 +1188,6 @@ static void job_on_end(struct oai_job *j, const struct sched_event *ev)
         if (!r)
             job_send_frame(j, b, true);
     }
-    sse_stream_end(&j->sse, false);
-    j->req = NULL;
 }
 
 /* The scheduler's error before or after the head: an HTTP error, or an
@@ -1175,17 +1224,14 @@ static void job_on_error(struct oai_job *j, const struct sched_event *ev)
         err_set(&e, 500, "server_error", "inference_failed", NULL, "%s", m);
         break;
     }
-    if (!j->head_sent) {
-        if (j->req)
-            respond_err(j->api, j->req, &e);
+    if (!j->head_sent && j->req) {
+        respond_err(j->api, j->req, &e);
         j->req = NULL;
+        resume_entry_free(&j->resume); /* answered whole: nothing to resume */
         return;
     }
-    if (j->sse.req) {
-        job_send_error_frame(j, &e);
-        sse_stream_end(&j->sse, false);
-    }
-    j->req = NULL;
+    job_begin_stream(j); /* a resumable stream dropped before its head */
+    job_send_error_frame(j, &e);
 }
 
 static void job_on_event(struct api_sink *sink, const struct sched_event *ev)
@@ -1202,11 +1248,11 @@ static void job_on_event(struct api_sink *sink, const struct sched_event *ev)
         break;
     case SCHED_EV_END:
         job_on_end(j, ev);
-        job_free(j);
+        job_end_or_keep(j);
         break;
     case SCHED_EV_ERROR:
         job_on_error(j, ev);
-        job_free(j);
+        job_end_or_keep(j);
         break;
     }
 }
@@ -1350,6 +1396,19 @@ static void handle_generate(struct api_openai *a, struct http_request *r, enum o
     if (j->logprobs && !j->stream)
         j->lp = logprobs_new(kind);
     new_id(j->id, sizeof(j->id), kind == OAI_CHAT ? "chatcmpl-" : "cmpl-");
+    uint32_t grace = 0;
+    if (j->stream && !api_worker_request_grace(a->worker, r, root, &grace)) {
+        json_decref(j->lp);
+        free(j->echo);
+        free(j);
+        oai_request_free(&q);
+        json_decref(root);
+        return;
+    }
+    resume_entry_init(&j->resume, api_worker_resume(a->worker), j->id, strlen(j->id),
+                      SSE_MODE_DATA, grace, job_on_expire, a);
+    /* OpenAI streams keep their exact wire form unless resumable was asked */
+    j->resume.with_ids = j->resume.resumable;
     q.sr.job_id = j->id;
     q.sr.job_id_len = strlen(j->id);
     q.sr.owner = &j->sink;
@@ -1359,6 +1418,7 @@ static void handle_generate(struct api_openai *a, struct http_request *r, enum o
     oai_request_free(&q);
     json_decref(root);
     if (rc != 0) {
+        resume_entry_free(&j->resume);
         json_decref(j->lp);
         free(j->echo);
         free(j);
@@ -1370,6 +1430,62 @@ static void handle_generate(struct api_openai *a, struct http_request *r, enum o
     http_request_on_abort(r, job_on_abort, j);
     if (j->stream && a->cfg->ping_interval_ms)
         http_request_timer_start(r, a->cfg->ping_interval_ms, job_ping, j);
+}
+
+/* GET /v1/completions/{id} and /v1/chat/completions/{id} (the stream's
+ * chunk id) with Last-Event-ID: the rest of a resumable stream. */
+static void h_resume(void *ctx, struct http_request *r, const char *tail, size_t tail_len)
+{
+    struct api_openai *a = ctx;
+    if (!admit_request(a, r, false))
+        return;
+    struct oai_err e;
+    struct resume_entry *en = resume_registry_find(api_worker_resume(a->worker), tail, tail_len);
+    struct oai_job *j = en && en->expire == job_on_expire
+                            ? llorch_container_of(en, struct oai_job, resume) : NULL;
+    bool chat_route = r->path_len >= 9 && !memcmp(r->path, "/v1/chat/", 9);
+    if (!j || (j->kind == OAI_CHAT) != chat_route) {
+        err_set(&e, 404, "invalid_request_error", "resume_not_found", NULL,
+                "no resumable stream with this id (unknown, not resumable, expired, or over "
+                "the journal bound)");
+        respond_err(a, r, &e);
+        return;
+    }
+    if (!en->detached || j->sse.req) {
+        err_set(&e, 409, "invalid_request_error", "stream_attached", NULL,
+                "this stream is being read on another connection");
+        respond_err(a, r, &e);
+        return;
+    }
+    size_t hl = 0;
+    const char *h = http_request_header(r, "last-event-id", &hl);
+    uint64_t from;
+    int rc = resume_entry_parse_last_id(en, h, hl, &from);
+    if (rc) {
+        err_set(&e, 400, "invalid_request_error",
+                rc == LLORCH_ERANGE ? "last_event_id_past_end" : "invalid_last_event_id",
+                "Last-Event-ID", rc == LLORCH_ERANGE
+                                     ? "Last-Event-ID is past the last frame of this stream"
+                                     : "Last-Event-ID must be an id of this stream's frames");
+        respond_err(a, r, &e);
+        return;
+    }
+    if (sse_stream_begin(&j->sse, r, SSE_MODE_DATA, a->cfg->sse_outbox_bytes) != 0) {
+        j->sse.req = NULL;
+        return;
+    }
+    j->req = r;
+    api_worker_count_resume(a->worker, en, from);
+    const char *data;
+    size_t len;
+    resume_entry_attach(en, from, &data, &len);
+    if (len)
+        sse_stream_send_frame(&j->sse, data, len, true);
+    if (j->finished) {
+        job_end_or_keep(j);
+        return;
+    }
+    http_request_on_abort(r, job_on_abort, j);
 }
 
 static void h_completions(void *ctx, struct http_request *r, const char *tail, size_t tail_len)
@@ -1517,6 +1633,8 @@ LLORCH_API int api_openai_new(struct api_openai **out, struct http_server *srv,
         {LLORCH_HTTP_GET, "/models", false, h_models},
         {LLORCH_HTTP_POST, "/completions", false, h_completions},
         {LLORCH_HTTP_POST, "/chat/completions", false, h_chat},
+        {LLORCH_HTTP_GET, "/v1/completions/", true, h_resume},
+        {LLORCH_HTTP_GET, "/v1/chat/completions/", true, h_resume},
     };
     for (size_t i = 0; !r && i < LLORCH_ARRAY_SIZE(routes); i++)
         r = http_server_route(srv, routes[i].methods, routes[i].path, routes[i].prefix,
@@ -1537,12 +1655,14 @@ LLORCH_API void api_openai_free(struct api_openai *a)
         struct oai_job *j = llorch_container_of(llorch_queue_head(&a->jobs), struct oai_job, node);
         llorch_queue_remove(&j->node);
         sse_stream_free(&j->sse);
+        resume_entry_free(&j->resume);
         http_buf_free(&j->text);
         json_decref(j->lp);
         free(j->echo);
         free(j);
     }
     http_buf_free(&a->out);
+    http_buf_free(&a->frame);
     free(a->san);
     free(a->chat_tmpl);
     free(a->model_id);

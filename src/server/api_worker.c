@@ -879,8 +879,8 @@ static int hexval(char c)
 /* The grace a request asks for: "resumable": true in the body (the
  * configured grace), or X-Resume-Grace-Ms: N (at most the configured grace);
  * 0 = not resumable. False when a 400 was answered. */
-static bool request_grace(struct api_worker *a, struct http_request *r, json_t *root,
-                          uint32_t *grace)
+LLORCH_API bool api_worker_request_grace(struct api_worker *a, struct http_request *r,
+                                         json_t *root, uint32_t *grace)
 {
     uint32_t max = resume_registry_grace_ms(a->resume);
     *grace = json_is_true(json_object_get(root, "resumable")) ? max : 0;
@@ -901,6 +901,24 @@ static bool request_grace(struct api_worker *a, struct http_request *r, json_t *
     }
     *grace = (uint32_t)LLORCH_MIN(v, (uint64_t)max);
     return true;
+}
+
+LLORCH_API struct resume_registry *api_worker_resume(const struct api_worker *a)
+{
+    return a->resume;
+}
+
+LLORCH_API struct metrics *api_worker_metrics(const struct api_worker *a)
+{
+    return a->metrics;
+}
+
+LLORCH_API void api_worker_count_resume(struct api_worker *a, const struct resume_entry *e,
+                                        uint64_t from)
+{
+    metrics_counter_add(a->metrics, METRICS_C_RESUMES, 1);
+    if (e->resumable && from < e->n_journal)
+        metrics_counter_add(a->metrics, METRICS_C_RESUME_REPLAYED, e->n_journal - from);
 }
 
 /* GET /execute/{job_id} and GET /v1/inference/{job_id} with Last-Event-ID:
@@ -929,6 +947,8 @@ static void h_resume(void *ctx, struct http_request *r, const char *tail, size_t
             id[n++] = c;
     }
     struct resume_entry *e = ok ? resume_registry_find(a->resume, id, n) : NULL;
+    if (e && e->expire != job_on_expire)
+        e = NULL; /* another API's job (an OpenAI stream) */
     if (!e) {
         http_respond_error(r, 404, "RESUME_NOT_FOUND",
                            "no resumable stream with this job_id (unknown, not resumable, "
@@ -962,14 +982,8 @@ static void h_resume(void *ctx, struct http_request *r, const char *tail, size_t
     }
     const char *data;
     size_t len;
-    uint64_t before = 0;
-    struct resume_stats st;
-    resume_registry_stats(a->resume, &st);
-    before = st.replayed_frames;
+    api_worker_count_resume(a, e, from);
     resume_entry_attach(e, from, &data, &len);
-    resume_registry_stats(a->resume, &st);
-    metrics_counter_add(a->metrics, METRICS_C_RESUMES, 1);
-    metrics_counter_add(a->metrics, METRICS_C_RESUME_REPLAYED, st.replayed_frames - before);
     if (len)
         sse_stream_send_frame(&j->sse, data, len, true); /* within --resume-job-bytes */
     if (j->finished) {
@@ -996,7 +1010,7 @@ static void handle_generate(struct api_worker *a, struct http_request *r, enum s
         return;
     }
     uint32_t grace = 0;
-    if (!request_grace(a, r, root, &grace)) {
+    if (!api_worker_request_grace(a, r, root, &grace)) {
         json_decref(root);
         return;
     }
@@ -1015,7 +1029,7 @@ static void handle_generate(struct api_worker *a, struct http_request *r, enum s
     j->sink.on_event = job_on_event;
     j->api = a;
     j->mode = mode;
-    resume_entry_init(&j->resume, a->resume, p.job_id, p.job_id_len, mode, grace);
+    resume_entry_init(&j->resume, a->resume, p.job_id, p.job_id_len, mode, grace, job_on_expire, a);
     memcpy(j->job_id, p.job_id, p.job_id_len);
     j->job_id_len = p.job_id_len;
     j->n_stops = p.sp.n_stops;
@@ -1315,7 +1329,7 @@ LLORCH_API int api_worker_new(struct api_worker **out, uv_loop_t *loop, struct h
     struct resume_limits rl = {.grace_ms = a->cfg->resume_grace_ms,
                                .job_bytes = a->cfg->resume_job_bytes,
                                .total_bytes = a->cfg->resume_total_bytes};
-    r = resume_registry_new(&a->resume, loop, &rl, job_on_expire, a);
+    r = resume_registry_new(&a->resume, loop, &rl);
     if (r) {
         api_worker_close(a);
         return r;

@@ -101,6 +101,19 @@ uint32_t api_worker_live_jobs(const struct api_worker *a);
  * messages that quote a value ("got 3", "got 0.25"). */
 void api_worker_number_text(const json_t *v, char *out, size_t cap);
 
+/* Resumable streams (resume.h), for every API module: the registry (NULL
+ * after close), the grace a request asks for ("resumable": true in root, or
+ * X-Resume-Grace-Ms; false when a 400 was answered), and the metrics of a
+ * resume that replays the frames from `from` on. */
+struct resume_registry;
+struct resume_entry;
+struct resume_registry *api_worker_resume(const struct api_worker *a);
+bool api_worker_request_grace(struct api_worker *a, struct http_request *r, json_t *root,
+                              uint32_t *grace);
+void api_worker_count_resume(struct api_worker *a, const struct resume_entry *e, uint64_t from);
+/* The metrics given at creation (may be NULL). */
+struct metrics *api_worker_metrics(const struct api_worker *a);
+
 /* Bearer-token check (constant time); true when no key is configured. */
 bool api_worker_authorized(const struct api_worker *a, const struct http_request *r);
 /* 401 with WWW-Authenticate and a JSON error body. */

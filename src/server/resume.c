@@ -21,15 +21,13 @@ struct resume_registry {
     uv_loop_t *loop;
     uv_timer_t timer;
     struct resume_limits lim;
-    resume_expire_fn expire;
-    void *ctx;
     struct llorch_queue entries;
     struct resume_stats st;
     bool ticking;
 };
 
 LLORCH_API int resume_registry_new(struct resume_registry **out, uv_loop_t *loop,
-                        const struct resume_limits *lim, resume_expire_fn expire, void *ctx)
+                        const struct resume_limits *lim)
 {
     *out = NULL;
     struct resume_registry *r = calloc(1, sizeof(*r));
@@ -37,8 +35,6 @@ LLORCH_API int resume_registry_new(struct resume_registry **out, uv_loop_t *loop
         return LLORCH_ENOMEM;
     r->loop = loop;
     r->lim = *lim;
-    r->expire = expire;
-    r->ctx = ctx;
     llorch_queue_init(&r->entries);
     if (uv_timer_init(loop, &r->timer) != 0) {
         free(r);
@@ -96,7 +92,7 @@ static void expire_one(struct resume_registry *r, struct resume_entry *e)
 {
     entry_unregister(e);
     r->st.expired++;
-    r->expire(r->ctx, e);
+    e->expire(e->expire_ctx, e);
 }
 
 static void tick(uv_timer_t *t)
@@ -152,10 +148,14 @@ static bool id_byte_escaped(unsigned char c)
 }
 
 LLORCH_API void resume_entry_init(struct resume_entry *e, struct resume_registry *r, const char *job_id,
-                       size_t job_id_len, enum sse_mode mode, uint32_t grace_ms)
+                       size_t job_id_len, enum sse_mode mode, uint32_t grace_ms,
+                       resume_expire_fn expire, void *ctx)
 {
     memset(e, 0, sizeof(*e));
     e->reg = r;
+    e->expire = expire;
+    e->expire_ctx = ctx;
+    e->with_ids = true;
     e->mode = mode;
     llorch_queue_init(&e->node);
     e->job_id_len = LLORCH_MIN(job_id_len, sizeof(e->job_id) - 1);
@@ -212,13 +212,13 @@ LLORCH_API int resume_entry_frame(struct resume_entry *e, struct http_buf *out, 
      * that begin with "data: ". */
     out->len = 0;
     int rc = sse_frame_append(out, e->mode, type, json, len);
-    if (!rc) {
+    if (!rc && e->with_ids) {
         out->len--; /* the blank line comes after the id */
         rc = http_buf_append(out, "id: ", 4);
     }
-    if (!rc)
+    if (!rc && e->with_ids)
         rc = http_buf_append(out, e->id_prefix, e->id_prefix_len);
-    if (!rc)
+    if (!rc && e->with_ids)
         rc = http_buf_printf(out, "%llu\n\n", (unsigned long long)e->next_index);
     if (rc)
         return rc;
@@ -232,7 +232,7 @@ LLORCH_API int resume_entry_frame(struct resume_entry *e, struct http_buf *out, 
             r->st.overflowed++;
             entry_unregister(e);
             if (detached)
-                r->expire(r->ctx, e);
+                e->expire(e->expire_ctx, e);
         } else if (terminal) {
             e->ended = true;
         }

@@ -35,11 +35,14 @@ struct resume_entry;
 
 /* Called when a detached entry's grace ends with nobody back (the entry is
  * already out of the registry and no longer resumable): the owner cancels
- * its job, or frees it when the job had already ended. */
+ * its job, or frees it when the job had already ended. Each owner (API
+ * module) passes its own, which also tells whose job an entry is. */
 typedef void (*resume_expire_fn)(void *ctx, struct resume_entry *e);
 
 struct resume_entry {
     struct resume_registry *reg;
+    resume_expire_fn expire;    /* the owner's */
+    void *expire_ctx;
     struct llorch_queue node;   /* in the registry while resumable */
     struct http_buf journal;    /* whole frames, in order */
     uint64_t *ends;             /* frame i ends at journal byte ends[i] */
@@ -51,6 +54,8 @@ struct resume_entry {
     bool resumable;             /* journaling; a dropped connection detaches */
     bool detached;
     bool ended;                 /* the terminal frame is in the journal */
+    bool with_ids;              /* frames carry id lines (set by init; an owner may
+                                 * clear it for streams that are not resumable) */
     enum sse_mode mode;
     size_t job_id_len;
     char job_id[RESUME_JOB_ID_MAX];
@@ -67,7 +72,7 @@ struct resume_stats {
 
 /* Starts the registry's timer on loop. */
 int resume_registry_new(struct resume_registry **out, uv_loop_t *loop,
-                        const struct resume_limits *lim, resume_expire_fn expire, void *ctx);
+                        const struct resume_limits *lim);
 /* Closes the timer; the memory goes in its close callback (keep running the
  * loop). Entries must have been freed. NULL is safe. */
 void resume_registry_close(struct resume_registry *r);
@@ -83,7 +88,8 @@ void resume_registry_stats(const struct resume_registry *r, struct resume_stats 
 /* An entry for a new job (job_id at most RESUME_JOB_ID_MAX - 1 bytes). grace_ms > 0 (capped
  * at the registry's) makes it resumable: registered and journaling. */
 void resume_entry_init(struct resume_entry *e, struct resume_registry *r, const char *job_id,
-                       size_t job_id_len, enum sse_mode mode, uint32_t grace_ms);
+                       size_t job_id_len, enum sse_mode mode, uint32_t grace_ms,
+                       resume_expire_fn expire, void *ctx);
 /* Leaves the registry and frees the journal. */
 void resume_entry_free(struct resume_entry *e);
 
