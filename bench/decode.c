@@ -39,6 +39,7 @@
 #include "llorch/llorch.h"
 #include "matmul.h"
 #include "model.h"
+#include "qmm.h"
 #include "tpool.h"
 #include "util.h"
 
@@ -47,14 +48,16 @@
 struct cfg {
     const char *model;
     const char *cache_dir;
-    enum llorch_dtype dtypes[3];
+    enum llorch_dtype dtypes[4];
     int n_dtypes;
+    enum llorch_isa isa;
     uint32_t batches[DEC_MAX_BATCHES];
     int n_batches;
     int threads;
     bool pin;
     bool quick;
     uint32_t prompt;      /* tokens prefilled per sequence */
+    uint32_t pp;          /* --pp N: one sequence's N-token prompt in one step, best of 3 */
     int warm;             /* untimed steps per batch */
     int rounds;           /* timed rounds per batch (best of) */
     double chunk_s;       /* decode steps per round: at least this long */
@@ -232,6 +235,8 @@ static int raw_run(struct raw *r)
 
 struct peak {
     struct mm_weight *w;
+    struct qmm_weight *q; /* our kernels: the model's own ffn_up, in place */
+    void *act;
     struct raw raw;
     bool have_raw;
     float *x, *y;
@@ -252,8 +257,25 @@ static int peak_new(struct peak *p, struct tpool *pool, enum llorch_dtype dt, co
     return 0;
 }
 
+/* The peak of our kernels on the model's largest layer matrix in its own
+ * class (m rows; K-type and 4-bit files measure their own kernels). */
+static int peak_new_qmm(struct peak *p, const struct model *m, enum kernels_isa isa, int64_t rows)
+{
+    memset(p, 0, sizeof *p);
+    const struct gguf_tensor *t = m->layers[0].ffn_up;
+    p->m = rows, p->n = (int64_t)t->ne[1], p->k = (int64_t)t->ne[0];
+    struct qmm_part part = {.type = t->type, .data = t->data, .n_rows = p->n};
+    if (qmm_weight_new(&p->q, &part, 1, p->k, isa) != 0)
+        return -1;
+    p->x = bench_rand_floats(p->m * p->k, 7);
+    p->y = malloc(sizeof(float) * (size_t)(p->m * p->n));
+    return posix_memalign(&p->act, 64, qmm_act_bytes(p->q, p->m)) == 0 && p->x && p->y ? 0 : -1;
+}
+
 static void peak_free(struct peak *p)
 {
+    qmm_weight_free(p->q);
+    free(p->act);
     matmul_weight_free(p->w);
     if (p->have_raw)
         raw_free(&p->raw);
@@ -267,7 +289,9 @@ static void peak_round(struct peak *p, struct tpool *pool)
 {
     const double ops = 2.0 * (double)p->m * (double)p->n * (double)p->k;
     double t0 = bench_now_s();
-    if (matmul_run(p->w, p->x, p->y, p->m, pool) == 0)
+    if (p->q && qmm_run(p->q, p->x, p->y, p->m, p->act, pool) == 0)
+        p->pool_best = LLORCH_MAX(p->pool_best, ops / (bench_now_s() - t0));
+    if (p->w && matmul_run(p->w, p->x, p->y, p->m, pool) == 0)
         p->pool_best = LLORCH_MAX(p->pool_best, ops / (bench_now_s() - t0));
     if (p->have_raw) {
         t0 = bench_now_s();
@@ -325,6 +349,27 @@ static double matmul_params(const struct model *m)
                 p += (double)t[i]->n_elements;
     }
     return p + (double)m->output->n_elements;
+}
+
+/* VmRSS after load against the bound: file size + KV budget + 10 %. */
+static void dec_print_rss(const struct model *m, uint64_t kv_bytes)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    unsigned long long rss = 0, anon = 0, file = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        sscanf(line, "VmRSS: %llu", &rss);
+        sscanf(line, "RssAnon: %llu", &anon);
+        sscanf(line, "RssFile: %llu", &file);
+    }
+    if (f)
+        fclose(f);
+    const double fsz = (double)gguf_file_size(m->file), bound = (fsz + (double)kv_bytes) * 1.10;
+    printf("memory after load: VmRSS %.1f MB (anon %.1f, file %.1f); file %.1f MB + KV budget %.1f MB "
+           "+ 10 %% = %.1f MB; ratio %.2f of the bound (the read buffer and GEMM-peak inputs of "
+           "this bench are included)\n",
+           rss / 1024.0 * 1.024, anon / 1024.0 * 1.024, file / 1024.0 * 1.024, fsz / 1e6,
+           (double)kv_bytes / 1e6, bound / 1e6, rss * 1024.0 / bound);
 }
 
 /* ---- decode ------------------------------------------------------------ */
@@ -385,7 +430,7 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
     for (int i = 0; i < cf->n_batches; i++)
         max_b = LLORCH_MAX(max_b, cf->batches[i]);
     /* steps any sequence can take: sequence 0 runs in every batch */
-    uint64_t steps_seq0 = 0, kv_tokens = (uint64_t)max_b * (cf->prompt + LLORCH_KV_BLOCK);
+    uint64_t steps_seq0 = 0, kv_tokens = (uint64_t)max_b * (cf->prompt + LLORCH_KV_BLOCK) + cf->pp;
     for (int i = 0; i < cf->n_batches; i++) {
         uint32_t b = cf->batches[i];
         uint64_t per_round = LLORCH_MAX(2u, (uint64_t)cf->chunk_max_tokens / b);
@@ -396,11 +441,12 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
     const struct model_hparams *hp = &m->hp;
     const uint64_t elt = dt == LLORCH_DTYPE_F32 ? 4 : 2;
     const uint64_t per_tok = (uint64_t)hp->n_layer * 2 * hp->n_head_kv * hp->head_dim * elt;
-    const uint32_t step_tokens = LLORCH_MAX(max_b, 256u);
+    const uint32_t step_tokens = LLORCH_MAX(LLORCH_MAX(max_b, 256u), cf->pp);
     struct forward_opts fo = {
         .dtype = dt,
+        .isa = cf->isa,
         .kv_bytes = kv_tokens * per_tok * 5 / 4 + (16u << 20),
-        .n_ctx = (uint32_t)(cf->prompt + steps_seq0 + 2 * LLORCH_KV_BLOCK),
+        .n_ctx = (uint32_t)LLORCH_MAX(cf->prompt + steps_seq0, cf->pp) + 2 * LLORCH_KV_BLOCK,
         .max_seqs = max_b,
         .max_step_tokens = step_tokens,
         .pool = pool,
@@ -420,7 +466,10 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
     d.tok = calloc((size_t)max_b * cf->prompt, sizeof *d.tok);
     d.logits = malloc((size_t)max_b * d.n_vocab * sizeof *d.logits);
     struct peak pk;
-    int prc = peak_new(&pk, pool, dt, wpeak, 512, 4096, 4096);
+    const bool ours = strcmp(forward_matmul_backend(d.fw), "llorch") == 0;
+    int prc = ours ? peak_new_qmm(&pk, m, kernels_get(KERNELS_ISA_AVX2) && cf->isa != LLORCH_ISA_SCALAR
+                                             ? kernels_best()->isa : KERNELS_ISA_SCALAR, 128)
+                   : peak_new(&pk, pool, dt, wpeak, 512, 4096, 4096);
     if (!d.seq || !d.e || !d.tok || !d.logits || prc != 0) {
         printf("%s: out of memory\n", dn);
         rc = LLORCH_ENOMEM;
@@ -431,7 +480,35 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
     printf("\n== dtype %s: packed in %.1f s; weight bytes read per step %.1f MB (forward_weight_bytes); "
            "%.1f M matmul parameters per token; KV %s\n",
            dn, t_load, (double)wbytes / 1e6, params / 1e6, forward_kv_type_name(forward_kv_type(d.fw)));
-    printf("oneDNN impl of the peak weight: %s\n", matmul_weight_impl(pk.w));
+    printf("kernels: level %s, matmuls by %s; peak weight: %s (m=%lld n=%lld k=%lld)\n",
+           forward_isa_name(d.fw), forward_matmul_backend(d.fw),
+           pk.q ? qmm_weight_impl(pk.q) : matmul_weight_impl(pk.w), (long long)pk.m, (long long)pk.n,
+           (long long)pk.k);
+    dec_print_rss(m, fo.kv_bytes);
+
+    /* llama-bench's ppN: one sequence, an N-token prompt in one step */
+    if (cf->pp) {
+        double best = 1e30;
+        llorch_token *pt = calloc(cf->pp, sizeof *pt);
+        for (int rep = 0; rep < 3 && pt && rc == 0; rep++) {
+            struct kv_seq *sq;
+            for (uint32_t j = 0; j < cf->pp; j++)
+                pt[j] = dec_token(&d);
+            if ((rc = kv_seq_new(d.kv, &sq)) < 0)
+                break;
+            if ((rc = kv_seq_reserve(d.kv, sq, cf->pp)) == 0) {
+                struct forward_entry pe = {.seq = sq, .tokens = pt, .n_tokens = cf->pp, .logits = d.logits};
+                double p0 = bench_now_s();
+                rc = forward_step(d.fw, &pe, 1);
+                best = LLORCH_MIN(best, bench_now_s() - p0);
+            }
+            kv_seq_free(d.kv, sq);
+        }
+        free(pt);
+        if (rc == 0)
+            printf("prefill pp%u: %.1f tok/s (one sequence, one step, best of 3)\n", cf->pp,
+                   cf->pp / best);
+    }
 
     /* prefill every sequence's prompt, step_tokens tokens per step */
     t0 = bench_now_s();
@@ -509,11 +586,11 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
         bw_dt = LLORCH_MAX(bw_dt, res[i].bw);
         peak_dt = LLORCH_MAX(peak_dt, res[i].peak);
     }
-    const char *unit = dt == LLORCH_DTYPE_INT8 ? "GOP/s" : "GFLOP/s";
+    const char *unit = dt == LLORCH_DTYPE_INT8 || dt == LLORCH_DTYPE_NATIVE ? "GOP/s" : "GFLOP/s";
     printf("read bandwidth %s run: %.1f GB/s (best of %d trials)\n", dn, bw_dt / 1e9,
            n_res * cf->rounds);
-    printf("GEMM peak %s: %.1f %s (m=512 n=k=4096; best of pool %.1f, omp %.1f)\n", dn,
-           peak_dt / 1e9, dt == LLORCH_DTYPE_INT8 ? "GOPS" : "GFLOP/s",
+    printf("GEMM peak %s: %.1f %s (m=%lld n=%lld k=%lld; best of pool %.1f, omp %.1f)\n", dn,
+           peak_dt / 1e9, unit, (long long)pk.m, (long long)pk.n, (long long)pk.k,
            pk.pool_best / 1e9, pk.raw_best / 1e9);
     printf("%-5s %-10s %9s %9s %9s %9s %6s %11s %6s %6s\n", "dtype", "batch", "tok/s", "ms/step",
            "med ms", "GB/s", "xBW", unit, "xPEAK", "steps");
@@ -558,7 +635,7 @@ static int parse_dtype(const char *s, struct cfg *cf)
     char buf[64];
     snprintf(buf, sizeof buf, "%s", s);
     for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        if (cf->n_dtypes == 3)
+        if (cf->n_dtypes == 4)
             return -1;
         if (strcmp(t, "f32") == 0)
             cf->dtypes[cf->n_dtypes++] = LLORCH_DTYPE_F32;
@@ -566,6 +643,8 @@ static int parse_dtype(const char *s, struct cfg *cf)
             cf->dtypes[cf->n_dtypes++] = LLORCH_DTYPE_BF16;
         else if (strcmp(t, "int8") == 0)
             cf->dtypes[cf->n_dtypes++] = LLORCH_DTYPE_INT8;
+        else if (strcmp(t, "native") == 0)
+            cf->dtypes[cf->n_dtypes++] = LLORCH_DTYPE_NATIVE;
         else
             return -1;
     }
@@ -599,7 +678,7 @@ int main(int argc, char **argv)
     const char *tmpdir = getenv("TMPDIR");
     struct cfg cf = {.cache_dir = tmpdir && tmpdir[0] ? tmpdir : "/tmp", .prompt = 16, .warm = 2,
                      .rounds = 5, .chunk_s = 0.5, .bw_s = 0.1, .chunk_max_tokens = 256};
-    parse_dtype("bf16,int8", &cf);
+    parse_dtype("native", &cf);
     parse_batches("1,4,16,64", &cf);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -615,16 +694,27 @@ int main(int argc, char **argv)
             cf.threads = atoi(v), i++;
         } else if (strcmp(a, "--prompt") == 0 && v && atoi(v) >= 1 && atoi(v) <= 256) {
             cf.prompt = (uint32_t)atoi(v), i++;
+        } else if (strcmp(a, "--pp") == 0 && v && atoi(v) >= 1 && atoi(v) <= 4096) {
+            cf.pp = (uint32_t)atoi(v), i++;
         } else if (strcmp(a, "--rounds") == 0 && v && atoi(v) >= 1 && atoi(v) <= 100) {
             cf.rounds = atoi(v), i++;
+        } else if (strcmp(a, "--isa") == 0 && v &&
+                   (strcmp(v, "auto") == 0 || strcmp(v, "scalar") == 0 || strcmp(v, "avx2") == 0 ||
+                    strcmp(v, "avx512") == 0)) {
+            cf.isa = strcmp(v, "scalar") == 0   ? LLORCH_ISA_SCALAR
+                     : strcmp(v, "avx2") == 0   ? LLORCH_ISA_AVX2
+                     : strcmp(v, "avx512") == 0 ? LLORCH_ISA_AVX512
+                                                : LLORCH_ISA_AUTO;
+            i++;
         } else if (strcmp(a, "--dtype") == 0 && v && parse_dtype(v, &cf) == 0) {
             i++;
         } else if (strcmp(a, "--batches") == 0 && v && parse_batches(v, &cf) == 0) {
             i++;
         } else {
             fprintf(stderr,
-                    "usage: %s [--model PATH] [--dtype bf16,int8|f32|all] [--batches 1,4,16,64]\n"
-                    "          [--quick] [--rounds N] [--prompt N] [--threads N] [--pin]\n"
+                    "usage: %s [--model PATH] [--dtype native,bf16,int8,f32|all] [--isa auto|scalar|avx2|avx512]\n"
+                    "          [--batches 1,4,16,64]\n"
+                    "          [--quick] [--rounds N] [--prompt N] [--pp N] [--threads N] [--pin]\n"
                     "          [--cache-dir DIR]\n",
                     argv[0]);
             return 2;

@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "forward.h"
+#include "kernels.h"
 #include "model.h"
 #include "tpool.h"
 
@@ -34,10 +35,11 @@ struct others {
     int n;
 };
 
-static struct forward *engine(const struct model *m, struct tpool *pool, enum llorch_dtype dt)
+static struct forward *engine(const struct model *m, struct tpool *pool, enum llorch_dtype dt,
+                             enum llorch_isa isa)
 {
     struct forward_opts fo = {
-        .dtype = dt, .kv_type = dt == LLORCH_DTYPE_F32 ? LLORCH_KV_F32 : LLORCH_KV_F16,
+        .dtype = dt, .isa = isa, .kv_type = dt == LLORCH_DTYPE_F32 ? LLORCH_KV_F32 : LLORCH_KV_F16,
         .kv_bytes = 0, .max_seqs = 16, .max_step_tokens = 128, .pool = pool, .llama_rounding = true,
     };
     fo.kv_bytes = 64ull * 16 * 2 * m->hp.n_layer * m->hp.n_head_kv * m->hp.head_dim * 4;
@@ -142,7 +144,7 @@ static void run_s(struct forward *fw, const llorch_token *s_tok, uint32_t chunk,
     free(scratch);
 }
 
-static void check_model(const char *file, enum llorch_dtype dt)
+static void check_model_at(const char *file, enum llorch_dtype dt, enum llorch_isa isa)
 {
     const char *shared = getenv("LLORCH_SHARED");
     char path[1024], err[256];
@@ -155,7 +157,7 @@ static void check_model(const char *file, enum llorch_dtype dt)
     struct tpool *pool;
     struct tpool_opts po = {.n_threads = 2, .name = "test-bi"};
     assert_int_equal(tpool_new(&pool, &po), 0);
-    struct forward *fw = engine(m, pool, dt);
+    struct forward *fw = engine(m, pool, dt, isa);
     const uint32_t nv = forward_n_vocab(fw);
     llorch_token s_tok[N_PROMPT + N_DECODE];
     for (int i = 0; i < N_PROMPT + N_DECODE; i++)
@@ -186,8 +188,8 @@ static void check_model(const char *file, enum llorch_dtype dt)
         size_t diff = 0;
         for (size_t i = 0; i < bytes / sizeof(float); i++)
             diff += memcmp(&alone[i], &got[i], sizeof(float)) != 0;
-        print_message("%s %s %s: %zu of %zu logits differ\n", file, forward_dtype_name(dt),
-                      cases[c].what, diff, bytes / sizeof(float));
+        print_message("%s %s %s %s: %zu of %zu logits differ\n", file, forward_dtype_name(dt),
+                      forward_isa_name(fw), cases[c].what, diff, bytes / sizeof(float));
         assert_int_equal(diff, 0);
     }
     struct kv_stats st;
@@ -201,6 +203,42 @@ static void check_model(const char *file, enum llorch_dtype dt)
     forward_free(fw);
     tpool_free(pool);
     model_free(m);
+}
+
+static void check_model(const char *file, enum llorch_dtype dt)
+{
+    check_model_at(file, dt, LLORCH_ISA_AUTO);
+}
+
+/* Every weight class the shared models have (f32, f16, q8_0, q4_0 kept in
+ * their class, and the f32/bf16/int8 overrides), at every level this CPU
+ * runs; the K types are checked at the kernel level (tests/test_qmm.c). */
+static void batch_invariance_every_weight_class_at_every_level(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *file;
+        enum llorch_dtype dt;
+    } runs[] = {
+        {"stories260k.gguf", LLORCH_DTYPE_NATIVE},    {"llama-tiny-f16.gguf", LLORCH_DTYPE_NATIVE},
+        {"llama-tiny-q8_0.gguf", LLORCH_DTYPE_NATIVE}, {"llama-tiny-q4_0.gguf", LLORCH_DTYPE_NATIVE},
+        {"stories260k.gguf", LLORCH_DTYPE_F32},       {"stories260k.gguf", LLORCH_DTYPE_BF16},
+        {"stories260k.gguf", LLORCH_DTYPE_INT8},
+    };
+    static const struct {
+        enum llorch_isa isa;
+        enum kernels_isa k;
+    } levels[] = {{LLORCH_ISA_SCALAR, KERNELS_ISA_SCALAR},
+                  {LLORCH_ISA_AVX2, KERNELS_ISA_AVX2},
+                  {LLORCH_ISA_AVX512, KERNELS_ISA_AVX512}};
+    for (size_t l = 0; l < sizeof levels / sizeof levels[0]; l++) {
+        if (!kernels_get(levels[l].k)) {
+            print_message("skipped level %s: this CPU lacks it\n", kernels_isa_name(levels[l].k));
+            continue;
+        }
+        for (size_t r = 0; r < sizeof runs / sizeof runs[0]; r++)
+            check_model_at(runs[r].file, runs[r].dt, levels[l].isa);
+    }
 }
 
 static void batch_invariance_stories260k_f32_is_bit_identical(void **state)
@@ -227,6 +265,7 @@ int main(void)
         cmocka_unit_test(batch_invariance_stories260k_f32_is_bit_identical),
         cmocka_unit_test(batch_invariance_stories260k_int8_is_bit_identical),
         cmocka_unit_test(batch_invariance_qwen2_f32_is_bit_identical),
+        cmocka_unit_test(batch_invariance_every_weight_class_at_every_level),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -546,6 +546,7 @@ static void config_help_lists_every_option_with_default_and_unit(void **state)
                                         "batch-window-ms",
                                         "dtype",
                                         "kv",
+                                        "isa",
                                         "heartbeat-interval",
                                         "callback-max-retries",
                                         "callback-backoff-ms",
@@ -573,14 +574,14 @@ static void config_help_lists_every_option_with_default_and_unit(void **state)
         opts++;
     for (const char *p = out; (p = strstr(p, "(default: ")); p++)
         defaults++;
-    assert_int_equal(defaults, 37);
+    assert_int_equal(defaults, 38);
     assert_true(opts >= defaults);
     assert_non_null(strstr(out, "(default: 32 sequences, range 1..1024; env LLORCH_MAX_BATCH)"));
     assert_non_null(strstr(out, "(default: 2097152 bytes, range 1024..1073741824"));
     assert_non_null(strstr(out, "(default: 1024 MiB"));
     assert_non_null(strstr(out, "(default: 15000 ms"));
     assert_non_null(strstr(out, "(default: 30 s"));
-    assert_non_null(strstr(out, "(default: auto, one of auto|f32|bf16|int8"));
+    assert_non_null(strstr(out, "(default: auto, one of auto|f32|bf16|int8|native"));
 }
 
 static void config_version_prints_the_version(void **state)

@@ -520,7 +520,7 @@ static void forward_step_rejects_bad_entries_and_changes_nothing(void **state)
     ref_free(&r);
 }
 
-static void forward_auto_dtype_follows_the_file_type(void **state)
+static void forward_default_keeps_the_file_class_at_the_chosen_level(void **state)
 {
     (void)state;
     struct ref_model r;
@@ -535,10 +535,33 @@ static void forward_auto_dtype_follows_the_file_type(void **state)
     struct forward *fw;
     char err[128];
     assert_int_equal(forward_new(&fw, r.m, &fo, err, sizeof err), 0);
-    /* no general.file_type: judged by the tensors (f16 -> bf16), kv f16 */
-    assert_int_equal(forward_dtype(fw), LLORCH_DTYPE_BF16);
+    /* the default keeps each weight in its file's class: f16 weights are
+     * read as f16 (2 bytes each), kv f16 */
+    assert_int_equal(forward_dtype(fw), LLORCH_DTYPE_NATIVE);
     assert_int_equal(forward_kv_type(fw), LLORCH_KV_F16);
-    assert_true(forward_weight_bytes(fw) > 0);
+    assert_string_equal(forward_matmul_backend(fw), "llorch");
+    assert_string_equal(forward_isa_name(fw), kernels_best()->name);
+    const uint64_t native_bytes = forward_weight_bytes(fw);
+    assert_true(native_bytes > 0);
+    forward_free(fw);
+    /* an explicit f32 reads twice the bytes */
+    fo.dtype = LLORCH_DTYPE_F32;
+    assert_int_equal(forward_new(&fw, r.m, &fo, err, sizeof err), 0);
+    assert_int_equal(forward_weight_bytes(fw), 2 * native_bytes);
+    assert_int_equal(forward_kv_type(fw), LLORCH_KV_F32);
+    forward_free(fw);
+    /* a forced lower level is used; one above the CPU's is refused by name */
+    fo.dtype = LLORCH_DTYPE_AUTO;
+    fo.isa = LLORCH_ISA_SCALAR;
+    assert_int_equal(forward_new(&fw, r.m, &fo, err, sizeof err), 0);
+    assert_string_equal(forward_isa_name(fw), "scalar");
+    if (!kernels_get(KERNELS_ISA_AVX512)) {
+        struct forward *bad = (struct forward *)1;
+        fo.isa = LLORCH_ISA_AVX512;
+        assert_int_equal(forward_new(&bad, r.m, &fo, err, sizeof err), LLORCH_EUNSUPPORTED);
+        assert_null(bad);
+        assert_non_null(strstr(err, "above this CPU's level"));
+    }
     assert_string_equal(forward_dtype_name(LLORCH_DTYPE_INT8), "int8");
     assert_string_equal(forward_kv_type_name(LLORCH_KV_F16), "f16");
     forward_free(fw);
@@ -625,7 +648,7 @@ int main(void)
         cmocka_unit_test(forward_phi3_gqa_partial_rotary_matches_reference),
         cmocka_unit_test(forward_gpt2_three_heads_matches_reference),
         cmocka_unit_test(forward_step_rejects_bad_entries_and_changes_nothing),
-        cmocka_unit_test(forward_auto_dtype_follows_the_file_type),
+        cmocka_unit_test(forward_default_keeps_the_file_class_at_the_chosen_level),
         cmocka_unit_test(forward_new_reports_progress_from_zero_to_one_never_decreasing),
         cmocka_unit_test(forward_new_stops_when_the_progress_callback_says_so),
     };

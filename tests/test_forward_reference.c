@@ -26,12 +26,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <jansson.h>
 
 #include "forward.h"
+#include "gguf.h"
+#include "kernels.h"
 #include "model.h"
+#include "quant.h"
 #include "tpool.h"
 
 #define MAX_REFS 128
@@ -146,11 +150,11 @@ static struct model *load(const struct suite *s, const char *name)
     return m;
 }
 
-static struct forward *engine(const struct suite *s, const struct model *m, enum llorch_dtype dt,
-                              enum llorch_kv_type kv, uint32_t max_step)
+static struct forward *engine_at(const struct suite *s, const struct model *m, enum llorch_dtype dt,
+                                 enum llorch_kv_type kv, uint32_t max_step, enum llorch_isa isa)
 {
     struct forward_opts fo = {
-        .dtype = dt, .kv_type = kv, .kv_bytes = 0, .n_ctx = 0, .max_seqs = 1,
+        .dtype = dt, .isa = isa, .kv_type = kv, .kv_bytes = 0, .n_ctx = 0, .max_seqs = 1,
         .max_step_tokens = max_step, .pool = s->pool, .llama_rounding = true,
     };
     const uint64_t elem = kv == LLORCH_KV_F32 ? 4 : 2;
@@ -162,6 +166,12 @@ static struct forward *engine(const struct suite *s, const struct model *m, enum
         print_error("forward_new: %s\n", err);
     assert_int_equal(rc, 0);
     return fw;
+}
+
+static struct forward *engine(const struct suite *s, const struct model *m, enum llorch_dtype dt,
+                              enum llorch_kv_type kv, uint32_t max_step)
+{
+    return engine_at(s, m, dt, kv, max_step, LLORCH_ISA_AUTO);
 }
 
 /* Feeds the prompt, then n_steps tokens: forced ones, or our own argmax when
@@ -217,9 +227,9 @@ static bool starts_with(const char *s, const char *p)
     return !strncmp(s, p, strlen(p));
 }
 
-static void reference_exact_mode_matches_llama_cpp(void **state)
+/* Every reference within its bound with weights run as dt at level isa. */
+static void check_exact(struct suite *s, enum llorch_dtype dt, enum llorch_isa isa)
 {
-    struct suite *s = *state;
     assert_true(s->n >= 36); /* the shared set: 9 models x 4 prompts */
     int i = 0;
     while (i < s->n) {
@@ -230,7 +240,7 @@ static void reference_exact_mode_matches_llama_cpp(void **state)
         size_t max_prompt = 1;
         for (int k = i; k < j; k++)
             max_prompt = s->refs[k].n_prompt > max_prompt ? s->refs[k].n_prompt : max_prompt;
-        struct forward *fw = engine(s, m, LLORCH_DTYPE_F32, LLORCH_KV_F32, (uint32_t)max_prompt);
+        struct forward *fw = engine_at(s, m, dt, LLORCH_KV_F32, (uint32_t)max_prompt, isa);
         const uint32_t nv = forward_n_vocab(fw);
         const char *name = s->refs[i].model;
         const double tol = starts_with(name, "qwen2-") || starts_with(name, "phi3-") ? 1e-4
@@ -256,7 +266,8 @@ static void reference_exact_mode_matches_llama_cpp(void **state)
                     assert_int_equal(ours[st], id);
                 }
             }
-            print_message("%-28s exact worst |dlogprob| %.3g (bound %.0e)\n", r->file, worst, tol);
+            print_message("%-28s %s %s worst |dlogprob| %.3g (bound %.0e)\n", r->file,
+                          forward_dtype_name(dt), forward_isa_name(fw), worst, tol);
             assert_true(worst <= tol);
             free(logp);
             free(ours);
@@ -265,6 +276,124 @@ static void reference_exact_mode_matches_llama_cpp(void **state)
         model_free(m);
         i = j;
     }
+}
+
+static void reference_exact_mode_matches_llama_cpp(void **state)
+{
+    check_exact(*state, LLORCH_DTYPE_F32, LLORCH_ISA_AUTO);
+}
+
+/* The default, each weight in its file's class (f16 as f16 with f16
+ * activations, Q8_0/Q4_0 with Q8_0 activations: llama.cpp's own roundings),
+ * meets the exact-mode bounds at every level this CPU runs. */
+static void reference_native_classes_match_llama_cpp_at_every_level(void **state)
+{
+    static const enum kernels_isa k[] = {KERNELS_ISA_SCALAR, KERNELS_ISA_AVX2, KERNELS_ISA_AVX512};
+    static const enum llorch_isa l[] = {LLORCH_ISA_SCALAR, LLORCH_ISA_AVX2, LLORCH_ISA_AVX512};
+    for (int i = 0; i < 3; i++) {
+        if (!kernels_get(k[i])) {
+            print_message("skipped level %s: this CPU lacks it\n", kernels_isa_name(k[i]));
+            continue;
+        }
+        check_exact(*state, LLORCH_DTYPE_NATIVE, l[i]);
+    }
+}
+
+/* stories260k with every 2-D weight rounded to F16 (written by the gguf
+ * writer into a temporary file): run natively, f16 weights with f16
+ * activations, its teacher-forced greedy tokens over the first 8 steps of
+ * the 4 prompts are llama.cpp's at all 32 steps (bf16 and int8 cannot do
+ * that: see the constants below), at every level this CPU runs. */
+static struct model *stories_as_f16(const struct suite *s, char *path, size_t cap)
+{
+    struct model *src = load(s, "stories260k.gguf");
+    struct gguf_file *f = src->file;
+    struct gguf_writer *w;
+    assert_int_equal(gguf_writer_new(&w, 32), 0);
+    for (uint64_t i = 0; i < gguf_kv_count(f); i++) {
+        struct gguf_str key;
+        enum gguf_type type;
+        const void *data;
+        uint64_t len;
+        assert_int_equal(gguf_kv_at(f, i, &key, &type), 0);
+        assert_int_equal(gguf_kv_raw_at(f, i, &data, &len), 0);
+        char name[256];
+        snprintf(name, sizeof name, "%.*s", (int)key.len, key.ptr);
+        assert_int_equal(gguf_writer_set_raw(w, name, type, data, len), 0);
+    }
+    assert_int_equal(gguf_writer_set_u32(w, "general.file_type", 1), 0);
+    for (uint64_t i = 0; i < gguf_tensor_count(f); i++) {
+        const struct gguf_tensor *t = gguf_tensor_at(f, i);
+        char name[256];
+        snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.ptr);
+        if (t->n_dims == 2 && t->type == GGML_TYPE_F32) {
+            uint16_t *h = malloc(t->n_elements * sizeof *h);
+            assert_non_null(h);
+            assert_int_equal(quant_quantize(GGML_TYPE_F16, t->data, h, t->n_elements), 0);
+            assert_int_equal(gguf_writer_add_tensor(w, name, GGML_TYPE_F16, 2, t->ne, h,
+                                                    t->n_elements * 2), 0);
+            free(h);
+        } else {
+            assert_int_equal(gguf_writer_add_tensor(w, name, t->type, t->n_dims, t->ne, t->data,
+                                                    t->nbytes), 0);
+        }
+    }
+    const char *tmp = getenv("TMPDIR");
+    snprintf(path, cap, "%s/llorch-stories-f16-%d.gguf", tmp && tmp[0] ? tmp : "/tmp", (int)getpid());
+    assert_int_equal(gguf_writer_write_file(w, path), 0);
+    gguf_writer_free(w);
+    model_free(src);
+    struct model *m;
+    char err[256];
+    assert_int_equal(model_load(&m, path, err, sizeof err), 0);
+    return m;
+}
+
+static void reference_f16_file_greedy_matches_llama_cpp_at_every_step(void **state)
+{
+    struct suite *s = *state;
+    char path[512];
+    struct model *m = stories_as_f16(s, path, sizeof path);
+    static const enum kernels_isa k[] = {KERNELS_ISA_SCALAR, KERNELS_ISA_AVX2, KERNELS_ISA_AVX512};
+    static const enum llorch_isa l[] = {LLORCH_ISA_SCALAR, LLORCH_ISA_AVX2, LLORCH_ISA_AVX512};
+    for (int li = 0; li < 3; li++) {
+        if (!kernels_get(k[li])) {
+            print_message("skipped level %s: this CPU lacks it\n", kernels_isa_name(k[li]));
+            continue;
+        }
+        uint32_t max_prompt = 1;
+        for (int i = 0; i < s->n; i++)
+            if (starts_with(s->refs[i].model, "stories") && s->refs[i].n_prompt > max_prompt)
+                max_prompt = (uint32_t)s->refs[i].n_prompt;
+        struct forward *fw = engine_at(s, m, LLORCH_DTYPE_NATIVE, LLORCH_KV_F32, max_prompt, l[li]);
+        const uint32_t nv = forward_n_vocab(fw);
+        int checked = 0, equal = 0;
+        for (int i = 0; i < s->n; i++) {
+            struct ref *r = &s->refs[i];
+            if (!starts_with(r->model, "stories"))
+                continue;
+            const size_t steps = r->n_greedy < 8 ? r->n_greedy : 8;
+            double *logp = malloc((steps + 1) * nv * sizeof *logp);
+            llorch_token *ours = malloc((steps + 1) * sizeof *ours);
+            run(fw, r->prompt, r->n_prompt, r->greedy, steps, ours, logp);
+            for (size_t st = 0; st < steps; st++) {
+                checked++;
+                equal += ours[st] == r->greedy[st];
+                if (ours[st] != r->greedy[st])
+                    print_error("%s f16 %s step %zu: greedy %d, llama.cpp %d\n", r->file,
+                                forward_isa_name(fw), st, ours[st], r->greedy[st]);
+            }
+            free(logp);
+            free(ours);
+        }
+        print_message("stories260k as F16, native %s: greedy equal at %d of %d steps\n",
+                      forward_isa_name(fw), equal, checked);
+        assert_int_equal(checked, 32);
+        assert_int_equal(equal, checked);
+        forward_free(fw);
+    }
+    model_free(m);
+    unlink(path);
 }
 
 /* bf16 and int8, with an f32 KV cache like the references (so the figures
@@ -370,6 +499,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(reference_exact_mode_matches_llama_cpp),
+        cmocka_unit_test(reference_native_classes_match_llama_cpp_at_every_level),
+        cmocka_unit_test(reference_f16_file_greedy_matches_llama_cpp_at_every_step),
         cmocka_unit_test(reference_bf16_and_int8_stay_within_format_bounds),
     };
     return cmocka_run_group_tests(tests, suite_setup, suite_teardown);

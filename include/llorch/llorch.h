@@ -8,10 +8,20 @@
 
 /* Runtime type of packed weights (--dtype). */
 enum llorch_dtype {
-    LLORCH_DTYPE_AUTO = 0, /* int8 for quantised files, bf16 for f16/bf16, f32 for f32 */
+    LLORCH_DTYPE_AUTO = 0, /* the default: NATIVE */
     LLORCH_DTYPE_F32,
     LLORCH_DTYPE_BF16,
     LLORCH_DTYPE_INT8,
+    LLORCH_DTYPE_NATIVE,   /* each weight in its file's own class (Q4_K as Q4_K, F16 as f16) */
+};
+
+/* Kernel level (--isa): AUTO is the best this CPU runs; a lower one can be
+ * forced (tests, A/B runs, ChatLoop's enable_simd = false as SCALAR). */
+enum llorch_isa {
+    LLORCH_ISA_AUTO = 0,
+    LLORCH_ISA_SCALAR,
+    LLORCH_ISA_AVX2,   /* AVX2 + FMA + F16C */
+    LLORCH_ISA_AVX512, /* AVX-512 F/BW/VL/DQ */
 };
 
 /* Element type of the KV cache (--kv). */

@@ -42,7 +42,8 @@ struct opt {
     const char *help;
 };
 
-static const char *const dtype_names[] = {"auto", "f32", "bf16", "int8", NULL};
+static const char *const dtype_names[] = {"auto", "f32", "bf16", "int8", "native", NULL};
+static const char *const isa_names[] = {"auto", "scalar", "avx2", "avx512", NULL};
 static const char *const kv_names[] = {"auto", "f32", "f16", "bf16", NULL};
 static const char *const log_format_names[] = {"json", "text", NULL};
 static const char *const log_level_names[] = {"debug", "info", "warn", "error", NULL};
@@ -50,6 +51,7 @@ static const char *const log_level_names[] = {"debug", "info", "warn", "error", 
 /* Enum fields are stored through an int. */
 _Static_assert(sizeof(enum llorch_dtype) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum llorch_kv_type) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum llorch_isa) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum config_log_format) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum config_log_level) == sizeof(int), "enum size");
 
@@ -72,7 +74,10 @@ static const struct opt opts[] = {
     {"chat-template", NULL, OPT_STR, F(chat_template), 0, 0, NULL, "NAME", NULL, "from the model",
      "chat template for /v1/chat/completions"},
     {"dtype", NULL, OPT_ENUM, F(dtype), 0, 0, dtype_names, "TYPE", NULL, NULL,
-     "runtime weight type (auto: int8 for quantised files, bf16 for f16/bf16, f32 for f32)"},
+     "runtime weight type (auto = native: every weight in its file's own class, e.g. Q4_K as "
+     "Q4_K, F16 as f16; f32/bf16/int8 convert once at load)"},
+    {"isa", NULL, OPT_ENUM, F(isa), 0, 0, isa_names, "LEVEL", NULL, NULL,
+     "kernel level (auto: the best this CPU runs; scalar/avx2/avx512 force a lower one)"},
     {"kv", NULL, OPT_ENUM, F(kv_type), 0, 0, kv_names, "TYPE", NULL, NULL,
      "KV cache element type (auto: f32 when dtype is f32, else f16)"},
 

@@ -51,7 +51,8 @@ struct config {
     uint32_t kv_cache_mb;         /* --kv-cache-mb, default 1024 */
     uint32_t ctx;                 /* --ctx, 0 = the model's training context */
     uint32_t batch_window_ms;     /* --batch-window-ms, default 0 */
-    enum llorch_dtype dtype;      /* --dtype auto|f32|bf16|int8 */
+    enum llorch_dtype dtype;      /* --dtype auto|f32|bf16|int8|native */
+    enum llorch_isa isa;          /* --isa auto|scalar|avx2|avx512 */
     enum llorch_kv_type kv_type;  /* --kv auto|f32|f16|bf16 */
     /* operations */
     uint32_t heartbeat_interval_s;   /* --heartbeat-interval, 0 = off, default 30; sent only

@@ -281,6 +281,7 @@ static void daemon_load_work(uv_work_t *w)
     const struct config *cfg = d->cfg;
     struct forward_opts fo = {
         .dtype = cfg->dtype,
+        .isa = cfg->isa,
         .kv_type = cfg->kv_type,
         .kv_bytes = (uint64_t)cfg->kv_cache_mb << 20,
         .n_ctx = cfg->ctx,
@@ -351,6 +352,7 @@ static int daemon_loaded(struct daemon *d)
     d->info.n_ctx = forward_n_ctx(d->fw);
     d->info.dtype = forward_dtype_name(forward_dtype(d->fw));
     d->info.kv_type = forward_kv_type_name(forward_kv_type(d->fw));
+    d->info.isa = forward_isa_name(d->fw);
     api_worker_set_info(d->api, &d->info);
     struct gguf_str tmpl = {0};
     bool has_tmpl = gguf_get_str(d->model->file, "tokenizer.chat_template", &tmpl) == 0;
@@ -364,6 +366,8 @@ static int daemon_loaded(struct daemon *d)
         LOG_F_UINT("weight_bytes", forward_weight_bytes(d->fw)),
         LOG_F_STR("dtype", d->info.dtype),
         LOG_F_STR("kv_type", d->info.kv_type),
+        LOG_F_STR("isa", d->info.isa),
+        LOG_F_STR("matmul", forward_matmul_backend(d->fw)),
         LOG_F_UINT("n_ctx", d->info.n_ctx),
     };
     log_write(d->log, CONFIG_LOG_INFO, "model loaded", mf, LLORCH_ARRAY_SIZE(mf));

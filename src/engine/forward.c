@@ -21,13 +21,16 @@
 
 #include "kernels.h"
 #include "matmul.h"
+#include "qmm.h"
 #include "quant.h"
 #include "util.h"
 
 enum fw_round { FW_ROUND_NONE, FW_ROUND_F16, FW_ROUND_BF16, FW_ROUND_Q8_0 };
 
-/* One packed weight matrix [n_out, n_in] with its optional bias. */
+/* One weight matrix [n_out, n_in] with its optional bias: ours (q, in the
+ * file's class or a converted copy) or oneDNN's packed one (w). */
 struct fw_proj {
+    struct qmm_weight *q;
     struct mm_weight *w;
     float *bias;          /* [n_out] or NULL */
     int64_t n_out;
@@ -61,6 +64,8 @@ struct forward {
     struct forward_opts o;
     enum llorch_dtype dtype;
     enum llorch_kv_type kv_type;
+    enum kernels_isa isa;
+    bool onednn;                      /* matmuls through matmul.c, else qmm.c */
     bool rounding;
     uint32_t n_ctx;
     int n_workers;
@@ -97,6 +102,8 @@ struct forward {
     uint32_t *tok_pos;    /* [T] position of each row */
     uint32_t *ent_start;  /* [max_seqs] first row of each entry */
     uint64_t *ent_task;   /* [max_seqs + 1] first attention task of each entry */
+    void *qact;           /* qmm's rounded activations, qact_bytes */
+    size_t qact_bytes;
     uint32_t *out_src;    /* [T] rows that need logits */
     float **out_dst;      /* [T] where they go */
 };
@@ -188,6 +195,96 @@ static uint64_t fw_work_total(const struct model *m)
 
 /* Dequantises tensors stacked by rows into one [sum n_out, n_in] matrix,
  * packs it, and stacks their biases (missing ones as zeros). */
+/* The class a tensor runs in with our kernels: its own (native), or the
+ * explicit --dtype's (int8 as Q8_0 blocks where rows allow, else f32). */
+static enum ggml_type fw_qmm_type(const struct forward *f, const struct gguf_tensor *t)
+{
+    switch (f->dtype) {
+    case LLORCH_DTYPE_F32:
+        return GGML_TYPE_F32;
+    case LLORCH_DTYPE_BF16:
+        return GGML_TYPE_BF16;
+    case LLORCH_DTYPE_INT8:
+        return t->ne[0] % 32 == 0 ? GGML_TYPE_Q8_0 : GGML_TYPE_F32;
+    default:
+        return t->type;
+    }
+}
+
+static void fw_tensor_name(const struct gguf_tensor *t, char *name, size_t len)
+{
+    snprintf(name, len, "%.*s (%s)", (int)LLORCH_MIN(t->name.len, 64), t->name.ptr,
+             quant_type_name(t->type));
+}
+
+/* One tensor as a qmm part: in place from the mapping when it runs in its
+ * own class, else converted into an owned copy (whose file pages are then
+ * released). */
+static int fw_qmm_part(struct forward *f, const struct gguf_tensor *t, struct qmm_part *part,
+                       char *err, size_t errlen)
+{
+    char name[96];
+    const enum ggml_type want = fw_qmm_type(f, t);
+    *part = (struct qmm_part){.type = want, .data = t->data, .n_rows = (int64_t)t->ne[1]};
+    if (!qmm_type_supported(t->type) || !quant_can_dequantize(t->type)) {
+        fw_tensor_name(t, name, sizeof name);
+        fw_err(err, errlen,
+               "weight %s has a type without kernels (supported: f32, f16, bf16, q8_0, q4_0, "
+               "q4_1, q5_0, q5_1, q4_K, q5_K, q6_K)", name);
+        return LLORCH_EUNSUPPORTED;
+    }
+    if (want == t->type)
+        return fw_progress_add(f, 2 * t->n_elements, err, errlen);
+    uint64_t rb;
+    size_t n = (size_t)t->n_elements;
+    if (quant_row_bytes(want, t->ne[0], &rb) < 0 || n > SIZE_MAX / 4)
+        return LLORCH_EOVERFLOW;
+    float *buf = malloc(n * sizeof *buf);
+    if (!buf)
+        return LLORCH_ENOMEM;
+    int rc = quant_dequantize(t->type, t->data, buf, n);
+    if (rc == 0)
+        rc = fw_progress_add(f, n, err, errlen);
+    void *owned = buf;
+    if (rc == 0 && want != GGML_TYPE_F32) {
+        owned = malloc((size_t)(rb * t->ne[1]));
+        rc = owned ? quant_quantize(want, buf, owned, n) : LLORCH_ENOMEM;
+        free(buf);
+    }
+    if (rc < 0) {
+        free(owned);
+        fw_tensor_name(t, name, sizeof name);
+        fw_err(err, errlen, "cannot convert weight %s", name);
+        return rc;
+    }
+    part->data = part->owned = owned;
+    gguf_tensor_release(f->m->file, t);
+    return fw_progress_add(f, n, err, errlen);
+}
+
+static int fw_proj_new_qmm(struct forward *f, struct fw_proj *p, const struct gguf_tensor *const *w,
+                           int n, char *err, size_t errlen)
+{
+    struct qmm_part parts[QMM_MAX_PARTS];
+    int made = 0, rc = 0;
+    if (n > QMM_MAX_PARTS)
+        return LLORCH_EINVAL;
+    for (; made < n && rc == 0; made++)
+        rc = fw_qmm_part(f, w[made], &parts[made], err, errlen);
+    if (rc < 0) {
+        for (int i = 0; i < made; i++)
+            free(parts[i].owned);
+        return rc;
+    }
+    rc = qmm_weight_new(&p->q, parts, n, (int64_t)w[0]->ne[0], f->isa);
+    if (rc < 0) {
+        fw_err(err, errlen, "cannot set up a weight matrix: %s", llorch_strerror(rc));
+        return rc;
+    }
+    f->weight_bytes += qmm_weight_bytes(p->q);
+    return 0;
+}
+
 static int fw_proj_new(struct forward *f, struct fw_proj *p, const struct gguf_tensor *const *w,
                        const struct gguf_tensor *const *b, int n, int64_t max_m, char *err,
                        size_t errlen)
@@ -207,17 +304,20 @@ static int fw_proj_new(struct forward *f, struct fw_proj *p, const struct gguf_t
     size_t elems;
     if (llorch_size_mul_overflows((size_t)n_out, (size_t)n_in, &elems) || elems > SIZE_MAX / 4)
         return LLORCH_EOVERFLOW;
+    int rc = 0;
+    if (!f->onednn) {
+        rc = fw_proj_new_qmm(f, p, w, n, err, errlen);
+        goto packed;
+    }
     float *buf = malloc(elems * sizeof *buf);
     if (!buf)
         return LLORCH_ENOMEM;
-    int rc = 0;
     int64_t row = 0;
     for (int i = 0; i < n && rc == 0; i++) {
         rc = quant_dequantize(w[i]->type, w[i]->data, buf + row * n_in, w[i]->n_elements);
         if (rc < 0) {
             char name[96];
-            snprintf(name, sizeof name, "%.*s (%s)", (int)LLORCH_MIN(w[i]->name.len, 64),
-                     w[i]->name.ptr, quant_type_name(w[i]->type));
+            fw_tensor_name(w[i], name, sizeof name);
             fw_err(err, errlen, "cannot dequantise weight %s", name);
         }
         row += (int64_t)w[i]->ne[1];
@@ -232,12 +332,17 @@ static int fw_proj_new(struct forward *f, struct fw_proj *p, const struct gguf_t
     free(buf);
     if (rc == 0)
         rc = fw_progress_add(f, (uint64_t)elems, err, errlen);
+    if (rc == 0) {
+        f->weight_bytes += matmul_weight_bytes(p->w);
+        for (int i = 0; i < n; i++)
+            gguf_tensor_release(f->m->file, w[i]);
+    }
+packed:
     if (rc < 0)
         return rc;
     p->n_out = n_out;
     p->n_in = n_in;
     p->round = fw_round_of(w[0]->type);
-    f->weight_bytes += matmul_weight_bytes(p->w);
     if (any_bias) {
         p->bias = calloc((size_t)n_out, sizeof *p->bias);
         if (!p->bias)
@@ -261,6 +366,7 @@ static int fw_proj_new(struct forward *f, struct fw_proj *p, const struct gguf_t
 
 static void fw_proj_free(struct fw_proj *p)
 {
+    qmm_weight_free(p->q);
     matmul_weight_free(p->w);
     free(p->bias);
     memset(p, 0, sizeof *p);
@@ -278,8 +384,10 @@ static int fw_group_new(struct forward *f, struct fw_group *g, const struct gguf
         g->part[i] = part[i];
         g->total += part[i];
     }
+    /* our kernels stack parts of different types; oneDNN and the exact-mode
+     * rounding need one class per matrix */
     bool fuse = true;
-    for (int i = 1; i < n_tensors; i++)
+    for (int i = 1; i < n_tensors && (f->onednn || f->rounding); i++)
         fuse &= fw_round_of(w[i]->type) == fw_round_of(w[0]->type);
     if (n_tensors == 1 || fuse) {
         g->n_proj = 1;
@@ -408,7 +516,7 @@ static int fw_proj_run(struct forward *f, const struct fw_proj *p, const float *
         fw_parallel(f, m, 4, fw_round_rows, &a);
         x = f->xr;
     }
-    int rc = matmul_run(p->w, x, y, m, f->o.pool);
+    int rc = p->q ? qmm_run(p->q, x, y, m, f->qact, f->o.pool) : matmul_run(p->w, x, y, m, f->o.pool);
     if (rc < 0)
         return rc;
     if (p->bias)
@@ -465,6 +573,44 @@ static enum llorch_dtype fw_auto_dtype(const struct model *m)
     default:
         return LLORCH_DTYPE_INT8;
     }
+}
+
+/* Grows the shared activation scratch to what p needs for m rows. */
+static void fw_qact_need(struct forward *f, const struct fw_proj *p, int64_t m)
+{
+    if (p->q)
+        f->qact_bytes = LLORCH_MAX(f->qact_bytes, qmm_act_bytes(p->q, m));
+}
+
+/* The kernel level: the best this CPU runs, or a lower one asked for. */
+static int fw_resolve_isa(struct forward *f, enum llorch_isa want, char *err, size_t errlen)
+{
+    const struct kernels *best = kernels_best();
+    enum kernels_isa level = best->isa;
+    switch (want) {
+    case LLORCH_ISA_SCALAR:
+        level = KERNELS_ISA_SCALAR;
+        break;
+    case LLORCH_ISA_AVX2:
+        level = KERNELS_ISA_AVX2;
+        break;
+    case LLORCH_ISA_AVX512:
+        level = KERNELS_ISA_AVX512;
+        break;
+    default:
+        break;
+    }
+    f->k = kernels_get(level);
+    if (!f->k) {
+        if (errlen)
+            snprintf(err, errlen, "kernel level %s is above this CPU's level (%s); it runs: %s%s%s",
+                     kernels_isa_name(level), best->name, "scalar",
+                     best->isa >= KERNELS_ISA_AVX2 ? ", avx2" : "",
+                     best->isa >= KERNELS_ISA_AVX512 ? ", avx512" : "");
+        return LLORCH_EUNSUPPORTED;
+    }
+    f->isa = level;
+    return 0;
 }
 
 static int fw_alloc(void **p, size_t count, size_t size)
@@ -566,11 +712,17 @@ LLORCH_API int forward_new(struct forward **out, const struct model *m, const st
     f->m = m;
     f->hp = *hp;
     f->o = *o;
-    f->k = kernels_best();
-    f->dtype = o->dtype == LLORCH_DTYPE_AUTO ? fw_auto_dtype(m) : o->dtype;
-    f->kv_type = o->kv_type != LLORCH_KV_AUTO   ? o->kv_type
-                 : f->dtype == LLORCH_DTYPE_F32 ? LLORCH_KV_F32
-                                                : LLORCH_KV_F16;
+    if (fw_resolve_isa(f, o->isa, err, errlen) < 0) {
+        free(f);
+        return LLORCH_EUNSUPPORTED;
+    }
+    f->dtype = o->dtype == LLORCH_DTYPE_AUTO ? LLORCH_DTYPE_NATIVE : o->dtype;
+    /* oneDNN runs an explicit f32/bf16/int8 choice where its AVX-512 kernels
+     * are the measured best (large-m GEMM); everything else is ours */
+    f->onednn = f->dtype != LLORCH_DTYPE_NATIVE && f->isa >= KERNELS_ISA_AVX512;
+    const bool f32_class = f->dtype == LLORCH_DTYPE_F32 ||
+                           (f->dtype == LLORCH_DTYPE_NATIVE && fw_auto_dtype(m) == LLORCH_DTYPE_F32);
+    f->kv_type = o->kv_type != LLORCH_KV_AUTO ? o->kv_type : f32_class ? LLORCH_KV_F32 : LLORCH_KV_F16;
     f->rounding = o->llama_rounding && f->dtype == LLORCH_DTYPE_F32;
     f->n_ctx = o->n_ctx ? o->n_ctx : hp->n_ctx_train;
     if (!f->n_ctx)
@@ -653,6 +805,20 @@ LLORCH_API int forward_new(struct forward **out, const struct model *m, const st
     int64_t max_in = n_embd;
     for (uint32_t il = 0; il < hp->n_layer; il++)
         max_in = LLORCH_MAX(max_in, f->layers[il].down.n_in);
+    if (!f->onednn) {
+        fw_qact_need(f, &f->output, f->out_cap);
+        for (uint32_t il = 0; il < hp->n_layer; il++) {
+            const struct fw_layer *l = &f->layers[il];
+            for (int i = 0; i < l->qkv.n_proj; i++)
+                fw_qact_need(f, &l->qkv.p[i], T);
+            for (int i = 0; i < l->up.n_proj; i++)
+                fw_qact_need(f, &l->up.p[i], T);
+            fw_qact_need(f, &l->wo, T);
+            fw_qact_need(f, &l->down, T);
+        }
+        if ((rc = fw_alloc(&f->qact, f->qact_bytes, 1)) < 0)
+            goto fail;
+    }
     const int64_t up_total = f->layers[0].up.total;
     if ((rc = fw_alloc((void **)&f->x, (size_t)(T * n_embd), 4)) < 0 ||
         (rc = fw_alloc((void **)&f->xn, (size_t)(T * n_embd), 4)) < 0 ||
@@ -715,6 +881,7 @@ LLORCH_API void forward_free(struct forward *f)
     free(f->rope_freqs);
     free(f->gelu_table);
     kv_cache_free(f->kv);
+    free(f->qact);
     free(f->x);
     free(f->xn);
     free(f->xr);
@@ -1025,6 +1192,16 @@ LLORCH_API uint64_t forward_weight_bytes(const struct forward *f)
     return f->weight_bytes;
 }
 
+LLORCH_API const char *forward_isa_name(const struct forward *f)
+{
+    return kernels_isa_name(f->isa);
+}
+
+LLORCH_API const char *forward_matmul_backend(const struct forward *f)
+{
+    return f->onednn ? "onednn" : "llorch";
+}
+
 LLORCH_API const char *forward_dtype_name(enum llorch_dtype d)
 {
     switch (d) {
@@ -1036,6 +1213,8 @@ LLORCH_API const char *forward_dtype_name(enum llorch_dtype d)
         return "bf16";
     case LLORCH_DTYPE_INT8:
         return "int8";
+    case LLORCH_DTYPE_NATIVE:
+        return "native";
     default:
         return "unknown";
     }

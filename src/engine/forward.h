@@ -15,8 +15,9 @@
 #include "tpool.h"
 
 struct forward_opts {
-    enum llorch_dtype dtype;      /* AUTO resolves from the file type */
-    enum llorch_kv_type kv_type;  /* AUTO: f32 with f32 weights, else f16 */
+    enum llorch_dtype dtype;      /* AUTO: NATIVE */
+    enum llorch_isa isa;          /* AUTO: the best this CPU runs */
+    enum llorch_kv_type kv_type;  /* AUTO: f32 with f32 weights (or an f32 file), else f16 */
     uint64_t kv_bytes;            /* KV cache budget */
     uint32_t n_ctx;               /* max tokens per sequence; 0: n_ctx_train */
     uint32_t max_seqs;            /* sequences in one step */
@@ -65,6 +66,10 @@ enum llorch_kv_type forward_kv_type(const struct forward *f);
 uint32_t forward_n_vocab(const struct forward *f);
 uint32_t forward_n_ctx(const struct forward *f);
 uint64_t forward_weight_bytes(const struct forward *f); /* packed bytes read per token */
+/* The kernel level in use ("scalar", "avx2", "avx512") and, for messages,
+ * what runs the matmuls ("llorch" or "onednn"). */
+const char *forward_isa_name(const struct forward *f);
+const char *forward_matmul_backend(const struct forward *f);
 
 const char *forward_dtype_name(enum llorch_dtype d);
 const char *forward_kv_type_name(enum llorch_kv_type t);

@@ -669,6 +669,19 @@ LLORCH_API void gguf_close(struct gguf_file *f)
     free(f);
 }
 
+LLORCH_API void gguf_tensor_release(const struct gguf_file *f, const struct gguf_tensor *t)
+{
+    /* Only whole pages of a file mapping: they fault back in from the file
+     * if read again. A caller's buffer is never touched. */
+    if (!f->mapped || !t->nbytes)
+        return;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t b = (uintptr_t)t->data, e = b + t->nbytes;
+    const uintptr_t lo = (b + page - 1) & ~(page - 1), hi = e & ~(page - 1);
+    if (hi > lo)
+        (void)madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
 LLORCH_API uint32_t gguf_version(const struct gguf_file *f)
 {
     return f->version;

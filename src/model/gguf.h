@@ -85,6 +85,10 @@ int gguf_open(struct gguf_file **out, const char *path, char *err, size_t errlen
 
 /* Same, over a caller-owned buffer (tests, fuzzing); buf must outlive the
  * returned object. */
+/* Tells the kernel that the tensor's bytes of a mapped file are no longer
+ * needed (they were repacked): its whole pages leave memory and come back
+ * from the file if read again. No effect on a file opened from a buffer. */
+void gguf_tensor_release(const struct gguf_file *f, const struct gguf_tensor *t);
 int gguf_open_buffer(struct gguf_file **out, const void *buf, size_t len, char *err,
                      size_t errlen);
 

@@ -818,7 +818,7 @@ static void h_health(void *ctx, struct http_request *r, const char *tail, size_t
     sched_stats(a->sched, &st);
     json_t *o = json_pack(
         "{s:s,s:b,s:I,s:I,s:s,s:s,s:s,s:I,s:I,s:I,"
-        "s:{s:b,s:b,s:I,s:I,s:I,s:I,s:s,s:s,s:I},"
+        "s:{s:b,s:b,s:I,s:I,s:I,s:I,s:s,s:s,s:s,s:I},"
         "s:{s:I,s:I,s:I,s:I}}",
         "status", "healthy", "model_loaded", 1, "vram_bytes", (json_int_t)0, "memory_bytes",
         (json_int_t)a->info.memory_bytes, "memory_type", "cpu", "model", a->info.model, "arch",
@@ -827,7 +827,7 @@ static void h_health(void *ctx, struct http_request *r, const char *tail, size_t
         "capabilities", "streaming", 1, "cancel", 1, "max_tokens", (json_int_t)API_MAX_TOKENS,
         "max_prompt_chars", (json_int_t)API_PROMPT_MAX_CHARS, "max_stop_sequences",
         (json_int_t)DETOK_MAX_STOPS, "n_ctx", (json_int_t)a->info.n_ctx, "dtype", a->info.dtype,
-        "kv_type", a->info.kv_type, "threads", (json_int_t)a->info.threads,
+        "kv_type", a->info.kv_type, "isa", a->info.isa, "threads", (json_int_t)a->info.threads,
         "kv", "blocks_total", (json_int_t)st.kv.blocks_total, "blocks_used",
         (json_int_t)st.kv.blocks_used, "blocks_cached", (json_int_t)st.kv.blocks_cached,
         "seqs_active", (json_int_t)st.kv.seqs_active);
@@ -1274,6 +1274,8 @@ LLORCH_API void api_worker_set_info(struct api_worker *a, const struct api_worke
         a->info.arch = "";
     if (!a->info.dtype)
         a->info.dtype = "";
+    if (!a->info.isa)
+        a->info.isa = "";
     if (!a->info.kv_type)
         a->info.kv_type = "";
 }

@@ -1,0 +1,1119 @@
+/* Matmuls over weights in their GGUF block layout (see qmm.h for the
+ * arithmetic every level must reproduce bit for bit).
+ *
+ * Block layouts read here (all little-endian, f16 scales):
+ *   Q8_0 34 B: d, q[32] int8                    value = d q
+ *   Q4_0 18 B: d, qs[16]: byte j = q_j | q_{j+16} << 4        d (q - 8)
+ *   Q4_1 20 B: d, m, qs[16] as Q4_0                          d q + m
+ *   Q5_0 22 B: d, qh (bit e = 5th bit of element e), qs[16]  d (q - 16)
+ *   Q5_1 24 B: d, m, qh, qs[16]                              d q + m
+ *   Q4_K 144 B per 256: d, dmin, scales[12] (6-bit scale and min of 8
+ *        sub-blocks of 32), qs[128]: 32 bytes per 64 elements, low nibbles
+ *        sub-block 2j, high nibbles 2j+1;   value = d sc q - dmin m
+ *   Q5_K 176 B: d, dmin, scales[12], qh[32] (bit s of qh[l]: 5th bit of
+ *        element l of sub-block s), qs[128]
+ *   Q6_K 210 B: ql[128], qh[64], scales[16] int8 (one per 16), d;
+ *        value = d sc (q - 32), q 6 bits.
+ *
+ * Work split: pool tasks take ranges of output rows; each walks its rows
+ * for tiles of activation rows, so a weight row is read from memory once per
+ * call and reused from cache for every activation row. */
+#include "qmm.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "llorch/error.h"
+#include "quant.h"
+#include "util.h"
+
+#define QMM_ALIGN 64
+#define QMM_ROW_GRAIN 16  /* output rows per task, at least */
+#define QMM_M_TILE 16     /* activation rows per pass over a weight row chunk */
+#define QMM_N_CHUNK 64    /* weight rows kept in cache across every activation tile */
+
+/* How activations are rounded for a weight type. */
+enum qmm_fmt {
+    QMM_FMT_F32,   /* as they are */
+    QMM_FMT_F16,   /* rounded to f16, kept as f32 */
+    QMM_FMT_BF16,  /* rounded to bf16, kept as f32 */
+    QMM_FMT_Q8_0,  /* blocks of 32: q int8, d and s = d_unrounded * sum(q), both via f16 */
+    QMM_FMT_Q8_K,  /* blocks of 256: q int8, d f32, bs = sums of 16 */
+    QMM_FMT_COUNT_,
+};
+
+/* One activation row in its format. */
+struct qmm_act {
+    const float *f;
+    const int8_t *q;
+    const float *d;
+    const float *s;
+    const int16_t *bs;
+};
+
+
+struct qmm_type_info {
+    enum ggml_type type;
+    enum qmm_fmt fmt;
+    int block;    /* elements per block */
+    int bytes;    /* bytes per block */
+    const char *name;
+};
+
+static const struct qmm_type_info qmm_types[] = {
+    {GGML_TYPE_F32, QMM_FMT_F32, 1, 4, "f32"},      {GGML_TYPE_F16, QMM_FMT_F16, 1, 2, "f16"},
+    {GGML_TYPE_BF16, QMM_FMT_BF16, 1, 2, "bf16"},   {GGML_TYPE_Q8_0, QMM_FMT_Q8_0, 32, 34, "q8_0"},
+    {GGML_TYPE_Q4_0, QMM_FMT_Q8_0, 32, 18, "q4_0"}, {GGML_TYPE_Q4_1, QMM_FMT_Q8_0, 32, 20, "q4_1"},
+    {GGML_TYPE_Q5_0, QMM_FMT_Q8_0, 32, 22, "q5_0"}, {GGML_TYPE_Q5_1, QMM_FMT_Q8_0, 32, 24, "q5_1"},
+    {GGML_TYPE_Q4_K, QMM_FMT_Q8_K, 256, 144, "q4_K"}, {GGML_TYPE_Q5_K, QMM_FMT_Q8_K, 256, 176, "q5_K"},
+    {GGML_TYPE_Q6_K, QMM_FMT_Q8_K, 256, 210, "q6_K"},
+};
+#define QMM_N_TYPES ((int)LLORCH_ARRAY_SIZE(qmm_types))
+
+static const struct qmm_type_info *qmm_info(enum ggml_type t)
+{
+    for (int i = 0; i < QMM_N_TYPES; i++)
+        if (qmm_types[i].type == t)
+            return &qmm_types[i];
+    return NULL;
+}
+
+static int qmm_type_index(enum ggml_type t)
+{
+    const struct qmm_type_info *ti = qmm_info(t);
+    return ti ? (int)(ti - qmm_types) : -1;
+}
+
+LLORCH_API bool qmm_type_supported(enum ggml_type t)
+{
+    return qmm_info(t) != NULL;
+}
+
+/* ---- shared scalar pieces ---------------------------------------------- */
+
+static inline float qmm_f16(const uint8_t *p)
+{
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return quant_f16_to_f32(h);
+}
+
+static inline float qmm_hsum8(const float *a)
+{
+    const float t0 = a[0] + a[4], t1 = a[1] + a[5], t2 = a[2] + a[6], t3 = a[3] + a[7];
+    return (t0 + t2) + (t1 + t3);
+}
+
+static inline float qmm_hsum32(const float *a)
+{
+    float s[8];
+    for (int j = 0; j < 8; j++)
+        s[j] = (a[j] + a[j + 8]) + (a[j + 16] + a[j + 24]);
+    return qmm_hsum8(s);
+}
+
+/* Q4_K/Q5_K 6-bit scale and min of sub-block j (see quant.c's k4_scale_min). */
+static inline void qmm_k4_scale_min(int j, const uint8_t *q, int *sc, int *m)
+{
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+/* ---- scalar reference dots ---------------------------------------------- */
+
+static float dot_f32_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n)
+{
+    float acc[32] = {0};
+    const float *wf = (const float *)(const void *)w;
+    for (int64_t i = 0; i < n; i += 32)
+        for (int t = 0; t < 32; t++) {
+            const float wv = i + t < n ? wf[i + t] : 0.0f, xv = i + t < n ? a->f[i + t] : 0.0f;
+            acc[t] = fmaf(wv, xv, acc[t]);
+        }
+    return qmm_hsum32(acc);
+}
+
+static float dot_f16_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n)
+{
+    float acc[32] = {0};
+    for (int64_t i = 0; i < n; i += 32)
+        for (int t = 0; t < 32; t++) {
+            const float wv = i + t < n ? qmm_f16(w + 2 * (i + t)) : 0.0f;
+            const float xv = i + t < n ? a->f[i + t] : 0.0f;
+            acc[t] = fmaf(wv, xv, acc[t]);
+        }
+    return qmm_hsum32(acc);
+}
+
+static float dot_bf16_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n)
+{
+    float acc[32] = {0};
+    for (int64_t i = 0; i < n; i += 32)
+        for (int t = 0; t < 32; t++) {
+            uint16_t h = 0;
+            if (i + t < n)
+                memcpy(&h, w + 2 * (i + t), 2);
+            const float wv = quant_bf16_to_f32(h), xv = i + t < n ? a->f[i + t] : 0.0f;
+            acc[t] = fmaf(wv, xv, acc[t]);
+        }
+    return qmm_hsum32(acc);
+}
+
+/* 32-element types: weight values q[32] (signed, offsets applied) of block b. */
+static inline void q32_values(enum ggml_type t, const uint8_t *blk, int q[32])
+{
+    switch (t) {
+    case GGML_TYPE_Q8_0:
+        for (int j = 0; j < 32; j++)
+            q[j] = (int8_t)blk[2 + j];
+        break;
+    case GGML_TYPE_Q4_0:
+        for (int j = 0; j < 16; j++) {
+            q[j] = (blk[2 + j] & 0xf) - 8;
+            q[j + 16] = (blk[2 + j] >> 4) - 8;
+        }
+        break;
+    case GGML_TYPE_Q4_1:
+        for (int j = 0; j < 16; j++) {
+            q[j] = blk[4 + j] & 0xf;
+            q[j + 16] = blk[4 + j] >> 4;
+        }
+        break;
+    case GGML_TYPE_Q5_0:
+    case GGML_TYPE_Q5_1: {
+        const int off = t == GGML_TYPE_Q5_0 ? 2 : 4;
+        uint32_t qh;
+        memcpy(&qh, blk + off, 4);
+        const uint8_t *qs = blk + off + 4;
+        for (int j = 0; j < 16; j++) {
+            q[j] = (qs[j] & 0xf) | (int)(((qh >> j) & 1) << 4);
+            q[j + 16] = (qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
+        }
+        if (t == GGML_TYPE_Q5_0)
+            for (int j = 0; j < 32; j++)
+                q[j] -= 16;
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+static inline float q32_dot_scalar(enum ggml_type t, const uint8_t *w, const struct qmm_act *a,
+                                   int64_t n)
+{
+    const struct qmm_type_info *ti = qmm_info(t);
+    const bool has_min = t == GGML_TYPE_Q4_1 || t == GGML_TYPE_Q5_1;
+    float acc[8] = {0}, accm = 0.0f;
+    for (int64_t b = 0; b < n / 32; b++) {
+        const uint8_t *blk = w + b * ti->bytes;
+        int q[32];
+        q32_values(t, blk, q);
+        const int8_t *x = a->q + 32 * b;
+        const float d = qmm_f16(blk) * a->d[b];
+        for (int l = 0; l < 8; l++) {
+            int p = 0;
+            for (int i = 0; i < 4; i++)
+                p += q[4 * l + i] * x[4 * l + i];
+            acc[l] = fmaf(d, (float)p, acc[l]);
+        }
+        if (has_min)
+            accm = fmaf(qmm_f16(blk + 2), a->s[b], accm);
+    }
+    return qmm_hsum8(acc) + accm;
+}
+
+static float dot_q8_0_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n)
+{
+    return q32_dot_scalar(GGML_TYPE_Q8_0, w, a, n);
+}
+static float dot_q4_0_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n)
+{
+    return q32_dot_scalar(GGML_TYPE_Q4_0, w, a, n);
+}
+static float dot_q4_1_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n)
+{
+    return q32_dot_scalar(GGML_TYPE_Q4_1, w, a, n);
+}
+static float dot_q5_0_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n)
+{
+    return q32_dot_scalar(GGML_TYPE_Q5_0, w, a, n);
+}
+static float dot_q5_1_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n)
+{
+    return q32_dot_scalar(GGML_TYPE_Q5_1, w, a, n);
+}
+
+/* Q4_K / Q5_K: P[l] = sum_s sc[s] sum_{i<4} q[32s+4l+i] x[32s+4l+i] (exact),
+ * msum = sum_s m[s] (bs[2s] + bs[2s+1]). */
+static float dot_q45_k_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n, bool five)
+{
+    const int bytes = five ? 176 : 144;
+    float acc[8] = {0}, accm = 0.0f;
+    for (int64_t sb = 0; sb < n / 256; sb++) {
+        const uint8_t *blk = w + sb * bytes;
+        const uint8_t *scales = blk + 4, *qh = blk + 16, *qs = blk + (five ? 48 : 16);
+        const int8_t *x = a->q + 256 * sb;
+        const int16_t *bs = a->bs + 16 * sb;
+        int32_t P[8] = {0}, msum = 0;
+        for (int s = 0; s < 8; s++) {
+            int sc, m;
+            qmm_k4_scale_min(s, scales, &sc, &m);
+            const uint8_t *qb = qs + 32 * (s / 2);
+            for (int l = 0; l < 8; l++) {
+                int p = 0;
+                for (int i = 0; i < 4; i++) {
+                    const int e = 4 * l + i;
+                    int q = s % 2 ? qb[e] >> 4 : qb[e] & 0xf;
+                    if (five)
+                        q |= ((qh[e] >> s) & 1) << 4;
+                    p += q * x[32 * s + e];
+                }
+                P[l] += sc * p;
+            }
+            msum += m * (bs[2 * s] + bs[2 * s + 1]);
+        }
+        const float dx = a->d[sb];
+        const float d = dx * qmm_f16(blk), dmin = dx * qmm_f16(blk + 2);
+        for (int l = 0; l < 8; l++)
+            acc[l] = fmaf(d, (float)P[l], acc[l]);
+        accm = fmaf(dmin, (float)msum, accm);
+    }
+    return qmm_hsum8(acc) - accm;
+}
+
+static float dot_q4_k_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n)
+{
+    return dot_q45_k_scalar(w, a, n, false);
+}
+static float dot_q5_k_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n)
+{
+    return dot_q45_k_scalar(w, a, n, true);
+}
+
+/* Q6_K value of element e (0..255) of a block, q - 32. */
+static inline int q6_value(const uint8_t *blk, int e)
+{
+    const int half = e / 128, r = e % 128, k = r / 32, l = r % 32;
+    const uint8_t *ql = blk + 64 * half, *qh = blk + 128 + 32 * half;
+    const int lo = k % 2 ? ql[l + 32] : ql[l];
+    const int nib = k < 2 ? lo & 0xf : lo >> 4;
+    return (nib | (((qh[l] >> (2 * k)) & 3) << 4)) - 32;
+}
+
+static float dot_q6_k_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n)
+{
+    float acc[8] = {0};
+    for (int64_t sb = 0; sb < n / 256; sb++) {
+        const uint8_t *blk = w + sb * 210;
+        const int8_t *sc = (const int8_t *)(blk + 192);
+        const int8_t *x = a->q + 256 * sb;
+        int32_t P[8] = {0};
+        for (int c = 0; c < 8; c++)
+            for (int l = 0; l < 8; l++) {
+                int p = 0;
+                for (int i = 0; i < 4; i++) {
+                    const int e = 32 * c + 4 * l + i;
+                    p += q6_value(blk, e) * x[e];
+                }
+                P[l] += sc[(32 * c + 4 * l) / 16] * p;
+            }
+        const float d = a->d[sb] * qmm_f16(blk + 208);
+        for (int l = 0; l < 8; l++)
+            acc[l] = fmaf(d, (float)P[l], acc[l]);
+    }
+    return qmm_hsum8(acc);
+}
+
+/* ---- tiles ----------------------------------------------------------------
+ * A tile computes WR weight rows (wstride bytes apart) against NR activation
+ * rows: out[i * nr + r]. Each output is still its own canonical dot product;
+ * the tile only shares loads and unpacking between them (one weight block
+ * serves NR activation rows; WR > 1 gives a single activation row
+ * independent fma chains). */
+#define QMM_MAX_WR 2
+#define QMM_MAX_NR 4
+
+typedef void (*qmm_tile_fn)(const uint8_t *w, size_t wstride, int wr, const struct qmm_act *a,
+                            int nr, int64_t n, float *out);
+
+/* The scalar level: one reference dot per output. */
+#define QMM_DEF_SCALAR_TILE(NAME, DOT)                                                        \
+    static void NAME(const uint8_t *w, size_t wstride, int wr, const struct qmm_act *a, int nr, \
+                     int64_t n, float *out)                                                   \
+    {                                                                                         \
+        for (int i = 0; i < wr; i++)                                                          \
+            for (int r = 0; r < nr; r++)                                                      \
+                out[i * nr + r] = DOT(w + (size_t)i * wstride, &a[r], n);                     \
+    }
+QMM_DEF_SCALAR_TILE(tile_f32_scalar, dot_f32_scalar)
+QMM_DEF_SCALAR_TILE(tile_f16_scalar, dot_f16_scalar)
+QMM_DEF_SCALAR_TILE(tile_bf16_scalar, dot_bf16_scalar)
+QMM_DEF_SCALAR_TILE(tile_q8_0_scalar, dot_q8_0_scalar)
+QMM_DEF_SCALAR_TILE(tile_q4_0_scalar, dot_q4_0_scalar)
+QMM_DEF_SCALAR_TILE(tile_q4_1_scalar, dot_q4_1_scalar)
+QMM_DEF_SCALAR_TILE(tile_q5_0_scalar, dot_q5_0_scalar)
+QMM_DEF_SCALAR_TILE(tile_q5_1_scalar, dot_q5_1_scalar)
+QMM_DEF_SCALAR_TILE(tile_q4_k_scalar, dot_q4_k_scalar)
+QMM_DEF_SCALAR_TILE(tile_q5_k_scalar, dot_q5_k_scalar)
+QMM_DEF_SCALAR_TILE(tile_q6_k_scalar, dot_q6_k_scalar)
+
+/* ---- AVX2 + FMA + F16C ------------------------------------------------------ */
+
+#define QMM_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define QMM_INLINE static inline __attribute__((always_inline)) QMM_AVX2
+
+QMM_INLINE float avx2_hsum8(__m256 v)
+{
+    const __m128 t4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 t2 = _mm_add_ps(t4, _mm_movehl_ps(t4, t4));
+    const __m128 t1 = _mm_add_ss(t2, _mm_shuffle_ps(t2, t2, 1));
+    return _mm_cvtss_f32(t1);
+}
+
+QMM_INLINE float avx2_f16(const uint8_t *p)
+{
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+QMM_INLINE __m256i avx2_load(const void *p)
+{
+    return _mm256_loadu_si256((const __m256i *)p);
+}
+
+/* 32 nibbles of 16 bytes as bytes 0..31 in element order (low nibbles are
+ * elements 0..15, high nibbles 16..31). */
+QMM_INLINE __m256i avx2_nibbles(const uint8_t *p)
+{
+    const __m128i b = _mm_loadu_si128((const __m128i *)(const void *)p);
+    const __m128i m = _mm_set1_epi8(0x0f);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m), _mm_and_si128(b, m));
+}
+
+/* Byte e = 0x10 where bit e of the 32-bit word at p is set, else 0. */
+QMM_INLINE __m256i avx2_bit5(const uint8_t *p)
+{
+    uint32_t qh;
+    memcpy(&qh, p, 4);
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
+                                           0x0101010101010101, 0x0000000000000000);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), shuf);
+    const __m256i bits = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    v = _mm256_cmpeq_epi8(_mm256_and_si256(v, bits), bits);
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
+}
+
+/* 32-element types: the weight block as bytes in element order; signed
+ * (offset applied) for Q8_0/Q4_0/Q5_0, unsigned for Q4_1/Q5_1. */
+QMM_INLINE __m256i avx2_q32_values(enum ggml_type t, const uint8_t *blk)
+{
+    switch (t) {
+    case GGML_TYPE_Q4_0:
+        return _mm256_sub_epi8(avx2_nibbles(blk + 2), _mm256_set1_epi8(8));
+    case GGML_TYPE_Q4_1:
+        return avx2_nibbles(blk + 4);
+    case GGML_TYPE_Q5_0:
+        return _mm256_sub_epi8(_mm256_or_si256(avx2_nibbles(blk + 6), avx2_bit5(blk + 2)),
+                               _mm256_set1_epi8(16));
+    case GGML_TYPE_Q5_1:
+        return _mm256_or_si256(avx2_nibbles(blk + 8), avx2_bit5(blk + 4));
+    default: /* Q8_0 */
+        return avx2_load(blk + 2);
+    }
+}
+
+QMM_INLINE void avx2_q32_tile(enum ggml_type t, int bytes, bool has_min, const int WR, const int NR,
+                              const uint8_t *w, size_t wstride, const struct qmm_act *a, int64_t n,
+                              float *out)
+{
+    const bool is_signed = !has_min;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[QMM_MAX_WR][QMM_MAX_NR];
+    float accm[QMM_MAX_WR][QMM_MAX_NR];
+    for (int i = 0; i < WR; i++)
+        for (int r = 0; r < NR; r++) {
+            acc[i][r] = _mm256_setzero_ps();
+            accm[i][r] = 0.0f;
+        }
+    for (int64_t b = 0; b < n / 32; b++) {
+        __m256i x[QMM_MAX_NR];
+        __m256 dx[QMM_MAX_NR];
+        for (int r = 0; r < NR; r++) {
+            x[r] = avx2_load(a[r].q + 32 * b);
+            dx[r] = _mm256_broadcast_ss(&a[r].d[b]);
+        }
+        for (int i = 0; i < WR; i++) {
+            const uint8_t *blk = w + (size_t)i * wstride + (size_t)b * (size_t)bytes;
+            const __m256i v = avx2_q32_values(t, blk);
+            const __m256 dw = _mm256_set1_ps(avx2_f16(blk));
+            const __m256i av = is_signed ? _mm256_abs_epi8(v) : v;
+            for (int r = 0; r < NR; r++) {
+                const __m256i xs = is_signed ? _mm256_sign_epi8(x[r], v) : x[r];
+                const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(av, xs), ones);
+                /* dw * dx rounded as the scalar product is */
+                acc[i][r] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx[r]), _mm256_cvtepi32_ps(p), acc[i][r]);
+                if (has_min)
+                    accm[i][r] = fmaf(avx2_f16(blk + 2), a[r].s[b], accm[i][r]);
+            }
+        }
+    }
+    for (int i = 0; i < WR; i++)
+        for (int r = 0; r < NR; r++)
+            out[i * NR + r] = avx2_hsum8(acc[i][r]) + accm[i][r];
+}
+
+/* Q4_K / Q5_K: per 256, P = sum over 8 sub-blocks of scale * 4-element
+ * sums (exact int32), then one fma; mins through the 16-sums. */
+QMM_INLINE void avx2_q45k_tile(bool five, const int WR, const int NR, const uint8_t *w,
+                               size_t wstride, const struct qmm_act *a, int64_t n, float *out)
+{
+    const int bytes = five ? 176 : 144;
+    const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
+    __m256 acc[QMM_MAX_WR][QMM_MAX_NR];
+    float accm[QMM_MAX_WR][QMM_MAX_NR];
+    for (int i = 0; i < WR; i++)
+        for (int r = 0; r < NR; r++) {
+            acc[i][r] = _mm256_setzero_ps();
+            accm[i][r] = 0.0f;
+        }
+    for (int64_t sb = 0; sb < n / 256; sb++) {
+        for (int i = 0; i < WR; i++) {
+            const uint8_t *blk = w + (size_t)i * wstride + (size_t)sb * (size_t)bytes;
+            const uint8_t *scales = blk + 4, *qs = blk + (five ? 48 : 16);
+            const __m256i qh = five ? avx2_load(blk + 16) : _mm256_setzero_si256();
+            /* the 6-bit scales and mins as bytes (see qmm_k4_scale_min) */
+            uint32_t w0, w1, w2;
+            memcpy(&w0, scales, 4);
+            memcpy(&w1, scales + 4, 4);
+            memcpy(&w2, scales + 8, 4);
+            const uint32_t k6 = 0x3f3f3f3fu, k4 = 0x0f0f0f0fu, k2 = 0x03030303u;
+            const uint32_t scw[2] = {w0 & k6, (w2 & k4) | (((w0 >> 6) & k2) << 4)};
+            const uint32_t mnw[2] = {w1 & k6, ((w2 >> 4) & k4) | (((w1 >> 6) & k2) << 4)};
+            uint8_t sc[8];
+            memcpy(sc, scw, 8);
+            /* m[s] at int16 positions 2s and 2s+1, against the 16-sums */
+            const __m256i mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(
+                _mm_loadl_epi64((const __m128i *)(const void *)mnw),
+                _mm_loadl_epi64((const __m128i *)(const void *)mnw)));
+            __m256i P[QMM_MAX_NR];
+            for (int r = 0; r < NR; r++)
+                P[r] = _mm256_setzero_si256();
+            for (int j = 0; j < 4; j++) {
+                const __m256i q = avx2_load(qs + 32 * j);
+                for (int h = 0; h < 2; h++) {
+                    const int s = 2 * j + h;
+                    __m256i v = h ? _mm256_and_si256(_mm256_srli_epi16(q, 4), m4) : _mm256_and_si256(q, m4);
+                    if (five)
+                        v = _mm256_or_si256(
+                            v, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, s), one), 4));
+                    const __m256i scv = _mm256_set1_epi16((short)sc[s]);
+                    for (int r = 0; r < NR; r++) {
+                        const __m256i xv = avx2_load(a[r].q + 256 * sb + 32 * s);
+                        P[r] = _mm256_add_epi32(P[r], _mm256_madd_epi16(_mm256_maddubs_epi16(v, xv), scv));
+                    }
+                }
+            }
+            const float d = avx2_f16(blk), dmin = avx2_f16(blk + 2);
+            for (int r = 0; r < NR; r++) {
+                const __m256i ms = _mm256_madd_epi16(avx2_load(a[r].bs + 16 * sb), mins);
+                const __m128i m4s = _mm_add_epi32(_mm256_castsi256_si128(ms), _mm256_extracti128_si256(ms, 1));
+                const __m128i m2s = _mm_add_epi32(m4s, _mm_unpackhi_epi64(m4s, m4s));
+                const int32_t msum = _mm_cvtsi128_si32(_mm_add_epi32(m2s, _mm_shuffle_epi32(m2s, 1)));
+                const float dx = a[r].d[sb];
+                acc[i][r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * d), _mm256_cvtepi32_ps(P[r]), acc[i][r]);
+                accm[i][r] = fmaf(dx * dmin, (float)msum, accm[i][r]);
+            }
+        }
+    }
+    for (int i = 0; i < WR; i++)
+        for (int r = 0; r < NR; r++)
+            out[i * NR + r] = avx2_hsum8(acc[i][r]) - accm[i][r];
+}
+
+QMM_INLINE void avx2_q6k_tile(const int WR, const int NR, const uint8_t *w, size_t wstride,
+                              const struct qmm_act *a, int64_t n, float *out)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(3), k32 = _mm256_set1_epi8(32);
+    __m256 acc[QMM_MAX_WR][QMM_MAX_NR];
+    for (int i = 0; i < WR; i++)
+        for (int r = 0; r < NR; r++)
+            acc[i][r] = _mm256_setzero_ps();
+    for (int64_t sb = 0; sb < n / 256; sb++) {
+        for (int i = 0; i < WR; i++) {
+            const uint8_t *blk = w + (size_t)i * wstride + (size_t)sb * 210;
+            const int8_t *sc = (const int8_t *)(blk + 192);
+            __m256i P[QMM_MAX_NR];
+            for (int r = 0; r < NR; r++)
+                P[r] = _mm256_setzero_si256();
+            for (int half = 0; half < 2; half++) {
+                const uint8_t *ql = blk + 64 * half;
+                const __m256i l0 = avx2_load(ql), l1 = avx2_load(ql + 32);
+                const __m256i qh = avx2_load(blk + 128 + 32 * half);
+                for (int k = 0; k < 4; k++) {
+                    const __m256i lo = k % 2 ? l1 : l0;
+                    const __m256i nib = k < 2 ? _mm256_and_si256(lo, m4)
+                                              : _mm256_and_si256(_mm256_srli_epi16(lo, 4), m4);
+                    const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), m2), 4);
+                    const __m256i q = _mm256_or_si256(nib, hi); /* 0..63 */
+                    const int c = 4 * half + k;
+                    const __m256i scale = _mm256_set_m128i(_mm_set1_epi16((short)sc[2 * c + 1]),
+                                                           _mm_set1_epi16((short)sc[2 * c]));
+                    for (int r = 0; r < NR; r++) {
+                        const __m256i xv = avx2_load(a[r].q + 256 * sb + 32 * c);
+                        /* pairs of (q - 32) x: q x - 32 x, each within int16 */
+                        const __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q, xv),
+                                                             _mm256_maddubs_epi16(k32, xv));
+                        P[r] = _mm256_add_epi32(P[r], _mm256_madd_epi16(p16, scale));
+                    }
+                }
+            }
+            const float d = avx2_f16(blk + 208);
+            for (int r = 0; r < NR; r++)
+                acc[i][r] = _mm256_fmadd_ps(_mm256_set1_ps(a[r].d[sb] * d), _mm256_cvtepi32_ps(P[r]), acc[i][r]);
+        }
+    }
+    for (int i = 0; i < WR; i++)
+        for (int r = 0; r < NR; r++)
+            out[i * NR + r] = avx2_hsum8(acc[i][r]);
+}
+
+/* Float types: 4 accumulators (32 lanes) per output; the weight's 8
+ * elements converted once for every activation row. */
+QMM_INLINE __m256 avx2_load_wf(enum ggml_type t, const uint8_t *p)
+{
+    switch (t) {
+    case GGML_TYPE_F16:
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p));
+    case GGML_TYPE_BF16:
+        return _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)p)), 16));
+    default:
+        return _mm256_loadu_ps((const float *)(const void *)p);
+    }
+}
+
+QMM_INLINE void avx2_float_tile(enum ggml_type t, int esize, const int WR, const int NR,
+                                const uint8_t *w, size_t wstride, const struct qmm_act *a,
+                                int64_t n, float *out)
+{
+    __m256 acc[QMM_MAX_WR][2][4];
+    for (int i = 0; i < WR; i++)
+        for (int r = 0; r < NR; r++)
+            for (int k = 0; k < 4; k++)
+                acc[i][r][k] = _mm256_setzero_ps();
+    int64_t e = 0;
+    for (; e + 32 <= n; e += 32)
+        for (int i = 0; i < WR; i++)
+            for (int k = 0; k < 4; k++) {
+                const __m256 wv = avx2_load_wf(t, w + (size_t)i * wstride + (size_t)(e + 8 * k) * (size_t)esize);
+                for (int r = 0; r < NR; r++)
+                    acc[i][r][k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(a[r].f + e + 8 * k), acc[i][r][k]);
+            }
+    if (e < n) { /* the tail, zero-padded as the scalar level does */
+        const int64_t left = n - e;
+        for (int i = 0; i < WR; i++) {
+            uint8_t tw[32 * 4] = {0};
+            memcpy(tw, w + (size_t)i * wstride + (size_t)e * (size_t)esize, (size_t)(left * esize));
+            for (int r = 0; r < NR; r++) {
+                float tx[32] = {0};
+                memcpy(tx, a[r].f + e, (size_t)left * 4);
+                for (int k = 0; k < 4; k++)
+                    acc[i][r][k] = _mm256_fmadd_ps(avx2_load_wf(t, tw + 8 * k * esize),
+                                                   _mm256_loadu_ps(tx + 8 * k), acc[i][r][k]);
+            }
+        }
+    }
+    for (int i = 0; i < WR; i++)
+        for (int r = 0; r < NR; r++)
+            out[i * NR + r] = avx2_hsum8(_mm256_add_ps(_mm256_add_ps(acc[i][r][0], acc[i][r][1]),
+                                                       _mm256_add_ps(acc[i][r][2], acc[i][r][3])));
+}
+
+/* One function per type: the (wr, nr) shapes the driver uses, each
+ * compiled with constant bounds so the accumulators live in registers.
+ * PAIRS: whether two weight rows go with more than one activation row (the
+ * 32-element types: 8 accumulators); the K types keep integer sums per
+ * (weight row, activation row) as well, so they pair weight rows only for a
+ * single activation row. */
+#define QMM_TILE_CASES(CALL, WR, WP, OP)                                                       \
+    switch (k) {                                                                               \
+    case 1:                                                                                    \
+        CALL(WR, 1, WP, wstride, a + r0, n, OP);                                               \
+        break;                                                                                 \
+    case 2:                                                                                    \
+        CALL(WR, 2, WP, wstride, a + r0, n, OP);                                               \
+        break;                                                                                 \
+    case 3:                                                                                    \
+        CALL(WR, 3, WP, wstride, a + r0, n, OP);                                               \
+        break;                                                                                 \
+    default:                                                                                   \
+        CALL(WR, 4, WP, wstride, a + r0, n, OP);                                               \
+        break;                                                                                 \
+    }
+#define QMM_AVX2_DISPATCH(NAME, CALL, PAIRS)                                                    \
+    static QMM_AVX2 void NAME(const uint8_t *w, size_t wstride, int wr, const struct qmm_act *a, \
+                              int nr, int64_t n, float *out)                                    \
+    {                                                                                           \
+        if (wr == 2 && nr == 1) {                                                               \
+            CALL(2, 1, w, wstride, a, n, out);                                                  \
+            return;                                                                             \
+        }                                                                                       \
+        for (int r0 = 0; r0 < nr; r0 += QMM_MAX_NR) {                                           \
+            const int k = LLORCH_MIN(nr - r0, QMM_MAX_NR);                                      \
+            float o[QMM_MAX_WR * QMM_MAX_NR];                                                   \
+            if (wr == 2 && (PAIRS)) {                                                           \
+                QMM_TILE_CASES(CALL, 2, w, o)                                                   \
+            } else {                                                                            \
+                for (int i = 0; i < wr; i++)                                                    \
+                    QMM_TILE_CASES(CALL, 1, w + (size_t)i * wstride, o + i * k)                 \
+            }                                                                                   \
+            for (int i = 0; i < wr; i++)                                                        \
+                memcpy(out + i * nr + r0, o + i * k, (size_t)k * sizeof *o);                    \
+        }                                                                                       \
+    }
+
+#define QMM_Q8_0(WR, NR, ...) avx2_q32_tile(GGML_TYPE_Q8_0, 34, false, WR, NR, __VA_ARGS__)
+#define QMM_Q4_0(WR, NR, ...) avx2_q32_tile(GGML_TYPE_Q4_0, 18, false, WR, NR, __VA_ARGS__)
+#define QMM_Q4_1(WR, NR, ...) avx2_q32_tile(GGML_TYPE_Q4_1, 20, true, WR, NR, __VA_ARGS__)
+#define QMM_Q5_0(WR, NR, ...) avx2_q32_tile(GGML_TYPE_Q5_0, 22, false, WR, NR, __VA_ARGS__)
+#define QMM_Q5_1(WR, NR, ...) avx2_q32_tile(GGML_TYPE_Q5_1, 24, true, WR, NR, __VA_ARGS__)
+#define QMM_Q4_K(WR, NR, ...) avx2_q45k_tile(false, WR, NR, __VA_ARGS__)
+#define QMM_Q5_K(WR, NR, ...) avx2_q45k_tile(true, WR, NR, __VA_ARGS__)
+#define QMM_Q6_K(WR, NR, ...) avx2_q6k_tile(WR, NR, __VA_ARGS__)
+
+QMM_AVX2_DISPATCH(tile_q8_0_avx2, QMM_Q8_0, 1)
+QMM_AVX2_DISPATCH(tile_q4_0_avx2, QMM_Q4_0, 1)
+QMM_AVX2_DISPATCH(tile_q4_1_avx2, QMM_Q4_1, 1)
+QMM_AVX2_DISPATCH(tile_q5_0_avx2, QMM_Q5_0, 1)
+QMM_AVX2_DISPATCH(tile_q5_1_avx2, QMM_Q5_1, 1)
+QMM_AVX2_DISPATCH(tile_q4_k_avx2, QMM_Q4_K, 0)
+QMM_AVX2_DISPATCH(tile_q5_k_avx2, QMM_Q5_K, 0)
+QMM_AVX2_DISPATCH(tile_q6_k_avx2, QMM_Q6_K, 0)
+
+#define QMM_AVX2_FLOAT_DISPATCH(NAME, T, ES)                                                    \
+    static QMM_AVX2 void NAME(const uint8_t *w, size_t wstride, int wr, const struct qmm_act *a, \
+                              int nr, int64_t n, float *out)                                    \
+    {                                                                                           \
+        if (wr == 2 && nr == 1) {                                                               \
+            avx2_float_tile(T, ES, 2, 1, w, wstride, a, n, out);                                \
+            return;                                                                             \
+        }                                                                                       \
+        for (int i = 0; i < wr; i++)                                                            \
+            for (int r0 = 0; r0 < nr; r0 += 2) {                                                \
+                const uint8_t *wi = w + (size_t)i * wstride;                                    \
+                if (nr - r0 == 1)                                                               \
+                    avx2_float_tile(T, ES, 1, 1, wi, wstride, a + r0, n, out + i * nr + r0);    \
+                else                                                                            \
+                    avx2_float_tile(T, ES, 1, 2, wi, wstride, a + r0, n, out + i * nr + r0);    \
+            }                                                                                   \
+    }
+QMM_AVX2_FLOAT_DISPATCH(tile_f32_avx2, GGML_TYPE_F32, 4)
+QMM_AVX2_FLOAT_DISPATCH(tile_f16_avx2, GGML_TYPE_F16, 2)
+QMM_AVX2_FLOAT_DISPATCH(tile_bf16_avx2, GGML_TYPE_BF16, 2)
+
+/* ---- tables ---------------------------------------------------------------- */
+
+/* Indexed like qmm_types. The AVX-512 level runs the 256-bit kernels: the
+ * lane structure is the arithmetic's, and a batch-1 matmul is bound by
+ * memory, not by vector width. */
+static const qmm_tile_fn qmm_tiles_scalar[QMM_N_TYPES] = {
+    tile_f32_scalar,  tile_f16_scalar,  tile_bf16_scalar, tile_q8_0_scalar,
+    tile_q4_0_scalar, tile_q4_1_scalar, tile_q5_0_scalar, tile_q5_1_scalar,
+    tile_q4_k_scalar, tile_q5_k_scalar, tile_q6_k_scalar,
+};
+static const qmm_tile_fn qmm_tiles_avx2[QMM_N_TYPES] = {
+    tile_f32_avx2,  tile_f16_avx2,  tile_bf16_avx2, tile_q8_0_avx2, tile_q4_0_avx2, tile_q4_1_avx2,
+    tile_q5_0_avx2, tile_q5_1_avx2, tile_q4_k_avx2, tile_q5_k_avx2, tile_q6_k_avx2,
+};
+
+static const qmm_tile_fn *qmm_tiles_for(enum kernels_isa isa)
+{
+    return isa == KERNELS_ISA_SCALAR ? qmm_tiles_scalar : qmm_tiles_avx2;
+}
+
+/* ---- activation rounding ------------------------------------------------- */
+
+static void act_round_f16(float *y, const float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        y[i] = quant_f16_to_f32(quant_f32_to_f16(x[i]));
+}
+
+static void act_round_bf16(float *y, const float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        y[i] = quant_bf16_to_f32(quant_f32_to_bf16(x[i]));
+}
+
+/* As ggml's x86 quantize_row_q8_0 / q8_1: d = amax/127 kept as f16, values
+ * times 127/amax rounded to nearest even; s = f16(d * sum(q)). */
+static void act_quant_q8_0(int8_t *q, float *d, float *s, const float *x, int64_t n)
+{
+    for (int64_t b = 0; b < n / 32; b++) {
+        const float *xb = x + 32 * b;
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) {
+            const float v = fabsf(xb[j]);
+            amax = v > amax ? v : amax;
+        }
+        const float dd = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < 32; j++) {
+            const int v = (int)nearbyintf(xb[j] * id);
+            q[32 * b + j] = (int8_t)v;
+            sum += v;
+        }
+        d[b] = quant_f16_to_f32(quant_f32_to_f16(dd));
+        s[b] = quant_f16_to_f32(quant_f32_to_f16(dd * (float)sum));
+    }
+}
+
+/* As ggml's quantize_row_q8_K: scale -127/max of the largest-magnitude value
+ * (its sign included), nearest even, d = 1/scale; sums of 16. */
+static void act_quant_q8_k(int8_t *q, float *d, int16_t *bs, const float *x, int64_t n)
+{
+    for (int64_t b = 0; b < n / 256; b++) {
+        const float *xb = x + 256 * b;
+        int8_t *qb = q + 256 * b;
+        float max = 0.0f, amax = 0.0f;
+        for (int j = 0; j < 256; j++) {
+            const float ax = fabsf(xb[j]);
+            if (ax > amax) {
+                amax = ax;
+                max = xb[j];
+            }
+        }
+        if (amax == 0.0f) {
+            d[b] = 0.0f;
+            memset(qb, 0, 256);
+        } else {
+            const float iscale = -127.0f / max;
+            for (int j = 0; j < 256; j++) {
+                const int v = (int)nearbyintf(iscale * xb[j]);
+                qb[j] = (int8_t)(v < 127 ? v : 127);
+            }
+            d[b] = 1.0f / iscale;
+        }
+        for (int g = 0; g < 16; g++) {
+            int sum = 0;
+            for (int j = 0; j < 16; j++)
+                sum += qb[16 * g + j];
+            bs[16 * b + g] = (int16_t)sum;
+        }
+    }
+}
+
+/* ---- weights ------------------------------------------------------------- */
+
+struct qmm_seg {
+    const struct qmm_type_info *ti;
+    qmm_tile_fn tile;
+    const uint8_t *data;
+    size_t row_bytes;
+    int64_t row0, n_rows;   /* output rows [row0, row0 + n_rows) */
+    void *owned;
+};
+
+struct qmm_weight {
+    int64_t n_in, n_out;
+    int n_seg;
+    struct qmm_seg seg[QMM_MAX_PARTS];
+    bool fmt_used[QMM_FMT_COUNT_];
+    enum kernels_isa isa;
+    uint64_t bytes;
+    char impl[64];
+};
+
+static void qmm_free_owned(const struct qmm_part *parts, int n)
+{
+    for (int i = 0; i < n; i++)
+        free(parts[i].owned);
+}
+
+LLORCH_API int qmm_weight_new(struct qmm_weight **out, const struct qmm_part *parts, int n_parts,
+                              int64_t n_in, enum kernels_isa isa)
+{
+    *out = NULL;
+    if (n_parts < 1 || n_parts > QMM_MAX_PARTS || n_in < 1 || !kernels_get(isa)) {
+        qmm_free_owned(parts, n_parts > 0 && n_parts <= QMM_MAX_PARTS ? n_parts : 0);
+        return LLORCH_EINVAL;
+    }
+    struct qmm_weight *w = calloc(1, sizeof *w);
+    if (!w) {
+        qmm_free_owned(parts, n_parts);
+        return LLORCH_ENOMEM;
+    }
+    w->n_in = n_in;
+    w->isa = isa;
+    int rc = 0;
+    int len = snprintf(w->impl, sizeof w->impl, "llorch:%s", kernels_isa_name(isa));
+    for (int i = 0; i < n_parts; i++) {
+        struct qmm_seg *s = &w->seg[w->n_seg++];
+        s->owned = parts[i].owned;
+        s->ti = qmm_info(parts[i].type);
+        uint64_t rb;
+        if (!s->ti) {
+            rc = LLORCH_EUNSUPPORTED;
+            continue;
+        }
+        if (parts[i].n_rows < 1 || n_in % s->ti->block || !parts[i].data ||
+            quant_row_bytes(parts[i].type, (uint64_t)n_in, &rb) < 0) {
+            rc = LLORCH_EINVAL;
+            continue;
+        }
+        s->tile = qmm_tiles_for(isa)[qmm_type_index(parts[i].type)];
+        s->data = parts[i].data;
+        s->row_bytes = (size_t)rb;
+        s->row0 = w->n_out;
+        s->n_rows = parts[i].n_rows;
+        w->n_out += parts[i].n_rows;
+        w->bytes += (uint64_t)rb * (uint64_t)parts[i].n_rows;
+        w->fmt_used[s->ti->fmt] = true;
+        if (len > 0 && (size_t)len < sizeof w->impl)
+            len += snprintf(w->impl + len, sizeof w->impl - (size_t)len, "%s%s", i ? "+" : " ",
+                            s->ti->name);
+    }
+    if (rc < 0) {
+        qmm_weight_free(w);
+        return rc;
+    }
+    *out = w;
+    return 0;
+}
+
+LLORCH_API void qmm_weight_free(struct qmm_weight *w)
+{
+    if (!w)
+        return;
+    for (int i = 0; i < w->n_seg; i++)
+        free(w->seg[i].owned);
+    free(w);
+}
+
+LLORCH_API int64_t qmm_weight_n_out(const struct qmm_weight *w)
+{
+    return w->n_out;
+}
+
+LLORCH_API uint64_t qmm_weight_bytes(const struct qmm_weight *w)
+{
+    return w->bytes;
+}
+
+LLORCH_API const char *qmm_weight_impl(const struct qmm_weight *w)
+{
+    return w->impl;
+}
+
+/* ---- activation scratch -------------------------------------------------- */
+
+/* Byte layout of the scratch for m rows: per format used, its arrays one
+ * after the other, each 64-byte aligned. */
+struct qmm_act_layout {
+    size_t f[QMM_FMT_COUNT_];      /* float values (F16/BF16) */
+    size_t q[QMM_FMT_COUNT_];      /* int8 values (Q8_0/Q8_K) */
+    size_t d[QMM_FMT_COUNT_];
+    size_t s[QMM_FMT_COUNT_];
+    size_t bs[QMM_FMT_COUNT_];
+    size_t total;
+};
+
+static size_t qmm_take(size_t *at, size_t bytes)
+{
+    const size_t off = *at;
+    *at += (bytes + QMM_ALIGN - 1) / QMM_ALIGN * QMM_ALIGN;
+    return off;
+}
+
+static void qmm_layout(const struct qmm_weight *w, int64_t m, struct qmm_act_layout *L)
+{
+    memset(L, 0, sizeof *L);
+    const size_t mk = (size_t)m * (size_t)w->n_in;
+    size_t at = 0;
+    for (int f = 0; f < QMM_FMT_COUNT_; f++) {
+        if (!w->fmt_used[f])
+            continue;
+        switch ((enum qmm_fmt)f) {
+        case QMM_FMT_F16:
+        case QMM_FMT_BF16:
+            L->f[f] = qmm_take(&at, mk * sizeof(float));
+            break;
+        case QMM_FMT_Q8_0:
+            L->q[f] = qmm_take(&at, mk);
+            L->d[f] = qmm_take(&at, mk / 32 * sizeof(float));
+            L->s[f] = qmm_take(&at, mk / 32 * sizeof(float));
+            break;
+        case QMM_FMT_Q8_K:
+            L->q[f] = qmm_take(&at, mk);
+            L->d[f] = qmm_take(&at, mk / 256 * sizeof(float));
+            L->bs[f] = qmm_take(&at, mk / 16 * sizeof(int16_t));
+            break;
+        default:
+            break;
+        }
+    }
+    L->total = at;
+}
+
+LLORCH_API size_t qmm_act_bytes(const struct qmm_weight *w, int64_t m)
+{
+    struct qmm_act_layout L;
+    qmm_layout(w, m < 1 ? 1 : m, &L);
+    return L.total ? L.total : QMM_ALIGN;
+}
+
+struct qmm_run_ctx {
+    const struct qmm_weight *w;
+    const float *x;
+    float *y;
+    int64_t m;
+    uint8_t *act;
+    struct qmm_act_layout L;
+};
+
+static struct qmm_act qmm_act_row(const struct qmm_run_ctx *c, enum qmm_fmt f, int64_t r)
+{
+    const int64_t k = c->w->n_in;
+    struct qmm_act a = {0};
+    switch (f) {
+    case QMM_FMT_F32:
+        a.f = c->x + r * k;
+        break;
+    case QMM_FMT_F16:
+    case QMM_FMT_BF16:
+        a.f = (const float *)(const void *)(c->act + c->L.f[f]) + r * k;
+        break;
+    case QMM_FMT_Q8_0:
+        a.q = (const int8_t *)(c->act + c->L.q[f]) + r * k;
+        a.d = (const float *)(const void *)(c->act + c->L.d[f]) + r * (k / 32);
+        a.s = (const float *)(const void *)(c->act + c->L.s[f]) + r * (k / 32);
+        break;
+    case QMM_FMT_Q8_K:
+        a.q = (const int8_t *)(c->act + c->L.q[f]) + r * k;
+        a.d = (const float *)(const void *)(c->act + c->L.d[f]) + r * (k / 256);
+        a.bs = (const int16_t *)(const void *)(c->act + c->L.bs[f]) + r * (k / 16);
+        break;
+    default:
+        break;
+    }
+    return a;
+}
+
+static void qmm_round_rows(void *vctx, int64_t b, int64_t e, int worker)
+{
+    LLORCH_UNUSED(worker);
+    const struct qmm_run_ctx *c = vctx;
+    const struct qmm_weight *w = c->w;
+    const int64_t k = w->n_in;
+    for (int64_t r = b; r < e; r++) {
+        const float *x = c->x + r * k;
+        for (int f = 0; f < QMM_FMT_COUNT_; f++) {
+            if (!w->fmt_used[f] || f == QMM_FMT_F32)
+                continue;
+            struct qmm_act a = qmm_act_row(c, (enum qmm_fmt)f, r);
+            switch ((enum qmm_fmt)f) {
+            case QMM_FMT_F16:
+                act_round_f16((float *)(uintptr_t)a.f, x, k);
+                break;
+            case QMM_FMT_BF16:
+                act_round_bf16((float *)(uintptr_t)a.f, x, k);
+                break;
+            case QMM_FMT_Q8_0:
+                act_quant_q8_0((int8_t *)(uintptr_t)a.q, (float *)(uintptr_t)a.d,
+                               (float *)(uintptr_t)a.s, x, k);
+                break;
+            case QMM_FMT_Q8_K:
+                act_quant_q8_k((int8_t *)(uintptr_t)a.q, (float *)(uintptr_t)a.d,
+                               (int16_t *)(uintptr_t)a.bs, x, k);
+                break;
+            default:
+                break;
+            }
+        }
+    }
+}
+
+/* Output rows [b, e) in chunks of QMM_N_CHUNK rows, each chunk against every
+ * activation row QMM_M_TILE at a time, so its weight rows stay in cache. One activation row takes
+ * weight rows in pairs (two independent chains); more take one weight row
+ * against up to four activation rows. */
+static void qmm_rows_task(void *vctx, int64_t b, int64_t e, int worker)
+{
+    LLORCH_UNUSED(worker);
+    const struct qmm_run_ctx *c = vctx;
+    const struct qmm_weight *w = c->w;
+    for (int i = 0; i < w->n_seg; i++) {
+        const struct qmm_seg *s = &w->seg[i];
+        const int64_t lo = LLORCH_MAX(b, s->row0), hi = LLORCH_MIN(e, s->row0 + s->n_rows);
+        if (lo >= hi)
+            continue;
+        for (int64_t n0 = lo; n0 < hi; n0 += QMM_N_CHUNK) {
+            const int64_t n1 = LLORCH_MIN(hi, n0 + QMM_N_CHUNK);
+            for (int64_t r0 = 0; r0 < c->m; r0 += QMM_M_TILE) {
+                const int nr = (int)LLORCH_MIN(c->m - r0, QMM_M_TILE);
+                struct qmm_act a[QMM_M_TILE];
+                float out[QMM_MAX_WR * QMM_M_TILE];
+                for (int r = 0; r < nr; r++)
+                    a[r] = qmm_act_row(c, s->ti->fmt, r0 + r);
+                for (int64_t n = n0; n < n1;) {
+                    const int wr = n + 1 < n1 ? 2 : 1;
+                    s->tile(s->data + (size_t)(n - s->row0) * s->row_bytes, s->row_bytes, wr, a, nr,
+                            w->n_in, out);
+                    for (int k = 0; k < wr; k++)
+                        for (int r = 0; r < nr; r++)
+                            c->y[(r0 + r) * w->n_out + n + k] = out[k * nr + r];
+                    n += wr;
+                }
+            }
+        }
+    }
+}
+
+/* Above this many activation elements the rounding runs on the pool. */
+#define QMM_ROUND_SERIAL_MAX 32768
+
+LLORCH_API int qmm_run(const struct qmm_weight *w, const float *x, float *y, int64_t m, void *act,
+                       struct tpool *pool)
+{
+    if (m < 1)
+        return m == 0 ? 0 : LLORCH_EINVAL;
+    struct qmm_run_ctx c = {.w = w, .x = x, .y = y, .m = m, .act = act};
+    qmm_layout(w, m, &c.L);
+    if (m * w->n_in > QMM_ROUND_SERIAL_MAX)
+        tpool_parallel_for(pool, m, 1, qmm_round_rows, &c);
+    else
+        qmm_round_rows(&c, 0, m, 0);
+    const int workers = pool ? tpool_size(pool) : 1;
+    int64_t grain = w->n_out / ((int64_t)workers * 8);
+    grain = LLORCH_MAX(QMM_ROW_GRAIN, grain / 8 * 8);
+    tpool_parallel_for(pool, w->n_out, grain, qmm_rows_task, &c);
+    return 0;
+}
+
+LLORCH_API float qmm_dot_row(const struct qmm_weight *w, int64_t row, const float *x, void *act)
+{
+    struct qmm_run_ctx c = {.w = w, .x = x, .y = NULL, .m = 1, .act = act};
+    qmm_layout(w, 1, &c.L);
+    qmm_round_rows(&c, 0, 1, 0);
+    for (int i = 0; i < w->n_seg; i++) {
+        const struct qmm_seg *s = &w->seg[i];
+        if (row >= s->row0 && row < s->row0 + s->n_rows) {
+            struct qmm_act a = qmm_act_row(&c, s->ti->fmt, 0);
+            float out;
+            s->tile(s->data + (size_t)(row - s->row0) * s->row_bytes, s->row_bytes, 1, &a, 1,
+                    w->n_in, &out);
+            return out;
+        }
+    }
+    return NAN;
+}

@@ -1,0 +1,69 @@
+/* Matmuls over weights kept in the file's own class: y[m, n_out] = x[m, n_in] Wᵀ
+ * with W's rows in their GGUF block layout (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
+ * Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), read in place from the file mapping or from
+ * a buffer the weight owns. Activations are rounded per row as llama.cpp's
+ * CPU backend rounds them for the weight type (f16 / bf16 values, Q8_0 blocks
+ * of 32 with their sums for the 32-element types, Q8_K blocks of 256 with
+ * 16-element sums for the K types).
+ *
+ * Every output element is one dot product in a fixed order that does not
+ * depend on m, on tiling or on the worker (batch invariance), and every
+ * instruction-set level computes the same bits as the scalar reference:
+ *   float types: 32 f32 lanes, lane t takes elements i with i % 32 == t by
+ *     fused multiply-add (the tail padded with zeros), lanes summed as
+ *     s8[j] = (a[j] + a[j+8]) + (a[j+16] + a[j+24]), then hsum8;
+ *   block types: 8 lanes, lane l takes elements 4l..4l+3 of every 32 (or, in
+ *     K types, every 32 of each 256), summed exactly in integers per block,
+ *     then acc[l] = fma(d_w * d_x, (float)int_sum_l, acc[l]) block after block;
+ *     offsets (Q4_1/Q5_1 m, K-type mins) in one more sequential fma chain;
+ *     hsum8(a) = ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)).
+ * tests/test_qmm.c checks every level against the scalar one bit for bit. */
+#ifndef LLORCH_QMM_H
+#define LLORCH_QMM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gguf.h"
+#include "kernels.h"
+#include "tpool.h"
+
+/* Consecutive output rows of one tensor type: n_rows rows of n_in elements
+ * in GGUF's block layout. owned, when set, is freed with the weight (a
+ * converted copy); otherwise data must outlive the weight (the mapping). */
+struct qmm_part {
+    enum ggml_type type;
+    const void *data;
+    int64_t n_rows;
+    void *owned;
+};
+
+struct qmm_weight;
+
+/* Whether type t has kernels (the 11 types above). */
+bool qmm_type_supported(enum ggml_type t);
+
+/* A weight of up to QMM_MAX_PARTS parts stacked by rows (q|k|v, gate|up);
+ * isa must be one this CPU runs (kernels_get() != NULL). On error the owned
+ * buffers of parts are freed too. */
+#define QMM_MAX_PARTS 4
+int qmm_weight_new(struct qmm_weight **out, const struct qmm_part *parts, int n_parts, int64_t n_in,
+                   enum kernels_isa isa);
+void qmm_weight_free(struct qmm_weight *w); /* NULL is safe */
+int64_t qmm_weight_n_out(const struct qmm_weight *w);
+uint64_t qmm_weight_bytes(const struct qmm_weight *w); /* bytes read per use */
+const char *qmm_weight_impl(const struct qmm_weight *w); /* "llorch:avx2 q4_K+q6_K" */
+
+/* Scratch qmm_run needs for m rows (rounded activations). */
+size_t qmm_act_bytes(const struct qmm_weight *w, int64_t m);
+
+/* y = x Wᵀ, y row-major [m, n_out]. act: qmm_act_bytes(w, m) bytes, 64-byte
+ * aligned. Driver thread (or no pool); allocates nothing. */
+int qmm_run(const struct qmm_weight *w, const float *x, float *y, int64_t m, void *act,
+            struct tpool *pool);
+
+/* One row, one output: for tests. */
+float qmm_dot_row(const struct qmm_weight *w, int64_t row, const float *x, void *act);
+
+#endif

@@ -1,0 +1,104 @@
+"""Kernel levels and weight classes through the real daemon: each shared
+file (F16 and Q4_0 included, which used to need AVX-512 or were expanded to
+int8) is served in its own class by default, at every level this CPU runs;
+the level is forced with --isa or LLORCH_ISA and reported in the start-up
+log and /health; a level above the CPU's is refused at start-up naming what
+the CPU runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e_common import Daemon, binary, generate, get_json, model_path, run_tests  # noqa: E402
+
+
+def cpu_levels():
+    flags = set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    levels = ["scalar"]
+    if {"avx2", "fma", "f16c"} <= flags:
+        levels.append("avx2")
+        if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
+            levels.append("avx512")
+    return levels
+
+
+LEVELS = cpu_levels()
+
+
+def loaded_line(d):
+    for line in d.log_lines:
+        if '"model loaded"' in line:
+            return json.loads(line)
+    raise AssertionError("no 'model loaded' line:\n" + "\n".join(d.log_lines))
+
+
+def text_of(port, job):
+    st, _, objs, text = generate(port, job, "Once upon a time", 8, temperature=0)
+    assert st == 200 and objs[-1]["type"] == "end" and objs[-1]["tokens_out"] == 8, (st, objs)
+    return text
+
+
+def test_every_shared_class_serves_natively_at_every_level():
+    for level in LEVELS:
+        for name in ("llama-tiny-f16.gguf", "llama-tiny-q4_0.gguf", "llama-tiny-q8_0.gguf",
+                     "stories260k.gguf"):
+            with Daemon("--dtype", "native", "--isa", level, model=model_path(name)) as d:
+                st, doc = get_json(d.port, "/health")
+                assert st == 200, doc
+                caps = doc["capabilities"]
+                assert caps["dtype"] == "native" and caps["isa"] == level, (name, caps)
+                line = loaded_line(d)
+                assert line["isa"] == level and line["matmul"] == "llorch", line
+                assert len(text_of(d.port, "k-%s-%s" % (level, name))) > 0
+    skipped = [lv for lv in ("avx2", "avx512") if lv not in LEVELS]
+    if skipped:
+        print("skipped levels (this CPU lacks them): " + ", ".join(skipped))
+
+
+def test_native_reads_fewer_bytes_than_int8_for_4_bit_files():
+    sizes = {}
+    for dtype in ("native", "int8"):
+        with Daemon("--dtype", dtype, model=model_path("llama-tiny-q4_0.gguf")) as d:
+            sizes[dtype] = loaded_line(d)["weight_bytes"]
+    # Q4_0: 18 bytes per 32 weights against Q8_0's 34 (the F16 ffn_down is
+    # the same in both)
+    assert sizes["native"] < sizes["int8"] * 0.75, sizes
+
+
+def test_env_forces_the_level_like_the_flag():
+    with Daemon(env={"LLORCH_ISA": "scalar"}) as d:
+        assert loaded_line(d)["isa"] == "scalar"
+        assert get_json(d.port, "/health")[1]["capabilities"]["isa"] == "scalar"
+
+
+def test_a_level_above_the_cpu_is_refused_naming_what_it_runs():
+    if "avx512" in LEVELS:
+        print("skipped: this CPU runs every level")
+        return
+    p = subprocess.run([binary(), "--model", model_path(), "--port", "0", "--host", "127.0.0.1",
+                        "--callback-url", "http://localhost:9999/ready", "--isa", "avx512",
+                        "--log-format", "text"],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    err = p.stderr.decode()
+    assert p.returncode != 0, err
+    assert "above this CPU's level" in err and "it runs: scalar" in err, err
+
+
+def main():
+    run_tests([
+        test_every_shared_class_serves_natively_at_every_level,
+        test_native_reads_fewer_bytes_than_int8_for_4_bit_files,
+        test_env_forces_the_level_like_the_flag,
+        test_a_level_above_the_cpu_is_refused_naming_what_it_runs,
+    ])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,275 @@
+/* Matmuls over weights in their file's class (src/engine/qmm.c): for every
+ * tensor type and every instruction-set level this CPU runs, each output
+ * equals the scalar reference bit for bit, lies within the activation
+ * rounding of a double-precision dot over the dequantised weights, and does
+ * not depend on the number of rows in the call, on the pool or on how the
+ * rows are split into parts. Levels the CPU lacks are named as skipped. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "kernels.h"
+#include "qmm.h"
+#include "quant.h"
+#include "tpool.h"
+
+static const enum ggml_type all_types[] = {
+    GGML_TYPE_F32,  GGML_TYPE_F16,  GGML_TYPE_BF16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0, GGML_TYPE_Q4_1,
+    GGML_TYPE_Q5_0, GGML_TYPE_Q5_1, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K,
+};
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static uint32_t rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 16);
+}
+static float rndf(void) /* [-1, 1) */
+{
+    return (float)(rnd() % 2000001) / 1000000.0f - 1.0f;
+}
+
+static void put_f16(uint8_t *p, float v)
+{
+    uint16_t h = quant_f32_to_f16(v);
+    memcpy(p, &h, 2);
+}
+
+/* Random rows of type t: random bits for the quantised values, sane f16
+ * scales (random bits there would be NaN or huge). */
+static uint8_t *random_rows(enum ggml_type t, int64_t rows, int64_t k)
+{
+    uint64_t rb;
+    assert_int_equal(quant_row_bytes(t, (uint64_t)k, &rb), 0);
+    uint8_t *w = malloc((size_t)(rb * (uint64_t)rows) + 1);
+    assert_non_null(w);
+    for (uint64_t i = 0; i < rb * (uint64_t)rows; i++)
+        w[i] = (uint8_t)rnd();
+    const uint64_t bb = quant_block_bytes(t), nb = rb * (uint64_t)rows / bb;
+    for (uint64_t b = 0; b < nb; b++) {
+        uint8_t *blk = w + b * bb;
+        switch (t) {
+        case GGML_TYPE_F32: {
+            float v = rndf() * 0.1f;
+            memcpy(blk, &v, 4);
+            break;
+        }
+        case GGML_TYPE_F16:
+            put_f16(blk, rndf() * 0.1f);
+            break;
+        case GGML_TYPE_BF16: {
+            uint16_t h = quant_f32_to_bf16(rndf() * 0.1f);
+            memcpy(blk, &h, 2);
+            break;
+        }
+        case GGML_TYPE_Q8_0:
+        case GGML_TYPE_Q4_0:
+        case GGML_TYPE_Q5_0:
+            put_f16(blk, rndf() * 0.01f);
+            break;
+        case GGML_TYPE_Q4_1:
+        case GGML_TYPE_Q5_1:
+        case GGML_TYPE_Q4_K:
+        case GGML_TYPE_Q5_K:
+            put_f16(blk, rndf() * 0.01f);
+            put_f16(blk + 2, rndf() * 0.01f);
+            break;
+        case GGML_TYPE_Q6_K:
+            put_f16(blk + 208, rndf() * 0.01f);
+            break;
+        default:
+            fail();
+        }
+    }
+    return w;
+}
+
+static float *random_x(int64_t n)
+{
+    float *x = malloc((size_t)n * sizeof *x);
+    assert_non_null(x);
+    for (int64_t i = 0; i < n; i++)
+        x[i] = rndf() * (i % 7 == 0 ? 4.0f : 1.0f);
+    return x;
+}
+
+static struct qmm_weight *weight(const struct qmm_part *p, int n, int64_t k, enum kernels_isa isa)
+{
+    struct qmm_weight *w;
+    assert_int_equal(qmm_weight_new(&w, p, n, k, isa), 0);
+    return w;
+}
+
+static void *act_for(const struct qmm_weight *w, int64_t m)
+{
+    void *a = aligned_alloc(64, (qmm_act_bytes(w, m) + 63) / 64 * 64);
+    assert_non_null(a);
+    return a;
+}
+
+/* Row lengths that each type's block size allows, tails included. */
+static int lengths_for(enum ggml_type t, int64_t *ks)
+{
+    const uint64_t b = quant_block_elems(t);
+    if (b == 1) {
+        const int64_t f[] = {1, 7, 31, 32, 33, 176, 1000};
+        memcpy(ks, f, sizeof f);
+        return 7;
+    }
+    if (b == 32) {
+        const int64_t q[] = {32, 96, 256, 2080};
+        memcpy(ks, q, sizeof q);
+        return 4;
+    }
+    const int64_t kq[] = {256, 768, 2048};
+    memcpy(ks, kq, sizeof kq);
+    return 3;
+}
+
+static void every_level_gives_the_scalar_bits_for_every_type(void **state)
+{
+    (void)state;
+    for (int isa = KERNELS_ISA_AVX2; isa < KERNELS_ISA_COUNT_; isa++)
+        if (!kernels_get((enum kernels_isa)isa))
+            print_message("skipped level %s: this CPU lacks it\n", kernels_isa_name((enum kernels_isa)isa));
+    for (size_t ti = 0; ti < sizeof all_types / sizeof all_types[0]; ti++) {
+        const enum ggml_type t = all_types[ti];
+        int64_t ks[8];
+        const int nk = lengths_for(t, ks);
+        for (int ki = 0; ki < nk; ki++) {
+            const int64_t k = ks[ki], rows = 5;
+            uint8_t *wd = random_rows(t, rows, k);
+            float *x = random_x(k);
+            struct qmm_part p = {.type = t, .data = wd, .n_rows = rows};
+            struct qmm_weight *ref = weight(&p, 1, k, KERNELS_ISA_SCALAR);
+            void *act = act_for(ref, 1);
+            float want[5];
+            for (int r = 0; r < rows; r++)
+                want[r] = qmm_dot_row(ref, r, x, act);
+            /* semantics: within activation rounding of the dequantised dot */
+            float *deq = malloc((size_t)k * sizeof *deq);
+            uint64_t rb;
+            assert_int_equal(quant_row_bytes(t, (uint64_t)k, &rb), 0);
+            for (int r = 0; r < rows; r++) {
+                assert_int_equal(quant_dequantize(t, wd + r * rb, deq, (uint64_t)k), 0);
+                double exact = 0, mag = 0;
+                for (int64_t i = 0; i < k; i++) {
+                    exact += (double)deq[i] * x[i];
+                    mag += fabs((double)deq[i] * x[i]);
+                }
+                const double tol = (t == GGML_TYPE_F32 ? 1e-6 : t == GGML_TYPE_BF16 ? 1e-2 : 2e-2) * mag + 1e-6;
+                if (fabs(want[r] - exact) > tol)
+                    fail_msg("%s k=%lld row %d: %.9g vs exact %.9g (tol %.3g)", quant_type_name(t),
+                             (long long)k, r, want[r], exact, tol);
+            }
+            free(deq);
+            for (int isa = KERNELS_ISA_AVX2; isa < KERNELS_ISA_COUNT_; isa++) {
+                if (!kernels_get((enum kernels_isa)isa))
+                    continue;
+                struct qmm_weight *w = weight(&p, 1, k, (enum kernels_isa)isa);
+                for (int r = 0; r < rows; r++) {
+                    const float got = qmm_dot_row(w, r, x, act);
+                    if (memcmp(&got, &want[r], sizeof got) != 0)
+                        fail_msg("%s k=%lld row %d level %s: %.9g, scalar %.9g", quant_type_name(t),
+                                 (long long)k, r, kernels_isa_name((enum kernels_isa)isa), got,
+                                 want[r]);
+                }
+                qmm_weight_free(w);
+            }
+            qmm_weight_free(ref);
+            free(act);
+            free(x);
+            free(wd);
+        }
+    }
+}
+
+/* A Q4_K_M-like stack (q4_K | q6_K | q8_0 parts, two activation formats)
+ * run with 1..40 rows, with and without a pool: every row's outputs are the
+ * bits of that row computed alone, and of the scalar level. */
+static void rows_do_not_depend_on_m_parts_or_pool(void **state)
+{
+    (void)state;
+    const int64_t k = 512, max_m = 40;
+    const int64_t n_rows[3] = {37, 64, 19};
+    const enum ggml_type types[3] = {GGML_TYPE_Q4_K, GGML_TYPE_Q6_K, GGML_TYPE_Q8_0};
+    struct qmm_part parts[3];
+    uint8_t *data[3];
+    int64_t n_out = 0;
+    for (int i = 0; i < 3; i++) {
+        data[i] = random_rows(types[i], n_rows[i], k);
+        parts[i] = (struct qmm_part){.type = types[i], .data = data[i], .n_rows = n_rows[i]};
+        n_out += n_rows[i];
+    }
+    float *x = random_x(k * max_m);
+    float *y = malloc((size_t)(max_m * n_out) * sizeof *y);
+    float *alone = malloc((size_t)(max_m * n_out) * sizeof *alone);
+    struct tpool *pool;
+    assert_int_equal(tpool_new(&pool, &(struct tpool_opts){.n_threads = 3}), 0);
+    struct qmm_weight *ref = weight(parts, 3, k, KERNELS_ISA_SCALAR);
+    assert_int_equal(qmm_weight_n_out(ref), n_out);
+    void *act = act_for(ref, max_m);
+    for (int64_t r = 0; r < max_m; r++)
+        assert_int_equal(qmm_run(ref, x + r * k, alone + r * n_out, 1, act, NULL), 0);
+    for (int isa = 0; isa < KERNELS_ISA_COUNT_; isa++) {
+        if (!kernels_get((enum kernels_isa)isa))
+            continue;
+        struct qmm_weight *w = weight(parts, 3, k, (enum kernels_isa)isa);
+        const int64_t ms[] = {1, 2, 3, 4, 7, 16, 17, 40};
+        for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
+            for (int use_pool = 0; use_pool < 2; use_pool++) {
+                memset(y, 0xff, (size_t)(ms[mi] * n_out) * sizeof *y);
+                assert_int_equal(qmm_run(w, x, y, ms[mi], act, use_pool ? pool : NULL), 0);
+                if (memcmp(y, alone, (size_t)(ms[mi] * n_out) * sizeof *y) != 0)
+                    fail_msg("level %s m=%lld pool=%d differs from rows alone",
+                             kernels_isa_name((enum kernels_isa)isa), (long long)ms[mi], use_pool);
+            }
+        }
+        qmm_weight_free(w);
+    }
+    qmm_weight_free(ref);
+    tpool_free(pool);
+    free(act);
+    free(alone);
+    free(y);
+    free(x);
+    for (int i = 0; i < 3; i++)
+        free(data[i]);
+}
+
+static void weight_rejects_bad_shapes_and_frees_owned_parts(void **state)
+{
+    (void)state;
+    struct qmm_weight *w = (struct qmm_weight *)1;
+    uint8_t buf[64] = {0};
+    /* 40 is not a multiple of Q8_0's 32 */
+    struct qmm_part p = {.type = GGML_TYPE_Q8_0, .data = buf, .n_rows = 1};
+    assert_int_equal(qmm_weight_new(&w, &p, 1, 40, KERNELS_ISA_SCALAR), LLORCH_EINVAL);
+    assert_null(w);
+    /* a type without kernels: its owned copy is still freed (ASan: no leak) */
+    struct qmm_part q = {.type = GGML_TYPE_Q2_K, .data = buf, .n_rows = 1, .owned = malloc(16)};
+    assert_int_equal(qmm_weight_new(&w, &q, 1, 256, KERNELS_ISA_SCALAR), LLORCH_EUNSUPPORTED);
+    assert_false(qmm_type_supported(GGML_TYPE_Q2_K));
+    assert_true(qmm_type_supported(GGML_TYPE_Q6_K));
+    struct qmm_part none = {.type = GGML_TYPE_F32, .data = buf, .n_rows = 1};
+    assert_int_equal(qmm_weight_new(&w, &none, 0, 4, KERNELS_ISA_SCALAR), LLORCH_EINVAL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(every_level_gives_the_scalar_bits_for_every_type),
+        cmocka_unit_test(rows_do_not_depend_on_m_parts_or_pool),
+        cmocka_unit_test(weight_rejects_bad_shapes_and_frees_owned_parts),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
