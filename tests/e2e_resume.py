@@ -249,11 +249,13 @@ def test_expiry_cancels_the_job_and_frees_its_kv():
         st, doc = resume(d.port, "exp")
         assert st == 404, (st, doc)
         assert metric(d, "llorch_stream_resume_expired_total") == 1
-        # an ended job nobody came back for is dropped too (not counted: it ended)
+        # a job that ends while detached is dropped too when its grace ends
+        # (counted as expired only if it was still running then, which a
+        # loaded machine may make it)
         cut_after(d.port, "/execute", body("exp2", max_tokens=2, resumable=True), 1)
         assert wait_for(lambda: idle(d), timeout=10), get_json(d.port, "/health")[1]
         assert resume(d.port, "exp2")[0] == 404
-        assert metric(d, "llorch_stream_resume_expired_total") == 1
+        assert metric(d, "llorch_stream_resume_expired_total") in (1, 2)
 
 
 def test_a_journal_over_its_bound_stops_being_resumable_cleanly():
