@@ -516,8 +516,7 @@ LLORCH_API int api_job_resume(struct api_job *j, struct http_request *r)
     if (rc)
         return rc;
     if (sse_stream_begin(&j->sse, r, e->mode, a->sse_outbox_bytes) != 0) {
-        j->sse.req = NULL;
-        http_respond_error(r, 500, "INTERNAL", "cannot begin the stream", NULL);
+        j->sse.req = NULL; /* as api_job_begin_stream: the job stays detached */
         return 0;
     }
     j->req = r;
