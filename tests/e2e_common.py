@@ -196,13 +196,13 @@ def post_json(port, path, obj, headers=None, timeout=10.0):
 
 
 def parse_sse(text):
-    """Frames of an SSE body: dicts with 'event' (or None), 'data' (str or None)
-    and 'comment' (for ': ...' frames)."""
+    """Frames of an SSE body: dicts with 'event' (or None), 'data' (str or None),
+    'id' (or None) and 'comment' (for ': ...' frames)."""
     frames = []
     for block in text.split("\n\n"):
         if not block:
             continue
-        fr = {"event": None, "data": None, "comment": None}
+        fr = {"event": None, "data": None, "comment": None, "id": None}
         data = []
         for line in block.split("\n"):
             if line.startswith(":"):
@@ -211,6 +211,8 @@ def parse_sse(text):
                 fr["event"] = line[7:]
             elif line.startswith("data: "):
                 data.append(line[6:])
+            elif line.startswith("id: "):
+                fr["id"] = line[4:]
         if data:
             fr["data"] = "\n".join(data)
         frames.append(fr)

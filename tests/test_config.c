@@ -600,6 +600,9 @@ static void config_help_lists_every_option_with_default_and_unit(void **state)
                                         "sse-outbox-bytes",
                                         "sse-sndbuf-bytes",
                                         "ping-interval-ms",
+                                        "resume-grace-ms",
+                                        "resume-job-bytes",
+                                        "resume-total-bytes",
                                         "drain-timeout-ms",
                                         "threads",
                                         "cpu-pinning",
@@ -642,7 +645,7 @@ static void config_help_lists_every_option_with_default_and_unit(void **state)
         opts++;
     for (const char *p = out; (p = strstr(p, "(default: ")); p++)
         defaults++;
-    assert_int_equal(defaults, 39);
+    assert_int_equal(defaults, 42);
     assert_true(opts >= defaults);
     assert_non_null(strstr(out, "(default: 32 sequences, range 1..1024; env LLORCH_MAX_BATCH; "
                                 "ChatLoop key max_batch_size)"));

@@ -570,6 +570,9 @@ static void metrics_every_endpoint_has_its_own_label(void **state)
         [METRICS_EP_COMPLETIONS_ROOT] = "/completions",
         [METRICS_EP_CHAT_COMPLETIONS_ROOT] = "/chat/completions",
         [METRICS_EP_MODELS_ROOT] = "/models",
+        [METRICS_EP_EXECUTE_RESUME] = "/execute/{job_id}",
+        [METRICS_EP_COMPLETIONS_RESUME] = "/v1/completions/{id}",
+        [METRICS_EP_CHAT_COMPLETIONS_RESUME] = "/v1/chat/completions/{id}",
     };
     for (int e = 0; e < METRICS_EP_COUNT_; e++) {
         assert_non_null(want[e]);

@@ -114,6 +114,12 @@ static const struct opt opts[] = {
      "least 4096); a small one makes --sse-outbox-bytes the real bound on a slow reader"},
     {"ping-interval-ms", NULL, OPT_U32, F(ping_interval_ms), 100, 3600000, NULL, "N", "ms", NULL,
      "`: ping` comment frames on quiet streams"},
+    {"resume-grace-ms", NULL, OPT_U32, F(resume_grace_ms), 0, 3600000, NULL, "N", "ms", NULL,
+     "how long a resumable stream's job outlives its dropped connection (0 = closing cancels)"},
+    {"resume-job-bytes", NULL, OPT_U64, F(resume_job_bytes), 4 * KiB, 1 * GiB, NULL, "N", "bytes",
+     NULL, "frames kept per resumable job (past it the job is no longer resumable)"},
+    {"resume-total-bytes", NULL, OPT_U64, F(resume_total_bytes), 4 * KiB, 64 * GiB, NULL, "N",
+     "bytes", NULL, "frames kept over all resumable jobs"},
     {"drain-timeout-ms", NULL, OPT_U32, F(drain_timeout_ms), 0, 3600000, NULL, "N", "ms", NULL,
      "graceful shutdown: time for running jobs before they are ended"},
 
@@ -392,6 +398,9 @@ void config_defaults(struct config *c)
     c->idle_timeout_ms = 60000;
     c->sse_outbox_bytes = 1 * MiB;
     c->ping_interval_ms = 15000;
+    c->resume_grace_ms = 5000;
+    c->resume_job_bytes = 1 * MiB;
+    c->resume_total_bytes = 64 * MiB;
     c->drain_timeout_ms = 30000;
     c->threads = 0;
     c->cpu_pinning = false;

@@ -38,6 +38,9 @@ struct config {
     uint32_t sse_sndbuf_bytes;    /* --sse-sndbuf-bytes: SO_SNDBUF of streaming connections,
                                    * 0 (default) = kernel autotuning, else >= CONFIG_SNDBUF_MIN */
     uint32_t ping_interval_ms;    /* --ping-interval-ms, default 15000 */
+    uint32_t resume_grace_ms;     /* --resume-grace-ms, default 5000, 0 = no resumable streams */
+    uint64_t resume_job_bytes;    /* --resume-job-bytes, default 1 MiB */
+    uint64_t resume_total_bytes;  /* --resume-total-bytes, default 64 MiB */
     uint32_t drain_timeout_ms;    /* --drain-timeout-ms, default 30000 */
     /* engine */
     uint32_t threads;             /* --threads, 0 = online CPUs */

@@ -643,6 +643,9 @@ static int daemon_start_server(struct daemon *d)
         .ping_interval_ms = cfg->ping_interval_ms,
         .metrics = d->metrics,
         .log = d->log,
+        .resume_grace_ms = cfg->resume_grace_ms,
+        .resume_job_bytes = cfg->resume_job_bytes,
+        .resume_total_bytes = cfg->resume_total_bytes,
     };
     r = api_new(&d->api, &d->loop, d->srv, &co);
     if (r)

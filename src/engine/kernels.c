@@ -16,6 +16,7 @@
 #include "util.h"
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define KERNELS_X86 1
 #else
@@ -878,6 +879,16 @@ AVX512_TARGET static void attention_group_avx512(const struct kernels *k,
 
 /* ---- selection --------------------------------------------------------- */
 
+#if KERNELS_X86
+/* F16C from CPUID leaf 1 (ECX bit 29): clang before 15 rejects "f16c" in
+ * __builtin_cpu_supports, and the fuzz build (tests under clang) needs it. */
+static bool cpu_has_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+#endif
+
 LLORCH_API const struct kernels *kernels_get(enum kernels_isa isa)
 {
     switch (isa) {
@@ -886,14 +897,14 @@ LLORCH_API const struct kernels *kernels_get(enum kernels_isa isa)
 #if KERNELS_X86
     case KERNELS_ISA_AVX2:
         if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-            __builtin_cpu_supports("f16c"))
+            cpu_has_f16c())
             return &kernels_avx2;
         return NULL;
     case KERNELS_ISA_AVX512:
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
             __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-            __builtin_cpu_supports("f16c"))
+            cpu_has_f16c())
             return &kernels_avx512;
         return NULL;
 #endif

@@ -26,6 +26,7 @@ struct api {
     uint32_t ping_interval_ms;
     struct metrics *metrics;
     struct log *log;
+    struct resume_registry *resume; /* resumable streams of every adapter */
     struct sched *sched;
     enum api_state state;
     double progress;
@@ -36,6 +37,7 @@ struct api {
     struct llorch_queue jobs;     /* every live job, of every adapter */
     uint32_t live;
     struct http_buf json;         /* scratch for whole responses */
+    struct http_buf frame;        /* scratch for a frame with its id */
     char *text;                   /* scratch for sanitised text */
     size_t text_cap;
     /* drain */
@@ -249,6 +251,30 @@ LLORCH_API void api_respond_unauthorized(struct http_request *r)
                        "WWW-Authenticate: Bearer\r\n");
 }
 
+LLORCH_API bool api_request_grace(struct api *a, struct http_request *r, json_t *root,
+                                  uint32_t *grace)
+{
+    uint32_t max = resume_registry_grace_ms(a->resume);
+    *grace = json_is_true(json_object_get(root, "resumable")) ? max : 0;
+    size_t hl = 0;
+    const char *h = http_request_header(r, "x-resume-grace-ms", &hl);
+    if (!h)
+        return true;
+    uint64_t v = 0;
+    bool ok = hl > 0 && hl <= 10;
+    for (size_t i = 0; ok && i < hl; i++) {
+        ok = h[i] >= '0' && h[i] <= '9';
+        v = v * 10 + (uint64_t)(h[i] - '0');
+    }
+    if (!ok) {
+        http_respond_error(r, 400, "INVALID_HEADER",
+                           "X-Resume-Grace-Ms must be a whole number of milliseconds", NULL);
+        return false;
+    }
+    *grace = (uint32_t)LLORCH_MIN(v, (uint64_t)max);
+    return true;
+}
+
 /* ---- jobs ---- */
 
 static void api_job_id_text(const struct api_job *j, char *out)
@@ -262,6 +288,7 @@ static void api_job_release(struct api_job *j)
     struct api *a = j->api;
     llorch_queue_remove(&j->node);
     sse_stream_free(&j->sse);
+    resume_entry_free(&j->resume);
     a->live--; /* a drain in progress notices on its next poll */
     j->ops->free(j);
 }
@@ -273,12 +300,29 @@ LLORCH_API void api_job_cancel(struct api_job *j, enum sched_error code)
         sched_cancel(j->api->sched, j->req_id, code);
 }
 
-/* Connection gone: keep the job until its terminal event, cancel it now. */
+/* Connection gone: keep the job until its terminal event, cancel it now;
+ * a resumable one runs on, journaled, for its grace period (detached). */
 static void api_job_on_abort(void *data)
 {
     struct api_job *j = data;
     j->req = NULL;
     j->sse.req = NULL;
+    if (resume_entry_detach(&j->resume))
+        return;
+    api_job_cancel(j, SCHED_ERR_CANCELLED);
+}
+
+/* Grace over with nobody back (resume.c): cancel the job as a dropped
+ * connection does (counted as expired), or free it if it had ended. */
+static void api_job_on_expire(void *ctx, struct resume_entry *e)
+{
+    struct api *a = ctx;
+    struct api_job *j = llorch_container_of(e, struct api_job, resume);
+    if (j->finished) {
+        api_job_release(j); /* ended: its kept frames go */
+        return;
+    }
+    metrics_counter_add(a->metrics, METRICS_C_RESUME_EXPIRED, 1);
     api_job_cancel(j, SCHED_ERR_CANCELLED);
 }
 
@@ -292,6 +336,7 @@ static void api_job_cut_slow(struct api_job *j)
     LLORCH_ASSERT_ON_LOOP(&j->api->loop_thread);
     struct api *a = j->api;
     api_job_cancel(j, SCHED_ERR_CLIENT_TOO_SLOW);
+    resume_entry_free(&j->resume); /* cut, not resumable: its journal goes too */
     if (log_enabled(a->log, LOG_LEVEL_WARN)) {
         char id[SCHED_JOB_ID_MAX];
         api_job_id_text(j, id);
@@ -312,13 +357,25 @@ static void api_job_cut_slow(struct api_job *j)
     j->req = NULL;
 }
 
+LLORCH_API bool api_job_writing(const struct api_job *j)
+{
+    return j->sse.req || j->resume.resumable;
+}
+
+/* Frames go to the reader when attached and to the journal when the job is
+ * resumable (detached included), with their ids. */
 LLORCH_API void api_job_send(struct api_job *j, const char *type, const char *data, size_t len,
                              bool force)
 {
     LLORCH_ASSERT_ON_LOOP(&j->api->loop_thread);
-    if (!j->sse.req)
+    struct api *a = j->api;
+    if (!api_job_writing(j))
         return;
-    if (sse_stream_send(&j->sse, type, data, len, force) == LLORCH_EFULL)
+    bool terminal = !strcmp(type, "end") || !strcmp(type, "error");
+    if (resume_entry_frame(&j->resume, &a->frame, type, data, len, terminal) != 0)
+        return;
+    if (j->sse.req &&
+        sse_stream_send_frame(&j->sse, a->frame.data, a->frame.len, force) == LLORCH_EFULL)
         api_job_cut_slow(j);
 }
 
@@ -338,8 +395,13 @@ static void api_job_ping(void *data)
 LLORCH_API int api_job_begin_stream(struct api_job *j, enum sse_mode mode)
 {
     LLORCH_ASSERT_ON_LOOP(&j->api->loop_thread);
+    j->resume.mode = mode; /* a resumed reader's head */
+    if (!j->head_sent && !j->req && j->resume.resumable) {
+        j->head_sent = true; /* dropped before its head: it begins in its journal */
+        return 0;
+    }
     if (j->head_sent || !j->req)
-        return j->sse.req ? 0 : LLORCH_EINVAL;
+        return j->sse.req || j->resume.resumable ? 0 : LLORCH_EINVAL;
     j->head_sent = true;
     int rc = sse_stream_begin(&j->sse, j->req, mode, j->api->sse_outbox_bytes);
     if (rc != 0) {
@@ -362,9 +424,17 @@ LLORCH_API int api_job_submit(struct api *a, struct api_job *j, const struct api
     req->owner = j;
     if (!a->sched)
         return LLORCH_ESHUTDOWN;
+    /* a job id kept for a resumable stream (ended or not) is still taken */
+    if (resume_registry_find(a->resume, j->job_id, j->job_id_len))
+        return LLORCH_EEXISTS;
+    resume_entry_init(&j->resume, a->resume, j->job_id, j->job_id_len, SSE_MODE_EVENT,
+                      a->state == API_READY ? j->resume_grace_ms : 0, api_job_on_expire, a);
+    j->resume.with_ids = j->frame_ids || j->resume.resumable;
     int rc = sched_submit(a->sched, req, &j->req_id);
-    if (rc != 0)
+    if (rc != 0) {
+        resume_entry_free(&j->resume);
         return rc;
+    }
     llorch_queue_insert_tail(&a->jobs, &j->node);
     a->live++;
     http_request_on_abort(r, api_job_on_abort, j);
@@ -405,6 +475,69 @@ static void api_job_log_end(struct api_job *j, const struct sched_event *ev)
     }
 }
 
+/* The job's last frame is queued: a resumable job keeps its journal for its
+ * grace even when its reader is attached (the last frames may still be in
+ * flight when the connection drops); any other job goes now. */
+static void api_job_end_or_keep(struct api_job *j)
+{
+    if (j->sse.req)
+        sse_stream_end(&j->sse, false);
+    j->req = NULL;
+    if (j->api->state != API_DRAINING &&
+        (j->resume.detached || resume_entry_detach(&j->resume))) {
+        j->finished = true;
+        return;
+    }
+    api_job_release(j);
+}
+
+LLORCH_API struct api_job *api_job_find_resumable(struct api *a, const struct api_job_ops *ops,
+                                                  const char *job_id, size_t len)
+{
+    LLORCH_ASSERT_ON_LOOP(&a->loop_thread);
+    struct resume_entry *e = resume_registry_find(a->resume, job_id, len);
+    if (!e || e->expire != api_job_on_expire)
+        return NULL;
+    struct api_job *j = llorch_container_of(e, struct api_job, resume);
+    return j->ops == ops ? j : NULL;
+}
+
+LLORCH_API int api_job_resume(struct api_job *j, struct http_request *r)
+{
+    struct api *a = j->api;
+    LLORCH_ASSERT_ON_LOOP(&a->loop_thread);
+    struct resume_entry *e = &j->resume;
+    if (!e->detached || j->sse.req)
+        return LLORCH_EAGAIN;
+    size_t hl = 0;
+    const char *h = http_request_header(r, "last-event-id", &hl);
+    uint64_t from;
+    int rc = resume_entry_parse_last_id(e, h, hl, &from);
+    if (rc)
+        return rc;
+    if (sse_stream_begin(&j->sse, r, e->mode, a->sse_outbox_bytes) != 0) {
+        j->sse.req = NULL; /* as api_job_begin_stream: the job stays detached */
+        return 0;
+    }
+    j->req = r;
+    metrics_counter_add(a->metrics, METRICS_C_RESUMES, 1);
+    if (e->resumable && from < e->n_journal)
+        metrics_counter_add(a->metrics, METRICS_C_RESUME_REPLAYED, e->n_journal - from);
+    const char *data;
+    size_t len;
+    resume_entry_attach(e, from, &data, &len);
+    if (len)
+        sse_stream_send_frame(&j->sse, data, len, true); /* within --resume-job-bytes */
+    if (j->finished) {
+        api_job_end_or_keep(j); /* kept again for its grace */
+        return 0;
+    }
+    http_request_on_abort(r, api_job_on_abort, j);
+    if (!j->got_token && a->ping_interval_ms)
+        http_request_timer_start(r, a->ping_interval_ms, api_job_ping, j);
+    return 0;
+}
+
 static void api_job_on_event(struct api_job *j, const struct sched_event *ev)
 {
     LLORCH_ASSERT_ON_LOOP(&j->api->loop_thread);
@@ -419,10 +552,7 @@ static void api_job_on_event(struct api_job *j, const struct sched_event *ev)
     j->ops->on_event(j, ev);
     if (!terminal)
         return;
-    if (j->sse.req)
-        sse_stream_end(&j->sse, false);
-    j->req = NULL;
-    api_job_release(j);
+    api_job_end_or_keep(j);
 }
 
 /* ---- the event drain ---- */
@@ -488,6 +618,7 @@ LLORCH_API void api_drain(struct api *a, uint32_t timeout_ms, void (*done)(void 
     a->drain_ctx = ctx;
     a->drain_deadline = uv_now(a->loop) + timeout_ms;
     http_server_drain(a->srv);
+    resume_registry_expire_all(a->resume); /* nobody is coming back to a drain */
     if (a->sched)
         sched_drain(a->sched);
     uv_timer_start(&a->drain_timer, api_drain_timer_cb, 0, API_DRAIN_POLL_MS);
@@ -567,6 +698,15 @@ LLORCH_API int api_new(struct api **out, uv_loop_t *loop, struct http_server *sr
     uv_timer_init(loop, &a->drain_timer);
     a->drain_timer.data = a;
     a->handles_open = 2;
+    struct resume_limits rl = {.grace_ms = o->resume_grace_ms,
+                               .job_bytes = o->resume_job_bytes ? o->resume_job_bytes : 1u << 20,
+                               .total_bytes =
+                                   o->resume_total_bytes ? o->resume_total_bytes : 64u << 20};
+    int r = resume_registry_new(&a->resume, loop, &rl);
+    if (r) {
+        api_close(a);
+        return r;
+    }
     *out = a;
     return 0;
 }
@@ -577,6 +717,7 @@ static void api_handle_closed(uv_handle_t *h)
     if (--a->handles_open > 0)
         return;
     http_buf_free(&a->json);
+    http_buf_free(&a->frame);
     free(a->text);
     free(a);
 }
@@ -593,6 +734,8 @@ LLORCH_API void api_close(struct api *a)
             llorch_container_of(llorch_queue_head(&a->jobs), struct api_job, node);
         api_job_release(j);
     }
+    resume_registry_close(a->resume);
+    a->resume = NULL;
     uv_timer_stop(&a->drain_timer);
     uv_close((uv_handle_t *)&a->async, api_handle_closed);
     uv_close((uv_handle_t *)&a->drain_timer, api_handle_closed);

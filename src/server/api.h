@@ -26,6 +26,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "queue.h"
+#include "resume.h"
 #include "sched.h"
 #include "sse.h"
 
@@ -63,6 +64,11 @@ struct api_opts {
     uint32_t ping_interval_ms;    /* keep-alive comments until the first token; 0 = none */
     struct metrics *metrics;      /* may be NULL: job events feed TTFT, ITL, end reasons */
     struct log *log;              /* may be NULL: one line per finished job */
+    /* resumable streams (resume.h): the largest grace a request may ask for
+     * (0 = none), the journal bounds per job and over all jobs */
+    uint32_t resume_grace_ms;
+    uint64_t resume_job_bytes;
+    uint64_t resume_total_bytes;
 };
 
 enum api_state { API_LOADING, API_READY, API_DRAINING };
@@ -105,6 +111,11 @@ bool api_authorized(const struct api *a, const struct http_request *r);
 bool api_has_key(const struct api *a);
 /* 401 with WWW-Authenticate and a JSON error body. */
 void api_respond_unauthorized(struct http_request *r);
+
+/* The grace a request asks for: "resumable": true in root (the configured
+ * grace), or X-Resume-Grace-Ms: N (at most the configured grace); 0 = not
+ * resumable. False when a 400 was answered. */
+bool api_request_grace(struct api *a, struct http_request *r, json_t *root, uint32_t *grace);
 
 /* ---- JSON helpers ---- */
 
@@ -170,6 +181,14 @@ struct api_job {
     uint32_t n_frames;            /* token frames sent (the adapter counts; logged) */
     bool head_sent;
     bool got_token;
+    /* Set by the adapter before api_job_submit(): > 0 makes the stream
+     * resumable (its frames journaled, a dropped connection detaches the job
+     * for this long instead of cancelling it); frame_ids: every frame carries
+     * an `id:` line even when not resumable (resumable ones always do). */
+    uint32_t resume_grace_ms;
+    bool frame_ids;
+    bool finished;                /* terminal event handled, kept for a reader */
+    struct resume_entry resume;   /* frame ids; journal and grace when resumable */
     size_t job_id_len;
     char job_id[SCHED_JOB_ID_MAX];
 };
@@ -181,14 +200,29 @@ struct api_job {
  * job is then not registered; the caller frees it and answers r). */
 int api_job_submit(struct api *a, struct api_job *j, const struct api_job_ops *ops,
                    struct http_request *r, struct sched_request *req, bool ping);
+/* A job whose frames are written: a reader is attached, or the stream is
+ * resumable (its frames go to the journal while detached). */
+bool api_job_writing(const struct api_job *j);
 /* Sends the stream's response head; on failure the job is detached and
  * cancelled. */
 int api_job_begin_stream(struct api_job *j, enum sse_mode mode);
-/* Queues one frame (nothing when detached); a full outbox cuts the slow
- * client unless force. */
+/* Queues one frame (with its `id:` line when resumable or frame_ids), and
+ * journals it when resumable; nothing when not writing. A full outbox cuts
+ * the slow client unless force (the cut stream is no longer resumable). */
 void api_job_send(struct api_job *j, const char *type, const char *data, size_t len,
                   bool force);
 /* Asks the scheduler to end the job with code (its ERROR event follows). */
 void api_job_cancel(struct api_job *j, enum sched_error code);
+
+/* Resuming a stream (GET /execute/{id} and the like, with Last-Event-ID):
+ * the resumable job of an adapter (ops) with this job id, or NULL (unknown,
+ * not resumable, expired, over the journal bound, another adapter's). */
+struct api_job *api_job_find_resumable(struct api *a, const struct api_job_ops *ops,
+                                       const char *job_id, size_t len);
+/* Attaches r as the job's reader: its head, the frames after its
+ * Last-Event-ID, then the rest live. 0, or (nothing answered) LLORCH_EAGAIN:
+ * a reader is attached; LLORCH_EINVAL: a malformed Last-Event-ID or another
+ * job's; LLORCH_ERANGE: past the last frame. Counted in the metrics. */
+int api_job_resume(struct api_job *j, struct http_request *r);
 
 #endif

@@ -143,10 +143,20 @@ LLORCH_API int api_openai_error_wire(enum api_error e, const char **type, const 
 
 #define BAD(e, param, ...) err_set(e, 400, "invalid_request_error", NULL, param, __VA_ARGS__)
 
+/* Invalid UTF-8 replaced: messages and params quote the request (cut to
+ * fit, or jansson's "near '...'"), and json_pack refuses invalid UTF-8. */
+static json_t *err_text(const char *s, size_t cap)
+{
+    char buf[3 * sizeof(((struct oai_err *)0)->message) + 1];
+    size_t n = sse_utf8_sanitize(s, strnlen(s, cap), buf, sizeof(buf));
+    return json_stringn(buf, n == SIZE_MAX ? 0 : n);
+}
+
 static json_t *err_json(const struct oai_err *e)
 {
-    return json_pack("{s:{s:s,s:s,s:o,s:o}}", "error", "message", e->message, "type", e->type,
-                     "param", e->param[0] ? json_string(e->param) : json_null(), "code",
+    return json_pack("{s:{s:o,s:s,s:o,s:o}}", "error", "message",
+                     err_text(e->message, sizeof(e->message)), "type", e->type, "param",
+                     e->param[0] ? err_text(e->param, sizeof(e->param)) : json_null(), "code",
                      e->code ? json_string(e->code) : json_null());
 }
 
@@ -793,8 +803,8 @@ static void job_send_error_frame(struct oai_job *j, const struct oai_err *e)
 {
     struct api_openai *a = j->api;
     a->out.len = 0;
-    if (j->base.sse.req && api_json_append(&a->out, err_json(e)) == 0)
-        sse_stream_send(&j->base.sse, "error", a->out.data, a->out.len, true);
+    if (api_job_writing(&j->base) && api_json_append(&a->out, err_json(e)) == 0)
+        api_job_send(&j->base, "error", a->out.data, a->out.len, true);
 }
 
 static void job_send_error(struct api_job *base, enum api_error c, const char *message)
@@ -856,7 +866,8 @@ static void job_send_chunk(struct oai_job *j, const char *text, size_t len, bool
  * echoed prompt). */
 static void job_begin_stream(struct oai_job *j)
 {
-    if (j->base.head_sent || !j->base.req)
+    /* a resumable stream dropped before its head still begins, in its journal */
+    if (j->base.head_sent || (!j->base.req && !j->base.resume.resumable))
         return;
     if (api_job_begin_stream(&j->base, SSE_MODE_DATA) != 0)
         return;
@@ -956,7 +967,7 @@ static void job_on_token(struct oai_job *j, const struct sched_event *ev)
         }
         return;
     }
-    if (!j->base.sse.req || (len == 0 && !j->logprobs))
+    if (!api_job_writing(&j->base) || (len == 0 && !j->logprobs))
         return;
     json_t *lp = NULL;
     if (j->logprobs) {
@@ -1018,12 +1029,12 @@ static void job_on_end(struct oai_job *j, const struct sched_event *ev)
         return;
     }
     job_begin_stream(j);
-    if (!j->base.sse.req)
+    if (!api_job_writing(&j->base))
         return;
     const char *fin = finish_reason(ev->u.end.reason);
     job_send_chunk(j, ev->u.end.text_len ? ev->u.end.text : NULL, ev->u.end.text_len, false, NULL,
                    fin, true);
-    if (j->include_usage && j->base.sse.req) {
+    if (j->include_usage && api_job_writing(&j->base)) {
         struct http_buf *b = &j->api->out;
         b->len = 0;
         int r = chunk_head(j, b);
@@ -1036,8 +1047,6 @@ static void job_on_end(struct oai_job *j, const struct sched_event *ev)
         if (!r)
             job_send_frame(j, b, true);
     }
-    sse_stream_end(&j->base.sse, false);
-    j->base.req = NULL;
 }
 
 /* The scheduler's error before or after the head: an HTTP error, or an
@@ -1048,17 +1057,14 @@ static void job_on_error(struct oai_job *j, const struct sched_event *ev)
     enum api_error c = api_error_from_sched(ev->u.error.code);
     const char *m = ev->u.error.message[0] ? ev->u.error.message : sched_error_name(ev->u.error.code);
     err_code(&e, c, j->kind == OAI_CHAT ? "messages" : "prompt", m);
-    if (!j->base.head_sent) {
-        if (j->base.req)
-            respond_err(j->api, j->base.req, &e);
+    if (!j->base.head_sent && j->base.req) {
+        respond_err(j->api, j->base.req, &e);
         j->base.req = NULL;
+        resume_entry_free(&j->base.resume); /* answered whole: nothing to resume */
         return;
     }
-    if (j->base.sse.req) {
-        job_send_error_frame(j, &e);
-        sse_stream_end(&j->base.sse, false);
-    }
-    j->base.req = NULL;
+    job_begin_stream(j); /* a resumable stream dropped before its head */
+    job_send_error_frame(j, &e);
 }
 
 static void job_on_event(struct api_job *base, const struct sched_event *ev)
@@ -1235,6 +1241,15 @@ static void handle_generate(struct api_openai *a, struct http_request *r, enum o
     if (j->logprobs && !j->stream)
         j->lp = logprobs_new(kind);
     new_id(j->id, sizeof(j->id), kind == OAI_CHAT ? "chatcmpl-" : "cmpl-");
+    /* OpenAI streams keep their exact wire form (no ids) unless resumable */
+    if (j->stream && !api_request_grace(a->core, r, root, &j->base.resume_grace_ms)) {
+        json_decref(j->lp);
+        free(j->echo);
+        free(j);
+        oai_request_free(&q);
+        json_decref(root);
+        return;
+    }
     q.sr.job_id = j->id;
     q.sr.job_id_len = strlen(j->id);
     /* the scheduler reports the chosen token's log-prob only with n_logprobs > 0 */
@@ -1248,6 +1263,39 @@ static void handle_generate(struct api_openai *a, struct http_request *r, enum o
         free(j);
         submit_failed(a, r, rc);
         return;
+    }
+}
+
+/* GET /v1/completions/{id} and /v1/chat/completions/{id} (the stream's
+ * chunk id) with Last-Event-ID: the rest of a resumable stream. */
+static void h_resume(void *ctx, struct http_request *r, const char *tail, size_t tail_len)
+{
+    struct api_openai *a = ctx;
+    if (!admit_request(a, r, false))
+        return;
+    struct oai_err e;
+    struct api_job *base = api_job_find_resumable(a->core, &oai_job_ops, tail, tail_len);
+    struct oai_job *j = (struct oai_job *)base;
+    bool chat_route = r->path_len >= 9 && !memcmp(r->path, "/v1/chat/", 9);
+    if (!j || (j->kind == OAI_CHAT) != chat_route) {
+        err_set(&e, 404, "invalid_request_error", "resume_not_found", NULL,
+                "no resumable stream with this id (unknown, not resumable, expired, or over "
+                "the journal bound)");
+        respond_err(a, r, &e);
+        return;
+    }
+    int rc = api_job_resume(base, r);
+    if (rc == LLORCH_EAGAIN) {
+        err_set(&e, 409, "invalid_request_error", "stream_attached", NULL,
+                "this stream is being read on another connection");
+        respond_err(a, r, &e);
+    } else if (rc) {
+        err_set(&e, 400, "invalid_request_error",
+                rc == LLORCH_ERANGE ? "last_event_id_past_end" : "invalid_last_event_id",
+                "Last-Event-ID", rc == LLORCH_ERANGE
+                                     ? "Last-Event-ID is past the last frame of this stream"
+                                     : "Last-Event-ID must be an id of this stream's frames");
+        respond_err(a, r, &e);
     }
 }
 
@@ -1378,6 +1426,9 @@ LLORCH_API int api_openai_new(struct api_openai **out, struct http_server *srv,
         {LLORCH_HTTP_GET, "/models", false, h_models, METRICS_EP_MODELS_ROOT},
         {LLORCH_HTTP_POST, "/completions", false, h_completions, METRICS_EP_COMPLETIONS_ROOT},
         {LLORCH_HTTP_POST, "/chat/completions", false, h_chat, METRICS_EP_CHAT_COMPLETIONS_ROOT},
+        {LLORCH_HTTP_GET, "/v1/completions/", true, h_resume, METRICS_EP_COMPLETIONS_RESUME},
+        {LLORCH_HTTP_GET, "/v1/chat/completions/", true, h_resume,
+         METRICS_EP_CHAT_COMPLETIONS_RESUME},
     };
     for (size_t i = 0; !r && i < LLORCH_ARRAY_SIZE(routes); i++)
         r = http_server_route_tagged(srv, routes[i].methods, routes[i].path, routes[i].prefix,
@@ -1401,4 +1452,37 @@ LLORCH_API void api_openai_free(struct api_openai *a)
     free(a->model_ref);
     free(a->chat_template_name);
     free(a);
+}
+
+/* ---- validation alone (fuzzers, tests) ---- */
+
+LLORCH_API int api_openai_validate(struct api_openai *a, bool chat, const char *body, size_t len,
+                                   char **err_body)
+{
+    *err_body = NULL;
+    if (!a->tok)
+        return 503;
+    struct oai_err e = {0};
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, 0, &jerr);
+    struct oai_request q = {.kind = chat ? OAI_CHAT : OAI_COMPLETION};
+    bool ok = false;
+    if (!root)
+        BAD(&e, NULL, "the request body is not valid JSON (byte offset %d): %s", jerr.position,
+            jerr.text);
+    else if (!json_is_object(root))
+        BAD(&e, NULL, "the request body must be a JSON object");
+    else {
+        q.sr.add_bos = tokenizer_adds_bos(a->tok);
+        ok = chat ? validate_chat(a, root, &q, &e) : validate_completion(a, root, &q, &e);
+    }
+    int status = ok ? 200 : e.status;
+    if (!ok) {
+        json_t *o = err_json(&e);
+        *err_body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+    }
+    oai_request_free(&q);
+    json_decref(root);
+    return status;
 }

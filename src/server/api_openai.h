@@ -54,4 +54,11 @@ void api_openai_free(struct api_openai *a);
  * template is not one we know (chat requests then get a 400). */
 enum chat_template api_openai_chat_template(const struct api_openai *a);
 
+/* Validation of a completion (chat = false) or chat request body alone, as
+ * the handlers do before submitting (for fuzzers and tests): 200, or the
+ * error status with *err_body set to the OpenAI-shaped JSON error (caller
+ * frees). 503 while no model is set. */
+int api_openai_validate(struct api_openai *a, bool chat, const char *body, size_t len,
+                        char **err_body);
+
 #endif

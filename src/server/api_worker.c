@@ -137,9 +137,19 @@ static size_t json_error_offset(const json_error_t *e)
     return pos;
 }
 
+/* A message as a JSON string, invalid UTF-8 replaced: messages quote the
+ * request (jansson's "near '...'" may end inside a multi-byte character),
+ * and json_pack refuses invalid UTF-8, which turned a 400 into a 500. */
+static json_t *json_message(const char *message)
+{
+    char buf[3 * 1024 + 1];
+    size_t n = sse_utf8_sanitize(message, strnlen(message, 1024), buf, sizeof(buf));
+    return json_stringn(buf, n == SIZE_MAX ? 0 : n);
+}
+
 static char *error_obj_string(const char *code, const char *message)
 {
-    json_t *o = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", message);
+    json_t *o = json_pack("{s:{s:s,s:o}}", "error", "code", code, "message", json_message(message));
     char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     return s;
@@ -148,8 +158,8 @@ static char *error_obj_string(const char *code, const char *message)
 static void add_violation(json_t *errs, const char *field, const char *constraint,
                           const char *message, json_t *value)
 {
-    json_t *e = json_pack("{s:s,s:s,s:s}", "field", field, "constraint", constraint, "message",
-                          message);
+    json_t *e = json_pack("{s:s,s:s,s:o}", "field", field, "constraint", constraint, "message",
+                          json_message(message));
     if (!e)
         return;
     if (value)
@@ -504,10 +514,12 @@ LLORCH_API int api_worker_validate(const char *content_type, size_t ct_len, cons
 
 /* ---- jobs and their frames ---- */
 
+/* Every frame carries its id (the core adds it, and journals the frames of
+ * a resumable job, detached included). */
 static void job_send(struct worker_job *j, const char *type, json_t *o, bool force)
 {
     struct api_worker *a = j->api;
-    if (!j->base.sse.req) {
+    if (!api_job_writing(&j->base)) {
         json_decref(o);
         return;
     }
@@ -524,15 +536,13 @@ static void job_send_error(struct api_job *base, enum api_error e, const char *m
     const char *code = worker_error_of(e)->code;
     json_t *o = json_pack("{s:s,s:s,s:o*}", "type", "error", "code", code, "message",
                           api_json_text(a->core, message, strlen(message)));
-    a->json.len = 0;
-    if (base->sse.req && api_json_append(&a->json, o) == 0)
-        sse_stream_send(&base->sse, "error", a->json.data, a->json.len, true);
+    job_send(j, "error", o, true);
 }
 
 static void job_send_text(struct worker_job *j, const char *text, size_t len, bool force)
 {
     struct api_worker *a = j->api;
-    if (len == 0 || !j->base.sse.req)
+    if (len == 0 || !api_job_writing(&j->base))
         return;
     json_t *o = json_pack("{s:s,s:o*,s:I}", "type", "token", "t",
                           api_json_text(a->core, text, len), "i", (json_int_t)j->base.n_frames);
@@ -573,7 +583,7 @@ static void job_on_event(struct api_job *base, const struct sched_event *ev)
         break;
     }
     case SCHED_EV_ERROR:
-        if (base->sse.req) {
+        if (base->sse.req || (base->resume.resumable && !base->resume.ended)) {
             const char *m = ev->u.error.message;
             enum api_error e = api_error_from_sched(ev->u.error.code);
             job_send_error(base, e, m[0] ? m : worker_error_of(e)->code);
@@ -650,6 +660,8 @@ static void h_health(void *ctx, struct http_request *r, const char *tail, size_t
         "kv", "blocks_total", (json_int_t)st.kv.blocks_total, "blocks_used",
         (json_int_t)st.kv.blocks_used, "blocks_cached", (json_int_t)st.kv.blocks_cached,
         "seqs_active", (json_int_t)st.kv.seqs_active);
+    if (o) /* jobs not yet at their terminal event, or kept for a resumable reader */
+        json_object_set_new(o, "live_jobs", json_integer((json_int_t)api_live_jobs(a->core)));
     if (o && a->pool_manager) {
         struct api_worker_pm_state ms = {.status = "", .last_error = ""};
         a->pool_manager(a->pool_manager_ctx, &ms);
@@ -704,6 +716,11 @@ static void handle_generate(struct api_worker *a, struct http_request *r, enum s
         respond_raw_json(r, status, err, NULL);
         return;
     }
+    uint32_t grace = 0;
+    if (!api_request_grace(a->core, r, root, &grace)) {
+        json_decref(root);
+        return;
+    }
     struct worker_job *j = calloc(1, sizeof(*j));
     if (!j) {
         json_decref(root);
@@ -711,6 +728,8 @@ static void handle_generate(struct api_worker *a, struct http_request *r, enum s
         return;
     }
     j->api = a;
+    j->base.resume_grace_ms = grace;
+    j->base.frame_ids = true; /* worker frames always carry their id */
     j->n_stops = p.sp.n_stops;
     for (uint32_t i = 0; i < p.sp.n_stops; i++) {
         memcpy(j->stops[i], p.sp.stops[i], p.sp.stop_lens[i]);
@@ -735,7 +754,9 @@ static void handle_generate(struct api_worker *a, struct http_request *r, enum s
             snprintf(msg, sizeof(msg), "the request queue is full");
             break;
         case API_ERR_JOB_EXISTS:
-            snprintf(msg, sizeof(msg), "job_id `%.*s` is already running",
+            snprintf(msg, sizeof(msg),
+                     "job_id `%.*s` is already running or held for a resumable stream "
+                     "(GET /execute/{job_id})",
                      (int)LLORCH_MIN(p.job_id_len, 256), p.job_id);
             break;
         case API_ERR_SHUTTING_DOWN:
@@ -768,6 +789,43 @@ static void h_inference(void *ctx, struct http_request *r, const char *tail, siz
     LLORCH_UNUSED(tail);
     LLORCH_UNUSED(tail_len);
     handle_generate(ctx, r, SSE_MODE_DATA);
+}
+
+/* GET /execute/{job_id} and GET /v1/inference/{job_id} with Last-Event-ID:
+ * the frames after that id, then the rest live, in the mode the job began
+ * with (the core does it). */
+static void h_resume(void *ctx, struct http_request *r, const char *tail, size_t tail_len)
+{
+    struct api_worker *a = ctx;
+    if (!check_auth(a, r) || refuse_unless_ready(a, r))
+        return;
+    char id[SCHED_JOB_ID_MAX];
+    size_t n = 0;
+    bool ok = api_path_unescape(tail, tail_len, false, id, sizeof(id), &n);
+    struct api_job *j = ok ? api_job_find_resumable(a->core, &worker_job_ops, id, n) : NULL;
+    if (!j) {
+        http_respond_error(r, 404, "RESUME_NOT_FOUND",
+                           "no resumable stream with this job_id (unknown, not resumable, "
+                           "expired, or over the journal bound)", NULL);
+        return;
+    }
+    switch (api_job_resume(j, r)) {
+    case 0:
+        break;
+    case LLORCH_EAGAIN:
+        http_respond_error(r, 409, "STREAM_ATTACHED",
+                           "this job's stream is being read on another connection", NULL);
+        break;
+    case LLORCH_ERANGE:
+        http_respond_error(r, 400, "LAST_EVENT_ID_PAST_END",
+                           "Last-Event-ID is past the last frame of this job", NULL);
+        break;
+    default:
+        http_respond_error(r, 400, "INVALID_LAST_EVENT_ID",
+                           "Last-Event-ID must be an id of this job's frames (<job_id>:<index>)",
+                           NULL);
+        break;
+    }
 }
 
 static int cancel_job(struct api_worker *a, const char *id, size_t len)
@@ -900,6 +958,8 @@ LLORCH_API int api_worker_new(struct api_worker **out, struct api *core, struct 
         {LLORCH_HTTP_POST, "/v1/inference", false, h_inference, METRICS_EP_INFERENCE},
         {LLORCH_HTTP_DELETE, "/v1/inference/", true, h_delete_inference,
          METRICS_EP_INFERENCE_CANCEL},
+        {LLORCH_HTTP_GET, "/v1/inference/", true, h_resume, METRICS_EP_INFERENCE_CANCEL},
+        {LLORCH_HTTP_GET, "/execute/", true, h_resume, METRICS_EP_EXECUTE_RESUME},
         {LLORCH_HTTP_POST, "/cancel", false, h_cancel, METRICS_EP_CANCEL},
         {LLORCH_HTTP_POST, "/v1/admin/shutdown", false, h_shutdown, METRICS_EP_SHUTDOWN},
         {LLORCH_HTTP_POST, "/v1/shutdown", false, h_shutdown, METRICS_EP_SHUTDOWN},

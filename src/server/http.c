@@ -21,6 +21,7 @@
 
 #include "llorch/error.h"
 #include "queue.h"
+#include "sse.h"
 #include "thread.h"
 #include "util.h"
 
@@ -229,7 +230,12 @@ LLORCH_API const char *http_status_reason(int status)
 /* {"error":{"code":…,"message":…}} into out (replacing its contents). */
 static int error_body(struct http_buf *out, const char *code, const char *message)
 {
-    json_t *o = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", message);
+    /* Messages may quote the request, cut to fit (inside a multi-byte
+     * character): invalid UTF-8 is replaced, as json_pack refuses it. */
+    char clean[3 * 1024 + 1];
+    size_t n_clean = sse_utf8_sanitize(message, strnlen(message, 1024), clean, sizeof(clean));
+    json_t *o = json_pack("{s:{s:s,s:s%}}", "error", "code", code, "message", clean,
+                          n_clean == SIZE_MAX ? (size_t)0 : n_clean);
     if (!o)
         return LLORCH_ENOMEM;
     size_t n = json_dumpb(o, NULL, 0, JSON_COMPACT);
@@ -1016,6 +1022,50 @@ static void on_connection(uv_stream_t *ls, int status)
     c->reading = true;
     conn_read_start(c);
     conn_timer_set(c, CONN_TIMER_HEADER, s->lim.header_timeout_ms);
+}
+
+/* A connection with no socket: the bytes are appended to its input in
+ * pieces, as reads would, and parsed, limited and routed as from a socket.
+ * Nothing is flushed (the loop is not run); the queued output is handed back.
+ * The tcp handle is initialised but never opened, so closing it is safe. */
+LLORCH_API int http_server_feed(struct http_server *s, const void *data, size_t len,
+                                size_t piece, struct http_buf *out)
+{
+    if (s->closing)
+        return LLORCH_EINVAL;
+    struct http_conn *c = calloc(1, sizeof(*c));
+    if (!c)
+        return LLORCH_ENOMEM;
+    c->srv = s;
+    uv_tcp_init(s->loop, &c->tcp);
+    uv_timer_init(s->loop, &c->timer);
+    c->tcp.data = c->timer.data = c;
+    c->handles_open = 2;
+    llorch_queue_init(&c->dirty_node);
+    llorch_queue_insert_tail(&s->conns, &c->node);
+    s->n_conns++;
+    llhttp_init(&c->parser, HTTP_REQUEST, &s->settings);
+    c->parser.data = c;
+    c->reading = true;
+    if (piece == 0)
+        piece = len ? len : 1;
+    int rc = 0;
+    for (size_t off = 0; off < len && !c->closing && !c->close_after;) {
+        size_t n = LLORCH_MIN(piece, len - off);
+        /* as conn_alloc_cb: drop what was parsed before reading more */
+        if (c->in_off == c->in.len)
+            c->in_off = c->in.len = 0;
+        rc = http_buf_append(&c->in, (const char *)data + off, n);
+        if (rc)
+            break;
+        off += n;
+        if (!c->busy)
+            conn_process(c);
+    }
+    if (!rc)
+        rc = http_buf_append(out, c->out.data, c->out.len);
+    conn_close(c);
+    return rc;
 }
 
 static void prepare_cb(uv_prepare_t *p)

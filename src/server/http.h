@@ -127,6 +127,15 @@ int http_request_timer_start(struct http_request *r, uint64_t interval_ms,
                              void (*cb)(void *data), void *data);
 void http_request_timer_stop(struct http_request *r);
 
+/* For fuzzers and tests: a connection with no socket is given data in reads
+ * of `piece` bytes (0 = all at once); its requests are parsed, limited and
+ * routed as from a socket, and what it would write is appended to out.
+ * Handlers must answer at once (a request still busy at the end is
+ * aborted). The connection is closed before returning; run the loop once
+ * (UV_RUN_NOWAIT) to free it. */
+int http_server_feed(struct http_server *s, const void *data, size_t len, size_t piece,
+                     struct http_buf *out);
+
 /* Reason phrase of a status code. */
 const char *http_status_reason(int status);
 

@@ -77,6 +77,9 @@ static const char *const endpoint_names[METRICS_EP_COUNT_] = {
     [METRICS_EP_COMPLETIONS_ROOT] = "/completions",
     [METRICS_EP_CHAT_COMPLETIONS_ROOT] = "/chat/completions",
     [METRICS_EP_MODELS_ROOT] = "/models",
+    [METRICS_EP_EXECUTE_RESUME] = "/execute/{job_id}",
+    [METRICS_EP_COMPLETIONS_RESUME] = "/v1/completions/{id}",
+    [METRICS_EP_CHAT_COMPLETIONS_RESUME] = "/v1/chat/completions/{id}",
 };
 
 /* Label values of llorch_jobs_total; local so that metrics does not need
@@ -120,6 +123,12 @@ static const struct {
                                       "Heartbeat POSTs that failed."},
     [METRICS_C_CONNECTIONS_REJECTED] = {"llorch_http_connections_rejected_total",
                                         "Connections closed at once for --max-connections."},
+    [METRICS_C_RESUMES] = {"llorch_stream_resumes_total",
+                           "Resumable streams picked up again after a dropped connection."},
+    [METRICS_C_RESUME_REPLAYED] = {"llorch_stream_replayed_frames_total",
+                                   "Frames replayed to resuming readers."},
+    [METRICS_C_RESUME_EXPIRED] = {"llorch_stream_resume_expired_total",
+                                  "Detached jobs cancelled or dropped when their grace ended."},
 };
 
 struct metrics {

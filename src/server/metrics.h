@@ -22,7 +22,7 @@ enum metrics_endpoint {
     METRICS_EP_READY,            /* /v1/ready */
     METRICS_EP_EXECUTE,          /* /execute */
     METRICS_EP_INFERENCE,        /* /v1/inference */
-    METRICS_EP_INFERENCE_CANCEL, /* DELETE /v1/inference/{id} */
+    METRICS_EP_INFERENCE_CANCEL, /* DELETE /v1/inference/{id}, GET (resume) */
     METRICS_EP_CANCEL,           /* /cancel */
     METRICS_EP_COMPLETIONS,      /* /v1/completions */
     METRICS_EP_CHAT_COMPLETIONS, /* /v1/chat/completions */
@@ -34,6 +34,9 @@ enum metrics_endpoint {
     METRICS_EP_COMPLETIONS_ROOT, /* /completions */
     METRICS_EP_CHAT_COMPLETIONS_ROOT, /* /chat/completions */
     METRICS_EP_MODELS_ROOT,      /* /models */
+    METRICS_EP_EXECUTE_RESUME,   /* GET /execute/{id} (resume) */
+    METRICS_EP_COMPLETIONS_RESUME, /* GET /v1/completions/{id} (resume) */
+    METRICS_EP_CHAT_COMPLETIONS_RESUME, /* GET /v1/chat/completions/{id} (resume) */
     METRICS_EP_COUNT_
 };
 
@@ -51,6 +54,9 @@ enum metrics_counter {
     METRICS_C_HEARTBEATS,           /* heartbeat POSTs sent */
     METRICS_C_HEARTBEAT_FAILURES,   /* of which failed */
     METRICS_C_CONNECTIONS_REJECTED, /* over --max-connections */
+    METRICS_C_RESUMES,              /* resumable streams picked up again */
+    METRICS_C_RESUME_REPLAYED,      /* frames replayed to resuming readers */
+    METRICS_C_RESUME_EXPIRED,       /* detached jobs nobody came back for */
     METRICS_C_COUNT_
 };
 

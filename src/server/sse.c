@@ -157,6 +157,18 @@ LLORCH_API int sse_stream_send(struct sse_stream *s, const char *type, const cha
     return stream_put(s, force);
 }
 
+LLORCH_API int sse_stream_send_frame(struct sse_stream *s, const char *frame, size_t len,
+                                     bool force)
+{
+    s->frame.len = 0;
+    int r = http_buf_append(&s->frame, frame, len);
+    if (r) {
+        s->frame.len = 0;
+        return r;
+    }
+    return stream_put(s, force);
+}
+
 LLORCH_API int sse_stream_ping(struct sse_stream *s)
 {
     s->frame.len = 0;

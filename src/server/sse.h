@@ -50,6 +50,9 @@ int sse_stream_begin(struct sse_stream *s, struct http_request *req, enum sse_mo
  * outbox would exceed its bound, unless force (terminal frames). */
 int sse_stream_send(struct sse_stream *s, const char *type, const char *json, size_t len,
                     bool force);
+/* Queues frames already formatted (e.g. with an `id:` line, or replayed),
+ * under the same bound as sse_stream_send. */
+int sse_stream_send_frame(struct sse_stream *s, const char *frame, size_t len, bool force);
 int sse_stream_ping(struct sse_stream *s);
 /* After the terminal frame: "data: [DONE]" in data mode, then ends the
  * response (the connection stays usable unless close_conn). */
