@@ -380,7 +380,12 @@ QMM_DEF_SCALAR_TILE(tile_q6_k_scalar, dot_q6_k_scalar)
 
 /* ---- AVX2 + FMA + F16C ------------------------------------------------------ */
 
-#define QMM_AVX2 __attribute__((target("avx2,fma,f16c")))
+/* The sanitizers stay out of the vector kernels: their bounds are the
+ * caller's (row bytes checked at qmm_weight_new; test_qmm runs every level
+ * against the scalar one, which is instrumented), and instrumenting every
+ * vector load made the sanitizer build's end-to-end tests several times
+ * slower than a oneDNN matmul, which was never instrumented. */
+#define QMM_AVX2 __attribute__((target("avx2,fma,f16c"), no_sanitize("address", "undefined")))
 #define QMM_INLINE static inline __attribute__((always_inline)) QMM_AVX2
 
 QMM_INLINE float avx2_hsum8(__m256 v)

@@ -23,20 +23,6 @@
 
 /* ---- scalar conversions ---- */
 
-static inline uint32_t f32_bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-
-static inline float f32_from_bits(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 LLORCH_API float quant_f16_to_f32(uint16_t h)
 {
     return half_f16_to_f32(h);
