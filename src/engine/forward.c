@@ -284,6 +284,9 @@ static int fw_proj_new_qmm(struct forward *f, struct fw_proj *p, const struct gg
         fw_err(err, errlen, "cannot set up a weight matrix: %s", llorch_strerror(rc));
         return rc;
     }
+    for (int i = 0; i < n; i++)
+        if (!parts[i].owned && qmm_weight_part_copied(p->q, i))
+            gguf_tensor_release(f->m->file, w[i]);
     f->weight_bytes += qmm_weight_bytes(p->q);
     return 0;
 }

@@ -38,7 +38,7 @@
 /* Bytes ahead of a weight row's reads that its blocks are prefetched: one
  * core's stream from memory fell short of the read bandwidth without it
  * (Q8_0 batch 1: +10 % measured on an AVX2 EPYC). */
-#define QMM_PREFETCH 1024
+#define QMM_PREFETCH 3072
 
 /* How activations are rounded for a weight type. */
 enum qmm_fmt {
@@ -562,53 +562,199 @@ QMM_INLINE void avx2_q45k_tile(bool five, const int WR, const int NR, const uint
             out[i * NR + r] = avx2_hsum8(acc[i][r]) - accm[i][r];
 }
 
+/* Q6_K: the activation's 32 values and their 32 x offsets are shared by
+ * every weight row; the 2 high bits of each value come out of qh with one
+ * mask and at most one shift; a sub-block's two scales are one byte shuffle
+ * of the 16. */
 QMM_INLINE void avx2_q6k_tile(const int WR, const int NR, const uint8_t *w, size_t wstride,
                               const struct qmm_act *a, int64_t n, float *out)
 {
-    const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(3), k32 = _mm256_set1_epi8(32);
+    const __m256i m4 = _mm256_set1_epi8(0x0f), k32 = _mm256_set1_epi8(32);
     __m256 acc[QMM_MAX_WR][QMM_MAX_NR];
     for (int i = 0; i < WR; i++)
         for (int r = 0; r < NR; r++)
             acc[i][r] = _mm256_setzero_ps();
     for (int64_t sb = 0; sb < n / 256; sb++) {
+        const uint8_t *blk[QMM_MAX_WR];
+        __m128i sc[QMM_MAX_WR];
+        __m256i P[QMM_MAX_WR][QMM_MAX_NR];
         for (int i = 0; i < WR; i++) {
-            const uint8_t *blk = w + (size_t)i * wstride + (size_t)sb * 210;
+            blk[i] = w + (size_t)i * wstride + (size_t)sb * 210;
             for (int l = 0; l < 4; l++)
-                _mm_prefetch((const char *)blk + QMM_PREFETCH + 64 * l, _MM_HINT_T0);
-            const int8_t *sc = (const int8_t *)(blk + 192);
-            __m256i P[QMM_MAX_NR];
+                _mm_prefetch((const char *)blk[i] + QMM_PREFETCH + 64 * l, _MM_HINT_T0);
+            sc[i] = _mm_loadu_si128((const __m128i *)(const void *)(blk[i] + 192));
             for (int r = 0; r < NR; r++)
-                P[r] = _mm256_setzero_si256();
-            for (int half = 0; half < 2; half++) {
-                const uint8_t *ql = blk + 64 * half;
-                const __m256i l0 = avx2_load(ql), l1 = avx2_load(ql + 32);
-                const __m256i qh = avx2_load(blk + 128 + 32 * half);
-                for (int k = 0; k < 4; k++) {
-                    const __m256i lo = k % 2 ? l1 : l0;
+                P[i][r] = _mm256_setzero_si256();
+        }
+        for (int half = 0; half < 2; half++)
+            for (int k = 0; k < 4; k++) {
+                const int c = 4 * half + k;
+                __m256i xv[QMM_MAX_NR], off[QMM_MAX_NR];
+                for (int r = 0; r < NR; r++) {
+                    xv[r] = avx2_load(a[r].q + 256 * sb + 32 * c);
+                    off[r] = _mm256_maddubs_epi16(k32, xv[r]);
+                }
+                /* scales 2c (low 16 elements) and 2c+1 (high 16) as int16 */
+                const __m128i pick = _mm_set_epi64x(0x0101010101010101LL * (2 * c + 1),
+                                                    0x0101010101010101LL * (2 * c));
+                for (int i = 0; i < WR; i++) {
+                    const __m256i lo = avx2_load(blk[i] + 64 * half + 32 * (k % 2));
                     const __m256i nib = k < 2 ? _mm256_and_si256(lo, m4)
                                               : _mm256_and_si256(_mm256_srli_epi16(lo, 4), m4);
-                    const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), m2), 4);
+                    const __m256i qh = avx2_load(blk[i] + 128 + 32 * half);
+                    __m256i hi = _mm256_and_si256(qh, _mm256_set1_epi8((char)(3 << (2 * k))));
+                    if (k == 0)
+                        hi = _mm256_slli_epi16(hi, 4);
+                    else if (k == 1)
+                        hi = _mm256_slli_epi16(hi, 2);
+                    else if (k == 3)
+                        hi = _mm256_srli_epi16(hi, 2);
                     const __m256i q = _mm256_or_si256(nib, hi); /* 0..63 */
-                    const int c = 4 * half + k;
-                    const __m256i scale = _mm256_set_m128i(_mm_set1_epi16((short)sc[2 * c + 1]),
-                                                           _mm_set1_epi16((short)sc[2 * c]));
+                    const __m256i scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc[i], pick));
                     for (int r = 0; r < NR; r++) {
-                        const __m256i xv = avx2_load(a[r].q + 256 * sb + 32 * c);
                         /* pairs of (q - 32) x: q x - 32 x, each within int16 */
-                        const __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q, xv),
-                                                             _mm256_maddubs_epi16(k32, xv));
-                        P[r] = _mm256_add_epi32(P[r], _mm256_madd_epi16(p16, scale));
+                        const __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q, xv[r]), off[r]);
+                        P[i][r] = _mm256_add_epi32(P[i][r], _mm256_madd_epi16(p16, scale));
                     }
                 }
             }
-            const float d = avx2_f16(blk + 208);
+        for (int i = 0; i < WR; i++) {
+            const float d = avx2_f16(blk[i] + 208);
             for (int r = 0; r < NR; r++)
-                acc[i][r] = _mm256_fmadd_ps(_mm256_set1_ps(a[r].d[sb] * d), _mm256_cvtepi32_ps(P[r]), acc[i][r]);
+                acc[i][r] = _mm256_fmadd_ps(_mm256_set1_ps(a[r].d[sb] * d), _mm256_cvtepi32_ps(P[i][r]),
+                                            acc[i][r]);
         }
     }
     for (int i = 0; i < WR; i++)
         for (int r = 0; r < NR; r++)
             out[i * NR + r] = avx2_hsum8(acc[i][r]);
+}
+
+/* ---- grouped layouts (AVX2 and up) -----------------------------------------
+ * Q8_0 and Q4_0 rows are repacked once at load, in place of the file's
+ * bytes (same size), so that each group of 8 blocks reads as:
+ *   8 f16 scales (16 B), then the 8 blocks' values:
+ *     Q8_0: 8 x 32 int8, block after block;
+ *     Q4_0: 4 x 32 bytes, byte j of pair p = (element j of block 2p) |
+ *           (element j of block 2p+1) << 4, the file's unsigned nibbles.
+ * A row's last nb % 8 blocks stay in the file's layout. One f16 conversion
+ * and one multiply give the 8 blocks' d_w * d_x; one 32-byte load gives two
+ * Q4_0 blocks without a cross-lane insert; Q4_0's offset is taken out of
+ * the integer sums as 8 * (4-element sums of x), computed once per
+ * activation block for every weight row. The sums and their order are the
+ * canonical ones, so the bits equal the scalar level's. */
+#define QMM_GROUP 8
+
+QMM_INLINE void avx2_grouped_tile(enum ggml_type t, const int WR, const int NR, const uint8_t *w,
+                                  size_t wstride, const struct qmm_act *a, int64_t n, float *out)
+{
+    const bool four = t == GGML_TYPE_Q4_0;
+    const int bytes = four ? 18 : 34, gbytes = QMM_GROUP * bytes;
+    const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0x0f), eight = _mm256_set1_epi8(8);
+    __m256 acc[QMM_MAX_WR][QMM_MAX_NR];
+    for (int i = 0; i < WR; i++)
+        for (int r = 0; r < NR; r++)
+            acc[i][r] = _mm256_setzero_ps();
+    const int64_t nb = n / 32, ng = nb / QMM_GROUP;
+    for (int64_t g = 0; g < ng; g++) {
+        float dd[QMM_MAX_WR][QMM_MAX_NR][QMM_GROUP] __attribute__((aligned(32)));
+        for (int i = 0; i < WR; i++) {
+            const uint8_t *grp = w + (size_t)i * wstride + (size_t)g * (size_t)gbytes;
+            for (int l = 0; l < gbytes; l += 64)
+                _mm_prefetch((const char *)grp + QMM_PREFETCH + l, _MM_HINT_T0);
+            const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)grp));
+            for (int r = 0; r < NR; r++)
+                _mm256_store_ps(dd[i][r], _mm256_mul_ps(dw, _mm256_loadu_ps(a[r].d + QMM_GROUP * g)));
+        }
+        for (int p = 0; p < QMM_GROUP / 2; p++) {
+            for (int h = 0; h < 2; h++) {
+                const int blk = 2 * p + h;
+                __m256i x[QMM_MAX_NR], off[QMM_MAX_NR];
+                for (int r = 0; r < NR; r++) {
+                    x[r] = avx2_load(a[r].q + 32 * (QMM_GROUP * g + blk));
+                    if (four)
+                        off[r] = _mm256_maddubs_epi16(eight, x[r]);
+                }
+                for (int i = 0; i < WR; i++) {
+                    const uint8_t *vals = w + (size_t)i * wstride + (size_t)g * (size_t)gbytes + 16;
+                    __m256i v;
+                    if (four) {
+                        const __m256i q = avx2_load(vals + 32 * p);
+                        v = h ? _mm256_and_si256(_mm256_srli_epi16(q, 4), m4) : _mm256_and_si256(q, m4);
+                    } else {
+                        v = avx2_load(vals + 32 * blk);
+                    }
+                    const __m256i av = four ? v : _mm256_abs_epi8(v);
+                    for (int r = 0; r < NR; r++) {
+                        __m256i p16;
+                        if (four)
+                            p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(av, x[r]), off[r]);
+                        else
+                            p16 = _mm256_maddubs_epi16(av, _mm256_sign_epi8(x[r], v));
+                        const __m256i s = _mm256_madd_epi16(p16, ones);
+                        acc[i][r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[i][r][blk]), _mm256_cvtepi32_ps(s),
+                                                    acc[i][r]);
+                    }
+                }
+            }
+        }
+    }
+    /* the file-layout tail */
+    for (int64_t b = ng * QMM_GROUP; b < nb; b++) {
+        __m256i x[QMM_MAX_NR];
+        __m256 dx[QMM_MAX_NR];
+        for (int r = 0; r < NR; r++) {
+            x[r] = avx2_load(a[r].q + 32 * b);
+            dx[r] = _mm256_broadcast_ss(&a[r].d[b]);
+        }
+        for (int i = 0; i < WR; i++) {
+            const uint8_t *blk = w + (size_t)i * wstride + (size_t)b * (size_t)bytes;
+            const __m256i v = avx2_q32_values(t, blk);
+            const __m256 dw = _mm256_set1_ps(avx2_f16(blk));
+            const __m256i av = _mm256_abs_epi8(v);
+            for (int r = 0; r < NR; r++) {
+                const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(av, _mm256_sign_epi8(x[r], v)), ones);
+                acc[i][r] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx[r]), _mm256_cvtepi32_ps(p), acc[i][r]);
+            }
+        }
+    }
+    for (int i = 0; i < WR; i++)
+        for (int r = 0; r < NR; r++)
+            out[i * NR + r] = avx2_hsum8(acc[i][r]);
+}
+
+/* Repacks n_rows rows of nb blocks from src (file layout) into dst. */
+static void qmm_group_repack(enum ggml_type t, uint8_t *dst, const uint8_t *src, int64_t n_rows,
+                             int64_t nb)
+{
+    const bool four = t == GGML_TYPE_Q4_0;
+    const size_t bytes = four ? 18 : 34, rb = (size_t)nb * bytes;
+    for (int64_t r = 0; r < n_rows; r++) {
+        const uint8_t *s = src + (size_t)r * rb;
+        uint8_t *d = dst + (size_t)r * rb;
+        int64_t b = 0;
+        for (; b + QMM_GROUP <= nb; b += QMM_GROUP) {
+            const uint8_t *blk = s + (size_t)b * bytes;
+            for (int k = 0; k < QMM_GROUP; k++)
+                memcpy(d + 2 * k, blk + (size_t)k * bytes, 2);
+            uint8_t *v = d + 16;
+            if (four) {
+                for (int p = 0; p < QMM_GROUP / 2; p++) {
+                    const uint8_t *b0 = blk + (size_t)(2 * p) * bytes + 2, *b1 = b0 + bytes;
+                    for (int j = 0; j < 32; j++) {
+                        const int e0 = j < 16 ? b0[j] & 0xf : b0[j - 16] >> 4;
+                        const int e1 = j < 16 ? b1[j] & 0xf : b1[j - 16] >> 4;
+                        v[32 * p + j] = (uint8_t)(e0 | e1 << 4);
+                    }
+                }
+            } else {
+                for (int k = 0; k < QMM_GROUP; k++)
+                    memcpy(v + 32 * k, blk + (size_t)k * bytes + 2, 32);
+            }
+            d += QMM_GROUP * bytes;
+        }
+        memcpy(d, s + (size_t)b * bytes, (size_t)(nb - b) * bytes);
+    }
 }
 
 /* Float types: 4 accumulators (32 lanes) per output; the weight's 8
@@ -726,6 +872,11 @@ QMM_AVX2_DISPATCH(tile_q5_1_avx2, QMM_Q5_1, 1)
 QMM_AVX2_DISPATCH(tile_q4_k_avx2, QMM_Q4_K, 0)
 QMM_AVX2_DISPATCH(tile_q5_k_avx2, QMM_Q5_K, 0)
 QMM_AVX2_DISPATCH(tile_q6_k_avx2, QMM_Q6_K, 0)
+
+#define QMM_Q8_0G(WR, NR, ...) avx2_grouped_tile(GGML_TYPE_Q8_0, WR, NR, __VA_ARGS__)
+#define QMM_Q4_0G(WR, NR, ...) avx2_grouped_tile(GGML_TYPE_Q4_0, WR, NR, __VA_ARGS__)
+QMM_AVX2_DISPATCH(tile_q8_0g_avx2, QMM_Q8_0G, 0)
+QMM_AVX2_DISPATCH(tile_q4_0g_avx2, QMM_Q4_0G, 0)
 
 #define QMM_AVX2_FLOAT_DISPATCH(NAME, T, ES)                                                    \
     static QMM_AVX2 void NAME(const uint8_t *w, size_t wstride, int wr, const struct qmm_act *a, \
@@ -849,6 +1000,7 @@ struct qmm_seg {
     size_t row_bytes;
     int64_t row0, n_rows;   /* output rows [row0, row0 + n_rows) */
     void *owned;
+    bool copied;            /* repacked here: the part's data is no longer read */
 };
 
 struct qmm_weight {
@@ -900,6 +1052,19 @@ LLORCH_API int qmm_weight_new(struct qmm_weight **out, const struct qmm_part *pa
         }
         s->tile = qmm_tiles_for(isa)[qmm_type_index(parts[i].type)];
         s->data = parts[i].data;
+        if (isa != KERNELS_ISA_SCALAR && (parts[i].type == GGML_TYPE_Q8_0 || parts[i].type == GGML_TYPE_Q4_0) &&
+            n_in >= 32 * QMM_GROUP) {
+            uint8_t *g = malloc((size_t)rb * (size_t)parts[i].n_rows);
+            if (!g) {
+                rc = LLORCH_ENOMEM;
+                continue;
+            }
+            qmm_group_repack(parts[i].type, g, parts[i].data, parts[i].n_rows, n_in / 32);
+            free(s->owned);
+            s->data = s->owned = g;
+            s->copied = true;
+            s->tile = parts[i].type == GGML_TYPE_Q8_0 ? tile_q8_0g_avx2 : tile_q4_0g_avx2;
+        }
         s->row_bytes = (size_t)rb;
         s->row0 = w->n_out;
         s->n_rows = parts[i].n_rows;
@@ -925,6 +1090,11 @@ LLORCH_API void qmm_weight_free(struct qmm_weight *w)
     for (int i = 0; i < w->n_seg; i++)
         free(w->seg[i].owned);
     free(w);
+}
+
+LLORCH_API bool qmm_weight_part_copied(const struct qmm_weight *w, int part)
+{
+    return part >= 0 && part < w->n_seg && w->seg[part].copied;
 }
 
 LLORCH_API int64_t qmm_weight_n_out(const struct qmm_weight *w)

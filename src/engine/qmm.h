@@ -51,6 +51,9 @@ bool qmm_type_supported(enum ggml_type t);
 int qmm_weight_new(struct qmm_weight **out, const struct qmm_part *parts, int n_parts, int64_t n_in,
                    enum kernels_isa isa);
 void qmm_weight_free(struct qmm_weight *w); /* NULL is safe */
+/* Whether part i was repacked into memory of the weight's own (the level's
+ * grouped layouts): the caller may then release the part's file pages. */
+bool qmm_weight_part_copied(const struct qmm_weight *w, int part);
 int64_t qmm_weight_n_out(const struct qmm_weight *w);
 uint64_t qmm_weight_bytes(const struct qmm_weight *w); /* bytes read per use */
 const char *qmm_weight_impl(const struct qmm_weight *w); /* "llorch:avx2 q4_K+q6_K" */
