@@ -112,14 +112,6 @@ static inline float qmm_hsum8(const float *a)
     return (t0 + t2) + (t1 + t3);
 }
 
-static inline float qmm_hsum32(const float *a)
-{
-    float s[8];
-    for (int j = 0; j < 8; j++)
-        s[j] = (a[j] + a[j + 8]) + (a[j + 16] + a[j + 24]);
-    return qmm_hsum8(s);
-}
-
 /* Q4_K/Q5_K 6-bit scale and min of sub-block j (see quant.c's k4_scale_min). */
 static inline void qmm_k4_scale_min(int j, const uint8_t *q, int *sc, int *m)
 {
@@ -153,17 +145,17 @@ static inline float float_value(enum ggml_type t, const uint8_t *w, int64_t i)
     }
 }
 
-/* 32 lanes, the tail padded with zeros (see qmm.h). */
+/* 8 lanes, the tail padded with zeros (see qmm.h). */
 static inline float float_dot_scalar(enum ggml_type t, const uint8_t *w, const struct qmm_act *a,
                                      int64_t n)
 {
-    float acc[32] = {0};
-    for (int64_t i = 0; i < n; i += 32)
-        for (int l = 0; l < 32; l++) {
+    float acc[8] = {0};
+    for (int64_t i = 0; i < n; i += 8)
+        for (int l = 0; l < 8; l++) {
             const bool in = i + l < n;
             acc[l] = fmaf(in ? float_value(t, w, i + l) : 0.0f, in ? a->f[i + l] : 0.0f, acc[l]);
         }
-    return qmm_hsum32(acc);
+    return qmm_hsum8(acc);
 }
 
 static float dot_f32_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n)
@@ -351,7 +343,7 @@ static float dot_q6_k_scalar(const uint8_t *w, const struct qmm_act *a, int64_t 
  * the tile only shares loads and unpacking between them (one weight block
  * serves NR activation rows; WR > 1 gives a single activation row
  * independent fma chains). */
-#define QMM_MAX_WR 2
+#define QMM_MAX_WR 4 /* float types; the block types take 2 */
 #define QMM_MAX_NR 4
 
 typedef void (*qmm_tile_fn)(const uint8_t *w, size_t wstride, int wr, const struct qmm_act *a,
@@ -757,8 +749,7 @@ static void qmm_group_repack(enum ggml_type t, uint8_t *dst, const uint8_t *src,
     }
 }
 
-/* Float types: 4 accumulators (32 lanes) per output; the weight's 8
- * elements converted once for every activation row. */
+/* 8 weight elements as f32: F16 by F16C, BF16 exactly by a shift. */
 QMM_INLINE __m256 avx2_load_wf(enum ggml_type t, const uint8_t *p)
 {
     switch (t) {
@@ -772,44 +763,50 @@ QMM_INLINE __m256 avx2_load_wf(enum ggml_type t, const uint8_t *p)
     }
 }
 
+/* Float types: one 8-lane accumulator per output, so a tile holds WR x NR
+ * outputs in registers: each weight vector is converted once for NR
+ * activation rows, each activation vector loaded once for WR weight rows.
+ * One activation row takes 4 weight rows (4 independent chains hide the
+ * fma latency); more take 4 x 2. */
 QMM_INLINE void avx2_float_tile(enum ggml_type t, int esize, const int WR, const int NR,
                                 const uint8_t *w, size_t wstride, const struct qmm_act *a,
                                 int64_t n, float *out)
 {
-    __m256 acc[QMM_MAX_WR][2][4];
+    __m256 acc[QMM_MAX_WR][QMM_MAX_NR];
     for (int i = 0; i < WR; i++)
         for (int r = 0; r < NR; r++)
-            for (int k = 0; k < 4; k++)
-                acc[i][r][k] = _mm256_setzero_ps();
+            acc[i][r] = _mm256_setzero_ps();
     int64_t e = 0;
-    for (; e + 32 <= n; e += 32)
-        for (int i = 0; i < WR; i++)
-            for (int k = 0; k < 4; k++) {
-                if (k * esize * 8 % 64 == 0)
-                    _mm_prefetch((const char *)w + (size_t)i * wstride + (size_t)(e + 8 * k) * (size_t)esize +
-                                     QMM_PREFETCH, _MM_HINT_T0);
-                const __m256 wv = avx2_load_wf(t, w + (size_t)i * wstride + (size_t)(e + 8 * k) * (size_t)esize);
-                for (int r = 0; r < NR; r++)
-                    acc[i][r][k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(a[r].f + e + 8 * k), acc[i][r][k]);
-            }
+    for (; e + 8 <= n; e += 8) {
+        __m256 wv[QMM_MAX_WR];
+        for (int i = 0; i < WR; i++) {
+            const uint8_t *p = w + (size_t)i * wstride + (size_t)e * (size_t)esize;
+            if (NR == 1 && (e * esize) % 64 == 0)
+                _mm_prefetch((const char *)p + QMM_PREFETCH, _MM_HINT_T0);
+            wv[i] = avx2_load_wf(t, p);
+        }
+        for (int r = 0; r < NR; r++) {
+            const __m256 xv = _mm256_loadu_ps(a[r].f + e);
+            for (int i = 0; i < WR; i++)
+                acc[i][r] = _mm256_fmadd_ps(wv[i], xv, acc[i][r]);
+        }
+    }
     if (e < n) { /* the tail, zero-padded as the scalar level does */
         const int64_t left = n - e;
         for (int i = 0; i < WR; i++) {
-            uint8_t tw[32 * 4] = {0};
+            uint8_t tw[8 * 4] = {0};
             memcpy(tw, w + (size_t)i * wstride + (size_t)e * (size_t)esize, (size_t)(left * esize));
+            const __m256 wv = avx2_load_wf(t, tw);
             for (int r = 0; r < NR; r++) {
-                float tx[32] = {0};
+                float tx[8] = {0};
                 memcpy(tx, a[r].f + e, (size_t)left * 4);
-                for (int k = 0; k < 4; k++)
-                    acc[i][r][k] = _mm256_fmadd_ps(avx2_load_wf(t, tw + 8 * k * esize),
-                                                   _mm256_loadu_ps(tx + 8 * k), acc[i][r][k]);
+                acc[i][r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(tx), acc[i][r]);
             }
         }
     }
     for (int i = 0; i < WR; i++)
         for (int r = 0; r < NR; r++)
-            out[i * NR + r] = avx2_hsum8(_mm256_add_ps(_mm256_add_ps(acc[i][r][0], acc[i][r][1]),
-                                                       _mm256_add_ps(acc[i][r][2], acc[i][r][3])));
+            out[i * NR + r] = avx2_hsum8(acc[i][r]);
 }
 
 /* One function per type: the (wr, nr) shapes the driver uses, each
@@ -878,22 +875,40 @@ QMM_AVX2_DISPATCH(tile_q6_k_avx2, QMM_Q6_K, 0)
 QMM_AVX2_DISPATCH(tile_q8_0g_avx2, QMM_Q8_0G, 0)
 QMM_AVX2_DISPATCH(tile_q4_0g_avx2, QMM_Q4_0G, 0)
 
+#define QMM_FLOAT_WR(T, ES, NR, AP, OP)                                                        \
+    switch (wr) {                                                                              \
+    case 1:                                                                                    \
+        avx2_float_tile(T, ES, 1, NR, w, wstride, AP, n, OP);                                  \
+        break;                                                                                 \
+    case 2:                                                                                    \
+        avx2_float_tile(T, ES, 2, NR, w, wstride, AP, n, OP);                                  \
+        break;                                                                                 \
+    case 3:                                                                                    \
+        avx2_float_tile(T, ES, 3, NR, w, wstride, AP, n, OP);                                  \
+        break;                                                                                 \
+    default:                                                                                   \
+        avx2_float_tile(T, ES, 4, NR, w, wstride, AP, n, OP);                                  \
+        break;                                                                                 \
+    }
 #define QMM_AVX2_FLOAT_DISPATCH(NAME, T, ES)                                                    \
     static QMM_AVX2 void NAME(const uint8_t *w, size_t wstride, int wr, const struct qmm_act *a, \
                               int nr, int64_t n, float *out)                                    \
     {                                                                                           \
-        if (wr == 2 && nr == 1) {                                                               \
-            avx2_float_tile(T, ES, 2, 1, w, wstride, a, n, out);                                \
+        if (nr == 1) {                                                                          \
+            QMM_FLOAT_WR(T, ES, 1, a, out)                                                      \
             return;                                                                             \
         }                                                                                       \
-        for (int i = 0; i < wr; i++)                                                            \
-            for (int r0 = 0; r0 < nr; r0 += 2) {                                                \
-                const uint8_t *wi = w + (size_t)i * wstride;                                    \
-                if (nr - r0 == 1)                                                               \
-                    avx2_float_tile(T, ES, 1, 1, wi, wstride, a + r0, n, out + i * nr + r0);    \
-                else                                                                            \
-                    avx2_float_tile(T, ES, 1, 2, wi, wstride, a + r0, n, out + i * nr + r0);    \
+        for (int r0 = 0; r0 < nr; r0 += 2) {                                                    \
+            float o[QMM_MAX_WR * 2];                                                            \
+            const int k = LLORCH_MIN(nr - r0, 2);                                               \
+            if (k == 1) {                                                                       \
+                QMM_FLOAT_WR(T, ES, 1, a + r0, o)                                               \
+            } else {                                                                            \
+                QMM_FLOAT_WR(T, ES, 2, a + r0, o)                                               \
             }                                                                                   \
+            for (int i = 0; i < wr; i++)                                                        \
+                memcpy(out + i * nr + r0, o + i * k, (size_t)k * sizeof *o);                    \
+        }                                                                                       \
     }
 QMM_AVX2_FLOAT_DISPATCH(tile_f32_avx2, GGML_TYPE_F32, 4)
 QMM_AVX2_FLOAT_DISPATCH(tile_f16_avx2, GGML_TYPE_F16, 2)
@@ -1001,6 +1016,7 @@ struct qmm_seg {
     int64_t row0, n_rows;   /* output rows [row0, row0 + n_rows) */
     void *owned;
     bool copied;            /* repacked here: the part's data is no longer read */
+    int wr;                 /* weight rows per tile call */
 };
 
 struct qmm_weight {
@@ -1068,6 +1084,7 @@ LLORCH_API int qmm_weight_new(struct qmm_weight **out, const struct qmm_part *pa
         s->row_bytes = (size_t)rb;
         s->row0 = w->n_out;
         s->n_rows = parts[i].n_rows;
+        s->wr = s->ti->block == 1 ? 4 : 2;
         w->n_out += parts[i].n_rows;
         w->bytes += (uint64_t)rb * (uint64_t)parts[i].n_rows;
         w->fmt_used[s->ti->fmt] = true;
@@ -1263,7 +1280,7 @@ static void qmm_rows_task(void *vctx, int64_t b, int64_t e, int worker)
                 for (int r = 0; r < nr; r++)
                     a[r] = qmm_act_row(c, s->ti->fmt, r0 + r);
                 for (int64_t n = n0; n < n1;) {
-                    const int wr = n + 1 < n1 ? 2 : 1;
+                    const int wr = (int)LLORCH_MIN(n1 - n, s->wr);
                     s->tile(s->data + (size_t)(n - s->row0) * s->row_bytes, s->row_bytes, wr, a, nr,
                             w->n_in, out);
                     for (int k = 0; k < wr; k++)

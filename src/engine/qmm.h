@@ -9,9 +9,8 @@
  * Every output element is one dot product in a fixed order that does not
  * depend on m, on tiling or on the worker (batch invariance), and every
  * instruction-set level computes the same bits as the scalar reference:
- *   float types: 32 f32 lanes, lane t takes elements i with i % 32 == t by
- *     fused multiply-add (the tail padded with zeros), lanes summed as
- *     s8[j] = (a[j] + a[j+8]) + (a[j+16] + a[j+24]), then hsum8;
+ *   float types: 8 f32 lanes, lane t takes elements i with i % 8 == t by
+ *     fused multiply-add (the tail padded with zeros), then hsum8;
  *   block types: 8 lanes, lane l takes elements 4l..4l+3 of every 32 (or, in
  *     K types, every 32 of each 256), summed exactly in integers per block,
  *     then acc[l] = fma(d_w * d_x, (float)int_sum_l, acc[l]) block after block;
