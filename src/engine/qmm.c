@@ -483,7 +483,9 @@ QMM_INLINE void avx2_q32_tile(enum ggml_type t, int bytes, bool has_min, const i
 }
 
 /* Q4_K / Q5_K: per 256, P = sum over 8 sub-blocks of scale * 4-element
- * sums (exact int32), then one fma; mins through the 16-sums. */
+ * sums (exact int32), then one fma; mins through the 16-sums. Sub-blocks
+ * outside, weight rows inside: an activation's 32 values are loaded once for
+ * every weight row, and a sub-block's scale is one byte shuffle of the 8. */
 QMM_INLINE void avx2_q45k_tile(bool five, const int WR, const int NR, const uint8_t *w,
                                size_t wstride, const struct qmm_act *a, int64_t n, float *out)
 {
@@ -497,15 +499,18 @@ QMM_INLINE void avx2_q45k_tile(bool five, const int WR, const int NR, const uint
             accm[i][r] = 0.0f;
         }
     for (int64_t sb = 0; sb < n / 256; sb++) {
+        const uint8_t *blk[QMM_MAX_WR];
+        __m256i sc[QMM_MAX_WR], qh[QMM_MAX_WR], mins[QMM_MAX_WR];
+        __m256i P[QMM_MAX_WR][QMM_MAX_NR];
         for (int i = 0; i < WR; i++) {
-            const uint8_t *blk = w + (size_t)i * wstride + (size_t)sb * (size_t)bytes;
-            _mm_prefetch((const char *)blk + QMM_PREFETCH, _MM_HINT_T0);
-            _mm_prefetch((const char *)blk + QMM_PREFETCH + 64, _MM_HINT_T0);
+            blk[i] = w + (size_t)i * wstride + (size_t)sb * (size_t)bytes;
+            _mm_prefetch((const char *)blk[i] + QMM_PREFETCH, _MM_HINT_T0);
+            _mm_prefetch((const char *)blk[i] + QMM_PREFETCH + 64, _MM_HINT_T0);
             if (five)
-                _mm_prefetch((const char *)blk + QMM_PREFETCH + 128, _MM_HINT_T0);
-            const uint8_t *scales = blk + 4, *qs = blk + (five ? 48 : 16);
-            const __m256i qh = five ? avx2_load(blk + 16) : _mm256_setzero_si256();
+                _mm_prefetch((const char *)blk[i] + QMM_PREFETCH + 128, _MM_HINT_T0);
+            qh[i] = five ? avx2_load(blk[i] + 16) : _mm256_setzero_si256();
             /* the 6-bit scales and mins as bytes (see qmm_k4_scale_min) */
+            const uint8_t *scales = blk[i] + 4;
             uint32_t w0, w1, w2;
             memcpy(&w0, scales, 4);
             memcpy(&w1, scales + 4, 4);
@@ -513,38 +518,44 @@ QMM_INLINE void avx2_q45k_tile(bool five, const int WR, const int NR, const uint
             const uint32_t k6 = 0x3f3f3f3fu, k4 = 0x0f0f0f0fu, k2 = 0x03030303u;
             const uint32_t scw[2] = {w0 & k6, (w2 & k4) | (((w0 >> 6) & k2) << 4)};
             const uint32_t mnw[2] = {w1 & k6, ((w2 >> 4) & k4) | (((w1 >> 6) & k2) << 4)};
-            uint8_t sc[8];
-            memcpy(sc, scw, 8);
+            sc[i] = _mm256_broadcastsi128_si256(_mm_loadl_epi64((const __m128i *)(const void *)scw));
             /* m[s] at int16 positions 2s and 2s+1, against the 16-sums */
-            const __m256i mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(
-                _mm_loadl_epi64((const __m128i *)(const void *)mnw),
-                _mm_loadl_epi64((const __m128i *)(const void *)mnw)));
-            __m256i P[QMM_MAX_NR];
+            mins[i] = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(const void *)mnw),
+                                                             _mm_loadl_epi64((const __m128i *)(const void *)mnw)));
             for (int r = 0; r < NR; r++)
-                P[r] = _mm256_setzero_si256();
-            for (int j = 0; j < 4; j++) {
-                const __m256i q = avx2_load(qs + 32 * j);
-                for (int h = 0; h < 2; h++) {
-                    const int s = 2 * j + h;
-                    __m256i v = h ? _mm256_and_si256(_mm256_srli_epi16(q, 4), m4) : _mm256_and_si256(q, m4);
+                P[i][r] = _mm256_setzero_si256();
+        }
+        for (int j = 0; j < 4; j++) {
+            __m256i q[QMM_MAX_WR];
+            for (int i = 0; i < WR; i++)
+                q[i] = avx2_load(blk[i] + (five ? 48 : 16) + 32 * j);
+            for (int h = 0; h < 2; h++) {
+                const int s = 2 * j + h;
+                __m256i xv[QMM_MAX_NR];
+                for (int r = 0; r < NR; r++)
+                    xv[r] = avx2_load(a[r].q + 256 * sb + 32 * s);
+                /* byte s of the scales, zero-extended, in every int16 */
+                const __m256i pick = _mm256_set1_epi16((short)(0x8000 | s));
+                for (int i = 0; i < WR; i++) {
+                    __m256i v = h ? _mm256_and_si256(_mm256_srli_epi16(q[i], 4), m4) : _mm256_and_si256(q[i], m4);
                     if (five)
                         v = _mm256_or_si256(
-                            v, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, s), one), 4));
-                    const __m256i scv = _mm256_set1_epi16((short)sc[s]);
-                    for (int r = 0; r < NR; r++) {
-                        const __m256i xv = avx2_load(a[r].q + 256 * sb + 32 * s);
-                        P[r] = _mm256_add_epi32(P[r], _mm256_madd_epi16(_mm256_maddubs_epi16(v, xv), scv));
-                    }
+                            v, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh[i], s), one), 4));
+                    const __m256i scv = _mm256_shuffle_epi8(sc[i], pick);
+                    for (int r = 0; r < NR; r++)
+                        P[i][r] = _mm256_add_epi32(P[i][r], _mm256_madd_epi16(_mm256_maddubs_epi16(v, xv[r]), scv));
                 }
             }
-            const float d = avx2_f16(blk), dmin = avx2_f16(blk + 2);
+        }
+        for (int i = 0; i < WR; i++) {
+            const float d = avx2_f16(blk[i]), dmin = avx2_f16(blk[i] + 2);
             for (int r = 0; r < NR; r++) {
-                const __m256i ms = _mm256_madd_epi16(avx2_load(a[r].bs + 16 * sb), mins);
+                const __m256i ms = _mm256_madd_epi16(avx2_load(a[r].bs + 16 * sb), mins[i]);
                 const __m128i m4s = _mm_add_epi32(_mm256_castsi256_si128(ms), _mm256_extracti128_si256(ms, 1));
                 const __m128i m2s = _mm_add_epi32(m4s, _mm_unpackhi_epi64(m4s, m4s));
                 const int32_t msum = _mm_cvtsi128_si32(_mm_add_epi32(m2s, _mm_shuffle_epi32(m2s, 1)));
                 const float dx = a[r].d[sb];
-                acc[i][r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * d), _mm256_cvtepi32_ps(P[r]), acc[i][r]);
+                acc[i][r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * d), _mm256_cvtepi32_ps(P[i][r]), acc[i][r]);
                 accm[i][r] = fmaf(dx * dmin, (float)msum, accm[i][r]);
             }
         }
