@@ -1,10 +1,12 @@
 /* Matmuls over weights kept in the file's own class: y[m, n_out] = x[m, n_in] Wᵀ
  * with W's rows in their GGUF block layout (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
  * Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), read in place from the file mapping or from
- * a buffer the weight owns. Activations are rounded per row as llama.cpp's
- * CPU backend rounds them for the weight type (f16 / bf16 values, Q8_0 blocks
- * of 32 with their sums for the 32-element types, Q8_K blocks of 256 with
- * 16-element sums for the K types).
+ * a buffer the weight owns (above the scalar level, Q8_0 and Q4_0 rows are
+ * regrouped once into a buffer of the file's size: qmm_weight_part_copied).
+ * Activations are rounded per row as llama.cpp's CPU backend rounds them for
+ * the weight type (f16 / bf16 values, Q8_0 blocks of 32 with their sums for
+ * the 32-element types, Q8_K blocks of 256 with 16-element sums for the K
+ * types).
  *
  * Every output element is one dot product in a fixed order that does not
  * depend on m, on tiling or on the worker (batch invariance), and every
