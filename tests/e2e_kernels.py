@@ -9,9 +9,10 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e_common import Daemon, binary, generate, get_json, model_path, run_tests  # noqa: E402
+from e2e_common import BUILD, Daemon, binary, generate, get_json, model_path, run_tests  # noqa: E402
 
 
 def cpu_levels():
@@ -72,6 +73,45 @@ def test_native_reads_fewer_bytes_than_int8_for_4_bit_files():
     assert sizes["native"] < sizes["int8"] * 0.75, sizes
 
 
+def mapping_rss_kib(pid, path):
+    """Resident KiB of the daemon's mappings of path (from smaps)."""
+    rss, inside = 0, False
+    with open("/proc/%d/smaps" % pid) as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5:
+                inside = line.rstrip("\n").endswith(" " + path)
+            elif inside and line.startswith("Rss:"):
+                rss += int(line.split()[1])
+    return rss
+
+
+def test_repacked_weights_give_their_file_pages_back():
+    # Q8_0 and Q4_0 rows are regrouped into memory of the weight's own above
+    # the scalar level; the file's pages of those tensors must then leave
+    # memory, or a served file costs twice its size. At the scalar level the
+    # weights are read in place, so the mapping stays resident after a step.
+    synth = os.path.join(BUILD, "tools", "llorch-synth")
+    with tempfile.TemporaryDirectory() as tmp:
+        for ty in ("q8_0", "q4_0"):
+            path = os.path.join(tmp, "m-%s.gguf" % ty)
+            subprocess.run([synth, "-o", path, "--arch", "llama", "--n-embd", "512", "--n-layer", "4",
+                            "--n-head", "8", "--n-head-kv", "8", "--n-ff", "1536", "--n-ctx", "256",
+                            "--n-vocab", "1024", "--vocab", "builtin", "--type", ty],
+                           check=True, stdout=subprocess.DEVNULL)
+            size_kib = os.path.getsize(path) // 1024
+            for level in LEVELS:
+                with Daemon("--dtype", "native", "--isa", level, model=path) as d:
+                    text_of(d.port, "rss-%s-%s" % (ty, level))
+                    rss = mapping_rss_kib(d.proc.pid, path)
+                print("%s %-6s file %6d KiB, its mapping resident after a request %6d KiB"
+                      % (ty, level, size_kib, rss))
+                if level == "scalar":
+                    assert rss > size_kib * 0.8, (ty, level, rss, size_kib)
+                else:
+                    assert rss < size_kib * 0.25, (ty, level, rss, size_kib)
+
+
 def test_env_forces_the_level_like_the_flag():
     with Daemon(env={"LLORCH_ISA": "scalar"}) as d:
         assert loaded_line(d)["isa"] == "scalar"
@@ -95,6 +135,7 @@ def main():
     run_tests([
         test_every_shared_class_serves_natively_at_every_level,
         test_native_reads_fewer_bytes_than_int8_for_4_bit_files,
+        test_repacked_weights_give_their_file_pages_back,
         test_env_forces_the_level_like_the_flag,
         test_a_level_above_the_cpu_is_refused_naming_what_it_runs,
     ])
