@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from e2e_common import BUILD, Daemon, binary, generate, get_json, model_path, run_tests  # noqa: E402
@@ -33,11 +34,17 @@ def cpu_levels():
 LEVELS = cpu_levels()
 
 
-def loaded_line(d):
-    for line in d.log_lines:
-        if '"model loaded"' in line:
-            return json.loads(line)
-    raise AssertionError("no 'model loaded' line:\n" + "\n".join(d.log_lines))
+def loaded_line(d, timeout=60.0):
+    # /health answers while the model still loads (model_loaded: false), so
+    # the line may come after the daemon counts as started.
+    deadline = time.time() + timeout
+    while True:
+        for line in list(d.log_lines):
+            if '"model loaded"' in line:
+                return json.loads(line)
+        if time.time() > deadline:
+            raise AssertionError("no 'model loaded' line:\n" + "\n".join(d.log_lines))
+        time.sleep(0.05)
 
 
 def text_of(port, job):
@@ -102,6 +109,7 @@ def test_repacked_weights_give_their_file_pages_back():
             size_kib = os.path.getsize(path) // 1024
             for level in LEVELS:
                 with Daemon("--dtype", "native", "--isa", level, model=path) as d:
+                    loaded_line(d)
                     text_of(d.port, "rss-%s-%s" % (ty, level))
                     rss = mapping_rss_kib(d.proc.pid, path)
                 print("%s %-6s file %6d KiB, its mapping resident after a request %6d KiB"
