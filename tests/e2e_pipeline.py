@@ -8,7 +8,9 @@
    the same text, tokens and log-probs (printed to float precision) as one
    process; /health lists the stages.
 2. A stage killed mid-stream ends the whole pipeline within seconds: the
-   client's stream ends (closed or an error frame), mpirun exits; no hang.
+   streaming client gets an `error` frame (INFERENCE_FAILED, the stage lost)
+   and its connection closes, /health answers 503 "failed" meanwhile, rank 0
+   says so in its log, and mpirun exits non-zero; no hang.
 Skipped (exit 77) when the build has no MPI or mpirun is missing.
 """
 import json
@@ -23,8 +25,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from e2e_common import (BUILD, Daemon, Stream, binary, model_path, post_json,  # noqa: E402
-                        get_json, run_tests)
+from e2e_common import (BUILD, Daemon, Stream, binary, events_of, model_path,  # noqa: E402
+                        post_json, get_json, run_tests)
 
 MODEL = "llama-mid-f32.gguf"  # 4 layers
 MPIRUN = shutil.which("mpirun")
@@ -155,31 +157,51 @@ def test_uneven_layers_from_split_files_match_one_process():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def test_killed_stage_ends_the_pipeline_without_a_hang():
+def test_killed_stage_ends_streams_with_an_error_frame_and_exits():
     p = Pipeline(2, model=model_path(MODEL))
     p.start()
     try:
         s = Stream(p.port, "/execute", {"job_id": "k", "prompt": LONG, "max_tokens": 400,
                                         "temperature": 0.9, "seed": 1}, timeout=20)
         assert s.status == 200
-        first = s.next_frame()
-        assert first is not None
+        while True:  # into the decode: a step is in flight when the stage dies
+            fr = s.next_frame()
+            assert fr is not None
+            if fr["event"] == "token":
+                break
         ranks = p.ranks()
         assert 2 in ranks, ranks
+        health = []
+
+        def poll_health():
+            end = time.time() + 5
+            while time.time() < end:
+                try:
+                    health.append(get_json(p.port, "/health"))
+                except OSError:
+                    if health:
+                        return  # the listener is gone: the process is ending
+                time.sleep(0.01)
         t0 = time.time()
         os.kill(ranks[2], signal.SIGKILL)
-        ended = None
-        try:
-            while s.next_frame() is not None:
-                pass
-            ended = "closed"
-        except OSError as e:  # reset or timeout
-            ended = repr(e)
+        poller = threading.Thread(target=poll_health)
+        poller.start()
+        frames = s.read_all()
         dt = time.time() - t0
-        assert dt < 15, ("the stream did not end in time", dt, ended)
+        poller.join(10)
+        last = events_of(frames)[-1]
+        assert last["type"] == "error", frames[-3:]
+        assert last["code"] == "INFERENCE_FAILED", last
+        assert "pipeline stage was lost" in last["message"], last
+        assert dt < 5, ("the stream did not end in time", dt)
+        failed = [b for st, b in ((h[0], h[1]) for h in health) if st == 503 and
+                  isinstance(b, dict) and b.get("status") == "failed"]
+        assert failed and "MPI launcher" in failed[0]["error"], health
         rc = p.wait(timeout=20)
         assert rc != 0, rc
-        assert time.time() - t0 < 30
+        assert time.time() - t0 < 10
+        log = "\n".join(p.log_lines)
+        assert "pipeline lost" in log, log[-2000:]
     finally:
         p.kill()
 
@@ -191,4 +213,4 @@ if __name__ == "__main__":
     run_tests([test_two_stages_match_one_process,
                test_four_stages_match_one_process,
                test_uneven_layers_from_split_files_match_one_process,
-               test_killed_stage_ends_the_pipeline_without_a_hang])
+               test_killed_stage_ends_streams_with_an_error_frame_and_exits])
