@@ -706,7 +706,9 @@ static int daemon_open_model(struct daemon *d)
     log_write(d->log, LOG_LEVEL_INFO, "loading model", lf, 1);
     llorch_sd_status(d->sd, "loading model %s", cfg->model);
     d->load_t0 = uv_hrtime();
-    r = model_load(&d->model, cfg->model, err, sizeof(err));
+    /* a pipeline's coordinator holds no weights: the metadata's part only */
+    r = cfg->pipeline ? model_load_layers(&d->model, cfg->model, 0, 0, err, sizeof(err))
+                      : model_load(&d->model, cfg->model, err, sizeof(err));
     if (r)
         return fail(d, "model load failed", err[0] ? err : llorch_strerror(r));
     if (d->model->vocab_only)
@@ -927,7 +929,8 @@ static int daemon_stage_main(const struct config *cfg, int rank, int size)
     char err[512] = "";
     struct model *m = NULL;
     struct tpool *pool = NULL;
-    int r = model_load(&m, cfg->model, err, sizeof err);
+    const struct pipeline_opts share = {.layers = cfg->layers, .rank = rank, .size = size};
+    int r = pipeline_stage_load(&m, cfg->model, &share, err, sizeof err);
     struct tpool_opts po = {.n_threads = (int)cfg->threads, .pin = cfg->cpu_pinning,
                             .name = "llorch-s"};
     if (r) {

@@ -416,6 +416,25 @@ LLORCH_API double pipeline_last_step_ms(struct pipeline *p)
 
 /* ---- stages ------------------------------------------------------------------ */
 
+LLORCH_API int pipeline_stage_load(struct model **out, const char *path,
+                                   const struct pipeline_opts *o, char *err, size_t errlen)
+{
+    /* the layer count first (the metadata's part only), then the share */
+    struct model *meta = NULL;
+    int rc = model_load_layers(&meta, path, 0, 0, err, errlen);
+    if (rc)
+        return rc;
+    uint32_t starts[PIPELINE_MAX_STAGES];
+    const uint32_t n_layer = meta->hp.n_layer, n_stages = (uint32_t)(o->size - 1);
+    const uint32_t stage = (uint32_t)(o->rank - 1);
+    model_free(meta);
+    rc = pipeline_layers_parse(o->layers, n_layer, n_stages, starts, err, errlen);
+    if (rc)
+        return rc;
+    return model_load_layers(out, path, starts[stage],
+                             stage + 1 < n_stages ? starts[stage + 1] : n_layer, err, errlen);
+}
+
 /* Applies the journal and builds the entries of one step message; returns 0
  * or a negative code. */
 static int pl_stage_parse(struct kv_cache *kv, const uint32_t *msg, size_t len,

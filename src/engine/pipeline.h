@@ -72,6 +72,12 @@ const char *pipeline_isa_name(const struct pipeline *p); /* the stages' kernel l
 void pipeline_stage(struct pipeline *p, uint32_t i, struct pipeline_stage_info *out);
 double pipeline_last_step_ms(struct pipeline *p);
 
+/* Ranks 1..S: the model with only this stage's layers (o->rank, o->size,
+ * o->layers): of split files only the parts that hold them are mapped (see
+ * model_load_layers); path may also be the stage's own part. */
+int pipeline_stage_load(struct model **out, const char *path, const struct pipeline_opts *o,
+                        char *err, size_t errlen);
+
 /* Ranks 1..S: loads the range, serves steps until the coordinator says
  * stop. Returns 0, or an error (reported to the coordinator while loading). */
 int pipeline_stage_run(const struct model *m, const struct pipeline_opts *o, char *err,
