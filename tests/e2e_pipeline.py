@@ -8,7 +8,9 @@
    the same text, tokens and log-probs (printed to float precision) as one
    process; /health lists the stages.
 2. A stage killed mid-stream ends the whole pipeline within seconds: the
-   client's stream ends (closed or an error frame), mpirun exits; no hang.
+   streaming client gets an `error` frame (INFERENCE_FAILED, the stage lost)
+   and its connection closes, /health answers 503 "failed" meanwhile, rank 0
+   says so in its log, and mpirun exits non-zero; no hang.
 Skipped (exit 77) when the build has no MPI or mpirun is missing.
 """
 import json
@@ -23,8 +25,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from e2e_common import (BUILD, Daemon, Stream, binary, model_path, post_json,  # noqa: E402
-                        get_json, run_tests)
+from e2e_common import (BUILD, Daemon, Stream, binary, events_of, model_path,  # noqa: E402
+                        post_json, get_json, run_tests)
 
 MODEL = "llama-mid-f32.gguf"  # 4 layers
 MPIRUN = shutil.which("mpirun")
@@ -42,18 +44,29 @@ def has_mpi():
 
 
 class Pipeline(Daemon):
-    def __init__(self, n_stages, *args, model=None):
+    """models: one file per rank instead of model for all (MPMD: each rank
+    its own --model)."""
+
+    def __init__(self, n_stages, *args, model=None, models=None):
         # Open MPI keeps allocations of MPI_Init until exit: no leak report
         # from the sanitizer build for those
         env = {"ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1"}
         super().__init__(*args, model=model, env=env, ready_timeout=60.0)
         self.n_stages = n_stages
+        self.models = models
 
     def cmdline(self):
-        return [MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", str(self.n_stages + 1),
-                "--mca", "btl", "self,vader,tcp", "--bind-to", "none"] + \
-            super().cmdline()[:1] + ["--pipeline"] + super().cmdline()[1:] + \
-            ["--threads", "1"]
+        mpi = [MPIRUN, "--allow-run-as-root", "--oversubscribe", "--mca", "btl",
+               "self,vader,tcp", "--bind-to", "none"]
+        base = super().cmdline()
+        app = base[:1] + ["--pipeline"] + base[1:] + ["--threads", "1"]
+        if not self.models:
+            return mpi + ["-np", str(self.n_stages + 1)] + app
+        out = mpi
+        for i, m in enumerate(self.models):
+            out += (([":"] if i else []) + ["-np", "1"] +
+                    [m if a == self.model else a for a in app])
+        return out
 
     def stop(self, sig=signal.SIGTERM, timeout=20.0):
         """SIGTERM to rank 0: it drains, stops the stages, mpirun exits 0
@@ -117,11 +130,13 @@ def reference():
     return REF
 
 
-def check_pipeline(n_stages, model, *args):
+def check_pipeline(n_stages, model, *args, models=None, inspect=None):
     ref = reference()
-    with Pipeline(n_stages, "--model-ref", "m", *args, model=model) as p:
+    with Pipeline(n_stages, "--model-ref", "m", *args, model=model, models=models) as p:
         got = completions(p.port)
         health = get_json(p.port, "/health")[1]
+        if inspect:
+            inspect(p)
     for k in ref:
         if isinstance(k, tuple):
             assert got[k][2] == 10, (n_stages, k, got[k])
@@ -155,31 +170,107 @@ def test_uneven_layers_from_split_files_match_one_process():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def test_killed_stage_ends_the_pipeline_without_a_hang():
+def mapped_gguf(pid):
+    """Base names of the .gguf files a process maps."""
+    names = set()
+    for line in open("/proc/%d/maps" % pid):
+        parts = line.split(None, 5)
+        if len(parts) == 6 and parts[5].strip().endswith(".gguf"):
+            names.add(os.path.basename(parts[5].strip()))
+    return names
+
+
+def split_three(tmp):
+    subprocess.run([os.path.join(BUILD, "tools", "llorch-cli"), "split", "--model",
+                    model_path(MODEL), "--out", os.path.join(tmp, "m"), "--layers",
+                    "0-0,1-1,2-3"], check=True, capture_output=True, timeout=60)
+    return [os.path.join(tmp, "m-%05d-of-00003.gguf" % i) for i in (1, 2, 3)]
+
+
+def test_stages_map_only_the_split_files_of_their_layers():
+    tmp = tempfile.mkdtemp(prefix="llorch-e2e-pipe-")
+    try:
+        parts = split_three(tmp)
+        names = [os.path.basename(x) for x in parts]
+        seen = {}
+
+        def inspect(p):
+            for rank, pid in p.ranks().items():
+                seen[rank] = mapped_gguf(pid)
+        check_pipeline(3, parts[0], "--layers", "0-0,1-1,2-3", inspect=inspect)
+        # the first part holds the metadata: every rank reads it; a stage
+        # maps its own part besides, and nothing else
+        assert seen.get(0) == {names[0]}, seen
+        assert seen.get(1) == {names[0]}, seen
+        assert seen.get(2) == {names[0], names[1]}, seen
+        assert seen.get(3) == {names[0], names[2]}, seen
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_each_rank_given_its_own_stage_file_maps_only_that_file():
+    tmp = tempfile.mkdtemp(prefix="llorch-e2e-pipe-")
+    try:
+        parts = split_three(tmp)
+        names = [os.path.basename(x) for x in parts]
+        seen = {}
+
+        def inspect(p):
+            for rank, pid in p.ranks().items():
+                seen[rank] = mapped_gguf(pid)
+        # rank 0 (no weights) and stage 0 read part 1, stages 1 and 2 theirs
+        check_pipeline(3, parts[0], "--layers", "0-0,1-1,2-3",
+                       models=[parts[0], parts[0], parts[1], parts[2]], inspect=inspect)
+        assert seen == {0: {names[0]}, 1: {names[0]}, 2: {names[1]}, 3: {names[2]}}, seen
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_killed_stage_ends_streams_with_an_error_frame_and_exits():
     p = Pipeline(2, model=model_path(MODEL))
     p.start()
     try:
         s = Stream(p.port, "/execute", {"job_id": "k", "prompt": LONG, "max_tokens": 400,
                                         "temperature": 0.9, "seed": 1}, timeout=20)
         assert s.status == 200
-        first = s.next_frame()
-        assert first is not None
+        while True:  # into the decode: a step is in flight when the stage dies
+            fr = s.next_frame()
+            assert fr is not None
+            if fr["event"] == "token":
+                break
         ranks = p.ranks()
         assert 2 in ranks, ranks
+        health = []
+
+        def poll_health():
+            end = time.time() + 5
+            while time.time() < end:
+                try:
+                    health.append(get_json(p.port, "/health"))
+                except OSError:
+                    if health:
+                        return  # the listener is gone: the process is ending
+                time.sleep(0.01)
         t0 = time.time()
         os.kill(ranks[2], signal.SIGKILL)
-        ended = None
-        try:
-            while s.next_frame() is not None:
-                pass
-            ended = "closed"
-        except OSError as e:  # reset or timeout
-            ended = repr(e)
+        poller = threading.Thread(target=poll_health)
+        poller.start()
+        frames = s.read_all()
         dt = time.time() - t0
-        assert dt < 15, ("the stream did not end in time", dt, ended)
+        poller.join(10)
+        last = events_of(frames)[-1]
+        assert last["type"] == "error", frames[-3:]
+        assert last["code"] == "INFERENCE_FAILED", last
+        assert "pipeline stage was lost" in last["message"], last
+        assert dt < 5, ("the stream did not end in time", dt)
+        failed = [b for st, b in ((h[0], h[1]) for h in health) if st == 503 and
+                  isinstance(b, dict) and b.get("status") == "failed"]
+        assert failed and "MPI launcher" in failed[0]["error"], health
         rc = p.wait(timeout=20)
         assert rc != 0, rc
-        assert time.time() - t0 < 30
+        assert time.time() - t0 < 10
+        log = "\n".join(p.log_lines)
+        assert "pipeline lost" in log, log[-2000:]
     finally:
         p.kill()
 
@@ -191,4 +282,6 @@ if __name__ == "__main__":
     run_tests([test_two_stages_match_one_process,
                test_four_stages_match_one_process,
                test_uneven_layers_from_split_files_match_one_process,
-               test_killed_stage_ends_the_pipeline_without_a_hang])
+               test_stages_map_only_the_split_files_of_their_layers,
+               test_each_rank_given_its_own_stage_file_maps_only_that_file,
+               test_killed_stage_ends_streams_with_an_error_frame_and_exits])

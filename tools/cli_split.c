@@ -3,8 +3,10 @@
  * the whole model's metadata plus split.no, split.count and
  * split.tensors.count, and only the tensors of its layer range: blk.A..B,
  * the first part also every tensor outside the blocks (token_embd, rope
- * freqs), the last the output norm and head. The first part opens the whole
- * model (gguf_open); a stage can open its own part alone (gguf_open_part).
+ * freqs), the last the output norm and head (a head tied to the embedding
+ * as its own output.weight). The first part opens the whole model
+ * (gguf_open); a stage can open its own part alone (gguf_open_some), except
+ * where the model has rope freqs: those are in the first part only.
  * Tensor bytes are streamed from the source mapping: memory stays small. */
 #include <errno.h>
 #include <inttypes.h>
@@ -79,6 +81,13 @@ static int split_write_part(const struct gguf_file *f, const char *path, uint32_
                             uint32_t n_parts, const uint32_t *first, uint64_t *bytes,
                             uint64_t *n_tensors)
 {
+    /* A head tied to the embedding: the last part carries it as its own
+     * output.weight (same bytes), so that the last stage's file alone holds
+     * everything that stage reads. */
+    const struct gguf_tensor *emb = gguf_tensor_find(f, "token_embd.weight");
+    const bool untie = n_parts > 1 && emb && !gguf_tensor_find(f, "output.weight");
+    const struct gguf_tensor *tied = untie && part + 1 == n_parts ? emb : NULL;
+    const uint64_t n_total = gguf_tensor_count(f) + (untie ? 1 : 0);
     struct gguf_writer *w;
     int rc = gguf_writer_new(&w, (uint32_t)gguf_alignment(f));
     if (rc)
@@ -109,8 +118,7 @@ static int split_write_part(const struct gguf_file *f, const char *path, uint32_
     if (!rc)
         rc = gguf_writer_set_raw(w, LLORCH_GGUF_KEY_SPLIT_COUNT, GGUF_TYPE_UINT16, &count, 2);
     if (!rc)
-        rc = gguf_writer_set_i32(w, LLORCH_GGUF_KEY_SPLIT_TENSORS_COUNT,
-                                 (int32_t)gguf_tensor_count(f));
+        rc = gguf_writer_set_i32(w, LLORCH_GGUF_KEY_SPLIT_TENSORS_COUNT, (int32_t)n_total);
     *bytes = 0;
     *n_tensors = 0;
     for (uint64_t i = 0; i < gguf_tensor_count(f) && !rc; i++) {
@@ -128,6 +136,11 @@ static int split_write_part(const struct gguf_file *f, const char *path, uint32_
         *bytes += t->nbytes;
         (*n_tensors)++;
     }
+    if (!rc && tied) {
+        rc = gguf_writer_add_tensor_info(w, "output.weight", tied->type, tied->n_dims, tied->ne);
+        *bytes += tied->nbytes;
+        (*n_tensors)++;
+    }
     if (!rc)
         rc = gguf_writer_stream_begin(w, path);
     for (uint64_t i = 0; i < gguf_tensor_count(f) && !rc; i++) {
@@ -135,6 +148,8 @@ static int split_write_part(const struct gguf_file *f, const char *path, uint32_
         if (split_part_of(t, first, n_parts) == part)
             rc = gguf_writer_stream_data(w, t->data, t->nbytes);
     }
+    if (!rc && tied)
+        rc = gguf_writer_stream_data(w, tied->data, tied->nbytes);
     if (!rc)
         rc = gguf_writer_stream_end(w);
     gguf_writer_free(w);

@@ -26,6 +26,7 @@
     XX(DNNL, "oneDNN failure")                                                 \
     XX(UV, "libuv failure")                                                    \
     XX(CURL, "libcurl failure")                                                \
+    XX(STAGE_LOST, "a pipeline stage was lost")                                \
     XX(INTERNAL, "internal error")
 
 /* Indices first, then the negative codes derived from them, so the table

@@ -9,7 +9,13 @@
  * exits 1.
  * Shutdown (first SIGTERM/SIGINT or POST /v1/shutdown): stop accepting, let
  * streams finish up to --drain-timeout-ms, end the rest with SHUTTING_DOWN,
- * exit 0. A second signal exits at once (status 1). */
+ * exit 0. A second signal exits at once (status 1).
+ * --pipeline on rank 0: a SIGTERM from the MPI launcher (our parent) means it
+ * is ending the job (a rank died, or mpirun was stopped) and sends SIGKILL a
+ * second later: the pipeline is lost; the step in flight fails, every stream
+ * ends with an error frame, /health answers "failed", and the process exits
+ * 1 well within that second. */
+#include <errno.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -50,6 +56,12 @@ struct daemon {
     uv_loop_t loop;
     uv_signal_t sigterm, sigint;
     bool signals_open;
+    /* --pipeline on rank 0: SIGTERM by sigaction (its sender matters), fed
+     * to the loop through term_async; lost_timer ends the lost pipeline */
+    uv_async_t term_async;
+    uv_timer_t lost_timer;
+    bool term_open;
+    bool pl_lost;
     struct model *model;
     struct tokenizer *tok;
     struct tpool *pool;
@@ -89,6 +101,8 @@ struct daemon {
     bool load_bar;            /* a progress bar on stderr (a TTY, text logs) */
 };
 
+static void daemon_term_close(struct daemon *d);
+
 /* Closes everything that keeps the loop running (a load still under way
  * closes its own handle when it ends); the loop returns when the last
  * handle is closed. */
@@ -116,6 +130,7 @@ static void daemon_close_all(struct daemon *d)
         uv_close((uv_handle_t *)&d->sigterm, NULL);
         uv_close((uv_handle_t *)&d->sigint, NULL);
     }
+    daemon_term_close(d);
 }
 
 /* Runs from the drain timer once every job has ended (or the grace passed). */
@@ -142,9 +157,8 @@ static void daemon_begin_shutdown(void *ctx)
     api_drain(d->api, d->cfg->drain_timeout_ms, daemon_on_drained, d);
 }
 
-static void daemon_on_signal(uv_signal_t *h, int signum)
+static void daemon_signal(struct daemon *d, int signum)
 {
-    struct daemon *d = h->data;
     if (d->shutting_down) {
         /* second signal: no more waiting */
         static const char msg[] = "second signal: exiting now\n";
@@ -155,6 +169,103 @@ static void daemon_on_signal(uv_signal_t *h, int signum)
     struct log_field f[] = {LOG_F_STR("signal", signum == SIGTERM ? "SIGTERM" : "SIGINT")};
     log_write(d->log, LOG_LEVEL_INFO, "signal received", f, 1);
     daemon_begin_shutdown(d);
+}
+
+static void daemon_on_signal(uv_signal_t *h, int signum)
+{
+    daemon_signal(h->data, signum);
+}
+
+/* ---- --pipeline on rank 0: SIGTERM and its sender ---- */
+
+/* A signal handler has no context pointer: what it saw reaches the loop
+ * through these (lock-free atomics and uv_async_send are async-signal-safe). */
+static struct {
+    _Atomic(uv_async_t *) async;
+    atomic_int from_launcher, from_others;
+} daemon_term;
+
+static void daemon_on_sigterm(int signo, siginfo_t *si, void *uc)
+{
+    LLORCH_UNUSED(signo);
+    LLORCH_UNUSED(uc);
+    if (si && si->si_pid == getppid())
+        atomic_fetch_add(&daemon_term.from_launcher, 1);
+    else
+        atomic_fetch_add(&daemon_term.from_others, 1);
+    uv_async_t *a = atomic_load(&daemon_term.async);
+    if (a)
+        uv_async_send(a);
+}
+
+/* After LOST_LINGER_MS (/health shows "failed" meanwhile; the streams got
+ * their error frames at once): close as a drain does, exit 1. */
+#define LOST_LINGER_MS 300
+#define LOST_DRAIN_MS 200
+
+static void daemon_on_lost_linger(uv_timer_t *t)
+{
+    struct daemon *d = t->data;
+    if (d->shutting_down) /* a drain under way ends it */
+        return;
+    d->shutting_down = true;
+    llorch_sd_stopping(d->sd, "pipeline lost");
+    api_drain(d->api, LOST_DRAIN_MS, daemon_on_drained, d);
+}
+
+/* The pipeline cannot go on: fail every step from now (the one in flight
+ * included), say why on /health, end the process with status 1. */
+static void daemon_pipeline_lost(struct daemon *d, const char *why)
+{
+    if (d->pl_lost)
+        return;
+    d->pl_lost = true;
+    d->exit_code = 1;
+    struct log_field f[] = {LOG_F_STR("error", why)};
+    log_write(d->log, LOG_LEVEL_ERROR, "pipeline lost: failing every job, exiting", f, 1);
+    if (d->loading) /* the load thread waits in an MPI collective with the lost rank */
+        _exit(1);
+    if (d->pl)
+        pipeline_abort(d->pl);
+    if (d->api)
+        api_set_failed(d->api, why);
+    uv_timer_start(&d->lost_timer, daemon_on_lost_linger, LOST_LINGER_MS, 0);
+}
+
+static void daemon_on_term_async(uv_async_t *h)
+{
+    struct daemon *d = h->data;
+    if (atomic_exchange(&daemon_term.from_launcher, 0))
+        daemon_pipeline_lost(d, "the MPI launcher is ending the job (a rank died or mpirun "
+                                "was stopped)");
+    for (int n = atomic_exchange(&daemon_term.from_others, 0); n > 0; n--)
+        daemon_signal(d, SIGTERM);
+}
+
+static int daemon_term_open(struct daemon *d)
+{
+    int r = uv_async_init(&d->loop, &d->term_async, daemon_on_term_async);
+    if (r)
+        return r;
+    uv_timer_init(&d->loop, &d->lost_timer);
+    d->term_async.data = d->lost_timer.data = d;
+    d->term_open = true;
+    atomic_store(&daemon_term.async, &d->term_async);
+    struct sigaction sa = {.sa_sigaction = daemon_on_sigterm, .sa_flags = SA_SIGINFO | SA_RESTART};
+    sigemptyset(&sa.sa_mask);
+    return sigaction(SIGTERM, &sa, NULL) ? uv_translate_sys_error(errno) : 0;
+}
+
+/* A SIGTERM from now on ends the process (as a second signal would). */
+static void daemon_term_close(struct daemon *d)
+{
+    if (!d->term_open)
+        return;
+    d->term_open = false;
+    signal(SIGTERM, SIG_DFL);
+    atomic_store(&daemon_term.async, NULL);
+    uv_close((uv_handle_t *)&d->term_async, NULL);
+    uv_close((uv_handle_t *)&d->lost_timer, NULL);
 }
 
 static int fail(struct daemon *d, const char *what, const char *detail)
@@ -595,7 +706,9 @@ static int daemon_open_model(struct daemon *d)
     log_write(d->log, LOG_LEVEL_INFO, "loading model", lf, 1);
     llorch_sd_status(d->sd, "loading model %s", cfg->model);
     d->load_t0 = uv_hrtime();
-    r = model_load(&d->model, cfg->model, err, sizeof(err));
+    /* a pipeline's coordinator holds no weights: the metadata's part only */
+    r = cfg->pipeline ? model_load_layers(&d->model, cfg->model, 0, 0, err, sizeof(err))
+                      : model_load(&d->model, cfg->model, err, sizeof(err));
     if (r)
         return fail(d, "model load failed", err[0] ? err : llorch_strerror(r));
     if (d->model->vocab_only)
@@ -712,9 +825,14 @@ static int daemon_listen(struct daemon *d)
     uv_signal_init(&d->loop, &d->sigterm);
     uv_signal_init(&d->loop, &d->sigint);
     d->sigterm.data = d->sigint.data = d;
-    uv_signal_start(&d->sigterm, daemon_on_signal, SIGTERM);
+    if (cfg->pipeline)
+        r = daemon_term_open(d);
+    else
+        r = uv_signal_start(&d->sigterm, daemon_on_signal, SIGTERM);
     uv_signal_start(&d->sigint, daemon_on_signal, SIGINT);
     d->signals_open = true;
+    if (r)
+        return fail(d, "signal handling failed", uv_strerror(r));
 
     struct log_field f[] = {
         LOG_F_STR("host", cfg->host),
@@ -782,6 +900,7 @@ static void daemon_stop(struct daemon *d)
         uv_close((uv_handle_t *)&d->sigterm, NULL);
         uv_close((uv_handle_t *)&d->sigint, NULL);
     }
+    daemon_term_close(d);
     if (d->load_async_open)
         uv_close((uv_handle_t *)&d->load_async, NULL);
     uv_run(&d->loop, UV_RUN_DEFAULT);
@@ -810,7 +929,8 @@ static int daemon_stage_main(const struct config *cfg, int rank, int size)
     char err[512] = "";
     struct model *m = NULL;
     struct tpool *pool = NULL;
-    int r = model_load(&m, cfg->model, err, sizeof err);
+    const struct pipeline_opts share = {.layers = cfg->layers, .rank = rank, .size = size};
+    int r = pipeline_stage_load(&m, cfg->model, &share, err, sizeof err);
     struct tpool_opts po = {.n_threads = (int)cfg->threads, .pin = cfg->cpu_pinning,
                             .name = "llorch-s"};
     if (r) {
@@ -911,6 +1031,8 @@ int main(int argc, char **argv, char **envp)
     if (cfg.pipeline) {
         if (!d.pl_started) /* the stages wait in the start-up collectives: end the job */
             MPI_Abort(MPI_COMM_WORLD, d.exit_code ? d.exit_code : 1);
+        if (d.pl_lost) /* MPI_Finalize would wait for the lost rank */
+            return d.exit_code;
         MPI_Finalize();
     }
 #endif

@@ -568,9 +568,15 @@ static enum llorch_dtype fw_auto_dtype(const struct model *m)
         return LLORCH_DTYPE_BF16;
     if (ft != UINT32_MAX)
         return LLORCH_DTYPE_INT8;
-    /* no general.file_type: judge by the largest per-layer matrix */
-    const struct gguf_tensor *t = m->layers[0].ffn_down ? m->layers[0].ffn_down : m->tok_embd;
-    switch (t->type) {
+    /* no general.file_type: judge by the largest per-layer matrix (of the
+     * first layer present: a stage's model has only its own) */
+    const struct gguf_tensor *t = m->tok_embd;
+    for (uint32_t l = 0; l < m->hp.n_layer; l++)
+        if (m->layers[l].ffn_down) {
+            t = m->layers[l].ffn_down;
+            break;
+        }
+    switch (t ? t->type : GGML_TYPE_F32) {
     case GGML_TYPE_F32:
         return LLORCH_DTYPE_F32;
     case GGML_TYPE_F16:
@@ -772,17 +778,26 @@ LLORCH_API int forward_new(struct forward **out, const struct model *m, const st
         goto fail;
     }
     f->work_total = fw_work_total(m, f->l0, f->l1, f->head);
-    if (!m->tok_embd || !m->output || !m->output_norm ||
-        (hp->arch == MODEL_ARCH_GPT2 && !m->pos_embd)) {
+    /* a stage's model (model_load_layers) has only what its range reads */
+    if ((f->embed && (!m->tok_embd || (hp->arch == MODEL_ARCH_GPT2 && !m->pos_embd))) ||
+        (f->head && (!m->output || !m->output_norm))) {
         fw_err(err, errlen, "%s", "the model lacks token embeddings, output or positions");
         rc = LLORCH_EFORMAT;
         goto fail;
     }
-    if ((rc = ggml_type_row_bytes(m->tok_embd->type, hp->n_embd, &f->tok_row_bytes)) < 0)
+    for (uint32_t il = f->l0; il < f->l1; il++)
+        if (!m->layers[il].wo || !m->layers[il].ffn_down) {
+            char what[16];
+            snprintf(what, sizeof what, "%u", il);
+            fw_err(err, errlen, "layer %s is not in this model's file(s)", what);
+            rc = LLORCH_EFORMAT;
+            goto fail;
+        }
+    if (m->tok_embd && (rc = ggml_type_row_bytes(m->tok_embd->type, hp->n_embd, &f->tok_row_bytes)) < 0)
         goto fail;
     if (m->pos_embd && (rc = ggml_type_row_bytes(m->pos_embd->type, hp->n_embd, &f->pos_row_bytes)) < 0)
         goto fail;
-    if (m->tok_embd->ne[0] != hp->n_embd || m->tok_embd->ne[1] < hp->n_vocab ||
+    if ((m->tok_embd && (m->tok_embd->ne[0] != hp->n_embd || m->tok_embd->ne[1] < hp->n_vocab)) ||
         (m->pos_embd && (m->pos_embd->ne[0] != hp->n_embd || m->pos_embd->ne[1] < f->n_ctx))) {
         fw_err(err, errlen, "%s", "embedding shapes do not match the hyperparameters");
         rc = LLORCH_EFORMAT;

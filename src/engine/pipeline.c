@@ -16,6 +16,7 @@
 
 #include <mpi.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +63,8 @@ struct pipeline {
     bool overflow;                /* the journal did not fit: the step fails */
     float *logits;                /* [max_seqs * n_vocab + trailer] */
     size_t logits_words;
+    MPI_Request logits_rq;        /* the step's logits receive, while one is pending */
+    atomic_bool lost;             /* pipeline_abort: a rank is gone, no more MPI with it */
     pthread_mutex_t mu;           /* the stage figures below (/health) */
     struct pipeline_stage_info stages[PIPELINE_MAX_STAGES];
     double last_ms;
@@ -75,11 +78,14 @@ static void pl_sleep_us(unsigned us)
     nanosleep(&ts, NULL);
 }
 
-/* Returns the element count received (receives) or 0. */
-static int pl_wait(MPI_Request *rq, MPI_Datatype type)
+/* Returns the element count received (receives) or 0; -1 as soon as lost
+ * is set (NULL: never; the request is then left pending). */
+static int pl_wait(MPI_Request *rq, MPI_Datatype type, const atomic_bool *lost)
 {
     unsigned us = 0;
     for (;;) {
+        if (lost && atomic_load(lost))
+            return -1;
         int done = 0, count = 0;
         MPI_Status st;
         MPI_Test(rq, &done, &st);
@@ -184,13 +190,15 @@ static void pl_msg_reset(struct pipeline *p)
     p->overflow = false;
 }
 
-static void pl_send_all(struct pipeline *p, const uint32_t *msg, size_t words)
+static int pl_send_all(struct pipeline *p, const uint32_t *msg, size_t words)
 {
     MPI_Request rq[PIPELINE_MAX_STAGES];
     for (int s = 0; s < p->n_stages; s++)
         MPI_Isend(msg, (int)words, MPI_UINT32_T, s + 1, TAG_STEP, MPI_COMM_WORLD, &rq[s]);
     for (int s = 0; s < p->n_stages; s++)
-        (void)pl_wait(&rq[s], MPI_DATATYPE_NULL);
+        if (pl_wait(&rq[s], MPI_DATATYPE_NULL, &p->lost) < 0)
+            return LLORCH_ESTAGE_LOST; /* the sends stay pending: the process is ending */
+    return 0;
 }
 
 LLORCH_API int pipeline_coord_new(struct pipeline **out, const struct model *m,
@@ -203,6 +211,8 @@ LLORCH_API int pipeline_coord_new(struct pipeline **out, const struct model *m,
     p->m = m;
     p->o = *o;
     p->n_stages = o->size - 1;
+    p->logits_rq = MPI_REQUEST_NULL;
+    atomic_init(&p->lost, false);
     pthread_mutex_init(&p->mu, NULL);
     int rc = pipeline_layers_parse(o->layers, m->hp.n_layer, (uint32_t)LLORCH_MAX(p->n_stages, 0),
                                    p->first, err, errlen);
@@ -265,7 +275,7 @@ LLORCH_API int pipeline_coord_new(struct pipeline **out, const struct model *m,
     if (rc) {
         if (blocks) {
             uint32_t quit = PL_QUIT;
-            pl_send_all(p, &quit, 1);
+            (void)pl_send_all(p, &quit, 1);
         }
         kv_cache_free(p->kv);
         free(p->msg);
@@ -284,8 +294,14 @@ LLORCH_API void pipeline_free(struct pipeline *p)
 {
     if (!p)
         return;
-    uint32_t quit = PL_QUIT;
-    pl_send_all(p, &quit, 1);
+    if (!atomic_load(&p->lost)) {
+        uint32_t quit = PL_QUIT;
+        (void)pl_send_all(p, &quit, 1);
+    } else if (p->logits_rq != MPI_REQUEST_NULL) {
+        /* the buffer goes: the receive must not land in it later */
+        MPI_Cancel(&p->logits_rq);
+        MPI_Request_free(&p->logits_rq);
+    }
     kv_cache_free(p->kv);
     free(p->msg);
     free(p->logits);
@@ -301,6 +317,8 @@ LLORCH_API int pipeline_step(void *ctx, struct forward_entry *entries, uint32_t 
         return 0;
     if (n > p->o.fo.max_seqs)
         return LLORCH_EINVAL;
+    if (atomic_load(&p->lost))
+        return LLORCH_ESTAGE_LOST;
     double t0 = pl_now_ms();
     /* the entries after the journal */
     size_t at = p->msg_len;
@@ -319,12 +337,16 @@ LLORCH_API int pipeline_step(void *ctx, struct forward_entry *entries, uint32_t 
         memcpy(p->msg + at, entries[i].tokens, (size_t)entries[i].n_tokens * sizeof *p->msg);
         at += entries[i].n_tokens;
     }
-    MPI_Request rl;
     const size_t words = (size_t)n * n_vocab + 1 + (size_t)p->n_stages;
-    MPI_Irecv(p->logits, (int)words, MPI_FLOAT, p->n_stages, TAG_LOGITS, MPI_COMM_WORLD, &rl);
-    pl_send_all(p, p->msg, at);
+    MPI_Irecv(p->logits, (int)words, MPI_FLOAT, p->n_stages, TAG_LOGITS, MPI_COMM_WORLD,
+              &p->logits_rq);
+    int sent = pl_send_all(p, p->msg, at);
     pl_msg_reset(p);
-    int got = pl_wait(&rl, MPI_FLOAT);
+    if (sent < 0)
+        return sent;
+    int got = pl_wait(&p->logits_rq, MPI_FLOAT, &p->lost);
+    if (got < 0)
+        return LLORCH_ESTAGE_LOST; /* logits_rq stays pending for pipeline_free */
     if (got < 1 + p->n_stages)
         return LLORCH_EINTERNAL;
     const float *trailer = p->logits + (size_t)got - 1 - (size_t)p->n_stages;
@@ -340,6 +362,11 @@ LLORCH_API int pipeline_step(void *ctx, struct forward_entry *entries, uint32_t 
         kv_seq_commit(p->kv, entries[i].seq, entries[i].tokens, entries[i].n_tokens);
     }
     return 0;
+}
+
+LLORCH_API void pipeline_abort(struct pipeline *p)
+{
+    atomic_store(&p->lost, true);
 }
 
 LLORCH_API struct kv_cache *pipeline_kv(struct pipeline *p)
@@ -388,6 +415,25 @@ LLORCH_API double pipeline_last_step_ms(struct pipeline *p)
 }
 
 /* ---- stages ------------------------------------------------------------------ */
+
+LLORCH_API int pipeline_stage_load(struct model **out, const char *path,
+                                   const struct pipeline_opts *o, char *err, size_t errlen)
+{
+    /* the layer count first (the metadata's part only), then the share */
+    struct model *meta = NULL;
+    int rc = model_load_layers(&meta, path, 0, 0, err, errlen);
+    if (rc)
+        return rc;
+    uint32_t starts[PIPELINE_MAX_STAGES];
+    const uint32_t n_layer = meta->hp.n_layer, n_stages = (uint32_t)(o->size - 1);
+    const uint32_t stage = (uint32_t)(o->rank - 1);
+    model_free(meta);
+    rc = pipeline_layers_parse(o->layers, n_layer, n_stages, starts, err, errlen);
+    if (rc)
+        return rc;
+    return model_load_layers(out, path, starts[stage],
+                             stage + 1 < n_stages ? starts[stage + 1] : n_layer, err, errlen);
+}
 
 /* Applies the journal and builds the entries of one step message; returns 0
  * or a negative code. */
@@ -543,7 +589,7 @@ LLORCH_API int pipeline_stage_run(const struct model *m, const struct pipeline_o
         if (!first) {
             MPI_Irecv(hin, (int)hidden_words, MPI_FLOAT, o->rank - 1, TAG_HIDDEN, MPI_COMM_WORLD,
                       &rq);
-            int got = pl_wait(&rq, MPI_FLOAT);
+            int got = pl_wait(&rq, MPI_FLOAT, NULL);
             if (got < (int)trailer)
                 MPI_Abort(MPI_COMM_WORLD, 4); /* a protocol bug */
             in_trailer = hin + (got - (int)trailer);
@@ -566,7 +612,7 @@ LLORCH_API int pipeline_stage_run(const struct model *m, const struct pipeline_o
         tr[1 + stage] = (float)(pl_now_ms() - t0);
         MPI_Isend(hout, (int)(out_len + trailer), MPI_FLOAT, last ? 0 : o->rank + 1,
                   last ? TAG_LOGITS : TAG_HIDDEN, MPI_COMM_WORLD, &rq);
-        (void)pl_wait(&rq, MPI_DATATYPE_NULL);
+        (void)pl_wait(&rq, MPI_DATATYPE_NULL, NULL);
     }
     free(msg);
     free(hin);

@@ -11,7 +11,10 @@
  * to one process. Built only with MPI (LLORCH_HAVE_MPI). MPI must be
  * initialised with at least MPI_THREAD_SERIALIZED; calls on rank 0 come
  * from one thread at a time (the loader, then the step driver, then the
- * closer). A lost rank ends the job (MPI's default error handler). */
+ * closer). A lost rank ends the job (MPI's default error handler, or the
+ * launcher's SIGTERM then SIGKILL to every rank); the coordinator, told by
+ * pipeline_abort, fails the step in flight at once so that its streams end
+ * with an error frame before that. */
 #ifndef LLORCH_PIPELINE_H
 #define LLORCH_PIPELINE_H
 
@@ -55,6 +58,10 @@ int pipeline_coord_new(struct pipeline **out, const struct model *m, const struc
 void pipeline_free(struct pipeline *p);
 /* The scheduler's engine (sched_opts.step): one step through every stage. */
 int pipeline_step(void *p, struct forward_entry *entries, uint32_t n);
+/* A rank is gone (any thread): the step in flight and every later one
+ * return LLORCH_ESTAGE_LOST at once, no MPI call waits on a stage any more,
+ * and pipeline_free sends the stages nothing. */
+void pipeline_abort(struct pipeline *p);
 struct kv_cache *pipeline_kv(struct pipeline *p);
 uint32_t pipeline_n_ctx(const struct pipeline *p);
 uint32_t pipeline_n_stages(const struct pipeline *p);
@@ -64,6 +71,12 @@ const char *pipeline_isa_name(const struct pipeline *p); /* the stages' kernel l
 /* Thread-safe snapshot of stage i (0-based). */
 void pipeline_stage(struct pipeline *p, uint32_t i, struct pipeline_stage_info *out);
 double pipeline_last_step_ms(struct pipeline *p);
+
+/* Ranks 1..S: the model with only this stage's layers (o->rank, o->size,
+ * o->layers): of split files only the parts that hold them are mapped (see
+ * model_load_layers); path may also be the stage's own part. */
+int pipeline_stage_load(struct model **out, const char *path, const struct pipeline_opts *o,
+                        char *err, size_t errlen);
 
 /* Ranks 1..S: loads the range, serves steps until the coordinator says
  * stop. Returns 0, or an error (reported to the coordinator while loading). */

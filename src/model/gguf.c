@@ -699,10 +699,21 @@ static int split_keys(const struct gguf_file *f, uint32_t *no, uint32_t *count)
     return 0;
 }
 
+/* Whether want takes any tensor of part p (want NULL: all). */
+static bool split_part_wanted(const struct gguf_file *first, const struct gguf_file *p,
+                              gguf_want_fn want, void *ctx)
+{
+    for (uint64_t j = 0; !want || j < p->n_tensors; j++)
+        if (!want || want(ctx, first, &p->tensors[j]))
+            return true;
+    return false;
+}
+
 /* f is the first part, opened from path: opens the others and merges their
- * tensors into f's table. */
-static int split_join(struct gguf_file *f, const char *path, uint32_t count, char *err,
-                      size_t errlen)
+ * tensors into f's table; a part want takes nothing of is closed again
+ * (its slot in f->parts stays NULL). */
+static int split_join(struct gguf_file *f, const char *path, uint32_t count, gguf_want_fn want,
+                      void *ctx, char *err, size_t errlen)
 {
     char suffix[64], prefix[4096], part[4200];
     snprintf(suffix, sizeof suffix, "-%05u-of-%05u.gguf", 1u, count);
@@ -717,7 +728,7 @@ static int split_join(struct gguf_file *f, const char *path, uint32_t count, cha
     f->parts = calloc(count - 1, sizeof *f->parts);
     if (!f->parts)
         return LLORCH_ENOMEM;
-    uint64_t total = f->n_tensors;
+    uint64_t total = f->n_tensors, kept = f->n_tensors;
     for (uint32_t i = 1; i < count; i++) {
         (void)gguf_split_path(part, sizeof part, prefix, i, count);
         int rc = gguf_open_one(&f->parts[i - 1], part, err, errlen);
@@ -732,16 +743,22 @@ static int split_join(struct gguf_file *f, const char *path, uint32_t count, cha
                                i, count, no, cnt);
         if (llorch_add_overflows(total, f->parts[i - 1]->n_tensors, &total))
             return LLORCH_EFORMAT;
+        if (!split_part_wanted(f, f->parts[i - 1], want, ctx)) {
+            gguf_close(f->parts[i - 1]);
+            f->parts[i - 1] = NULL;
+        } else {
+            kept += f->parts[i - 1]->n_tensors;
+        }
     }
-    int32_t want;
-    if (gguf_get_i32(f, LLORCH_GGUF_KEY_SPLIT_TENSORS_COUNT, &want) == 0 &&
-        (want < 0 || (uint64_t)want != total))
+    int32_t declared;
+    if (gguf_get_i32(f, LLORCH_GGUF_KEY_SPLIT_TENSORS_COUNT, &declared) == 0 &&
+        (declared < 0 || (uint64_t)declared != total))
         return llorch_errf(err, errlen, LLORCH_EFORMAT,
                            "%s: split.tensors.count is %d but the %u parts hold %llu tensors", path,
-                           want, count, (unsigned long long)total);
-    /* One table over every part's tensors. */
-    struct gguf_tensor *all = calloc(total ? total : 1, sizeof *all);
-    uint64_t cap = hash_cap_for(total);
+                           declared, count, (unsigned long long)total);
+    /* One table over every kept part's tensors. */
+    struct gguf_tensor *all = calloc(kept ? kept : 1, sizeof *all);
+    uint64_t cap = hash_cap_for(kept);
     uint64_t *hash = calloc(cap, sizeof *hash);
     if (!all || !hash) {
         free(all);
@@ -751,7 +768,7 @@ static int split_join(struct gguf_file *f, const char *path, uint32_t count, cha
     uint64_t n = 0;
     for (uint32_t i = 0; i < count; i++) {
         const struct gguf_file *p = i ? f->parts[i - 1] : f;
-        for (uint64_t j = 0; j < p->n_tensors; j++, n++) {
+        for (uint64_t j = 0; p && j < p->n_tensors; j++, n++) {
             all[n] = p->tensors[j];
             uint64_t *slot = hash_slot(hash, cap, all[n].name.ptr, all[n].name.len, all,
                                        sizeof *all, offsetof(struct gguf_tensor, name));
@@ -772,11 +789,13 @@ static int split_join(struct gguf_file *f, const char *path, uint32_t count, cha
     f->tensors = all;
     f->t_hash = hash;
     f->t_hash_cap = cap;
-    f->n_tensors = total;
+    f->n_tensors = kept;
     return 0;
 }
 
-LLORCH_API int gguf_open(struct gguf_file **out, const char *path, char *err, size_t errlen)
+/* gguf_open (want NULL, alone false) and gguf_open_some. */
+static int split_open(struct gguf_file **out, const char *path, gguf_want_fn want, void *ctx,
+                      bool alone, char *err, size_t errlen)
 {
     int rc = gguf_open_one(out, path, err, errlen);
     if (rc)
@@ -793,18 +812,31 @@ LLORCH_API int gguf_open(struct gguf_file **out, const char *path, char *err, si
         rc = llorch_errf(err, errlen, LLORCH_EFORMAT,
                          "%s: split.no %u of split.count %u is out of range (at most %u parts)",
                          path, no, count, LLORCH_GGUF_SPLIT_MAX);
+    else if (count > 1 && no != 0 && alone)
+        return 0; /* a later part on its own */
     else if (count > 1 && no != 0)
         rc = llorch_errf(err, errlen, LLORCH_EINVAL,
                          "%s: part %u of a model split in %u parts: open the first part "
                          "(-00001-of-%05u.gguf), which finds the others",
                          path, no + 1, count, count);
     else if (count > 1)
-        rc = split_join(f, path, count, err, errlen);
+        rc = split_join(f, path, count, want, ctx, err, errlen);
     if (rc) {
         gguf_close(f);
         *out = NULL;
     }
     return rc;
+}
+
+LLORCH_API int gguf_open(struct gguf_file **out, const char *path, char *err, size_t errlen)
+{
+    return split_open(out, path, NULL, NULL, false, err, errlen);
+}
+
+LLORCH_API int gguf_open_some(struct gguf_file **out, const char *path, gguf_want_fn want,
+                              void *ctx, char *err, size_t errlen)
+{
+    return split_open(out, path, want, ctx, true, err, errlen);
 }
 
 LLORCH_API int gguf_open_part(struct gguf_file **out, const char *path, char *err, size_t errlen)
@@ -817,7 +849,8 @@ LLORCH_API void gguf_release_pages(const struct gguf_file *f)
     if (f->mapped)
         (void)madvise((void *)f->base, (size_t)f->size, MADV_DONTNEED);
     for (uint32_t i = 0; i < f->n_parts; i++)
-        gguf_release_pages(f->parts[i]);
+        if (f->parts[i])
+            gguf_release_pages(f->parts[i]);
 }
 
 LLORCH_API uint32_t gguf_split_count(const struct gguf_file *f)
@@ -865,7 +898,7 @@ LLORCH_API uint64_t gguf_file_size(const struct gguf_file *f)
 {
     uint64_t n = f->size;
     for (uint32_t i = 0; i < f->n_parts; i++)
-        n += f->parts[i]->size;
+        n += f->parts[i] ? f->parts[i]->size : 0;
     return n;
 }
 

@@ -68,6 +68,17 @@ struct gguf_file;
  * opens every part and reads as one model: the first part's metadata, all
  * parts' tensors; another part is refused (LLORCH_EINVAL) naming the first. */
 int gguf_open(struct gguf_file **out, const char *path, char *err, size_t errlen);
+/* Which tensors a caller needs: it sees the first part (the metadata) and
+ * one tensor. */
+typedef bool (*gguf_want_fn)(void *ctx, const struct gguf_file *first,
+                             const struct gguf_tensor *t);
+/* As gguf_open, for a pipeline stage: of a split model's first part, only
+ * the parts holding a tensor that want takes stay mapped (and the first);
+ * the others are opened, read and closed again, and their tensors are not
+ * in the table. A later part (split.no > 0) opens alone: a stage's own file
+ * from `llorch-cli split`, which carries the whole metadata. */
+int gguf_open_some(struct gguf_file **out, const char *path, gguf_want_fn want, void *ctx,
+                   char *err, size_t errlen);
 /* One file alone, also a single part of a split model (a pipeline stage's). */
 int gguf_open_part(struct gguf_file **out, const char *path, char *err, size_t errlen);
 /* Drops the file's pages from this process's memory (they stay in the page

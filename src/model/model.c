@@ -388,14 +388,15 @@ static int check_roles(struct model *m, char *err, size_t errlen)
         const struct role *ro = &global_roles[r];
         const struct gguf_tensor *t = *slot_at(m, ro->off);
         if (!t) {
-            if (ro->required & abit)
+            if ((ro->required & abit) && !m->partial)
                 return llorch_errf(err, errlen, LLORCH_EFORMAT, "tensor '%s' is missing", ro->name);
             continue;
         }
         if ((rc = check_shape(&m->hp, t, ro, err, errlen)))
             return rc;
     }
-    for (uint32_t l = 0; l < m->hp.n_layer; l++) {
+    const uint32_t l_end = m->partial ? m->part_end : m->hp.n_layer;
+    for (uint32_t l = m->partial ? m->part_first : 0; l < l_end; l++) {
         struct model_layer *ly = &m->layers[l];
         bool phi3_split = m->hp.arch == MODEL_ARCH_PHI3 && !ly->wqkv;
         for (size_t r = 0; r < LLORCH_ARRAY_SIZE(layer_roles); r++) {
@@ -485,7 +486,16 @@ static int load(struct model *m, char *err, size_t errlen, const char *path)
         return 0;
     }
 
+    if (m->partial && m->part_end > m->hp.n_layer)
+        return llorch_errf(err, errlen, LLORCH_EINVAL, "layers %u..%u past the model's %u",
+                           m->part_first, m->part_end - 1, m->hp.n_layer);
     const struct gguf_tensor *emb = gguf_tensor_find(f, "token_embd.weight");
+    if (!emb && m->partial && (has_toks || m->hp.n_vocab)) {
+        /* a stage without the embedding: the size from the metadata */
+        if (!m->hp.n_vocab)
+            m->hp.n_vocab = (uint32_t)toks.count;
+        goto tensors;
+    }
     if (!emb)
         return llorch_errf(err, errlen, LLORCH_EFORMAT, "tensor 'token_embd.weight' is missing");
     if (emb->n_dims != 2 || emb->ne[1] == 0 || emb->ne[1] > UINT32_MAX)
@@ -501,6 +511,7 @@ static int load(struct model *m, char *err, size_t errlen, const char *path)
                     (unsigned long long)toks.count, n_vocab);
     m->hp.n_vocab = n_vocab;
 
+tensors:
     m->layers = calloc(m->hp.n_layer, sizeof *m->layers);
     if (!m->layers)
         return llorch_errf(err, errlen, LLORCH_ENOMEM, "out of memory");
@@ -544,6 +555,66 @@ LLORCH_API int model_load(struct model **out, const char *path, char *err, size_
     if (rc)
         return rc;
     return model_load_gguf(out, f, path, err, errlen);
+}
+
+/* The tensors of layers [first, end), and those outside blocks but the
+ * output norm and head unless end is the last layer. */
+struct model_want {
+    uint32_t first, end, n_layer;
+    bool read;
+};
+
+static bool model_wants(void *ctx, const struct gguf_file *meta, const struct gguf_tensor *t)
+{
+    struct model_want *w = ctx;
+    if (!w->read) { /* the layer count, once, from the first part's metadata */
+        w->read = true;
+        struct gguf_str a;
+        char key[96];
+        if (!gguf_get_str(meta, LLORCH_GGUF_KEY_ARCHITECTURE, &a) && a.len < 64) {
+            snprintf(key, sizeof key, "%.*s.block_count", (int)a.len, a.ptr);
+            (void)gguf_get_u32(meta, key, &w->n_layer);
+        }
+    }
+    const char *name = t->name.ptr;
+    const uint64_t len = t->name.len;
+    if (len > 4 && !memcmp(name, "blk.", 4)) {
+        uint64_t layer = 0, i = 4;
+        while (i < len && name[i] >= '0' && name[i] <= '9' && layer <= MODEL_MAX_LAYERS)
+            layer = layer * 10 + (uint64_t)(name[i++] - '0');
+        return layer >= w->first && layer < w->end;
+    }
+    if ((len >= 7 && !memcmp(name, "output.", 7)) || (len >= 12 && !memcmp(name, "output_norm.", 12)))
+        return w->end >= w->n_layer;
+    return true;
+}
+
+LLORCH_API int model_load_layers(struct model **out, const char *path, uint32_t first,
+                                 uint32_t end, char *err, size_t errlen)
+{
+    *out = NULL;
+    struct model_want w = {.first = first, .end = end};
+    struct gguf_file *f;
+    int rc = gguf_open_some(&f, path, model_wants, &w, err, errlen);
+    if (rc)
+        return rc;
+    struct model *m = calloc(1, sizeof *m);
+    if (!m) {
+        gguf_close(f);
+        return llorch_errf(err, errlen, LLORCH_ENOMEM, "out of memory");
+    }
+    m->file = f;
+    m->partial = true;
+    m->part_first = first;
+    m->part_end = end;
+    char msg[384];
+    if ((rc = load(m, msg, sizeof msg, path))) {
+        llorch_errf(err, errlen, rc, "%s: %s", path, msg);
+        model_free(m);
+        return rc;
+    }
+    *out = m;
+    return 0;
 }
 
 LLORCH_API void model_free(struct model *m)

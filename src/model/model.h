@@ -66,6 +66,10 @@ struct model {
     bool output_tied;
     const struct gguf_tensor *rope_freqs;  /* llama3 per-dimension factors, n_rot/2, or NULL */
     struct model_layer *layers;            /* n_layer entries */
+    /* model_load_layers: only layers [part_first, part_end) are checked and
+     * present, the embedding, output norm and head only where in the file */
+    bool partial;
+    uint32_t part_first, part_end;
 };
 
 /* Loads and checks a model. A file without tensors loads as vocab_only (only
@@ -74,6 +78,13 @@ int model_load(struct model **out, const char *path, char *err, size_t errlen);
 /* Same over an already opened file; the model takes ownership of f. */
 int model_load_gguf(struct model **out, struct gguf_file *f, const char *path, char *err,
                     size_t errlen);
+/* A pipeline stage's share: of a split model only the parts holding layers
+ * [first, end) (and the head when end is n_layer) are mapped, besides the
+ * first part's metadata; a later part opens alone (a stage's own file). The
+ * tensors outside the share may be absent (NULL); a forward engine over
+ * another range fails naming what is missing. */
+int model_load_layers(struct model **out, const char *path, uint32_t first, uint32_t end,
+                      char *err, size_t errlen);
 void model_free(struct model *m); /* NULL is safe; closes the file */
 
 const char *model_arch_name(enum model_arch a);

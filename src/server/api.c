@@ -30,6 +30,7 @@ struct api {
     struct sched *sched;
     enum api_state state;
     double progress;
+    char failure[160];            /* api_set_failed: why the engine is gone; "" = none */
     uv_async_t async;
     uv_timer_t drain_timer;
     unsigned handles_open;
@@ -649,6 +650,17 @@ LLORCH_API void api_set_ready(struct api *a, struct sched *s)
     a->sched = s;
     if (a->state != API_DRAINING)
         a->state = API_READY;
+}
+
+LLORCH_API void api_set_failed(struct api *a, const char *why)
+{
+    LLORCH_ASSERT_ON_LOOP(&a->loop_thread);
+    snprintf(a->failure, sizeof a->failure, "%s", why && why[0] ? why : "engine failed");
+}
+
+LLORCH_API const char *api_failure(const struct api *a)
+{
+    return a->failure[0] ? a->failure : NULL;
 }
 
 LLORCH_API enum api_state api_state(const struct api *a)

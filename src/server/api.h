@@ -91,6 +91,10 @@ void api_notify(void *ctx);
 void api_set_loading(struct api *a, double progress);
 /* Ready to serve: sched must outlive the api's use of it (until api_close). */
 void api_set_ready(struct api *a, struct sched *s);
+/* The engine is gone for good (a pipeline stage was lost): /health says so
+ * (503 "failed" with why) from now on; the daemon drains and exits non-zero. */
+void api_set_failed(struct api *a, const char *why);
+const char *api_failure(const struct api *a); /* NULL while none */
 enum api_state api_state(const struct api *a);
 double api_loading_progress(const struct api *a);
 bool api_is_ready(const struct api *a);

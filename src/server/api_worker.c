@@ -631,6 +631,13 @@ static void h_health(void *ctx, struct http_request *r, const char *tail, size_t
     LLORCH_UNUSED(tail);
     LLORCH_UNUSED(tail_len);
     struct api_worker *a = ctx;
+    if (api_failure(a->core)) {
+        respond_json(a, r, 503,
+                     json_pack("{s:s,s:b,s:s}", "status", "failed", "model_loaded", 0, "error",
+                               api_failure(a->core)),
+                     NULL);
+        return;
+    }
     if (api_state(a->core) == API_LOADING) {
         respond_json(a, r, 503,
                      json_pack("{s:s,s:b,s:f}", "status", "loading", "model_loaded", 0,
