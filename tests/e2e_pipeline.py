@@ -275,6 +275,39 @@ def test_killed_stage_ends_streams_with_an_error_frame_and_exits():
         p.kill()
 
 
+def test_killed_stage_with_groups_in_flight_ends_every_stream_with_an_error_frame():
+    """Four streams on two stages: two micro-batch groups in flight when a
+    stage dies; every stream still ends with its error frame, in time."""
+    p = Pipeline(2, model=model_path(MODEL))
+    p.start()
+    try:
+        streams = []
+        for i in range(4):
+            s = Stream(p.port, "/execute", {"job_id": "g%d" % i, "prompt": PROMPTS[i],
+                                            "max_tokens": 400, "temperature": 0.9,
+                                            "seed": 1 + i}, timeout=20)
+            assert s.status == 200
+            streams.append(s)
+        for s in streams:  # every stream decoding: the groups are in flight
+            while True:
+                fr = s.next_frame()
+                assert fr is not None
+                if fr["event"] == "token":
+                    break
+        ranks = p.ranks()
+        t0 = time.time()
+        os.kill(ranks[1], signal.SIGKILL)
+        for s in streams:
+            last = events_of(s.read_all())[-1]
+            assert last["type"] == "error", last
+            assert last["code"] == "INFERENCE_FAILED", last
+            assert "pipeline stage was lost" in last["message"], last
+        assert time.time() - t0 < 5, ("the streams did not end in time", time.time() - t0)
+        assert p.wait(timeout=20) != 0
+    finally:
+        p.kill()
+
+
 if __name__ == "__main__":
     if not has_mpi():
         print("SKIP: built without MPI or no mpirun")
@@ -284,4 +317,5 @@ if __name__ == "__main__":
                test_uneven_layers_from_split_files_match_one_process,
                test_stages_map_only_the_split_files_of_their_layers,
                test_each_rank_given_its_own_stage_file_maps_only_that_file,
-               test_killed_stage_ends_streams_with_an_error_frame_and_exits])
+               test_killed_stage_ends_streams_with_an_error_frame_and_exits,
+               test_killed_stage_with_groups_in_flight_ends_every_stream_with_an_error_frame])

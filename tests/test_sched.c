@@ -49,8 +49,32 @@ struct result {
     char text[8192];
 };
 
+/* A made-up asynchronous engine (micro-batches, h_opts.groups): up to
+ * `slots` groups in flight, each completing no sooner than latency_us after
+ * its submit, computed by forward_step at complete (so the token streams
+ * must equal the synchronous engine's). It checks the scheduler's promises:
+ * no sequence in two groups in flight, groups completed in submit order, no
+ * KV decision (journal op) touching a sequence in flight, and the journal
+ * replays, in decision order, onto a table-only replica as a stage would
+ * (journal, then the group's commit at its submit). Runs on the driver. */
+#define AE_MAX_SLOTS 8
+struct async_engine {
+    struct forward *fw;
+    struct kv_cache *kv, *replica;
+    uint32_t slots, latency_us;
+    struct {
+        struct forward_entry *e;
+        uint32_t n, group;
+        uint64_t t_submit_us;
+    } ring[AE_MAX_SLOTS];
+    uint32_t head, count, next_group;
+    _Atomic uint32_t violations, max_in_flight, replay_errors;
+    _Atomic uint64_t groups_done;
+};
+
 struct harness {
     struct model *m;
+    struct async_engine ae;
     struct tokenizer *tok;
     struct tpool *pool;
     struct forward *fw;
@@ -127,7 +151,87 @@ struct h_opts {
     uint32_t batch_window_ms, step_sleep_us;
     uint32_t itl_target_ms;
     bool fake_cost;               /* the cost model learns fake_cost(), not the clock */
+    uint32_t groups, group_latency_us; /* micro-batches on the async engine */
 };
+
+static uint64_t ae_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static bool ae_in_flight(struct async_engine *a, uint32_t seq_index)
+{
+    for (uint32_t k = 0; k < a->count; k++) {
+        uint32_t at = (a->head + k) % a->slots;
+        for (uint32_t i = 0; i < a->ring[at].n; i++)
+            if (kv_seq_index(a->kv, a->ring[at].e[i].seq) == seq_index)
+                return true;
+    }
+    return false;
+}
+
+static void ae_journal(void *ctx, const struct kv_op *op)
+{
+    struct async_engine *a = ctx;
+    if (ae_in_flight(a, op->seq))
+        a->violations++;
+    if (kv_cache_replay(a->replica, op) != 0)
+        a->replay_errors++;
+}
+
+static int ae_submit(void *ctx, uint32_t group, struct forward_entry *e, uint32_t n)
+{
+    struct async_engine *a = ctx;
+    if (a->count >= a->slots || group != a->next_group)
+        a->violations++;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t idx = kv_seq_index(a->kv, e[i].seq);
+        if (ae_in_flight(a, idx))
+            a->violations++;
+        for (uint32_t j = 0; j < i; j++)
+            if (e[j].seq == e[i].seq)
+                a->violations++;
+        struct kv_seq *rs = kv_seq_at(a->replica, idx);
+        if (!rs)
+            a->replay_errors++;
+        else
+            kv_seq_commit(a->replica, rs, e[i].tokens, e[i].n_tokens);
+    }
+    uint32_t at = (a->head + a->count) % a->slots;
+    a->ring[at].e = e;
+    a->ring[at].n = n;
+    a->ring[at].group = group;
+    a->ring[at].t_submit_us = ae_now_us();
+    a->count++;
+    a->next_group = (group + 1) % a->slots;
+    if (a->count > a->max_in_flight)
+        a->max_in_flight = a->count;
+    return 0;
+}
+
+static int ae_complete(void *ctx, uint32_t *group)
+{
+    struct async_engine *a = ctx;
+    if (a->count == 0) {
+        a->violations++;
+        return LLORCH_EINVAL;
+    }
+    uint32_t at = a->head;
+    uint64_t due = a->ring[at].t_submit_us + a->latency_us, now = ae_now_us();
+    if (now < due) {
+        struct timespec ts = {0, (long)(due - now) * 1000L};
+        nanosleep(&ts, NULL);
+    }
+    *group = a->ring[at].group;
+    /* computed now, oldest first: each group after the ones before it */
+    int rc = forward_step(a->fw, a->ring[at].e, a->ring[at].n);
+    a->head = (a->head + 1) % a->slots;
+    a->count--;
+    a->groups_done++;
+    return rc;
+}
 
 static uint64_t kv_block_bytes(const struct model *m)
 {
@@ -177,7 +281,30 @@ static void h_open(struct harness *h, const struct h_opts *o)
         .pool = h->pool,
         .step_cost = o->fake_cost ? h_step_cost : NULL,
     };
-    assert_int_equal(sched_new(&h->s, h->fw, h->tok, &so), 0);
+    if (o->groups) {
+        struct async_engine *a = &h->ae;
+        a->fw = h->fw;
+        a->kv = forward_kv(h->fw);
+        a->slots = o->groups;
+        a->latency_us = o->group_latency_us;
+        struct kv_stats ks;
+        kv_cache_stats(a->kv, &ks);
+        struct kv_cache_opts ko = {
+            .type = LLORCH_KV_F32, .n_layer = 0, .n_head_kv = h->m->hp.n_head_kv,
+            .head_dim = h->m->hp.head_dim, .max_seqs = fo.max_seqs,
+            .max_seq_len = forward_n_ctx(h->fw), .n_blocks = ks.blocks_total,
+        };
+        assert_int_equal(kv_cache_new(&a->replica, &ko), 0);
+        kv_cache_set_journal(a->kv, ae_journal, a);
+        so.submit = ae_submit;
+        so.complete = ae_complete;
+        so.max_groups = o->groups;
+        so.step_ctx = a;
+        so.kv = a->kv;
+        so.n_vocab = forward_n_vocab(h->fw);
+        so.n_ctx = forward_n_ctx(h->fw);
+    }
+    assert_int_equal(sched_new(&h->s, o->groups ? NULL : h->fw, h->tok, &so), 0);
 }
 
 static void h_release_held(struct harness *h)
@@ -189,6 +316,14 @@ static void h_close(struct harness *h)
 {
     h_release_held(h);
     sched_free(h->s);
+    if (h->ae.replica) {
+        /* every decision replayed; the replica ends as empty as the cache */
+        struct kv_stats rs;
+        kv_cache_stats(h->ae.replica, &rs);
+        assert_int_equal(rs.seqs_active, 0);
+        assert_int_equal(rs.blocks_used, 0);
+        kv_cache_free(h->ae.replica);
+    }
     forward_free(h->fw);
     tpool_free(h->pool);
     tokenizer_free(h->tok);
@@ -1322,6 +1457,162 @@ static void sched_queued_requests_are_admitted_in_arrival_order(void **state)
     h_close(&h);
 }
 
+/* ---- micro-batches: the made-up asynchronous engine (h_opts.groups) ---- */
+
+#define N_GRP 24
+
+/* Greedy outputs of n prompts, one step at a time on the synchronous engine. */
+static void sync_outputs(struct result *out, llorch_token (*prompts)[128], const size_t *lens,
+                         int n, uint64_t kv_blocks, uint32_t max_batch, uint32_t max_tok)
+{
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .kv_blocks = kv_blocks,
+                                .max_batch = max_batch, .step_tokens = 64});
+    char job[32];
+    for (int i = 0; i < n; i++) {
+        struct sched_params p = greedy(max_tok);
+        p.ignore_eos = true;
+        snprintf(job, sizeof(job), "sync-%d", i);
+        assert_int_equal(submit_tokens(&h, &out[i], job, prompts[i], lens[i], &p), 0);
+    }
+    h_wait_all(&h, out, (size_t)n);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
+static void sched_groups_in_flight_give_the_synchronous_streams(void **state)
+{
+    (void)state;
+    static llorch_token prompts[N_GRP][128];
+    static struct result ref[N_GRP], got[N_GRP];
+    size_t lens[N_GRP];
+    for (int i = 0; i < N_GRP; i++)
+        lens[i] = make_prompt(prompts[i], 3 + (size_t)(i * 29) % 100, 900u + (uint32_t)i);
+    sync_outputs(ref, prompts, lens, N_GRP, 0, 16, 24);
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 16, .step_tokens = 64,
+                                .groups = 3, .group_latency_us = 2000});
+    char job[32];
+    for (int i = 0; i < N_GRP; i++) {
+        struct sched_params p = greedy(24);
+        p.ignore_eos = true;
+        snprintf(job, sizeof(job), "grp-%d", i);
+        assert_int_equal(submit_tokens(&h, &got[i], job, prompts[i], lens[i], &p), 0);
+    }
+    h_wait_all(&h, got, N_GRP);
+    for (int i = 0; i < N_GRP; i++)
+        assert_same_output(&ref[i], &got[i]);
+    assert_int_equal(h.ae.max_in_flight, 3); /* the groups were in flight together */
+    assert_int_equal(h.ae.violations, 0);
+    assert_int_equal(h.ae.replay_errors, 0);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
+static void sched_groups_never_preempt_a_sequence_in_flight(void **state)
+{
+    (void)state;
+    static llorch_token prompts[N_PRE][128];
+    static struct result ref[N_PRE], got[N_PRE];
+    size_t lens[N_PRE];
+    for (int i = 0; i < N_PRE; i++)
+        lens[i] = make_prompt(prompts[i], 20 + (size_t)i * 5, 500u + (uint32_t)i);
+    sync_outputs(ref, prompts, lens, N_PRE, 12, 8, 40);
+    struct harness h;
+    /* 12 blocks (192 tokens) for 8 requests of up to ~100 tokens each */
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .kv_blocks = 12, .max_batch = 8,
+                                .step_tokens = 64, .groups = 2, .group_latency_us = 1000});
+    char job[32];
+    for (int i = 0; i < N_PRE; i++) {
+        struct sched_params p = greedy(40);
+        p.ignore_eos = true;
+        snprintf(job, sizeof(job), "pre-%d", i);
+        assert_int_equal(submit_tokens(&h, &got[i], job, prompts[i], lens[i], &p), 0);
+    }
+    h_wait_all(&h, got, N_PRE);
+    for (int i = 0; i < N_PRE; i++)
+        assert_same_output(&ref[i], &got[i]);
+    struct sched_stats st;
+    sched_stats(h.s, &st);
+    assert_true(st.preemptions > 0);
+    assert_int_equal(h.ae.max_in_flight, 2);
+    assert_int_equal(h.ae.violations, 0); /* no KV decision on a sequence in flight */
+    assert_int_equal(h.ae.replay_errors, 0);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
+static void sched_cancel_and_timeout_of_a_sequence_in_flight_wait_for_its_group(void **state)
+{
+    (void)state;
+    struct harness h;
+    /* groups of one sequence each, 50 ms apiece: a cancel lands while the
+     * sequence is in flight */
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 2, .groups = 2,
+                                .group_latency_us = 50000});
+    static struct result a, b, c;
+    llorch_token prompt[8];
+    make_prompt(prompt, 8, 3);
+    struct sched_params p = greedy(400);
+    p.ignore_eos = true;
+    assert_int_equal(submit_tokens(&h, &a, "a", prompt, 8, &p), 0);
+    assert_int_equal(submit_tokens(&h, &b, "b", prompt, 8, &p), 0);
+    h_pump_until_tokens(&h, &a, 2, false);
+    h_pump_until_tokens(&h, &b, 2, false);
+    assert_int_equal(sched_cancel(h.s, a.id, SCHED_ERR_CANCELLED), 0);
+    uint64_t until = now_ms() + WAIT_MS;
+    while (!a.n_terminal) {
+        assert_true(now_ms() < until);
+        h_pump(&h, 20, false);
+    }
+    assert_int_equal(a.terminal, SCHED_EV_ERROR);
+    assert_int_equal(a.code, SCHED_ERR_CANCELLED);
+    /* b ran on beside it: cancel it too, and time out a third */
+    assert_int_equal(sched_cancel(h.s, b.id, SCHED_ERR_CLIENT_TOO_SLOW), 0);
+    p.timeout_ms = 300;
+    assert_int_equal(submit_tokens(&h, &c, "c", prompt, 8, &p), 0);
+    until = now_ms() + WAIT_MS;
+    while (!b.n_terminal || !c.n_terminal) {
+        assert_true(now_ms() < until);
+        h_pump(&h, 20, false);
+    }
+    assert_int_equal(b.code, SCHED_ERR_CLIENT_TOO_SLOW);
+    assert_int_equal(c.terminal, SCHED_EV_ERROR);
+    assert_int_equal(c.code, SCHED_ERR_TIMEOUT);
+    assert_true(c.n_tokens > 0); /* it ran before its time was up */
+    assert_true(h.ae.groups_done > 4);
+    assert_int_equal(h.ae.violations, 0); /* no free while in flight */
+    assert_int_equal(h.ae.replay_errors, 0);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
+static void sched_shutdown_with_groups_in_flight_ends_everyone(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 4, .groups = 2,
+                                .group_latency_us = 20000});
+    static struct result r[4];
+    llorch_token prompt[8];
+    make_prompt(prompt, 8, 5);
+    struct sched_params p = greedy(400);
+    p.ignore_eos = true;
+    char job[32];
+    for (int i = 0; i < 4; i++) {
+        snprintf(job, sizeof(job), "s-%d", i);
+        assert_int_equal(submit_tokens(&h, &r[i], job, prompt, 8, &p), 0);
+    }
+    h_pump_until_tokens(&h, &r[3], 2, false);
+    sched_shutdown_now(h.s);
+    h_wait_all(&h, r, 4);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(r[i].code, SCHED_ERR_SHUTTING_DOWN);
+    assert_int_equal(h.ae.violations, 0);
+    assert_int_equal(h.ae.replay_errors, 0);
+    h_close(&h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1352,6 +1643,10 @@ int main(void)
         cmocka_unit_test(sched_prompt_alone_prefills_in_the_largest_chunks),
         cmocka_unit_test(sched_short_prompt_is_not_starved_behind_a_long_prefill),
         cmocka_unit_test(sched_queued_requests_are_admitted_in_arrival_order),
+        cmocka_unit_test(sched_groups_in_flight_give_the_synchronous_streams),
+        cmocka_unit_test(sched_groups_never_preempt_a_sequence_in_flight),
+        cmocka_unit_test(sched_cancel_and_timeout_of_a_sequence_in_flight_wait_for_its_group),
+        cmocka_unit_test(sched_shutdown_with_groups_in_flight_ends_everyone),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

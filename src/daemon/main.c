@@ -592,7 +592,11 @@ static int daemon_loaded(struct daemon *d)
         .on_step_ctx = d->metrics,
     };
     if (d->pl) {
+        /* micro-batches: one group in flight per stage keeps every stage busy */
         so.step = pipeline_step;
+        so.submit = pipeline_submit;
+        so.complete = pipeline_complete;
+        so.max_groups = pipeline_max_groups(d->pl);
         so.step_ctx = d->pl;
         so.kv = pipeline_kv(d->pl);
         so.n_vocab = d->model->hp.n_vocab;

@@ -47,6 +47,18 @@ struct pl_ready {
     char err[256];
 };
 
+/* One group in flight (micro-batches): its step message stays untouched
+ * until its sends complete, its logits land in its own buffer. */
+struct pl_slot {
+    uint32_t *msg;                /* [msg_cap] */
+    float *logits;                /* [max_seqs * n_vocab + trailer] */
+    MPI_Request logits_rq;
+    MPI_Request send_rq[PIPELINE_MAX_STAGES];
+    struct forward_entry *entries; /* the caller's, until complete */
+    uint32_t n;
+    double t0;
+};
+
 struct pipeline {
     const struct model *m;
     struct pipeline_opts o;
@@ -57,13 +69,13 @@ struct pipeline {
     enum llorch_kv_type kv_type;
     char isa[16];                 /* the first stage's kernel level */
     struct kv_cache *kv;          /* block tables only */
-    uint32_t *msg;                /* the step message being built */
+    uint32_t *msg;                /* the step message being built (swapped with a slot's) */
     size_t msg_cap, msg_len;      /* words */
     size_t ops_at;                /* index of n_ops */
     bool overflow;                /* the journal did not fit: the step fails */
-    float *logits;                /* [max_seqs * n_vocab + trailer] */
     size_t logits_words;
-    MPI_Request logits_rq;        /* the step's logits receive, while one is pending */
+    struct pl_slot *slots;        /* [n_stages]: a ring of the groups in flight */
+    uint32_t s_head, s_count;
     atomic_bool lost;             /* pipeline_abort: a rank is gone, no more MPI with it */
     pthread_mutex_t mu;           /* the stage figures below (/health) */
     struct pipeline_stage_info stages[PIPELINE_MAX_STAGES];
@@ -201,6 +213,16 @@ static int pl_send_all(struct pipeline *p, const uint32_t *msg, size_t words)
     return 0;
 }
 
+static void pl_slots_free(struct pipeline *p)
+{
+    for (int s = 0; p->slots && s < p->n_stages; s++) {
+        free(p->slots[s].msg);
+        free(p->slots[s].logits);
+    }
+    free(p->slots);
+    free(p->msg);
+}
+
 LLORCH_API int pipeline_coord_new(struct pipeline **out, const struct model *m,
                                   const struct pipeline_opts *o, char *err, size_t errlen)
 {
@@ -211,7 +233,6 @@ LLORCH_API int pipeline_coord_new(struct pipeline **out, const struct model *m,
     p->m = m;
     p->o = *o;
     p->n_stages = o->size - 1;
-    p->logits_rq = MPI_REQUEST_NULL;
     atomic_init(&p->lost, false);
     pthread_mutex_init(&p->mu, NULL);
     int rc = pipeline_layers_parse(o->layers, m->hp.n_layer, (uint32_t)LLORCH_MAX(p->n_stages, 0),
@@ -263,8 +284,18 @@ LLORCH_API int pipeline_coord_new(struct pipeline **out, const struct model *m,
         p->msg_cap = pl_msg_cap(&o->fo, p->n_ctx);
         p->logits_words = (size_t)o->fo.max_seqs * m->hp.n_vocab + 1 + (size_t)p->n_stages;
         p->msg = malloc(p->msg_cap * sizeof *p->msg);
-        p->logits = malloc(p->logits_words * sizeof *p->logits);
-        if (!p->msg || !p->logits)
+        p->slots = calloc((size_t)p->n_stages, sizeof *p->slots);
+        bool ok = p->msg && p->slots;
+        for (int s = 0; ok && s < p->n_stages; s++) {
+            struct pl_slot *sl = &p->slots[s];
+            sl->msg = malloc(p->msg_cap * sizeof *sl->msg);
+            sl->logits = malloc(p->logits_words * sizeof *sl->logits);
+            sl->logits_rq = MPI_REQUEST_NULL;
+            for (int r = 0; r < PIPELINE_MAX_STAGES; r++)
+                sl->send_rq[r] = MPI_REQUEST_NULL;
+            ok = sl->msg && sl->logits;
+        }
+        if (!ok)
             rc = LLORCH_ENOMEM;
         else if ((rc = kv_cache_new(&p->kv, &ko)) < 0)
             (void)llorch_errf(err, errlen, rc, "the coordinator's KV tables: %s",
@@ -278,8 +309,7 @@ LLORCH_API int pipeline_coord_new(struct pipeline **out, const struct model *m,
             (void)pl_send_all(p, &quit, 1);
         }
         kv_cache_free(p->kv);
-        free(p->msg);
-        free(p->logits);
+        pl_slots_free(p);
         pthread_mutex_destroy(&p->mu);
         free(p);
         return rc;
@@ -297,29 +327,49 @@ LLORCH_API void pipeline_free(struct pipeline *p)
     if (!atomic_load(&p->lost)) {
         uint32_t quit = PL_QUIT;
         (void)pl_send_all(p, &quit, 1);
-    } else if (p->logits_rq != MPI_REQUEST_NULL) {
-        /* the buffer goes: the receive must not land in it later */
-        MPI_Cancel(&p->logits_rq);
-        MPI_Request_free(&p->logits_rq);
+    } else {
+        /* the buffers go: no pending receive may land in them later */
+        for (int s = 0; s < p->n_stages; s++) {
+            struct pl_slot *sl = &p->slots[s];
+            if (sl->logits_rq != MPI_REQUEST_NULL) {
+                MPI_Cancel(&sl->logits_rq);
+                MPI_Request_free(&sl->logits_rq);
+            }
+            for (int r = 0; r < p->n_stages; r++)
+                if (sl->send_rq[r] != MPI_REQUEST_NULL) {
+                    MPI_Cancel(&sl->send_rq[r]);
+                    MPI_Request_free(&sl->send_rq[r]);
+                }
+        }
     }
     kv_cache_free(p->kv);
-    free(p->msg);
-    free(p->logits);
+    pl_slots_free(p);
     pthread_mutex_destroy(&p->mu);
     free(p);
 }
 
-LLORCH_API int pipeline_step(void *ctx, struct forward_entry *entries, uint32_t n)
+LLORCH_API uint32_t pipeline_max_groups(const struct pipeline *p)
+{
+    return (uint32_t)p->n_stages;
+}
+
+/* Sends group `group` (the next slot of the ring) to every stage with the
+ * journal since the last submit, and posts the receive of its logits.
+ * The coordinator's tables record the entries' tokens now: a stage commits
+ * them when it computes the group, before it applies the next group's
+ * journal, so prefix reuse decided after this submit sees the same cache on
+ * every rank. */
+LLORCH_API int pipeline_submit(void *ctx, uint32_t group, struct forward_entry *entries,
+                               uint32_t n)
 {
     struct pipeline *p = ctx;
-    const uint32_t n_vocab = p->m->hp.n_vocab;
-    if (n == 0)
-        return 0;
-    if (n > p->o.fo.max_seqs)
+    if (n == 0 || n > p->o.fo.max_seqs || p->s_count >= (uint32_t)p->n_stages ||
+        group != (p->s_head + p->s_count) % (uint32_t)p->n_stages)
         return LLORCH_EINVAL;
     if (atomic_load(&p->lost))
         return LLORCH_ESTAGE_LOST;
-    double t0 = pl_now_ms();
+    struct pl_slot *sl = &p->slots[group];
+    const uint32_t n_vocab = p->m->hp.n_vocab;
     /* the entries after the journal */
     size_t at = p->msg_len;
     size_t need = 1 + 2 * (size_t)n;
@@ -330,6 +380,7 @@ LLORCH_API int pipeline_step(void *ctx, struct forward_entry *entries, uint32_t 
     }
     if (p->overflow || at + need > p->msg_cap)
         return LLORCH_EINTERNAL;
+    sl->t0 = pl_now_ms();
     p->msg[at++] = n;
     for (uint32_t i = 0; i < n; i++) {
         p->msg[at++] = kv_seq_index(p->kv, entries[i].seq);
@@ -337,31 +388,76 @@ LLORCH_API int pipeline_step(void *ctx, struct forward_entry *entries, uint32_t 
         memcpy(p->msg + at, entries[i].tokens, (size_t)entries[i].n_tokens * sizeof *p->msg);
         at += entries[i].n_tokens;
     }
-    const size_t words = (size_t)n * n_vocab + 1 + (size_t)p->n_stages;
-    MPI_Irecv(p->logits, (int)words, MPI_FLOAT, p->n_stages, TAG_LOGITS, MPI_COMM_WORLD,
-              &p->logits_rq);
-    int sent = pl_send_all(p, p->msg, at);
+    /* the built message becomes the slot's (its last sends completed in
+     * pipeline_complete); the slot's old buffer takes the next journal */
+    uint32_t *msg = p->msg;
+    p->msg = sl->msg;
+    sl->msg = msg;
     pl_msg_reset(p);
-    if (sent < 0)
-        return sent;
-    int got = pl_wait(&p->logits_rq, MPI_FLOAT, &p->lost);
+    const size_t words = (size_t)n * n_vocab + 1 + (size_t)p->n_stages;
+    MPI_Irecv(sl->logits, (int)words, MPI_FLOAT, p->n_stages, TAG_LOGITS, MPI_COMM_WORLD,
+              &sl->logits_rq);
+    for (int s = 0; s < p->n_stages; s++)
+        MPI_Isend(sl->msg, (int)at, MPI_UINT32_T, s + 1, TAG_STEP, MPI_COMM_WORLD,
+                  &sl->send_rq[s]);
+    for (uint32_t i = 0; i < n; i++)
+        kv_seq_commit(p->kv, entries[i].seq, entries[i].tokens, entries[i].n_tokens);
+    sl->entries = entries;
+    sl->n = n;
+    p->s_count++;
+    return 0;
+}
+
+/* Waits for the oldest group in flight and copies its logits out. After
+ * pipeline_abort every group still in flight returns LLORCH_ESTAGE_LOST at
+ * once (its requests stay pending for pipeline_free to cancel). */
+LLORCH_API int pipeline_complete(void *ctx, uint32_t *group)
+{
+    struct pipeline *p = ctx;
+    if (p->s_count == 0)
+        return LLORCH_EINVAL;
+    struct pl_slot *sl = &p->slots[p->s_head];
+    *group = p->s_head;
+    p->s_head = (p->s_head + 1) % (uint32_t)p->n_stages;
+    p->s_count--;
+    const uint32_t n_vocab = p->m->hp.n_vocab;
+    int got = pl_wait(&sl->logits_rq, MPI_FLOAT, &p->lost);
     if (got < 0)
-        return LLORCH_ESTAGE_LOST; /* logits_rq stays pending for pipeline_free */
+        return LLORCH_ESTAGE_LOST;
+    for (int s = 0; s < p->n_stages; s++)
+        if (pl_wait(&sl->send_rq[s], MPI_DATATYPE_NULL, &p->lost) < 0)
+            return LLORCH_ESTAGE_LOST;
     if (got < 1 + p->n_stages)
         return LLORCH_EINTERNAL;
-    const float *trailer = p->logits + (size_t)got - 1 - (size_t)p->n_stages;
+    const float *trailer = sl->logits + (size_t)got - 1 - (size_t)p->n_stages;
     pthread_mutex_lock(&p->mu);
     for (int s = 0; s < p->n_stages; s++)
         p->stages[s].last_step_ms = trailer[1 + s];
-    p->last_ms = pl_now_ms() - t0;
+    p->last_ms = pl_now_ms() - sl->t0;
     pthread_mutex_unlock(&p->mu);
     if (trailer[0] != 0.0f)
         return (int)trailer[0];
-    for (uint32_t i = 0; i < n; i++) {
-        memcpy(entries[i].logits, p->logits + (size_t)i * n_vocab, (size_t)n_vocab * sizeof(float));
-        kv_seq_commit(p->kv, entries[i].seq, entries[i].tokens, entries[i].n_tokens);
-    }
+    if ((size_t)got != (size_t)sl->n * n_vocab + 1 + (size_t)p->n_stages)
+        return LLORCH_EINTERNAL;
+    for (uint32_t i = 0; i < sl->n; i++)
+        memcpy(sl->entries[i].logits, sl->logits + (size_t)i * n_vocab,
+               (size_t)n_vocab * sizeof(float));
     return 0;
+}
+
+/* One step, nothing else in flight: a submit and its complete. */
+LLORCH_API int pipeline_step(void *ctx, struct forward_entry *entries, uint32_t n)
+{
+    struct pipeline *p = ctx;
+    if (n == 0)
+        return 0;
+    if (p->s_count != 0)
+        return LLORCH_EINVAL;
+    int rc = pipeline_submit(p, p->s_head, entries, n);
+    if (rc < 0)
+        return rc;
+    uint32_t group;
+    return pipeline_complete(p, &group);
 }
 
 LLORCH_API void pipeline_abort(struct pipeline *p)
@@ -543,13 +639,16 @@ LLORCH_API int pipeline_stage_run(const struct model *m, const struct pipeline_o
     const size_t hidden_words = (size_t)fo.max_step_tokens * m->hp.n_embd + trailer;
     const size_t out_words = last ? (size_t)fo.max_seqs * n_vocab + trailer : hidden_words;
     uint32_t *msg = NULL;
-    float *hin = NULL, *hout = NULL;
+    float *hin = NULL, *hout = NULL, *hbuf[2] = {NULL, NULL};
+    MPI_Request out_rq[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+    unsigned cur = 0;
     struct forward_entry *e = calloc(fo.max_seqs, sizeof *e);
     if (!rc) {
         msg = malloc(msg_cap * sizeof *msg);
         hin = malloc(hidden_words * sizeof *hin);
-        hout = malloc(out_words * sizeof *hout);
-        if (!msg || !hin || !hout || !e) {
+        hbuf[0] = malloc(out_words * sizeof *hout);
+        hbuf[1] = malloc(out_words * sizeof *hout);
+        if (!msg || !hin || !hbuf[0] || !hbuf[1] || !e) {
             rc = LLORCH_ENOMEM;
             snprintf(ready.err, sizeof ready.err, "out of memory");
         }
@@ -598,6 +697,12 @@ LLORCH_API int pipeline_stage_run(const struct model *m, const struct pipeline_o
             else if ((size_t)got != (size_t)T * m->hp.n_embd + trailer)
                 st = LLORCH_EINTERNAL;
         }
+        /* two output buffers: the send of group g goes on while g+1 is
+         * received and computed; g's buffer is reused for g+2 only once its
+         * send has completed */
+        hout = hbuf[cur];
+        if (out_rq[cur] != MPI_REQUEST_NULL)
+            (void)pl_wait(&out_rq[cur], MPI_DATATYPE_NULL, NULL);
         double t0 = pl_now_ms(); /* this stage's compute, not its wait for input */
         if (!st) {
             for (uint32_t i = 0; i < n; i++)
@@ -611,12 +716,16 @@ LLORCH_API int pipeline_stage_run(const struct model *m, const struct pipeline_o
             tr[1 + s] = in_trailer && s < stage ? in_trailer[1 + s] : 0.0f;
         tr[1 + stage] = (float)(pl_now_ms() - t0);
         MPI_Isend(hout, (int)(out_len + trailer), MPI_FLOAT, last ? 0 : o->rank + 1,
-                  last ? TAG_LOGITS : TAG_HIDDEN, MPI_COMM_WORLD, &rq);
-        (void)pl_wait(&rq, MPI_DATATYPE_NULL, NULL);
+                  last ? TAG_LOGITS : TAG_HIDDEN, MPI_COMM_WORLD, &out_rq[cur]);
+        cur ^= 1u;
     }
+    for (int b = 0; b < 2; b++)
+        if (out_rq[b] != MPI_REQUEST_NULL)
+            (void)pl_wait(&out_rq[b], MPI_DATATYPE_NULL, NULL);
     free(msg);
     free(hin);
-    free(hout);
+    free(hbuf[0]);
+    free(hbuf[1]);
     free(e);
     forward_free(fw);
     return rc;

@@ -13,7 +13,7 @@
  * from one thread at a time (the loader, then the step driver, then the
  * closer). A lost rank ends the job (MPI's default error handler, or the
  * launcher's SIGTERM then SIGKILL to every rank); the coordinator, told by
- * pipeline_abort, fails the step in flight at once so that its streams end
+ * pipeline_abort, fails every group in flight at once so that their streams end
  * with an error frame before that. */
 #ifndef LLORCH_PIPELINE_H
 #define LLORCH_PIPELINE_H
@@ -56,8 +56,16 @@ int pipeline_coord_new(struct pipeline **out, const struct model *m, const struc
                        char *err, size_t errlen);
 /* Tells the stages to exit, frees. NULL is safe. */
 void pipeline_free(struct pipeline *p);
-/* The scheduler's engine (sched_opts.step): one step through every stage. */
+/* The scheduler's engine (sched_opts.step): one step through every stage,
+ * with no group in flight. */
 int pipeline_step(void *p, struct forward_entry *entries, uint32_t n);
+/* Micro-batches (sched_opts.submit/complete/max_groups): up to
+ * pipeline_max_groups (= the stage count) groups in flight, submitted in
+ * ring order (group = the next slot) and completed oldest first; each
+ * group's entries and logits stay untouched until its complete. */
+int pipeline_submit(void *p, uint32_t group, struct forward_entry *entries, uint32_t n);
+int pipeline_complete(void *p, uint32_t *group);
+uint32_t pipeline_max_groups(const struct pipeline *p);
 /* A rank is gone (any thread): the step in flight and every later one
  * return LLORCH_ESTAGE_LOST at once, no MPI call waits on a stage any more,
  * and pipeline_free sends the stages nothing. */

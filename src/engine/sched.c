@@ -11,6 +11,7 @@
  * recently admitted sequence is preempted and recomputed later. */
 #include "sched.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -71,6 +72,8 @@ struct sched_req {
     uint32_t n_done;              /* tokens whose K/V are in the cache */
     uint32_t n_gen;               /* sampled tokens (EOG included) */
     uint32_t n_out;               /* TOKEN events sent */
+    bool in_flight;               /* micro-batches: in a group not yet completed */
+    bool cand;                    /* micro-batches: picked for the group being built */
     uint64_t t_admit, t_first;
     struct kv_seq *seq;
     struct sampler smp;
@@ -91,6 +94,16 @@ struct sched_sample {
     bool eog;
     int text_len;                 /* detok_push's */
     int stop_idx;
+};
+
+/* Micro-batches: one group of running sequences in flight (o.submit). Its
+ * arrays are allocated at sched_new and reused in ring order. */
+struct sched_group {
+    struct forward_entry *entries; /* [max_batch] */
+    struct sched_req **req;        /* [max_batch] */
+    float *logits;                 /* [max_batch, n_vocab] */
+    uint32_t n, n_prefill, n_decode, budget;
+    uint64_t t0;
 };
 
 struct sched {
@@ -141,6 +154,8 @@ struct sched {
     double target_s;              /* itl_target_ms, 0 = automatic */
     uint32_t step_budget, step_prefill, step_decode;
     uint64_t c_generated, c_prompted, c_reused, c_preempt, c_steps;
+    struct sched_group *groups;   /* [max_groups] when o.submit, a ring */
+    uint32_t g_head, g_count;     /* the oldest group in flight, how many */
 
     /* Memory. */
     struct sched_req *reqs;       /* [n_reqs] */
@@ -321,6 +336,7 @@ static void sched_event_put(struct sched *s, struct sched_event *ev)
 
 static void sched_req_unlink(struct sched *s, struct sched_req *r)
 {
+    assert(!r->in_flight);
     if (r->seq) {
         kv_seq_free(s->kv, r->seq);
         r->seq = NULL;
@@ -381,6 +397,7 @@ static void sched_req_end(struct sched *s, struct sched_req *r, enum sched_stop_
  * so its output continues where it was. */
 static void sched_req_preempt(struct sched *s, struct sched_req *r)
 {
+    assert(!r->in_flight);
     kv_seq_free(s->kv, r->seq);
     r->seq = NULL;
     r->n_done = 0;
@@ -583,6 +600,8 @@ static void sched_reap_list(struct sched *s, struct llorch_queue *list, uint64_t
     struct llorch_queue *q, *tmp;
     llorch_queue_foreach_safe(q, tmp, list) {
         struct sched_req *r = sched_req_of(q);
+        if (r->in_flight)
+            continue; /* micro-batches: ends once its group has completed */
         if (all) {
             sched_req_fail(s, r, SCHED_ERR_SHUTTING_DOWN, "%s",
                            sched_cancel_message(SCHED_ERR_SHUTTING_DOWN));
@@ -842,6 +861,242 @@ static void sched_step(struct sched *s)
         sched_emit_token(s, &s->samples[i]);
 }
 
+/* ---- micro-batches (driver; o.submit set) ----
+ *
+ * Up to max_groups groups of running sequences are in flight at once (a
+ * pipeline of that many stages keeps every stage busy). A sequence is in at
+ * most one group (its next token depends on the last), so the groups
+ * partition the running set, each at most ceil(running / max_groups)
+ * sequences so that they stay of similar size. A group is built like one
+ * step of sched_step, from the sequences not in flight only; a sequence in
+ * flight is never chosen as a preemption victim, and its cancel or timeout
+ * waits for its group (sched_reap_list skips it). Groups complete in the
+ * order they were submitted. */
+
+/* The newest running sequence not in flight. */
+static struct sched_req *sched_newest_idle(struct sched *s)
+{
+    struct llorch_queue *q;
+    for (q = s->running.prev; q != &s->running; q = q->prev)
+        if (!sched_req_of(q)->in_flight)
+            return sched_req_of(q);
+    return NULL;
+}
+
+/* Picks at most cap sequences not in flight (oldest first), sizes their
+ * prompt chunks as sched_plan_step does for a whole step; returns the
+ * decodes allowed. */
+static uint32_t sched_plan_group(struct sched *s, uint32_t cap)
+{
+    uint32_t n_decode = 0, n_prompts = 0, picked = 0;
+    struct llorch_queue *q;
+    llorch_queue_foreach(q, &s->running) {
+        struct sched_req *r = sched_req_of(q);
+        r->cand = !r->in_flight && picked < cap;
+        if (!r->cand)
+            continue;
+        picked++;
+        uint32_t pending = r->n_tok - r->n_done;
+        if (pending == 1)
+            n_decode++;
+        else
+            s->pending[n_prompts++] = pending;
+    }
+    uint32_t decode_left = LLORCH_MIN(n_decode, s->o.step_tokens);
+    uint32_t budget_cap = s->o.step_tokens - decode_left;
+    s->step_budget =
+        n_prompts ? stepcost_budget(&s->cost, decode_left, s->target_s, budget_cap) : 0;
+    stepcost_split(s->pending, n_prompts, s->step_budget, s->chunks);
+    uint32_t i = 0;
+    llorch_queue_foreach(q, &s->running) {
+        struct sched_req *r = sched_req_of(q);
+        if (r->cand)
+            r->chunk = r->n_tok - r->n_done == 1 ? 0 : s->chunks[i++];
+    }
+    return decode_left;
+}
+
+/* sched_build_step for one group: the picked sequences' tokens and KV room,
+ * preempting the newest sequences not in flight when the pool runs dry. */
+static uint32_t sched_build_group(struct sched *s, struct sched_group *g, uint32_t cap)
+{
+    uint32_t decode_left = sched_plan_group(s, cap);
+    uint32_t n = 0;
+    g->n_prefill = g->n_decode = 0;
+    g->budget = s->step_budget;
+    struct llorch_queue *q = s->running.next;
+    while (q != &s->running) {
+        struct sched_req *r = sched_req_of(q);
+        if (!r->cand) {
+            q = r->node.next;
+            continue;
+        }
+        r->cand = false;
+        uint32_t pending = r->n_tok - r->n_done;
+        bool decode = pending == 1;
+        uint32_t want = decode ? (decode_left > 0) : r->chunk;
+        if (decode && want)
+            decode_left--;
+        bool self_preempted = false;
+        int rc = 0;
+        while (want > 0 && (rc = kv_seq_reserve(s->kv, r->seq, want)) < 0) {
+            if (rc != LLORCH_EKV_EXHAUSTED) {
+                want = 0;
+                break;
+            }
+            if (!decode) {
+                uint32_t fit = sched_max_fit(s, r->seq, want);
+                if (fit > 0) {
+                    want = fit;
+                    continue;
+                }
+            }
+            /* r is not in flight, so the newest idle one is r or after it */
+            struct sched_req *victim = sched_newest_idle(s);
+            if (victim == r) {
+                if (decode) {
+                    q = r->node.next;
+                    sched_req_preempt(s, r);
+                    self_preempted = true;
+                }
+                want = 0;
+                break;
+            }
+            victim->cand = false;
+            sched_req_preempt(s, victim);
+        }
+        if (self_preempted)
+            continue;
+        if (want == 0 && rc < 0 && rc != LLORCH_EKV_EXHAUSTED) {
+            q = r->node.next;
+            sched_req_fail(s, r, SCHED_ERR_INFERENCE_FAILED, "KV reservation failed: %s",
+                           llorch_strerror(rc));
+            continue;
+        }
+        if (want > 0) {
+            g->entries[n] = (struct forward_entry){
+                .seq = r->seq,
+                .tokens = r->tokens + r->n_done,
+                .n_tokens = want,
+                .all_logits = false,
+                .logits = g->logits + (size_t)n * s->n_vocab,
+            };
+            g->req[n] = r;
+            n++;
+            if (decode)
+                g->n_decode++;
+            else
+                g->n_prefill += want;
+        }
+        q = r->node.next;
+    }
+    g->n = n;
+    return n;
+}
+
+/* Takes the oldest group's results: samples, detokenises and emits as
+ * sched_step does; with discard (shutting down) its sequences are only
+ * released (they end with SHUTTING_DOWN next). */
+static void sched_group_complete(struct sched *s, bool discard)
+{
+    uint32_t gi = UINT32_MAX;
+    int rc = s->o.complete(s->o.step_ctx, &gi);
+    struct sched_group *g = &s->groups[s->g_head];
+    assert(gi == s->g_head);
+    (void)gi;
+    s->g_head = (s->g_head + 1) % s->o.max_groups;
+    s->g_count--;
+    double seconds = (double)(sched_now_ns() - g->t0) * 1e-9;
+    for (uint32_t i = 0; i < g->n; i++)
+        g->req[i]->in_flight = false;
+    s->c_steps++;
+    /* a group's submit-to-complete time is its streams' token interval */
+    if (rc == 0)
+        stepcost_observe(&s->cost, g->n_prefill, g->n_decode,
+                         s->o.step_cost ? s->o.step_cost(s->o.step_cost_ctx, g->n_prefill,
+                                                         g->n_decode)
+                                        : seconds);
+    if (s->o.on_step) {
+        struct sched_step_info info = {
+            .seconds = seconds,
+            .n_seqs = g->n,
+            .n_tokens = g->n_prefill + g->n_decode,
+            .n_prefill = g->n_prefill,
+            .n_decode = g->n_decode,
+            .budget = g->budget,
+        };
+        s->o.on_step(s->o.on_step_ctx, &info);
+    }
+    if (discard)
+        return;
+    if (rc < 0) {
+        for (uint32_t i = 0; i < g->n; i++)
+            sched_req_fail(s, g->req[i], SCHED_ERR_INFERENCE_FAILED,
+                           "the forward step failed: %s", llorch_strerror(rc));
+        return;
+    }
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < g->n; i++) {
+        struct sched_req *r = g->req[i];
+        r->n_done += g->entries[i].n_tokens;
+        if (r->n_done == r->n_tok)
+            s->samples[k++] = (struct sched_sample){.r = r, .logits = g->entries[i].logits};
+    }
+    for (uint32_t i = 0; i < k; i++)
+        s->samples[i].ev = sched_event_get(s);
+    tpool_parallel_for(s->o.pool, k, 1, sched_sample_task, s);
+    for (uint32_t i = 0; i < k; i++)
+        sched_emit_token(s, &s->samples[i]);
+}
+
+/* Shutting down: waits out every group in flight, so that their sequences
+ * may be freed. */
+static void sched_groups_drain(struct sched *s)
+{
+    while (s->g_count > 0)
+        sched_group_complete(s, true);
+}
+
+/* One turn of the micro-batch driver: fills the free group slots from the
+ * running sequences not in flight, then completes the oldest group. */
+static void sched_groups_step(struct sched *s)
+{
+    while (s->g_count < s->o.max_groups) {
+        uint32_t idle = 0;
+        struct llorch_queue *q;
+        llorch_queue_foreach(q, &s->running) idle += !sched_req_of(q)->in_flight;
+        if (idle == 0)
+            break;
+        uint32_t cap = (s->n_running + s->o.max_groups - 1) / s->o.max_groups;
+        uint32_t gi = (s->g_head + s->g_count) % s->o.max_groups;
+        struct sched_group *g = &s->groups[gi];
+        uint32_t n = sched_build_group(s, g, LLORCH_MAX(cap, 1u));
+        if (n == 0) {
+            /* as sched_step: the oldest cannot get a block with everything
+             * else preempted; with groups in flight, wait for them */
+            if (s->g_count == 0 && s->n_running > 0) {
+                struct sched_req *r = sched_req_of(llorch_queue_head(&s->running));
+                sched_req_fail(s, r, SCHED_ERR_KV_EXHAUSTED, "the KV cache has no room for this "
+                                                             "sequence");
+            }
+            break;
+        }
+        g->t0 = sched_now_ns();
+        int rc = s->o.submit(s->o.step_ctx, gi, g->entries, n);
+        if (rc < 0) {
+            for (uint32_t i = 0; i < n; i++)
+                sched_req_fail(s, g->req[i], SCHED_ERR_INFERENCE_FAILED,
+                               "the forward step failed: %s", llorch_strerror(rc));
+            continue;
+        }
+        for (uint32_t i = 0; i < n; i++)
+            g->req[i]->in_flight = true;
+        s->g_count++;
+    }
+    if (s->g_count > 0)
+        sched_group_complete(s, false);
+}
+
 /* ---- the driver thread ---- */
 
 /* The preparation thread: tokenises submitted requests one at a time, in
@@ -900,6 +1155,8 @@ static void *sched_driver_main(void *arg)
         bool stop = s->stop, shutdown = s->shutdown;
         pthread_mutex_unlock(&s->mu);
 
+        if (s->o.submit && shutdown)
+            sched_groups_drain(s);
         uint64_t now = sched_now_ns();
         sched_reap_list(s, &s->waiting, now, shutdown);
         sched_reap_list(s, &s->running, now, shutdown);
@@ -909,7 +1166,9 @@ static void *sched_driver_main(void *arg)
             if (!hold_until)
                 sched_admit(s);
             sched_flush(s); /* STARTED events go out before the step runs */
-            if (s->n_running > 0)
+            if (s->n_running > 0 && s->o.submit)
+                sched_groups_step(s);
+            else if (s->n_running > 0)
                 sched_step(s);
         }
         sched_flush(s);
@@ -964,6 +1223,13 @@ static void sched_mem_free(struct sched *s)
     free(s->entries);
     free(s->entry_req);
     free(s->logits);
+    if (s->groups)
+        for (uint32_t i = 0; i < s->o.max_groups; i++) {
+            free(s->groups[i].entries);
+            free(s->groups[i].req);
+            free(s->groups[i].logits);
+        }
+    free(s->groups);
     free(s);
 }
 
@@ -971,14 +1237,16 @@ LLORCH_API int sched_new(struct sched **out, struct forward *fw, const struct to
                          const struct sched_opts *o)
 {
     *out = NULL;
-    if (!tok || !o || (!fw && !(o->step && o->kv && o->n_vocab && o->n_ctx)))
+    const bool other = o && (o->step || o->submit);
+    if (!tok || !o || (!fw && !(other && o->kv && o->n_vocab && o->n_ctx)) ||
+        (o->submit && (!o->complete || o->max_groups == 0)))
         return LLORCH_EINVAL;
     struct sched *s = calloc(1, sizeof(*s));
     if (!s)
         return LLORCH_ENOMEM;
     s->fw = fw;
     s->tok = tok;
-    s->kv = o->step ? o->kv : forward_kv(fw);
+    s->kv = other ? o->kv : forward_kv(fw);
     s->o = *o;
     if (s->o.max_batch == 0)
         s->o.max_batch = SCHED_DEFAULT_MAX_BATCH;
@@ -986,8 +1254,8 @@ LLORCH_API int sched_new(struct sched **out, struct forward *fw, const struct to
         s->o.max_queue = SCHED_DEFAULT_MAX_QUEUE;
     if (s->o.step_tokens == 0)
         s->o.step_tokens = SCHED_DEFAULT_STEP_TOKENS;
-    s->n_vocab = o->step ? o->n_vocab : forward_n_vocab(fw);
-    s->n_ctx = o->step ? o->n_ctx : forward_n_ctx(fw);
+    s->n_vocab = other ? o->n_vocab : forward_n_vocab(fw);
+    s->n_ctx = other ? o->n_ctx : forward_n_ctx(fw);
     struct kv_stats ks;
     kv_cache_stats(s->kv, &ks);
     s->kv_blocks_total = ks.blocks_total;
@@ -1036,6 +1304,20 @@ LLORCH_API int sched_new(struct sched **out, struct forward *fw, const struct to
     for (uint32_t i = 0; i < s->n_scratch; i++)
         if ((rc = sample_scratch_new(&s->scratch[i], s->n_vocab)) < 0)
             goto fail;
+    rc = LLORCH_ENOMEM;
+    if (s->o.submit) {
+        s->groups = calloc(s->o.max_groups, sizeof(*s->groups));
+        if (!s->groups)
+            goto fail;
+        for (uint32_t i = 0; i < s->o.max_groups; i++) {
+            struct sched_group *g = &s->groups[i];
+            g->entries = calloc(s->o.max_batch, sizeof(*g->entries));
+            g->req = calloc(s->o.max_batch, sizeof(*g->req));
+            g->logits = malloc(logit_count * sizeof(float));
+            if (!g->entries || !g->req || !g->logits)
+                goto fail;
+        }
+    }
     stepcost_init(&s->cost);
     s->target_s = (double)s->o.itl_target_ms * 1e-3;
     for (uint32_t i = 0; i < s->n_reqs; i++) {
@@ -1212,6 +1494,7 @@ LLORCH_API int sched_submit(struct sched *s, const struct sched_request *req, ui
     r->n_prompt = r->n_done = r->n_gen = r->n_out = 0;
     r->t_admit = r->t_first = 0;
     r->seq = NULL;
+    r->in_flight = r->cand = false;
     s->n_queued++;
     s->n_live++;
     s->stats.queue_depth = s->n_queued;

@@ -192,6 +192,18 @@ struct sched_opts {
     void *step_ctx;
     struct kv_cache *kv;
     uint32_t n_vocab, n_ctx;
+    /* Micro-batches (a pipeline of max_groups stages), used instead of step()
+     * when submit is set: up to max_groups groups of running sequences are
+     * in flight at once, a sequence in at most one. submit(step_ctx, group,
+     * entries, n) starts a group (group in 0..max_groups-1, reused in order;
+     * the entries and their logits stay untouched until it completes);
+     * complete(step_ctx, &group) waits for the oldest group in flight, fills
+     * its logits and returns 0 or a negative code for that group. A sequence
+     * in flight is never preempted, freed or cancelled until its group has
+     * completed (cancels and timeouts wait for it). */
+    int (*submit)(void *ctx, uint32_t group, struct forward_entry *entries, uint32_t n);
+    int (*complete)(void *ctx, uint32_t *group);
+    uint32_t max_groups;
     /* Latency target of a step with prompt chunks next to running streams,
      * in ms; 0: twice the measured pure decode step of the current batch.
      * The prompt chunk of each step is sized from the measured step cost to
