@@ -823,6 +823,36 @@ static void sched_on_step_reports_every_step_with_its_tokens(void **state)
     h_close(&h);
 }
 
+static void sched_on_step_reports_the_driver_time_between_forward_steps(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 4, .step_tokens = 16});
+    static struct result a;
+    llorch_token prompt[8];
+    make_prompt(prompt, 8, 3);
+    struct sched_params p = greedy(6);
+    p.ignore_eos = true;
+    assert_int_equal(submit_tokens(&h, &a, "gap", prompt, 8, &p), 0);
+    h_wait_all(&h, &a, 1);
+    assert_int_equal(a.tokens_out, 6);
+    pthread_mutex_lock(&h.mu);
+    assert_int_equal(h.n_steps, 6); /* the prompt, then 5 decodes */
+    /* The first step follows an idle driver: no gap. Every later one
+     * follows the previous forward step: its gap holds the previous step's
+     * sampling and posting (on_step runs between the two as well). */
+    assert_true(h.steps[0].gap_s == 0.0);
+    assert_true(h.steps[0].sample_s == 0.0 && h.steps[0].emit_s == 0.0);
+    for (uint32_t i = 1; i < h.n_steps; i++) {
+        assert_true(h.steps[i].gap_s > 0.0);
+        assert_true(h.steps[i].sample_s > 0.0);
+        assert_true(h.steps[i].sample_s + h.steps[i].emit_s <= h.steps[i].gap_s);
+    }
+    pthread_mutex_unlock(&h.mu);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
 static void sched_shutdown_ends_everything_and_refuses_new_work(void **state)
 {
     (void)state;
@@ -1337,6 +1367,7 @@ int main(void)
         cmocka_unit_test(sched_stop_string_ends_the_stream_before_the_match),
         cmocka_unit_test(sched_shared_prefix_is_reused_with_the_same_output),
         cmocka_unit_test(sched_on_step_reports_every_step_with_its_tokens),
+        cmocka_unit_test(sched_on_step_reports_the_driver_time_between_forward_steps),
         cmocka_unit_test(sched_shutdown_ends_everything_and_refuses_new_work),
         cmocka_unit_test(sched_held_events_stall_the_driver_without_losing_tokens),
         cmocka_unit_test(sched_engine_smaller_than_the_batch_still_completes_everyone),

@@ -302,6 +302,7 @@ static void daemon_on_step(void *ctx, const struct sched_step_info *info)
 {
     metrics_observe_step(ctx, info->seconds, info->n_seqs, info->n_tokens);
     metrics_observe_step_mix(ctx, info->n_prefill, info->n_decode, info->budget);
+    metrics_observe_step_gap(ctx, info->gap_s, info->sample_s, info->emit_s);
 }
 
 /* ---- loading ---- */

@@ -141,6 +141,10 @@ struct sched {
     double target_s;              /* itl_target_ms, 0 = automatic */
     uint32_t step_budget, step_prefill, step_decode;
     uint64_t c_generated, c_prompted, c_reused, c_preempt, c_steps;
+    /* end of the last forward step (0: idle since), and the time its
+     * sampling and event posting took: reported with the next step */
+    uint64_t t_fwd_end;
+    double last_sample_s, last_emit_s;
 
     /* Memory. */
     struct sched_req *reqs;       /* [n_reqs] */
@@ -800,8 +804,10 @@ static void sched_step(struct sched *s)
         return;
     }
     uint64_t t0 = sched_now_ns();
+    double gap_s = s->t_fwd_end ? (double)(t0 - s->t_fwd_end) * 1e-9 : 0.0;
     int rc = s->o.step ? s->o.step(s->o.step_ctx, s->entries, n) : forward_step(s->fw, s->entries, n);
-    double seconds = (double)(sched_now_ns() - t0) * 1e-9;
+    s->t_fwd_end = sched_now_ns();
+    double seconds = (double)(s->t_fwd_end - t0) * 1e-9;
     s->c_steps++;
     if (rc == 0)
         stepcost_observe(&s->cost, s->step_prefill, s->step_decode,
@@ -816,6 +822,9 @@ static void sched_step(struct sched *s)
             .n_prefill = s->step_prefill,
             .n_decode = s->step_decode,
             .budget = s->step_budget,
+            .gap_s = gap_s,
+            .sample_s = gap_s > 0.0 ? s->last_sample_s : 0.0,
+            .emit_s = gap_s > 0.0 ? s->last_emit_s : 0.0,
         };
         s->o.on_step(s->o.on_step_ctx, &info);
     }
@@ -837,9 +846,15 @@ static void sched_step(struct sched *s)
     }
     for (uint32_t i = 0; i < k; i++)
         s->samples[i].ev = sched_event_get(s);
+    uint64_t t_s0 = sched_now_ns();
     tpool_parallel_for(s->o.pool, k, 1, sched_sample_task, s);
+    uint64_t t_s1 = sched_now_ns();
     for (uint32_t i = 0; i < k; i++)
         sched_emit_token(s, &s->samples[i]);
+    s->last_sample_s = (double)(t_s1 - t_s0) * 1e-9;
+    s->last_emit_s = (double)(sched_now_ns() - t_s1) * 1e-9;
+    if (s->n_running == 0)
+        s->t_fwd_end = 0; /* the driver may sleep now: no gap to the next step */
 }
 
 /* ---- the driver thread ---- */

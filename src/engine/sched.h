@@ -154,6 +154,13 @@ struct sched_step_info {
     uint32_t n_prefill;           /* prompt tokens (chunks) */
     uint32_t n_decode;            /* sequences decoding one token */
     uint32_t budget;              /* prompt tokens the step was allowed */
+    /* The driver's time off the forward pass: from the end of the previous
+     * forward step to the start of this one (0 for the first step after the
+     * driver was idle), and of it the previous step's sampling and
+     * detokenising on the pool and its posting of events in step order. */
+    double gap_s;
+    double sample_s;
+    double emit_s;
 };
 
 /* The step cost model as last fitted, and the latency target it serves. */

@@ -45,6 +45,9 @@ enum histogram_id {
     H_STEP_PREFILL,
     H_STEP_DECODE,
     H_STEP_BUDGET,
+    H_STEP_GAP,
+    H_STEP_SAMPLE,
+    H_STEP_EMIT,
     H_COUNT_
 };
 
@@ -234,6 +237,16 @@ int metrics_new(struct metrics **out, const char *worker_id, const char *model)
     hist_init(&m->hist[H_STEP_BUDGET], "llorch_step_budget_tokens",
               "Prompt tokens the latency target allowed in a step with prompts to prefill.",
               step_mix_bounds, LLORCH_ARRAY_SIZE(step_mix_bounds));
+    hist_init(&m->hist[H_STEP_GAP], "llorch_step_gap_seconds",
+              "The step driver's time between two consecutive forward steps (sampling, "
+              "detokenising, posting events, admission, planning).",
+              step_bounds, LLORCH_ARRAY_SIZE(step_bounds));
+    hist_init(&m->hist[H_STEP_SAMPLE], "llorch_step_sample_seconds",
+              "Sampling and detokenising of one step's sequences on the pool.", step_bounds,
+              LLORCH_ARRAY_SIZE(step_bounds));
+    hist_init(&m->hist[H_STEP_EMIT], "llorch_step_emit_seconds",
+              "Posting one step's tokens in step order on the step driver.", step_bounds,
+              LLORCH_ARRAY_SIZE(step_bounds));
     for (size_t i = 0; i < H_COUNT_; i++)
         if (m->hist[i].n_bounds > METRICS_MAX_BUCKETS) {
             free(m);
@@ -337,6 +350,15 @@ void metrics_observe_step_mix(struct metrics *m, uint32_t n_prefill, uint32_t n_
     hist_observe(&m->hist[H_STEP_DECODE], (double)n_decode);
     if (n_prefill > 0)
         hist_observe(&m->hist[H_STEP_BUDGET], (double)budget);
+}
+
+void metrics_observe_step_gap(struct metrics *m, double gap_s, double sample_s, double emit_s)
+{
+    if (!m || !(gap_s > 0.0))
+        return;
+    hist_observe(&m->hist[H_STEP_GAP], gap_s);
+    hist_observe(&m->hist[H_STEP_SAMPLE], sample_s);
+    hist_observe(&m->hist[H_STEP_EMIT], emit_s);
 }
 
 void metrics_observe_request(struct metrics *m, double seconds)
