@@ -125,7 +125,7 @@ struct h_opts {
     uint64_t kv_blocks;           /* 0: plenty */
     uint32_t max_batch, max_queue, step_tokens;
     uint32_t batch_window_ms, step_sleep_us;
-    uint32_t itl_target_ms;
+    uint32_t itl_target_ms, itl_target_pct;
     bool fake_cost;               /* the cost model learns fake_cost(), not the clock */
 };
 
@@ -174,6 +174,7 @@ static void h_open(struct harness *h, const struct h_opts *o)
         .on_step = h_on_step,
         .on_step_ctx = h,
         .itl_target_ms = o->itl_target_ms,
+        .itl_target_pct = o->itl_target_pct,
         .pool = h->pool,
         .step_cost = o->fake_cost ? h_step_cost : NULL,
     };
@@ -1262,6 +1263,51 @@ static void sched_explicit_itl_target_sizes_the_chunks(void **state)
     h_close(&h);
 }
 
+static void sched_itl_target_pct_sizes_the_chunks_relative_to_the_decode_step(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 4, .step_tokens = 256,
+                                .fake_cost = true, .itl_target_pct = 175});
+    static struct result run, lng;
+    llorch_token p8[8];
+    static llorch_token p300[300];
+    make_prompt(p8, 8, 41);
+    make_prompt(p300, 300, 42);
+    struct sched_params p = greedy(400);
+    p.ignore_eos = true;
+    assert_int_equal(submit_tokens(&h, &run, "run", p8, 8, &p), 0);
+    h_pump_until_tokens(&h, &run, 4, false);
+    pthread_mutex_lock(&h.mu);
+    uint32_t mark = h.n_steps;
+    pthread_mutex_unlock(&h.mu);
+    struct sched_params pl = greedy(2);
+    pl.ignore_eos = true;
+    assert_int_equal(submit_tokens(&h, &lng, "long", p300, 300, &pl), 0);
+    h_wait_all(&h, &lng, 1);
+    assert_int_equal(sched_cancel(h.s, run.id, SCHED_ERR_CANCELLED), 0);
+    h_wait_all(&h, &run, 1);
+    /* 1.75 x the 105 ms decode step of one stream: 183.75 ms, which leaves
+     * 5 prompt tokens a step (twice the decode step would leave 8) */
+    double target = 1.75 * fake_cost(0, 1);
+    uint32_t n, mixed = 0, prefilled = 0, largest = 0;
+    h_steps_copy(&h, steps_seen, &n);
+    for (uint32_t i = mark; i < n && prefilled < 300; i++) {
+        if (steps_seen[i].n_prefill == 0)
+            continue;
+        assert_int_equal(steps_seen[i].n_decode, 1);
+        prefilled += steps_seen[i].n_prefill;
+        if (++mixed > 3) {
+            assert_true(fake_cost(steps_seen[i].n_prefill, steps_seen[i].n_decode) <=
+                        target + 1e-9);
+            largest = LLORCH_MAX(largest, steps_seen[i].n_prefill);
+        }
+    }
+    assert_int_equal(largest, 5);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
 static void sched_prompt_alone_prefills_in_the_largest_chunks(void **state)
 {
     (void)state;
@@ -1380,6 +1426,7 @@ int main(void)
         cmocka_unit_test(stepcost_split_serves_a_short_prompt_next_to_a_long_one),
         cmocka_unit_test(sched_long_prompt_is_split_so_running_streams_keep_their_pace),
         cmocka_unit_test(sched_explicit_itl_target_sizes_the_chunks),
+        cmocka_unit_test(sched_itl_target_pct_sizes_the_chunks_relative_to_the_decode_step),
         cmocka_unit_test(sched_prompt_alone_prefills_in_the_largest_chunks),
         cmocka_unit_test(sched_short_prompt_is_not_starved_behind_a_long_prefill),
         cmocka_unit_test(sched_queued_requests_are_admitted_in_arrival_order),

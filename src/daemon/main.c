@@ -474,6 +474,7 @@ static int daemon_loaded(struct daemon *d)
         .max_queue = cfg->max_queue,
         .step_tokens = cfg->step_tokens,
         .itl_target_ms = cfg->itl_target_ms,
+        .itl_target_pct = cfg->itl_target_pct,
         .pool = d->pool,
         .batch_window_ms = cfg->batch_window_ms,
         .notify = api_notify,

@@ -1053,6 +1053,8 @@ LLORCH_API int sched_new(struct sched **out, struct forward *fw, const struct to
             goto fail;
     stepcost_init(&s->cost);
     s->target_s = (double)s->o.itl_target_ms * 1e-3;
+    if (s->o.itl_target_pct)
+        s->cost.ratio = (double)s->o.itl_target_pct / 100.0;
     for (uint32_t i = 0; i < s->n_reqs; i++) {
         struct sched_req *r = &s->reqs[i];
         r->index = i;

@@ -630,7 +630,7 @@ static void render(struct metrics *m, const struct sched_stats *st, struct out *
         scalar(o, "llorch_steps_total", "counter", "Engine steps run.", st->steps);
         gauge_dbl(o, "llorch_itl_target_seconds",
                   "Step time the prompt chunks are sized to stay within (--itl-target-ms, or "
-                  "twice the current decode step; 0 before it is known).",
+                  "--itl-target-pct of the current decode step; 0 before it is known).",
                   st->cost.itl_target_s);
         gauge_dbl(o, "llorch_step_cost_fixed_seconds",
                   "Measured fixed cost of an engine step (weights read once).", st->cost.step_s);
