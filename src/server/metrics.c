@@ -218,7 +218,9 @@ int metrics_new(struct metrics **out, const char *worker_id, const char *model)
               "Time between consecutive tokens of one stream.", itl_bounds,
               LLORCH_ARRAY_SIZE(itl_bounds));
     hist_init(&m->hist[H_STEP], "llorch_step_duration_seconds",
-              "Duration of one engine step (one batched forward pass plus sampling).", step_bounds,
+              "Duration of one engine step's batched forward pass (the driver's time between "
+              "steps is llorch_step_gap_seconds).",
+              step_bounds,
               LLORCH_ARRAY_SIZE(step_bounds));
     hist_init(&m->hist[H_BATCH], "llorch_batch_size", "Sequences in one engine step.", batch_bounds,
               LLORCH_ARRAY_SIZE(batch_bounds));
