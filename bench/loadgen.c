@@ -1597,21 +1597,40 @@ static bool lg_sx_not_running_done(struct lg_sx *sx, void *ctx)
     return true;
 }
 
-/* ITL percentiles (ms) and throughput of the running streams' tokens that
- * arrived in [t0, t1). */
-static void lg_sx_window(const struct lg_sx *sx, double t0, double t1, double *p50, double *p99,
-                         double *max, double *tok_s)
+static bool lg_sx_running_past(struct lg_sx *sx, void *ctx)
+{
+    double t = *(const double *)ctx;
+    for (size_t k = 0; k < sx->n_streams; k++)
+        if (sx->streams[k]->kind == LG_SX_RUNNING && !sx->streams[k]->finished &&
+            sx->streams[k]->t_last < t)
+            return false;
+    return true;
+}
+
+/* ITL percentiles (ms) of the running streams' token intervals and their
+ * throughput over [t0, t1). The throughput counts the tokens that arrived in
+ * the window. The intervals are those of the tokens that arrived in it, and
+ * with `overlap` also those that arrived after t0 and whose interval began
+ * before t1: a stream frozen for the whole window sends its next token only
+ * after it, and that interval is the stall the window is about. */
+static void lg_sx_window(const struct lg_sx *sx, double t0, double t1, bool overlap, double *p50,
+                         double *p99, double *max, double *tok_s)
 {
     struct lg_samples w = {0};
-    for (size_t k = 0; k < sx->n_toks; k++)
-        if (sx->toks[k].t >= t0 && sx->toks[k].t < t1)
+    size_t n_in = 0;
+    for (size_t k = 0; k < sx->n_toks; k++) {
+        double t = sx->toks[k].t;
+        bool in = t >= t0 && t < t1;
+        n_in += in;
+        if (in || (overlap && t >= t1 && t - sx->toks[k].gap < t1))
             lg_samples_push(&w, sx->toks[k].gap);
+    }
     if (w.n)
         qsort(w.v, w.n, sizeof *w.v, lg_double_cmp);
     *p50 = lg_samples_pct_ms(&w, 50);
     *p99 = lg_samples_pct_ms(&w, 99);
     *max = lg_samples_pct_ms(&w, 100);
-    *tok_s = t1 > t0 ? (double)w.n / (t1 - t0) : NAN;
+    *tok_s = t1 > t0 ? (double)n_in / (t1 - t0) : NAN;
     free(w.v);
 }
 
@@ -1661,12 +1680,15 @@ static int lg_stall_run(struct lg *lg)
             goto out;
     lg_sx_pump(&sx, t_end, lg_sx_not_running_done, NULL);
     double t_long_first = lng->tokens ? lng->t_first : lg_now();
+    /* 4. each running stream's next token: a stream frozen for the whole
+     * prefill ends the interval that spans it only now */
+    lg_sx_pump(&sx, fmin(t_end, lg_now() + 60), lg_sx_running_past, &t_long_first);
 
     /* report */
     double b50, b99, bmax, btps, d50, d99, dmax, dtps;
     double t_before0 = t_run > t_long - o->stall_at_s ? t_run : t_long - o->stall_at_s;
-    lg_sx_window(&sx, t_before0, t_long, &b50, &b99, &bmax, &btps);
-    lg_sx_window(&sx, t_long, t_long_first, &d50, &d99, &dmax, &dtps);
+    lg_sx_window(&sx, t_before0, t_long, false, &b50, &b99, &bmax, &btps);
+    lg_sx_window(&sx, t_long, t_long_first, true, &d50, &d99, &dmax, &dtps);
     double ttft_idle = idle->tokens ? (idle->t_first - idle->t_start) * 1e3 : NAN;
     double ttft_long = lng->tokens ? (lng->t_first - lng->t_start) * 1e3 : NAN;
     struct lg_samples sh = {0};

@@ -170,6 +170,25 @@ static void config_itl_target_from_flag_env_and_file_with_default_zero(void **st
     assert_non_null(strstr(err, "itl-target-ms"));
 }
 
+static void config_itl_target_pct_from_flag_env_and_file_with_default_200(void **state)
+{
+    (void)state;
+    struct config c;
+    char err[512];
+    assert_int_equal(parse(&c, NULL, NULL, err, sizeof err), 0);
+    assert_int_equal(c.itl_target_pct, 200);
+    assert_int_equal(parse(&c, ARGS("--itl-target-pct", "125"), NULL, err, sizeof err), 0);
+    assert_int_equal(c.itl_target_pct, 125);
+    assert_int_equal(parse(&c, NULL, ARGS("LLORCH_ITL_TARGET_PCT=300"), err, sizeof err), 0);
+    assert_int_equal(c.itl_target_pct, 300);
+    const char *path = write_file("itlpct.conf", "itl_target_pct = 150\n", 0644);
+    assert_int_equal(parse(&c, ARGS("--config", path), NULL, err, sizeof err), 0);
+    assert_int_equal(c.itl_target_pct, 150);
+    /* below 100 % a step with a prompt chunk could never fit */
+    assert_int_not_equal(parse(&c, ARGS("--itl-target-pct", "99"), NULL, err, sizeof err), 0);
+    assert_non_null(strstr(err, "itl-target-pct"));
+}
+
 static void config_file_sets_fields_skipping_comments_and_blanks(void **state)
 {
     (void)state;
@@ -610,6 +629,7 @@ static void config_help_lists_every_option_with_default_and_unit(void **state)
                                         "max-queue",
                                         "step-tokens",
                                         "itl-target-ms",
+                                        "itl-target-pct",
                                         "kv-cache-mb",
                                         "ctx",
                                         "batch-window-ms",
@@ -645,7 +665,7 @@ static void config_help_lists_every_option_with_default_and_unit(void **state)
         opts++;
     for (const char *p = out; (p = strstr(p, "(default: ")); p++)
         defaults++;
-    assert_int_equal(defaults, 42);
+    assert_int_equal(defaults, 43);
     assert_true(opts >= defaults);
     assert_non_null(strstr(out, "(default: 32 sequences, range 1..1024; env LLORCH_MAX_BATCH; "
                                 "ChatLoop key max_batch_size)"));
@@ -741,6 +761,7 @@ int main(void)
         cmocka_unit_test(config_model_ref_defaults_to_file_name),
         cmocka_unit_test(config_env_sets_every_kind_of_field),
         cmocka_unit_test(config_itl_target_from_flag_env_and_file_with_default_zero),
+        cmocka_unit_test(config_itl_target_pct_from_flag_env_and_file_with_default_200),
         cmocka_unit_test(config_file_sets_fields_skipping_comments_and_blanks),
         cmocka_unit_test(config_file_accepts_chatloop_knob_names),
         cmocka_unit_test(config_env_accepts_chatloop_knob_names_and_ours_win),

@@ -149,7 +149,7 @@ struct h_opts {
     uint64_t kv_blocks;           /* 0: plenty */
     uint32_t max_batch, max_queue, step_tokens;
     uint32_t batch_window_ms, step_sleep_us;
-    uint32_t itl_target_ms;
+    uint32_t itl_target_ms, itl_target_pct;
     bool fake_cost;               /* the cost model learns fake_cost(), not the clock */
     uint32_t groups, group_latency_us; /* micro-batches on the async engine */
 };
@@ -278,6 +278,7 @@ static void h_open(struct harness *h, const struct h_opts *o)
         .on_step = h_on_step,
         .on_step_ctx = h,
         .itl_target_ms = o->itl_target_ms,
+        .itl_target_pct = o->itl_target_pct,
         .pool = h->pool,
         .step_cost = o->fake_cost ? h_step_cost : NULL,
     };
@@ -958,6 +959,36 @@ static void sched_on_step_reports_every_step_with_its_tokens(void **state)
     h_close(&h);
 }
 
+static void sched_on_step_reports_the_driver_time_between_forward_steps(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 4, .step_tokens = 16});
+    static struct result a;
+    llorch_token prompt[8];
+    make_prompt(prompt, 8, 3);
+    struct sched_params p = greedy(6);
+    p.ignore_eos = true;
+    assert_int_equal(submit_tokens(&h, &a, "gap", prompt, 8, &p), 0);
+    h_wait_all(&h, &a, 1);
+    assert_int_equal(a.tokens_out, 6);
+    pthread_mutex_lock(&h.mu);
+    assert_int_equal(h.n_steps, 6); /* the prompt, then 5 decodes */
+    /* The first step follows an idle driver: no gap. Every later one
+     * follows the previous forward step: its gap holds the previous step's
+     * sampling and posting (on_step runs between the two as well). */
+    assert_true(h.steps[0].gap_s == 0.0);
+    assert_true(h.steps[0].sample_s == 0.0 && h.steps[0].emit_s == 0.0);
+    for (uint32_t i = 1; i < h.n_steps; i++) {
+        assert_true(h.steps[i].gap_s > 0.0);
+        assert_true(h.steps[i].sample_s > 0.0);
+        assert_true(h.steps[i].sample_s + h.steps[i].emit_s <= h.steps[i].gap_s);
+    }
+    pthread_mutex_unlock(&h.mu);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
 static void sched_shutdown_ends_everything_and_refuses_new_work(void **state)
 {
     (void)state;
@@ -1367,6 +1398,51 @@ static void sched_explicit_itl_target_sizes_the_chunks(void **state)
     h_close(&h);
 }
 
+static void sched_itl_target_pct_sizes_the_chunks_relative_to_the_decode_step(void **state)
+{
+    (void)state;
+    struct harness h;
+    h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 4, .step_tokens = 256,
+                                .fake_cost = true, .itl_target_pct = 175});
+    static struct result run, lng;
+    llorch_token p8[8];
+    static llorch_token p300[300];
+    make_prompt(p8, 8, 41);
+    make_prompt(p300, 300, 42);
+    struct sched_params p = greedy(400);
+    p.ignore_eos = true;
+    assert_int_equal(submit_tokens(&h, &run, "run", p8, 8, &p), 0);
+    h_pump_until_tokens(&h, &run, 4, false);
+    pthread_mutex_lock(&h.mu);
+    uint32_t mark = h.n_steps;
+    pthread_mutex_unlock(&h.mu);
+    struct sched_params pl = greedy(2);
+    pl.ignore_eos = true;
+    assert_int_equal(submit_tokens(&h, &lng, "long", p300, 300, &pl), 0);
+    h_wait_all(&h, &lng, 1);
+    assert_int_equal(sched_cancel(h.s, run.id, SCHED_ERR_CANCELLED), 0);
+    h_wait_all(&h, &run, 1);
+    /* 1.75 x the 105 ms decode step of one stream: 183.75 ms, which leaves
+     * 5 prompt tokens a step (twice the decode step would leave 8) */
+    double target = 1.75 * fake_cost(0, 1);
+    uint32_t n, mixed = 0, prefilled = 0, largest = 0;
+    h_steps_copy(&h, steps_seen, &n);
+    for (uint32_t i = mark; i < n && prefilled < 300; i++) {
+        if (steps_seen[i].n_prefill == 0)
+            continue;
+        assert_int_equal(steps_seen[i].n_decode, 1);
+        prefilled += steps_seen[i].n_prefill;
+        if (++mixed > 3) {
+            assert_true(fake_cost(steps_seen[i].n_prefill, steps_seen[i].n_decode) <=
+                        target + 1e-9);
+            largest = LLORCH_MAX(largest, steps_seen[i].n_prefill);
+        }
+    }
+    assert_int_equal(largest, 5);
+    assert_kv_all_free(&h);
+    h_close(&h);
+}
+
 static void sched_prompt_alone_prefills_in_the_largest_chunks(void **state)
 {
     (void)state;
@@ -1628,6 +1704,7 @@ int main(void)
         cmocka_unit_test(sched_stop_string_ends_the_stream_before_the_match),
         cmocka_unit_test(sched_shared_prefix_is_reused_with_the_same_output),
         cmocka_unit_test(sched_on_step_reports_every_step_with_its_tokens),
+        cmocka_unit_test(sched_on_step_reports_the_driver_time_between_forward_steps),
         cmocka_unit_test(sched_shutdown_ends_everything_and_refuses_new_work),
         cmocka_unit_test(sched_held_events_stall_the_driver_without_losing_tokens),
         cmocka_unit_test(sched_engine_smaller_than_the_batch_still_completes_everyone),
@@ -1640,6 +1717,7 @@ int main(void)
         cmocka_unit_test(stepcost_split_serves_a_short_prompt_next_to_a_long_one),
         cmocka_unit_test(sched_long_prompt_is_split_so_running_streams_keep_their_pace),
         cmocka_unit_test(sched_explicit_itl_target_sizes_the_chunks),
+        cmocka_unit_test(sched_itl_target_pct_sizes_the_chunks_relative_to_the_decode_step),
         cmocka_unit_test(sched_prompt_alone_prefills_in_the_largest_chunks),
         cmocka_unit_test(sched_short_prompt_is_not_starved_behind_a_long_prefill),
         cmocka_unit_test(sched_queued_requests_are_admitted_in_arrival_order),

@@ -137,6 +137,10 @@ static const struct opt opts[] = {
      "0 = twice a decode step",
      "step time in ms that running streams keep while prompts prefill (the prompt chunk is "
      "sized from the measured step cost; --step-tokens still caps it)"},
+    {"itl-target-pct", NULL, OPT_U32, F(itl_target_pct), 100, 100000, NULL, "N", "%", NULL,
+     "with --itl-target-ms 0: the step time running streams keep while prompts prefill, in "
+     "percent of a pure decode step of the batch (lower: the streams keep their pace, the "
+     "prompt waits longer; higher: the other way round)"},
     {"kv-cache-mb", NULL, OPT_U32, F(kv_cache_mb), 1, 1048576, NULL, "N", "MiB", NULL,
      "KV cache size"},
     {"ctx", NULL, OPT_U32, F(ctx), 0, 1048576, NULL, "N", "tokens", "0 = the model's",
@@ -408,6 +412,7 @@ void config_defaults(struct config *c)
     c->max_queue = 256;
     c->step_tokens = 512;
     c->itl_target_ms = 0;
+    c->itl_target_pct = 200;
     c->kv_cache_mb = 1024;
     c->ctx = 0;
     c->batch_window_ms = 0;

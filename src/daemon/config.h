@@ -48,7 +48,8 @@ struct config {
     uint32_t max_batch;           /* --max-batch, default 32 */
     uint32_t max_queue;           /* --max-queue, default 256 */
     uint32_t step_tokens;         /* --step-tokens, default 512 */
-    uint32_t itl_target_ms;       /* --itl-target-ms, default 0 = 2x a decode step */
+    uint32_t itl_target_ms;       /* --itl-target-ms, default 0 = itl_target_pct of a decode step */
+    uint32_t itl_target_pct;      /* --itl-target-pct, default 200 */
     uint32_t kv_cache_mb;         /* --kv-cache-mb, default 1024 */
     uint32_t ctx;                 /* --ctx, 0 = the model's training context */
     uint32_t batch_window_ms;     /* --batch-window-ms, default 0 (ChatLoop batching_window_ms) */

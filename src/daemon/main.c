@@ -413,6 +413,7 @@ static void daemon_on_step(void *ctx, const struct sched_step_info *info)
 {
     metrics_observe_step(ctx, info->seconds, info->n_seqs, info->n_tokens);
     metrics_observe_step_mix(ctx, info->n_prefill, info->n_decode, info->budget);
+    metrics_observe_step_gap(ctx, info->gap_s, info->sample_s, info->emit_s);
 }
 
 /* ---- loading ---- */
@@ -584,6 +585,7 @@ static int daemon_loaded(struct daemon *d)
         .max_queue = cfg->max_queue,
         .step_tokens = cfg->step_tokens,
         .itl_target_ms = cfg->itl_target_ms,
+        .itl_target_pct = cfg->itl_target_pct,
         .pool = d->pool,
         .batch_window_ms = cfg->batch_window_ms,
         .notify = api_notify,

@@ -156,6 +156,10 @@ struct sched {
     uint64_t c_generated, c_prompted, c_reused, c_preempt, c_steps;
     struct sched_group *groups;   /* [max_groups] when o.submit, a ring */
     uint32_t g_head, g_count;     /* the oldest group in flight, how many */
+    /* end of the last forward step (0: idle since), and the time its
+     * sampling and event posting took: reported with the next step */
+    uint64_t t_fwd_end;
+    double last_sample_s, last_emit_s;
 
     /* Memory. */
     struct sched_req *reqs;       /* [n_reqs] */
@@ -819,8 +823,10 @@ static void sched_step(struct sched *s)
         return;
     }
     uint64_t t0 = sched_now_ns();
+    double gap_s = s->t_fwd_end ? (double)(t0 - s->t_fwd_end) * 1e-9 : 0.0;
     int rc = s->o.step ? s->o.step(s->o.step_ctx, s->entries, n) : forward_step(s->fw, s->entries, n);
-    double seconds = (double)(sched_now_ns() - t0) * 1e-9;
+    s->t_fwd_end = sched_now_ns();
+    double seconds = (double)(s->t_fwd_end - t0) * 1e-9;
     s->c_steps++;
     if (rc == 0)
         stepcost_observe(&s->cost, s->step_prefill, s->step_decode,
@@ -835,6 +841,9 @@ static void sched_step(struct sched *s)
             .n_prefill = s->step_prefill,
             .n_decode = s->step_decode,
             .budget = s->step_budget,
+            .gap_s = gap_s,
+            .sample_s = gap_s > 0.0 ? s->last_sample_s : 0.0,
+            .emit_s = gap_s > 0.0 ? s->last_emit_s : 0.0,
         };
         s->o.on_step(s->o.on_step_ctx, &info);
     }
@@ -856,9 +865,15 @@ static void sched_step(struct sched *s)
     }
     for (uint32_t i = 0; i < k; i++)
         s->samples[i].ev = sched_event_get(s);
+    uint64_t t_s0 = sched_now_ns();
     tpool_parallel_for(s->o.pool, k, 1, sched_sample_task, s);
+    uint64_t t_s1 = sched_now_ns();
     for (uint32_t i = 0; i < k; i++)
         sched_emit_token(s, &s->samples[i]);
+    s->last_sample_s = (double)(t_s1 - t_s0) * 1e-9;
+    s->last_emit_s = (double)(sched_now_ns() - t_s1) * 1e-9;
+    if (s->n_running == 0)
+        s->t_fwd_end = 0; /* the driver may sleep now: no gap to the next step */
 }
 
 /* ---- micro-batches (driver; o.submit set) ----
@@ -1320,6 +1335,8 @@ LLORCH_API int sched_new(struct sched **out, struct forward *fw, const struct to
     }
     stepcost_init(&s->cost);
     s->target_s = (double)s->o.itl_target_ms * 1e-3;
+    if (s->o.itl_target_pct)
+        s->cost.ratio = (double)s->o.itl_target_pct / 100.0;
     for (uint32_t i = 0; i < s->n_reqs; i++) {
         struct sched_req *r = &s->reqs[i];
         r->index = i;

@@ -154,11 +154,18 @@ struct sched_step_info {
     uint32_t n_prefill;           /* prompt tokens (chunks) */
     uint32_t n_decode;            /* sequences decoding one token */
     uint32_t budget;              /* prompt tokens the step was allowed */
+    /* The driver's time off the forward pass: from the end of the previous
+     * forward step to the start of this one (0 for the first step after the
+     * driver was idle), and of it the previous step's sampling and
+     * detokenising on the pool and its posting of events in step order. */
+    double gap_s;
+    double sample_s;
+    double emit_s;
 };
 
 /* The step cost model as last fitted, and the latency target it serves. */
 struct sched_cost_stats {
-    double itl_target_s;          /* configured, or 2x the current decode step; 0: none yet */
+    double itl_target_s;          /* configured, or itl_target_pct of the decode step; 0: none yet */
     double step_s;                /* fixed part of every step */
     double prefill_step_s;        /* extra fixed part of a step with prompt chunks */
     double prefill_token_s;       /* per prompt token */
@@ -209,6 +216,10 @@ struct sched_opts {
      * The prompt chunk of each step is sized from the measured step cost to
      * stay within it (stall-free batching, see stepcost.h). */
     uint32_t itl_target_ms;
+    /* With itl_target_ms 0: the target in percent of the measured pure
+     * decode step of the current batch; 0 = 200 (twice). Lower keeps the
+     * running streams' pace, higher gives the prompts more of each step. */
+    uint32_t itl_target_pct;
     /* The pool that samples and detokenises a step's sequences in parallel
      * (the one the forward engine runs on); NULL: the driver does it. */
     struct tpool *pool;

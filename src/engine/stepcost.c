@@ -16,6 +16,7 @@
 LLORCH_API void stepcost_init(struct stepcost *c)
 {
     memset(c, 0, sizeof(*c));
+    c->ratio = STEPCOST_RATIO_DEFAULT;
 }
 
 static void stepcost_features(uint32_t n_prefill, uint32_t n_decode, double x[STEPCOST_NX])
@@ -141,7 +142,7 @@ LLORCH_API double stepcost_target(const struct stepcost *c, uint32_t n_decode, d
         return target_s;
     if (n_decode == 0 || c->n_steps == 0)
         return 0.0;
-    return 2.0 * stepcost_decode_step(c, n_decode);
+    return (c->ratio >= 1.0 ? c->ratio : 1.0) * stepcost_decode_step(c, n_decode);
 }
 
 LLORCH_API double stepcost_decode_step(const struct stepcost *c, uint32_t n_decode)

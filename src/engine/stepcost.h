@@ -27,6 +27,7 @@
 #define STEPCOST_PROBE_TOKENS 16 /* prefill chunk next to decodes before any is measured */
 #define STEPCOST_MIN_CHUNK 4     /* prompts always progress, even past the target */
 #define STEPCOST_INC_DECAY 0.7   /* the measured cost of a prompt token follows the last steps */
+#define STEPCOST_RATIO_DEFAULT 2.0 /* automatic target: this many pure decode steps */
 
 struct stepcost {
     double s[STEPCOST_NX][STEPCOST_NX];  /* decayed sum of x x^T */
@@ -46,6 +47,14 @@ struct stepcost {
     double dec, w_dec;
     uint32_t dec_n;
     uint64_t n_steps;
+    /* The automatic target as a multiple of the pure decode step (>= 1;
+     * STEPCOST_RATIO_DEFAULT after stepcost_init). It is the policy's one
+     * trade-off: on a compute-bound host a prompt token costs about what a
+     * decoded token costs, so a step of ratio r decode steps gives the
+     * running streams 1/r of their throughput and the prompt (r - 1) decode
+     * steps' worth of tokens per step (see bench/README.md, "Stall-free
+     * steps"). */
+    double ratio;
 };
 
 /* The cost figures as last fitted (seconds). */
@@ -61,8 +70,8 @@ void stepcost_get(const struct stepcost *c, struct stepcost_fit *out);
 /* Predicted time of a step (0 before any was measured). */
 double stepcost_predict(const struct stepcost *c, uint32_t n_prefill, uint32_t n_decode);
 
-/* The step's latency target in seconds: target_s when > 0, else twice the
- * predicted pure decode step of n_decode sequences (0 when nothing is
+/* The step's latency target in seconds: target_s when > 0, else c->ratio
+ * times the pure decode step of n_decode sequences (0 when nothing is
  * decoding or nothing was measured yet: no target). */
 double stepcost_target(const struct stepcost *c, uint32_t n_decode, double target_s);
 

@@ -45,6 +45,9 @@ enum histogram_id {
     H_STEP_PREFILL,
     H_STEP_DECODE,
     H_STEP_BUDGET,
+    H_STEP_GAP,
+    H_STEP_SAMPLE,
+    H_STEP_EMIT,
     H_COUNT_
 };
 
@@ -215,7 +218,9 @@ int metrics_new(struct metrics **out, const char *worker_id, const char *model)
               "Time between consecutive tokens of one stream.", itl_bounds,
               LLORCH_ARRAY_SIZE(itl_bounds));
     hist_init(&m->hist[H_STEP], "llorch_step_duration_seconds",
-              "Duration of one engine step (one batched forward pass plus sampling).", step_bounds,
+              "Duration of one engine step's batched forward pass (the driver's time between "
+              "steps is llorch_step_gap_seconds).",
+              step_bounds,
               LLORCH_ARRAY_SIZE(step_bounds));
     hist_init(&m->hist[H_BATCH], "llorch_batch_size", "Sequences in one engine step.", batch_bounds,
               LLORCH_ARRAY_SIZE(batch_bounds));
@@ -234,6 +239,16 @@ int metrics_new(struct metrics **out, const char *worker_id, const char *model)
     hist_init(&m->hist[H_STEP_BUDGET], "llorch_step_budget_tokens",
               "Prompt tokens the latency target allowed in a step with prompts to prefill.",
               step_mix_bounds, LLORCH_ARRAY_SIZE(step_mix_bounds));
+    hist_init(&m->hist[H_STEP_GAP], "llorch_step_gap_seconds",
+              "The step driver's time between two consecutive forward steps (sampling, "
+              "detokenising, posting events, admission, planning).",
+              step_bounds, LLORCH_ARRAY_SIZE(step_bounds));
+    hist_init(&m->hist[H_STEP_SAMPLE], "llorch_step_sample_seconds",
+              "Sampling and detokenising of one step's sequences on the pool.", step_bounds,
+              LLORCH_ARRAY_SIZE(step_bounds));
+    hist_init(&m->hist[H_STEP_EMIT], "llorch_step_emit_seconds",
+              "Posting one step's tokens in step order on the step driver.", step_bounds,
+              LLORCH_ARRAY_SIZE(step_bounds));
     for (size_t i = 0; i < H_COUNT_; i++)
         if (m->hist[i].n_bounds > METRICS_MAX_BUCKETS) {
             free(m);
@@ -337,6 +352,15 @@ void metrics_observe_step_mix(struct metrics *m, uint32_t n_prefill, uint32_t n_
     hist_observe(&m->hist[H_STEP_DECODE], (double)n_decode);
     if (n_prefill > 0)
         hist_observe(&m->hist[H_STEP_BUDGET], (double)budget);
+}
+
+void metrics_observe_step_gap(struct metrics *m, double gap_s, double sample_s, double emit_s)
+{
+    if (!m || !(gap_s > 0.0))
+        return;
+    hist_observe(&m->hist[H_STEP_GAP], gap_s);
+    hist_observe(&m->hist[H_STEP_SAMPLE], sample_s);
+    hist_observe(&m->hist[H_STEP_EMIT], emit_s);
 }
 
 void metrics_observe_request(struct metrics *m, double seconds)
@@ -608,7 +632,7 @@ static void render(struct metrics *m, const struct sched_stats *st, struct out *
         scalar(o, "llorch_steps_total", "counter", "Engine steps run.", st->steps);
         gauge_dbl(o, "llorch_itl_target_seconds",
                   "Step time the prompt chunks are sized to stay within (--itl-target-ms, or "
-                  "twice the current decode step; 0 before it is known).",
+                  "--itl-target-pct of the current decode step; 0 before it is known).",
                   st->cost.itl_target_s);
         gauge_dbl(o, "llorch_step_cost_fixed_seconds",
                   "Measured fixed cost of an engine step (weights read once).", st->cost.step_s);

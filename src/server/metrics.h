@@ -92,6 +92,11 @@ void metrics_observe_step(struct metrics *m, double seconds, uint32_t batch_size
  * steps with prompt tokens). */
 void metrics_observe_step_mix(struct metrics *m, uint32_t n_prefill, uint32_t n_decode,
                               uint32_t budget);
+/* The step driver's time between two consecutive forward steps, and of it
+ * the previous step's sampling (pool) and event posting (driver); counted
+ * only for steps that followed another without the driver sleeping
+ * (gap_s > 0). */
+void metrics_observe_step_gap(struct metrics *m, double gap_s, double sample_s, double emit_s);
 /* Model loading, 0..1; 1 = loaded (llorch_model_loaded). */
 void metrics_set_load_progress(struct metrics *m, double progress);
 /* Whole request, from the request's arrival to its terminal event. */
