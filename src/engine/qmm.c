@@ -444,20 +444,16 @@ QMM_INLINE __m256i avx2_q32_values(enum ggml_type t, const uint8_t *blk)
     }
 }
 
-QMM_INLINE void avx2_q32_tile(enum ggml_type t, int bytes, bool has_min, const int WR, const int NR,
-                              const uint8_t *w, size_t wstride, const struct qmm_act *a, int64_t n,
-                              float *out)
+/* Blocks [b0, b1) of WR rows in the file's layout into acc (and the offset
+ * chain accm of Q4_1/Q5_1). */
+QMM_INLINE void avx2_q32_blocks(enum ggml_type t, int bytes, bool has_min, const int WR, const int NR,
+                                const uint8_t *w, size_t wstride, const struct qmm_act *a, int64_t b0,
+                                int64_t b1, __m256 acc[QMM_MAX_WR][QMM_MAX_NR],
+                                float accm[QMM_MAX_WR][QMM_MAX_NR])
 {
     const bool is_signed = !has_min;
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[QMM_MAX_WR][QMM_MAX_NR];
-    float accm[QMM_MAX_WR][QMM_MAX_NR];
-    for (int i = 0; i < WR; i++)
-        for (int r = 0; r < NR; r++) {
-            acc[i][r] = _mm256_setzero_ps();
-            accm[i][r] = 0.0f;
-        }
-    for (int64_t b = 0; b < n / 32; b++) {
+    for (int64_t b = b0; b < b1; b++) {
         __m256i x[QMM_MAX_NR];
         __m256 dx[QMM_MAX_NR];
         for (int r = 0; r < NR; r++) {
@@ -480,6 +476,20 @@ QMM_INLINE void avx2_q32_tile(enum ggml_type t, int bytes, bool has_min, const i
             }
         }
     }
+}
+
+QMM_INLINE void avx2_q32_tile(enum ggml_type t, int bytes, bool has_min, const int WR, const int NR,
+                              const uint8_t *w, size_t wstride, const struct qmm_act *a, int64_t n,
+                              float *out)
+{
+    __m256 acc[QMM_MAX_WR][QMM_MAX_NR];
+    float accm[QMM_MAX_WR][QMM_MAX_NR];
+    for (int i = 0; i < WR; i++)
+        for (int r = 0; r < NR; r++) {
+            acc[i][r] = _mm256_setzero_ps();
+            accm[i][r] = 0.0f;
+        }
+    avx2_q32_blocks(t, bytes, has_min, WR, NR, w, wstride, a, 0, n / 32, acc, accm);
     for (int i = 0; i < WR; i++)
         for (int r = 0; r < NR; r++)
             out[i * NR + r] = avx2_hsum8(acc[i][r]) + accm[i][r];
@@ -706,24 +716,8 @@ QMM_INLINE void avx2_grouped_tile(enum ggml_type t, const int WR, const int NR, 
         }
     }
     /* the file-layout tail */
-    for (int64_t b = ng * QMM_GROUP; b < nb; b++) {
-        __m256i x[QMM_MAX_NR];
-        __m256 dx[QMM_MAX_NR];
-        for (int r = 0; r < NR; r++) {
-            x[r] = avx2_load(a[r].q + 32 * b);
-            dx[r] = _mm256_broadcast_ss(&a[r].d[b]);
-        }
-        for (int i = 0; i < WR; i++) {
-            const uint8_t *blk = w + (size_t)i * wstride + (size_t)b * (size_t)bytes;
-            const __m256i v = avx2_q32_values(t, blk);
-            const __m256 dw = _mm256_set1_ps(avx2_f16(blk));
-            const __m256i av = _mm256_abs_epi8(v);
-            for (int r = 0; r < NR; r++) {
-                const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(av, _mm256_sign_epi8(x[r], v)), ones);
-                acc[i][r] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx[r]), _mm256_cvtepi32_ps(p), acc[i][r]);
-            }
-        }
-    }
+    float accm[QMM_MAX_WR][QMM_MAX_NR] = {{0}}; /* unused: no offsets */
+    avx2_q32_blocks(t, bytes, false, WR, NR, w, wstride, a, ng * QMM_GROUP, nb, acc, accm);
     for (int i = 0; i < WR; i++)
         for (int r = 0; r < NR; r++)
             out[i * NR + r] = avx2_hsum8(acc[i][r]);

@@ -637,9 +637,71 @@ static uint32_t sched_max_fit(struct sched *s, struct kv_seq *seq, uint32_t want
     return lo;
 }
 
-static struct sched_req *sched_newest_running(struct sched *s)
+/* The newest running sequence not in flight. */
+static struct sched_req *sched_newest_idle(struct sched *s)
 {
-    return sched_req_of(s->running.prev);
+    struct llorch_queue *q;
+    for (q = s->running.prev; q != &s->running; q = q->prev)
+        if (!sched_req_of(q)->in_flight)
+            return sched_req_of(q);
+    return NULL;
+}
+
+/* Reserves KV for want tokens of r, preempting the newest sequences not in
+ * flight until they fit (a prompt chunk first shrinks to what fits). The
+ * newest cannot grow: a decoder steps aside (preempted; *resume is then the
+ * node that followed it), a prompt chunk waits for blocks. Returns the
+ * tokens reserved (0 with *rc the error when reserving failed otherwise). */
+static uint32_t sched_reserve(struct sched *s, struct sched_req *r, bool decode, uint32_t want,
+                              int *rc, struct llorch_queue **resume)
+{
+    *rc = 0;
+    *resume = NULL;
+    while (want > 0 && (*rc = kv_seq_reserve(s->kv, r->seq, want)) < 0) {
+        if (*rc != LLORCH_EKV_EXHAUSTED)
+            return 0;
+        if (!decode) {
+            uint32_t fit = sched_max_fit(s, r->seq, want);
+            if (fit > 0) {
+                want = fit;
+                continue;
+            }
+        }
+        /* r is not in flight, so the newest idle one is r or after it */
+        struct sched_req *victim = sched_newest_idle(s);
+        if (victim == r) {
+            if (decode) {
+                *resume = r->node.next;
+                sched_req_preempt(s, r);
+            }
+            return 0;
+        }
+        victim->cand = false;
+        sched_req_preempt(s, victim);
+    }
+    return want;
+}
+
+/* After sched_reserve: fails r if reserving failed for another reason than
+ * a full cache, else writes its entry of want tokens (none for 0). Returns
+ * whether an entry was written. */
+static bool sched_entry(struct sched *s, struct sched_req *r, uint32_t want, int rc,
+                        struct forward_entry *e, float *logits)
+{
+    if (want == 0) {
+        if (rc < 0 && rc != LLORCH_EKV_EXHAUSTED)
+            sched_req_fail(s, r, SCHED_ERR_INFERENCE_FAILED, "KV reservation failed: %s",
+                           llorch_strerror(rc));
+        return false;
+    }
+    *e = (struct forward_entry){
+        .seq = r->seq,
+        .tokens = r->tokens + r->n_done,
+        .n_tokens = want,
+        .all_logits = false,
+        .logits = logits,
+    };
+    return true;
 }
 
 /* Sizes this step's prompt chunks: the decodes come first (step_tokens
@@ -689,57 +751,19 @@ static uint32_t sched_build_step(struct sched *s)
         uint32_t want = decode ? (decode_left > 0) : r->chunk;
         if (decode && want)
             decode_left--;
-        bool self_preempted = false;
         int rc = 0;
-        while (want > 0 && (rc = kv_seq_reserve(s->kv, r->seq, want)) < 0) {
-            if (rc != LLORCH_EKV_EXHAUSTED) {
-                want = 0;
-                break;
-            }
-            if (!decode) {
-                uint32_t fit = sched_max_fit(s, r->seq, want);
-                if (fit > 0) {
-                    want = fit;
-                    continue;
-                }
-            }
-            struct sched_req *victim = sched_newest_running(s);
-            if (victim == r) {
-                /* The newest cannot grow: a decoder steps aside, a prompt
-                 * chunk waits for blocks. */
-                if (decode) {
-                    sched_req_preempt(s, r);
-                    self_preempted = true;
-                }
-                want = 0;
-                break;
-            }
-            sched_req_preempt(s, victim);
-        }
-        if (self_preempted)
-            break; /* r was the tail */
-        if (want == 0 && rc < 0 && rc != LLORCH_EKV_EXHAUSTED) {
-            q = r->node.next;
-            sched_req_fail(s, r, SCHED_ERR_INFERENCE_FAILED, "KV reservation failed: %s",
-                           llorch_strerror(rc));
-            continue;
-        }
-        if (want > 0) {
-            s->entries[n] = (struct forward_entry){
-                .seq = r->seq,
-                .tokens = r->tokens + r->n_done,
-                .n_tokens = want,
-                .all_logits = false,
-                .logits = s->logits + (size_t)n * s->n_vocab,
-            };
-            s->entry_req[n] = r;
-            n++;
+        struct llorch_queue *resume = NULL;
+        want = sched_reserve(s, r, decode, want, &rc, &resume);
+        if (resume)
+            break; /* r preempted itself: it was the tail */
+        q = r->node.next; /* r may fail and leave the list */
+        if (sched_entry(s, r, want, rc, &s->entries[n], s->logits + (size_t)n * s->n_vocab)) {
+            s->entry_req[n++] = r;
             if (decode)
                 s->step_decode++;
             else
                 s->step_prefill += want;
         }
-        q = r->node.next;
     }
     return n;
 }
@@ -888,15 +912,6 @@ static void sched_step(struct sched *s)
  * waits for its group (sched_reap_list skips it). Groups complete in the
  * order they were submitted. */
 
-/* The newest running sequence not in flight. */
-static struct sched_req *sched_newest_idle(struct sched *s)
-{
-    struct llorch_queue *q;
-    for (q = s->running.prev; q != &s->running; q = q->prev)
-        if (!sched_req_of(q)->in_flight)
-            return sched_req_of(q);
-    return NULL;
-}
 
 /* Picks at most cap sequences not in flight (oldest first), sizes their
  * prompt chunks as sched_plan_step does for a whole step; returns the
@@ -952,58 +967,21 @@ static uint32_t sched_build_group(struct sched *s, struct sched_group *g, uint32
         uint32_t want = decode ? (decode_left > 0) : r->chunk;
         if (decode && want)
             decode_left--;
-        bool self_preempted = false;
         int rc = 0;
-        while (want > 0 && (rc = kv_seq_reserve(s->kv, r->seq, want)) < 0) {
-            if (rc != LLORCH_EKV_EXHAUSTED) {
-                want = 0;
-                break;
-            }
-            if (!decode) {
-                uint32_t fit = sched_max_fit(s, r->seq, want);
-                if (fit > 0) {
-                    want = fit;
-                    continue;
-                }
-            }
-            /* r is not in flight, so the newest idle one is r or after it */
-            struct sched_req *victim = sched_newest_idle(s);
-            if (victim == r) {
-                if (decode) {
-                    q = r->node.next;
-                    sched_req_preempt(s, r);
-                    self_preempted = true;
-                }
-                want = 0;
-                break;
-            }
-            victim->cand = false;
-            sched_req_preempt(s, victim);
-        }
-        if (self_preempted)
-            continue;
-        if (want == 0 && rc < 0 && rc != LLORCH_EKV_EXHAUSTED) {
-            q = r->node.next;
-            sched_req_fail(s, r, SCHED_ERR_INFERENCE_FAILED, "KV reservation failed: %s",
-                           llorch_strerror(rc));
+        struct llorch_queue *resume = NULL;
+        want = sched_reserve(s, r, decode, want, &rc, &resume);
+        if (resume) { /* r preempted itself: go on after it */
+            q = resume;
             continue;
         }
-        if (want > 0) {
-            g->entries[n] = (struct forward_entry){
-                .seq = r->seq,
-                .tokens = r->tokens + r->n_done,
-                .n_tokens = want,
-                .all_logits = false,
-                .logits = g->logits + (size_t)n * s->n_vocab,
-            };
-            g->req[n] = r;
-            n++;
+        q = r->node.next; /* r may fail and leave the list */
+        if (sched_entry(s, r, want, rc, &g->entries[n], g->logits + (size_t)n * s->n_vocab)) {
+            g->req[n++] = r;
             if (decode)
                 g->n_decode++;
             else
                 g->n_prefill += want;
         }
-        q = r->node.next;
     }
     g->n = n;
     return n;
