@@ -602,7 +602,13 @@ QMM_INLINE void avx2_q6k_tile(const int WR, const int NR, const uint8_t *w, size
             for (int r = 0; r < NR; r++)
                 P[i][r] = _mm256_setzero_si256();
         }
-        for (int half = 0; half < 2; half++)
+        for (int half = 0; half < 2; half++) {
+            __m256i l0[QMM_MAX_WR], l1[QMM_MAX_WR], qh[QMM_MAX_WR];
+            for (int i = 0; i < WR; i++) {
+                l0[i] = avx2_load(blk[i] + 64 * half);
+                l1[i] = avx2_load(blk[i] + 64 * half + 32);
+                qh[i] = avx2_load(blk[i] + 128 + 32 * half);
+            }
             for (int k = 0; k < 4; k++) {
                 const int c = 4 * half + k;
                 __m256i xv[QMM_MAX_NR], off[QMM_MAX_NR];
@@ -614,11 +620,10 @@ QMM_INLINE void avx2_q6k_tile(const int WR, const int NR, const uint8_t *w, size
                 const __m128i pick = _mm_set_epi64x(0x0101010101010101LL * (2 * c + 1),
                                                     0x0101010101010101LL * (2 * c));
                 for (int i = 0; i < WR; i++) {
-                    const __m256i lo = avx2_load(blk[i] + 64 * half + 32 * (k % 2));
+                    const __m256i lo = k % 2 ? l1[i] : l0[i];
                     const __m256i nib = k < 2 ? _mm256_and_si256(lo, m4)
                                               : _mm256_and_si256(_mm256_srli_epi16(lo, 4), m4);
-                    const __m256i qh = avx2_load(blk[i] + 128 + 32 * half);
-                    __m256i hi = _mm256_and_si256(qh, _mm256_set1_epi8((char)(3 << (2 * k))));
+                    __m256i hi = _mm256_and_si256(qh[i], _mm256_set1_epi8((char)(3 << (2 * k))));
                     if (k == 0)
                         hi = _mm256_slli_epi16(hi, 4);
                     else if (k == 1)
@@ -634,6 +639,7 @@ QMM_INLINE void avx2_q6k_tile(const int WR, const int NR, const uint8_t *w, size
                     }
                 }
             }
+        }
         for (int i = 0; i < WR; i++) {
             const float d = avx2_f16(blk[i] + 208);
             for (int r = 0; r < NR; r++)
@@ -1024,7 +1030,6 @@ struct qmm_seg {
     int64_t row0, n_rows;   /* output rows [row0, row0 + n_rows) */
     void *owned;
     bool copied;            /* repacked here: the part's data is no longer read */
-    int wr;                 /* weight rows per tile call */
 };
 
 struct qmm_weight {
@@ -1092,7 +1097,6 @@ LLORCH_API int qmm_weight_new(struct qmm_weight **out, const struct qmm_part *pa
         s->row_bytes = (size_t)rb;
         s->row0 = w->n_out;
         s->n_rows = parts[i].n_rows;
-        s->wr = s->ti->block == 1 ? 4 : 2;
         w->n_out += parts[i].n_rows;
         w->bytes += (uint64_t)rb * (uint64_t)parts[i].n_rows;
         w->fmt_used[s->ti->fmt] = true;
@@ -1288,7 +1292,8 @@ static void qmm_rows_task(void *vctx, int64_t b, int64_t e, int worker)
                 for (int r = 0; r < nr; r++)
                     a[r] = qmm_act_row(c, s->ti->fmt, r0 + r);
                 for (int64_t n = n0; n < n1;) {
-                    const int wr = (int)LLORCH_MIN(n1 - n, s->wr);
+                    /* float tiles take up to 4 weight rows, the block types 2 */
+                    const int wr = (int)LLORCH_MIN(n1 - n, s->ti->block == 1 ? QMM_MAX_WR : 2);
                     s->tile(s->data + (size_t)(n - s->row0) * s->row_bytes, s->row_bytes, wr, a, nr,
                             w->n_in, out);
                     for (int k = 0; k < wr; k++)
