@@ -833,6 +833,65 @@ static void sched_emit_token(struct sched *s, struct sched_sample *sm)
         sched_req_end(s, r, SCHED_STOP_MAX_TOKENS, -1);
 }
 
+/* A finished step (or group) of n sequences: counted, fed to the cost
+ * model when it succeeded, and reported to on_step; gap_s is the driver's
+ * time since the previous step (0: none to report). */
+static void sched_report(struct sched *s, int rc, double seconds, uint32_t n, uint32_t n_prefill,
+                         uint32_t n_decode, uint32_t budget, double gap_s)
+{
+    s->c_steps++;
+    if (rc == 0)
+        stepcost_observe(&s->cost, n_prefill, n_decode,
+                         s->o.step_cost ? s->o.step_cost(s->o.step_cost_ctx, n_prefill, n_decode)
+                                        : seconds);
+    if (s->o.on_step) {
+        struct sched_step_info info = {
+            .seconds = seconds,
+            .n_seqs = n,
+            .n_tokens = n_prefill + n_decode,
+            .n_prefill = n_prefill,
+            .n_decode = n_decode,
+            .budget = budget,
+            .gap_s = gap_s,
+            .sample_s = gap_s > 0.0 ? s->last_sample_s : 0.0,
+            .emit_s = gap_s > 0.0 ? s->last_emit_s : 0.0,
+        };
+        s->o.on_step(s->o.on_step_ctx, &info);
+    }
+}
+
+/* The results of a step's n entries (rc its status): on failure every
+ * sequence fails; else each advances, and those that finished their prompt
+ * or decoded get their next token from a pool task each (softmax over the
+ * vocabulary, penalties, detokenising): the driver only decides and
+ * launches. */
+static void sched_take(struct sched *s, const struct forward_entry *e, struct sched_req *const *req,
+                       uint32_t n, int rc)
+{
+    if (rc < 0) {
+        for (uint32_t i = 0; i < n; i++)
+            sched_req_fail(s, req[i], SCHED_ERR_INFERENCE_FAILED, "the forward step failed: %s",
+                           llorch_strerror(rc));
+        return;
+    }
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        struct sched_req *r = req[i];
+        r->n_done += e[i].n_tokens;
+        if (r->n_done == r->n_tok)
+            s->samples[k++] = (struct sched_sample){.r = r, .logits = e[i].logits};
+    }
+    for (uint32_t i = 0; i < k; i++)
+        s->samples[i].ev = sched_event_get(s);
+    uint64_t t_s0 = sched_now_ns();
+    tpool_parallel_for(s->o.pool, k, 1, sched_sample_task, s);
+    uint64_t t_s1 = sched_now_ns();
+    for (uint32_t i = 0; i < k; i++)
+        sched_emit_token(s, &s->samples[i]);
+    s->last_sample_s = (double)(t_s1 - t_s0) * 1e-9;
+    s->last_emit_s = (double)(sched_now_ns() - t_s1) * 1e-9;
+}
+
 static void sched_step(struct sched *s)
 {
     uint32_t n = sched_build_step(s);
@@ -850,53 +909,10 @@ static void sched_step(struct sched *s)
     double gap_s = s->t_fwd_end ? (double)(t0 - s->t_fwd_end) * 1e-9 : 0.0;
     int rc = s->o.step ? s->o.step(s->o.step_ctx, s->entries, n) : forward_step(s->fw, s->entries, n);
     s->t_fwd_end = sched_now_ns();
-    double seconds = (double)(s->t_fwd_end - t0) * 1e-9;
-    s->c_steps++;
-    if (rc == 0)
-        stepcost_observe(&s->cost, s->step_prefill, s->step_decode,
-                         s->o.step_cost ? s->o.step_cost(s->o.step_cost_ctx, s->step_prefill,
-                                                         s->step_decode)
-                                        : seconds);
-    if (s->o.on_step) {
-        struct sched_step_info info = {
-            .seconds = seconds,
-            .n_seqs = n,
-            .n_tokens = s->step_prefill + s->step_decode,
-            .n_prefill = s->step_prefill,
-            .n_decode = s->step_decode,
-            .budget = s->step_budget,
-            .gap_s = gap_s,
-            .sample_s = gap_s > 0.0 ? s->last_sample_s : 0.0,
-            .emit_s = gap_s > 0.0 ? s->last_emit_s : 0.0,
-        };
-        s->o.on_step(s->o.on_step_ctx, &info);
-    }
-    if (rc < 0) {
-        for (uint32_t i = 0; i < n; i++)
-            sched_req_fail(s, s->entry_req[i], SCHED_ERR_INFERENCE_FAILED,
-                           "the forward step failed: %s", llorch_strerror(rc));
-        return;
-    }
-    /* The driver only decides and launches: the sequences that finished
-     * their prompt or decoded get their next token from a pool task each
-     * (softmax over the vocabulary, penalties, detokenising). */
-    uint32_t k = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        struct sched_req *r = s->entry_req[i];
-        r->n_done += s->entries[i].n_tokens;
-        if (r->n_done == r->n_tok)
-            s->samples[k++] = (struct sched_sample){.r = r, .logits = s->entries[i].logits};
-    }
-    for (uint32_t i = 0; i < k; i++)
-        s->samples[i].ev = sched_event_get(s);
-    uint64_t t_s0 = sched_now_ns();
-    tpool_parallel_for(s->o.pool, k, 1, sched_sample_task, s);
-    uint64_t t_s1 = sched_now_ns();
-    for (uint32_t i = 0; i < k; i++)
-        sched_emit_token(s, &s->samples[i]);
-    s->last_sample_s = (double)(t_s1 - t_s0) * 1e-9;
-    s->last_emit_s = (double)(sched_now_ns() - t_s1) * 1e-9;
-    if (s->n_running == 0)
+    sched_report(s, rc, (double)(s->t_fwd_end - t0) * 1e-9, n, s->step_prefill, s->step_decode,
+                 s->step_budget, gap_s);
+    sched_take(s, s->entries, s->entry_req, n, rc);
+    if (rc == 0 && s->n_running == 0)
         s->t_fwd_end = 0; /* the driver may sleep now: no gap to the next step */
 }
 
@@ -911,7 +927,6 @@ static void sched_step(struct sched *s)
  * flight is never chosen as a preemption victim, and its cancel or timeout
  * waits for its group (sched_reap_list skips it). Groups complete in the
  * order they were submitted. */
-
 
 /* Picks at most cap sequences not in flight (oldest first), sizes their
  * prompt chunks as sched_plan_step does for a whole step; returns the
@@ -1002,44 +1017,10 @@ static void sched_group_complete(struct sched *s, bool discard)
     double seconds = (double)(sched_now_ns() - g->t0) * 1e-9;
     for (uint32_t i = 0; i < g->n; i++)
         g->req[i]->in_flight = false;
-    s->c_steps++;
     /* a group's submit-to-complete time is its streams' token interval */
-    if (rc == 0)
-        stepcost_observe(&s->cost, g->n_prefill, g->n_decode,
-                         s->o.step_cost ? s->o.step_cost(s->o.step_cost_ctx, g->n_prefill,
-                                                         g->n_decode)
-                                        : seconds);
-    if (s->o.on_step) {
-        struct sched_step_info info = {
-            .seconds = seconds,
-            .n_seqs = g->n,
-            .n_tokens = g->n_prefill + g->n_decode,
-            .n_prefill = g->n_prefill,
-            .n_decode = g->n_decode,
-            .budget = g->budget,
-        };
-        s->o.on_step(s->o.on_step_ctx, &info);
-    }
-    if (discard)
-        return;
-    if (rc < 0) {
-        for (uint32_t i = 0; i < g->n; i++)
-            sched_req_fail(s, g->req[i], SCHED_ERR_INFERENCE_FAILED,
-                           "the forward step failed: %s", llorch_strerror(rc));
-        return;
-    }
-    uint32_t k = 0;
-    for (uint32_t i = 0; i < g->n; i++) {
-        struct sched_req *r = g->req[i];
-        r->n_done += g->entries[i].n_tokens;
-        if (r->n_done == r->n_tok)
-            s->samples[k++] = (struct sched_sample){.r = r, .logits = g->entries[i].logits};
-    }
-    for (uint32_t i = 0; i < k; i++)
-        s->samples[i].ev = sched_event_get(s);
-    tpool_parallel_for(s->o.pool, k, 1, sched_sample_task, s);
-    for (uint32_t i = 0; i < k; i++)
-        sched_emit_token(s, &s->samples[i]);
+    sched_report(s, rc, seconds, g->n, g->n_prefill, g->n_decode, g->budget, 0.0);
+    if (!discard)
+        sched_take(s, g->entries, g->req, g->n, rc);
 }
 
 /* Shutting down: waits out every group in flight, so that their sequences
@@ -1077,9 +1058,7 @@ static void sched_groups_step(struct sched *s)
         g->t0 = sched_now_ns();
         int rc = s->o.submit(s->o.step_ctx, gi, g->entries, n);
         if (rc < 0) {
-            for (uint32_t i = 0; i < n; i++)
-                sched_req_fail(s, g->req[i], SCHED_ERR_INFERENCE_FAILED,
-                               "the forward step failed: %s", llorch_strerror(rc));
+            sched_take(s, g->entries, g->req, n, rc); /* each fails */
             continue;
         }
         for (uint32_t i = 0; i < n; i++)
