@@ -521,8 +521,10 @@ tensors:
     return check_roles(m, err, errlen);
 }
 
-LLORCH_API int model_load_gguf(struct model **out, struct gguf_file *f, const char *path, char *err,
-                               size_t errlen)
+/* A model over f (owned from now on): the whole model, or with partial only
+ * layers [first, end) and what they read. */
+static int model_make(struct model **out, struct gguf_file *f, const char *path, bool partial,
+                      uint32_t first, uint32_t end, char *err, size_t errlen)
 {
     *out = NULL;
     if (err && errlen)
@@ -533,6 +535,9 @@ LLORCH_API int model_load_gguf(struct model **out, struct gguf_file *f, const ch
         return llorch_errf(err, errlen, LLORCH_ENOMEM, "out of memory");
     }
     m->file = f;
+    m->partial = partial;
+    m->part_first = first;
+    m->part_end = end;
     char msg[384];
     int rc = load(m, msg, sizeof msg, path);
     if (rc) {
@@ -545,6 +550,12 @@ LLORCH_API int model_load_gguf(struct model **out, struct gguf_file *f, const ch
     }
     *out = m;
     return 0;
+}
+
+LLORCH_API int model_load_gguf(struct model **out, struct gguf_file *f, const char *path, char *err,
+                               size_t errlen)
+{
+    return model_make(out, f, path, false, 0, 0, err, errlen);
 }
 
 LLORCH_API int model_load(struct model **out, const char *path, char *err, size_t errlen)
@@ -570,9 +581,10 @@ static bool model_wants(void *ctx, const struct gguf_file *meta, const struct gg
     if (!w->read) { /* the layer count, once, from the first part's metadata */
         w->read = true;
         struct gguf_str a;
-        char key[96];
-        if (!gguf_get_str(meta, LLORCH_GGUF_KEY_ARCHITECTURE, &a) && a.len < 64) {
-            snprintf(key, sizeof key, "%.*s.block_count", (int)a.len, a.ptr);
+        char arch[64], key[96];
+        if (!gguf_get_str(meta, LLORCH_GGUF_KEY_ARCHITECTURE, &a) && a.len < sizeof arch) {
+            snprintf(arch, sizeof arch, "%.*s", (int)a.len, a.ptr);
+            arch_key(key, sizeof key, arch, LLORCH_GGUF_ARCH_BLOCK_COUNT);
             (void)gguf_get_u32(meta, key, &w->n_layer);
         }
     }
@@ -598,23 +610,7 @@ LLORCH_API int model_load_layers(struct model **out, const char *path, uint32_t 
     int rc = gguf_open_some(&f, path, model_wants, &w, err, errlen);
     if (rc)
         return rc;
-    struct model *m = calloc(1, sizeof *m);
-    if (!m) {
-        gguf_close(f);
-        return llorch_errf(err, errlen, LLORCH_ENOMEM, "out of memory");
-    }
-    m->file = f;
-    m->partial = true;
-    m->part_first = first;
-    m->part_end = end;
-    char msg[384];
-    if ((rc = load(m, msg, sizeof msg, path))) {
-        llorch_errf(err, errlen, rc, "%s: %s", path, msg);
-        model_free(m);
-        return rc;
-    }
-    *out = m;
-    return 0;
+    return model_make(out, f, path, true, first, end, err, errlen);
 }
 
 LLORCH_API void model_free(struct model *m)
