@@ -1304,6 +1304,32 @@ static void h_steps_copy(struct harness *h, struct sched_step_info *out, uint32_
 
 static struct sched_step_info steps_seen[STEPS_MAX];
 
+/* One stream decodes (8-token prompt, seed); once it has 4 tokens a 300-token
+ * prompt (seed + 1) arrives and is answered with one token; then the stream
+ * is cancelled. Returns the step count when the long prompt arrived. */
+static uint32_t h_long_prompt_beside_a_stream(struct harness *h, struct result *run,
+                                              struct result *lng, uint32_t seed)
+{
+    llorch_token p8[8];
+    static llorch_token p300[300];
+    make_prompt(p8, 8, seed);
+    make_prompt(p300, 300, seed + 1);
+    struct sched_params p = greedy(400);
+    p.ignore_eos = true;
+    assert_int_equal(submit_tokens(h, run, "run", p8, 8, &p), 0);
+    h_pump_until_tokens(h, run, 4, false);
+    pthread_mutex_lock(&h->mu);
+    uint32_t mark = h->n_steps;
+    pthread_mutex_unlock(&h->mu);
+    struct sched_params pl = greedy(2);
+    pl.ignore_eos = true;
+    assert_int_equal(submit_tokens(h, lng, "long", p300, 300, &pl), 0);
+    h_wait_all(h, lng, 1);
+    assert_int_equal(sched_cancel(h->s, run->id, SCHED_ERR_CANCELLED), 0);
+    h_wait_all(h, run, 1);
+    return mark;
+}
+
 static void sched_long_prompt_is_split_so_running_streams_keep_their_pace(void **state)
 {
     (void)state;
@@ -1311,23 +1337,7 @@ static void sched_long_prompt_is_split_so_running_streams_keep_their_pace(void *
     h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 4, .step_tokens = 256,
                                 .fake_cost = true});
     static struct result run, lng;
-    llorch_token p8[8];
-    static llorch_token p300[300];
-    make_prompt(p8, 8, 21);
-    make_prompt(p300, 300, 22);
-    struct sched_params p = greedy(400);
-    p.ignore_eos = true;
-    assert_int_equal(submit_tokens(&h, &run, "run", p8, 8, &p), 0);
-    h_pump_until_tokens(&h, &run, 4, false);
-    pthread_mutex_lock(&h.mu);
-    uint32_t mark = h.n_steps;
-    pthread_mutex_unlock(&h.mu);
-    struct sched_params pl = greedy(2);
-    pl.ignore_eos = true;
-    assert_int_equal(submit_tokens(&h, &lng, "long", p300, 300, &pl), 0);
-    h_wait_all(&h, &lng, 1);
-    assert_int_equal(sched_cancel(h.s, run.id, SCHED_ERR_CANCELLED), 0);
-    h_wait_all(&h, &run, 1);
+    const uint32_t mark = h_long_prompt_beside_a_stream(&h, &run, &lng, 21);
     uint32_t n;
     h_steps_copy(&h, steps_seen, &n);
     /* The prompt went in chunks next to the stream's decode, which no step
@@ -1360,23 +1370,7 @@ static void sched_explicit_itl_target_sizes_the_chunks(void **state)
     h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 4, .step_tokens = 256,
                                 .fake_cost = true, .itl_target_ms = 400});
     static struct result run, lng;
-    llorch_token p8[8];
-    static llorch_token p300[300];
-    make_prompt(p8, 8, 31);
-    make_prompt(p300, 300, 32);
-    struct sched_params p = greedy(400);
-    p.ignore_eos = true;
-    assert_int_equal(submit_tokens(&h, &run, "run", p8, 8, &p), 0);
-    h_pump_until_tokens(&h, &run, 4, false);
-    pthread_mutex_lock(&h.mu);
-    uint32_t mark = h.n_steps;
-    pthread_mutex_unlock(&h.mu);
-    struct sched_params pl = greedy(2);
-    pl.ignore_eos = true;
-    assert_int_equal(submit_tokens(&h, &lng, "long", p300, 300, &pl), 0);
-    h_wait_all(&h, &lng, 1);
-    assert_int_equal(sched_cancel(h.s, run.id, SCHED_ERR_CANCELLED), 0);
-    h_wait_all(&h, &run, 1);
+    const uint32_t mark = h_long_prompt_beside_a_stream(&h, &run, &lng, 31);
     struct sched_stats st;
     sched_stats(h.s, &st);
     assert_float_equal(st.cost.itl_target_s, 0.4, 1e-9);
@@ -1405,23 +1399,7 @@ static void sched_itl_target_pct_sizes_the_chunks_relative_to_the_decode_step(vo
     h_open(&h, &(struct h_opts){.model = "stories260k.gguf", .max_batch = 4, .step_tokens = 256,
                                 .fake_cost = true, .itl_target_pct = 175});
     static struct result run, lng;
-    llorch_token p8[8];
-    static llorch_token p300[300];
-    make_prompt(p8, 8, 41);
-    make_prompt(p300, 300, 42);
-    struct sched_params p = greedy(400);
-    p.ignore_eos = true;
-    assert_int_equal(submit_tokens(&h, &run, "run", p8, 8, &p), 0);
-    h_pump_until_tokens(&h, &run, 4, false);
-    pthread_mutex_lock(&h.mu);
-    uint32_t mark = h.n_steps;
-    pthread_mutex_unlock(&h.mu);
-    struct sched_params pl = greedy(2);
-    pl.ignore_eos = true;
-    assert_int_equal(submit_tokens(&h, &lng, "long", p300, 300, &pl), 0);
-    h_wait_all(&h, &lng, 1);
-    assert_int_equal(sched_cancel(h.s, run.id, SCHED_ERR_CANCELLED), 0);
-    h_wait_all(&h, &run, 1);
+    const uint32_t mark = h_long_prompt_beside_a_stream(&h, &run, &lng, 41);
     /* 1.75 x the 105 ms decode step of one stream: 183.75 ms, which leaves
      * 5 prompt tokens a step (twice the decode step would leave 8) */
     double target = 1.75 * fake_cost(0, 1);
