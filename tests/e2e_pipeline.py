@@ -187,43 +187,39 @@ def split_three(tmp):
     return [os.path.join(tmp, "m-%05d-of-00003.gguf" % i) for i in (1, 2, 3)]
 
 
-def test_stages_map_only_the_split_files_of_their_layers():
+def mapped_per_rank(own_files):
+    """Runs -np 3 on the model split in three (layers 0-0, 1-1, 2-3), checked
+    against one process; returns the part names and, per rank, the GGUF files
+    it maps. own_files: each rank gets its own stage file instead of part 1."""
     tmp = tempfile.mkdtemp(prefix="llorch-e2e-pipe-")
     try:
         parts = split_three(tmp)
-        names = [os.path.basename(x) for x in parts]
         seen = {}
 
         def inspect(p):
             for rank, pid in p.ranks().items():
                 seen[rank] = mapped_gguf(pid)
-        check_pipeline(3, parts[0], "--layers", "0-0,1-1,2-3", inspect=inspect)
-        # the first part holds the metadata: every rank reads it; a stage
-        # maps its own part besides, and nothing else
-        assert seen.get(0) == {names[0]}, seen
-        assert seen.get(1) == {names[0]}, seen
-        assert seen.get(2) == {names[0], names[1]}, seen
-        assert seen.get(3) == {names[0], names[2]}, seen
+        models = [parts[0], parts[0], parts[1], parts[2]] if own_files else None
+        check_pipeline(3, parts[0], "--layers", "0-0,1-1,2-3", models=models, inspect=inspect)
+        return [os.path.basename(x) for x in parts], seen
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_stages_map_only_the_split_files_of_their_layers():
+    names, seen = mapped_per_rank(own_files=False)
+    # the first part holds the metadata: every rank reads it; a stage
+    # maps its own part besides, and nothing else
+    assert seen.get(0) == {names[0]}, seen
+    assert seen.get(1) == {names[0]}, seen
+    assert seen.get(2) == {names[0], names[1]}, seen
+    assert seen.get(3) == {names[0], names[2]}, seen
 
 
 def test_each_rank_given_its_own_stage_file_maps_only_that_file():
-    tmp = tempfile.mkdtemp(prefix="llorch-e2e-pipe-")
-    try:
-        parts = split_three(tmp)
-        names = [os.path.basename(x) for x in parts]
-        seen = {}
-
-        def inspect(p):
-            for rank, pid in p.ranks().items():
-                seen[rank] = mapped_gguf(pid)
-        # rank 0 (no weights) and stage 0 read part 1, stages 1 and 2 theirs
-        check_pipeline(3, parts[0], "--layers", "0-0,1-1,2-3",
-                       models=[parts[0], parts[0], parts[1], parts[2]], inspect=inspect)
-        assert seen == {0: {names[0]}, 1: {names[0]}, 2: {names[1]}, 3: {names[2]}}, seen
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    names, seen = mapped_per_rank(own_files=True)
+    # rank 0 (no weights) and stage 0 read part 1, stages 1 and 2 theirs
+    assert seen == {0: {names[0]}, 1: {names[0]}, 2: {names[1]}, 3: {names[2]}}, seen
 
 
 def test_killed_stage_ends_streams_with_an_error_frame_and_exits():
