@@ -708,14 +708,19 @@ static bool sched_entry(struct sched *s, struct sched_req *r, uint32_t want, int
  * bounds the whole step, the engine was sized for it), the cost model gives
  * the prompt tokens that keep the step within the latency target, and the
  * prompts share them max-min fairly (stepcost_split), so a short prompt
- * admitted behind a long one is not starved. Sets each prompt's r->chunk and
- * returns the decodes allowed. */
-static uint32_t sched_plan_step(struct sched *s)
+ * admitted behind a long one is not starved. Picks (r->cand) at most cap
+ * running sequences not in flight, oldest first (all of them for a whole
+ * step), sets each picked prompt's r->chunk and returns the decodes allowed. */
+static uint32_t sched_plan(struct sched *s, uint32_t cap)
 {
-    uint32_t n_decode = 0, n_prompts = 0;
+    uint32_t n_decode = 0, n_prompts = 0, picked = 0;
     struct llorch_queue *q;
     llorch_queue_foreach(q, &s->running) {
         struct sched_req *r = sched_req_of(q);
+        r->cand = !r->in_flight && picked < cap;
+        if (!r->cand)
+            continue;
+        picked++;
         uint32_t pending = r->n_tok - r->n_done;
         if (pending == 1)
             n_decode++;
@@ -723,29 +728,38 @@ static uint32_t sched_plan_step(struct sched *s)
             s->pending[n_prompts++] = pending;
     }
     uint32_t decode_left = LLORCH_MIN(n_decode, s->o.step_tokens);
-    uint32_t cap = s->o.step_tokens - decode_left;
-    s->step_budget = n_prompts ? stepcost_budget(&s->cost, decode_left, s->target_s, cap) : 0;
+    uint32_t budget_cap = s->o.step_tokens - decode_left;
+    s->step_budget =
+        n_prompts ? stepcost_budget(&s->cost, decode_left, s->target_s, budget_cap) : 0;
     stepcost_split(s->pending, n_prompts, s->step_budget, s->chunks);
     uint32_t i = 0;
     llorch_queue_foreach(q, &s->running) {
         struct sched_req *r = sched_req_of(q);
-        r->chunk = r->n_tok - r->n_done == 1 ? 0 : s->chunks[i++];
+        if (r->cand)
+            r->chunk = r->n_tok - r->n_done == 1 ? 0 : s->chunks[i++];
     }
     return decode_left;
 }
 
-/* Chooses each running sequence's tokens for this step, oldest first, and
- * reserves their KV room, preempting the newest sequences when the pool runs
- * dry. Returns the number of entries. */
-static uint32_t sched_build_step(struct sched *s)
+/* Chooses the picked sequences' tokens, oldest first, into entries / req /
+ * logits, and reserves their KV room, preempting the newest sequences not in
+ * flight when the pool runs dry. Counts the step's prompt and decoded tokens;
+ * returns the number of entries. */
+static uint32_t sched_build(struct sched *s, uint32_t cap, struct forward_entry *entries,
+                            struct sched_req **req, float *logits, uint32_t *n_prefill,
+                            uint32_t *n_decode)
 {
-    uint32_t decode_left = sched_plan_step(s);
+    uint32_t decode_left = sched_plan(s, cap);
     uint32_t n = 0;
-    s->step_prefill = s->step_decode = 0;
-    struct llorch_queue *q;
-    q = s->running.next;
+    *n_prefill = *n_decode = 0;
+    struct llorch_queue *q = s->running.next;
     while (q != &s->running) {
         struct sched_req *r = sched_req_of(q);
+        if (!r->cand) {
+            q = r->node.next;
+            continue;
+        }
+        r->cand = false;
         uint32_t pending = r->n_tok - r->n_done;
         bool decode = pending == 1;
         uint32_t want = decode ? (decode_left > 0) : r->chunk;
@@ -754,15 +768,17 @@ static uint32_t sched_build_step(struct sched *s)
         int rc = 0;
         struct llorch_queue *resume = NULL;
         want = sched_reserve(s, r, decode, want, &rc, &resume);
-        if (resume)
-            break; /* r preempted itself: it was the tail */
+        if (resume) { /* r preempted itself: go on after it */
+            q = resume;
+            continue;
+        }
         q = r->node.next; /* r may fail and leave the list */
-        if (sched_entry(s, r, want, rc, &s->entries[n], s->logits + (size_t)n * s->n_vocab)) {
-            s->entry_req[n++] = r;
+        if (sched_entry(s, r, want, rc, &entries[n], logits + (size_t)n * s->n_vocab)) {
+            req[n++] = r;
             if (decode)
-                s->step_decode++;
+                (*n_decode)++;
             else
-                s->step_prefill += want;
+                *n_prefill += want;
         }
     }
     return n;
@@ -894,7 +910,8 @@ static void sched_take(struct sched *s, const struct forward_entry *e, struct sc
 
 static void sched_step(struct sched *s)
 {
-    uint32_t n = sched_build_step(s);
+    uint32_t n = sched_build(s, UINT32_MAX, s->entries, s->entry_req, s->logits, &s->step_prefill,
+                             &s->step_decode);
     if (n == 0) {
         /* Only reachable when the oldest sequence cannot get a single block
          * with everything else preempted: end it rather than spin. */
@@ -922,85 +939,11 @@ static void sched_step(struct sched *s)
  * pipeline of that many stages keeps every stage busy). A sequence is in at
  * most one group (its next token depends on the last), so the groups
  * partition the running set, each at most ceil(running / max_groups)
- * sequences so that they stay of similar size. A group is built like one
- * step of sched_step, from the sequences not in flight only; a sequence in
- * flight is never chosen as a preemption victim, and its cancel or timeout
+ * sequences so that they stay of similar size. A group is built by
+ * sched_build as a step is, from the sequences not in flight only; a
+ * sequence in flight is never chosen as a preemption victim, and its cancel or timeout
  * waits for its group (sched_reap_list skips it). Groups complete in the
  * order they were submitted. */
-
-/* Picks at most cap sequences not in flight (oldest first), sizes their
- * prompt chunks as sched_plan_step does for a whole step; returns the
- * decodes allowed. */
-static uint32_t sched_plan_group(struct sched *s, uint32_t cap)
-{
-    uint32_t n_decode = 0, n_prompts = 0, picked = 0;
-    struct llorch_queue *q;
-    llorch_queue_foreach(q, &s->running) {
-        struct sched_req *r = sched_req_of(q);
-        r->cand = !r->in_flight && picked < cap;
-        if (!r->cand)
-            continue;
-        picked++;
-        uint32_t pending = r->n_tok - r->n_done;
-        if (pending == 1)
-            n_decode++;
-        else
-            s->pending[n_prompts++] = pending;
-    }
-    uint32_t decode_left = LLORCH_MIN(n_decode, s->o.step_tokens);
-    uint32_t budget_cap = s->o.step_tokens - decode_left;
-    s->step_budget =
-        n_prompts ? stepcost_budget(&s->cost, decode_left, s->target_s, budget_cap) : 0;
-    stepcost_split(s->pending, n_prompts, s->step_budget, s->chunks);
-    uint32_t i = 0;
-    llorch_queue_foreach(q, &s->running) {
-        struct sched_req *r = sched_req_of(q);
-        if (r->cand)
-            r->chunk = r->n_tok - r->n_done == 1 ? 0 : s->chunks[i++];
-    }
-    return decode_left;
-}
-
-/* sched_build_step for one group: the picked sequences' tokens and KV room,
- * preempting the newest sequences not in flight when the pool runs dry. */
-static uint32_t sched_build_group(struct sched *s, struct sched_group *g, uint32_t cap)
-{
-    uint32_t decode_left = sched_plan_group(s, cap);
-    uint32_t n = 0;
-    g->n_prefill = g->n_decode = 0;
-    g->budget = s->step_budget;
-    struct llorch_queue *q = s->running.next;
-    while (q != &s->running) {
-        struct sched_req *r = sched_req_of(q);
-        if (!r->cand) {
-            q = r->node.next;
-            continue;
-        }
-        r->cand = false;
-        uint32_t pending = r->n_tok - r->n_done;
-        bool decode = pending == 1;
-        uint32_t want = decode ? (decode_left > 0) : r->chunk;
-        if (decode && want)
-            decode_left--;
-        int rc = 0;
-        struct llorch_queue *resume = NULL;
-        want = sched_reserve(s, r, decode, want, &rc, &resume);
-        if (resume) { /* r preempted itself: go on after it */
-            q = resume;
-            continue;
-        }
-        q = r->node.next; /* r may fail and leave the list */
-        if (sched_entry(s, r, want, rc, &g->entries[n], g->logits + (size_t)n * s->n_vocab)) {
-            g->req[n++] = r;
-            if (decode)
-                g->n_decode++;
-            else
-                g->n_prefill += want;
-        }
-    }
-    g->n = n;
-    return n;
-}
 
 /* Takes the oldest group's results: samples, detokenises and emits as
  * sched_step does; with discard (shutting down) its sequences are only
@@ -1044,7 +987,10 @@ static void sched_groups_step(struct sched *s)
         uint32_t cap = (s->n_running + s->o.max_groups - 1) / s->o.max_groups;
         uint32_t gi = (s->g_head + s->g_count) % s->o.max_groups;
         struct sched_group *g = &s->groups[gi];
-        uint32_t n = sched_build_group(s, g, LLORCH_MAX(cap, 1u));
+        uint32_t n = sched_build(s, LLORCH_MAX(cap, 1u), g->entries, g->req, g->logits,
+                                 &g->n_prefill, &g->n_decode);
+        g->n = n;
+        g->budget = s->step_budget;
         if (n == 0) {
             /* as sched_step: the oldest cannot get a block with everything
              * else preempted; with groups in flight, wait for them */
