@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -63,7 +64,11 @@ struct cfg {
     double chunk_s;       /* decode steps per round: at least this long */
     double bw_s;          /* read passes per round: at least this long */
     int chunk_max_tokens; /* ... and at most this many tokens (B x steps), >= 2 steps */
+    double steady_s;      /* --steady S: after the rounds, S seconds of back-to-back steps */
 };
+
+/* A steady run's steps are bounded so the KV cache can be sized up front. */
+#define DEC_STEADY_MAX_STEPS 512u
 
 
 /* ---- machine ----------------------------------------------------------- */
@@ -409,6 +414,14 @@ static int dec_step(struct dec *d, uint32_t b)
     return forward_step(d->fw, d->e, b);
 }
 
+static double cpu_seconds(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
+           ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) * 1e-6;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -422,7 +435,39 @@ struct batch_result {
     double bw;            /* best read bandwidth seen alongside */
     double peak;          /* best GEMM peak seen alongside */
     int steps;
+    /* --steady: back-to-back steps with nothing between them, as a server's
+     * driver runs them (the rounds interleave read passes and GEMM calls) */
+    int steady_steps;
+    double steady_mean_s, steady_median_s;
+    double steady_cores; /* process CPU seconds per wall second over them */
 };
+
+/* --steady: steps back to back for `seconds` (at most DEC_STEADY_MAX_STEPS),
+ * nothing else in between: the figure a server's sustained steps compare
+ * with. Mean and median over every step, and the cores the process kept busy
+ * (CPU time over wall time: below the pool's size when workers sleep or the
+ * host takes the cores away). */
+static int dec_steady(struct dec *d, uint32_t b, double seconds, double *times,
+                      struct batch_result *r)
+{
+    int n = 0, rc = 0;
+    const double c0 = cpu_seconds(), w0 = bench_now_s();
+    double t = w0;
+    while (rc == 0 && n < (int)DEC_STEADY_MAX_STEPS && (n < 2 || t - w0 < seconds)) {
+        rc = dec_step(d, b);
+        const double t2 = bench_now_s();
+        times[n++] = t2 - t;
+        t = t2;
+    }
+    if (rc < 0)
+        return rc;
+    r->steady_cores = (cpu_seconds() - c0) / (t - w0);
+    r->steady_steps = n;
+    r->steady_mean_s = (t - w0) / n;
+    qsort(times, (size_t)n, sizeof *times, cmp_double);
+    r->steady_median_s = times[n / 2];
+    return 0;
+}
 
 static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *pool,
                      enum llorch_dtype dt, double *bw_all, double *peak_all, const float *wpeak,
@@ -434,10 +479,15 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
         max_b = LLORCH_MAX(max_b, cf->batches[i]);
     /* steps any sequence can take: sequence 0 runs in every batch */
     uint64_t steps_seq0 = 0, kv_tokens = (uint64_t)max_b * (cf->prompt + LLORCH_KV_BLOCK) + cf->pp;
+    uint64_t kv_steady = 0; /* --steady's extra room: not in the memory bound below */
     for (int i = 0; i < cf->n_batches; i++) {
         uint32_t b = cf->batches[i];
         uint64_t per_round = LLORCH_MAX(2u, (uint64_t)cf->chunk_max_tokens / b);
         uint64_t steps = (uint64_t)cf->warm + (uint64_t)cf->rounds * per_round;
+        if (cf->steady_s > 0) {
+            steps_seq0 += DEC_STEADY_MAX_STEPS;
+            kv_steady += (uint64_t)DEC_STEADY_MAX_STEPS * b;
+        }
         steps_seq0 += steps;
         kv_tokens += steps * b;
     }
@@ -448,7 +498,7 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
     struct forward_opts fo = {
         .dtype = dt,
         .isa = cf->isa,
-        .kv_bytes = kv_tokens * per_tok * 5 / 4 + (16u << 20),
+        .kv_bytes = (kv_tokens + kv_steady) * per_tok * 5 / 4 + (16u << 20),
         .n_ctx = (uint32_t)LLORCH_MAX(cf->prompt + steps_seq0, cf->pp) + 2 * LLORCH_KV_BLOCK,
         .max_seqs = max_b,
         .max_step_tokens = step_tokens,
@@ -546,12 +596,14 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
             if (qmm_weight_part_copied(pk.q, 0))
                 own += qmm_weight_bytes(pk.q);
         }
-        dec_print_rss(m, fo.kv_bytes, own);
+        /* measured before any --steady step: the bound is the same as without it */
+        dec_print_rss(m, kv_tokens * per_tok * 5 / 4 + (16u << 20), own);
     }
 
     struct batch_result res[DEC_MAX_BATCHES];
     int n_res = 0;
-    double *times = malloc(sizeof(double) * (size_t)(cf->rounds * (cf->chunk_max_tokens + 2)));
+    double *times = malloc(sizeof(double) * (size_t)LLORCH_MAX(cf->rounds * (cf->chunk_max_tokens + 2),
+                                                               (int)DEC_STEADY_MAX_STEPS));
     for (int bi = 0; bi < cf->n_batches && rc == 0 && times; bi++) {
         const uint32_t b = cf->batches[bi];
         struct batch_result *r = &res[n_res];
@@ -583,6 +635,8 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
         qsort(times, (size_t)nt, sizeof *times, cmp_double);
         r->median_step_s = times[nt / 2];
         r->steps = nt;
+        if (cf->steady_s > 0 && rc == 0)
+            rc = dec_steady(&d, b, cf->steady_s, times, r);
         *bw_all = LLORCH_MAX(*bw_all, r->bw);
         *peak_all = LLORCH_MAX(*peak_all, r->peak);
         n_res++;
@@ -621,6 +675,11 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
                "peak alongside %.1f %s (bound %.1f tok/s)\n",
                res[i].b, res[i].bw / 1e9, res[i].bw / (double)wbytes, res[i].peak / 1e9, unit,
                res[i].peak / (2.0 * params));
+    for (int i = 0; i < n_res && cf->steady_s > 0; i++)
+        printf("steady %s batch %u: %d back-to-back steps, mean %.2f ms/step, median %.2f ms, "
+               "%.1f tok/s (mean), %.2f cores busy\n",
+               dn, res[i].b, res[i].steady_steps, res[i].steady_mean_s * 1e3,
+               res[i].steady_median_s * 1e3, res[i].b / res[i].steady_mean_s, res[i].steady_cores);
 out:
     peak_free(&pk);
     for (uint32_t i = 0; d.seq && i < max_b; i++)
@@ -710,6 +769,8 @@ int main(int argc, char **argv)
             cf.pp = (uint32_t)atoi(v), i++;
         } else if (strcmp(a, "--rounds") == 0 && v && atoi(v) >= 1 && atoi(v) <= 100) {
             cf.rounds = atoi(v), i++;
+        } else if (strcmp(a, "--steady") == 0 && v && atof(v) > 0 && atof(v) <= 600) {
+            cf.steady_s = atof(v), i++;
         } else if (strcmp(a, "--isa") == 0 && v &&
                    (strcmp(v, "auto") == 0 || strcmp(v, "scalar") == 0 || strcmp(v, "avx2") == 0 ||
                     strcmp(v, "avx512") == 0)) {
@@ -727,6 +788,7 @@ int main(int argc, char **argv)
                     "usage: %s [--model PATH] [--dtype native,bf16,int8,f32|all] [--isa auto|scalar|avx2|avx512]\n"
                     "          [--batches 1,4,16,64]\n"
                     "          [--quick] [--rounds N] [--prompt N] [--pp N] [--threads N] [--pin]\n"
+                    "          [--steady SECONDS]\n"
                     "          [--cache-dir DIR]\n",
                     argv[0]);
             return 2;
