@@ -193,15 +193,13 @@ static void every_level_gives_the_scalar_bits_for_every_type(void **state)
     }
 }
 
-/* A Q4_K_M-like stack (q4_K | q6_K | q8_0 parts, two activation formats)
- * run with 1..40 rows, with and without a pool: every row's outputs are the
- * bits of that row computed alone, and of the scalar level. */
-static void rows_do_not_depend_on_m_parts_or_pool(void **state)
+/* A stack of three parts run with 1..40 rows, with and without a pool:
+ * every row's outputs are the bits of that row computed alone, and of the
+ * scalar level. */
+static void check_rows_alone(const enum ggml_type types[3], int64_t k)
 {
-    (void)state;
-    const int64_t k = 512, max_m = 40;
+    const int64_t max_m = 40;
     const int64_t n_rows[3] = {37, 64, 19};
-    const enum ggml_type types[3] = {GGML_TYPE_Q4_K, GGML_TYPE_Q6_K, GGML_TYPE_Q8_0};
     struct qmm_part parts[3];
     uint8_t *data[3];
     int64_t n_out = 0;
@@ -217,33 +215,49 @@ static void rows_do_not_depend_on_m_parts_or_pool(void **state)
     assert_int_equal(tpool_new(&pool, &(struct tpool_opts){.n_threads = 3}), 0);
     struct qmm_weight *ref = weight(parts, 3, k, KERNELS_ISA_SCALAR);
     assert_int_equal(qmm_weight_n_out(ref), n_out);
-    void *act = act_for(ref, max_m);
+    void *act = act_for(ref, 1);
     for (int64_t r = 0; r < max_m; r++)
         assert_int_equal(qmm_run(ref, x + r * k, alone + r * n_out, 1, act, NULL), 0);
+    free(act);
     for (int isa = 0; isa < KERNELS_ISA_COUNT_; isa++) {
         if (!kernels_get((enum kernels_isa)isa))
             continue;
         struct qmm_weight *w = weight(parts, 3, k, (enum kernels_isa)isa);
-        const int64_t ms[] = {1, 2, 3, 4, 7, 16, 17, 40};
+        act = act_for(w, max_m);
+        const int64_t ms[] = {1, 2, 3, 4, 7, 8, 16, 17, 40};
         for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
             for (int use_pool = 0; use_pool < 2; use_pool++) {
                 memset(y, 0xff, (size_t)(ms[mi] * n_out) * sizeof *y);
                 assert_int_equal(qmm_run(w, x, y, ms[mi], act, use_pool ? pool : NULL), 0);
                 if (memcmp(y, alone, (size_t)(ms[mi] * n_out) * sizeof *y) != 0)
-                    fail_msg("level %s m=%lld pool=%d differs from rows alone",
-                             kernels_isa_name((enum kernels_isa)isa), (long long)ms[mi], use_pool);
+                    fail_msg("%s|%s|%s k=%lld level %s m=%lld pool=%d differs from rows alone",
+                             ggml_type_name(types[0]), ggml_type_name(types[1]), ggml_type_name(types[2]),
+                             (long long)k, kernels_isa_name((enum kernels_isa)isa), (long long)ms[mi],
+                             use_pool);
             }
         }
+        free(act);
         qmm_weight_free(w);
     }
     qmm_weight_free(ref);
     tpool_free(pool);
-    free(act);
     free(alone);
     free(y);
     free(x);
     for (int i = 0; i < 3; i++)
         free(data[i]);
+}
+
+/* A Q4_K_M-like stack (two activation formats), and a float stack (4 x 2
+ * tiles; k = 1000 and 1001: tails of 0 and 1 element past the last 8). */
+static void rows_do_not_depend_on_m_parts_or_pool(void **state)
+{
+    (void)state;
+    const enum ggml_type kq[3] = {GGML_TYPE_Q4_K, GGML_TYPE_Q6_K, GGML_TYPE_Q8_0};
+    check_rows_alone(kq, 512);
+    const enum ggml_type fl[3] = {GGML_TYPE_F16, GGML_TYPE_BF16, GGML_TYPE_F32};
+    check_rows_alone(fl, 1000);
+    check_rows_alone(fl, 1001);
 }
 
 static void weight_rejects_bad_shapes_and_frees_owned_parts(void **state)
