@@ -18,6 +18,7 @@
  * speed: weights are dequantised and packed for --dtype at load.
  * Prints figures and ratios; never asserts. --quick runs in a few seconds per
  * dtype after loading. */
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <omp.h>
@@ -422,6 +423,31 @@ static double cpu_seconds(void)
            ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) * 1e-6;
 }
 
+/* Seconds this process's threads were runnable but waiting for a CPU
+ * (the host's other load), summed: /proc/self/task/<tid>/schedstat's second
+ * field. 0 where schedstat is missing. */
+static double runqueue_wait_seconds(void)
+{
+    double sum = 0;
+    DIR *d = opendir("/proc/self/task");
+    if (!d)
+        return 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[64];
+        snprintf(path, sizeof path, "/proc/self/task/%.16s/schedstat", e->d_name);
+        FILE *f = fopen(path, "r");
+        unsigned long long run, wait;
+        if (f && fscanf(f, "%llu %llu", &run, &wait) == 2)
+            sum += (double)wait * 1e-9;
+        if (f)
+            fclose(f);
+    }
+    closedir(d);
+    return sum;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -440,6 +466,7 @@ struct batch_result {
     int steady_steps;
     double steady_mean_s, steady_median_s;
     double steady_cores; /* process CPU seconds per wall second over them */
+    double steady_wait;  /* threads' seconds waiting for a CPU, per wall second */
 };
 
 /* --steady: steps back to back for `seconds` (at most DEC_STEADY_MAX_STEPS),
@@ -451,7 +478,7 @@ static int dec_steady(struct dec *d, uint32_t b, double seconds, double *times,
                       struct batch_result *r)
 {
     int n = 0, rc = 0;
-    const double c0 = cpu_seconds(), w0 = bench_now_s();
+    const double c0 = cpu_seconds(), q0 = runqueue_wait_seconds(), w0 = bench_now_s();
     double t = w0;
     while (rc == 0 && n < (int)DEC_STEADY_MAX_STEPS && (n < 2 || t - w0 < seconds)) {
         rc = dec_step(d, b);
@@ -462,6 +489,7 @@ static int dec_steady(struct dec *d, uint32_t b, double seconds, double *times,
     if (rc < 0)
         return rc;
     r->steady_cores = (cpu_seconds() - c0) / (t - w0);
+    r->steady_wait = (runqueue_wait_seconds() - q0) / (t - w0);
     r->steady_steps = n;
     r->steady_mean_s = (t - w0) / n;
     qsort(times, (size_t)n, sizeof *times, cmp_double);
@@ -677,9 +705,10 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
                res[i].peak / (2.0 * params));
     for (int i = 0; i < n_res && cf->steady_s > 0; i++)
         printf("steady %s batch %u: %d back-to-back steps, mean %.2f ms/step, median %.2f ms, "
-               "%.1f tok/s (mean), %.2f cores busy\n",
+               "%.1f tok/s (mean), %.2f cores busy, %.2f threads waiting for a CPU\n",
                dn, res[i].b, res[i].steady_steps, res[i].steady_mean_s * 1e3,
-               res[i].steady_median_s * 1e3, res[i].b / res[i].steady_mean_s, res[i].steady_cores);
+               res[i].steady_median_s * 1e3, res[i].b / res[i].steady_mean_s, res[i].steady_cores,
+               res[i].steady_wait);
 out:
     peak_free(&pk);
     for (uint32_t i = 0; d.seq && i < max_b; i++)
