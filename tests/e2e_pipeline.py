@@ -3,10 +3,11 @@
 `mpirun --allow-run-as-root --oversubscribe -np S+1 llorch-cpud --pipeline ...`.
 
 1. With 2 stages (-np 3) and 4 stages (-np 5), from the whole file and from
-   split files, concurrent greedy and seeded requests (with a shared long
-   prefix, so prefix reuse happens on the coordinator and every stage) give
-   the same text, tokens and log-probs (printed to float precision) as one
-   process; /health lists the stages.
+   split files, with micro-batches (one group per stage) and without
+   (--pipeline-groups 1), concurrent greedy and seeded requests (with a
+   shared long prefix, so prefix reuse happens on the coordinator and every
+   stage) give the same text, tokens and log-probs (printed to float
+   precision) as one process; /health lists the stages and the groups.
 2. A stage killed mid-stream ends the whole pipeline within seconds: the
    streaming client gets an `error` frame (INFERENCE_FAILED, the stage lost)
    and its connection closes, /health answers 503 "failed" meanwhile, rank 0
@@ -130,8 +131,12 @@ def reference():
     return REF
 
 
-def check_pipeline(n_stages, model, *args, models=None, inspect=None):
+def check_pipeline(n_stages, model, *args, models=None, inspect=None, groups=None):
+    """groups: --pipeline-groups N (None: the default, one group per stage);
+    /health must report the groups in effect."""
     ref = reference()
+    if groups is not None:
+        args = args + ("--pipeline-groups", str(groups))
     with Pipeline(n_stages, "--model-ref", "m", *args, model=model, models=models) as p:
         got = completions(p.port)
         health = get_json(p.port, "/health")[1]
@@ -142,6 +147,7 @@ def check_pipeline(n_stages, model, *args, models=None, inspect=None):
             assert got[k][2] == 10, (n_stages, k, got[k])
         else:
             assert got[k] == ref[k], (n_stages, k, got[k], ref[k])
+    assert health.get("pipeline_groups") == (groups or n_stages), (groups, health)
     stages = health.get("stages")
     assert stages and len(stages) == n_stages, health
     assert [s["rank"] for s in stages] == list(range(1, n_stages + 1)), stages
@@ -157,6 +163,12 @@ def test_two_stages_match_one_process():
 
 def test_four_stages_match_one_process():
     check_pipeline(4, model_path(MODEL))
+
+
+def test_two_stages_without_micro_batches_match_one_process():
+    """--pipeline-groups 1: one step at a time through the stages (the
+    comparison runs' baseline) gives the same results too."""
+    check_pipeline(2, model_path(MODEL), groups=1)
 
 
 def test_uneven_layers_from_split_files_match_one_process():
@@ -310,6 +322,7 @@ if __name__ == "__main__":
         sys.exit(77)
     run_tests([test_two_stages_match_one_process,
                test_four_stages_match_one_process,
+               test_two_stages_without_micro_batches_match_one_process,
                test_uneven_layers_from_split_files_match_one_process,
                test_stages_map_only_the_split_files_of_their_layers,
                test_each_rank_given_its_own_stage_file_maps_only_that_file,

@@ -153,6 +153,11 @@ static const struct opt opts[] = {
      "rank 0 serves, ranks 1..S each hold a layer range"},
     {"layers", NULL, OPT_STR, F(layers), 0, 0, NULL, "A-B,...", NULL, "an even split",
      "with --pipeline: each stage's inclusive layer range, in rank order (0-7,8-15,16-23,24-31)"},
+    {"pipeline-groups", NULL, OPT_U32, F(pipeline_groups), 0, 64, NULL, "N", "groups",
+     "0 = one per stage",
+     "with --pipeline: micro-batch groups of running sequences in flight at once (0 = one per "
+     "stage, which keeps every stage busy; 1 = no micro-batches: each step passes through the "
+     "stages one after the other, for comparison runs)"},
 
     {"heartbeat-interval", "operations", OPT_U32, F(heartbeat_interval_s), 0, 86400, NULL, "N", "s",
      NULL, "pool-manager heartbeat period (0 = off)"},

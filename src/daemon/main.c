@@ -69,6 +69,7 @@ struct daemon {
     struct pipeline *pl;      /* --pipeline on rank 0: the stages instead of fw */
     int mpi_rank, mpi_size;
     bool pl_started;          /* pipeline_coord_new ran (the stages left its collectives) */
+    uint32_t pl_groups;       /* micro-batch groups the scheduler keeps in flight (/health) */
     struct http_server *srv;
     struct api *api;              /* the API core: jobs, readiness, the drain */
     struct api_worker *worker;
@@ -452,7 +453,7 @@ static void daemon_load_work(uv_work_t *w)
 #if LLORCH_HAVE_MPI
     if (cfg->pipeline) {
         struct pipeline_opts plo = {.fo = fo, .layers = cfg->layers, .rank = d->mpi_rank,
-                                    .size = d->mpi_size};
+                                    .size = d->mpi_size, .max_groups = cfg->pipeline_groups};
         plo.fo.progress = NULL; /* the stages pack; rank 0 waits for them */
         d->load_rc = pipeline_coord_new(&d->pl, d->model, &plo, d->load_err, sizeof(d->load_err));
         d->pl_started = true;
@@ -508,8 +509,9 @@ static void daemon_on_load_progress(uv_async_t *h)
 }
 
 /* /health on a pipeline's coordinator: "stages": [{rank, host, layers
- * [first, last], weight_bytes, kv_bytes, last_step_ms}], and the last
- * step's time through every stage and back. */
+ * [first, last], weight_bytes, kv_bytes, last_step_ms}], the last
+ * step's time through every stage and back, and the micro-batch groups
+ * in flight at most (1: one step at a time). */
 static void daemon_health_stages(void *ctx, void *json_obj)
 {
     struct daemon *d = ctx;
@@ -525,6 +527,7 @@ static void daemon_health_stages(void *ctx, void *json_obj)
     }
     json_object_set_new(json_obj, "stages", arr);
     json_object_set_new(json_obj, "pipeline_last_step_ms", json_real(pipeline_last_step_ms(d->pl)));
+    json_object_set_new(json_obj, "pipeline_groups", json_integer((json_int_t)d->pl_groups));
 }
 
 /* Loop thread, once the weights are packed: scheduler → ready → READY=1 →
@@ -594,11 +597,17 @@ static int daemon_loaded(struct daemon *d)
         .on_step_ctx = d->metrics,
     };
     if (d->pl) {
-        /* micro-batches: one group in flight per stage keeps every stage busy */
+        /* micro-batches: one group in flight per stage keeps every stage
+         * busy; --pipeline-groups 1 keeps the one-step-at-a-time driver
+         * (sched_step with pipeline_step), as before micro-batches, so that
+         * one build can measure both */
         so.step = pipeline_step;
-        so.submit = pipeline_submit;
-        so.complete = pipeline_complete;
-        so.max_groups = pipeline_max_groups(d->pl);
+        if (pipeline_max_groups(d->pl) > 1) {
+            so.submit = pipeline_submit;
+            so.complete = pipeline_complete;
+            so.max_groups = pipeline_max_groups(d->pl);
+        }
+        d->pl_groups = so.submit ? so.max_groups : 1;
         so.step_ctx = d->pl;
         so.kv = pipeline_kv(d->pl);
         so.n_vocab = d->model->hp.n_vocab;

@@ -74,7 +74,8 @@ struct pipeline {
     size_t ops_at;                /* index of n_ops */
     bool overflow;                /* the journal did not fit: the step fails */
     size_t logits_words;
-    struct pl_slot *slots;        /* [n_stages]: a ring of the groups in flight */
+    uint32_t n_slots;             /* groups in flight at most (pipeline_opts.max_groups) */
+    struct pl_slot *slots;        /* [n_slots]: a ring of the groups in flight */
     uint32_t s_head, s_count;
     atomic_bool lost;             /* pipeline_abort: a rank is gone, no more MPI with it */
     pthread_mutex_t mu;           /* the stage figures below (/health) */
@@ -215,7 +216,7 @@ static int pl_send_all(struct pipeline *p, const uint32_t *msg, size_t words)
 
 static void pl_slots_free(struct pipeline *p)
 {
-    for (int s = 0; p->slots && s < p->n_stages; s++) {
+    for (uint32_t s = 0; p->slots && s < p->n_slots; s++) {
         free(p->slots[s].msg);
         free(p->slots[s].logits);
     }
@@ -237,6 +238,9 @@ LLORCH_API int pipeline_coord_new(struct pipeline **out, const struct model *m,
     pthread_mutex_init(&p->mu, NULL);
     int rc = pipeline_layers_parse(o->layers, m->hp.n_layer, (uint32_t)LLORCH_MAX(p->n_stages, 0),
                                    p->first, err, errlen);
+    if (!rc && o->max_groups > PIPELINE_MAX_STAGES)
+        rc = llorch_errf(err, errlen, LLORCH_EINVAL, "--pipeline-groups %u: at most %d",
+                         o->max_groups, PIPELINE_MAX_STAGES);
     /* Every rank takes part in the start-up collectives, also on errors. */
     struct pl_hello me = {0}, *hello = calloc((size_t)o->size, sizeof *hello);
     struct pl_ready rme = {0}, *ready = calloc((size_t)o->size, sizeof *ready);
@@ -284,9 +288,10 @@ LLORCH_API int pipeline_coord_new(struct pipeline **out, const struct model *m,
         p->msg_cap = pl_msg_cap(&o->fo, p->n_ctx);
         p->logits_words = (size_t)o->fo.max_seqs * m->hp.n_vocab + 1 + (size_t)p->n_stages;
         p->msg = malloc(p->msg_cap * sizeof *p->msg);
-        p->slots = calloc((size_t)p->n_stages, sizeof *p->slots);
+        p->n_slots = o->max_groups ? o->max_groups : (uint32_t)p->n_stages;
+        p->slots = calloc(p->n_slots, sizeof *p->slots);
         bool ok = p->msg && p->slots;
-        for (int s = 0; ok && s < p->n_stages; s++) {
+        for (uint32_t s = 0; ok && s < p->n_slots; s++) {
             struct pl_slot *sl = &p->slots[s];
             sl->msg = malloc(p->msg_cap * sizeof *sl->msg);
             sl->logits = malloc(p->logits_words * sizeof *sl->logits);
@@ -329,7 +334,7 @@ LLORCH_API void pipeline_free(struct pipeline *p)
         (void)pl_send_all(p, &quit, 1);
     } else {
         /* the buffers go: no pending receive may land in them later */
-        for (int s = 0; s < p->n_stages; s++) {
+        for (uint32_t s = 0; s < p->n_slots; s++) {
             struct pl_slot *sl = &p->slots[s];
             if (sl->logits_rq != MPI_REQUEST_NULL) {
                 MPI_Cancel(&sl->logits_rq);
@@ -350,7 +355,7 @@ LLORCH_API void pipeline_free(struct pipeline *p)
 
 LLORCH_API uint32_t pipeline_max_groups(const struct pipeline *p)
 {
-    return (uint32_t)p->n_stages;
+    return p->n_slots;
 }
 
 /* Sends group `group` (the next slot of the ring) to every stage with the
@@ -363,8 +368,8 @@ LLORCH_API int pipeline_submit(void *ctx, uint32_t group, struct forward_entry *
                                uint32_t n)
 {
     struct pipeline *p = ctx;
-    if (n == 0 || n > p->o.fo.max_seqs || p->s_count >= (uint32_t)p->n_stages ||
-        group != (p->s_head + p->s_count) % (uint32_t)p->n_stages)
+    if (n == 0 || n > p->o.fo.max_seqs || p->s_count >= p->n_slots ||
+        group != (p->s_head + p->s_count) % p->n_slots)
         return LLORCH_EINVAL;
     if (atomic_load(&p->lost))
         return LLORCH_ESTAGE_LOST;
@@ -418,7 +423,7 @@ LLORCH_API int pipeline_complete(void *ctx, uint32_t *group)
         return LLORCH_EINVAL;
     struct pl_slot *sl = &p->slots[p->s_head];
     *group = p->s_head;
-    p->s_head = (p->s_head + 1) % (uint32_t)p->n_stages;
+    p->s_head = (p->s_head + 1) % p->n_slots;
     p->s_count--;
     const uint32_t n_vocab = p->m->hp.n_vocab;
     int got = pl_wait(&sl->logits_rq, MPI_FLOAT, &p->lost);

@@ -32,6 +32,8 @@ struct pipeline_opts {
     struct forward_opts fo; /* as for one process; layer_first/end/kv_blocks are set here */
     const char *layers;     /* "0-7,8-15,...": one inclusive range per stage; NULL/"" = even */
     int rank, size;         /* MPI_COMM_WORLD; stages = size - 1 */
+    uint32_t max_groups;    /* coordinator: groups in flight at most (1..PIPELINE_MAX_STAGES);
+                             * 0 = one per stage */
 };
 
 /* A stage as the coordinator sees it (for /health). */
@@ -60,7 +62,8 @@ void pipeline_free(struct pipeline *p);
  * with no group in flight. */
 int pipeline_step(void *p, struct forward_entry *entries, uint32_t n);
 /* Micro-batches (sched_opts.submit/complete/max_groups): up to
- * pipeline_max_groups (= the stage count) groups in flight, submitted in
+ * pipeline_max_groups (pipeline_opts.max_groups, by default the stage
+ * count) groups in flight, submitted in
  * ring order (group = the next slot) and completed oldest first; each
  * group's entries and logits stay untouched until its complete. */
 int pipeline_submit(void *p, uint32_t group, struct forward_entry *entries, uint32_t n);
