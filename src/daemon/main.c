@@ -14,7 +14,10 @@
  * is ending the job (a rank died, or mpirun was stopped) and sends SIGKILL a
  * second later: the pipeline is lost; the step in flight fails, every stream
  * ends with an error frame, /health answers "failed", and the process exits
- * 1 well within that second. */
+ * 1 well within that second. A stage that MPI does not see go (frozen, or
+ * its host cut off) is found by the step driver: nothing heard from any
+ * stage for --stage-timeout-ms; the same happens, and the process ends
+ * with MPI_Abort, so that the launcher kills the silent rank. */
 #include <errno.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -62,6 +65,9 @@ struct daemon {
     uv_timer_t lost_timer;
     bool term_open;
     bool pl_lost;
+    bool pl_stalled;          /* lost by --stage-timeout-ms: a stage may still live, frozen */
+    atomic_bool pl_stall_set; /* the step driver found a silent stage (pl_stall_why) */
+    char pl_stall_why[512];   /* written before pl_stall_set, read after it */
     struct model *model;
     struct tokenizer *tok;
     struct tpool *pool;
@@ -233,9 +239,27 @@ static void daemon_pipeline_lost(struct daemon *d, const char *why)
     uv_timer_start(&d->lost_timer, daemon_on_lost_linger, LOST_LINGER_MS, 0);
 }
 
+/* The step driver (pipeline_complete) found no stage answering within
+ * --stage-timeout-ms: the pipeline is already lost there; the loop ends
+ * the job as for the launcher's SIGTERM (term_async), and main ends it with
+ * MPI_Abort so that the launcher kills the frozen rank. */
+static void daemon_on_stage_silent(void *ctx, const char *why)
+{
+    struct daemon *d = ctx;
+    snprintf(d->pl_stall_why, sizeof d->pl_stall_why, "%s", why);
+    atomic_store(&d->pl_stall_set, true);
+    uv_async_t *a = atomic_load(&daemon_term.async);
+    if (a)
+        uv_async_send(a);
+}
+
 static void daemon_on_term_async(uv_async_t *h)
 {
     struct daemon *d = h->data;
+    if (atomic_exchange(&d->pl_stall_set, false)) {
+        d->pl_stalled = true;
+        daemon_pipeline_lost(d, d->pl_stall_why);
+    }
     if (atomic_exchange(&daemon_term.from_launcher, 0))
         daemon_pipeline_lost(d, "the MPI launcher is ending the job (a rank died or mpirun "
                                 "was stopped)");
@@ -453,7 +477,9 @@ static void daemon_load_work(uv_work_t *w)
 #if LLORCH_HAVE_MPI
     if (cfg->pipeline) {
         struct pipeline_opts plo = {.fo = fo, .layers = cfg->layers, .rank = d->mpi_rank,
-                                    .size = d->mpi_size, .max_groups = cfg->pipeline_groups};
+                                    .size = d->mpi_size, .max_groups = cfg->pipeline_groups,
+                                    .stage_timeout_ms = cfg->stage_timeout_ms,
+                                    .on_lost = daemon_on_stage_silent, .on_lost_ctx = d};
         plo.fo.progress = NULL; /* the stages pack; rank 0 waits for them */
         d->load_rc = pipeline_coord_new(&d->pl, d->model, &plo, d->load_err, sizeof(d->load_err));
         d->pl_started = true;
@@ -972,6 +998,7 @@ static int daemon_stage_main(const struct config *cfg, int rank, int size)
         .layers = cfg->layers,
         .rank = rank,
         .size = size,
+        .stage_timeout_ms = cfg->stage_timeout_ms, /* the heartbeat's period: a quarter */
     };
     r = pipeline_stage_run(m, &plo, err, sizeof err);
     if (r)
@@ -1046,6 +1073,8 @@ int main(int argc, char **argv, char **envp)
     if (cfg.pipeline) {
         if (!d.pl_started) /* the stages wait in the start-up collectives: end the job */
             MPI_Abort(MPI_COMM_WORLD, d.exit_code ? d.exit_code : 1);
+        if (d.pl_stalled) /* a silent rank may live on, frozen: the launcher kills it */
+            MPI_Abort(MPI_COMM_WORLD, d.exit_code);
         if (d.pl_lost) /* MPI_Finalize would wait for the lost rank */
             return d.exit_code;
         MPI_Finalize();
