@@ -124,17 +124,21 @@ def completions(port):
 REF = {}
 
 
-def reference():
-    if not REF:
-        with Daemon("--threads", "1", "--model-ref", "m", model=model_path(MODEL)) as d:
-            REF.update(completions(d.port))
-    return REF
+def reference(model=None):
+    """One process's results on model (default MODEL), once per model."""
+    model = model or model_path(MODEL)
+    if model not in REF:
+        with Daemon("--threads", "1", "--model-ref", "m", model=model) as d:
+            REF[model] = completions(d.port)
+    return REF[model]
 
 
-def check_pipeline(n_stages, model, *args, models=None, inspect=None, groups=None):
+def check_pipeline(n_stages, model, *args, models=None, inspect=None, groups=None,
+                   ref_model=None):
     """groups: --pipeline-groups N (None: the default, one group per stage);
-    /health must report the groups in effect."""
-    ref = reference()
+    /health must report the groups in effect. ref_model: the whole file one
+    process runs for the reference (default MODEL)."""
+    ref = reference(ref_model)
     if groups is not None:
         args = args + ("--pipeline-groups", str(groups))
     with Pipeline(n_stages, "--model-ref", "m", *args, model=model, models=models) as p:
@@ -232,6 +236,28 @@ def test_each_rank_given_its_own_stage_file_maps_only_that_file():
     names, seen = mapped_per_rank(own_files=True)
     # rank 0 (no weights) and stage 0 read part 1, stages 1 and 2 theirs
     assert seen == {0: {names[0]}, 1: {names[0]}, 2: {names[1]}, 3: {names[2]}}, seen
+
+
+def test_rope_freqs_model_from_each_rank_own_stage_file_matches_one_process():
+    """A llama-3-style model (rope_freqs.weight, read by every layer) split
+    in three: each rank given its own stage file finds the factors in it
+    (llorch-cli split copies them into every part) and the results equal
+    one process on the whole file."""
+    tmp = tempfile.mkdtemp(prefix="llorch-e2e-pipe-")
+    try:
+        whole = os.path.join(tmp, "rf.gguf")
+        subprocess.run([os.path.join(BUILD, "tools", "llorch-synth"), "-o", whole, "--arch",
+                        "llama", "--n-layer", "4", "--rope-freqs", "--vocab", "builtin",
+                        "--type", "f32", "--n-ctx", "512"],
+                       check=True, capture_output=True, timeout=60)
+        subprocess.run([os.path.join(BUILD, "tools", "llorch-cli"), "split", "--model", whole,
+                        "--out", os.path.join(tmp, "m"), "--layers", "0-0,1-1,2-3"],
+                       check=True, capture_output=True, timeout=60)
+        parts = [os.path.join(tmp, "m-%05d-of-00003.gguf" % i) for i in (1, 2, 3)]
+        check_pipeline(3, parts[0], "--layers", "0-0,1-1,2-3",
+                       models=[parts[0], parts[0], parts[1], parts[2]], ref_model=whole)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_killed_stage_ends_streams_with_an_error_frame_and_exits():
@@ -451,6 +477,7 @@ if __name__ == "__main__":
                test_uneven_layers_from_split_files_match_one_process,
                test_stages_map_only_the_split_files_of_their_layers,
                test_each_rank_given_its_own_stage_file_maps_only_that_file,
+               test_rope_freqs_model_from_each_rank_own_stage_file_matches_one_process,
                test_killed_stage_ends_streams_with_an_error_frame_and_exits,
                test_killed_stage_with_groups_in_flight_ends_every_stream_with_an_error_frame,
                test_frozen_stage_ends_every_stream_within_the_stage_timeout,

@@ -926,6 +926,69 @@ static void gguf_open_some_fails_naming_a_missing_mismatched_or_truncated_part(v
     split_dir_remove(dir);
 }
 
+/* Part `no` of 3 under dir/m with its tensor "t<no>.0" and a copy of
+ * part 1's "t0.0" (the same bytes), as llorch-cli split copies
+ * rope_freqs.weight. */
+static void write_part_with_copy(const char *dir, uint32_t no, int32_t total)
+{
+    struct gguf_writer *w;
+    assert_int_equal(gguf_writer_new(&w, 32), 0);
+    uint16_t no16 = (uint16_t)no, c16 = 3;
+    assert_int_equal(gguf_writer_set_raw(w, "split.no", GGUF_TYPE_UINT16, &no16, 2), 0);
+    assert_int_equal(gguf_writer_set_raw(w, "split.count", GGUF_TYPE_UINT16, &c16, 2), 0);
+    assert_int_equal(gguf_writer_set_i32(w, "split.tensors.count", total), 0);
+    char name[32];
+    snprintf(name, sizeof name, "t%u.0", no);
+    float own[4] = {(float)(no * 10), 1, 2, 3}, copy[4] = {0, 1, 2, 3};
+    uint64_t ne[1] = {4};
+    assert_int_equal(gguf_writer_add_tensor(w, name, GGML_TYPE_F32, 1, ne, own, sizeof own), 0);
+    assert_int_equal(gguf_writer_add_tensor(w, "t0.0", GGML_TYPE_F32, 1, ne, copy, sizeof copy),
+                     0);
+    char path[512], prefix[400];
+    snprintf(prefix, sizeof prefix, "%s/m", dir);
+    assert_int_equal(gguf_split_path(path, sizeof path, prefix, no, 3), 0);
+    assert_int_equal(gguf_writer_write_file(w, path), 0);
+    gguf_writer_free(w);
+}
+
+static void gguf_split_copy_of_a_tensor_is_taken_once_and_maps_no_part(void **state)
+{
+    (void)state;
+    char dir[64], path[256], n2[64], n3[64];
+    split_dir(dir, sizeof dir);
+    write_part(dir, 0, 3, 0, 5, 1, NULL); /* t0.0 = {0, 1, 2, 3} */
+    write_part_with_copy(dir, 1, 5);      /* t1.0, t0.0 */
+    write_part_with_copy(dir, 2, 5);      /* t2.0, t0.0 */
+    snprintf(path, sizeof path, "%s/m-00001-of-00003.gguf", dir);
+    snprintf(n2, sizeof n2, "%s/m-00002-of-00003.gguf", strrchr(dir, '/'));
+    snprintf(n3, sizeof n3, "%s/m-00003-of-00003.gguf", strrchr(dir, '/'));
+    struct gguf_file *f;
+    assert_int_equal(gguf_open(&f, path, errbuf, sizeof errbuf), 0);
+    assert_int_equal(gguf_tensor_count(f), 3); /* t0.0 once */
+    assert_non_null(gguf_tensor_find(f, "t1.0"));
+    assert_non_null(gguf_tensor_find(f, "t2.0"));
+    gguf_close(f);
+    /* wanting t0.0 only: the parts holding a copy of it stay closed */
+    struct want_part w0 = {.prefix = "t0."};
+    assert_int_equal(gguf_open_some(&f, path, want_part, &w0, errbuf, sizeof errbuf), 0);
+    assert_int_equal(gguf_tensor_count(f), 1);
+    assert_false(mapped(n2));
+    assert_false(mapped(n3));
+    gguf_close(f);
+    struct want_part w2 = {.prefix = "t2."};
+    assert_int_equal(gguf_open_some(&f, path, want_part, &w2, errbuf, sizeof errbuf), 0);
+    assert_int_equal(gguf_tensor_count(f), 2);
+    assert_false(mapped(n2));
+    assert_true(mapped(n3));
+    gguf_close(f);
+    /* a later part alone holds its copy */
+    snprintf(path, sizeof path, "%s/m-00003-of-00003.gguf", dir);
+    assert_int_equal(gguf_open_some(&f, path, want_part, &w2, errbuf, sizeof errbuf), 0);
+    assert_non_null(gguf_tensor_find(f, "t0.0"));
+    gguf_close(f);
+    split_dir_remove(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -957,6 +1020,7 @@ int main(void)
         cmocka_unit_test(gguf_split_missing_or_inconsistent_parts_fail_naming_the_part),
         cmocka_unit_test(gguf_open_some_maps_only_the_parts_holding_wanted_tensors),
         cmocka_unit_test(gguf_open_some_fails_naming_a_missing_mismatched_or_truncated_part),
+        cmocka_unit_test(gguf_split_copy_of_a_tensor_is_taken_once_and_maps_no_part),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
