@@ -3,10 +3,11 @@
 `mpirun --allow-run-as-root --oversubscribe -np S+1 llorch-cpud --pipeline ...`.
 
 1. With 2 stages (-np 3) and 4 stages (-np 5), from the whole file and from
-   split files, concurrent greedy and seeded requests (with a shared long
-   prefix, so prefix reuse happens on the coordinator and every stage) give
-   the same text, tokens and log-probs (printed to float precision) as one
-   process; /health lists the stages.
+   split files, with micro-batches (one group per stage) and without
+   (--pipeline-groups 1), concurrent greedy and seeded requests (with a
+   shared long prefix, so prefix reuse happens on the coordinator and every
+   stage) give the same text, tokens and log-probs (printed to float
+   precision) as one process; /health lists the stages and the groups.
 2. A stage killed mid-stream ends the whole pipeline within seconds: the
    streaming client gets an `error` frame (INFERENCE_FAILED, the stage lost)
    and its connection closes, /health answers 503 "failed" meanwhile, rank 0
@@ -123,15 +124,23 @@ def completions(port):
 REF = {}
 
 
-def reference():
-    if not REF:
-        with Daemon("--threads", "1", "--model-ref", "m", model=model_path(MODEL)) as d:
-            REF.update(completions(d.port))
-    return REF
+def reference(model=None):
+    """One process's results on model (default MODEL), once per model."""
+    model = model or model_path(MODEL)
+    if model not in REF:
+        with Daemon("--threads", "1", "--model-ref", "m", model=model) as d:
+            REF[model] = completions(d.port)
+    return REF[model]
 
 
-def check_pipeline(n_stages, model, *args, models=None, inspect=None):
-    ref = reference()
+def check_pipeline(n_stages, model, *args, models=None, inspect=None, groups=None,
+                   ref_model=None):
+    """groups: --pipeline-groups N (None: the default, one group per stage);
+    /health must report the groups in effect. ref_model: the whole file one
+    process runs for the reference (default MODEL)."""
+    ref = reference(ref_model)
+    if groups is not None:
+        args = args + ("--pipeline-groups", str(groups))
     with Pipeline(n_stages, "--model-ref", "m", *args, model=model, models=models) as p:
         got = completions(p.port)
         health = get_json(p.port, "/health")[1]
@@ -142,6 +151,7 @@ def check_pipeline(n_stages, model, *args, models=None, inspect=None):
             assert got[k][2] == 10, (n_stages, k, got[k])
         else:
             assert got[k] == ref[k], (n_stages, k, got[k], ref[k])
+    assert health.get("pipeline_groups") == (groups or n_stages), (groups, health)
     stages = health.get("stages")
     assert stages and len(stages) == n_stages, health
     assert [s["rank"] for s in stages] == list(range(1, n_stages + 1)), stages
@@ -157,6 +167,12 @@ def test_two_stages_match_one_process():
 
 def test_four_stages_match_one_process():
     check_pipeline(4, model_path(MODEL))
+
+
+def test_two_stages_without_micro_batches_match_one_process():
+    """--pipeline-groups 1: one step at a time through the stages (the
+    comparison runs' baseline) gives the same results too."""
+    check_pipeline(2, model_path(MODEL), groups=1)
 
 
 def test_uneven_layers_from_split_files_match_one_process():
@@ -220,6 +236,28 @@ def test_each_rank_given_its_own_stage_file_maps_only_that_file():
     names, seen = mapped_per_rank(own_files=True)
     # rank 0 (no weights) and stage 0 read part 1, stages 1 and 2 theirs
     assert seen == {0: {names[0]}, 1: {names[0]}, 2: {names[1]}, 3: {names[2]}}, seen
+
+
+def test_rope_freqs_model_from_each_rank_own_stage_file_matches_one_process():
+    """A llama-3-style model (rope_freqs.weight, read by every layer) split
+    in three: each rank given its own stage file finds the factors in it
+    (llorch-cli split copies them into every part) and the results equal
+    one process on the whole file."""
+    tmp = tempfile.mkdtemp(prefix="llorch-e2e-pipe-")
+    try:
+        whole = os.path.join(tmp, "rf.gguf")
+        subprocess.run([os.path.join(BUILD, "tools", "llorch-synth"), "-o", whole, "--arch",
+                        "llama", "--n-layer", "4", "--rope-freqs", "--vocab", "builtin",
+                        "--type", "f32", "--n-ctx", "512"],
+                       check=True, capture_output=True, timeout=60)
+        subprocess.run([os.path.join(BUILD, "tools", "llorch-cli"), "split", "--model", whole,
+                        "--out", os.path.join(tmp, "m"), "--layers", "0-0,1-1,2-3"],
+                       check=True, capture_output=True, timeout=60)
+        parts = [os.path.join(tmp, "m-%05d-of-00003.gguf" % i) for i in (1, 2, 3)]
+        check_pipeline(3, parts[0], "--layers", "0-0,1-1,2-3",
+                       models=[parts[0], parts[0], parts[1], parts[2]], ref_model=whole)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_killed_stage_ends_streams_with_an_error_frame_and_exits():
@@ -304,14 +342,143 @@ def test_killed_stage_with_groups_in_flight_ends_every_stream_with_an_error_fram
         p.kill()
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far."""
+    f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def gone(pid):
+    try:
+        return open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def end_ranks(p, ranks):
+    """Leaves nothing behind: a stopped rank is continued, every rank and
+    mpirun killed."""
+    for pid in ranks.values():
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+    p.kill()
+
+
+STAGE_TIMEOUT_MS = 2000
+
+
+def test_frozen_stage_ends_every_stream_within_the_stage_timeout():
+    """A stage stopped with SIGSTOP keeps its connections open: MPI notices
+    nothing, only --stage-timeout-ms does. Idle for longer than the bound
+    first: nothing times out and no rank spins. Then four streams (two
+    groups in flight), the last stage frozen: every stream ends with its
+    error frame once the bound has passed (not before: the stage was
+    answering until then), /health says why, rank 0 exits non-zero with
+    MPI_Abort, and the frozen rank is killed with the job."""
+    p = Pipeline(2, "--stage-timeout-ms", str(STAGE_TIMEOUT_MS), model=model_path(MODEL))
+    p.start()
+    ranks = {}
+    try:
+        ranks = p.ranks()
+        assert sorted(ranks) == [0, 1, 2], ranks
+        bound = STAGE_TIMEOUT_MS / 1000.0
+        cpu0 = {r: cpu_seconds(pid) for r, pid in ranks.items()}
+        t_idle = time.time()
+        time.sleep(1.5 * bound)
+        idle = time.time() - t_idle
+        st, h = get_json(p.port, "/health")
+        assert st == 200 and h["status"] == "healthy", (st, h)
+        for r, pid in ranks.items():  # polling with sleeps, not a busy core
+            used = cpu_seconds(pid) - cpu0[r]
+            assert used < 0.25 * idle, ("rank %d used %.2f s of CPU in %.2f s idle" % (r, used, idle))
+        streams = []
+        for i in range(4):
+            s = Stream(p.port, "/execute", {"job_id": "f%d" % i, "prompt": PROMPTS[i],
+                                            "max_tokens": 400, "temperature": 0.9,
+                                            "seed": 1 + i}, timeout=30)
+            assert s.status == 200
+            streams.append(s)
+        for s in streams:
+            while True:
+                fr = s.next_frame()
+                assert fr is not None
+                if fr["event"] == "token":
+                    break
+        health = []
+
+        def poll_health():
+            end = time.time() + bound + 8
+            while time.time() < end:
+                try:
+                    health.append(get_json(p.port, "/health"))
+                except OSError:
+                    if health and health[-1][0] == 503:
+                        return
+                time.sleep(0.02)
+        poller = threading.Thread(target=poll_health)
+        t0 = time.time()
+        os.kill(ranks[2], signal.SIGSTOP)
+        poller.start()
+        ends = []
+        for s in streams:
+            last = events_of(s.read_all())[-1]
+            ends.append(time.time() - t0)
+            assert last["type"] == "error", last
+            assert last["code"] == "INFERENCE_FAILED", last
+            assert "pipeline stage was lost" in last["message"], last
+        assert max(ends) < bound + 2.0, ("the streams did not end in time", ends)
+        assert min(ends) > 0.5 * bound, ("a stream ended before the bound", ends)
+        poller.join(bound + 10)
+        failed = [b for st, b in health if st == 503 and isinstance(b, dict) and
+                  b.get("status") == "failed"]
+        assert failed and "no pipeline stage answered" in failed[0]["error"], health[-3:]
+        rc = p.wait(timeout=20)
+        assert rc != 0, rc
+        assert "pipeline lost" in "\n".join(p.log_lines), p.log_lines[-20:]
+        end = time.time() + 10
+        while not gone(ranks[2]) and time.time() < end:
+            time.sleep(0.05)
+        assert gone(ranks[2]), "the frozen stage outlived the job"
+    finally:
+        end_ranks(p, ranks)
+
+
+def test_a_step_longer_than_the_stage_timeout_is_not_a_lost_stage():
+    """The bound is on silence, not on a step: a prompt of ~490 tokens in one
+    step with the scalar kernels takes each stage far longer than a 250 ms
+    --stage-timeout-ms (checked from /health: else the test proves
+    nothing), yet the stages' heartbeats (every 62 ms while computing) keep
+    the pipeline alive and the completion succeeds."""
+    bound_ms = 250
+    prompt = " ".join("robot%d harbour" % i for i in range(100))
+    with Pipeline(2, "--model-ref", "m", "--isa", "scalar", "--step-tokens", "512",
+                  "--stage-timeout-ms", str(bound_ms), model=model_path(MODEL)) as p:
+        st, _, obj, _ = post_json(p.port, "/v1/completions",
+                                  {"model": "m", "prompt": prompt, "max_tokens": 1,
+                                   "temperature": 0}, timeout=120)
+        assert st == 200, (st, obj)
+        assert obj["usage"]["prompt_tokens"] > 400, obj["usage"]
+        st, h = get_json(p.port, "/health")
+        assert st == 200 and h["status"] == "healthy", (st, h)
+        steps = [s["last_step_ms"] for s in h["stages"]]
+        assert max(steps) > 1.5 * bound_ms, ("the prompt's step was too short to test", steps)
+
+
 if __name__ == "__main__":
     if not has_mpi():
         print("SKIP: built without MPI or no mpirun")
         sys.exit(77)
     run_tests([test_two_stages_match_one_process,
                test_four_stages_match_one_process,
+               test_two_stages_without_micro_batches_match_one_process,
                test_uneven_layers_from_split_files_match_one_process,
                test_stages_map_only_the_split_files_of_their_layers,
                test_each_rank_given_its_own_stage_file_maps_only_that_file,
+               test_rope_freqs_model_from_each_rank_own_stage_file_matches_one_process,
                test_killed_stage_ends_streams_with_an_error_frame_and_exits,
-               test_killed_stage_with_groups_in_flight_ends_every_stream_with_an_error_frame])
+               test_killed_stage_with_groups_in_flight_ends_every_stream_with_an_error_frame,
+               test_frozen_stage_ends_every_stream_within_the_stage_timeout,
+               test_a_step_longer_than_the_stage_timeout_is_not_a_lost_stage])

@@ -189,6 +189,42 @@ static void config_itl_target_pct_from_flag_env_and_file_with_default_200(void *
     assert_non_null(strstr(err, "itl-target-pct"));
 }
 
+static void config_pipeline_groups_from_flag_env_and_file_with_default_auto(void **state)
+{
+    (void)state;
+    struct config c;
+    char err[512];
+    assert_int_equal(parse(&c, NULL, NULL, err, sizeof err), 0);
+    assert_int_equal(c.pipeline_groups, 0); /* 0: one group per stage */
+    assert_int_equal(parse(&c, ARGS("--pipeline-groups", "1"), NULL, err, sizeof err), 0);
+    assert_int_equal(c.pipeline_groups, 1);
+    assert_int_equal(parse(&c, NULL, ARGS("LLORCH_PIPELINE_GROUPS=3"), err, sizeof err), 0);
+    assert_int_equal(c.pipeline_groups, 3);
+    const char *path = write_file("groups.conf", "pipeline_groups = 64\n", 0644);
+    assert_int_equal(parse(&c, ARGS("--config", path), NULL, err, sizeof err), 0);
+    assert_int_equal(c.pipeline_groups, 64);
+    /* the pipeline's slot ring holds at most PIPELINE_MAX_STAGES groups */
+    assert_int_not_equal(parse(&c, ARGS("--pipeline-groups", "65"), NULL, err, sizeof err), 0);
+    assert_non_null(strstr(err, "pipeline-groups"));
+    assert_non_null(strstr(err, "0..64"));
+}
+
+static void config_stage_timeout_defaults_to_10_s_and_0_turns_it_off(void **state)
+{
+    (void)state;
+    struct config c;
+    char err[512];
+    assert_int_equal(parse(&c, NULL, NULL, err, sizeof err), 0);
+    assert_int_equal(c.stage_timeout_ms, 10000);
+    assert_int_equal(parse(&c, ARGS("--stage-timeout-ms", "0"), NULL, err, sizeof err), 0);
+    assert_int_equal(c.stage_timeout_ms, 0);
+    assert_int_equal(parse(&c, NULL, ARGS("LLORCH_STAGE_TIMEOUT_MS=2000"), err, sizeof err), 0);
+    assert_int_equal(c.stage_timeout_ms, 2000);
+    assert_int_not_equal(parse(&c, ARGS("--stage-timeout-ms", "3600001"), NULL, err, sizeof err),
+                         0);
+    assert_non_null(strstr(err, "stage-timeout-ms"));
+}
+
 static void config_file_sets_fields_skipping_comments_and_blanks(void **state)
 {
     (void)state;
@@ -635,6 +671,8 @@ static void config_help_lists_every_option_with_default_and_unit(void **state)
                                         "batch-window-ms",
                                         "pipeline",
                                         "layers",
+                                        "pipeline-groups",
+                                        "stage-timeout-ms",
                                         "dtype",
                                         "kv",
                                         "isa",
@@ -665,7 +703,7 @@ static void config_help_lists_every_option_with_default_and_unit(void **state)
         opts++;
     for (const char *p = out; (p = strstr(p, "(default: ")); p++)
         defaults++;
-    assert_int_equal(defaults, 43);
+    assert_int_equal(defaults, 45);
     assert_true(opts >= defaults);
     assert_non_null(strstr(out, "(default: 32 sequences, range 1..1024; env LLORCH_MAX_BATCH; "
                                 "ChatLoop key max_batch_size)"));
@@ -762,6 +800,8 @@ int main(void)
         cmocka_unit_test(config_env_sets_every_kind_of_field),
         cmocka_unit_test(config_itl_target_from_flag_env_and_file_with_default_zero),
         cmocka_unit_test(config_itl_target_pct_from_flag_env_and_file_with_default_200),
+        cmocka_unit_test(config_pipeline_groups_from_flag_env_and_file_with_default_auto),
+        cmocka_unit_test(config_stage_timeout_defaults_to_10_s_and_0_turns_it_off),
         cmocka_unit_test(config_file_sets_fields_skipping_comments_and_blanks),
         cmocka_unit_test(config_file_accepts_chatloop_knob_names),
         cmocka_unit_test(config_env_accepts_chatloop_knob_names_and_ours_win),

@@ -4,6 +4,7 @@
  * with O(1) string access, the test models open with their tensor counts. */
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -783,6 +784,211 @@ static void gguf_split_missing_or_inconsistent_parts_fail_naming_the_part(void *
     split_dir_remove(dir);
 }
 
+/* Whether this process maps a file whose path ends in name. */
+static bool mapped(const char *name)
+{
+    FILE *fp = fopen("/proc/self/maps", "r");
+    assert_non_null(fp);
+    char line[1024];
+    bool found = false;
+    const size_t nl = strlen(name);
+    while (!found && fgets(line, sizeof line, fp)) {
+        size_t l = strcspn(line, "\n");
+        line[l] = 0;
+        found = l >= nl && !strcmp(line + l - nl, name);
+    }
+    fclose(fp);
+    return found;
+}
+
+/* gguf_open_some's want: the tensors "t<part>.*" of one part; counts its
+ * calls and checks it is shown the first part's metadata. */
+struct want_part {
+    char prefix[8];
+    int calls, bad_meta;
+};
+
+static bool want_part(void *ctx, const struct gguf_file *first, const struct gguf_tensor *t)
+{
+    struct want_part *w = ctx;
+    struct gguf_str s;
+    w->calls++;
+    if (gguf_get_str(first, "general.name", &s) || s.len != 5 || memcmp(s.ptr, "first", 5))
+        w->bad_meta++;
+    size_t n = strlen(w->prefix);
+    return t->name.len > n && !memcmp(t->name.ptr, w->prefix, n);
+}
+
+static void gguf_open_some_maps_only_the_parts_holding_wanted_tensors(void **state)
+{
+    (void)state;
+    char dir[64], path[256];
+    split_dir(dir, sizeof dir);
+    write_part(dir, 0, 3, 0, 6, 1, NULL); /* t0.0 */
+    write_part(dir, 1, 3, 1, 6, 2, NULL); /* t1.0 t1.1 */
+    write_part(dir, 2, 3, 2, 6, 3, NULL); /* t2.0 t2.1 t2.2 */
+    snprintf(path, sizeof path, "%s/m-00001-of-00003.gguf", dir);
+    const char *p1 = strrchr(path, '/');
+    char n2[64], n3[64];
+    snprintf(n2, sizeof n2, "%s/m-00002-of-00003.gguf", strrchr(dir, '/'));
+    snprintf(n3, sizeof n3, "%s/m-00003-of-00003.gguf", strrchr(dir, '/'));
+    struct want_part w = {.prefix = "t2."};
+    struct gguf_file *f;
+    assert_int_equal(gguf_open_some(&f, path, want_part, &w, errbuf, sizeof errbuf), 0);
+    assert_true(w.calls > 0);
+    assert_int_equal(w.bad_meta, 0);
+    /* the first part (metadata) and the third stay mapped, the second not */
+    assert_true(mapped(p1));
+    assert_false(mapped(n2));
+    assert_true(mapped(n3));
+    assert_int_equal(gguf_split_count(f), 3);
+    /* the first part's tensors and the kept part's, looked up across parts */
+    assert_int_equal(gguf_tensor_count(f), 4);
+    const char *names[] = {"t0.0", "t2.0", "t2.1", "t2.2"};
+    const float vals[] = {0, 20, 21, 22};
+    for (int i = 0; i < 4; i++) {
+        const struct gguf_tensor *t = gguf_tensor_find(f, names[i]);
+        assert_non_null(t);
+        float v;
+        memcpy(&v, t->data, sizeof v);
+        assert_true(v == vals[i]);
+    }
+    assert_null(gguf_tensor_find(f, "t1.0"));
+    assert_null(gguf_tensor_find(f, "t1.1"));
+    struct gguf_str s;
+    assert_int_equal(gguf_get_str(f, "general.name", &s), 0);
+    assert_memory_equal(s.ptr, "first", 5);
+    gguf_close(f);
+    assert_false(mapped(p1));
+    assert_false(mapped(n3));
+    /* wanting nothing of the later parts: only the first stays */
+    struct want_part none = {.prefix = "t0."};
+    assert_int_equal(gguf_open_some(&f, path, want_part, &none, errbuf, sizeof errbuf), 0);
+    assert_int_equal(gguf_tensor_count(f), 1);
+    assert_false(mapped(n2));
+    assert_false(mapped(n3));
+    gguf_close(f);
+    /* a later part opens alone, with its own tensors only */
+    snprintf(path, sizeof path, "%s/m-00002-of-00003.gguf", dir);
+    struct want_part any = {.prefix = "t"};
+    assert_int_equal(gguf_open_some(&f, path, want_part, &any, errbuf, sizeof errbuf), 0);
+    assert_int_equal(gguf_split_count(f), 1);
+    assert_int_equal(gguf_tensor_count(f), 2);
+    assert_non_null(gguf_tensor_find(f, "t1.1"));
+    assert_null(gguf_tensor_find(f, "t0.0"));
+    gguf_close(f);
+    split_dir_remove(dir);
+}
+
+static void gguf_open_some_fails_naming_a_missing_mismatched_or_truncated_part(void **state)
+{
+    (void)state;
+    char dir[64], path[256], part2[256], other[256];
+    split_dir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/m-00001-of-00003.gguf", dir);
+    snprintf(part2, sizeof part2, "%s/m-00002-of-00003.gguf", dir);
+    write_part(dir, 0, 3, 0, 6, 1, NULL);
+    write_part(dir, 2, 3, 2, 6, 3, NULL);
+    struct want_part w = {.prefix = "t2."};
+    struct gguf_file *f = (struct gguf_file *)&w;
+    /* part 2 missing, though nothing of it is wanted: it is named */
+    assert_int_equal(gguf_open_some(&f, path, want_part, &w, errbuf, sizeof errbuf),
+                     LLORCH_ENOTFOUND);
+    assert_null(f);
+    assert_non_null(strstr(errbuf, "m-00002-of-00003.gguf"));
+    /* part 2 of a model in 4 parts under part 2 of 3's name */
+    write_part(dir, 1, 4, 1, 6, 2, NULL);
+    snprintf(other, sizeof other, "%s/m-00002-of-00004.gguf", dir);
+    assert_int_equal(rename(other, part2), 0);
+    assert_int_equal(gguf_open_some(&f, path, want_part, &w, errbuf, sizeof errbuf),
+                     LLORCH_EFORMAT);
+    assert_null(f);
+    assert_non_null(strstr(errbuf, "m-00002-of-00003.gguf"));
+    assert_non_null(strstr(errbuf, "split.count 3, found 1 and 4"));
+    /* part 2 as it should be: opens */
+    write_part(dir, 1, 3, 1, 6, 2, NULL);
+    assert_int_equal(gguf_open_some(&f, path, want_part, &w, errbuf, sizeof errbuf), 0);
+    gguf_close(f);
+    /* part 2 cut short (its tensor data gone): refused, naming it */
+    FILE *fp = fopen(part2, "rb");
+    assert_non_null(fp);
+    assert_int_equal(fseek(fp, 0, SEEK_END), 0);
+    long size = ftell(fp);
+    fclose(fp);
+    assert_int_equal(truncate(part2, size - 8), 0);
+    assert_int_equal(gguf_open_some(&f, path, want_part, &w, errbuf, sizeof errbuf),
+                     LLORCH_EFORMAT);
+    assert_null(f);
+    assert_non_null(strstr(errbuf, "m-00002-of-00003.gguf"));
+    /* every part closed again on each failure */
+    assert_false(mapped("m-00001-of-00003.gguf"));
+    assert_false(mapped("m-00003-of-00003.gguf"));
+    split_dir_remove(dir);
+}
+
+/* Part `no` of 3 under dir/m with its tensor "t<no>.0" and a copy of
+ * part 1's "t0.0" (the same bytes), as llorch-cli split copies
+ * rope_freqs.weight. */
+static void write_part_with_copy(const char *dir, uint32_t no, int32_t total)
+{
+    struct gguf_writer *w;
+    assert_int_equal(gguf_writer_new(&w, 32), 0);
+    uint16_t no16 = (uint16_t)no, c16 = 3;
+    assert_int_equal(gguf_writer_set_raw(w, "split.no", GGUF_TYPE_UINT16, &no16, 2), 0);
+    assert_int_equal(gguf_writer_set_raw(w, "split.count", GGUF_TYPE_UINT16, &c16, 2), 0);
+    assert_int_equal(gguf_writer_set_i32(w, "split.tensors.count", total), 0);
+    char name[32];
+    snprintf(name, sizeof name, "t%u.0", no);
+    float own[4] = {(float)(no * 10), 1, 2, 3}, copy[4] = {0, 1, 2, 3};
+    uint64_t ne[1] = {4};
+    assert_int_equal(gguf_writer_add_tensor(w, name, GGML_TYPE_F32, 1, ne, own, sizeof own), 0);
+    assert_int_equal(gguf_writer_add_tensor(w, "t0.0", GGML_TYPE_F32, 1, ne, copy, sizeof copy),
+                     0);
+    char path[512], prefix[400];
+    snprintf(prefix, sizeof prefix, "%s/m", dir);
+    assert_int_equal(gguf_split_path(path, sizeof path, prefix, no, 3), 0);
+    assert_int_equal(gguf_writer_write_file(w, path), 0);
+    gguf_writer_free(w);
+}
+
+static void gguf_split_copy_of_a_tensor_is_taken_once_and_maps_no_part(void **state)
+{
+    (void)state;
+    char dir[64], path[256], n2[64], n3[64];
+    split_dir(dir, sizeof dir);
+    write_part(dir, 0, 3, 0, 5, 1, NULL); /* t0.0 = {0, 1, 2, 3} */
+    write_part_with_copy(dir, 1, 5);      /* t1.0, t0.0 */
+    write_part_with_copy(dir, 2, 5);      /* t2.0, t0.0 */
+    snprintf(path, sizeof path, "%s/m-00001-of-00003.gguf", dir);
+    snprintf(n2, sizeof n2, "%s/m-00002-of-00003.gguf", strrchr(dir, '/'));
+    snprintf(n3, sizeof n3, "%s/m-00003-of-00003.gguf", strrchr(dir, '/'));
+    struct gguf_file *f;
+    assert_int_equal(gguf_open(&f, path, errbuf, sizeof errbuf), 0);
+    assert_int_equal(gguf_tensor_count(f), 3); /* t0.0 once */
+    assert_non_null(gguf_tensor_find(f, "t1.0"));
+    assert_non_null(gguf_tensor_find(f, "t2.0"));
+    gguf_close(f);
+    /* wanting t0.0 only: the parts holding a copy of it stay closed */
+    struct want_part w0 = {.prefix = "t0."};
+    assert_int_equal(gguf_open_some(&f, path, want_part, &w0, errbuf, sizeof errbuf), 0);
+    assert_int_equal(gguf_tensor_count(f), 1);
+    assert_false(mapped(n2));
+    assert_false(mapped(n3));
+    gguf_close(f);
+    struct want_part w2 = {.prefix = "t2."};
+    assert_int_equal(gguf_open_some(&f, path, want_part, &w2, errbuf, sizeof errbuf), 0);
+    assert_int_equal(gguf_tensor_count(f), 2);
+    assert_false(mapped(n2));
+    assert_true(mapped(n3));
+    gguf_close(f);
+    /* a later part alone holds its copy */
+    snprintf(path, sizeof path, "%s/m-00003-of-00003.gguf", dir);
+    assert_int_equal(gguf_open_some(&f, path, want_part, &w2, errbuf, sizeof errbuf), 0);
+    assert_non_null(gguf_tensor_find(f, "t0.0"));
+    gguf_close(f);
+    split_dir_remove(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -812,6 +1018,9 @@ int main(void)
         cmocka_unit_test(gguf_split_model_opens_as_one_from_its_first_part),
         cmocka_unit_test(gguf_split_later_part_is_refused_naming_the_first),
         cmocka_unit_test(gguf_split_missing_or_inconsistent_parts_fail_naming_the_part),
+        cmocka_unit_test(gguf_open_some_maps_only_the_parts_holding_wanted_tensors),
+        cmocka_unit_test(gguf_open_some_fails_naming_a_missing_mismatched_or_truncated_part),
+        cmocka_unit_test(gguf_split_copy_of_a_tensor_is_taken_once_and_maps_no_part),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

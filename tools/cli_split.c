@@ -4,9 +4,12 @@
  * split.tensors.count, and only the tensors of its layer range: blk.A..B,
  * the first part also every tensor outside the blocks (token_embd, rope
  * freqs), the last the output norm and head (a head tied to the embedding
- * as its own output.weight). The first part opens the whole model
- * (gguf_open); a stage can open its own part alone (gguf_open_some), except
- * where the model has rope freqs: those are in the first part only.
+ * as its own output.weight), and every part a copy of rope_freqs.weight
+ * (llama 3's RoPE factors, read by every layer: a few hundred bytes). The
+ * first part opens the whole model (gguf_open, which takes a copy once); a
+ * stage can open its own part alone (gguf_open_some) and finds in it all
+ * it reads. (llama.cpp refuses a tensor in two parts: a split of a model
+ * with rope_freqs.weight is for llorch-cpud only.)
  * Tensor bytes are streamed from the source mapping: memory stays small. */
 #include <errno.h>
 #include <inttypes.h>
@@ -58,6 +61,13 @@ static int split_parse_layers(const char *s, uint32_t n_layer, uint32_t *first, 
     return next == n_layer ? n : -1;
 }
 
+/* Tensors every layer reads, outside the blocks: copied into every part. */
+static bool split_copied(const struct gguf_tensor *t)
+{
+    static const char rope_freqs[] = "rope_freqs.weight";
+    return t->name.len == sizeof rope_freqs - 1 && !memcmp(t->name.ptr, rope_freqs, t->name.len);
+}
+
 /* The part a tensor goes to. */
 static uint32_t split_part_of(const struct gguf_tensor *t, const uint32_t *first, uint32_t n_parts)
 {
@@ -77,6 +87,13 @@ static uint32_t split_part_of(const struct gguf_tensor *t, const uint32_t *first
     return 0;
 }
 
+/* Whether a tensor is written into part `part`: its own, or a copy. */
+static bool split_in_part(const struct gguf_tensor *t, const uint32_t *first, uint32_t n_parts,
+                          uint32_t part)
+{
+    return split_part_of(t, first, n_parts) == part || (part > 0 && split_copied(t));
+}
+
 static int split_write_part(const struct gguf_file *f, const char *path, uint32_t part,
                             uint32_t n_parts, const uint32_t *first, uint64_t *bytes,
                             uint64_t *n_tensors)
@@ -87,7 +104,11 @@ static int split_write_part(const struct gguf_file *f, const char *path, uint32_
     const struct gguf_tensor *emb = gguf_tensor_find(f, "token_embd.weight");
     const bool untie = n_parts > 1 && emb && !gguf_tensor_find(f, "output.weight");
     const struct gguf_tensor *tied = untie && part + 1 == n_parts ? emb : NULL;
-    const uint64_t n_total = gguf_tensor_count(f) + (untie ? 1 : 0);
+    uint64_t n_copied = 0;
+    for (uint64_t i = 0; i < gguf_tensor_count(f); i++)
+        n_copied += split_copied(gguf_tensor_at(f, i));
+    /* split.tensors.count: the tensors in all parts, copies included */
+    const uint64_t n_total = gguf_tensor_count(f) + (untie ? 1 : 0) + n_copied * (n_parts - 1);
     struct gguf_writer *w;
     int rc = gguf_writer_new(&w, (uint32_t)gguf_alignment(f));
     if (rc)
@@ -123,7 +144,7 @@ static int split_write_part(const struct gguf_file *f, const char *path, uint32_
     *n_tensors = 0;
     for (uint64_t i = 0; i < gguf_tensor_count(f) && !rc; i++) {
         const struct gguf_tensor *t = gguf_tensor_at(f, i);
-        if (split_part_of(t, first, n_parts) != part)
+        if (!split_in_part(t, first, n_parts, part))
             continue;
         char name[256];
         if (t->name.len >= sizeof name) {
@@ -145,7 +166,7 @@ static int split_write_part(const struct gguf_file *f, const char *path, uint32_
         rc = gguf_writer_stream_begin(w, path);
     for (uint64_t i = 0; i < gguf_tensor_count(f) && !rc; i++) {
         const struct gguf_tensor *t = gguf_tensor_at(f, i);
-        if (split_part_of(t, first, n_parts) == part)
+        if (split_in_part(t, first, n_parts, part))
             rc = gguf_writer_stream_data(w, t->data, t->nbytes);
     }
     if (!rc && tied)

@@ -153,6 +153,16 @@ static const struct opt opts[] = {
      "rank 0 serves, ranks 1..S each hold a layer range"},
     {"layers", NULL, OPT_STR, F(layers), 0, 0, NULL, "A-B,...", NULL, "an even split",
      "with --pipeline: each stage's inclusive layer range, in rank order (0-7,8-15,16-23,24-31)"},
+    {"pipeline-groups", NULL, OPT_U32, F(pipeline_groups), 0, 64, NULL, "N", "groups",
+     "0 = one per stage",
+     "with --pipeline: micro-batch groups of running sequences in flight at once (0 = one per "
+     "stage, which keeps every stage busy; 1 = no micro-batches: each step passes through the "
+     "stages one after the other, for comparison runs)"},
+    {"stage-timeout-ms", NULL, OPT_U32, F(stage_timeout_ms), 0, 3600000, NULL, "N", "ms", NULL,
+     "with --pipeline: a stage that neither answers nor computes for this long is lost (a frozen "
+     "process, a host cut off: MPI notices neither); every stream ends with an error and the job "
+     "exits 1. Bounds silence, not a step: a stage beats every N/4 ms while it computes. "
+     "0 = never"},
 
     {"heartbeat-interval", "operations", OPT_U32, F(heartbeat_interval_s), 0, 86400, NULL, "N", "s",
      NULL, "pool-manager heartbeat period (0 = off)"},
@@ -418,6 +428,10 @@ void config_defaults(struct config *c)
     c->batch_window_ms = 0;
     c->dtype = LLORCH_DTYPE_AUTO;
     c->kv_type = LLORCH_KV_AUTO;
+    /* silence, not a step's time (a computing stage beats every 2.5 s):
+     * room for the largest transfer, a group's logits (32 x 128k vocab x
+     * 4 bytes = 16 MB: 1.3 s at 100 Mbit/s), and for an overloaded host */
+    c->stage_timeout_ms = 10000;
     c->heartbeat_interval_s = 30;
     c->callback_max_retries = 8;
     c->callback_backoff_ms = 500;

@@ -58,6 +58,11 @@ struct config {
                                    * false: scalar) */
     bool pipeline;                /* --pipeline: an MPI pipeline (rank 0 serves) */
     char layers[512];             /* --layers A-B,C-D,...: stage ranges; empty = even split */
+    uint32_t pipeline_groups;     /* --pipeline-groups: micro-batch groups in flight, 0 = one
+                                   * per stage (default), 1 = none (one step at a time) */
+    uint32_t stage_timeout_ms;    /* --stage-timeout-ms: no answer and no heartbeat from any
+                                   * stage for this long = a stage is lost; default 10000,
+                                   * 0 = never (MPI's own detection only) */
     enum llorch_kv_type kv_type;  /* --kv auto|f32|f16|bf16 */
     /* operations */
     uint32_t heartbeat_interval_s;   /* --heartbeat-interval, 0 = off, default 30; sent only

@@ -14,7 +14,10 @@
  * is ending the job (a rank died, or mpirun was stopped) and sends SIGKILL a
  * second later: the pipeline is lost; the step in flight fails, every stream
  * ends with an error frame, /health answers "failed", and the process exits
- * 1 well within that second. */
+ * 1 well within that second. A stage that MPI does not see go (frozen, or
+ * its host cut off) is found by the step driver: nothing heard from any
+ * stage for --stage-timeout-ms; the same happens, and the process ends
+ * with MPI_Abort, so that the launcher kills the silent rank. */
 #include <errno.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -62,6 +65,9 @@ struct daemon {
     uv_timer_t lost_timer;
     bool term_open;
     bool pl_lost;
+    bool pl_stalled;          /* lost by --stage-timeout-ms: a stage may still live, frozen */
+    atomic_bool pl_stall_set; /* the step driver found a silent stage (pl_stall_why) */
+    char pl_stall_why[512];   /* written before pl_stall_set, read after it */
     struct model *model;
     struct tokenizer *tok;
     struct tpool *pool;
@@ -69,6 +75,7 @@ struct daemon {
     struct pipeline *pl;      /* --pipeline on rank 0: the stages instead of fw */
     int mpi_rank, mpi_size;
     bool pl_started;          /* pipeline_coord_new ran (the stages left its collectives) */
+    uint32_t pl_groups;       /* micro-batch groups the scheduler keeps in flight (/health) */
     struct http_server *srv;
     struct api *api;              /* the API core: jobs, readiness, the drain */
     struct api_worker *worker;
@@ -232,9 +239,27 @@ static void daemon_pipeline_lost(struct daemon *d, const char *why)
     uv_timer_start(&d->lost_timer, daemon_on_lost_linger, LOST_LINGER_MS, 0);
 }
 
+/* The step driver (pipeline_complete) found no stage answering within
+ * --stage-timeout-ms: the pipeline is already lost there; the loop ends
+ * the job as for the launcher's SIGTERM (term_async), and main ends it with
+ * MPI_Abort so that the launcher kills the frozen rank. */
+static void daemon_on_stage_silent(void *ctx, const char *why)
+{
+    struct daemon *d = ctx;
+    snprintf(d->pl_stall_why, sizeof d->pl_stall_why, "%s", why);
+    atomic_store(&d->pl_stall_set, true);
+    uv_async_t *a = atomic_load(&daemon_term.async);
+    if (a)
+        uv_async_send(a);
+}
+
 static void daemon_on_term_async(uv_async_t *h)
 {
     struct daemon *d = h->data;
+    if (atomic_exchange(&d->pl_stall_set, false)) {
+        d->pl_stalled = true;
+        daemon_pipeline_lost(d, d->pl_stall_why);
+    }
     if (atomic_exchange(&daemon_term.from_launcher, 0))
         daemon_pipeline_lost(d, "the MPI launcher is ending the job (a rank died or mpirun "
                                 "was stopped)");
@@ -452,7 +477,9 @@ static void daemon_load_work(uv_work_t *w)
 #if LLORCH_HAVE_MPI
     if (cfg->pipeline) {
         struct pipeline_opts plo = {.fo = fo, .layers = cfg->layers, .rank = d->mpi_rank,
-                                    .size = d->mpi_size};
+                                    .size = d->mpi_size, .max_groups = cfg->pipeline_groups,
+                                    .stage_timeout_ms = cfg->stage_timeout_ms,
+                                    .on_lost = daemon_on_stage_silent, .on_lost_ctx = d};
         plo.fo.progress = NULL; /* the stages pack; rank 0 waits for them */
         d->load_rc = pipeline_coord_new(&d->pl, d->model, &plo, d->load_err, sizeof(d->load_err));
         d->pl_started = true;
@@ -508,8 +535,9 @@ static void daemon_on_load_progress(uv_async_t *h)
 }
 
 /* /health on a pipeline's coordinator: "stages": [{rank, host, layers
- * [first, last], weight_bytes, kv_bytes, last_step_ms}], and the last
- * step's time through every stage and back. */
+ * [first, last], weight_bytes, kv_bytes, last_step_ms}], the last
+ * step's time through every stage and back, and the micro-batch groups
+ * in flight at most (1: one step at a time). */
 static void daemon_health_stages(void *ctx, void *json_obj)
 {
     struct daemon *d = ctx;
@@ -525,6 +553,7 @@ static void daemon_health_stages(void *ctx, void *json_obj)
     }
     json_object_set_new(json_obj, "stages", arr);
     json_object_set_new(json_obj, "pipeline_last_step_ms", json_real(pipeline_last_step_ms(d->pl)));
+    json_object_set_new(json_obj, "pipeline_groups", json_integer((json_int_t)d->pl_groups));
 }
 
 /* Loop thread, once the weights are packed: scheduler → ready → READY=1 →
@@ -594,11 +623,17 @@ static int daemon_loaded(struct daemon *d)
         .on_step_ctx = d->metrics,
     };
     if (d->pl) {
-        /* micro-batches: one group in flight per stage keeps every stage busy */
+        /* micro-batches: one group in flight per stage keeps every stage
+         * busy; --pipeline-groups 1 keeps the one-step-at-a-time driver
+         * (sched_step with pipeline_step), as before micro-batches, so that
+         * one build can measure both */
         so.step = pipeline_step;
-        so.submit = pipeline_submit;
-        so.complete = pipeline_complete;
-        so.max_groups = pipeline_max_groups(d->pl);
+        if (pipeline_max_groups(d->pl) > 1) {
+            so.submit = pipeline_submit;
+            so.complete = pipeline_complete;
+            so.max_groups = pipeline_max_groups(d->pl);
+        }
+        d->pl_groups = so.submit ? so.max_groups : 1;
         so.step_ctx = d->pl;
         so.kv = pipeline_kv(d->pl);
         so.n_vocab = d->model->hp.n_vocab;
@@ -963,6 +998,7 @@ static int daemon_stage_main(const struct config *cfg, int rank, int size)
         .layers = cfg->layers,
         .rank = rank,
         .size = size,
+        .stage_timeout_ms = cfg->stage_timeout_ms, /* the heartbeat's period: a quarter */
     };
     r = pipeline_stage_run(m, &plo, err, sizeof err);
     if (r)
@@ -1037,6 +1073,8 @@ int main(int argc, char **argv, char **envp)
     if (cfg.pipeline) {
         if (!d.pl_started) /* the stages wait in the start-up collectives: end the job */
             MPI_Abort(MPI_COMM_WORLD, d.exit_code ? d.exit_code : 1);
+        if (d.pl_stalled) /* a silent rank may live on, frozen: the launcher kills it */
+            MPI_Abort(MPI_COMM_WORLD, d.exit_code);
         if (d.pl_lost) /* MPI_Finalize would wait for the lost rank */
             return d.exit_code;
         MPI_Finalize();

@@ -9,6 +9,8 @@
  *           s -> s+1     TAG_HIDDEN  f32 [T, n_embd] then the trailer
  *           last -> 0    TAG_LOGITS  f32 [n_entries, n_vocab] then the trailer
  *             trailer = f32 status (0 or a negative llorch code), f32 ms per stage
+ *           stage -> 0   TAG_BEAT    u32 the stage's rank, every stage_timeout_ms / 4
+ *                                    while it computes a step (heartbeat)
  *
  * Waits poll (MPI_Test/MPI_Iprobe) with short sleeps instead of MPI's busy
  * polling, so that idle stages leave the cores to others. */
@@ -30,6 +32,7 @@
 #define TAG_STEP 1
 #define TAG_HIDDEN 2
 #define TAG_LOGITS 3
+#define TAG_BEAT 4
 #define PL_STEP 1u
 #define PL_QUIT 2u
 
@@ -74,9 +77,13 @@ struct pipeline {
     size_t ops_at;                /* index of n_ops */
     bool overflow;                /* the journal did not fit: the step fails */
     size_t logits_words;
-    struct pl_slot *slots;        /* [n_stages]: a ring of the groups in flight */
+    uint32_t n_slots;             /* groups in flight at most (pipeline_opts.max_groups) */
+    struct pl_slot *slots;        /* [n_slots]: a ring of the groups in flight */
     uint32_t s_head, s_count;
     atomic_bool lost;             /* pipeline_abort: a rank is gone, no more MPI with it */
+    double t_progress;            /* ms: the last result or heartbeat, or the submit that
+                                   * found nothing in flight (the silence starts there) */
+    double heard[PIPELINE_MAX_STAGES]; /* ms: each stage's last heartbeat or result */
     pthread_mutex_t mu;           /* the stage figures below (/health) */
     struct pipeline_stage_info stages[PIPELINE_MAX_STAGES];
     double last_ms;
@@ -202,6 +209,75 @@ static void pl_msg_reset(struct pipeline *p)
     p->overflow = false;
 }
 
+/* Takes the stages' heartbeats that have arrived. */
+static void pl_take_beats(struct pipeline *p)
+{
+    for (;;) {
+        int flag = 0;
+        MPI_Status st;
+        MPI_Iprobe(MPI_ANY_SOURCE, TAG_BEAT, MPI_COMM_WORLD, &flag, &st);
+        if (!flag)
+            return;
+        uint32_t word;
+        MPI_Recv(&word, 1, MPI_UINT32_T, st.MPI_SOURCE, TAG_BEAT, MPI_COMM_WORLD,
+                 MPI_STATUS_IGNORE);
+        p->t_progress = pl_now_ms();
+        if (st.MPI_SOURCE >= 1 && st.MPI_SOURCE <= p->n_stages)
+            p->heard[st.MPI_SOURCE - 1] = p->t_progress;
+    }
+}
+
+/* No stage made progress for stage_timeout_ms: the pipeline is lost (once),
+ * and the daemon is told why. */
+static void pl_stalled(struct pipeline *p, double now)
+{
+    if (atomic_exchange(&p->lost, true))
+        return;
+    char why[512];
+    int n = snprintf(why, sizeof why,
+                     "no pipeline stage answered or computed for %u ms (a stage stopped or its "
+                     "host is unreachable); last heard:",
+                     p->o.stage_timeout_ms);
+    for (int s = 0; s < p->n_stages && n > 0 && (size_t)n < sizeof why; s++)
+        n += snprintf(why + n, sizeof why - (size_t)n, "%s rank %d %.0f ms ago", s ? "," : "",
+                      s + 1, now - p->heard[s]);
+    if (p->o.on_lost)
+        p->o.on_lost(p->o.on_lost_ctx, why);
+}
+
+/* Rank 0 waiting for a group's request: as pl_wait, taking heartbeats
+ * meanwhile; -1 when lost, or when nothing was heard from any stage for
+ * stage_timeout_ms (a frozen stage: MPI itself would wait for ever). The
+ * heartbeats are taken before the clock is read, so that a coordinator that
+ * was itself held up (an overloaded host) does not blame the stages. */
+static int pl_coord_wait(struct pipeline *p, MPI_Request *rq, MPI_Datatype type)
+{
+    unsigned us = 0;
+    for (;;) {
+        if (atomic_load(&p->lost))
+            return -1;
+        int done = 0, count = 0;
+        MPI_Status st;
+        MPI_Test(rq, &done, &st);
+        if (done) {
+            if (type != MPI_DATATYPE_NULL)
+                MPI_Get_count(&st, type, &count);
+            return count;
+        }
+        if (p->o.stage_timeout_ms) {
+            pl_take_beats(p);
+            double now = pl_now_ms();
+            if (now - p->t_progress > (double)p->o.stage_timeout_ms) {
+                pl_stalled(p, now);
+                return -1;
+            }
+        }
+        if (us < 200)
+            us += 10;
+        pl_sleep_us(us);
+    }
+}
+
 static int pl_send_all(struct pipeline *p, const uint32_t *msg, size_t words)
 {
     MPI_Request rq[PIPELINE_MAX_STAGES];
@@ -215,7 +291,7 @@ static int pl_send_all(struct pipeline *p, const uint32_t *msg, size_t words)
 
 static void pl_slots_free(struct pipeline *p)
 {
-    for (int s = 0; p->slots && s < p->n_stages; s++) {
+    for (uint32_t s = 0; p->slots && s < p->n_slots; s++) {
         free(p->slots[s].msg);
         free(p->slots[s].logits);
     }
@@ -237,6 +313,9 @@ LLORCH_API int pipeline_coord_new(struct pipeline **out, const struct model *m,
     pthread_mutex_init(&p->mu, NULL);
     int rc = pipeline_layers_parse(o->layers, m->hp.n_layer, (uint32_t)LLORCH_MAX(p->n_stages, 0),
                                    p->first, err, errlen);
+    if (!rc && o->max_groups > PIPELINE_MAX_STAGES)
+        rc = llorch_errf(err, errlen, LLORCH_EINVAL, "--pipeline-groups %u: at most %d",
+                         o->max_groups, PIPELINE_MAX_STAGES);
     /* Every rank takes part in the start-up collectives, also on errors. */
     struct pl_hello me = {0}, *hello = calloc((size_t)o->size, sizeof *hello);
     struct pl_ready rme = {0}, *ready = calloc((size_t)o->size, sizeof *ready);
@@ -284,9 +363,10 @@ LLORCH_API int pipeline_coord_new(struct pipeline **out, const struct model *m,
         p->msg_cap = pl_msg_cap(&o->fo, p->n_ctx);
         p->logits_words = (size_t)o->fo.max_seqs * m->hp.n_vocab + 1 + (size_t)p->n_stages;
         p->msg = malloc(p->msg_cap * sizeof *p->msg);
-        p->slots = calloc((size_t)p->n_stages, sizeof *p->slots);
+        p->n_slots = o->max_groups ? o->max_groups : (uint32_t)p->n_stages;
+        p->slots = calloc(p->n_slots, sizeof *p->slots);
         bool ok = p->msg && p->slots;
-        for (int s = 0; ok && s < p->n_stages; s++) {
+        for (uint32_t s = 0; ok && s < p->n_slots; s++) {
             struct pl_slot *sl = &p->slots[s];
             sl->msg = malloc(p->msg_cap * sizeof *sl->msg);
             sl->logits = malloc(p->logits_words * sizeof *sl->logits);
@@ -316,6 +396,9 @@ LLORCH_API int pipeline_coord_new(struct pipeline **out, const struct model *m,
     }
     pl_msg_reset(p);
     kv_cache_set_journal(p->kv, pl_journal, p);
+    p->t_progress = pl_now_ms();
+    for (int s = 0; s < p->n_stages; s++)
+        p->heard[s] = p->t_progress;
     *out = p;
     return 0;
 }
@@ -329,7 +412,7 @@ LLORCH_API void pipeline_free(struct pipeline *p)
         (void)pl_send_all(p, &quit, 1);
     } else {
         /* the buffers go: no pending receive may land in them later */
-        for (int s = 0; s < p->n_stages; s++) {
+        for (uint32_t s = 0; s < p->n_slots; s++) {
             struct pl_slot *sl = &p->slots[s];
             if (sl->logits_rq != MPI_REQUEST_NULL) {
                 MPI_Cancel(&sl->logits_rq);
@@ -350,7 +433,7 @@ LLORCH_API void pipeline_free(struct pipeline *p)
 
 LLORCH_API uint32_t pipeline_max_groups(const struct pipeline *p)
 {
-    return (uint32_t)p->n_stages;
+    return p->n_slots;
 }
 
 /* Sends group `group` (the next slot of the ring) to every stage with the
@@ -363,8 +446,8 @@ LLORCH_API int pipeline_submit(void *ctx, uint32_t group, struct forward_entry *
                                uint32_t n)
 {
     struct pipeline *p = ctx;
-    if (n == 0 || n > p->o.fo.max_seqs || p->s_count >= (uint32_t)p->n_stages ||
-        group != (p->s_head + p->s_count) % (uint32_t)p->n_stages)
+    if (n == 0 || n > p->o.fo.max_seqs || p->s_count >= p->n_slots ||
+        group != (p->s_head + p->s_count) % p->n_slots)
         return LLORCH_EINVAL;
     if (atomic_load(&p->lost))
         return LLORCH_ESTAGE_LOST;
@@ -381,6 +464,8 @@ LLORCH_API int pipeline_submit(void *ctx, uint32_t group, struct forward_entry *
     if (p->overflow || at + need > p->msg_cap)
         return LLORCH_EINTERNAL;
     sl->t0 = pl_now_ms();
+    if (p->s_count == 0)
+        p->t_progress = sl->t0; /* nothing was in flight: no silence before this */
     p->msg[at++] = n;
     for (uint32_t i = 0; i < n; i++) {
         p->msg[at++] = kv_seq_index(p->kv, entries[i].seq);
@@ -418,14 +503,15 @@ LLORCH_API int pipeline_complete(void *ctx, uint32_t *group)
         return LLORCH_EINVAL;
     struct pl_slot *sl = &p->slots[p->s_head];
     *group = p->s_head;
-    p->s_head = (p->s_head + 1) % (uint32_t)p->n_stages;
+    p->s_head = (p->s_head + 1) % p->n_slots;
     p->s_count--;
     const uint32_t n_vocab = p->m->hp.n_vocab;
-    int got = pl_wait(&sl->logits_rq, MPI_FLOAT, &p->lost);
+    int got = pl_coord_wait(p, &sl->logits_rq, MPI_FLOAT);
     if (got < 0)
         return LLORCH_ESTAGE_LOST;
+    p->t_progress = p->heard[p->n_stages - 1] = pl_now_ms();
     for (int s = 0; s < p->n_stages; s++)
-        if (pl_wait(&sl->send_rq[s], MPI_DATATYPE_NULL, &p->lost) < 0)
+        if (pl_coord_wait(p, &sl->send_rq[s], MPI_DATATYPE_NULL) < 0)
             return LLORCH_ESTAGE_LOST;
     if (got < 1 + p->n_stages)
         return LLORCH_EINTERNAL;
@@ -603,6 +689,107 @@ static size_t pl_stage_recv(uint32_t *msg, size_t cap)
     }
 }
 
+/* A stage's heartbeat. While the stage computes a step it makes no MPI
+ * call for as long as the step takes (seconds for a long prompt chunk on a
+ * slow CPU); meanwhile this thread sends rank 0 one word every interval, so
+ * that rank 0 tells a long step from a stage that stopped. MPI is
+ * initialised MPI_THREAD_SERIALIZED: every MPI call of the stage is made
+ * under mu, which the stage loop holds except while it computes. Idle (no
+ * step), the thread sleeps on cv: no wake-ups, no messages. */
+struct pl_beat {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;            /* CLOCK_MONOTONIC */
+    pthread_t thread;
+    bool running, computing, stop;
+    double interval_ms, since, sent; /* since: this compute began; sent: the last beat */
+    uint32_t word;                /* the stage's rank */
+    MPI_Request rq;
+};
+
+static void *pl_beat_main(void *arg)
+{
+    struct pl_beat *b = arg;
+    pthread_mutex_lock(&b->mu);
+    while (!b->stop) {
+        if (!b->computing) {
+            pthread_cond_wait(&b->cv, &b->mu);
+            continue;
+        }
+        const double due = LLORCH_MAX(b->since, b->sent) + b->interval_ms;
+        const double now = pl_now_ms();
+        if (now < due) {
+            const double at_ms = due - now;
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            long long ns = ts.tv_nsec + (long long)(at_ms * 1e6);
+            ts.tv_sec += (time_t)(ns / 1000000000LL);
+            ts.tv_nsec = (long)(ns % 1000000000LL);
+            (void)pthread_cond_timedwait(&b->cv, &b->mu, &ts);
+            continue;
+        }
+        int done = 1;
+        if (b->rq != MPI_REQUEST_NULL)
+            MPI_Test(&b->rq, &done, MPI_STATUS_IGNORE);
+        if (done) /* else the last beat is still on its way: one at a time */
+            MPI_Isend(&b->word, 1, MPI_UINT32_T, 0, TAG_BEAT, MPI_COMM_WORLD, &b->rq);
+        b->sent = now;
+    }
+    pthread_mutex_unlock(&b->mu);
+    return NULL;
+}
+
+/* Starts the heartbeat (interval_ms 0: none); the caller then holds mu. */
+static void pl_beat_start(struct pl_beat *b, uint32_t interval_ms, int rank)
+{
+    *b = (struct pl_beat){.interval_ms = interval_ms, .word = (uint32_t)rank,
+                          .rq = MPI_REQUEST_NULL};
+    if (!interval_ms)
+        return;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&b->mu, NULL);
+    pthread_cond_init(&b->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_lock(&b->mu);
+    b->running = pthread_create(&b->thread, NULL, pl_beat_main, b) == 0;
+    if (!b->running) { /* no heartbeat: a long step may then be taken for a lost stage */
+        pthread_mutex_unlock(&b->mu);
+        pthread_cond_destroy(&b->cv);
+        pthread_mutex_destroy(&b->mu);
+    }
+}
+
+/* Around a step's compute: the thread may make MPI calls meanwhile. */
+static void pl_beat_compute(struct pl_beat *b, bool on)
+{
+    if (!b->running)
+        return;
+    if (!on)
+        pthread_mutex_lock(&b->mu);
+    b->computing = on;
+    if (on) {
+        b->since = pl_now_ms();
+        pthread_cond_signal(&b->cv);
+        pthread_mutex_unlock(&b->mu);
+    }
+}
+
+static void pl_beat_stop(struct pl_beat *b)
+{
+    if (!b->running)
+        return;
+    b->stop = true;
+    pthread_cond_signal(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+    pthread_join(b->thread, NULL);
+    if (b->rq != MPI_REQUEST_NULL)
+        (void)pl_wait(&b->rq, MPI_DATATYPE_NULL, NULL);
+    pthread_cond_destroy(&b->cv);
+    pthread_mutex_destroy(&b->mu);
+    b->running = false;
+}
+
 LLORCH_API int pipeline_stage_run(const struct model *m, const struct pipeline_opts *o, char *err,
                                   size_t errlen)
 {
@@ -669,6 +856,9 @@ LLORCH_API int pipeline_stage_run(const struct model *m, const struct pipeline_o
     /* Serve steps until QUIT (the coordinator also sends QUIT after a failed
      * start). On a failed start msg may be NULL: read into a word. */
     uint32_t quit_word;
+    struct pl_beat beat;
+    pl_beat_start(&beat, rc ? 0 : LLORCH_MAX(o->stage_timeout_ms / 4, o->stage_timeout_ms ? 1u : 0u),
+                  o->rank);
     for (;;) {
         size_t len = msg ? pl_stage_recv(msg, msg_cap) : pl_stage_recv(&quit_word, 1);
         const uint32_t kind = msg ? msg[0] : quit_word;
@@ -707,7 +897,9 @@ LLORCH_API int pipeline_stage_run(const struct model *m, const struct pipeline_o
         if (!st) {
             for (uint32_t i = 0; i < n; i++)
                 e[i].logits = last ? hout + (size_t)i * n_vocab : NULL;
+            pl_beat_compute(&beat, true);
             st = forward_step_hidden(fw, e, n, first ? NULL : hin, last ? NULL : hout);
+            pl_beat_compute(&beat, false);
         }
         size_t out_len = st ? 0 : last ? (size_t)n * n_vocab : (size_t)T * m->hp.n_embd;
         float *tr = hout + out_len;
@@ -719,6 +911,7 @@ LLORCH_API int pipeline_stage_run(const struct model *m, const struct pipeline_o
                   last ? TAG_LOGITS : TAG_HIDDEN, MPI_COMM_WORLD, &out_rq[cur]);
         cur ^= 1u;
     }
+    pl_beat_stop(&beat);
     for (int b = 0; b < 2; b++)
         if (out_rq[b] != MPI_REQUEST_NULL)
             (void)pl_wait(&out_rq[b], MPI_DATATYPE_NULL, NULL);

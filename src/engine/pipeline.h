@@ -14,7 +14,9 @@
  * closer). A lost rank ends the job (MPI's default error handler, or the
  * launcher's SIGTERM then SIGKILL to every rank); the coordinator, told by
  * pipeline_abort, fails every group in flight at once so that their streams end
- * with an error frame before that. */
+ * with an error frame before that. A stage that stops answering without
+ * MPI noticing (frozen, or its host cut off) is found by the coordinator
+ * itself: no result and no heartbeat for stage_timeout_ms. */
 #ifndef LLORCH_PIPELINE_H
 #define LLORCH_PIPELINE_H
 
@@ -32,6 +34,22 @@ struct pipeline_opts {
     struct forward_opts fo; /* as for one process; layer_first/end/kv_blocks are set here */
     const char *layers;     /* "0-7,8-15,...": one inclusive range per stage; NULL/"" = even */
     int rank, size;         /* MPI_COMM_WORLD; stages = size - 1 */
+    uint32_t max_groups;    /* coordinator: groups in flight at most (1..PIPELINE_MAX_STAGES);
+                             * 0 = one per stage */
+    /* A lost stage that MPI does not notice (a frozen process, a host whose
+     * network vanished: no connection closes). Every rank: 0 = never.
+     * A stage sends rank 0 a heartbeat every stage_timeout_ms / 4 while it
+     * computes a step; rank 0, waiting for a group, gives up when neither a
+     * result nor a heartbeat came for stage_timeout_ms. So the bound is on
+     * silence, not on a step's time: a long prefill chunk on a slow CPU
+     * beats all along, while the time of a transfer (the largest message, a
+     * group's logits, max_seqs x n_vocab x 4 bytes) must fit in it. */
+    uint32_t stage_timeout_ms;
+    /* Rank 0: called once, on the thread that waited (the step driver),
+     * when the pipeline gave up on a silent stage: from then on it is lost
+     * as after pipeline_abort. why is valid during the call only. */
+    void (*on_lost)(void *ctx, const char *why);
+    void *on_lost_ctx;
 };
 
 /* A stage as the coordinator sees it (for /health). */
@@ -60,7 +78,8 @@ void pipeline_free(struct pipeline *p);
  * with no group in flight. */
 int pipeline_step(void *p, struct forward_entry *entries, uint32_t n);
 /* Micro-batches (sched_opts.submit/complete/max_groups): up to
- * pipeline_max_groups (= the stage count) groups in flight, submitted in
+ * pipeline_max_groups (pipeline_opts.max_groups, by default the stage
+ * count) groups in flight, submitted in
  * ring order (group = the next slot) and completed oldest first; each
  * group's entries and logits stay untouched until its complete. */
 int pipeline_submit(void *p, uint32_t group, struct forward_entry *entries, uint32_t n);
@@ -87,7 +106,9 @@ int pipeline_stage_load(struct model **out, const char *path, const struct pipel
                         char *err, size_t errlen);
 
 /* Ranks 1..S: loads the range, serves steps until the coordinator says
- * stop. Returns 0, or an error (reported to the coordinator while loading). */
+ * stop; with o->stage_timeout_ms, a heartbeat thread tells rank 0 that a
+ * long step is still being computed. Returns 0, or an error (reported to
+ * the coordinator while loading). */
 int pipeline_stage_run(const struct model *m, const struct pipeline_opts *o, char *err,
                        size_t errlen);
 

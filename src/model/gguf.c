@@ -15,7 +15,9 @@
  * tensors; the first part holds the model's metadata. gguf_open() of the
  * first part opens the others by name and presents one model: metadata of
  * the first part, every part's tensors (their data inside each part's own
- * mapping, `offset` relative to that part's data section).
+ * mapping, `offset` relative to that part's data section). A tensor in two
+ * parts is an error unless both hold the same bytes: a copy (ours:
+ * rope_freqs.weight in every stage's part), taken once.
  *
  * Hostile input: every count is checked against the bytes left before any
  * allocation (a kv takes at least 13 bytes, a string 8, a tensor info 32), so
@@ -699,12 +701,33 @@ static int split_keys(const struct gguf_file *f, uint32_t *no, uint32_t *count)
     return 0;
 }
 
-/* Whether want takes any tensor of part p (want NULL: all). */
+/* The first part's own tensor of that name, or NULL (before the merge). */
+static const struct gguf_tensor *split_first_has(const struct gguf_file *first,
+                                                 struct gguf_str name)
+{
+    uint64_t *slot = hash_slot(first->t_hash, first->t_hash_cap, name.ptr, name.len,
+                               first->tensors, sizeof *first->tensors,
+                               offsetof(struct gguf_tensor, name));
+    return *slot ? &first->tensors[*slot - 1] : NULL;
+}
+
+/* A later part's copy of a tensor: same name, type, shape and bytes as
+ * one already taken (`llorch-cli split` copies rope_freqs.weight, read by
+ * every layer, into every part so that a stage's own file holds it). */
+static bool split_is_copy(const struct gguf_tensor *a, const struct gguf_tensor *b)
+{
+    return a->type == b->type && a->n_dims == b->n_dims && !memcmp(a->ne, b->ne, sizeof a->ne) &&
+           a->nbytes == b->nbytes && !memcmp(a->data, b->data, (size_t)a->nbytes);
+}
+
+/* Whether want takes any tensor of part p (want NULL: all) that the first
+ * part does not hold already. */
 static bool split_part_wanted(const struct gguf_file *first, const struct gguf_file *p,
                               gguf_want_fn want, void *ctx)
 {
     for (uint64_t j = 0; !want || j < p->n_tensors; j++)
-        if (!want || want(ctx, first, &p->tensors[j]))
+        if (!want || (!split_first_has(first, p->tensors[j].name) &&
+                      want(ctx, first, &p->tensors[j])))
             return true;
     return false;
 }
@@ -768,10 +791,12 @@ static int split_join(struct gguf_file *f, const char *path, uint32_t count, ggu
     uint64_t n = 0;
     for (uint32_t i = 0; i < count; i++) {
         const struct gguf_file *p = i ? f->parts[i - 1] : f;
-        for (uint64_t j = 0; p && j < p->n_tensors; j++, n++) {
+        for (uint64_t j = 0; p && j < p->n_tensors; j++) {
             all[n] = p->tensors[j];
             uint64_t *slot = hash_slot(hash, cap, all[n].name.ptr, all[n].name.len, all,
                                        sizeof *all, offsetof(struct gguf_tensor, name));
+            if (*slot && split_is_copy(&all[*slot - 1], &all[n]))
+                continue; /* a copy: the first one found stands */
             if (*slot) {
                 int len = (int)LLORCH_MIN(all[n].name.len, (uint64_t)100);
                 const char *name = all[n].name.ptr;
@@ -782,6 +807,7 @@ static int split_join(struct gguf_file *f, const char *path, uint32_t count, ggu
                                    path, len, name);
             }
             *slot = n + 1;
+            n++;
         }
     }
     free(f->tensors);
@@ -789,7 +815,7 @@ static int split_join(struct gguf_file *f, const char *path, uint32_t count, ggu
     f->tensors = all;
     f->t_hash = hash;
     f->t_hash_cap = cap;
-    f->n_tensors = kept;
+    f->n_tensors = n;
     return 0;
 }
 
