@@ -489,7 +489,7 @@ static void kernels_attention_over_paged_kv_matches_double_reference(void **stat
     int nk = isas(ks);
     enum { HD = 40, BLK = 16, NBLK = 6, NPOS = 83, NQ = 5 };
     const uint32_t blocks[NBLK] = {4, 0, 5, 2, 1, 3};
-    static float kf[NPOS][HD], vf[NPOS][HD], q[NQ][HD], out[NQ][HD], scores[NPOS];
+    static float kf[NPOS][HD], vf[NPOS][HD], q[NQ][HD], out[NQ][HD], scores[2 * NPOS];
     static uint8_t kstore[NBLK * BLK * HD * 4], vstore[NBLK * BLK * HD * 4];
     for (int p = 0; p < NPOS; p++) {
         fill(kf[p], HD, 1.0f);
@@ -566,7 +566,7 @@ static void kernels_attention_group_matches_each_head_alone(void **state)
     int nk = isas(ks);
     enum { HD = 24, NH = 3, BLK = 16, NBLK = 4, NPOS = 50, NQ = 4 };
     const uint32_t blocks[NBLK] = {2, 3, 0, 1};
-    static float q[NQ][NH * HD], out[NQ][NH * HD], one[HD], scores[NH * NPOS];
+    static float q[NQ][NH * HD], out[NQ][NH * HD], one[HD], scores[2 * NH * NPOS];
     static uint8_t kstore[NBLK * BLK * HD * 4], vstore[NBLK * BLK * HD * 4];
     for (int t = 0; t < NQ; t++)
         fill(q[t], NH * HD, 2.0f);
@@ -614,6 +614,84 @@ static void kernels_attention_group_matches_each_head_alone(void **state)
     }
 }
 
+/* Below AVX-512 a GQA call computes, for every (query row, head), the bits
+ * of the level's own per-head kernels: the K/V row converted exactly to f32,
+ * dot, scale, softmax, then axpy row after row. Checked over head sizes the
+ * AVX2 register kernel takes (multiples of 8: 32-element steps plus 8-element
+ * tails), an odd number of query rows (it takes them in pairs) and every KV
+ * type. The AVX-512 kernel keeps its own FMA order (see kernels.c). */
+static void kernels_attention_equals_the_levels_per_head_kernels(void **state)
+{
+    (void)state;
+    enum { NH = 3, BLK = 16, NBLK = 5, NPOS = 70, NQ = 5, HDMAX = 128 };
+    const uint32_t blocks[NBLK] = {3, 0, 4, 1, 2};
+    static float q[NQ][NH * HDMAX], out[NQ][NH * HDMAX], want[NH * HDMAX];
+    static float scores[2 * NH * NPOS], sc[NPOS], kr[NPOS][HDMAX], vr[NPOS][HDMAX];
+    static uint8_t kstore[NBLK * BLK * HDMAX * 4], vstore[NBLK * BLK * HDMAX * 4];
+    const int64_t hds[] = {24, 40, 64, 96, 128};
+    const enum llorch_kv_type types[3] = {LLORCH_KV_F32, LLORCH_KV_F16, LLORCH_KV_BF16};
+    for (int isa = KERNELS_ISA_SCALAR; isa < KERNELS_ISA_AVX512; isa++) {
+        const struct kernels *k = kernels_get((enum kernels_isa)isa);
+        if (!k) {
+            print_message("skipped level %s: this CPU lacks it\n", kernels_isa_name((enum kernels_isa)isa));
+            continue;
+        }
+        for (size_t hi = 0; hi < sizeof hds / sizeof hds[0]; hi++) {
+            const int64_t hd = hds[hi];
+            for (int ti = 0; ti < 3; ti++) {
+                const size_t elem = types[ti] == LLORCH_KV_F32 ? 4 : 2;
+                for (int p = 0; p < NPOS; p++) {
+                    const size_t off = ((size_t)blocks[p / BLK] * BLK + (size_t)(p % BLK)) * (size_t)hd * elem;
+                    for (int64_t d = 0; d < hd; d++) {
+                        float kv2[2];
+                        fill(kv2, 2, 1.0f);
+                        if (elem == 4) {
+                            memcpy(kstore + off + (size_t)d * 4, &kv2[0], 4);
+                            memcpy(vstore + off + (size_t)d * 4, &kv2[1], 4);
+                            kr[p][d] = kv2[0], vr[p][d] = kv2[1];
+                            continue;
+                        }
+                        const bool f16 = types[ti] == LLORCH_KV_F16;
+                        const uint16_t hk = f16 ? half_f32_to_f16(kv2[0]) : half_f32_to_bf16(kv2[0]);
+                        const uint16_t hv = f16 ? half_f32_to_f16(kv2[1]) : half_f32_to_bf16(kv2[1]);
+                        memcpy(kstore + off + (size_t)d * 2, &hk, 2);
+                        memcpy(vstore + off + (size_t)d * 2, &hv, 2);
+                        kr[p][d] = f16 ? half_f16_to_f32(hk) : half_bf16_to_f32(hk);
+                        vr[p][d] = f16 ? half_f16_to_f32(hv) : half_bf16_to_f32(hv);
+                    }
+                }
+                for (int t = 0; t < NQ; t++)
+                    fill(q[t], NH * hd, 2.0f);
+                const struct kernels_kv_view kv = {
+                    .k = kstore, .v = vstore, .block_stride = (size_t)BLK * (size_t)hd * elem,
+                    .row_bytes = (size_t)hd * elem, .block = BLK, .type = types[ti], .blocks = blocks,
+                };
+                const int64_t pos0 = NPOS - NQ;
+                struct kernels_attn a = {
+                    .q = q[0], .q_stride = NH * HDMAX, .out = out[0], .out_stride = NH * HDMAX, .n_q = NQ,
+                    .pos0 = pos0, .head_dim = hd, .scale = 0.2f, .kv = &kv, .scores = scores,
+                    .n_head = NH,
+                };
+                kernels_attention(k, &a);
+                for (int t = 0; t < NQ; t++) {
+                    const int64_t n_kv = pos0 + t + 1;
+                    for (int h = 0; h < NH; h++) {
+                        for (int64_t p = 0; p < n_kv; p++)
+                            sc[p] = k->dot(q[t] + h * hd, kr[p], hd) * 0.2f;
+                        k->softmax(sc, n_kv);
+                        memset(want + h * hd, 0, (size_t)hd * sizeof(float));
+                        for (int64_t p = 0; p < n_kv; p++)
+                            k->axpy(want + h * hd, sc[p], vr[p], hd);
+                    }
+                    if (memcmp(want, out[t], (size_t)(NH * hd) * sizeof(float)) != 0)
+                        fail_msg("level %s head_dim %lld kv type %d row %d: not the per-head bits",
+                                 k->name, (long long)hd, ti, t);
+                }
+            }
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -632,6 +710,7 @@ int main(void)
         cmocka_unit_test(kernels_round_q8_0_quantises_blocks_of_32),
         cmocka_unit_test(kernels_attention_over_paged_kv_matches_double_reference),
         cmocka_unit_test(kernels_attention_group_matches_each_head_alone),
+        cmocka_unit_test(kernels_attention_equals_the_levels_per_head_kernels),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

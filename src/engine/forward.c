@@ -98,7 +98,7 @@ struct forward {
     float *ffn;      /* [T, up.total] */
     float *act;      /* [T, n_ff] */
     float *rope;     /* [T, n_rot] */
-    float *scores;   /* [n_workers, n_ctx] */
+    float *scores;   /* [n_workers, 2 x GQA group x n_ctx] */
     float *xo;       /* [out_cap, n_embd] */
     float *lo;       /* [out_cap, n_vocab] */
     uint32_t *tok_entry;  /* [T] entry of each row */
@@ -880,7 +880,7 @@ LLORCH_API int forward_new(struct forward **out, const struct model *m, const st
         (rc = fw_alloc((void **)&f->act, (size_t)(T * hp->n_ff), 4)) < 0 ||
         (rc = fw_alloc((void **)&f->rope, (size_t)(T * LLORCH_MAX(hp->n_rot, 2u)), 4)) < 0 ||
         (rc = fw_alloc((void **)&f->scores,
-                       (size_t)f->n_workers * (hp->n_head / hp->n_head_kv) * f->n_ctx, 4)) < 0 ||
+                       (size_t)f->n_workers * 2 * (hp->n_head / hp->n_head_kv) * f->n_ctx, 4)) < 0 ||
         (rc = fw_alloc((void **)&f->xo, (size_t)f->out_cap * n_embd, 4)) < 0 ||
         (rc = fw_alloc((void **)&f->lo, (size_t)f->out_cap * (size_t)LLORCH_MAX(f->output.n_out, 1),
                        4)) < 0 ||
@@ -1065,7 +1065,7 @@ static void fw_attn_tasks(struct forward *f, void *arg, int64_t begin, int64_t e
             .head_dim = hp->head_dim,
             .scale = scale,
             .kv = &kv,
-            .scores = f->scores + (size_t)worker * group * f->n_ctx,
+            .scores = f->scores + (size_t)worker * 2 * group * f->n_ctx,
             .n_head = group,
         };
         kernels_attention(f->k, &a);

@@ -509,6 +509,98 @@ AVX2_TARGET static void from_f16_avx2(float *y, const uint16_t *x, int64_t n)
         y[i] = half_f16_to_f32(x[i]);
 }
 
+/* GQA attention of nh query heads over one K/V head at the AVX2 level, for
+ * head_dim a multiple of 8 up to KERNELS_ATTN_AVX2_MAX: each K (V) row is
+ * converted once into an L1 buffer and used by every head and by a pair of
+ * query rows, with no call per head. Per (query row, head, K/V row) the
+ * arithmetic is dot_avx2's and axpy_avx2's in their order (fma is
+ * commutative in its product), so the bits are those of the per-head path
+ * (attention_group), whatever nh and however the rows pair up. */
+#define KERNELS_ATTN_AVX2_MAX 256
+
+AVX2_TARGET static inline void attn_row_avx2(float *r, const struct kernels_kv_view *kv,
+                                             const uint8_t *base, int64_t p, int64_t hd)
+{
+    const uint8_t *row = base + (size_t)kv->blocks[p / kv->block] * kv->block_stride +
+                         (size_t)(p % kv->block) * kv->row_bytes;
+    for (int64_t d = 0; d < hd; d += 8) {
+        __m256 v;
+        switch (kv->type) {
+        case LLORCH_KV_F16:
+            v = load_f16x8((const uint16_t *)(const void *)row + d);
+            break;
+        case LLORCH_KV_BF16:
+            v = load_bf16x8((const uint16_t *)(const void *)row + d);
+            break;
+        default:
+            v = _mm256_loadu_ps((const float *)(const void *)row + d);
+            break;
+        }
+        _mm256_store_ps(r + d, v);
+    }
+}
+
+/* dot_avx2(q, r, hd) for hd a multiple of 8 */
+AVX2_TARGET static inline float attn_dot_avx2(const float *q, const float *r, int64_t hd)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    int64_t d = 0;
+    for (; d + 32 <= hd; d += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_load_ps(r + d), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 8), _mm256_load_ps(r + d + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 16), _mm256_load_ps(r + d + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 24), _mm256_load_ps(r + d + 24), s3);
+    }
+    for (; d < hd; d += 8)
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_load_ps(r + d), s0);
+    return hsum256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+}
+
+AVX2_TARGET static void attention_group_avx2(const struct kernels *k, const struct kernels_attn *a,
+                                             int64_t nh)
+{
+    const struct kernels_kv_view *kv = a->kv;
+    const int64_t hd = a->head_dim;
+    float r[KERNELS_ATTN_AVX2_MAX] __attribute__((aligned(32)));
+    for (int64_t t0 = 0; t0 < a->n_q; t0 += 2) {
+        const int64_t nt = a->n_q - t0 < 2 ? 1 : 2;
+        const int64_t n_kv0 = a->pos0 + t0 + 1, n_kv_last = n_kv0 + nt - 1;
+        /* scores of row t0 + j, head i at sc + (j * nh + i) * n_kv_last */
+        float *sc = a->scores;
+        for (int64_t p = 0; p < n_kv_last; p++) {
+            attn_row_avx2(r, kv, kv->k, p, hd);
+            for (int64_t j = 0; j < nt; j++) {
+                if (p >= n_kv0 + j)
+                    continue;
+                const float *q = a->q + (t0 + j) * a->q_stride;
+                for (int64_t i = 0; i < nh; i++)
+                    sc[(j * nh + i) * n_kv_last + p] = attn_dot_avx2(q + i * hd, r, hd) * a->scale;
+            }
+        }
+        for (int64_t j = 0; j < nt; j++)
+            for (int64_t i = 0; i < nh; i++) {
+                k->softmax(sc + (j * nh + i) * n_kv_last, n_kv0 + j);
+                memset(a->out + (t0 + j) * a->out_stride + i * hd, 0, (size_t)hd * sizeof(float));
+            }
+        for (int64_t p = 0; p < n_kv_last; p++) {
+            attn_row_avx2(r, kv, kv->v, p, hd);
+            for (int64_t j = 0; j < nt; j++) {
+                if (p >= n_kv0 + j)
+                    continue;
+                float *out = a->out + (t0 + j) * a->out_stride;
+                for (int64_t i = 0; i < nh; i++) {
+                    float *oi = out + i * hd;
+                    const __m256 w = _mm256_set1_ps(sc[(j * nh + i) * n_kv_last + p]);
+                    for (int64_t d = 0; d < hd; d += 8)
+                        _mm256_storeu_ps(oi + d, _mm256_fmadd_ps(w, _mm256_load_ps(r + d),
+                                                                  _mm256_loadu_ps(oi + d)));
+                }
+            }
+        }
+    }
+}
+
 static const struct kernels kernels_avx2 = {
     .isa = KERNELS_ISA_AVX2,
     .name = "avx2",
@@ -1072,6 +1164,10 @@ static void attention_group(const struct kernels *k, const struct kernels_attn *
 #if KERNELS_X86
     if (k->isa == KERNELS_ISA_AVX512 && a->head_dim % 16 == 0 && a->head_dim <= 256) {
         attention_group_avx512(k, a, nh);
+        return;
+    }
+    if (k->isa == KERNELS_ISA_AVX2 && a->head_dim % 8 == 0 && a->head_dim <= KERNELS_ATTN_AVX2_MAX) {
+        attention_group_avx2(k, a, nh);
         return;
     }
 #endif

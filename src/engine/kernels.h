@@ -105,7 +105,7 @@ struct kernels_kv_view {
 /* Causal attention of n_q query rows at positions pos0 .. pos0+n_q-1:
  * out_t = softmax(scale * q_t . K[0..pos0+t]) V[0..pos0+t]. q_t is
  * q + t*q_stride ([head_dim]), out_t is out + t*out_stride. scores needs
- * pos0 + n_q floats. */
+ * 2 * (pos0 + n_q) floats (a level may take two query rows at once). */
 struct kernels_attn {
     const float *q;
     int64_t q_stride;
@@ -120,7 +120,7 @@ struct kernels_attn {
     /* GQA: n_head query heads (0 means 1) that share this K/V head, head i of
      * row t at q + t*q_stride + i*head_dim (out likewise). Each K/V row is
      * read and converted to f32 once for all of them. scores then needs
-     * n_head * (pos0 + n_q) floats. Each (row, head) result depends only on
+     * 2 * n_head * (pos0 + n_q) floats. Each (row, head) result depends only on
      * that row's q and the cache, not on n_q or n_head. */
     int64_t n_head;
 };
