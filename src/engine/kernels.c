@@ -510,13 +510,17 @@ AVX2_TARGET static void from_f16_avx2(float *y, const uint16_t *x, int64_t n)
 }
 
 /* GQA attention of nh query heads over one K/V head at the AVX2 level, for
- * head_dim a multiple of 8 up to KERNELS_ATTN_AVX2_MAX: each K (V) row is
- * converted once into an L1 buffer and used by every head and by a pair of
- * query rows, with no call per head. Per (query row, head, K/V row) the
- * arithmetic is dot_avx2's and axpy_avx2's in their order (fma is
- * commutative in its product), so the bits are those of the per-head path
- * (attention_group), whatever nh and however the rows pair up. */
+ * head_dim a multiple of 8 up to KERNELS_ATTN_AVX2_MAX. K/V rows are
+ * converted 8 at a time into an L1 buffer and used by every head and by a
+ * pair of query rows. Scores: the 8 keys' dot products of a head end in one
+ * transposed horizontal sum that adds the lanes in hsum256's pairs; values:
+ * 32 output columns stay in registers over the 8 rows. Per (query row,
+ * head, K/V row) the arithmetic is dot_avx2's and axpy_avx2's, in their
+ * order (fma is commutative in its product, so is each add), so the bits
+ * are those of the per-head path (attention_group) whatever nh and however
+ * rows pair up. */
 #define KERNELS_ATTN_AVX2_MAX 256
+#define KERNELS_ATTN_AVX2_KEYS 8
 
 AVX2_TARGET static inline void attn_row_avx2(float *r, const struct kernels_kv_view *kv,
                                              const uint8_t *base, int64_t p, int64_t hd)
@@ -540,8 +544,8 @@ AVX2_TARGET static inline void attn_row_avx2(float *r, const struct kernels_kv_v
     }
 }
 
-/* dot_avx2(q, r, hd) for hd a multiple of 8 */
-AVX2_TARGET static inline float attn_dot_avx2(const float *q, const float *r, int64_t hd)
+/* dot_avx2(q, r, hd) for hd a multiple of 8, before its horizontal sum */
+AVX2_TARGET static inline __m256 attn_dot8_avx2(const float *q, const float *r, int64_t hd)
 {
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
@@ -554,28 +558,57 @@ AVX2_TARGET static inline float attn_dot_avx2(const float *q, const float *r, in
     }
     for (; d < hd; d += 8)
         s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_load_ps(r + d), s0);
-    return hsum256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    return _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+}
+
+/* hsum256 of 8 vectors at once: lane k of the result is hsum256(v[k]),
+ * ((x0 + x2) + (x1 + x3)) with x = lo + hi, the same adds. */
+AVX2_TARGET static inline __m256 attn_hsum8x8_avx2(const __m256 v[8])
+{
+    /* x of v[k] and v[k + 4] side by side: [x(v0) | x(v4)], [x(v1) | x(v5)], ... */
+    __m256 x[4];
+    for (int k = 0; k < 4; k++)
+        x[k] = _mm256_add_ps(_mm256_permute2f128_ps(v[k], v[k + 4], 0x20),
+                             _mm256_permute2f128_ps(v[k], v[k + 4], 0x31));
+    /* per 128-bit half: (x0 + x2, x1 + x3) of two vectors */
+    const __m256 y01 = _mm256_add_ps(_mm256_shuffle_ps(x[0], x[1], 0x44), _mm256_shuffle_ps(x[0], x[1], 0xee));
+    const __m256 y23 = _mm256_add_ps(_mm256_shuffle_ps(x[2], x[3], 0x44), _mm256_shuffle_ps(x[2], x[3], 0xee));
+    /* (x0 + x2) + (x1 + x3): lanes v0 v1 v2 v3 | v4 v5 v6 v7 */
+    return _mm256_add_ps(_mm256_shuffle_ps(y01, y23, 0x88), _mm256_shuffle_ps(y01, y23, 0xdd));
 }
 
 AVX2_TARGET static void attention_group_avx2(const struct kernels *k, const struct kernels_attn *a,
                                              int64_t nh)
 {
+    enum { KB = KERNELS_ATTN_AVX2_KEYS };
     const struct kernels_kv_view *kv = a->kv;
     const int64_t hd = a->head_dim;
-    float r[KERNELS_ATTN_AVX2_MAX] __attribute__((aligned(32)));
+    float rb[KB * KERNELS_ATTN_AVX2_MAX] __attribute__((aligned(32)));
+    const __m256 scale = _mm256_set1_ps(a->scale);
     for (int64_t t0 = 0; t0 < a->n_q; t0 += 2) {
         const int64_t nt = a->n_q - t0 < 2 ? 1 : 2;
         const int64_t n_kv0 = a->pos0 + t0 + 1, n_kv_last = n_kv0 + nt - 1;
         /* scores of row t0 + j, head i at sc + (j * nh + i) * n_kv_last */
         float *sc = a->scores;
-        for (int64_t p = 0; p < n_kv_last; p++) {
-            attn_row_avx2(r, kv, kv->k, p, hd);
+        for (int64_t p0 = 0; p0 < n_kv_last; p0 += KB) {
+            const int64_t np = LLORCH_MIN((int64_t)KB, n_kv_last - p0);
+            for (int64_t r = 0; r < np; r++)
+                attn_row_avx2(rb + r * hd, kv, kv->k, p0 + r, hd);
             for (int64_t j = 0; j < nt; j++) {
-                if (p >= n_kv0 + j)
-                    continue;
+                const int64_t lim = LLORCH_MIN(np, n_kv0 + j - p0);
                 const float *q = a->q + (t0 + j) * a->q_stride;
-                for (int64_t i = 0; i < nh; i++)
-                    sc[(j * nh + i) * n_kv_last + p] = attn_dot_avx2(q + i * hd, r, hd) * a->scale;
+                for (int64_t i = 0; i < nh; i++) {
+                    float *si = sc + (j * nh + i) * n_kv_last + p0;
+                    if (lim == KB) {
+                        __m256 v[KB];
+                        for (int r = 0; r < KB; r++)
+                            v[r] = attn_dot8_avx2(q + i * hd, rb + r * hd, hd);
+                        _mm256_storeu_ps(si, _mm256_mul_ps(attn_hsum8x8_avx2(v), scale));
+                    } else {
+                        for (int64_t r = 0; r < lim; r++)
+                            si[r] = hsum256(attn_dot8_avx2(q + i * hd, rb + r * hd, hd)) * a->scale;
+                    }
+                }
             }
         }
         for (int64_t j = 0; j < nt; j++)
@@ -583,18 +616,39 @@ AVX2_TARGET static void attention_group_avx2(const struct kernels *k, const stru
                 k->softmax(sc + (j * nh + i) * n_kv_last, n_kv0 + j);
                 memset(a->out + (t0 + j) * a->out_stride + i * hd, 0, (size_t)hd * sizeof(float));
             }
-        for (int64_t p = 0; p < n_kv_last; p++) {
-            attn_row_avx2(r, kv, kv->v, p, hd);
+        for (int64_t p0 = 0; p0 < n_kv_last; p0 += KB) {
+            const int64_t np = LLORCH_MIN((int64_t)KB, n_kv_last - p0);
+            for (int64_t r = 0; r < np; r++)
+                attn_row_avx2(rb + r * hd, kv, kv->v, p0 + r, hd);
             for (int64_t j = 0; j < nt; j++) {
-                if (p >= n_kv0 + j)
-                    continue;
+                const int64_t lim = LLORCH_MIN(np, n_kv0 + j - p0);
                 float *out = a->out + (t0 + j) * a->out_stride;
                 for (int64_t i = 0; i < nh; i++) {
                     float *oi = out + i * hd;
-                    const __m256 w = _mm256_set1_ps(sc[(j * nh + i) * n_kv_last + p]);
-                    for (int64_t d = 0; d < hd; d += 8)
-                        _mm256_storeu_ps(oi + d, _mm256_fmadd_ps(w, _mm256_load_ps(r + d),
-                                                                  _mm256_loadu_ps(oi + d)));
+                    const float *w = sc + (j * nh + i) * n_kv_last + p0;
+                    int64_t d = 0;
+                    for (; d + 32 <= hd; d += 32) {
+                        __m256 o0 = _mm256_loadu_ps(oi + d), o1 = _mm256_loadu_ps(oi + d + 8);
+                        __m256 o2 = _mm256_loadu_ps(oi + d + 16), o3 = _mm256_loadu_ps(oi + d + 24);
+                        for (int64_t r = 0; r < lim; r++) {
+                            const __m256 wr = _mm256_broadcast_ss(w + r);
+                            const float *vr = rb + r * hd + d;
+                            o0 = _mm256_fmadd_ps(wr, _mm256_load_ps(vr), o0);
+                            o1 = _mm256_fmadd_ps(wr, _mm256_load_ps(vr + 8), o1);
+                            o2 = _mm256_fmadd_ps(wr, _mm256_load_ps(vr + 16), o2);
+                            o3 = _mm256_fmadd_ps(wr, _mm256_load_ps(vr + 24), o3);
+                        }
+                        _mm256_storeu_ps(oi + d, o0);
+                        _mm256_storeu_ps(oi + d + 8, o1);
+                        _mm256_storeu_ps(oi + d + 16, o2);
+                        _mm256_storeu_ps(oi + d + 24, o3);
+                    }
+                    for (; d < hd; d += 8) {
+                        __m256 o = _mm256_loadu_ps(oi + d);
+                        for (int64_t r = 0; r < lim; r++)
+                            o = _mm256_fmadd_ps(_mm256_broadcast_ss(w + r), _mm256_load_ps(rb + r * hd + d), o);
+                        _mm256_storeu_ps(oi + d, o);
+                    }
                 }
             }
         }
