@@ -662,7 +662,8 @@ static void q_q6_k(const float *x, uint8_t *b, uint64_t nb)
                 uint8_t q3 = (uint8_t)L[j + l + 64], q4 = (uint8_t)L[j + l + 96];
                 ql[l] = (uint8_t)((q1 & 0xf) | ((q3 & 0xf) << 4));
                 ql[l + 32] = (uint8_t)((q2 & 0xf) | ((q4 & 0xf) << 4));
-                qh[l] = (uint8_t)((q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6));
+                qh[l] = (uint8_t)((q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) |
+                                  ((q4 >> 4) << 6));
             }
         }
     }
