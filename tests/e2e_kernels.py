@@ -1,6 +1,8 @@
 """Kernel levels and weight classes through the real daemon: each shared
 file (F16 and Q4_0 included, which used to need AVX-512 or were expanded to
-int8) is served in its own class by default, at every level this CPU runs;
+int8), and tiny llorch-synth models of the classes no shared file has (the
+Q4_K_M mix of Q4_K and Q6_K, Q5_K, Q4_1, Q5_0, Q5_1), is served in its own
+class by default, at every level this CPU runs;
 the level is forced with --isa or LLORCH_ISA and reported in the start-up
 log and /health; a level above the CPU's is refused at start-up naming what
 the CPU runs."""
@@ -68,6 +70,43 @@ def test_every_shared_class_serves_natively_at_every_level():
     skipped = [lv for lv in ("avx2", "avx512") if lv not in LEVELS]
     if skipped:
         print("skipped levels (this CPU lacks them): " + ", ".join(skipped))
+
+
+# The classes no shared file has, as llorch-synth writes them: K types need
+# rows of 256; the 32-block types run at the tiny preset's width.
+SYNTH_CLASSES = [
+    ("q4_k_m", ["--n-embd", "256", "--n-ff", "256", "--n-head", "4", "--n-head-kv", "2"]),
+    ("q5_k", ["--n-embd", "256", "--n-ff", "256", "--n-head", "4", "--n-head-kv", "2"]),
+    ("q4_1", ["--n-ff", "128"]),
+    ("q5_0", ["--n-ff", "128"]),
+    ("q5_1", ["--n-ff", "128"]),
+]
+
+
+def synth_model(tmp, ty, shape):
+    path = os.path.join(tmp, "m-%s.gguf" % ty)
+    subprocess.run([os.path.join(BUILD, "tools", "llorch-synth"), "-o", path, "--n-layer", "2",
+                    "--vocab", "builtin", "--type", ty] + shape,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return path
+
+
+def test_synthetic_classes_serve_natively_at_every_level():
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {ty: synth_model(tmp, ty, shape) for ty, shape in SYNTH_CLASSES}
+        for level in LEVELS:
+            for ty, path in paths.items():
+                with Daemon("--dtype", "native", "--isa", level, model=path) as d:
+                    line = loaded_line(d)
+                    assert line["isa"] == level and line["matmul"] == "llorch", (ty, line)
+                    assert line["dtype"] == "native", (ty, line)
+                    assert len(text_of(d.port, "s-%s-%s" % (level, ty))) > 0
+        # kept in its class: Q4_K/Q6_K take 4.5/6.6 bits a weight, int8 8.5
+        sizes = {}
+        for dtype in ("native", "int8"):
+            with Daemon("--dtype", dtype, model=paths["q4_k_m"]) as d:
+                sizes[dtype] = loaded_line(d)["weight_bytes"]
+        assert sizes["native"] < sizes["int8"] * 0.75, sizes
 
 
 def test_native_reads_fewer_bytes_than_int8_for_4_bit_files():
@@ -142,6 +181,7 @@ def test_a_level_above_the_cpu_is_refused_naming_what_it_runs():
 def main():
     run_tests([
         test_every_shared_class_serves_natively_at_every_level,
+        test_synthetic_classes_serve_natively_at_every_level,
         test_native_reads_fewer_bytes_than_int8_for_4_bit_files,
         test_repacked_weights_give_their_file_pages_back,
         test_env_forces_the_level_like_the_flag,

@@ -3,9 +3,11 @@
  * tokens, and on top of a prefix shared from the cache, gives bit-identical
  * logits at every step (no tolerance: every matmul row, norm, RoPE and
  * attention task depends only on its own row and its own sequence's cache).
- * Checked for f32 (exact mode) and int8 on stories260k and for f32 on the
- * qwen2 model. After every sequence ends, every KV block is back in the free
- * pool. */
+ * Checked for f32 (exact mode) and int8 on stories260k, for f32 on the
+ * qwen2 model, and for every weight class at every level: the shared files'
+ * classes, and the K types (the Q4_K_M mix, Q5_K) and Q4_1/Q5_0/Q5_1 in tiny
+ * models that llorch-synth writes at test time. After every sequence ends,
+ * every KV block is back in the free pool. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -144,11 +148,15 @@ static void run_s(struct forward *fw, const llorch_token *s_tok, uint32_t chunk,
     free(scratch);
 }
 
+/* path: a file name under $LLORCH_SHARED/models, or an absolute path */
 static void check_model_at(const char *file, enum llorch_dtype dt, enum llorch_isa isa)
 {
     const char *shared = getenv("LLORCH_SHARED");
     char path[1024], err[256];
-    snprintf(path, sizeof path, "%s/models/%s", shared ? shared : "../shared", file);
+    if (file[0] == '/')
+        snprintf(path, sizeof path, "%s", file);
+    else
+        snprintf(path, sizeof path, "%s/models/%s", shared ? shared : "../shared", file);
     struct model *m;
     int rc = model_load(&m, path, err, sizeof err);
     if (rc)
@@ -210,9 +218,16 @@ static void check_model(const char *file, enum llorch_dtype dt)
     check_model_at(file, dt, LLORCH_ISA_AUTO);
 }
 
+static const struct {
+    enum llorch_isa isa;
+    enum kernels_isa k;
+} levels[] = {{LLORCH_ISA_SCALAR, KERNELS_ISA_SCALAR},
+              {LLORCH_ISA_AVX2, KERNELS_ISA_AVX2},
+              {LLORCH_ISA_AVX512, KERNELS_ISA_AVX512}};
+
 /* Every weight class the shared models have (f32, f16, q8_0, q4_0 kept in
  * their class, and the f32/bf16/int8 overrides), at every level this CPU
- * runs; the K types are checked at the kernel level (tests/test_qmm.c). */
+ * runs; the other classes: batch_invariance_synthetic_classes_at_every_level. */
 static void batch_invariance_every_weight_class_at_every_level(void **state)
 {
     (void)state;
@@ -225,12 +240,6 @@ static void batch_invariance_every_weight_class_at_every_level(void **state)
         {"stories260k.gguf", LLORCH_DTYPE_F32},       {"stories260k.gguf", LLORCH_DTYPE_BF16},
         {"stories260k.gguf", LLORCH_DTYPE_INT8},
     };
-    static const struct {
-        enum llorch_isa isa;
-        enum kernels_isa k;
-    } levels[] = {{LLORCH_ISA_SCALAR, KERNELS_ISA_SCALAR},
-                  {LLORCH_ISA_AVX2, KERNELS_ISA_AVX2},
-                  {LLORCH_ISA_AVX512, KERNELS_ISA_AVX512}};
     for (size_t l = 0; l < sizeof levels / sizeof levels[0]; l++) {
         if (!kernels_get(levels[l].k)) {
             print_message("skipped level %s: this CPU lacks it\n", kernels_isa_name(levels[l].k));
@@ -238,6 +247,89 @@ static void batch_invariance_every_weight_class_at_every_level(void **state)
         }
         for (size_t r = 0; r < sizeof runs / sizeof runs[0]; r++)
             check_model_at(runs[r].file, runs[r].dt, levels[l].isa);
+    }
+}
+
+/* The classes no shared file has, in models llorch-synth writes (tiny, so
+ * every level stays fast): q4_k_m puts Q4_K and Q6_K in one model (with 2
+ * layers, layer 1's attn_v and ffn_down and the output are Q6_K); Q5_K,
+ * which Q4_K_M does not use, on its own; Q4_1, Q5_0 and Q5_1 at rows of 64
+ * (the tiny preset's shape, n_ff 128 so that ffn_down quantises too). */
+static const struct {
+    const char *type, *shape;
+    enum ggml_type want_ffn_down0, want_output; /* what the file must hold */
+} synth_models[] = {
+    {"q4_k_m", "--n-embd 256 --n-ff 256 --n-layer 2 --n-head 4 --n-head-kv 2", GGML_TYPE_Q4_K,
+     GGML_TYPE_Q6_K},
+    {"q5_k", "--n-embd 256 --n-ff 256 --n-layer 2 --n-head 4 --n-head-kv 2", GGML_TYPE_Q5_K,
+     GGML_TYPE_Q5_K},
+    {"q4_1", "--n-ff 128", GGML_TYPE_Q4_1, GGML_TYPE_Q4_1},
+    {"q5_0", "--n-ff 128", GGML_TYPE_Q5_0, GGML_TYPE_Q5_0},
+    {"q5_1", "--n-ff 128", GGML_TYPE_Q5_1, GGML_TYPE_Q5_1},
+};
+
+static void synth_model_path(char *out, size_t n, size_t i)
+{
+    snprintf(out, n, "/tmp/llorch-test-bi-%d-%s.gguf", (int)getpid(), synth_models[i].type);
+}
+
+static int synth_models_write(void **state)
+{
+    (void)state;
+    const char *build = getenv("LLORCH_BUILD");
+    for (size_t i = 0; i < sizeof synth_models / sizeof synth_models[0]; i++) {
+        char path[256], cmd[1024];
+        synth_model_path(path, sizeof path, i);
+        snprintf(cmd, sizeof cmd, "'%s/tools/llorch-synth' -o '%s' --type %s %s --seed %zu",
+                 build ? build : "build", path, synth_models[i].type, synth_models[i].shape, 3 + i);
+        int st = system(cmd);
+        if (!WIFEXITED(st) || WEXITSTATUS(st)) {
+            print_error("llorch-synth failed: %s\n", cmd);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int synth_models_remove(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof synth_models / sizeof synth_models[0]; i++) {
+        char path[256];
+        synth_model_path(path, sizeof path, i);
+        unlink(path);
+    }
+    return 0;
+}
+
+static void batch_invariance_synthetic_classes_at_every_level(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof synth_models / sizeof synth_models[0]; i++) {
+        char path[256], err[256];
+        synth_model_path(path, sizeof path, i);
+        struct model *m;
+        int rc = model_load(&m, path, err, sizeof err);
+        if (rc)
+            print_error("%s: %s\n", path, err);
+        assert_int_equal(rc, 0);
+        /* the file holds the classes this test is for (not a fallback) */
+        assert_int_equal(m->layers[0].ffn_down->type, synth_models[i].want_ffn_down0);
+        assert_int_equal(m->output->type, synth_models[i].want_output);
+        if (!strcmp(synth_models[i].type, "q4_k_m"))
+            assert_int_equal(m->layers[1].ffn_down->type, GGML_TYPE_Q6_K);
+        model_free(m);
+    }
+    for (size_t l = 0; l < sizeof levels / sizeof levels[0]; l++) {
+        if (!kernels_get(levels[l].k)) {
+            print_message("skipped level %s: this CPU lacks it\n", kernels_isa_name(levels[l].k));
+            continue;
+        }
+        for (size_t i = 0; i < sizeof synth_models / sizeof synth_models[0]; i++) {
+            char path[256];
+            synth_model_path(path, sizeof path, i);
+            check_model_at(path, LLORCH_DTYPE_NATIVE, levels[l].isa);
+        }
     }
 }
 
@@ -266,6 +358,7 @@ int main(void)
         cmocka_unit_test(batch_invariance_stories260k_int8_is_bit_identical),
         cmocka_unit_test(batch_invariance_qwen2_f32_is_bit_identical),
         cmocka_unit_test(batch_invariance_every_weight_class_at_every_level),
+        cmocka_unit_test(batch_invariance_synthetic_classes_at_every_level),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, synth_models_write, synth_models_remove);
 }

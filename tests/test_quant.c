@@ -1,8 +1,9 @@
 /* Element types: f16/bf16 conversions (exhaustive and against the F16C
  * hardware conversion), every block format on hand-built blocks, ggml's
- * Q8_0/Q4_0 reference quantisers, and round trips against the shared
- * llama-tiny files (quantising the f32 weights reproduces the q8_0, q4_0 and
- * f16 files byte for byte). */
+ * reference quantisers (Q8_0/Q4_0 by rule; Q4_1, Q5_0, Q5_1, Q4_K, Q5_K,
+ * Q6_K by hand-derived blocks, round-trip error and bytes recorded from
+ * ggml), and round trips against the shared llama-tiny files (quantising the
+ * f32 weights reproduces the q8_0, q4_0 and f16 files byte for byte). */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +18,12 @@
 #include "gguf.h"
 #include "llorch/error.h"
 #include "quant.h"
+#include "util.h"
+
+/* the fixed inputs below must be the same floats everywhere */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
 
 static uint32_t bits(float f)
 {
@@ -348,7 +355,9 @@ static void quant_dequantize_rejects_partial_blocks_and_unsupported_types(void *
     assert_int_equal(quant_dequantize(GGML_TYPE_Q2_K, b, y, 256), LLORCH_EUNSUPPORTED);
     assert_false(quant_can_dequantize(GGML_TYPE_Q2_K));
     assert_true(quant_can_dequantize(GGML_TYPE_Q6_K));
-    assert_int_equal(quant_quantize(GGML_TYPE_Q4_K, y, b, 256), LLORCH_EUNSUPPORTED);
+    assert_int_equal(quant_quantize(GGML_TYPE_Q2_K, y, b, 256), LLORCH_EUNSUPPORTED);
+    assert_int_equal(quant_quantize(GGML_TYPE_Q4_K, y, b, 224), LLORCH_EINVAL);
+    assert_int_equal(quant_quantize(GGML_TYPE_Q5_1, y, b, 48), LLORCH_EINVAL);
 }
 
 static void quant_q8_0_quantiser_matches_ggml_rounding(void **state)
@@ -404,6 +413,274 @@ static void quant_q4_0_quantiser_matches_ggml_rounding(void **state)
     assert_int_equal(d, 0xbc00);
     assert_int_equal(b[2] & 0xf, 0);
     assert_int_equal(b[2] >> 4, 15);
+}
+
+/* ---- the quantisers added for llorch-synth's other classes ---- */
+
+static const enum ggml_type new_types[] = {GGML_TYPE_Q4_1, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1,
+                                           GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K};
+
+static uint32_t gen_next(uint32_t *s)
+{
+    *s = *s * 1664525u + 1013904223u;
+    return *s >> 8;
+}
+
+/* 16 blocks of 256 with a different shape in each eighth: small and large
+ * normals, all positive, sparse, zero sub-blocks, growing magnitude, all
+ * negative, heavy tails (the same floats wherever IEEE single rounds). */
+static void gen_fill(float *x, int n)
+{
+    uint32_t s = 2024;
+    for (int i = 0; i < n; i++) {
+        float u = 0;
+        for (int k = 0; k < 4; k++)
+            u += (float)(gen_next(&s) & 0xffff) * (1.0f / 65536.0f);
+        float v = (u - 2.0f) * 1.7320508f; /* about N(0, 1) */
+        switch (i / 256 % 8) {
+        case 0: x[i] = 0.02f * v; break;
+        case 1: x[i] = 3.0f * v; break;
+        case 2: x[i] = 0.5f + 0.1f * v; break;
+        case 3: x[i] = (i % 29 == 0) ? v : 0.0f; break;
+        case 4: x[i] = (i / 32 % 2) ? 0.0f : 0.01f * v; break;
+        case 5: x[i] = (float)(i % 16) * 0.0625f * v; break;
+        case 6: x[i] = -0.25f + 0.01f * v; break;
+        default: x[i] = 1e-3f * v * v * v; break;
+        }
+    }
+}
+
+static uint64_t fnv1a(const uint8_t *p, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+static size_t quantised_bytes(enum ggml_type t, uint64_t n)
+{
+    uint64_t b;
+    assert_int_equal(ggml_type_row_bytes(t, n, &b), 0);
+    return (size_t)b;
+}
+
+/* The hashes are of the bytes libggml-base's ggml_quantize_chunk (what
+ * llama-quantize calls, no imatrix) wrote for gen_fill's input; any change
+ * of rounding, search step, clamp or packing changes them. */
+static void quant_new_quantisers_write_ggml_bytes_for_a_fixed_input(void **state)
+{
+    (void)state;
+    static const struct {
+        enum ggml_type t;
+        uint64_t fnv;
+    } want[] = {
+        {GGML_TYPE_Q4_1, 0xbb58d81c2ff9e9caull}, {GGML_TYPE_Q5_0, 0x61d420d55d628170ull},
+        {GGML_TYPE_Q5_1, 0xd7180a3be5415b23ull}, {GGML_TYPE_Q4_K, 0x0a8f39fd19b8ddd0ull},
+        {GGML_TYPE_Q5_K, 0x7af21f504043e0f7ull}, {GGML_TYPE_Q6_K, 0x76849f04eba948f4ull},
+    };
+    enum { N = 16 * 256 };
+    float *x = malloc(N * sizeof *x);
+    uint8_t *q = malloc(N * 4);
+    gen_fill(x, N);
+    for (size_t i = 0; i < LLORCH_ARRAY_SIZE(want); i++) {
+        memset(q, 0xaa, N * 4); /* a byte the quantiser forgets to write shows */
+        assert_int_equal(quant_quantize(want[i].t, x, q, N), 0);
+        uint64_t h = fnv1a(q, quantised_bytes(want[i].t, N));
+        if (h != want[i].fnv)
+            fail_msg("%s: bytes hash to 0x%016llx, ggml's to 0x%016llx", ggml_type_name(want[i].t),
+                     (unsigned long long)h, (unsigned long long)want[i].fnv);
+    }
+    free(x);
+    free(q);
+}
+
+/* Relative RMS error of dequantize(quantize(x)) on unit normals: the bounds
+ * sit ~25% above what the reference quantisers give (measured: Q4_1 0.0755,
+ * Q5_0 0.0408, Q5_1 0.0361, Q4_K 0.0682, Q5_K 0.0345, Q6_K 0.0170); a wrong
+ * scale, a lost rounding offset or a misplaced nibble or high bit lands far
+ * above. */
+static void quant_new_quantisers_round_trip_within_their_error(void **state)
+{
+    (void)state;
+    static const struct {
+        enum ggml_type t;
+        double bound;
+    } b[] = {{GGML_TYPE_Q4_1, 0.095}, {GGML_TYPE_Q5_0, 0.051}, {GGML_TYPE_Q5_1, 0.045},
+             {GGML_TYPE_Q4_K, 0.085}, {GGML_TYPE_Q5_K, 0.043}, {GGML_TYPE_Q6_K, 0.021}};
+    enum { N = 64 * 256 };
+    float *x = malloc(N * sizeof *x), *y = malloc(N * sizeof *y);
+    uint8_t *q = malloc(N * 4);
+    uint32_t s = 99;
+    for (int i = 0; i < N; i++) {
+        float u = 0;
+        for (int k = 0; k < 4; k++)
+            u += (float)(gen_next(&s) & 0xffff) * (1.0f / 65536.0f);
+        x[i] = (u - 2.0f) * 1.7320508f;
+    }
+    for (size_t i = 0; i < LLORCH_ARRAY_SIZE(b); i++) {
+        assert_int_equal(quant_quantize(b[i].t, x, q, N), 0);
+        assert_int_equal(quant_dequantize(b[i].t, q, y, N), 0);
+        double e2 = 0, x2 = 0;
+        for (int j = 0; j < N; j++) {
+            e2 += ((double)y[j] - x[j]) * ((double)y[j] - x[j]);
+            x2 += (double)x[j] * x[j];
+        }
+        double rel = sqrt(e2 / x2);
+        print_message("%s: relative RMS error %.4f (bound %.3f)\n", ggml_type_name(b[i].t), rel,
+                      b[i].bound);
+        assert_true(rel < b[i].bound);
+    }
+    free(x);
+    free(y);
+    free(q);
+}
+
+/* Zero blocks: every scale decodes to 0 and every value to +-0, no NaN.
+ * Q5_0, like Q4_0, stores d = 0 / -16 = -0 and levels 16 (value 0): its
+ * bytes are 0x8000 and a full qh; the others write only zero bytes. */
+static void quant_new_quantisers_keep_zero_blocks_zero(void **state)
+{
+    (void)state;
+    float x[256] = {0}, y[256];
+    uint8_t q[256];
+    for (size_t i = 0; i < LLORCH_ARRAY_SIZE(new_types); i++) {
+        enum ggml_type t = new_types[i];
+        size_t bytes = quantised_bytes(t, 256);
+        memset(q, 0xaa, sizeof q);
+        assert_int_equal(quant_quantize(t, x, q, 256), 0);
+        assert_int_equal(quant_dequantize(t, q, y, 256), 0);
+        for (int j = 0; j < 256; j++)
+            if (y[j] != 0.0f)
+                fail_msg("%s: element %d decodes to %g", ggml_type_name(t), j, (double)y[j]);
+        for (size_t k = 0; k < bytes; k++) {
+            uint8_t want = 0;
+            if (t == GGML_TYPE_Q5_0) { /* per 22-byte block: d 0x8000, qh all ones, qs 0 */
+                size_t o = k % 22;
+                want = o == 1 ? 0x80 : (o >= 2 && o < 6) ? 0xff : 0;
+            }
+            if (q[k] != want)
+                fail_msg("%s: byte %zu is 0x%02x, want 0x%02x", ggml_type_name(t), k, q[k], want);
+        }
+    }
+    /* values below the all-zero cut-off (1e-15) count as zero for Q6_K */
+    for (int j = 0; j < 256; j++)
+        x[j] = (j % 2 ? 1e-16f : -1e-16f);
+    assert_int_equal(quant_quantize(GGML_TYPE_Q6_K, x, q, 256), 0);
+    for (int k = 0; k < 210; k++)
+        assert_int_equal(q[k], 0);
+}
+
+static uint16_t rd16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+/* One non-zero element, derived by hand from the reference algorithms. */
+static void quant_32_blocks_with_one_value_give_hand_derived_bytes(void **state)
+{
+    (void)state;
+    float x[32] = {0}, y[32];
+    uint8_t q[24];
+    /* Q4_1: min 0, max 1.5: d = 0.1, m = 0; x[5] -> 15, the rest -> 0 */
+    x[5] = 1.5f;
+    assert_int_equal(quant_quantize(GGML_TYPE_Q4_1, x, q, 32), 0);
+    assert_int_equal(rd16(q), quant_f32_to_f16(0.1f));
+    assert_int_equal(rd16(q + 2), 0);
+    for (int j = 0; j < 16; j++)
+        assert_int_equal(q[4 + j], j == 5 ? 0x0f : 0);
+    /* Q5_0: largest magnitude -2 at 20: d = -2 / -16 = 0.125; x[20] -> 0
+     * (high nibble of byte 4, qh bit 20 clear), zeros -> 16 (qh bit set) */
+    x[5] = 0;
+    x[20] = -2.0f;
+    assert_int_equal(quant_quantize(GGML_TYPE_Q5_0, x, q, 32), 0);
+    assert_int_equal(rd16(q), 0x3000);
+    uint32_t qh;
+    memcpy(&qh, q + 2, 4);
+    assert_int_equal(qh, 0xffefffffu);
+    for (int j = 0; j < 16; j++)
+        assert_int_equal(q[6 + j], 0);
+    assert_int_equal(quant_dequantize(GGML_TYPE_Q5_0, q, y, 32), 0);
+    assert_true(y[20] == -2.0f && y[4] == 0.0f && y[19] == 0.0f);
+    /* Q5_1: min -2, max 0: d = 2 / 31, m = -2; x[20] -> 0, zeros -> 31
+     * (qs 0xff, every qh bit but 20) */
+    assert_int_equal(quant_quantize(GGML_TYPE_Q5_1, x, q, 32), 0);
+    assert_int_equal(rd16(q), quant_f32_to_f16(2.0f / 31.0f));
+    assert_int_equal(rd16(q + 2), 0xc000);
+    memcpy(&qh, q + 4, 4);
+    assert_int_equal(qh, 0xffefffffu);
+    for (int j = 0; j < 16; j++)
+        assert_int_equal(q[8 + j], j == 4 ? 0x0f : 0xff);
+    /* all equal: Q5_1 keeps the value in m with d = 0 */
+    for (int j = 0; j < 32; j++)
+        x[j] = 0.75f;
+    assert_int_equal(quant_quantize(GGML_TYPE_Q5_1, x, q, 32), 0);
+    assert_int_equal(rd16(q), 0);
+    assert_int_equal(rd16(q + 2), 0x3a00);
+    assert_int_equal(quant_dequantize(GGML_TYPE_Q5_1, q, y, 32), 0);
+    for (int j = 0; j < 32; j++)
+        assert_true(y[j] == 0.75f);
+}
+
+/* A constant positive block: each sub-block's min clamps to 0 and every
+ * trial of the search puts all 32 values on one level, so the fit stays at
+ * the first guess: scale c / nmax, min 0. Every 6-bit scale is then 63
+ * (top bits set in bytes 0..3, low nibbles 0xf in 8..11), every min 0,
+ * d = (c / nmax) / 63, dmin = 0, and every level nmax. */
+static void quant_k4_k5_constant_block_gives_hand_derived_bytes(void **state)
+{
+    (void)state;
+    float x[256], y[256];
+    uint8_t q[176];
+    for (int j = 0; j < 256; j++)
+        x[j] = 0.5f;
+    for (int k = 0; k < 2; k++) {
+        enum ggml_type t = k ? GGML_TYPE_Q5_K : GGML_TYPE_Q4_K;
+        int nmax = k ? 31 : 15;
+        assert_int_equal(quant_quantize(t, x, q, 256), 0);
+        assert_int_equal(rd16(q), quant_f32_to_f16(1.0f / (float)(2 * nmax) / 63.0f));
+        assert_int_equal(rd16(q + 2), 0);
+        for (int j = 0; j < 12; j++)
+            assert_int_equal(q[4 + j], j < 4 ? 0xff : j < 8 ? 0x00 : 0x0f);
+        for (int j = 16; j < (k ? 176 : 144); j++) /* qh (Q5_K) and qs: all ones */
+            assert_int_equal(q[j], 0xff);
+        assert_int_equal(quant_dequantize(t, q, y, 256), 0);
+        for (int j = 0; j < 256; j++)
+            assert_true(fabsf(y[j] - 0.5f) < 0.5f * 0x1p-10f);
+    }
+}
+
+/* One value 1 at element e, the rest 0. Its group of 16 fits scale -1/32
+ * (level -32 for the value); the block's d is 1/4096 so that this group's
+ * int8 scale is -128. Zero groups keep level 0 from the fit (their scale
+ * is 0, they are not re-quantised); the value's own group has level 32
+ * for its zeros. Checks where ql's nibbles and qh's pairs go. */
+static void quant_q6_k_single_value_gives_hand_derived_bytes(void **state)
+{
+    (void)state;
+    static const int elems[] = {0, 77, 200};
+    for (size_t k = 0; k < LLORCH_ARRAY_SIZE(elems); k++) {
+        const int e = elems[k], g = e / 16;
+        float x[256] = {0}, y[256];
+        uint8_t q[210], want[210] = {0};
+        x[e] = 1.0f;
+        assert_int_equal(quant_quantize(GGML_TYPE_Q6_K, x, q, 256), 0);
+        /* levels: 32 in group g but 0 at e, 0 elsewhere; lay them out */
+        for (int i = 16 * g; i < 16 * g + 16; i++) {
+            int lv = i == e ? 0 : 32, n = i / 128, r = i % 128, quarter = r / 32, l = r % 32;
+            uint8_t *ql = want + 64 * n + 32 * (quarter % 2) + l;
+            *ql |= (uint8_t)((lv & 0xf) << (quarter < 2 ? 0 : 4));
+            want[128 + 32 * n + l] |= (uint8_t)((lv >> 4) << (2 * quarter));
+        }
+        want[192 + g] = 0x80;
+        want[208] = 0x00, want[209] = 0x0c; /* f16 2^-12 */
+        assert_memory_equal(q, want, 210);
+        assert_int_equal(quant_dequantize(GGML_TYPE_Q6_K, q, y, 256), 0);
+        for (int i = 0; i < 256; i++)
+            assert_true(y[i] == (i == e ? 1.0f : 0.0f));
+    }
 }
 
 /* ---- shared files ---- */
@@ -526,6 +803,12 @@ int main(void)
         cmocka_unit_test(quant_dequantize_rejects_partial_blocks_and_unsupported_types),
         cmocka_unit_test(quant_q8_0_quantiser_matches_ggml_rounding),
         cmocka_unit_test(quant_q4_0_quantiser_matches_ggml_rounding),
+        cmocka_unit_test(quant_new_quantisers_write_ggml_bytes_for_a_fixed_input),
+        cmocka_unit_test(quant_new_quantisers_round_trip_within_their_error),
+        cmocka_unit_test(quant_new_quantisers_keep_zero_blocks_zero),
+        cmocka_unit_test(quant_32_blocks_with_one_value_give_hand_derived_bytes),
+        cmocka_unit_test(quant_k4_k5_constant_block_gives_hand_derived_bytes),
+        cmocka_unit_test(quant_q6_k_single_value_gives_hand_derived_bytes),
         cmocka_unit_test(quant_q8_0_file_matches_requantised_f32),
         cmocka_unit_test(quant_q4_0_file_matches_requantised_f32),
         cmocka_unit_test(quant_f16_file_matches_converted_f32),

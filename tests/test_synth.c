@@ -1,7 +1,8 @@
 /* llorch-synth: its models load in model_load for every architecture and
  * type, are deterministic per seed, carry a usable vocabulary (built in or
- * copied), follow the F16 fallback for rows that do not block-quantise, and
- * round-trip through `llorch-cli inspect --json`. Runs the real binaries. */
+ * copied), follow llama-quantize's fallbacks for rows that do not
+ * block-quantise and its Q4_K_M mix, and round-trip through `llorch-cli
+ * inspect --json`. Runs the real binaries. */
 #include <jansson.h>
 #include <math.h>
 #include <setjmp.h>
@@ -162,10 +163,10 @@ static void synth_quantised_types_fall_back_to_f16_for_odd_rows(void **state)
         const char *flag;
         enum ggml_type t;
         uint32_t ft;
-    } types[] = {{"f16", GGML_TYPE_F16, 1},
-                 {"bf16", GGML_TYPE_BF16, 32},
-                 {"q8_0", GGML_TYPE_Q8_0, 7},
-                 {"q4_0", GGML_TYPE_Q4_0, 2}};
+    } types[] = {{"f16", GGML_TYPE_F16, 1},   {"bf16", GGML_TYPE_BF16, 32},
+                 {"q8_0", GGML_TYPE_Q8_0, 7},  {"q4_0", GGML_TYPE_Q4_0, 2},
+                 {"q4_1", GGML_TYPE_Q4_1, 3},  {"q5_0", GGML_TYPE_Q5_0, 8},
+                 {"q5_1", GGML_TYPE_Q5_1, 9}};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         char path[256], args[64];
         tmp_path(path, sizeof path, types[i].flag);
@@ -181,6 +182,135 @@ static void synth_quantised_types_fall_back_to_f16_for_odd_rows(void **state)
         model_free(m);
         unlink(path);
     }
+}
+
+/* K types on rows of 256: every 2-D weight in the type, the ftype of its
+ * "mostly" (_S) name, and the weights decode close to what was generated
+ * (the same seed as f32 draws the same values). */
+static void synth_k_types_quantise_every_weight_when_rows_are_256(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *flag;
+        enum ggml_type t;
+        uint32_t ft;
+        double tol; /* of the RMS difference to f32, relative to the weights' 0.02 */
+    } types[] = {{"q4_k", GGML_TYPE_Q4_K, 14, 0.09},
+                 {"q5_k", GGML_TYPE_Q5_K, 16, 0.045},
+                 {"q6_k", GGML_TYPE_Q6_K, 18, 0.022}};
+    const char *shape = "--n-embd 256 --n-ff 512 --n-head 4 --n-head-kv 2 --n-vocab 1024 --seed 4";
+    char ref[256], args[256];
+    tmp_path(ref, sizeof ref, "k-f32");
+    snprintf(args, sizeof args, "%s --type f32", shape);
+    assert_int_equal(synth(ref, args), 0);
+    struct model *r = load(ref);
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        char path[256];
+        tmp_path(path, sizeof path, types[i].flag);
+        snprintf(args, sizeof args, "%s --type %s", shape, types[i].flag);
+        assert_int_equal(synth(path, args), 0);
+        struct model *m = load(path);
+        assert_int_equal(m->hp.file_type, types[i].ft);
+        const struct gguf_tensor *w[] = {m->tok_embd, m->output, m->layers[0].wq,
+                                         m->layers[1].wv, m->layers[1].wo, m->layers[0].ffn_down};
+        for (size_t k = 0; k < sizeof w / sizeof w[0]; k++)
+            assert_int_equal(w[k]->type, types[i].t);
+        assert_int_equal(m->layers[0].attn_norm->type, GGML_TYPE_F32);
+        const struct gguf_tensor *q = m->layers[1].ffn_down, *f = r->layers[1].ffn_down;
+        float *x = malloc(q->n_elements * sizeof *x);
+        assert_int_equal(quant_dequantize(q->type, q->data, x, q->n_elements), 0);
+        double e2 = 0;
+        for (uint64_t j = 0; j < q->n_elements; j++) {
+            double d = (double)x[j] - ((const float *)f->data)[j];
+            e2 += d * d;
+        }
+        free(x);
+        double rel = sqrt(e2 / (double)q->n_elements) / 0.02;
+        if (!(rel < types[i].tol))
+            fail_msg("%s: ffn_down differs from f32 by %.4f of its scale", types[i].flag, rel);
+        model_free(m);
+        unlink(path);
+    }
+    model_free(r);
+    unlink(ref);
+}
+
+/* The tiny preset's rows (n_embd 64, n_ff 176) cannot take a K type: rows
+ * of 64 fall back as llama-quantize does, rows of 176 (not a multiple of
+ * 32 either) to F16, and the tool says so. */
+static void synth_k_types_fall_back_as_llama_quantize_for_short_rows(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *flag;
+        enum ggml_type fallback;
+    } types[] = {{"q4_k", GGML_TYPE_Q5_0}, {"q5_k", GGML_TYPE_Q5_1}, {"q6_k", GGML_TYPE_Q8_0}};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        char path[256], cmd[1024];
+        tmp_path(path, sizeof path, types[i].flag);
+        snprintf(cmd, sizeof cmd, "'%s/tools/llorch-synth' -o '%s' --type %s 2>&1", build_dir(), path,
+                 types[i].flag);
+        FILE *p = popen(cmd, "r");
+        assert_non_null(p);
+        char out[1024] = "";
+        size_t n = fread(out, 1, sizeof out - 1, p);
+        out[n] = 0;
+        assert_int_equal(pclose(p), 0);
+        assert_non_null(strstr(out, "not a multiple of 256"));
+        struct model *m = load(path);
+        assert_int_equal(m->tok_embd->type, types[i].fallback);
+        assert_int_equal(m->layers[0].wq->type, types[i].fallback);
+        assert_int_equal(m->layers[0].ffn_down->type, GGML_TYPE_F16);
+        model_free(m);
+        unlink(path);
+    }
+}
+
+/* llama-quantize's Q4_K_M for a model without experts: Q4_K, with Q6_K for
+ * output (token_embd when tied) and for attn_v (attn_qkv) and ffn_down in
+ * use_more_bits layers: with 8 layers, 0, 3, 6 and 7. The same choice of
+ * types and bytes as llama-quantize's was checked by hand on llama, phi3
+ * and a tied tiny model (tools cannot run it in CI). */
+static void synth_q4_k_m_mixes_q6_k_where_llama_quantize_does(void **state)
+{
+    (void)state;
+    static const bool more[8] = {true, false, false, true, false, false, true, true};
+    char path[256];
+    tmp_path(path, sizeof path, "q4km");
+    assert_int_equal(synth(path, "--n-embd 256 --n-ff 512 --n-layer 8 --n-head 4 --n-head-kv 2 "
+                                 "--type q4_k_m"),
+                     0);
+    struct model *m = load(path);
+    assert_int_equal(m->hp.file_type, 15);
+    assert_int_equal(m->output->type, GGML_TYPE_Q6_K);
+    assert_int_equal(m->tok_embd->type, GGML_TYPE_Q4_K);
+    for (int l = 0; l < 8; l++) {
+        const struct model_layer *L = &m->layers[l];
+        enum ggml_type big = more[l] ? GGML_TYPE_Q6_K : GGML_TYPE_Q4_K;
+        assert_int_equal(L->wv->type, big);
+        assert_int_equal(L->ffn_down->type, big);
+        assert_int_equal(L->wq->type, GGML_TYPE_Q4_K);
+        assert_int_equal(L->wk->type, GGML_TYPE_Q4_K);
+        assert_int_equal(L->wo->type, GGML_TYPE_Q4_K);
+        assert_int_equal(L->ffn_gate->type, GGML_TYPE_Q4_K);
+        assert_int_equal(L->ffn_up->type, GGML_TYPE_Q4_K);
+    }
+    model_free(m);
+    unlink(path);
+    /* phi3's fused attn_qkv counts as attn_v; tied, token_embd is the output */
+    assert_int_equal(synth(path, "--arch phi3 --n-embd 256 --n-ff 256 --n-layer 4 --n-head 4 "
+                                 "--n-head-kv 4 --tied --type q4_k_m"),
+                     0);
+    m = load(path);
+    assert_int_equal(m->tok_embd->type, GGML_TYPE_Q6_K);
+    for (int l = 0; l < 4; l++) { /* 4 layers: n/8 = 0, so 3 (>= 7n/8) and 2 (l % 3 == 2) */
+        enum ggml_type big = l >= 2 ? GGML_TYPE_Q6_K : GGML_TYPE_Q4_K;
+        assert_int_equal(m->layers[l].wqkv->type, big);
+        assert_int_equal(m->layers[l].ffn_down->type, big);
+        assert_int_equal(m->layers[l].wo->type, GGML_TYPE_Q4_K);
+    }
+    model_free(m);
+    unlink(path);
 }
 
 static void synth_builtin_vocab_is_sentencepiece_shaped(void **state)
@@ -385,6 +515,7 @@ static void synth_rejects_bad_arguments(void **state)
     assert_int_not_equal(synth(path, "--n-embd 100 --n-head 3"), 0);
     assert_int_not_equal(synth(path, "--arch mamba"), 0);
     assert_int_not_equal(synth(path, "--type q2_k"), 0);
+    assert_int_not_equal(synth(path, "--type q4_k_s"), 0);
     assert_int_not_equal(synth(path, "--preset nope"), 0);
     assert_int_not_equal(synth(path, "--n-vocab 10"), 0); /* smaller than the built-in vocab */
     assert_int_not_equal(synth(path, "--vocab-from /nonexistent.gguf"), 0);
@@ -398,6 +529,9 @@ int main(void)
         cmocka_unit_test(synth_weights_are_small_normals_and_norms_near_one),
         cmocka_unit_test(synth_same_seed_gives_same_bytes),
         cmocka_unit_test(synth_quantised_types_fall_back_to_f16_for_odd_rows),
+        cmocka_unit_test(synth_k_types_quantise_every_weight_when_rows_are_256),
+        cmocka_unit_test(synth_k_types_fall_back_as_llama_quantize_for_short_rows),
+        cmocka_unit_test(synth_q4_k_m_mixes_q6_k_where_llama_quantize_does),
         cmocka_unit_test(synth_builtin_vocab_is_sentencepiece_shaped),
         cmocka_unit_test(synth_vocab_from_copies_every_tokenizer_key),
         cmocka_unit_test(synth_rope_freqs_are_llama3_factors),

@@ -1,7 +1,9 @@
 /* llorch-synth: writes a valid GGUF model with seeded random weights, for
  * tests and benchmarks. Shapes come from flags or presets; 2-D weights take
- * the requested type (rows that are not a multiple of 32 fall back to F16,
- * as convert_hf_to_gguf does); norms and biases stay F32. The vocabulary is
+ * the requested type, or llama-quantize's Q4_K_M mix (q4_k_m); rows a type
+ * cannot block-quantise fall back as llama-quantize does (Q4_K to Q5_0, Q5_K
+ * to Q5_1, Q6_K to Q8_0; F16 where not a multiple of 32, as
+ * convert_hf_to_gguf does); norms and biases stay F32. The vocabulary is
  * copied from another GGUF (every tokenizer.* key) or is a small built-in
  * SentencePiece-style one. Tensors are generated, quantised and streamed one
  * chunk at a time, so a 1.1B-parameter model never sits in memory as f32. */
@@ -24,6 +26,7 @@ struct opts {
     float rope_base, eps;
     bool tied, rope_freqs;
     enum ggml_type type;
+    bool q4_k_m; /* type is Q4_K, mixed with Q6_K as llama-quantize's Q4_K_M */
     const char *vocab_from; /* NULL: built-in */
     const char *out;
     const char *name;
@@ -36,8 +39,15 @@ static void usage(FILE *to)
             "usage: llorch-synth -o PATH [--preset tiny|tinyllama-1.1b|qwen2.5-1.5b|phi3-mini]\n"
             "         [--arch llama|qwen2|phi3|gpt2] [--n-embd N] [--n-layer N] [--n-head N]\n"
             "         [--n-head-kv N] [--n-ff N] [--n-ctx N] [--n-vocab N] [--rope-base F]\n"
-            "         [--eps F] [--tied] [--rope-freqs] [--type f32|f16|bf16|q8_0|q4_0]\n"
-            "         [--vocab-from FILE | --vocab builtin] [--seed N] [--name NAME]\n");
+            "         [--eps F] [--tied] [--rope-freqs] [--type TYPE]\n"
+            "         [--vocab-from FILE | --vocab builtin] [--seed N] [--name NAME]\n"
+            "  TYPE: f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 (blocks of 32), q4_k q5_k q6_k\n"
+            "        (blocks of 256), every 2-D weight in that type, or q4_k_m: llama-quantize's\n"
+            "        Q4_K_M mix (Q4_K; Q6_K for output and for attn_v/attn_qkv and ffn_down in\n"
+            "        its 'more bits' layers). Rows a type cannot split into blocks fall back as\n"
+            "        llama-quantize does: q4_K->q5_0, q5_K->q5_1, q6_K->q8_0, then f16 if the\n"
+            "        row is not a multiple of 32 either: K types need n_embd and n_ff to be\n"
+            "        multiples of 256 to stay K types.\n");
 }
 
 static int preset(struct opts *o, const char *name)
@@ -92,22 +102,23 @@ static int parse_f32(const char *flag, const char *s, float *out)
     return 0;
 }
 
-static int parse_type(const char *s, enum ggml_type *t)
+static int parse_type(const char *s, struct opts *o)
 {
     static const struct {
         const char *name;
         enum ggml_type t;
-    } types[] = {{"f32", GGML_TYPE_F32},
-                 {"f16", GGML_TYPE_F16},
-                 {"bf16", GGML_TYPE_BF16},
-                 {"q8_0", GGML_TYPE_Q8_0},
-                 {"q4_0", GGML_TYPE_Q4_0}};
+    } types[] = {{"f32", GGML_TYPE_F32},   {"f16", GGML_TYPE_F16},   {"bf16", GGML_TYPE_BF16},
+                 {"q8_0", GGML_TYPE_Q8_0}, {"q4_0", GGML_TYPE_Q4_0}, {"q4_1", GGML_TYPE_Q4_1},
+                 {"q5_0", GGML_TYPE_Q5_0}, {"q5_1", GGML_TYPE_Q5_1}, {"q4_k", GGML_TYPE_Q4_K},
+                 {"q5_k", GGML_TYPE_Q5_K}, {"q6_k", GGML_TYPE_Q6_K}, {"q4_k_m", GGML_TYPE_Q4_K}};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
         if (!strcmp(types[i].name, s)) {
-            *t = types[i].t;
+            o->type = types[i].t;
+            o->q4_k_m = !strcmp(s, "q4_k_m");
             return 0;
         }
-    fprintf(stderr, "llorch-synth: --type must be f32, f16, bf16, q8_0 or q4_0, got '%s'\n", s);
+    fprintf(stderr, "llorch-synth: --type must be f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, "
+                    "q4_k, q5_k, q6_k or q4_k_m, got '%s'\n", s);
     return -1;
 }
 
@@ -326,10 +337,54 @@ struct tdesc {
 struct tlist {
     struct tdesc *t;
     size_t n, cap;
+    size_t n_k_fallback; /* K-type weights whose rows are not a multiple of 256 */
 };
 
-static int tl_add(struct tlist *l, const struct opts *o, const char *name, uint64_t d0, uint64_t d1,
-                  enum init init)
+/* llama-quantize's use_more_bits: the first and last eighth of the layers
+ * and every third layer in between take the larger type in Q4_K_M. */
+static bool use_more_bits(uint32_t layer, uint32_t n_layer)
+{
+    int i = (int)layer, n = (int)n_layer;
+    return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
+}
+
+/* The type of 2-D weight `name` of layer `layer` with rows of d0 elements:
+ * the requested type, the Q4_K_M mix (llama_tensor_get_type for a model
+ * without experts: output, or token_embd when tied, Q6_K (Q8_0 for rows
+ * that are not a multiple of 256); attn_v, attn_qkv and ffn_down Q6_K in
+ * use_more_bits layers; position_embd is never quantised and stays F16 as
+ * convert_hf_to_gguf writes it), then llama-quantize's fallback for rows
+ * the type cannot split into blocks. */
+static enum ggml_type weight_type(struct tlist *l, const struct opts *o, const char *name,
+                                  uint32_t layer, uint64_t d0)
+{
+    enum ggml_type t = o->type;
+    if (o->q4_k_m) {
+        bool output = !strcmp(name, "output.weight") ||
+                      (o->tied && !strcmp(name, "token_embd.weight"));
+        bool more = strstr(name, ".attn_v.weight") || strstr(name, ".attn_qkv.weight") ||
+                    strstr(name, ".ffn_down.weight");
+        if (!strcmp(name, "position_embd.weight"))
+            return GGML_TYPE_F16;
+        if (output)
+            t = d0 % 256 ? GGML_TYPE_Q8_0 : GGML_TYPE_Q6_K;
+        else if (more && use_more_bits(layer, o->n_layer))
+            t = GGML_TYPE_Q6_K;
+    }
+    if (ggml_type_block_elems(t) == 256 && d0 % 256) {
+        l->n_k_fallback++;
+        t = t == GGML_TYPE_Q4_K   ? GGML_TYPE_Q5_0
+            : t == GGML_TYPE_Q5_K ? GGML_TYPE_Q5_1
+                                  : GGML_TYPE_Q8_0;
+    }
+    /* convert_hf_to_gguf keeps rows it cannot block-quantise as F16 */
+    if (ggml_type_block_elems(t) > 1 && d0 % ggml_type_block_elems(t))
+        t = GGML_TYPE_F16;
+    return t;
+}
+
+static int tl_add(struct tlist *l, const struct opts *o, const char *name, uint32_t layer,
+                  uint64_t d0, uint64_t d1, enum init init)
 {
     if (l->n == l->cap) {
         size_t cap = l->cap ? 2 * l->cap : 64;
@@ -345,13 +400,7 @@ static int tl_add(struct tlist *l, const struct opts *o, const char *name, uint6
     t->ne[0] = d0;
     t->ne[1] = d1 ? d1 : 1;
     t->init = init;
-    t->type = GGML_TYPE_F32;
-    if (d1) {
-        t->type = o->type;
-        /* convert_hf_to_gguf keeps rows it cannot block-quantise as F16 */
-        if (ggml_type_block_elems(o->type) > 1 && d0 % ggml_type_block_elems(o->type))
-            t->type = GGML_TYPE_F16;
-    }
+    t->type = d1 ? weight_type(l, o, name, layer, d0) : GGML_TYPE_F32;
     return 0;
 }
 
@@ -362,18 +411,19 @@ static int build_tensors(const struct opts *o, struct tlist *l)
     uint64_t E = o->n_embd, hd = o->n_embd / o->n_head, Q = o->n_head * hd;
     uint64_t KV = o->n_head_kv * hd, F = o->n_ff, V = o->n_vocab;
     char n[64];
-    int rc = tl_add(l, o, "token_embd.weight", E, V, INIT_WEIGHT);
+    int rc = tl_add(l, o, "token_embd.weight", 0, E, V, INIT_WEIGHT);
     if (gpt2)
-        rc |= tl_add(l, o, "position_embd.weight", E, o->n_ctx, INIT_WEIGHT);
-    rc |= tl_add(l, o, "output_norm.weight", E, 0, INIT_NORM);
+        rc |= tl_add(l, o, "position_embd.weight", 0, E, o->n_ctx, INIT_WEIGHT);
+    rc |= tl_add(l, o, "output_norm.weight", 0, E, 0, INIT_NORM);
     if (gpt2)
-        rc |= tl_add(l, o, "output_norm.bias", E, 0, INIT_BIAS);
+        rc |= tl_add(l, o, "output_norm.bias", 0, E, 0, INIT_BIAS);
     if (!o->tied)
-        rc |= tl_add(l, o, "output.weight", E, V, INIT_WEIGHT);
+        rc |= tl_add(l, o, "output.weight", 0, E, V, INIT_WEIGHT);
     if (o->rope_freqs)
-        rc |= tl_add(l, o, "rope_freqs.weight", hd / 2, 0, INIT_ROPE_FREQS);
+        rc |= tl_add(l, o, "rope_freqs.weight", 0, hd / 2, 0, INIT_ROPE_FREQS);
     for (uint32_t i = 0; i < o->n_layer && !rc; i++) {
-#define ADD(s, d0, d1, init) (snprintf(n, sizeof n, "blk.%u." s, i), tl_add(l, o, n, d0, d1, init))
+#define ADD(s, d0, d1, init)                                                                       \
+    (snprintf(n, sizeof n, "blk.%u." s, i), tl_add(l, o, n, i, d0, d1, init))
         rc |= ADD("attn_norm.weight", E, 0, INIT_NORM);
         if (gpt2)
             rc |= ADD("attn_norm.bias", E, 0, INIT_BIAS);
@@ -462,13 +512,21 @@ static int write_tensor(struct gguf_writer *w, const struct tdesc *t, const stru
     return 0;
 }
 
-static uint32_t file_type_of(enum ggml_type t)
+/* llama_ftype numbers; a single K type is written as its _S ("mostly")
+ * variant, the name llama.cpp gives a model that is nearly all that type. */
+static uint32_t file_type_of(const struct opts *o)
 {
-    switch (t) {
+    switch (o->type) {
     case GGML_TYPE_F16: return 1;
     case GGML_TYPE_BF16: return 32;
     case GGML_TYPE_Q8_0: return 7;
     case GGML_TYPE_Q4_0: return 2;
+    case GGML_TYPE_Q4_1: return 3;
+    case GGML_TYPE_Q5_0: return 8;
+    case GGML_TYPE_Q5_1: return 9;
+    case GGML_TYPE_Q4_K: return o->q4_k_m ? 15 : 14;
+    case GGML_TYPE_Q5_K: return 16;
+    case GGML_TYPE_Q6_K: return 18;
     default: return 0;
     }
 }
@@ -482,7 +540,7 @@ static int put_hparams(struct gguf_writer *w, const struct opts *o)
 #define SETU(s, v) (rc = rc ? rc : gguf_writer_set_u32(w, (snprintf(k, sizeof k, "%s." s, a), k), v))
 #define SETF(s, v) (rc = rc ? rc : gguf_writer_set_f32(w, (snprintf(k, sizeof k, "%s." s, a), k), v))
     rc = rc ? rc : gguf_writer_set_str(w, LLORCH_GGUF_KEY_NAME, o->name);
-    rc = rc ? rc : gguf_writer_set_u32(w, LLORCH_GGUF_KEY_FILE_TYPE, file_type_of(o->type));
+    rc = rc ? rc : gguf_writer_set_u32(w, LLORCH_GGUF_KEY_FILE_TYPE, file_type_of(o));
     if (ggml_type_block_elems(o->type) > 1)
         rc = rc ? rc : gguf_writer_set_u32(w, LLORCH_GGUF_KEY_QUANTIZATION_VERSION, 2);
     SETU(LLORCH_GGUF_ARCH_CONTEXT_LENGTH, o->n_ctx);
@@ -534,6 +592,10 @@ static int run(struct opts *o)
     }
     if ((rc = put_hparams(w, o)) || build_tensors(o, &tl))
         goto out;
+    if (tl.n_k_fallback)
+        fprintf(stderr, "llorch-synth: note: %zu weights have rows that are not a multiple of 256 "
+                        "and fall back as llama-quantize does (q4_K->q5_0, q5_K->q5_1, "
+                        "q6_K->q8_0; f16 where not a multiple of 32)\n", tl.n_k_fallback);
     for (size_t i = 0; i < tl.n; i++) {
         const struct tdesc *t = &tl.t[i];
         if ((rc = gguf_writer_add_tensor_info(w, t->name, t->type, t->n_dims, t->ne)))
@@ -638,7 +700,7 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--rope-freqs")) {
             o.rope_freqs = true;
         } else if (!strcmp(a, "--type")) {
-            bad = parse_type(val, &o.type);
+            bad = parse_type(val, &o);
         } else if (!strcmp(a, "--vocab-from")) {
             o.vocab_from = val;
         } else if (!strcmp(a, "--vocab")) {
