@@ -309,25 +309,32 @@ def test_killed_stage_ends_streams_with_an_error_frame_and_exits():
         p.kill()
 
 
+def decoding_streams(port, tag, timeout):
+    """Four long /execute streams, returned once each has had a token (so
+    every stream is decoding and, on two stages, both groups are in flight)."""
+    streams = []
+    for i in range(4):
+        s = Stream(port, "/execute", {"job_id": "%s%d" % (tag, i), "prompt": PROMPTS[i],
+                                      "max_tokens": 400, "temperature": 0.9,
+                                      "seed": 1 + i}, timeout=timeout)
+        assert s.status == 200
+        streams.append(s)
+    for s in streams:
+        while True:
+            fr = s.next_frame()
+            assert fr is not None
+            if fr["event"] == "token":
+                break
+    return streams
+
+
 def test_killed_stage_with_groups_in_flight_ends_every_stream_with_an_error_frame():
     """Four streams on two stages: two micro-batch groups in flight when a
     stage dies; every stream still ends with its error frame, in time."""
     p = Pipeline(2, model=model_path(MODEL))
     p.start()
     try:
-        streams = []
-        for i in range(4):
-            s = Stream(p.port, "/execute", {"job_id": "g%d" % i, "prompt": PROMPTS[i],
-                                            "max_tokens": 400, "temperature": 0.9,
-                                            "seed": 1 + i}, timeout=20)
-            assert s.status == 200
-            streams.append(s)
-        for s in streams:  # every stream decoding: the groups are in flight
-            while True:
-                fr = s.next_frame()
-                assert fr is not None
-                if fr["event"] == "token":
-                    break
+        streams = decoding_streams(p.port, "g", timeout=20)
         ranks = p.ranks()
         t0 = time.time()
         os.kill(ranks[1], signal.SIGKILL)
@@ -394,19 +401,7 @@ def test_frozen_stage_ends_every_stream_within_the_stage_timeout():
         for r, pid in ranks.items():  # polling with sleeps, not a busy core
             used = cpu_seconds(pid) - cpu0[r]
             assert used < 0.25 * idle, ("rank %d used %.2f s of CPU in %.2f s idle" % (r, used, idle))
-        streams = []
-        for i in range(4):
-            s = Stream(p.port, "/execute", {"job_id": "f%d" % i, "prompt": PROMPTS[i],
-                                            "max_tokens": 400, "temperature": 0.9,
-                                            "seed": 1 + i}, timeout=30)
-            assert s.status == 200
-            streams.append(s)
-        for s in streams:
-            while True:
-                fr = s.next_frame()
-                assert fr is not None
-                if fr["event"] == "token":
-                    break
+        streams = decoding_streams(p.port, "f", timeout=30)
         health = []
 
         def poll_health():

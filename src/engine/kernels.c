@@ -239,21 +239,30 @@ AVX2_TARGET static inline __m256 exp256(__m256 x)
     return p;
 }
 
-AVX2_TARGET static float dot_avx2(const float *a, const float *b, int64_t n)
+/* dot_avx2's vector part over the first n8 elements (a multiple of 8), before
+ * its horizontal sum: 4 chains over 32-element steps, 8-element steps into
+ * the first; (s0 + s1) + (s2 + s3). */
+AVX2_TARGET static inline __m256 dot8_avx2(const float *a, const float *b, int64_t n8)
 {
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
     int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
+    for (; i + 32 <= n8; i += 32) {
         s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
         s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
         s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
         s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
     }
-    for (; i + 8 <= n; i += 8)
+    for (; i < n8; i += 8)
         s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    float s = hsum256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
-    for (; i < n; i++)
+    return _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+}
+
+AVX2_TARGET static float dot_avx2(const float *a, const float *b, int64_t n)
+{
+    const int64_t n8 = n / 8 * 8;
+    float s = hsum256(dot8_avx2(a, b, n8));
+    for (int64_t i = n8; i < n; i++)
         s += a[i] * b[i];
     return s;
 }
@@ -544,23 +553,6 @@ AVX2_TARGET static inline void attn_row_avx2(float *r, const struct kernels_kv_v
     }
 }
 
-/* dot_avx2(q, r, hd) for hd a multiple of 8, before its horizontal sum */
-AVX2_TARGET static inline __m256 attn_dot8_avx2(const float *q, const float *r, int64_t hd)
-{
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
-    int64_t d = 0;
-    for (; d + 32 <= hd; d += 32) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_load_ps(r + d), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 8), _mm256_load_ps(r + d + 8), s1);
-        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 16), _mm256_load_ps(r + d + 16), s2);
-        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 24), _mm256_load_ps(r + d + 24), s3);
-    }
-    for (; d < hd; d += 8)
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_load_ps(r + d), s0);
-    return _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
-}
-
 /* hsum256 of 8 vectors at once: lane k of the result is hsum256(v[k]),
  * ((x0 + x2) + (x1 + x3)) with x = lo + hi, the same adds. */
 AVX2_TARGET static inline __m256 attn_hsum8x8_avx2(const __m256 v[8])
@@ -602,11 +594,11 @@ AVX2_TARGET static void attention_group_avx2(const struct kernels *k, const stru
                     if (lim == KB) {
                         __m256 v[KB];
                         for (int r = 0; r < KB; r++)
-                            v[r] = attn_dot8_avx2(q + i * hd, rb + r * hd, hd);
+                            v[r] = dot8_avx2(q + i * hd, rb + r * hd, hd);
                         _mm256_storeu_ps(si, _mm256_mul_ps(attn_hsum8x8_avx2(v), scale));
                     } else {
                         for (int64_t r = 0; r < lim; r++)
-                            si[r] = hsum256(attn_dot8_avx2(q + i * hd, rb + r * hd, hd)) * a->scale;
+                            si[r] = hsum256(dot8_avx2(q + i * hd, rb + r * hd, hd)) * a->scale;
                     }
                 }
             }

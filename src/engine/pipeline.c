@@ -97,9 +97,13 @@ static void pl_sleep_us(unsigned us)
     nanosleep(&ts, NULL);
 }
 
+static bool pl_silent(struct pipeline *p);
+
 /* Returns the element count received (receives) or 0; -1 as soon as lost
- * is set (NULL: never; the request is then left pending). */
-static int pl_wait(MPI_Request *rq, MPI_Datatype type, const atomic_bool *lost)
+ * is set (NULL: never; the request is then left pending), or, with watch
+ * (rank 0), once no stage has been heard from for its stage_timeout_ms. */
+static int pl_wait(MPI_Request *rq, MPI_Datatype type, const atomic_bool *lost,
+                   struct pipeline *watch)
 {
     unsigned us = 0;
     for (;;) {
@@ -113,6 +117,8 @@ static int pl_wait(MPI_Request *rq, MPI_Datatype type, const atomic_bool *lost)
                 MPI_Get_count(&st, type, &count);
             return count;
         }
+        if (watch && pl_silent(watch))
+            return -1;
         if (us < 200)
             us += 10;
         pl_sleep_us(us);
@@ -245,37 +251,21 @@ static void pl_stalled(struct pipeline *p, double now)
         p->o.on_lost(p->o.on_lost_ctx, why);
 }
 
-/* Rank 0 waiting for a group's request: as pl_wait, taking heartbeats
- * meanwhile; -1 when lost, or when nothing was heard from any stage for
- * stage_timeout_ms (a frozen stage: MPI itself would wait for ever). The
- * heartbeats are taken before the clock is read, so that a coordinator that
- * was itself held up (an overloaded host) does not blame the stages. */
-static int pl_coord_wait(struct pipeline *p, MPI_Request *rq, MPI_Datatype type)
+/* Rank 0, between polls of a request: takes the heartbeats that arrived,
+ * then whether nothing was heard from any stage for stage_timeout_ms (a
+ * frozen stage: MPI itself would wait for ever; the pipeline is then lost).
+ * The heartbeats are taken before the clock is read, so that a coordinator
+ * that was itself held up (an overloaded host) does not blame the stages. */
+static bool pl_silent(struct pipeline *p)
 {
-    unsigned us = 0;
-    for (;;) {
-        if (atomic_load(&p->lost))
-            return -1;
-        int done = 0, count = 0;
-        MPI_Status st;
-        MPI_Test(rq, &done, &st);
-        if (done) {
-            if (type != MPI_DATATYPE_NULL)
-                MPI_Get_count(&st, type, &count);
-            return count;
-        }
-        if (p->o.stage_timeout_ms) {
-            pl_take_beats(p);
-            double now = pl_now_ms();
-            if (now - p->t_progress > (double)p->o.stage_timeout_ms) {
-                pl_stalled(p, now);
-                return -1;
-            }
-        }
-        if (us < 200)
-            us += 10;
-        pl_sleep_us(us);
-    }
+    if (!p->o.stage_timeout_ms)
+        return false;
+    pl_take_beats(p);
+    const double now = pl_now_ms();
+    if (now - p->t_progress <= (double)p->o.stage_timeout_ms)
+        return false;
+    pl_stalled(p, now);
+    return true;
 }
 
 static int pl_send_all(struct pipeline *p, const uint32_t *msg, size_t words)
@@ -284,7 +274,7 @@ static int pl_send_all(struct pipeline *p, const uint32_t *msg, size_t words)
     for (int s = 0; s < p->n_stages; s++)
         MPI_Isend(msg, (int)words, MPI_UINT32_T, s + 1, TAG_STEP, MPI_COMM_WORLD, &rq[s]);
     for (int s = 0; s < p->n_stages; s++)
-        if (pl_wait(&rq[s], MPI_DATATYPE_NULL, &p->lost) < 0)
+        if (pl_wait(&rq[s], MPI_DATATYPE_NULL, &p->lost, NULL) < 0)
             return LLORCH_ESTAGE_LOST; /* the sends stay pending: the process is ending */
     return 0;
 }
@@ -506,12 +496,12 @@ LLORCH_API int pipeline_complete(void *ctx, uint32_t *group)
     p->s_head = (p->s_head + 1) % p->n_slots;
     p->s_count--;
     const uint32_t n_vocab = p->m->hp.n_vocab;
-    int got = pl_coord_wait(p, &sl->logits_rq, MPI_FLOAT);
+    int got = pl_wait(&sl->logits_rq, MPI_FLOAT, &p->lost, p);
     if (got < 0)
         return LLORCH_ESTAGE_LOST;
     p->t_progress = p->heard[p->n_stages - 1] = pl_now_ms();
     for (int s = 0; s < p->n_stages; s++)
-        if (pl_coord_wait(p, &sl->send_rq[s], MPI_DATATYPE_NULL) < 0)
+        if (pl_wait(&sl->send_rq[s], MPI_DATATYPE_NULL, &p->lost, p) < 0)
             return LLORCH_ESTAGE_LOST;
     if (got < 1 + p->n_stages)
         return LLORCH_EINTERNAL;
@@ -784,7 +774,7 @@ static void pl_beat_stop(struct pl_beat *b)
     pthread_mutex_unlock(&b->mu);
     pthread_join(b->thread, NULL);
     if (b->rq != MPI_REQUEST_NULL)
-        (void)pl_wait(&b->rq, MPI_DATATYPE_NULL, NULL);
+        (void)pl_wait(&b->rq, MPI_DATATYPE_NULL, NULL, NULL);
     pthread_cond_destroy(&b->cv);
     pthread_mutex_destroy(&b->mu);
     b->running = false;
@@ -878,7 +868,7 @@ LLORCH_API int pipeline_stage_run(const struct model *m, const struct pipeline_o
         if (!first) {
             MPI_Irecv(hin, (int)hidden_words, MPI_FLOAT, o->rank - 1, TAG_HIDDEN, MPI_COMM_WORLD,
                       &rq);
-            int got = pl_wait(&rq, MPI_FLOAT, NULL);
+            int got = pl_wait(&rq, MPI_FLOAT, NULL, NULL);
             if (got < (int)trailer)
                 MPI_Abort(MPI_COMM_WORLD, 4); /* a protocol bug */
             in_trailer = hin + (got - (int)trailer);
@@ -892,7 +882,7 @@ LLORCH_API int pipeline_stage_run(const struct model *m, const struct pipeline_o
          * send has completed */
         hout = hbuf[cur];
         if (out_rq[cur] != MPI_REQUEST_NULL)
-            (void)pl_wait(&out_rq[cur], MPI_DATATYPE_NULL, NULL);
+            (void)pl_wait(&out_rq[cur], MPI_DATATYPE_NULL, NULL, NULL);
         double t0 = pl_now_ms(); /* this stage's compute, not its wait for input */
         if (!st) {
             for (uint32_t i = 0; i < n; i++)
@@ -914,7 +904,7 @@ LLORCH_API int pipeline_stage_run(const struct model *m, const struct pipeline_o
     pl_beat_stop(&beat);
     for (int b = 0; b < 2; b++)
         if (out_rq[b] != MPI_REQUEST_NULL)
-            (void)pl_wait(&out_rq[b], MPI_DATATYPE_NULL, NULL);
+            (void)pl_wait(&out_rq[b], MPI_DATATYPE_NULL, NULL, NULL);
     free(msg);
     free(hin);
     free(hbuf[0]);

@@ -302,20 +302,39 @@ static void q_q8_0(const float *x, uint8_t *b, uint64_t nb)
     }
 }
 
+/* The value of largest magnitude of a 32-block, signed (the first of equal
+ * magnitudes), as ggml's 4- and 5-bit quantisers pick it. */
+static float signed_amax32(const float *x)
+{
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < 32; j++) {
+        if (amax < fabsf(x[j])) {
+            amax = fabsf(x[j]);
+            max = x[j];
+        }
+    }
+    return max;
+}
+
+/* Smallest and largest value of a 32-block (Q4_1, Q5_1). */
+static void min_max32(const float *x, float *min, float *max)
+{
+    float lo = FLT_MAX, hi = -FLT_MAX;
+    for (int j = 0; j < 32; j++) {
+        lo = x[j] < lo ? x[j] : lo;
+        hi = x[j] > hi ? x[j] : hi;
+    }
+    *min = lo;
+    *max = hi;
+}
+
 /* ggml's quantize_row_q4_0_ref: d = (value of largest magnitude) / -8, so
  * that element maps to q = 0; q = min(15, trunc(x / d + 8.5)). Byte j holds
  * element j (low nibble) and element j + 16 (high nibble). */
 static void q_q4_0(const float *x, uint8_t *b, uint64_t nb)
 {
     for (uint64_t i = 0; i < nb; i++, x += 32, b += 18) {
-        float amax = 0.0f, max = 0.0f;
-        for (int j = 0; j < 32; j++) {
-            if (amax < fabsf(x[j])) {
-                amax = fabsf(x[j]);
-                max = x[j];
-            }
-        }
-        float d = max / -8.0f;
+        float d = signed_amax32(x) / -8.0f;
         float id = d != 0.0f ? 1.0f / d : 0.0f;
         put16(b, quant_f32_to_f16(d));
         for (int j = 0; j < 16; j++) {
@@ -332,11 +351,8 @@ static void q_q4_0(const float *x, uint8_t *b, uint64_t nb)
 static void q_q4_1(const float *x, uint8_t *b, uint64_t nb)
 {
     for (uint64_t i = 0; i < nb; i++, x += 32, b += 20) {
-        float min = FLT_MAX, max = -FLT_MAX;
-        for (int j = 0; j < 32; j++) {
-            min = x[j] < min ? x[j] : min;
-            max = x[j] > max ? x[j] : max;
-        }
+        float min, max;
+        min_max32(x, &min, &max);
         float d = (max - min) / 15.0f;
         float id = d != 0.0f ? 1.0f / d : 0.0f;
         put16(b, quant_f32_to_f16(d));
@@ -354,14 +370,7 @@ static void q_q4_1(const float *x, uint8_t *b, uint64_t nb)
 static void q_q5_0(const float *x, uint8_t *b, uint64_t nb)
 {
     for (uint64_t i = 0; i < nb; i++, x += 32, b += 22) {
-        float amax = 0.0f, max = 0.0f;
-        for (int j = 0; j < 32; j++) {
-            if (amax < fabsf(x[j])) {
-                amax = fabsf(x[j]);
-                max = x[j];
-            }
-        }
-        float d = max / -16.0f;
+        float d = signed_amax32(x) / -16.0f;
         float id = d != 0.0f ? 1.0f / d : 0.0f;
         put16(b, quant_f32_to_f16(d));
         uint32_t qh = 0;
@@ -380,11 +389,8 @@ static void q_q5_0(const float *x, uint8_t *b, uint64_t nb)
 static void q_q5_1(const float *x, uint8_t *b, uint64_t nb)
 {
     for (uint64_t i = 0; i < nb; i++, x += 32, b += 24) {
-        float min = FLT_MAX, max = -FLT_MAX;
-        for (int j = 0; j < 32; j++) {
-            min = x[j] < min ? x[j] : min;
-            max = x[j] > max ? x[j] : max;
-        }
+        float min, max;
+        min_max32(x, &min, &max);
         float d = (max - min) / 31.0f;
         float id = d != 0.0f ? 1.0f / d : 0.0f;
         put16(b, quant_f32_to_f16(d));
