@@ -12,8 +12,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e_common import (Daemon, Stream, check_stream_shape, events_of, read_until,  # noqa: E402
-                        run_tests, wait_for)
+from e2e_common import (Daemon, Stream, check_stream_shape, events_of, model_path,  # noqa: E402
+                        read_until, run_tests, wait_for)
 
 PROMPT = "Once upon a time"
 
@@ -76,10 +76,14 @@ def test_sigint_drains_like_sigterm():
 
 
 def test_request_pipelined_behind_a_stream_sees_draining():
-    d = Daemon().start()
+    """The stream must still be running when SIGTERM arrives, or the request
+    behind it rightly sees a healthy server: stories260k made 64 tokens in
+    7 ms, sometimes before the signal was handled, so this stream is 400
+    tokens of the larger llama-mid model (about a second here)."""
+    d = Daemon(model=model_path("llama-mid-f32.gguf")).start()
     try:
         s = socket.create_connection(("127.0.0.1", d.port))
-        body = json.dumps({"job_id": "p", "prompt": PROMPT, "max_tokens": 64}).encode()
+        body = json.dumps({"job_id": "p", "prompt": PROMPT, "max_tokens": 400}).encode()
         s.sendall(b"POST /execute HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
                   b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body +
                   b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -99,7 +103,11 @@ def test_request_pipelined_behind_a_stream_sees_draining():
 
 
 def test_streams_past_the_drain_deadline_end_with_shutting_down():
-    d = Daemon("--max-batch", "1", "--max-queue", "16", "--drain-timeout-ms", "300").start()
+    """8 streams of 480 tokens one at a time must outlast a 300 ms drain: on
+    llama-mid they take seconds (on stories260k ~0.4 s here, so a faster CPU
+    could finish them all inside the deadline)."""
+    d = Daemon("--max-batch", "1", "--max-queue", "16", "--drain-timeout-ms", "300",
+               model=model_path("llama-mid-f32.gguf")).start()
     try:
         streams = open_streams(d, 8, 480, "late")
         streams[0].next_frame()
