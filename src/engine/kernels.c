@@ -23,6 +23,14 @@
 #define KERNELS_X86 0
 #endif
 
+/* Position p's K (or V) row of a paged view: base (kv->k or kv->v) plus its
+ * block's offset from the sequence's block table. */
+static inline const uint8_t *kv_row(const struct kernels_kv_view *kv, const uint8_t *base, int64_t p)
+{
+    return base + (size_t)kv->blocks[p / kv->block] * kv->block_stride +
+           (size_t)(p % kv->block) * kv->row_bytes;
+}
+
 /* ---- scalar kernels ---------------------------------------------------- */
 
 static float dot_scalar(const float *a, const float *b, int64_t n)
@@ -531,25 +539,28 @@ AVX2_TARGET static void from_f16_avx2(float *y, const uint16_t *x, int64_t n)
 #define KERNELS_ATTN_AVX2_MAX 256
 #define KERNELS_ATTN_AVX2_KEYS 8
 
-AVX2_TARGET static inline void attn_row_avx2(float *r, const struct kernels_kv_view *kv,
-                                             const uint8_t *base, int64_t p, int64_t hd)
+/* n rows from position p0 on, as f32, into r (hd floats each, hd a multiple
+ * of 8). */
+AVX2_TARGET static inline void attn_rows_avx2(float *r, const struct kernels_kv_view *kv,
+                                              const uint8_t *base, int64_t p0, int64_t n, int64_t hd)
 {
-    const uint8_t *row = base + (size_t)kv->blocks[p / kv->block] * kv->block_stride +
-                         (size_t)(p % kv->block) * kv->row_bytes;
-    for (int64_t d = 0; d < hd; d += 8) {
-        __m256 v;
-        switch (kv->type) {
-        case LLORCH_KV_F16:
-            v = load_f16x8((const uint16_t *)(const void *)row + d);
-            break;
-        case LLORCH_KV_BF16:
-            v = load_bf16x8((const uint16_t *)(const void *)row + d);
-            break;
-        default:
-            v = _mm256_loadu_ps((const float *)(const void *)row + d);
-            break;
+    for (int64_t j = 0; j < n; j++, r += hd) {
+        const uint8_t *row = kv_row(kv, base, p0 + j);
+        for (int64_t d = 0; d < hd; d += 8) {
+            __m256 v;
+            switch (kv->type) {
+            case LLORCH_KV_F16:
+                v = load_f16x8((const uint16_t *)(const void *)row + d);
+                break;
+            case LLORCH_KV_BF16:
+                v = load_bf16x8((const uint16_t *)(const void *)row + d);
+                break;
+            default:
+                v = _mm256_loadu_ps((const float *)(const void *)row + d);
+                break;
+            }
+            _mm256_store_ps(r + d, v);
         }
-        _mm256_store_ps(r + d, v);
     }
 }
 
@@ -584,8 +595,7 @@ AVX2_TARGET static void attention_group_avx2(const struct kernels *k, const stru
         float *sc = a->scores;
         for (int64_t p0 = 0; p0 < n_kv_last; p0 += KB) {
             const int64_t np = LLORCH_MIN((int64_t)KB, n_kv_last - p0);
-            for (int64_t r = 0; r < np; r++)
-                attn_row_avx2(rb + r * hd, kv, kv->k, p0 + r, hd);
+            attn_rows_avx2(rb, kv, kv->k, p0, np, hd);
             for (int64_t j = 0; j < nt; j++) {
                 const int64_t lim = LLORCH_MIN(np, n_kv0 + j - p0);
                 const float *q = a->q + (t0 + j) * a->q_stride;
@@ -610,8 +620,7 @@ AVX2_TARGET static void attention_group_avx2(const struct kernels *k, const stru
             }
         for (int64_t p0 = 0; p0 < n_kv_last; p0 += KB) {
             const int64_t np = LLORCH_MIN((int64_t)KB, n_kv_last - p0);
-            for (int64_t r = 0; r < np; r++)
-                attn_row_avx2(rb + r * hd, kv, kv->v, p0 + r, hd);
+            attn_rows_avx2(rb, kv, kv->v, p0, np, hd);
             for (int64_t j = 0; j < nt; j++) {
                 const int64_t lim = LLORCH_MIN(np, n_kv0 + j - p0);
                 float *out = a->out + (t0 + j) * a->out_stride;
@@ -976,8 +985,7 @@ AVX512_TARGET static void attention_group_avx512(const struct kernels *k,
         const int64_t n_kv = a->pos0 + t + 1;
         float *sc = a->scores; /* head i at sc + i * n_kv */
         for (int64_t p = 0; p < n_kv; p++) {
-            const uint8_t *row = kv->k + (size_t)kv->blocks[p / kv->block] * kv->block_stride +
-                                 (size_t)(p % kv->block) * kv->row_bytes;
+            const uint8_t *row = kv_row(kv, kv->k, p);
             for (int64_t c = 0; c < nc; c++)
                 r[c] = attn_load16(row, c, kv->type);
             for (int64_t i = 0; i < nh; i++) {
@@ -998,8 +1006,7 @@ AVX512_TARGET static void attention_group_avx512(const struct kernels *k,
             memset(out + i * hd, 0, (size_t)hd * sizeof(float));
         }
         for (int64_t p = 0; p < n_kv; p++) {
-            const uint8_t *row = kv->v + (size_t)kv->blocks[p / kv->block] * kv->block_stride +
-                                 (size_t)(p % kv->block) * kv->row_bytes;
+            const uint8_t *row = kv_row(kv, kv->v, p);
             for (int64_t c = 0; c < nc; c++)
                 r[c] = attn_load16(row, c, kv->type);
             for (int64_t i = 0; i < nh; i++) {
@@ -1184,8 +1191,7 @@ LLORCH_API void kernels_round_q8_0(float *x, int64_t n)
 static const float *attn_row(const struct kernels *k, const struct kernels_kv_view *kv,
                              const uint8_t *base, int64_t p, int64_t hd, float *buf)
 {
-    const uint8_t *row = base + (size_t)kv->blocks[p / kv->block] * kv->block_stride +
-                         (size_t)(p % kv->block) * kv->row_bytes;
+    const uint8_t *row = kv_row(kv, base, p);
     switch (kv->type) {
     case LLORCH_KV_F16:
         k->from_f16(buf, (const uint16_t *)(const void *)row, hd);
