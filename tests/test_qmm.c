@@ -250,13 +250,17 @@ static void check_rows_alone(const enum ggml_type types[3], int64_t k)
         free(data[i]);
 }
 
-/* A Q4_K_M-like stack (two activation formats), and a float stack (4 x 2
- * tiles; k = 1000 and 1001: tails of 0 and 1 element past the last 8). */
+/* A Q4_K_M-like stack (two activation formats); the row-interleaved types
+ * with parts of 37, 64 and 19 rows (groups of 8 padded, and cut by parts and
+ * by the pool's row ranges); and a float stack (4 x 2 tiles; k = 1000 and
+ * 1001: tails of 0 and 1 element past the last 8). */
 static void rows_do_not_depend_on_m_parts_or_pool(void **state)
 {
     (void)state;
     const enum ggml_type kq[3] = {GGML_TYPE_Q4_K, GGML_TYPE_Q6_K, GGML_TYPE_Q8_0};
     check_rows_alone(kq, 512);
+    const enum ggml_type x8[3] = {GGML_TYPE_Q4_0, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0};
+    check_rows_alone(x8, 96);
     const enum ggml_type fl[3] = {GGML_TYPE_F16, GGML_TYPE_BF16, GGML_TYPE_F32};
     check_rows_alone(fl, 1000);
     check_rows_alone(fl, 1001);

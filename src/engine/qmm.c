@@ -61,6 +61,7 @@ struct qmm_act {
     const float *d;
     const float *s;
     const int16_t *bs;
+    const int32_t *sum; /* Q8_0 format: sum of each block's q */
 };
 
 
@@ -239,13 +240,33 @@ static inline float q32_dot_scalar(enum ggml_type t, const uint8_t *w, const str
     return qmm_hsum8(acc) + accm;
 }
 
+/* Q8_0 / Q4_0: each block's sum exact in integers, then one fma chain per
+ * output (the order of the row-interleaved layout, see qmm.h). */
+static inline float q32_chain_dot_scalar(enum ggml_type t, const uint8_t *w, const struct qmm_act *a,
+                                         int64_t n)
+{
+    const int bytes = qmm_info(t)->bytes;
+    float acc = 0.0f;
+    for (int64_t b = 0; b < n / 32; b++) {
+        const uint8_t *blk = w + b * bytes;
+        int q[32];
+        q32_values(t, blk, q);
+        const int8_t *x = a->q + 32 * b;
+        int32_t p = 0;
+        for (int j = 0; j < 32; j++)
+            p += q[j] * x[j];
+        acc = fmaf(qmm_f16(blk) * a->d[b], (float)p, acc);
+    }
+    return acc;
+}
+
 static float dot_q8_0_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n)
 {
-    return q32_dot_scalar(GGML_TYPE_Q8_0, w, a, n);
+    return q32_chain_dot_scalar(GGML_TYPE_Q8_0, w, a, n);
 }
 static float dot_q4_0_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n)
 {
-    return q32_dot_scalar(GGML_TYPE_Q4_0, w, a, n);
+    return q32_chain_dot_scalar(GGML_TYPE_Q4_0, w, a, n);
 }
 static float dot_q4_1_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n)
 {
@@ -426,22 +447,19 @@ QMM_INLINE __m256i avx2_bit5(const uint8_t *p)
     return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
 }
 
-/* 32-element types: the weight block as bytes in element order; signed
- * (offset applied) for Q8_0/Q4_0/Q5_0, unsigned for Q4_1/Q5_1. */
+/* Q4_1 / Q5_0 / Q5_1 (Q8_0 and Q4_0 run row-interleaved, below): the
+ * weight block as bytes in element order; signed (offset applied) for Q5_0,
+ * unsigned for the types with a min. */
 QMM_INLINE __m256i avx2_q32_values(enum ggml_type t, const uint8_t *blk)
 {
     switch (t) {
-    case GGML_TYPE_Q4_0:
-        return _mm256_sub_epi8(avx2_nibbles(blk + 2), _mm256_set1_epi8(8));
     case GGML_TYPE_Q4_1:
         return avx2_nibbles(blk + 4);
     case GGML_TYPE_Q5_0:
         return _mm256_sub_epi8(_mm256_or_si256(avx2_nibbles(blk + 6), avx2_bit5(blk + 2)),
                                _mm256_set1_epi8(16));
-    case GGML_TYPE_Q5_1:
+    default: /* Q5_1 */
         return _mm256_or_si256(avx2_nibbles(blk + 8), avx2_bit5(blk + 4));
-    default: /* Q8_0 */
-        return avx2_load(blk + 2);
     }
 }
 
@@ -653,114 +671,134 @@ QMM_INLINE void avx2_q6k_tile(const int WR, const int NR, const uint8_t *w, size
             out[i * NR + r] = avx2_hsum8(acc[i][r]);
 }
 
-/* ---- grouped layouts (AVX2 and up) -----------------------------------------
- * Q8_0 and Q4_0 rows are repacked once at load, in place of the file's
- * bytes (same size), so that each group of 8 blocks reads as:
- *   8 f16 scales (16 B), then the 8 blocks' values:
- *     Q8_0: 8 x 32 int8, block after block;
- *     Q4_0: 4 x 32 bytes, byte j of pair p = (element j of block 2p) |
- *           (element j of block 2p+1) << 4, the file's unsigned nibbles.
- * A row's last nb % 8 blocks stay in the file's layout. One f16 conversion
- * and one multiply give the 8 blocks' d_w * d_x; one 32-byte load gives two
- * Q4_0 blocks without a cross-lane insert; Q4_0's offset is taken out of
- * the integer sums as 8 * (4-element sums of x), computed once per
- * activation block for every weight row. The sums and their order are the
- * canonical ones, so the bits equal the scalar level's. */
-#define QMM_GROUP 8
+/* ---- row-interleaved layouts (AVX2 and up) ---------------------------------
+ * Q8_0 and Q4_0 rows are repacked once at load, in place of the file's bytes,
+ * into groups of QMM_X8 rows (the last group padded with zero rows). Block b
+ * of a group's rows reads as
+ *   QMM_X8 f16 scales (16 B, row t's at t), then
+ *     Q8_0: 8 x 32 bytes: bytes 4t..4t+3 of vector j are elements 4j..4j+3
+ *           of row t;
+ *     Q4_0: 4 x 32 bytes: bytes 4t..4t+3 of vector j are the file's bytes
+ *           4j..4j+3 of row t (low nibbles elements 4j.., high 16+4j..).
+ * One 32-bit lane per weight row: an activation's 4 bytes are broadcast to
+ * every lane, so after the block's multiplies each lane holds its row's
+ * exact block sum, and one f16 conversion, one multiply and one fma serve 8
+ * rows (as llama.cpp's repacked Q4_0 does; the file-order kernels paid one
+ * conversion and fma per row). The per-output chain is the scalar level's. */
+#define QMM_X8 8
+#define QMM_X8_NR 4 /* activation rows per pass over a group */
 
-QMM_INLINE void avx2_grouped_tile(enum ggml_type t, const int WR, const int NR, const uint8_t *w,
-                                  size_t wstride, const struct qmm_act *a, int64_t n, float *out)
+static inline uint32_t qmm_load32(const void *p)
 {
-    const bool four = t == GGML_TYPE_Q4_0;
-    const int bytes = four ? 18 : 34, gbytes = QMM_GROUP * bytes;
-    const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0x0f), eight = _mm256_set1_epi8(8);
-    __m256 acc[QMM_MAX_WR][QMM_MAX_NR];
-    for (int i = 0; i < WR; i++)
-        for (int r = 0; r < NR; r++)
-            acc[i][r] = _mm256_setzero_ps();
-    const int64_t nb = n / 32, ng = nb / QMM_GROUP;
-    for (int64_t g = 0; g < ng; g++) {
-        float dd[QMM_MAX_WR][QMM_MAX_NR][QMM_GROUP] __attribute__((aligned(32)));
-        for (int i = 0; i < WR; i++) {
-            const uint8_t *grp = w + (size_t)i * wstride + (size_t)g * (size_t)gbytes;
-            for (int l = 0; l < gbytes; l += 64)
-                _mm_prefetch((const char *)grp + QMM_PREFETCH + l, _MM_HINT_T0);
-            const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)grp));
-            for (int r = 0; r < NR; r++)
-                _mm256_store_ps(dd[i][r], _mm256_mul_ps(dw, _mm256_loadu_ps(a[r].d + QMM_GROUP * g)));
-        }
-        for (int p = 0; p < QMM_GROUP / 2; p++) {
-            for (int h = 0; h < 2; h++) {
-                const int blk = 2 * p + h;
-                __m256i x[QMM_MAX_NR], off[QMM_MAX_NR];
-                for (int r = 0; r < NR; r++) {
-                    x[r] = avx2_load(a[r].q + 32 * (QMM_GROUP * g + blk));
-                    if (four)
-                        off[r] = _mm256_maddubs_epi16(eight, x[r]);
-                }
-                for (int i = 0; i < WR; i++) {
-                    const uint8_t *vals = w + (size_t)i * wstride + (size_t)g * (size_t)gbytes + 16;
-                    __m256i v;
-                    if (four) {
-                        const __m256i q = avx2_load(vals + 32 * p);
-                        v = h ? _mm256_and_si256(_mm256_srli_epi16(q, 4), m4) : _mm256_and_si256(q, m4);
-                    } else {
-                        v = avx2_load(vals + 32 * blk);
-                    }
-                    const __m256i av = four ? v : _mm256_abs_epi8(v);
-                    for (int r = 0; r < NR; r++) {
-                        __m256i p16;
-                        if (four)
-                            p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(av, x[r]), off[r]);
-                        else
-                            p16 = _mm256_maddubs_epi16(av, _mm256_sign_epi8(x[r], v));
-                        const __m256i s = _mm256_madd_epi16(p16, ones);
-                        acc[i][r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[i][r][blk]), _mm256_cvtepi32_ps(s),
-                                                    acc[i][r]);
-                    }
-                }
-            }
-        }
-    }
-    /* the file-layout tail */
-    float accm[QMM_MAX_WR][QMM_MAX_NR] = {{0}}; /* unused: no offsets */
-    avx2_q32_blocks(t, bytes, false, WR, NR, w, wstride, a, ng * QMM_GROUP, nb, acc, accm);
-    for (int i = 0; i < WR; i++)
-        for (int r = 0; r < NR; r++)
-            out[i * NR + r] = avx2_hsum8(acc[i][r]);
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
 }
 
-/* Repacks n_rows rows of nb blocks from src (file layout) into dst. */
-static void qmm_group_repack(enum ggml_type t, uint8_t *dst, const uint8_t *src, int64_t n_rows,
-                             int64_t nb)
+/* Blocks 0..nb-1 of one group against NR activation rows: out[t * NR + r]. */
+QMM_INLINE void avx2_x8_group(bool four, const int NR, const uint8_t *grp, const struct qmm_act *a,
+                              int64_t nb, float *out)
+{
+    const int gbytes = QMM_X8 * (four ? 18 : 34);
+    const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0x0f);
+    __m256 acc[QMM_X8_NR];
+    for (int r = 0; r < NR; r++)
+        acc[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = grp + (size_t)b * (size_t)gbytes;
+        for (int l = 0; l < gbytes; l += 64)
+            _mm_prefetch((const char *)blk + QMM_PREFETCH + l, _MM_HINT_T0);
+        __m256i s[QMM_X8_NR];
+        for (int r = 0; r < NR; r++)
+            s[r] = _mm256_setzero_si256();
+        if (four) {
+            /* unsigned nibbles: 8 products of at most 2 x 15 x 127 per int16 */
+            for (int j = 0; j < 4; j++) {
+                const __m256i q = avx2_load(blk + 16 + 32 * j);
+                const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                for (int r = 0; r < NR; r++) {
+                    const int8_t *x = a[r].q + 32 * b;
+                    s[r] = _mm256_add_epi16(s[r], _mm256_maddubs_epi16(lo, _mm256_set1_epi32((int)qmm_load32(x + 4 * j))));
+                    s[r] = _mm256_add_epi16(s[r],
+                                            _mm256_maddubs_epi16(hi, _mm256_set1_epi32((int)qmm_load32(x + 16 + 4 * j))));
+                }
+            }
+            for (int r = 0; r < NR; r++) /* (q - 8) x = q x - 8 x */
+                s[r] = _mm256_sub_epi32(_mm256_madd_epi16(s[r], ones), _mm256_set1_epi32(8 * a[r].sum[b]));
+        } else {
+            for (int j = 0; j < 8; j++) {
+                const __m256i v = avx2_load(blk + 16 + 32 * j), av = _mm256_abs_epi8(v);
+                for (int r = 0; r < NR; r++) {
+                    const __m256i xb = _mm256_set1_epi32((int)qmm_load32(a[r].q + 32 * b + 4 * j));
+                    s[r] = _mm256_add_epi32(
+                        s[r], _mm256_madd_epi16(_mm256_maddubs_epi16(av, _mm256_sign_epi8(xb, v)), ones));
+                }
+            }
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)blk));
+        for (int r = 0; r < NR; r++) /* d_w * d_x rounded as the scalar product is */
+            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(a[r].d[b])), _mm256_cvtepi32_ps(s[r]), acc[r]);
+    }
+    for (int r = 0; r < NR; r++) {
+        float o[QMM_X8];
+        _mm256_storeu_ps(o, acc[r]);
+        for (int t = 0; t < QMM_X8; t++)
+            out[t * NR + r] = o[t];
+    }
+}
+
+/* One group against nr activation rows, QMM_X8_NR at a time. */
+typedef void (*qmm_x8_fn)(const uint8_t *grp, const struct qmm_act *a, int nr, int64_t nb, float *out);
+
+#define QMM_X8_DISPATCH(NAME, FOUR)                                                                   \
+    static QMM_AVX2 void NAME(const uint8_t *grp, const struct qmm_act *a, int nr, int64_t nb,       \
+                              float *out)                                                             \
+    {                                                                                                 \
+        for (int r0 = 0; r0 < nr; r0 += QMM_X8_NR) {                                                  \
+            const int k = LLORCH_MIN(nr - r0, QMM_X8_NR);                                             \
+            float o[QMM_X8 * QMM_X8_NR];                                                              \
+            switch (k) {                                                                              \
+            case 1:                                                                                   \
+                avx2_x8_group(FOUR, 1, grp, a + r0, nb, o);                                           \
+                break;                                                                                \
+            case 2:                                                                                   \
+                avx2_x8_group(FOUR, 2, grp, a + r0, nb, o);                                           \
+                break;                                                                                \
+            case 3:                                                                                   \
+                avx2_x8_group(FOUR, 3, grp, a + r0, nb, o);                                           \
+                break;                                                                                \
+            default:                                                                                  \
+                avx2_x8_group(FOUR, 4, grp, a + r0, nb, o);                                           \
+                break;                                                                                \
+            }                                                                                         \
+            for (int t = 0; t < QMM_X8; t++)                                                          \
+                memcpy(out + t * nr + r0, o + t * k, (size_t)k * sizeof *o);                          \
+        }                                                                                             \
+    }
+QMM_X8_DISPATCH(x8_q8_0_avx2, false)
+QMM_X8_DISPATCH(x8_q4_0_avx2, true)
+
+/* Repacks n_rows rows of nb blocks from src (file layout) into dst, which
+ * holds ceil(n_rows / QMM_X8) groups. */
+static void qmm_x8_repack(enum ggml_type t, uint8_t *dst, const uint8_t *src, int64_t n_rows, int64_t nb)
 {
     const bool four = t == GGML_TYPE_Q4_0;
-    const size_t bytes = four ? 18 : 34, rb = (size_t)nb * bytes;
-    for (int64_t r = 0; r < n_rows; r++) {
-        const uint8_t *s = src + (size_t)r * rb;
-        uint8_t *d = dst + (size_t)r * rb;
-        int64_t b = 0;
-        for (; b + QMM_GROUP <= nb; b += QMM_GROUP) {
-            const uint8_t *blk = s + (size_t)b * bytes;
-            for (int k = 0; k < QMM_GROUP; k++)
-                memcpy(d + 2 * k, blk + (size_t)k * bytes, 2);
-            uint8_t *v = d + 16;
-            if (four) {
-                for (int p = 0; p < QMM_GROUP / 2; p++) {
-                    const uint8_t *b0 = blk + (size_t)(2 * p) * bytes + 2, *b1 = b0 + bytes;
-                    for (int j = 0; j < 32; j++) {
-                        const int e0 = j < 16 ? b0[j] & 0xf : b0[j - 16] >> 4;
-                        const int e1 = j < 16 ? b1[j] & 0xf : b1[j - 16] >> 4;
-                        v[32 * p + j] = (uint8_t)(e0 | e1 << 4);
-                    }
-                }
-            } else {
-                for (int k = 0; k < QMM_GROUP; k++)
-                    memcpy(v + 32 * k, blk + (size_t)k * bytes + 2, 32);
+    const size_t bytes = four ? 18 : 34, rb = (size_t)nb * bytes, vec = four ? 4 : 8;
+    const int64_t n_groups = (n_rows + QMM_X8 - 1) / QMM_X8;
+    for (int64_t g = 0; g < n_groups; g++) {
+        uint8_t *d = dst + (size_t)g * QMM_X8 * rb;
+        for (int64_t b = 0; b < nb; b++, d += QMM_X8 * bytes) {
+            memset(d, 0, QMM_X8 * bytes);
+            for (int t = 0; t < QMM_X8; t++) {
+                const int64_t row = g * QMM_X8 + t;
+                if (row >= n_rows)
+                    continue;
+                const uint8_t *blk = src + (size_t)row * rb + (size_t)b * bytes;
+                memcpy(d + 2 * t, blk, 2);
+                for (size_t j = 0; j < vec; j++)
+                    memcpy(d + 16 + 32 * j + 4 * (size_t)t, blk + 2 + 4 * j, 4);
             }
-            d += QMM_GROUP * bytes;
         }
-        memcpy(d, s + (size_t)b * bytes, (size_t)(nb - b) * bytes);
     }
 }
 
@@ -867,8 +905,6 @@ QMM_INLINE void avx2_float_tile(enum ggml_type t, int esize, const int WR, const
         }                                                                                       \
     }
 
-#define QMM_Q8_0(WR, NR, ...) avx2_q32_tile(GGML_TYPE_Q8_0, 34, false, WR, NR, __VA_ARGS__)
-#define QMM_Q4_0(WR, NR, ...) avx2_q32_tile(GGML_TYPE_Q4_0, 18, false, WR, NR, __VA_ARGS__)
 #define QMM_Q4_1(WR, NR, ...) avx2_q32_tile(GGML_TYPE_Q4_1, 20, true, WR, NR, __VA_ARGS__)
 #define QMM_Q5_0(WR, NR, ...) avx2_q32_tile(GGML_TYPE_Q5_0, 22, false, WR, NR, __VA_ARGS__)
 #define QMM_Q5_1(WR, NR, ...) avx2_q32_tile(GGML_TYPE_Q5_1, 24, true, WR, NR, __VA_ARGS__)
@@ -876,8 +912,6 @@ QMM_INLINE void avx2_float_tile(enum ggml_type t, int esize, const int WR, const
 #define QMM_Q5_K(WR, NR, ...) avx2_q45k_tile(true, WR, NR, __VA_ARGS__)
 #define QMM_Q6_K(WR, NR, ...) avx2_q6k_tile(WR, NR, __VA_ARGS__)
 
-QMM_AVX2_DISPATCH(tile_q8_0_avx2, QMM_Q8_0, 1)
-QMM_AVX2_DISPATCH(tile_q4_0_avx2, QMM_Q4_0, 1)
 QMM_AVX2_DISPATCH(tile_q4_1_avx2, QMM_Q4_1, 1)
 QMM_AVX2_DISPATCH(tile_q5_0_avx2, QMM_Q5_0, 1)
 QMM_AVX2_DISPATCH(tile_q5_1_avx2, QMM_Q5_1, 1)
@@ -885,10 +919,6 @@ QMM_AVX2_DISPATCH(tile_q4_k_avx2, QMM_Q4_K, 0)
 QMM_AVX2_DISPATCH(tile_q5_k_avx2, QMM_Q5_K, 0)
 QMM_AVX2_DISPATCH(tile_q6_k_avx2, QMM_Q6_K, 0)
 
-#define QMM_Q8_0G(WR, NR, ...) avx2_grouped_tile(GGML_TYPE_Q8_0, WR, NR, __VA_ARGS__)
-#define QMM_Q4_0G(WR, NR, ...) avx2_grouped_tile(GGML_TYPE_Q4_0, WR, NR, __VA_ARGS__)
-QMM_AVX2_DISPATCH(tile_q8_0g_avx2, QMM_Q8_0G, 0)
-QMM_AVX2_DISPATCH(tile_q4_0g_avx2, QMM_Q4_0G, 0)
 
 #define QMM_FLOAT_WR(T, ES, NR, AP, OP)                                                        \
     switch (wr) {                                                                              \
@@ -933,16 +963,22 @@ QMM_AVX2_FLOAT_DISPATCH(tile_bf16_avx2, GGML_TYPE_BF16, 2)
 
 /* Indexed like qmm_types. The AVX-512 level runs the 256-bit kernels: the
  * lane structure is the arithmetic's, and a batch-1 matmul is bound by
- * memory, not by vector width. */
+ * memory, not by vector width. NULL: the type runs in the row-interleaved
+ * layout above this level (qmm_x8s). */
 static const qmm_tile_fn qmm_tiles_scalar[QMM_N_TYPES] = {
     tile_f32_scalar,  tile_f16_scalar,  tile_bf16_scalar, tile_q8_0_scalar,
     tile_q4_0_scalar, tile_q4_1_scalar, tile_q5_0_scalar, tile_q5_1_scalar,
     tile_q4_k_scalar, tile_q5_k_scalar, tile_q6_k_scalar,
 };
 static const qmm_tile_fn qmm_tiles_avx2[QMM_N_TYPES] = {
-    tile_f32_avx2,  tile_f16_avx2,  tile_bf16_avx2, tile_q8_0_avx2, tile_q4_0_avx2, tile_q4_1_avx2,
+    tile_f32_avx2,  tile_f16_avx2,  tile_bf16_avx2, NULL,           NULL,           tile_q4_1_avx2,
     tile_q5_0_avx2, tile_q5_1_avx2, tile_q4_k_avx2, tile_q5_k_avx2, tile_q6_k_avx2,
 };
+
+static qmm_x8_fn qmm_x8_for(enum ggml_type t)
+{
+    return t == GGML_TYPE_Q8_0 ? x8_q8_0_avx2 : t == GGML_TYPE_Q4_0 ? x8_q4_0_avx2 : NULL;
+}
 
 static const qmm_tile_fn *qmm_tiles_for(enum kernels_isa isa)
 {
@@ -964,8 +1000,8 @@ static void act_round_bf16(float *y, const float *x, int64_t n)
 }
 
 /* As ggml's x86 quantize_row_q8_0 / q8_1: d = amax/127 kept as f16, values
- * times 127/amax rounded to nearest even; s = f16(d * sum(q)). */
-static void act_quant_q8_0(int8_t *q, float *d, float *s, const float *x, int64_t n)
+ * times 127/amax rounded to nearest even; s = f16(d * sum(q)); sums = sum(q). */
+static void act_quant_q8_0(int8_t *q, float *d, float *s, int32_t *sums, const float *x, int64_t n)
 {
     for (int64_t b = 0; b < n / 32; b++) {
         const float *xb = x + 32 * b;
@@ -983,6 +1019,7 @@ static void act_quant_q8_0(int8_t *q, float *d, float *s, const float *x, int64_
         }
         d[b] = half_f16_to_f32(half_f32_to_f16(dd));
         s[b] = half_f16_to_f32(half_f32_to_f16(dd * (float)sum));
+        sums[b] = sum;
     }
 }
 
@@ -1026,6 +1063,7 @@ static void act_quant_q8_k(int8_t *q, float *d, int16_t *bs, const float *x, int
 struct qmm_seg {
     const struct qmm_type_info *ti;
     qmm_tile_fn tile;
+    qmm_x8_fn x8;           /* set: data holds groups of QMM_X8 interleaved rows */
     const uint8_t *data;
     size_t row_bytes;
     int64_t row0, n_rows;   /* output rows [row0, row0 + n_rows) */
@@ -1101,24 +1139,25 @@ LLORCH_API int qmm_weight_new(struct qmm_weight **out, const struct qmm_part *pa
         }
         s->tile = qmm_tiles_for(isa)[qmm_type_index(parts[i].type)];
         s->data = parts[i].data;
-        if (isa != KERNELS_ISA_SCALAR && (parts[i].type == GGML_TYPE_Q8_0 || parts[i].type == GGML_TYPE_Q4_0) &&
-            n_in >= 32 * QMM_GROUP) {
-            uint8_t *g = qmm_alloc_weights((size_t)rb * (size_t)parts[i].n_rows);
+        uint64_t padded_rows = (uint64_t)parts[i].n_rows;
+        if (!s->tile) {
+            s->x8 = qmm_x8_for(parts[i].type);
+            padded_rows = ((uint64_t)parts[i].n_rows + QMM_X8 - 1) / QMM_X8 * QMM_X8;
+            uint8_t *g = qmm_alloc_weights((size_t)rb * (size_t)padded_rows);
             if (!g) {
                 rc = LLORCH_ENOMEM;
                 continue;
             }
-            qmm_group_repack(parts[i].type, g, parts[i].data, parts[i].n_rows, n_in / 32);
+            qmm_x8_repack(parts[i].type, g, parts[i].data, parts[i].n_rows, n_in / 32);
             free(s->owned);
             s->data = s->owned = g;
             s->copied = true;
-            s->tile = parts[i].type == GGML_TYPE_Q8_0 ? tile_q8_0g_avx2 : tile_q4_0g_avx2;
         }
         s->row_bytes = (size_t)rb;
         s->row0 = w->n_out;
         s->n_rows = parts[i].n_rows;
         w->n_out += parts[i].n_rows;
-        w->bytes += (uint64_t)rb * (uint64_t)parts[i].n_rows;
+        w->bytes += (uint64_t)rb * padded_rows;
         w->fmt_used[s->ti->fmt] = true;
         if (len > 0 && (size_t)len < sizeof w->impl)
             len += snprintf(w->impl + len, sizeof w->impl - (size_t)len, "%s%s", i ? "+" : " ",
@@ -1171,6 +1210,7 @@ struct qmm_act_layout {
     size_t d[QMM_FMT_COUNT_];
     size_t s[QMM_FMT_COUNT_];
     size_t bs[QMM_FMT_COUNT_];
+    size_t sum[QMM_FMT_COUNT_];
     size_t total;
 };
 
@@ -1198,6 +1238,7 @@ static void qmm_layout(const struct qmm_weight *w, int64_t m, struct qmm_act_lay
             L->q[f] = qmm_take(&at, mk);
             L->d[f] = qmm_take(&at, mk / 32 * sizeof(float));
             L->s[f] = qmm_take(&at, mk / 32 * sizeof(float));
+            L->sum[f] = qmm_take(&at, mk / 32 * sizeof(int32_t));
             break;
         case QMM_FMT_Q8_K:
             L->q[f] = qmm_take(&at, mk);
@@ -1243,6 +1284,7 @@ static struct qmm_act qmm_act_row(const struct qmm_run_ctx *c, enum qmm_fmt f, i
         a.q = (const int8_t *)(c->act + c->L.q[f]) + r * k;
         a.d = (const float *)(const void *)(c->act + c->L.d[f]) + r * (k / 32);
         a.s = (const float *)(const void *)(c->act + c->L.s[f]) + r * (k / 32);
+        a.sum = (const int32_t *)(const void *)(c->act + c->L.sum[f]) + r * (k / 32);
         break;
     case QMM_FMT_Q8_K:
         a.q = (const int8_t *)(c->act + c->L.q[f]) + r * k;
@@ -1276,7 +1318,7 @@ static void qmm_round_rows(void *vctx, int64_t b, int64_t e, int worker)
                 break;
             case QMM_FMT_Q8_0:
                 act_quant_q8_0((int8_t *)(uintptr_t)a.q, (float *)(uintptr_t)a.d,
-                               (float *)(uintptr_t)a.s, x, k);
+                               (float *)(uintptr_t)a.s, (int32_t *)(uintptr_t)a.sum, x, k);
                 break;
             case QMM_FMT_Q8_K:
                 act_quant_q8_k((int8_t *)(uintptr_t)a.q, (float *)(uintptr_t)a.d,
@@ -1284,6 +1326,36 @@ static void qmm_round_rows(void *vctx, int64_t b, int64_t e, int worker)
                 break;
             default:
                 break;
+            }
+        }
+    }
+}
+
+/* Output rows [lo, hi) of a row-interleaved segment: the groups that hold
+ * them, QMM_N_CHUNK rows at a time against every activation row. A group
+ * cut by a task boundary is computed by both tasks, each keeping its rows. */
+static void qmm_x8_rows(const struct qmm_run_ctx *c, const struct qmm_seg *s, int64_t lo, int64_t hi)
+{
+    const struct qmm_weight *w = c->w;
+    const int64_t g0 = (lo - s->row0) / QMM_X8, g1 = (hi - s->row0 + QMM_X8 - 1) / QMM_X8;
+    const size_t gstride = QMM_X8 * s->row_bytes;
+    for (int64_t gc = g0; gc < g1; gc += QMM_N_CHUNK / QMM_X8) {
+        const int64_t gce = LLORCH_MIN(g1, gc + QMM_N_CHUNK / QMM_X8);
+        for (int64_t r0 = 0; r0 < c->m; r0 += QMM_M_TILE) {
+            const int nr = (int)LLORCH_MIN(c->m - r0, QMM_M_TILE);
+            struct qmm_act a[QMM_M_TILE];
+            float out[QMM_X8 * QMM_M_TILE];
+            for (int r = 0; r < nr; r++)
+                a[r] = qmm_act_row(c, s->ti->fmt, r0 + r);
+            for (int64_t g = gc; g < gce; g++) {
+                s->x8(s->data + (size_t)g * gstride, a, nr, w->n_in / 32, out);
+                for (int t = 0; t < QMM_X8; t++) {
+                    const int64_t row = s->row0 + g * QMM_X8 + t;
+                    if (row < lo || row >= hi)
+                        continue;
+                    for (int r = 0; r < nr; r++)
+                        c->y[(r0 + r) * w->n_out + row] = out[t * nr + r];
+                }
             }
         }
     }
@@ -1303,6 +1375,10 @@ static void qmm_rows_task(void *vctx, int64_t b, int64_t e, int worker)
         const int64_t lo = LLORCH_MAX(b, s->row0), hi = LLORCH_MIN(e, s->row0 + s->n_rows);
         if (lo >= hi)
             continue;
+        if (s->x8) {
+            qmm_x8_rows(c, s, lo, hi);
+            continue;
+        }
         for (int64_t n0 = lo; n0 < hi; n0 += QMM_N_CHUNK) {
             const int64_t n1 = LLORCH_MIN(hi, n0 + QMM_N_CHUNK);
             for (int64_t r0 = 0; r0 < c->m; r0 += QMM_M_TILE) {
@@ -1356,6 +1432,12 @@ LLORCH_API float qmm_dot_row(const struct qmm_weight *w, int64_t row, const floa
         const struct qmm_seg *s = &w->seg[i];
         if (row >= s->row0 && row < s->row0 + s->n_rows) {
             struct qmm_act a = qmm_act_row(&c, s->ti->fmt, 0);
+            if (s->x8) {
+                const int64_t i = row - s->row0;
+                float out[QMM_X8];
+                s->x8(s->data + (size_t)(i / QMM_X8) * QMM_X8 * s->row_bytes, &a, 1, w->n_in / 32, out);
+                return out[i % QMM_X8];
+            }
             float out;
             s->tile(s->data + (size_t)(row - s->row0) * s->row_bytes, s->row_bytes, 1, &a, 1,
                     w->n_in, &out);

@@ -2,7 +2,8 @@
  * with W's rows in their GGUF block layout (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
  * Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), read in place from the file mapping or from
  * a buffer the weight owns (above the scalar level, Q8_0 and Q4_0 rows are
- * regrouped once into a buffer of the file's size: qmm_weight_part_copied).
+ * interleaved 8 at a time into a buffer of the file's size, padded to a
+ * multiple of 8 rows: qmm_weight_part_copied).
  * Activations are rounded per row as llama.cpp's CPU backend rounds them for
  * the weight type (f16 / bf16 values, Q8_0 blocks of 32 with their sums for
  * the 32-element types, Q8_K blocks of 256 with 16-element sums for the K
@@ -13,11 +14,14 @@
  * instruction-set level computes the same bits as the scalar reference:
  *   float types: 8 f32 lanes, lane t takes elements i with i % 8 == t by
  *     fused multiply-add (the tail padded with zeros), then hsum8;
- *   block types: 8 lanes, lane l takes elements 4l..4l+3 of every 32 (or, in
- *     K types, every 32 of each 256), summed exactly in integers per block,
- *     then acc[l] = fma(d_w * d_x, (float)int_sum_l, acc[l]) block after block;
- *     offsets (Q4_1/Q5_1 m, K-type mins) in one more sequential fma chain;
- *     hsum8(a) = ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)).
+ *   Q8_0, Q4_0: each block's sum exact in integers, then one chain per
+ *     output, acc = fma(d_w * d_x, (float)block_sum, acc), block after block
+ *     (one lane per weight row in the interleaved kernels);
+ *   other block types: 8 lanes, lane l takes elements 4l..4l+3 of every 32
+ *     (or, in K types, every 32 of each 256), summed exactly in integers per
+ *     block, then acc[l] = fma(d_w * d_x, (float)int_sum_l, acc[l]) block
+ *     after block; offsets (Q4_1/Q5_1 m, K-type mins) in one more sequential
+ *     fma chain; hsum8(a) = ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)).
  * tests/test_qmm.c checks every level against the scalar one bit for bit. */
 #ifndef LLORCH_QMM_H
 #define LLORCH_QMM_H
