@@ -261,6 +261,8 @@ static void rows_do_not_depend_on_m_parts_or_pool(void **state)
     check_rows_alone(kq, 512);
     const enum ggml_type x8[3] = {GGML_TYPE_Q4_0, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0};
     check_rows_alone(x8, 96);
+    const enum ggml_type k8[3] = {GGML_TYPE_Q5_K, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K};
+    check_rows_alone(k8, 512);
     const enum ggml_type fl[3] = {GGML_TYPE_F16, GGML_TYPE_BF16, GGML_TYPE_F32};
     check_rows_alone(fl, 1000);
     check_rows_alone(fl, 1001);

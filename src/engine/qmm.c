@@ -281,18 +281,18 @@ static float dot_q5_1_scalar(const uint8_t *w, const struct qmm_act *a, int64_t 
     return q32_dot_scalar(GGML_TYPE_Q5_1, w, a, n);
 }
 
-/* Q4_K / Q5_K: P[l] = sum_s sc[s] sum_{i<4} q[32s+4l+i] x[32s+4l+i] (exact),
- * msum = sum_s m[s] (bs[2s] + bs[2s+1]). */
+/* Q4_K / Q5_K: per superblock P = sum_s sc[s] sum_e q[32s+e] x[32s+e] and
+ * msum = sum_s m[s] (bs[2s] + bs[2s+1]), both exact; then one chain each. */
 static float dot_q45_k_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n, bool five)
 {
     const int bytes = five ? 176 : 144;
-    float acc[8] = {0}, accm = 0.0f;
+    float acc = 0.0f, accm = 0.0f;
     for (int64_t sb = 0; sb < n / 256; sb++) {
         const uint8_t *blk = w + sb * bytes;
         const uint8_t *scales = blk + 4, *qh = blk + 16, *qs = blk + (five ? 48 : 16);
         const int8_t *x = a->q + 256 * sb;
         const int16_t *bs = a->bs + 16 * sb;
-        int32_t P[8] = {0}, msum = 0;
+        int32_t P = 0, msum = 0;
         for (int s = 0; s < 8; s++) {
             int sc, m;
             qmm_k4_scale_min(s, scales, &sc, &m);
@@ -306,17 +306,16 @@ static float dot_q45_k_scalar(const uint8_t *w, const struct qmm_act *a, int64_t
                         q |= ((qh[e] >> s) & 1) << 4;
                     p += q * x[32 * s + e];
                 }
-                P[l] += sc * p;
+                P += sc * p;
             }
             msum += m * (bs[2 * s] + bs[2 * s + 1]);
         }
         const float dx = a->d[sb];
         const float d = dx * qmm_f16(blk), dmin = dx * qmm_f16(blk + 2);
-        for (int l = 0; l < 8; l++)
-            acc[l] = fmaf(d, (float)P[l], acc[l]);
+        acc = fmaf(d, (float)P, acc);
         accm = fmaf(dmin, (float)msum, accm);
     }
-    return qmm_hsum8(acc) - accm;
+    return acc - accm;
 }
 
 static float dot_q4_k_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n)
@@ -340,26 +339,22 @@ static inline int q6_value(const uint8_t *blk, int e)
 
 static float dot_q6_k_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n)
 {
-    float acc[8] = {0};
+    float acc = 0.0f;
     for (int64_t sb = 0; sb < n / 256; sb++) {
         const uint8_t *blk = w + sb * 210;
         const int8_t *sc = (const int8_t *)(blk + 192);
         const int8_t *x = a->q + 256 * sb;
-        int32_t P[8] = {0};
-        for (int c = 0; c < 8; c++)
-            for (int l = 0; l < 8; l++) {
-                int p = 0;
-                for (int i = 0; i < 4; i++) {
-                    const int e = 32 * c + 4 * l + i;
-                    p += q6_value(blk, e) * x[e];
-                }
-                P[l] += sc[(32 * c + 4 * l) / 16] * p;
-            }
+        int32_t P = 0;
+        for (int g = 0; g < 16; g++) {
+            int p = 0;
+            for (int e = 16 * g; e < 16 * g + 16; e++)
+                p += q6_value(blk, e) * x[e];
+            P += sc[g] * p;
+        }
         const float d = a->d[sb] * qmm_f16(blk + 208);
-        for (int l = 0; l < 8; l++)
-            acc[l] = fmaf(d, (float)P[l], acc[l]);
+        acc = fmaf(d, (float)P, acc);
     }
-    return qmm_hsum8(acc);
+    return acc;
 }
 
 /* ---- tiles ----------------------------------------------------------------
@@ -368,7 +363,7 @@ static float dot_q6_k_scalar(const uint8_t *w, const struct qmm_act *a, int64_t 
  * the tile only shares loads and unpacking between them (one weight block
  * serves NR activation rows; WR > 1 gives a single activation row
  * independent fma chains). */
-#define QMM_MAX_WR 4 /* float types; the block types take 2 */
+#define QMM_MAX_WR 4 /* float types; Q4_1/Q5_0/Q5_1 take 2 */
 #define QMM_MAX_NR 4
 
 typedef void (*qmm_tile_fn)(const uint8_t *w, size_t wstride, int wr, const struct qmm_act *a,
@@ -514,163 +509,6 @@ QMM_INLINE void avx2_q32_tile(enum ggml_type t, int bytes, bool has_min, const i
             out[i * NR + r] = avx2_hsum8(acc[i][r]) + accm[i][r];
 }
 
-/* Q4_K / Q5_K: per 256, P = sum over 8 sub-blocks of scale * 4-element
- * sums (exact int32), then one fma; mins through the 16-sums. Sub-blocks
- * outside, weight rows inside: an activation's 32 values are loaded once for
- * every weight row, and a sub-block's scale is one byte shuffle of the 8. */
-QMM_INLINE void avx2_q45k_tile(bool five, const int WR, const int NR, const uint8_t *w,
-                               size_t wstride, const struct qmm_act *a, int64_t n, float *out)
-{
-    const int bytes = five ? 176 : 144;
-    const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
-    __m256 acc[QMM_MAX_WR][QMM_MAX_NR];
-    float accm[QMM_MAX_WR][QMM_MAX_NR];
-    for (int i = 0; i < WR; i++)
-        for (int r = 0; r < NR; r++) {
-            acc[i][r] = _mm256_setzero_ps();
-            accm[i][r] = 0.0f;
-        }
-    for (int64_t sb = 0; sb < n / 256; sb++) {
-        const uint8_t *blk[QMM_MAX_WR];
-        __m256i sc[QMM_MAX_WR], qh[QMM_MAX_WR], mins[QMM_MAX_WR];
-        __m256i P[QMM_MAX_WR][QMM_MAX_NR];
-        for (int i = 0; i < WR; i++) {
-            blk[i] = w + (size_t)i * wstride + (size_t)sb * (size_t)bytes;
-            _mm_prefetch((const char *)blk[i] + QMM_PREFETCH, _MM_HINT_T0);
-            _mm_prefetch((const char *)blk[i] + QMM_PREFETCH + 64, _MM_HINT_T0);
-            if (five)
-                _mm_prefetch((const char *)blk[i] + QMM_PREFETCH + 128, _MM_HINT_T0);
-            qh[i] = five ? avx2_load(blk[i] + 16) : _mm256_setzero_si256();
-            /* the 6-bit scales and mins as bytes (see qmm_k4_scale_min) */
-            const uint8_t *scales = blk[i] + 4;
-            uint32_t w0, w1, w2;
-            memcpy(&w0, scales, 4);
-            memcpy(&w1, scales + 4, 4);
-            memcpy(&w2, scales + 8, 4);
-            const uint32_t k6 = 0x3f3f3f3fu, k4 = 0x0f0f0f0fu, k2 = 0x03030303u;
-            const uint32_t scw[2] = {w0 & k6, (w2 & k4) | (((w0 >> 6) & k2) << 4)};
-            const uint32_t mnw[2] = {w1 & k6, ((w2 >> 4) & k4) | (((w1 >> 6) & k2) << 4)};
-            sc[i] = _mm256_broadcastsi128_si256(_mm_loadl_epi64((const __m128i *)(const void *)scw));
-            /* m[s] at int16 positions 2s and 2s+1, against the 16-sums */
-            mins[i] = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(const void *)mnw),
-                                                             _mm_loadl_epi64((const __m128i *)(const void *)mnw)));
-            for (int r = 0; r < NR; r++)
-                P[i][r] = _mm256_setzero_si256();
-        }
-        for (int j = 0; j < 4; j++) {
-            __m256i q[QMM_MAX_WR];
-            for (int i = 0; i < WR; i++)
-                q[i] = avx2_load(blk[i] + (five ? 48 : 16) + 32 * j);
-            for (int h = 0; h < 2; h++) {
-                const int s = 2 * j + h;
-                __m256i xv[QMM_MAX_NR];
-                for (int r = 0; r < NR; r++)
-                    xv[r] = avx2_load(a[r].q + 256 * sb + 32 * s);
-                /* byte s of the scales, zero-extended, in every int16 */
-                const __m256i pick = _mm256_set1_epi16((short)(0x8000 | s));
-                for (int i = 0; i < WR; i++) {
-                    __m256i v = h ? _mm256_and_si256(_mm256_srli_epi16(q[i], 4), m4) : _mm256_and_si256(q[i], m4);
-                    if (five)
-                        v = _mm256_or_si256(
-                            v, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh[i], s), one), 4));
-                    const __m256i scv = _mm256_shuffle_epi8(sc[i], pick);
-                    for (int r = 0; r < NR; r++)
-                        P[i][r] = _mm256_add_epi32(P[i][r], _mm256_madd_epi16(_mm256_maddubs_epi16(v, xv[r]), scv));
-                }
-            }
-        }
-        for (int i = 0; i < WR; i++) {
-            const float d = avx2_f16(blk[i]), dmin = avx2_f16(blk[i] + 2);
-            for (int r = 0; r < NR; r++) {
-                const __m256i ms = _mm256_madd_epi16(avx2_load(a[r].bs + 16 * sb), mins[i]);
-                const __m128i m4s = _mm_add_epi32(_mm256_castsi256_si128(ms), _mm256_extracti128_si256(ms, 1));
-                const __m128i m2s = _mm_add_epi32(m4s, _mm_unpackhi_epi64(m4s, m4s));
-                const int32_t msum = _mm_cvtsi128_si32(_mm_add_epi32(m2s, _mm_shuffle_epi32(m2s, 1)));
-                const float dx = a[r].d[sb];
-                acc[i][r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * d), _mm256_cvtepi32_ps(P[i][r]), acc[i][r]);
-                accm[i][r] = fmaf(dx * dmin, (float)msum, accm[i][r]);
-            }
-        }
-    }
-    for (int i = 0; i < WR; i++)
-        for (int r = 0; r < NR; r++)
-            out[i * NR + r] = avx2_hsum8(acc[i][r]) - accm[i][r];
-}
-
-/* Q6_K: the activation's 32 values and their 32 x offsets are shared by
- * every weight row; the 2 high bits of each value come out of qh with one
- * mask and at most one shift; a sub-block's two scales are one byte shuffle
- * of the 16. */
-QMM_INLINE void avx2_q6k_tile(const int WR, const int NR, const uint8_t *w, size_t wstride,
-                              const struct qmm_act *a, int64_t n, float *out)
-{
-    const __m256i m4 = _mm256_set1_epi8(0x0f), k32 = _mm256_set1_epi8(32);
-    __m256 acc[QMM_MAX_WR][QMM_MAX_NR];
-    for (int i = 0; i < WR; i++)
-        for (int r = 0; r < NR; r++)
-            acc[i][r] = _mm256_setzero_ps();
-    for (int64_t sb = 0; sb < n / 256; sb++) {
-        const uint8_t *blk[QMM_MAX_WR];
-        __m128i sc[QMM_MAX_WR];
-        __m256i P[QMM_MAX_WR][QMM_MAX_NR];
-        for (int i = 0; i < WR; i++) {
-            blk[i] = w + (size_t)i * wstride + (size_t)sb * 210;
-            for (int l = 0; l < 4; l++)
-                _mm_prefetch((const char *)blk[i] + QMM_PREFETCH + 64 * l, _MM_HINT_T0);
-            sc[i] = _mm_loadu_si128((const __m128i *)(const void *)(blk[i] + 192));
-            for (int r = 0; r < NR; r++)
-                P[i][r] = _mm256_setzero_si256();
-        }
-        for (int half = 0; half < 2; half++) {
-            __m256i l0[QMM_MAX_WR], l1[QMM_MAX_WR], qh[QMM_MAX_WR];
-            for (int i = 0; i < WR; i++) {
-                l0[i] = avx2_load(blk[i] + 64 * half);
-                l1[i] = avx2_load(blk[i] + 64 * half + 32);
-                qh[i] = avx2_load(blk[i] + 128 + 32 * half);
-            }
-            for (int k = 0; k < 4; k++) {
-                const int c = 4 * half + k;
-                __m256i xv[QMM_MAX_NR], off[QMM_MAX_NR];
-                for (int r = 0; r < NR; r++) {
-                    xv[r] = avx2_load(a[r].q + 256 * sb + 32 * c);
-                    off[r] = _mm256_maddubs_epi16(k32, xv[r]);
-                }
-                /* scales 2c (low 16 elements) and 2c+1 (high 16) as int16 */
-                const __m128i pick = _mm_set_epi64x(0x0101010101010101LL * (2 * c + 1),
-                                                    0x0101010101010101LL * (2 * c));
-                for (int i = 0; i < WR; i++) {
-                    const __m256i lo = k % 2 ? l1[i] : l0[i];
-                    const __m256i nib = k < 2 ? _mm256_and_si256(lo, m4)
-                                              : _mm256_and_si256(_mm256_srli_epi16(lo, 4), m4);
-                    __m256i hi = _mm256_and_si256(qh[i], _mm256_set1_epi8((char)(3 << (2 * k))));
-                    if (k == 0)
-                        hi = _mm256_slli_epi16(hi, 4);
-                    else if (k == 1)
-                        hi = _mm256_slli_epi16(hi, 2);
-                    else if (k == 3)
-                        hi = _mm256_srli_epi16(hi, 2);
-                    const __m256i q = _mm256_or_si256(nib, hi); /* 0..63 */
-                    const __m256i scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc[i], pick));
-                    for (int r = 0; r < NR; r++) {
-                        /* pairs of (q - 32) x: q x - 32 x, each within int16 */
-                        const __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q, xv[r]), off[r]);
-                        P[i][r] = _mm256_add_epi32(P[i][r], _mm256_madd_epi16(p16, scale));
-                    }
-                }
-            }
-        }
-        for (int i = 0; i < WR; i++) {
-            const float d = avx2_f16(blk[i] + 208);
-            for (int r = 0; r < NR; r++)
-                acc[i][r] = _mm256_fmadd_ps(_mm256_set1_ps(a[r].d[sb] * d), _mm256_cvtepi32_ps(P[i][r]),
-                                            acc[i][r]);
-        }
-    }
-    for (int i = 0; i < WR; i++)
-        for (int r = 0; r < NR; r++)
-            out[i * NR + r] = avx2_hsum8(acc[i][r]);
-}
-
 /* ---- row-interleaved layouts (AVX2 and up) ---------------------------------
  * Q8_0 and Q4_0 rows are repacked once at load, in place of the file's bytes,
  * into groups of QMM_X8 rows (the last group padded with zero rows). Block b
@@ -747,57 +585,278 @@ QMM_INLINE void avx2_x8_group(bool four, const int NR, const uint8_t *grp, const
     }
 }
 
-/* One group against nr activation rows, QMM_X8_NR at a time. */
-typedef void (*qmm_x8_fn)(const uint8_t *grp, const struct qmm_act *a, int nr, int64_t nb, float *out);
+/* Q4_K / Q5_K, row-interleaved: a group's superblock of 8 x 144 (176) bytes
+ * reads as
+ *   [0, 16) d, [16, 32) dmin: f16, row t's at t;
+ *   [32, 96): sub-block s's 8 bytes, byte t = row t's scale & 15 | (min & 15) << 4;
+ *   [96, 128): sub-block s's 32-bit word, bits 4t..4t+3 = row t's
+ *              scale >> 4 | (min >> 4) << 2;
+ *   Q5_K: [128, 384): qh in 8 vectors as Q8_0's values (4 bytes of each row);
+ *   then 32 vectors of nibbles: vector 8c + j, bytes 4t..4t+3 = row t's
+ *   qs[32c + 4j ..], low nibbles sub-block 2c, high 2c + 1.
+ * Per superblock each lane ends with its row's exact P and mins sum. */
+QMM_INLINE void avx2_x8k45_group(bool five, const int NR, const uint8_t *grp, const struct qmm_act *a,
+                                 int64_t nsb, float *out)
+{
+    const int gbytes = QMM_X8 * (five ? 176 : 144);
+    const __m256i m4 = _mm256_set1_epi8(0x0f), b5 = _mm256_set1_epi8(0x10);
+    const __m256i f15 = _mm256_set1_epi32(15), three = _mm256_set1_epi32(3);
+    const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+    __m256 acc[QMM_X8_NR], accm[QMM_X8_NR];
+    for (int r = 0; r < NR; r++)
+        acc[r] = accm[r] = _mm256_setzero_ps();
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const uint8_t *blk = grp + (size_t)sb * (size_t)gbytes;
+        for (int l = 0; l < gbytes; l += 64)
+            _mm_prefetch((const char *)blk + QMM_PREFETCH + l, _MM_HINT_T0);
+        /* every row's scale and min of sub-block s, in both int16 of its lane */
+        __m256i scp[8], mnp[8];
+        for (int s = 0; s < 8; s++) {
+            const __m256i lo = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(blk + 32 + 8 * s)));
+            const __m256i hi =
+                _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)qmm_load32(blk + 96 + 4 * s)), shifts), f15);
+            const __m256i sc = _mm256_or_si256(_mm256_and_si256(lo, f15), _mm256_slli_epi32(_mm256_and_si256(hi, three), 4));
+            const __m256i mn = _mm256_or_si256(_mm256_srli_epi32(lo, 4), _mm256_slli_epi32(_mm256_srli_epi32(hi, 2), 4));
+            scp[s] = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
+            mnp[s] = _mm256_or_si256(mn, _mm256_slli_epi32(mn, 16));
+        }
+        __m256i P[QMM_X8_NR], M[QMM_X8_NR];
+        for (int r = 0; r < NR; r++) {
+            /* mins against the pairs of 16-sums */
+            const int16_t *bs = a[r].bs + 16 * sb;
+            M[r] = _mm256_setzero_si256();
+            for (int s = 0; s < 8; s++)
+                M[r] = _mm256_add_epi32(M[r], _mm256_madd_epi16(mnp[s], _mm256_set1_epi32((int)qmm_load32(bs + 2 * s))));
+            P[r] = _mm256_setzero_si256();
+        }
+        const uint8_t *qs = blk + (five ? 384 : 128);
+        for (int c = 0; c < 4; c++) {
+            __m256i slo[QMM_X8_NR], shi[QMM_X8_NR];
+            for (int r = 0; r < NR; r++)
+                slo[r] = shi[r] = _mm256_setzero_si256();
+            for (int j = 0; j < 8; j++) {
+                const __m256i q = avx2_load(qs + 32 * (8 * c + j));
+                __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                if (five) { /* bit 2c (2c + 1) of qh to 0x10 */
+                    const __m256i h = avx2_load(blk + 128 + 32 * j);
+                    const __m256i hl = c == 0 ? _mm256_slli_epi16(h, 4)
+                                       : c == 1 ? _mm256_slli_epi16(h, 2)
+                                       : c == 2 ? h
+                                                : _mm256_srli_epi16(h, 2);
+                    const __m256i hh = c == 0 ? _mm256_slli_epi16(h, 3)
+                                       : c == 1 ? _mm256_slli_epi16(h, 1)
+                                       : c == 2 ? _mm256_srli_epi16(h, 1)
+                                                : _mm256_srli_epi16(h, 3);
+                    lo = _mm256_or_si256(lo, _mm256_and_si256(hl, b5));
+                    hi = _mm256_or_si256(hi, _mm256_and_si256(hh, b5));
+                }
+                for (int r = 0; r < NR; r++) {
+                    const int8_t *x = a[r].q + 256 * sb + 64 * c;
+                    slo[r] = _mm256_add_epi16(slo[r], _mm256_maddubs_epi16(lo, _mm256_set1_epi32((int)qmm_load32(x + 4 * j))));
+                    shi[r] = _mm256_add_epi16(shi[r],
+                                              _mm256_maddubs_epi16(hi, _mm256_set1_epi32((int)qmm_load32(x + 32 + 4 * j))));
+                }
+                /* int16 holds 8 products of 4-bit values, 4 of 5-bit ones */
+                if (j == 7 || (five && j == 3))
+                    for (int r = 0; r < NR; r++) {
+                        P[r] = _mm256_add_epi32(P[r], _mm256_add_epi32(_mm256_madd_epi16(slo[r], scp[2 * c]),
+                                                                       _mm256_madd_epi16(shi[r], scp[2 * c + 1])));
+                        slo[r] = shi[r] = _mm256_setzero_si256();
+                    }
+            }
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)blk));
+        const __m256 dmw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(blk + 16)));
+        for (int r = 0; r < NR; r++) {
+            const __m256 dx = _mm256_set1_ps(a[r].d[sb]);
+            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(dx, dw), _mm256_cvtepi32_ps(P[r]), acc[r]);
+            accm[r] = _mm256_fmadd_ps(_mm256_mul_ps(dx, dmw), _mm256_cvtepi32_ps(M[r]), accm[r]);
+        }
+    }
+    for (int r = 0; r < NR; r++) {
+        float o[QMM_X8];
+        _mm256_storeu_ps(o, _mm256_sub_ps(acc[r], accm[r]));
+        for (int t = 0; t < QMM_X8; t++)
+            out[t * NR + r] = o[t];
+    }
+}
 
-#define QMM_X8_DISPATCH(NAME, FOUR)                                                                   \
-    static QMM_AVX2 void NAME(const uint8_t *grp, const struct qmm_act *a, int nr, int64_t nb,       \
+/* Q6_K, row-interleaved: a group's superblock of 8 x 210 bytes reads as
+ *   [0, 16) d: f16, row t's at t;
+ *   [16, 144): scale g's 8 bytes (int8), byte t = row t's;
+ *   [144, 1168): ql in 32 vectors, vector 16h + 8p + j, bytes 4t..4t+3 =
+ *                row t's ql[64h + 32p + 4j ..];
+ *   [1168, 1680): qh in 16 vectors, vector 8h + j = row t's qh[32h + 4j ..].
+ * Element 128h + 32k + l: nibble of ql vector (h, k % 2), low for k < 2;
+ * its two high bits are bits 2k, 2k + 1 of qh; scale 8h + 2k + l / 16.
+ * (q - 32) x = q x - 32 x: each lane sums sc q x exactly, less 32 times the
+ * scales against the activation's 16-sums. */
+QMM_INLINE void avx2_x8q6k_group(const int NR, const uint8_t *grp, const struct qmm_act *a, int64_t nsb,
+                                 float *out)
+{
+    const int gbytes = QMM_X8 * 210;
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
+    __m256 acc[QMM_X8_NR];
+    for (int r = 0; r < NR; r++)
+        acc[r] = _mm256_setzero_ps();
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const uint8_t *blk = grp + (size_t)sb * (size_t)gbytes;
+        for (int l = 0; l < gbytes; l += 64)
+            _mm_prefetch((const char *)blk + QMM_PREFETCH + l, _MM_HINT_T0);
+        const uint8_t *scb = blk + 16, *ql = blk + 144, *qh = blk + 1168;
+        __m256i P[QMM_X8_NR];
+        for (int r = 0; r < NR; r++) {
+            /* offsets: sum_g sc_g bs_g, scales of g and g + 1 paired */
+            const int16_t *bs = a[r].bs + 16 * sb;
+            __m256i o = _mm256_setzero_si256();
+            for (int g = 0; g < 16; g += 2) {
+                const __m128i pair = _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(const void *)(scb + 8 * g)),
+                                                       _mm_loadl_epi64((const __m128i *)(const void *)(scb + 8 * g + 8)));
+                o = _mm256_add_epi32(o, _mm256_madd_epi16(_mm256_cvtepi8_epi16(pair),
+                                                          _mm256_set1_epi32((int)qmm_load32(bs + g))));
+            }
+            P[r] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(o, 5));
+        }
+        for (int h = 0; h < 2; h++)
+            for (int k = 0; k < 4; k++) {
+                for (int half16 = 0; half16 < 2; half16++) {
+                    const int g = 8 * h + 2 * k + half16;
+                    const __m128i sg = _mm_loadl_epi64((const __m128i *)(const void *)(scb + 8 * g));
+                    const __m256i scp = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(sg, sg));
+                    for (int jp = 0; jp < 2; jp++) {
+                        __m256i q[2];
+                        for (int u = 0; u < 2; u++) {
+                            const int j = 4 * half16 + 2 * jp + u;
+                            const __m256i L = avx2_load(ql + 32 * (16 * h + 8 * (k % 2) + j));
+                            const __m256i H = avx2_load(qh + 32 * (8 * h + j));
+                            const __m256i nib = k < 2 ? _mm256_and_si256(L, m4)
+                                                      : _mm256_and_si256(_mm256_srli_epi16(L, 4), m4);
+                            const __m256i hb = k == 0   ? _mm256_slli_epi16(H, 4)
+                                               : k == 1 ? _mm256_slli_epi16(H, 2)
+                                               : k == 2 ? H
+                                                        : _mm256_srli_epi16(H, 2);
+                            q[u] = _mm256_or_si256(nib, _mm256_and_si256(hb, m30));
+                        }
+                        const int j0 = 4 * half16 + 2 * jp;
+                        for (int r = 0; r < NR; r++) {
+                            /* two products of 6-bit values per int16 */
+                            const int8_t *x = a[r].q + 256 * sb + 128 * h + 32 * k + 4 * j0;
+                            const __m256i s = _mm256_add_epi16(
+                                _mm256_maddubs_epi16(q[0], _mm256_set1_epi32((int)qmm_load32(x))),
+                                _mm256_maddubs_epi16(q[1], _mm256_set1_epi32((int)qmm_load32(x + 4))));
+                            P[r] = _mm256_add_epi32(P[r], _mm256_madd_epi16(s, scp));
+                        }
+                    }
+                }
+            }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)blk));
+        for (int r = 0; r < NR; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(a[r].d[sb]), dw), _mm256_cvtepi32_ps(P[r]), acc[r]);
+    }
+    for (int r = 0; r < NR; r++) {
+        float o[QMM_X8];
+        _mm256_storeu_ps(o, acc[r]);
+        for (int t = 0; t < QMM_X8; t++)
+            out[t * NR + r] = o[t];
+    }
+}
+
+/* One group against nr activation rows, QMM_X8_NR at a time; n elements per row. */
+typedef void (*qmm_x8_fn)(const uint8_t *grp, const struct qmm_act *a, int nr, int64_t n, float *out);
+
+#define QMM_X8_DISPATCH(NAME, CALL, BLOCK, MAXNR)                                                     \
+    static QMM_AVX2 void NAME(const uint8_t *grp, const struct qmm_act *a, int nr, int64_t n,        \
                               float *out)                                                             \
     {                                                                                                 \
-        for (int r0 = 0; r0 < nr; r0 += QMM_X8_NR) {                                                  \
-            const int k = LLORCH_MIN(nr - r0, QMM_X8_NR);                                             \
+        for (int r0 = 0; r0 < nr; r0 += (MAXNR)) {                                                    \
+            const int k = LLORCH_MIN(nr - r0, (MAXNR));                                               \
             float o[QMM_X8 * QMM_X8_NR];                                                              \
             switch (k) {                                                                              \
             case 1:                                                                                   \
-                avx2_x8_group(FOUR, 1, grp, a + r0, nb, o);                                           \
+                CALL(1, grp, a + r0, n / (BLOCK), o);                                                 \
                 break;                                                                                \
             case 2:                                                                                   \
-                avx2_x8_group(FOUR, 2, grp, a + r0, nb, o);                                           \
+                CALL(2, grp, a + r0, n / (BLOCK), o);                                                 \
                 break;                                                                                \
             case 3:                                                                                   \
-                avx2_x8_group(FOUR, 3, grp, a + r0, nb, o);                                           \
+                CALL(3, grp, a + r0, n / (BLOCK), o);                                                 \
                 break;                                                                                \
             default:                                                                                  \
-                avx2_x8_group(FOUR, 4, grp, a + r0, nb, o);                                           \
+                CALL(4, grp, a + r0, n / (BLOCK), o);                                                 \
                 break;                                                                                \
             }                                                                                         \
             for (int t = 0; t < QMM_X8; t++)                                                          \
                 memcpy(out + t * nr + r0, o + t * k, (size_t)k * sizeof *o);                          \
         }                                                                                             \
     }
-QMM_X8_DISPATCH(x8_q8_0_avx2, false)
-QMM_X8_DISPATCH(x8_q4_0_avx2, true)
+#define QMM_X8_Q8_0(NR, ...) avx2_x8_group(false, NR, __VA_ARGS__)
+#define QMM_X8_Q4_0(NR, ...) avx2_x8_group(true, NR, __VA_ARGS__)
+#define QMM_X8_Q4_K(NR, ...) avx2_x8k45_group(false, NR, __VA_ARGS__)
+#define QMM_X8_Q5_K(NR, ...) avx2_x8k45_group(true, NR, __VA_ARGS__)
+#define QMM_X8_Q6_K(NR, ...) avx2_x8q6k_group(NR, __VA_ARGS__)
+QMM_X8_DISPATCH(x8_q8_0_avx2, QMM_X8_Q8_0, 32, 4)
+QMM_X8_DISPATCH(x8_q4_0_avx2, QMM_X8_Q4_0, 32, 4)
+QMM_X8_DISPATCH(x8_q4_k_avx2, QMM_X8_Q4_K, 256, 4)
+QMM_X8_DISPATCH(x8_q5_k_avx2, QMM_X8_Q5_K, 256, 4)
+QMM_X8_DISPATCH(x8_q6_k_avx2, QMM_X8_Q6_K, 256, 4)
+
+/* Block b of row t of a group into the group's block b at d (see the
+ * layouts above). */
+static void qmm_x8_put(enum ggml_type t, uint8_t *d, const uint8_t *blk, int row)
+{
+    const size_t r4 = 4 * (size_t)row;
+    switch (t) {
+    case GGML_TYPE_Q8_0:
+    case GGML_TYPE_Q4_0:
+        memcpy(d + 2 * row, blk, 2);
+        for (size_t j = 0; j < (t == GGML_TYPE_Q4_0 ? 4u : 8u); j++)
+            memcpy(d + 16 + 32 * j + r4, blk + 2 + 4 * j, 4);
+        break;
+    case GGML_TYPE_Q6_K:
+        memcpy(d + 2 * row, blk + 208, 2);
+        for (int g = 0; g < 16; g++)
+            d[16 + 8 * g + row] = blk[192 + g];
+        for (size_t v = 0; v < 32; v++) /* v = 16h + 8p + j: ql[64h + 32p + 4j] */
+            memcpy(d + 144 + 32 * v + r4, blk + 4 * v, 4);
+        for (size_t v = 0; v < 16; v++) /* v = 8h + j: qh[32h + 4j] */
+            memcpy(d + 1168 + 32 * v + r4, blk + 128 + 4 * v, 4);
+        break;
+    default: { /* Q4_K, Q5_K */
+        const bool five = t == GGML_TYPE_Q5_K;
+        memcpy(d + 2 * row, blk, 2);
+        memcpy(d + 16 + 2 * row, blk + 2, 2);
+        for (int s = 0; s < 8; s++) {
+            int sc, m;
+            qmm_k4_scale_min(s, blk + 4, &sc, &m);
+            d[32 + 8 * s + row] = (uint8_t)((sc & 15) | (m & 15) << 4);
+            d[96 + 4 * s + row / 2] |= (uint8_t)(((sc >> 4) | (m >> 4) << 2) << (4 * (row % 2)));
+        }
+        if (five)
+            for (size_t j = 0; j < 8; j++)
+                memcpy(d + 128 + 32 * j + r4, blk + 16 + 4 * j, 4);
+        uint8_t *q = d + (five ? 384 : 128);
+        const uint8_t *qs = blk + (five ? 48 : 16);
+        for (size_t c = 0; c < 4; c++)
+            for (size_t j = 0; j < 8; j++)
+                memcpy(q + 32 * (8 * c + j) + r4, qs + 32 * c + 4 * j, 4);
+        break;
+    }
+    }
+}
 
 /* Repacks n_rows rows of nb blocks from src (file layout) into dst, which
- * holds ceil(n_rows / QMM_X8) groups. */
+ * holds ceil(n_rows / QMM_X8) groups; the padding rows are zeros. */
 static void qmm_x8_repack(enum ggml_type t, uint8_t *dst, const uint8_t *src, int64_t n_rows, int64_t nb)
 {
-    const bool four = t == GGML_TYPE_Q4_0;
-    const size_t bytes = four ? 18 : 34, rb = (size_t)nb * bytes, vec = four ? 4 : 8;
+    const struct qmm_type_info *ti = qmm_info(t);
+    const size_t bytes = (size_t)ti->bytes, rb = (size_t)nb * bytes;
     const int64_t n_groups = (n_rows + QMM_X8 - 1) / QMM_X8;
     for (int64_t g = 0; g < n_groups; g++) {
         uint8_t *d = dst + (size_t)g * QMM_X8 * rb;
         for (int64_t b = 0; b < nb; b++, d += QMM_X8 * bytes) {
             memset(d, 0, QMM_X8 * bytes);
-            for (int t = 0; t < QMM_X8; t++) {
-                const int64_t row = g * QMM_X8 + t;
-                if (row >= n_rows)
-                    continue;
-                const uint8_t *blk = src + (size_t)row * rb + (size_t)b * bytes;
-                memcpy(d + 2 * t, blk, 2);
-                for (size_t j = 0; j < vec; j++)
-                    memcpy(d + 16 + 32 * j + 4 * (size_t)t, blk + 2 + 4 * j, 4);
-            }
+            for (int t = 0; t < QMM_X8 && g * QMM_X8 + t < n_rows; t++)
+                qmm_x8_put(ti->type, d, src + (size_t)(g * QMM_X8 + t) * rb + (size_t)b * bytes, t);
         }
     }
 }
@@ -863,11 +922,7 @@ QMM_INLINE void avx2_float_tile(enum ggml_type t, int esize, const int WR, const
 }
 
 /* One function per type: the (wr, nr) shapes the driver uses, each
- * compiled with constant bounds so the accumulators live in registers.
- * PAIRS: whether two weight rows go with more than one activation row (the
- * 32-element types: 8 accumulators); the K types keep integer sums per
- * (weight row, activation row) as well, so they pair weight rows only for a
- * single activation row. */
+ * compiled with constant bounds so the accumulators live in registers. */
 #define QMM_TILE_CASES(CALL, WR, WP, OP)                                                       \
     switch (k) {                                                                               \
     case 1:                                                                                    \
@@ -883,7 +938,7 @@ QMM_INLINE void avx2_float_tile(enum ggml_type t, int esize, const int WR, const
         CALL(WR, 4, WP, wstride, a + r0, n, OP);                                               \
         break;                                                                                 \
     }
-#define QMM_AVX2_DISPATCH(NAME, CALL, PAIRS)                                                    \
+#define QMM_AVX2_DISPATCH(NAME, CALL)                                                           \
     static QMM_AVX2 void NAME(const uint8_t *w, size_t wstride, int wr, const struct qmm_act *a, \
                               int nr, int64_t n, float *out)                                    \
     {                                                                                           \
@@ -894,7 +949,7 @@ QMM_INLINE void avx2_float_tile(enum ggml_type t, int esize, const int WR, const
         for (int r0 = 0; r0 < nr; r0 += QMM_MAX_NR) {                                           \
             const int k = LLORCH_MIN(nr - r0, QMM_MAX_NR);                                      \
             float o[QMM_MAX_WR * QMM_MAX_NR];                                                   \
-            if (wr == 2 && (PAIRS)) {                                                           \
+            if (wr == 2) {                                                                      \
                 QMM_TILE_CASES(CALL, 2, w, o)                                                   \
             } else {                                                                            \
                 for (int i = 0; i < wr; i++)                                                    \
@@ -908,16 +963,10 @@ QMM_INLINE void avx2_float_tile(enum ggml_type t, int esize, const int WR, const
 #define QMM_Q4_1(WR, NR, ...) avx2_q32_tile(GGML_TYPE_Q4_1, 20, true, WR, NR, __VA_ARGS__)
 #define QMM_Q5_0(WR, NR, ...) avx2_q32_tile(GGML_TYPE_Q5_0, 22, false, WR, NR, __VA_ARGS__)
 #define QMM_Q5_1(WR, NR, ...) avx2_q32_tile(GGML_TYPE_Q5_1, 24, true, WR, NR, __VA_ARGS__)
-#define QMM_Q4_K(WR, NR, ...) avx2_q45k_tile(false, WR, NR, __VA_ARGS__)
-#define QMM_Q5_K(WR, NR, ...) avx2_q45k_tile(true, WR, NR, __VA_ARGS__)
-#define QMM_Q6_K(WR, NR, ...) avx2_q6k_tile(WR, NR, __VA_ARGS__)
 
-QMM_AVX2_DISPATCH(tile_q4_1_avx2, QMM_Q4_1, 1)
-QMM_AVX2_DISPATCH(tile_q5_0_avx2, QMM_Q5_0, 1)
-QMM_AVX2_DISPATCH(tile_q5_1_avx2, QMM_Q5_1, 1)
-QMM_AVX2_DISPATCH(tile_q4_k_avx2, QMM_Q4_K, 0)
-QMM_AVX2_DISPATCH(tile_q5_k_avx2, QMM_Q5_K, 0)
-QMM_AVX2_DISPATCH(tile_q6_k_avx2, QMM_Q6_K, 0)
+QMM_AVX2_DISPATCH(tile_q4_1_avx2, QMM_Q4_1)
+QMM_AVX2_DISPATCH(tile_q5_0_avx2, QMM_Q5_0)
+QMM_AVX2_DISPATCH(tile_q5_1_avx2, QMM_Q5_1)
 
 
 #define QMM_FLOAT_WR(T, ES, NR, AP, OP)                                                        \
@@ -971,13 +1020,26 @@ static const qmm_tile_fn qmm_tiles_scalar[QMM_N_TYPES] = {
     tile_q4_k_scalar, tile_q5_k_scalar, tile_q6_k_scalar,
 };
 static const qmm_tile_fn qmm_tiles_avx2[QMM_N_TYPES] = {
-    tile_f32_avx2,  tile_f16_avx2,  tile_bf16_avx2, NULL,           NULL,           tile_q4_1_avx2,
-    tile_q5_0_avx2, tile_q5_1_avx2, tile_q4_k_avx2, tile_q5_k_avx2, tile_q6_k_avx2,
+    tile_f32_avx2,  tile_f16_avx2,  tile_bf16_avx2, NULL, NULL, tile_q4_1_avx2,
+    tile_q5_0_avx2, tile_q5_1_avx2, NULL,           NULL, NULL,
 };
 
 static qmm_x8_fn qmm_x8_for(enum ggml_type t)
 {
-    return t == GGML_TYPE_Q8_0 ? x8_q8_0_avx2 : t == GGML_TYPE_Q4_0 ? x8_q4_0_avx2 : NULL;
+    switch (t) {
+    case GGML_TYPE_Q8_0:
+        return x8_q8_0_avx2;
+    case GGML_TYPE_Q4_0:
+        return x8_q4_0_avx2;
+    case GGML_TYPE_Q4_K:
+        return x8_q4_k_avx2;
+    case GGML_TYPE_Q5_K:
+        return x8_q5_k_avx2;
+    case GGML_TYPE_Q6_K:
+        return x8_q6_k_avx2;
+    default:
+        return NULL;
+    }
 }
 
 static const qmm_tile_fn *qmm_tiles_for(enum kernels_isa isa)
@@ -1148,7 +1210,7 @@ LLORCH_API int qmm_weight_new(struct qmm_weight **out, const struct qmm_part *pa
                 rc = LLORCH_ENOMEM;
                 continue;
             }
-            qmm_x8_repack(parts[i].type, g, parts[i].data, parts[i].n_rows, n_in / 32);
+            qmm_x8_repack(parts[i].type, g, parts[i].data, parts[i].n_rows, n_in / s->ti->block);
             free(s->owned);
             s->data = s->owned = g;
             s->copied = true;
@@ -1348,7 +1410,7 @@ static void qmm_x8_rows(const struct qmm_run_ctx *c, const struct qmm_seg *s, in
             for (int r = 0; r < nr; r++)
                 a[r] = qmm_act_row(c, s->ti->fmt, r0 + r);
             for (int64_t g = gc; g < gce; g++) {
-                s->x8(s->data + (size_t)g * gstride, a, nr, w->n_in / 32, out);
+                s->x8(s->data + (size_t)g * gstride, a, nr, w->n_in, out);
                 for (int t = 0; t < QMM_X8; t++) {
                     const int64_t row = s->row0 + g * QMM_X8 + t;
                     if (row < lo || row >= hi)
@@ -1435,7 +1497,7 @@ LLORCH_API float qmm_dot_row(const struct qmm_weight *w, int64_t row, const floa
             if (s->x8) {
                 const int64_t i = row - s->row0;
                 float out[QMM_X8];
-                s->x8(s->data + (size_t)(i / QMM_X8) * QMM_X8 * s->row_bytes, &a, 1, w->n_in / 32, out);
+                s->x8(s->data + (size_t)(i / QMM_X8) * QMM_X8 * s->row_bytes, &a, 1, w->n_in, out);
                 return out[i % QMM_X8];
             }
             float out;

@@ -1,9 +1,9 @@
 /* Matmuls over weights kept in the file's own class: y[m, n_out] = x[m, n_in] Wᵀ
  * with W's rows in their GGUF block layout (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
  * Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), read in place from the file mapping or from
- * a buffer the weight owns (above the scalar level, Q8_0 and Q4_0 rows are
- * interleaved 8 at a time into a buffer of the file's size, padded to a
- * multiple of 8 rows: qmm_weight_part_copied).
+ * a buffer the weight owns (above the scalar level, Q8_0, Q4_0, Q4_K, Q5_K
+ * and Q6_K rows are interleaved 8 at a time into a buffer of the file's
+ * size, padded to a multiple of 8 rows: qmm_weight_part_copied).
  * Activations are rounded per row as llama.cpp's CPU backend rounds them for
  * the weight type (f16 / bf16 values, Q8_0 blocks of 32 with their sums for
  * the 32-element types, Q8_K blocks of 256 with 16-element sums for the K
@@ -17,11 +17,16 @@
  *   Q8_0, Q4_0: each block's sum exact in integers, then one chain per
  *     output, acc = fma(d_w * d_x, (float)block_sum, acc), block after block
  *     (one lane per weight row in the interleaved kernels);
- *   other block types: 8 lanes, lane l takes elements 4l..4l+3 of every 32
- *     (or, in K types, every 32 of each 256), summed exactly in integers per
- *     block, then acc[l] = fma(d_w * d_x, (float)int_sum_l, acc[l]) block
- *     after block; offsets (Q4_1/Q5_1 m, K-type mins) in one more sequential
- *     fma chain; hsum8(a) = ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)).
+ *   Q4_K, Q5_K, Q6_K: per superblock P = sum over sub-blocks of scale x
+ *     sum of q x, exact in integers (Q6_K's q - 32 included), then
+ *     acc = fma(d_x * d_w, (float)P, acc); Q4_K/Q5_K's mins in a second
+ *     chain accm = fma(d_x * dmin, (float)sum_s m_s x_sum_s, accm), and the
+ *     result acc - accm;
+ *   Q4_1, Q5_0, Q5_1: 8 lanes, lane l takes elements 4l..4l+3 of every 32,
+ *     summed exactly in integers per block, then acc[l] = fma(d_w * d_x,
+ *     (float)int_sum_l, acc[l]) block after block; Q4_1/Q5_1's m in one
+ *     more sequential fma chain;
+ *     hsum8(a) = ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)).
  * tests/test_qmm.c checks every level against the scalar one bit for bit. */
 #ifndef LLORCH_QMM_H
 #define LLORCH_QMM_H
