@@ -261,11 +261,67 @@ static void rows_do_not_depend_on_m_parts_or_pool(void **state)
     check_rows_alone(kq, 512);
     const enum ggml_type x8[3] = {GGML_TYPE_Q4_0, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0};
     check_rows_alone(x8, 96);
+    const enum ggml_type x8m[3] = {GGML_TYPE_Q5_0, GGML_TYPE_Q4_1, GGML_TYPE_Q5_1};
+    check_rows_alone(x8m, 96);
     const enum ggml_type k8[3] = {GGML_TYPE_Q5_K, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K};
     check_rows_alone(k8, 512);
     const enum ggml_type fl[3] = {GGML_TYPE_F16, GGML_TYPE_BF16, GGML_TYPE_F32};
     check_rows_alone(fl, 1000);
     check_rows_alone(fl, 1001);
+}
+
+/* Every value bit set (largest magnitudes; Q6_K's scales 127) against
+ * activations all at +-127: the kernels' narrow partial sums (int16 before
+ * widening) must not saturate, so every level still gives the scalar bits. */
+static void extreme_blocks_give_the_scalar_bits(void **state)
+{
+    (void)state;
+    const int64_t k = 512, rows = 11;
+    for (size_t ti = 0; ti < sizeof all_types / sizeof all_types[0]; ti++) {
+        const enum ggml_type t = all_types[ti];
+        const uint64_t bb = ggml_type_block_bytes(t), be = ggml_type_block_elems(t);
+        if (be == 1)
+            continue;
+        uint8_t *wd = random_rows(t, rows, k);
+        const uint64_t nb = (uint64_t)(rows * k) / be;
+        /* the f16 scale fields kept, every other byte all ones */
+        const size_t keep = t == GGML_TYPE_Q6_K ? 0 : (t == GGML_TYPE_Q4_1 || t == GGML_TYPE_Q5_1 || t == GGML_TYPE_Q4_K || t == GGML_TYPE_Q5_K) ? 4 : 2;
+        for (uint64_t b = 0; b < nb; b++) {
+            uint8_t *blk = wd + b * bb;
+            memset(blk + keep, 0xff, bb - keep - (t == GGML_TYPE_Q6_K ? 2 : 0));
+            if (t == GGML_TYPE_Q6_K)
+                memset(blk + 192, 0x7f, 16);
+        }
+        for (int sign = 0; sign < 2; sign++) {
+            float *x = random_x(k);
+            for (int64_t i = 0; i < k; i++)
+                x[i] = sign ? (i % 2 ? -1.0f : 1.0f) : 1.0f;
+            struct qmm_part p = {.type = t, .data = wd, .n_rows = rows};
+            struct qmm_weight *ref = weight(&p, 1, k, KERNELS_ISA_SCALAR);
+            void *act = act_for(ref, 1);
+            float want[11];
+            for (int r = 0; r < rows; r++)
+                want[r] = qmm_dot_row(ref, r, x, act);
+            for (int isa = KERNELS_ISA_AVX2; isa < KERNELS_ISA_COUNT_; isa++) {
+                if (!kernels_get((enum kernels_isa)isa))
+                    continue;
+                struct qmm_weight *w = weight(&p, 1, k, (enum kernels_isa)isa);
+                void *wact = act_for(w, 1);
+                for (int r = 0; r < rows; r++) {
+                    const float got = qmm_dot_row(w, r, x, wact);
+                    if (memcmp(&got, &want[r], sizeof got) != 0)
+                        fail_msg("%s extreme blocks, x %s, row %d level %s: %.9g, scalar %.9g", ggml_type_name(t),
+                                 sign ? "+-1" : "1", r, kernels_isa_name((enum kernels_isa)isa), got, want[r]);
+                }
+                free(wact);
+                qmm_weight_free(w);
+            }
+            qmm_weight_free(ref);
+            free(act);
+            free(x);
+        }
+        free(wd);
+    }
 }
 
 static void weight_rejects_bad_shapes_and_frees_owned_parts(void **state)
@@ -291,6 +347,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(every_level_gives_the_scalar_bits_for_every_type),
         cmocka_unit_test(rows_do_not_depend_on_m_parts_or_pool),
+        cmocka_unit_test(extreme_blocks_give_the_scalar_bits),
         cmocka_unit_test(weight_rejects_bad_shapes_and_frees_owned_parts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

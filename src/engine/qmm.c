@@ -216,37 +216,13 @@ static inline void q32_values(enum ggml_type t, const uint8_t *blk, int q[32])
     }
 }
 
-static inline float q32_dot_scalar(enum ggml_type t, const uint8_t *w, const struct qmm_act *a,
-                                   int64_t n)
-{
-    const struct qmm_type_info *ti = qmm_info(t);
-    const bool has_min = t == GGML_TYPE_Q4_1 || t == GGML_TYPE_Q5_1;
-    float acc[8] = {0}, accm = 0.0f;
-    for (int64_t b = 0; b < n / 32; b++) {
-        const uint8_t *blk = w + b * ti->bytes;
-        int q[32];
-        q32_values(t, blk, q);
-        const int8_t *x = a->q + 32 * b;
-        const float d = qmm_f16(blk) * a->d[b];
-        for (int l = 0; l < 8; l++) {
-            int p = 0;
-            for (int i = 0; i < 4; i++)
-                p += q[4 * l + i] * x[4 * l + i];
-            acc[l] = fmaf(d, (float)p, acc[l]);
-        }
-        if (has_min)
-            accm = fmaf(qmm_f16(blk + 2), a->s[b], accm);
-    }
-    return qmm_hsum8(acc) + accm;
-}
-
-/* Q8_0 / Q4_0: each block's sum exact in integers, then one fma chain per
- * output (the order of the row-interleaved layout, see qmm.h). */
-static inline float q32_chain_dot_scalar(enum ggml_type t, const uint8_t *w, const struct qmm_act *a,
-                                         int64_t n)
+/* 32-element types: each block's sum exact in integers, then one fma chain
+ * per output, and one more for Q4_1/Q5_1's m (see qmm.h). */
+static inline float q32_dot_scalar(enum ggml_type t, const uint8_t *w, const struct qmm_act *a, int64_t n)
 {
     const int bytes = qmm_info(t)->bytes;
-    float acc = 0.0f;
+    const bool has_min = t == GGML_TYPE_Q4_1 || t == GGML_TYPE_Q5_1;
+    float acc = 0.0f, accm = 0.0f;
     for (int64_t b = 0; b < n / 32; b++) {
         const uint8_t *blk = w + b * bytes;
         int q[32];
@@ -256,17 +232,19 @@ static inline float q32_chain_dot_scalar(enum ggml_type t, const uint8_t *w, con
         for (int j = 0; j < 32; j++)
             p += q[j] * x[j];
         acc = fmaf(qmm_f16(blk) * a->d[b], (float)p, acc);
+        if (has_min)
+            accm = fmaf(qmm_f16(blk + 2), a->s[b], accm);
     }
-    return acc;
+    return has_min ? acc + accm : acc;
 }
 
 static float dot_q8_0_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n)
 {
-    return q32_chain_dot_scalar(GGML_TYPE_Q8_0, w, a, n);
+    return q32_dot_scalar(GGML_TYPE_Q8_0, w, a, n);
 }
 static float dot_q4_0_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n)
 {
-    return q32_chain_dot_scalar(GGML_TYPE_Q4_0, w, a, n);
+    return q32_dot_scalar(GGML_TYPE_Q4_0, w, a, n);
 }
 static float dot_q4_1_scalar(const uint8_t *w, const struct qmm_act *a, int64_t n)
 {
@@ -358,12 +336,14 @@ static float dot_q6_k_scalar(const uint8_t *w, const struct qmm_act *a, int64_t 
 }
 
 /* ---- tiles ----------------------------------------------------------------
- * A tile computes WR weight rows (wstride bytes apart) against NR activation
- * rows: out[i * nr + r]. Each output is still its own canonical dot product;
- * the tile only shares loads and unpacking between them (one weight block
- * serves NR activation rows; WR > 1 gives a single activation row
- * independent fma chains). */
-#define QMM_MAX_WR 4 /* float types; Q4_1/Q5_0/Q5_1 take 2 */
+ * Rows in the file's layout: every type at the scalar level, the float
+ * types above it (the block types run row-interleaved there, below). A tile
+ * computes WR weight rows (wstride bytes apart) against NR activation rows:
+ * out[i * nr + r]. Each output is still its own canonical dot product; the
+ * tile only shares loads between them (one weight vector serves NR
+ * activation rows; WR > 1 gives a single activation row independent fma
+ * chains). */
+#define QMM_MAX_WR 4
 #define QMM_MAX_NR 4
 
 typedef void (*qmm_tile_fn)(const uint8_t *w, size_t wstride, int wr, const struct qmm_act *a,
@@ -408,121 +388,27 @@ QMM_INLINE float avx2_hsum8(__m256 v)
     return _mm_cvtss_f32(t1);
 }
 
-QMM_INLINE float avx2_f16(const uint8_t *p)
-{
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return _cvtsh_ss(h);
-}
-
 QMM_INLINE __m256i avx2_load(const void *p)
 {
     return _mm256_loadu_si256((const __m256i *)p);
 }
 
-/* 32 nibbles of 16 bytes as bytes 0..31 in element order (low nibbles are
- * elements 0..15, high nibbles 16..31). */
-QMM_INLINE __m256i avx2_nibbles(const uint8_t *p)
-{
-    const __m128i b = _mm_loadu_si128((const __m128i *)(const void *)p);
-    const __m128i m = _mm_set1_epi8(0x0f);
-    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m), _mm_and_si128(b, m));
-}
-
-/* Byte e = 0x10 where bit e of the 32-bit word at p is set, else 0. */
-QMM_INLINE __m256i avx2_bit5(const uint8_t *p)
-{
-    uint32_t qh;
-    memcpy(&qh, p, 4);
-    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
-                                           0x0101010101010101, 0x0000000000000000);
-    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), shuf);
-    const __m256i bits = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
-    v = _mm256_cmpeq_epi8(_mm256_and_si256(v, bits), bits);
-    return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
-}
-
-/* Q4_1 / Q5_0 / Q5_1 (Q8_0 and Q4_0 run row-interleaved, below): the
- * weight block as bytes in element order; signed (offset applied) for Q5_0,
- * unsigned for the types with a min. */
-QMM_INLINE __m256i avx2_q32_values(enum ggml_type t, const uint8_t *blk)
-{
-    switch (t) {
-    case GGML_TYPE_Q4_1:
-        return avx2_nibbles(blk + 4);
-    case GGML_TYPE_Q5_0:
-        return _mm256_sub_epi8(_mm256_or_si256(avx2_nibbles(blk + 6), avx2_bit5(blk + 2)),
-                               _mm256_set1_epi8(16));
-    default: /* Q5_1 */
-        return _mm256_or_si256(avx2_nibbles(blk + 8), avx2_bit5(blk + 4));
-    }
-}
-
-/* Blocks [b0, b1) of WR rows in the file's layout into acc (and the offset
- * chain accm of Q4_1/Q5_1). */
-QMM_INLINE void avx2_q32_blocks(enum ggml_type t, int bytes, bool has_min, const int WR, const int NR,
-                                const uint8_t *w, size_t wstride, const struct qmm_act *a, int64_t b0,
-                                int64_t b1, __m256 acc[QMM_MAX_WR][QMM_MAX_NR],
-                                float accm[QMM_MAX_WR][QMM_MAX_NR])
-{
-    const bool is_signed = !has_min;
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (int64_t b = b0; b < b1; b++) {
-        __m256i x[QMM_MAX_NR];
-        __m256 dx[QMM_MAX_NR];
-        for (int r = 0; r < NR; r++) {
-            x[r] = avx2_load(a[r].q + 32 * b);
-            dx[r] = _mm256_broadcast_ss(&a[r].d[b]);
-        }
-        for (int i = 0; i < WR; i++) {
-            const uint8_t *blk = w + (size_t)i * wstride + (size_t)b * (size_t)bytes;
-            _mm_prefetch((const char *)blk + QMM_PREFETCH, _MM_HINT_T0);
-            const __m256i v = avx2_q32_values(t, blk);
-            const __m256 dw = _mm256_set1_ps(avx2_f16(blk));
-            const __m256i av = is_signed ? _mm256_abs_epi8(v) : v;
-            for (int r = 0; r < NR; r++) {
-                const __m256i xs = is_signed ? _mm256_sign_epi8(x[r], v) : x[r];
-                const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(av, xs), ones);
-                /* dw * dx rounded as the scalar product is */
-                acc[i][r] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx[r]), _mm256_cvtepi32_ps(p), acc[i][r]);
-                if (has_min)
-                    accm[i][r] = fmaf(avx2_f16(blk + 2), a[r].s[b], accm[i][r]);
-            }
-        }
-    }
-}
-
-QMM_INLINE void avx2_q32_tile(enum ggml_type t, int bytes, bool has_min, const int WR, const int NR,
-                              const uint8_t *w, size_t wstride, const struct qmm_act *a, int64_t n,
-                              float *out)
-{
-    __m256 acc[QMM_MAX_WR][QMM_MAX_NR];
-    float accm[QMM_MAX_WR][QMM_MAX_NR];
-    for (int i = 0; i < WR; i++)
-        for (int r = 0; r < NR; r++) {
-            acc[i][r] = _mm256_setzero_ps();
-            accm[i][r] = 0.0f;
-        }
-    avx2_q32_blocks(t, bytes, has_min, WR, NR, w, wstride, a, 0, n / 32, acc, accm);
-    for (int i = 0; i < WR; i++)
-        for (int r = 0; r < NR; r++)
-            out[i * NR + r] = avx2_hsum8(acc[i][r]) + accm[i][r];
-}
-
 /* ---- row-interleaved layouts (AVX2 and up) ---------------------------------
- * Q8_0 and Q4_0 rows are repacked once at load, in place of the file's bytes,
- * into groups of QMM_X8 rows (the last group padded with zero rows). Block b
- * of a group's rows reads as
- *   QMM_X8 f16 scales (16 B, row t's at t), then
- *     Q8_0: 8 x 32 bytes: bytes 4t..4t+3 of vector j are elements 4j..4j+3
- *           of row t;
- *     Q4_0: 4 x 32 bytes: bytes 4t..4t+3 of vector j are the file's bytes
- *           4j..4j+3 of row t (low nibbles elements 4j.., high 16+4j..).
+ * The block types' rows are repacked once at load, in place of the file's
+ * bytes, into groups of QMM_X8 rows (the last group padded with zero rows).
+ * Block b of a group's rows reads, for the 32-element types, as
+ *   d: QMM_X8 f16 scales (16 B, row t's at t);
+ *   Q4_1/Q5_1: m, 16 B likewise;
+ *   Q5_0/Q5_1: qh, 32 B, row t's 32-bit word at 4t;
+ *   values: Q8_0: 8 x 32 bytes, bytes 4t..4t+3 of vector j are elements
+ *           4j..4j+3 of row t; the nibble types: 4 x 32 bytes, bytes
+ *           4t..4t+3 of vector j are the file's bytes 4j..4j+3 of row t (low
+ *           nibbles elements 4j.., high 16+4j..).
  * One 32-bit lane per weight row: an activation's 4 bytes are broadcast to
  * every lane, so after the block's multiplies each lane holds its row's
  * exact block sum, and one f16 conversion, one multiply and one fma serve 8
- * rows (as llama.cpp's repacked Q4_0 does; the file-order kernels paid one
- * conversion and fma per row). The per-output chain is the scalar level's. */
+ * rows (as llama.cpp's repacked Q4_0 does; file-order kernels pay one
+ * conversion and fma per row). The per-output chains are the scalar level's. */
 #define QMM_X8 8
 #define QMM_X8_NR 4 /* activation rows per pass over a group */
 
@@ -533,15 +419,33 @@ static inline uint32_t qmm_load32(const void *p)
     return v;
 }
 
+/* Byte i of lane t = 0x10 where bit 4G + i of lane t's qh word is set. */
+QMM_INLINE __m256i avx2_x8_bit5(__m256i qh, int G)
+{
+    const char b = (char)(G / 2);
+    const __m256i pick = _mm256_setr_epi8(b, b, b, b, b + 4, b + 4, b + 4, b + 4, b + 8, b + 8, b + 8, b + 8,
+                                          b + 12, b + 12, b + 12, b + 12, b, b, b, b, b + 4, b + 4, b + 4, b + 4,
+                                          b + 8, b + 8, b + 8, b + 8, b + 12, b + 12, b + 12, b + 12);
+    const __m256i bits = _mm256_set1_epi32(G % 2 ? (int)0x80402010u : 0x08040201);
+    const __m256i v = _mm256_and_si256(_mm256_shuffle_epi8(qh, pick), bits);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(v, bits), _mm256_set1_epi8(0x10));
+}
+
 /* Blocks 0..nb-1 of one group against NR activation rows: out[t * NR + r]. */
-QMM_INLINE void avx2_x8_group(bool four, const int NR, const uint8_t *grp, const struct qmm_act *a,
+QMM_INLINE void avx2_x8_group(enum ggml_type type, const int NR, const uint8_t *grp, const struct qmm_act *a,
                               int64_t nb, float *out)
 {
-    const int gbytes = QMM_X8 * (four ? 18 : 34);
+    const bool q8 = type == GGML_TYPE_Q8_0;
+    const bool has_min = type == GGML_TYPE_Q4_1 || type == GGML_TYPE_Q5_1;
+    const bool five = type == GGML_TYPE_Q5_0 || type == GGML_TYPE_Q5_1;
+    /* the offset subtracted from unsigned values: Q4_0 8, Q5_0 16 */
+    const int off = type == GGML_TYPE_Q4_0 ? 8 : type == GGML_TYPE_Q5_0 ? 16 : 0;
+    const int bytes = q8 ? 34 : type == GGML_TYPE_Q4_0 ? 18 : type == GGML_TYPE_Q4_1 ? 20 : type == GGML_TYPE_Q5_0 ? 22 : 24;
+    const int gbytes = QMM_X8 * bytes, vals = 16 + (has_min ? 16 : 0) + (five ? 32 : 0);
     const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0x0f);
-    __m256 acc[QMM_X8_NR];
+    __m256 acc[QMM_X8_NR], accm[QMM_X8_NR];
     for (int r = 0; r < NR; r++)
-        acc[r] = _mm256_setzero_ps();
+        acc[r] = accm[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = grp + (size_t)b * (size_t)gbytes;
         for (int l = 0; l < gbytes; l += 64)
@@ -549,21 +453,7 @@ QMM_INLINE void avx2_x8_group(bool four, const int NR, const uint8_t *grp, const
         __m256i s[QMM_X8_NR];
         for (int r = 0; r < NR; r++)
             s[r] = _mm256_setzero_si256();
-        if (four) {
-            /* unsigned nibbles: 8 products of at most 2 x 15 x 127 per int16 */
-            for (int j = 0; j < 4; j++) {
-                const __m256i q = avx2_load(blk + 16 + 32 * j);
-                const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                for (int r = 0; r < NR; r++) {
-                    const int8_t *x = a[r].q + 32 * b;
-                    s[r] = _mm256_add_epi16(s[r], _mm256_maddubs_epi16(lo, _mm256_set1_epi32((int)qmm_load32(x + 4 * j))));
-                    s[r] = _mm256_add_epi16(s[r],
-                                            _mm256_maddubs_epi16(hi, _mm256_set1_epi32((int)qmm_load32(x + 16 + 4 * j))));
-                }
-            }
-            for (int r = 0; r < NR; r++) /* (q - 8) x = q x - 8 x */
-                s[r] = _mm256_sub_epi32(_mm256_madd_epi16(s[r], ones), _mm256_set1_epi32(8 * a[r].sum[b]));
-        } else {
+        if (q8) {
             for (int j = 0; j < 8; j++) {
                 const __m256i v = avx2_load(blk + 16 + 32 * j), av = _mm256_abs_epi8(v);
                 for (int r = 0; r < NR; r++) {
@@ -572,18 +462,53 @@ QMM_INLINE void avx2_x8_group(bool four, const int NR, const uint8_t *grp, const
                         s[r], _mm256_madd_epi16(_mm256_maddubs_epi16(av, _mm256_sign_epi8(xb, v)), ones));
                 }
             }
+        } else {
+            /* unsigned values: 4 products of at most 2 x 31 x 127 per int16
+             * (8 of 4-bit ones) */
+            const __m256i qh = five ? avx2_load(blk + vals - 32) : _mm256_setzero_si256();
+            __m256i s16[QMM_X8_NR];
+            for (int r = 0; r < NR; r++)
+                s16[r] = _mm256_setzero_si256();
+            for (int j = 0; j < 4; j++) {
+                const __m256i q = avx2_load(blk + vals + 32 * j);
+                __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                if (five) {
+                    lo = _mm256_or_si256(lo, avx2_x8_bit5(qh, j));
+                    hi = _mm256_or_si256(hi, avx2_x8_bit5(qh, 4 + j));
+                }
+                for (int r = 0; r < NR; r++) {
+                    const int8_t *x = a[r].q + 32 * b;
+                    s16[r] = _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(lo, _mm256_set1_epi32((int)qmm_load32(x + 4 * j))));
+                    s16[r] = _mm256_add_epi16(
+                        s16[r], _mm256_maddubs_epi16(hi, _mm256_set1_epi32((int)qmm_load32(x + 16 + 4 * j))));
+                }
+                if (j == 3 || (five && j == 1))
+                    for (int r = 0; r < NR; r++) {
+                        s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(s16[r], ones));
+                        s16[r] = _mm256_setzero_si256();
+                    }
+            }
+            if (off) /* (q - off) x = q x - off x */
+                for (int r = 0; r < NR; r++)
+                    s[r] = _mm256_sub_epi32(s[r], _mm256_set1_epi32(off * a[r].sum[b]));
         }
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)blk));
         for (int r = 0; r < NR; r++) /* d_w * d_x rounded as the scalar product is */
             acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(a[r].d[b])), _mm256_cvtepi32_ps(s[r]), acc[r]);
+        if (has_min) {
+            const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(blk + 16)));
+            for (int r = 0; r < NR; r++)
+                accm[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(a[r].s[b]), accm[r]);
+        }
     }
     for (int r = 0; r < NR; r++) {
         float o[QMM_X8];
-        _mm256_storeu_ps(o, acc[r]);
+        _mm256_storeu_ps(o, has_min ? _mm256_add_ps(acc[r], accm[r]) : acc[r]);
         for (int t = 0; t < QMM_X8; t++)
             out[t * NR + r] = o[t];
     }
 }
+
 
 /* Q4_K / Q5_K, row-interleaved: a group's superblock of 8 x 144 (176) bytes
  * reads as
@@ -789,13 +714,19 @@ typedef void (*qmm_x8_fn)(const uint8_t *grp, const struct qmm_act *a, int nr, i
                 memcpy(out + t * nr + r0, o + t * k, (size_t)k * sizeof *o);                          \
         }                                                                                             \
     }
-#define QMM_X8_Q8_0(NR, ...) avx2_x8_group(false, NR, __VA_ARGS__)
-#define QMM_X8_Q4_0(NR, ...) avx2_x8_group(true, NR, __VA_ARGS__)
+#define QMM_X8_Q8_0(NR, ...) avx2_x8_group(GGML_TYPE_Q8_0, NR, __VA_ARGS__)
+#define QMM_X8_Q4_0(NR, ...) avx2_x8_group(GGML_TYPE_Q4_0, NR, __VA_ARGS__)
+#define QMM_X8_Q4_1(NR, ...) avx2_x8_group(GGML_TYPE_Q4_1, NR, __VA_ARGS__)
+#define QMM_X8_Q5_0(NR, ...) avx2_x8_group(GGML_TYPE_Q5_0, NR, __VA_ARGS__)
+#define QMM_X8_Q5_1(NR, ...) avx2_x8_group(GGML_TYPE_Q5_1, NR, __VA_ARGS__)
 #define QMM_X8_Q4_K(NR, ...) avx2_x8k45_group(false, NR, __VA_ARGS__)
 #define QMM_X8_Q5_K(NR, ...) avx2_x8k45_group(true, NR, __VA_ARGS__)
 #define QMM_X8_Q6_K(NR, ...) avx2_x8q6k_group(NR, __VA_ARGS__)
 QMM_X8_DISPATCH(x8_q8_0_avx2, QMM_X8_Q8_0, 32, 4)
 QMM_X8_DISPATCH(x8_q4_0_avx2, QMM_X8_Q4_0, 32, 4)
+QMM_X8_DISPATCH(x8_q4_1_avx2, QMM_X8_Q4_1, 32, 4)
+QMM_X8_DISPATCH(x8_q5_0_avx2, QMM_X8_Q5_0, 32, 4)
+QMM_X8_DISPATCH(x8_q5_1_avx2, QMM_X8_Q5_1, 32, 4)
 QMM_X8_DISPATCH(x8_q4_k_avx2, QMM_X8_Q4_K, 256, 4)
 QMM_X8_DISPATCH(x8_q5_k_avx2, QMM_X8_Q5_K, 256, 4)
 QMM_X8_DISPATCH(x8_q6_k_avx2, QMM_X8_Q6_K, 256, 4)
@@ -808,10 +739,25 @@ static void qmm_x8_put(enum ggml_type t, uint8_t *d, const uint8_t *blk, int row
     switch (t) {
     case GGML_TYPE_Q8_0:
     case GGML_TYPE_Q4_0:
+    case GGML_TYPE_Q4_1:
+    case GGML_TYPE_Q5_0:
+    case GGML_TYPE_Q5_1: {
+        size_t at = 16, from = 2;
         memcpy(d + 2 * row, blk, 2);
-        for (size_t j = 0; j < (t == GGML_TYPE_Q4_0 ? 4u : 8u); j++)
-            memcpy(d + 16 + 32 * j + r4, blk + 2 + 4 * j, 4);
+        if (t == GGML_TYPE_Q4_1 || t == GGML_TYPE_Q5_1) { /* m */
+            memcpy(d + 16 + 2 * row, blk + 2, 2);
+            at += 16;
+            from += 2;
+        }
+        if (t == GGML_TYPE_Q5_0 || t == GGML_TYPE_Q5_1) { /* qh */
+            memcpy(d + at + r4, blk + from, 4);
+            at += 32;
+            from += 4;
+        }
+        for (size_t j = 0; j < (t == GGML_TYPE_Q8_0 ? 8u : 4u); j++)
+            memcpy(d + at + 32 * j + r4, blk + from + 4 * j, 4);
         break;
+    }
     case GGML_TYPE_Q6_K:
         memcpy(d + 2 * row, blk + 208, 2);
         for (int g = 0; g < 16; g++)
@@ -921,54 +867,8 @@ QMM_INLINE void avx2_float_tile(enum ggml_type t, int esize, const int WR, const
             out[i * NR + r] = avx2_hsum8(acc[i][r]);
 }
 
-/* One function per type: the (wr, nr) shapes the driver uses, each
+/* One function per float type: the (wr, nr) shapes the driver uses, each
  * compiled with constant bounds so the accumulators live in registers. */
-#define QMM_TILE_CASES(CALL, WR, WP, OP)                                                       \
-    switch (k) {                                                                               \
-    case 1:                                                                                    \
-        CALL(WR, 1, WP, wstride, a + r0, n, OP);                                               \
-        break;                                                                                 \
-    case 2:                                                                                    \
-        CALL(WR, 2, WP, wstride, a + r0, n, OP);                                               \
-        break;                                                                                 \
-    case 3:                                                                                    \
-        CALL(WR, 3, WP, wstride, a + r0, n, OP);                                               \
-        break;                                                                                 \
-    default:                                                                                   \
-        CALL(WR, 4, WP, wstride, a + r0, n, OP);                                               \
-        break;                                                                                 \
-    }
-#define QMM_AVX2_DISPATCH(NAME, CALL)                                                           \
-    static QMM_AVX2 void NAME(const uint8_t *w, size_t wstride, int wr, const struct qmm_act *a, \
-                              int nr, int64_t n, float *out)                                    \
-    {                                                                                           \
-        if (wr == 2 && nr == 1) {                                                               \
-            CALL(2, 1, w, wstride, a, n, out);                                                  \
-            return;                                                                             \
-        }                                                                                       \
-        for (int r0 = 0; r0 < nr; r0 += QMM_MAX_NR) {                                           \
-            const int k = LLORCH_MIN(nr - r0, QMM_MAX_NR);                                      \
-            float o[QMM_MAX_WR * QMM_MAX_NR];                                                   \
-            if (wr == 2) {                                                                      \
-                QMM_TILE_CASES(CALL, 2, w, o)                                                   \
-            } else {                                                                            \
-                for (int i = 0; i < wr; i++)                                                    \
-                    QMM_TILE_CASES(CALL, 1, w + (size_t)i * wstride, o + i * k)                 \
-            }                                                                                   \
-            for (int i = 0; i < wr; i++)                                                        \
-                memcpy(out + i * nr + r0, o + i * k, (size_t)k * sizeof *o);                    \
-        }                                                                                       \
-    }
-
-#define QMM_Q4_1(WR, NR, ...) avx2_q32_tile(GGML_TYPE_Q4_1, 20, true, WR, NR, __VA_ARGS__)
-#define QMM_Q5_0(WR, NR, ...) avx2_q32_tile(GGML_TYPE_Q5_0, 22, false, WR, NR, __VA_ARGS__)
-#define QMM_Q5_1(WR, NR, ...) avx2_q32_tile(GGML_TYPE_Q5_1, 24, true, WR, NR, __VA_ARGS__)
-
-QMM_AVX2_DISPATCH(tile_q4_1_avx2, QMM_Q4_1)
-QMM_AVX2_DISPATCH(tile_q5_0_avx2, QMM_Q5_0)
-QMM_AVX2_DISPATCH(tile_q5_1_avx2, QMM_Q5_1)
-
-
 #define QMM_FLOAT_WR(T, ES, NR, AP, OP)                                                        \
     switch (wr) {                                                                              \
     case 1:                                                                                    \
@@ -1020,8 +920,8 @@ static const qmm_tile_fn qmm_tiles_scalar[QMM_N_TYPES] = {
     tile_q4_k_scalar, tile_q5_k_scalar, tile_q6_k_scalar,
 };
 static const qmm_tile_fn qmm_tiles_avx2[QMM_N_TYPES] = {
-    tile_f32_avx2,  tile_f16_avx2,  tile_bf16_avx2, NULL, NULL, tile_q4_1_avx2,
-    tile_q5_0_avx2, tile_q5_1_avx2, NULL,           NULL, NULL,
+    tile_f32_avx2,  tile_f16_avx2,  tile_bf16_avx2, NULL, NULL, NULL,
+    NULL,           NULL,           NULL,           NULL, NULL,
 };
 
 static qmm_x8_fn qmm_x8_for(enum ggml_type t)
@@ -1031,6 +931,12 @@ static qmm_x8_fn qmm_x8_for(enum ggml_type t)
         return x8_q8_0_avx2;
     case GGML_TYPE_Q4_0:
         return x8_q4_0_avx2;
+    case GGML_TYPE_Q4_1:
+        return x8_q4_1_avx2;
+    case GGML_TYPE_Q5_0:
+        return x8_q5_0_avx2;
+    case GGML_TYPE_Q5_1:
+        return x8_q5_1_avx2;
     case GGML_TYPE_Q4_K:
         return x8_q4_k_avx2;
     case GGML_TYPE_Q5_K:
@@ -1450,8 +1356,7 @@ static void qmm_rows_task(void *vctx, int64_t b, int64_t e, int worker)
                 for (int r = 0; r < nr; r++)
                     a[r] = qmm_act_row(c, s->ti->fmt, r0 + r);
                 for (int64_t n = n0; n < n1;) {
-                    /* float tiles take up to 4 weight rows, the block types 2 */
-                    const int wr = (int)LLORCH_MIN(n1 - n, s->ti->block == 1 ? QMM_MAX_WR : 2);
+                    const int wr = (int)LLORCH_MIN(n1 - n, QMM_MAX_WR);
                     s->tile(s->data + (size_t)(n - s->row0) * s->row_bytes, s->row_bytes, wr, a, nr,
                             w->n_in, out);
                     for (int k = 0; k < wr; k++)

@@ -1,9 +1,9 @@
 /* Matmuls over weights kept in the file's own class: y[m, n_out] = x[m, n_in] Wᵀ
  * with W's rows in their GGUF block layout (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
  * Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), read in place from the file mapping or from
- * a buffer the weight owns (above the scalar level, Q8_0, Q4_0, Q4_K, Q5_K
- * and Q6_K rows are interleaved 8 at a time into a buffer of the file's
- * size, padded to a multiple of 8 rows: qmm_weight_part_copied).
+ * a buffer the weight owns (above the scalar level, the block types' rows
+ * are interleaved 8 at a time into a buffer of the file's size, padded to a
+ * multiple of 8 rows: qmm_weight_part_copied).
  * Activations are rounded per row as llama.cpp's CPU backend rounds them for
  * the weight type (f16 / bf16 values, Q8_0 blocks of 32 with their sums for
  * the 32-element types, Q8_K blocks of 256 with 16-element sums for the K
@@ -13,20 +13,18 @@
  * depend on m, on tiling or on the worker (batch invariance), and every
  * instruction-set level computes the same bits as the scalar reference:
  *   float types: 8 f32 lanes, lane t takes elements i with i % 8 == t by
- *     fused multiply-add (the tail padded with zeros), then hsum8;
- *   Q8_0, Q4_0: each block's sum exact in integers, then one chain per
- *     output, acc = fma(d_w * d_x, (float)block_sum, acc), block after block
- *     (one lane per weight row in the interleaved kernels);
+ *     fused multiply-add (the tail padded with zeros), then
+ *     hsum8(a) = ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7));
+ *   Q8_0, Q4_0, Q4_1, Q5_0, Q5_1: each block's sum exact in integers (the
+ *     offsets of Q4_0/Q5_0 included), then one chain per output,
+ *     acc = fma(d_w * d_x, (float)block_sum, acc), block after block, and
+ *     Q4_1/Q5_1's m in a second chain accm = fma(m_w, s_x, accm), the result
+ *     acc + accm (one lane per weight row in the interleaved kernels);
  *   Q4_K, Q5_K, Q6_K: per superblock P = sum over sub-blocks of scale x
  *     sum of q x, exact in integers (Q6_K's q - 32 included), then
  *     acc = fma(d_x * d_w, (float)P, acc); Q4_K/Q5_K's mins in a second
  *     chain accm = fma(d_x * dmin, (float)sum_s m_s x_sum_s, accm), and the
- *     result acc - accm;
- *   Q4_1, Q5_0, Q5_1: 8 lanes, lane l takes elements 4l..4l+3 of every 32,
- *     summed exactly in integers per block, then acc[l] = fma(d_w * d_x,
- *     (float)int_sum_l, acc[l]) block after block; Q4_1/Q5_1's m in one
- *     more sequential fma chain;
- *     hsum8(a) = ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)).
+ *     result acc - accm.
  * tests/test_qmm.c checks every level against the scalar one bit for bit. */
 #ifndef LLORCH_QMM_H
 #define LLORCH_QMM_H
