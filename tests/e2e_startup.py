@@ -327,6 +327,25 @@ def test_corrupt_model(model, d):
           "truncated model: never listened")
 
 
+def test_port_in_use(model):
+    # a second worker on a port already taken says so, in the system's words
+    taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        p = subprocess.run(args(model, port=str(port)), env=clean_env(), stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=30)
+    finally:
+        taken.close()
+    log = [json.loads(x) for x in p.stderr.decode().splitlines()]
+    errs = error_lines(log)
+    check(p.returncode == 1, f"port in use: exit {p.returncode}")
+    check(len(errs) == 1 and errs[0]["msg"] == "listen failed" and
+          "address already in use" in errs[0].get("error", "") and str(port) in errs[0].get("error", ""),
+          f"port in use: one error line naming the reason and the port: {errs}")
+
+
 def test_load_fails_at_the_end(model):
     # 10 layers x 16 heads x 64 x f32 x 16 tokens x K,V = 1.25 MiB per KV
     # block: a 1 MiB cache holds none, found after every weight is packed
@@ -403,6 +422,7 @@ def main():
         for name, fn in (("socket-activated", lambda: test_socket_activated(model, d)),
                          ("sigterm while loading", lambda: test_own_socket_then_sigterm_while_loading(model)),
                          ("corrupt model", lambda: test_corrupt_model(model, d)),
+                         ("port in use", lambda: test_port_in_use(model)),
                          ("late failure", lambda: test_load_fails_at_the_end(model)),
                          ("tty bar", lambda: test_tty_progress_bar(model))):
             t = time.time()

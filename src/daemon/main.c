@@ -860,8 +860,17 @@ static int daemon_listen(struct daemon *d)
         r = http_server_listen_fd(d->srv, d->listen_fd);
     else
         r = http_server_listen(d->srv, cfg->host, cfg->port);
-    if (r)
-        return fail(d, "listen failed", llorch_strerror(r));
+    if (r) {
+        /* the system's reason ("address already in use"), and where */
+        const char *why = http_server_listen_error(d->srv);
+        char detail[640]; /* a reason and a host of up to 255 bytes each */
+        if (d->listen_fd >= 0)
+            snprintf(detail, sizeof detail, "%s (the socket passed by systemd)", why ? why : llorch_strerror(r));
+        else
+            snprintf(detail, sizeof detail, "%s (%s port %u)", why ? why : llorch_strerror(r), cfg->host,
+                     (unsigned)cfg->port);
+        return fail(d, "listen failed", detail);
+    }
 
     uv_signal_init(&d->loop, &d->sigterm);
     uv_signal_init(&d->loop, &d->sigint);

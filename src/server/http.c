@@ -62,6 +62,7 @@ struct http_server {
     llhttp_settings_t settings;
     uv_tcp_t listener;
     bool listener_open;
+    int listen_uv_err; /* the libuv error of the last failed listen, 0 if none */
     uv_prepare_t prepare;
     unsigned handles_open;
     struct llorch_queue conns;
@@ -1152,8 +1153,10 @@ LLORCH_API int http_server_route_tagged(struct http_server *s, unsigned methods,
 static int server_start(struct http_server *s)
 {
     int r = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection);
-    if (r)
+    if (r) {
+        s->listen_uv_err = r;
         return llorch_err_from_errno(-r);
+    }
     struct sockaddr_storage ss;
     int len = sizeof(ss);
     if (uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len) == 0) {
@@ -1198,13 +1201,20 @@ LLORCH_API int http_server_listen(struct http_server *s, const char *host, uint1
     if (r)
         return r;
     r = uv_tcp_bind(&s->listener, (const struct sockaddr *)&ss, 0);
-    if (r == 0)
+    if (r == 0) {
         r = server_start(s);
-    else
+    } else {
+        s->listen_uv_err = r;
         r = llorch_err_from_errno(-r);
+    }
     if (r)
         listener_close(s);
     return r;
+}
+
+LLORCH_API const char *http_server_listen_error(const struct http_server *s)
+{
+    return s->listen_uv_err ? uv_strerror(s->listen_uv_err) : NULL;
 }
 
 LLORCH_API int http_server_listen_fd(struct http_server *s, int fd)
@@ -1214,6 +1224,8 @@ LLORCH_API int http_server_listen_fd(struct http_server *s, int fd)
     if (r)
         return r;
     r = uv_tcp_open(&s->listener, fd);
+    if (r)
+        s->listen_uv_err = r;
     r = r ? llorch_err_from_errno(-r) : server_start(s);
     if (r)
         listener_close(s);
