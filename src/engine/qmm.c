@@ -412,6 +412,11 @@ QMM_INLINE __m256i avx2_load(const void *p)
 #define QMM_X8 8
 #define QMM_X8_NR 4 /* activation rows per pass over a group */
 
+/* Pins an accumulator to a register at this point: without it GCC
+ * reassociates a block's chain of integer adds into a tree whose terms all
+ * stay live, and spills them to the stack. */
+#define QMM_KEEP(v) __asm__("" : "+x"(v))
+
 static inline uint32_t qmm_load32(const void *p)
 {
     uint32_t v;
@@ -460,6 +465,7 @@ QMM_INLINE void avx2_x8_group(enum ggml_type type, const int NR, const uint8_t *
                     const __m256i xb = _mm256_set1_epi32((int)qmm_load32(a[r].q + 32 * b + 4 * j));
                     s[r] = _mm256_add_epi32(
                         s[r], _mm256_madd_epi16(_mm256_maddubs_epi16(av, _mm256_sign_epi8(xb, v)), ones));
+                    QMM_KEEP(s[r]);
                 }
             }
         } else {
@@ -481,6 +487,7 @@ QMM_INLINE void avx2_x8_group(enum ggml_type type, const int NR, const uint8_t *
                     s16[r] = _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(lo, _mm256_set1_epi32((int)qmm_load32(x + 4 * j))));
                     s16[r] = _mm256_add_epi16(
                         s16[r], _mm256_maddubs_epi16(hi, _mm256_set1_epi32((int)qmm_load32(x + 16 + 4 * j))));
+                    QMM_KEEP(s16[r]);
                 }
                 if (j == 3 || (five && j == 1))
                     for (int r = 0; r < NR; r++) {
@@ -580,6 +587,8 @@ QMM_INLINE void avx2_x8k45_group(bool five, const int NR, const uint8_t *grp, co
                     slo[r] = _mm256_add_epi16(slo[r], _mm256_maddubs_epi16(lo, _mm256_set1_epi32((int)qmm_load32(x + 4 * j))));
                     shi[r] = _mm256_add_epi16(shi[r],
                                               _mm256_maddubs_epi16(hi, _mm256_set1_epi32((int)qmm_load32(x + 32 + 4 * j))));
+                    QMM_KEEP(slo[r]);
+                    QMM_KEEP(shi[r]);
                 }
                 /* int16 holds 8 products of 4-bit values, 4 of 5-bit ones */
                 if (j == 7 || (five && j == 3))
@@ -670,6 +679,7 @@ QMM_INLINE void avx2_x8q6k_group(const int NR, const uint8_t *grp, const struct 
                                 _mm256_maddubs_epi16(q[0], _mm256_set1_epi32((int)qmm_load32(x))),
                                 _mm256_maddubs_epi16(q[1], _mm256_set1_epi32((int)qmm_load32(x + 4))));
                             P[r] = _mm256_add_epi32(P[r], _mm256_madd_epi16(s, scp));
+                            QMM_KEEP(P[r]);
                         }
                     }
                 }
