@@ -894,6 +894,8 @@ QMM_INLINE void avx2_float_tile(enum ggml_type t, int esize, const int WR, const
         avx2_float_tile(T, ES, 4, NR, w, wstride, AP, n, OP);                                  \
         break;                                                                                 \
     }
+#define QMM_FLOAT_NR 4 /* activation rows per tile when there are several */
+#define QMM_FLOAT_WR_M 3 /* weight rows per tile then: 12 chains, 3 conversions */
 #define QMM_AVX2_FLOAT_DISPATCH(NAME, T, ES)                                                    \
     static QMM_AVX2 void NAME(const uint8_t *w, size_t wstride, int wr, const struct qmm_act *a, \
                               int nr, int64_t n, float *out)                                    \
@@ -902,13 +904,17 @@ QMM_INLINE void avx2_float_tile(enum ggml_type t, int esize, const int WR, const
             QMM_FLOAT_WR(T, ES, 1, a, out)                                                      \
             return;                                                                             \
         }                                                                                       \
-        for (int r0 = 0; r0 < nr; r0 += 2) {                                                    \
-            float o[QMM_MAX_WR * 2];                                                            \
-            const int k = LLORCH_MIN(nr - r0, 2);                                               \
+        for (int r0 = 0; r0 < nr; r0 += QMM_FLOAT_NR) {                                         \
+            float o[QMM_MAX_WR * QMM_FLOAT_NR];                                                 \
+            const int k = LLORCH_MIN(nr - r0, QMM_FLOAT_NR);                                    \
             if (k == 1) {                                                                       \
                 QMM_FLOAT_WR(T, ES, 1, a + r0, o)                                               \
-            } else {                                                                            \
+            } else if (k == 2) {                                                                \
                 QMM_FLOAT_WR(T, ES, 2, a + r0, o)                                               \
+            } else if (k == 3) {                                                                \
+                QMM_FLOAT_WR(T, ES, 3, a + r0, o)                                               \
+            } else {                                                                            \
+                QMM_FLOAT_WR(T, ES, 4, a + r0, o)                                               \
             }                                                                                   \
             for (int i = 0; i < wr; i++)                                                        \
                 memcpy(out + i * nr + r0, o + i * k, (size_t)k * sizeof *o);                    \
@@ -1366,7 +1372,7 @@ static void qmm_rows_task(void *vctx, int64_t b, int64_t e, int worker)
                 for (int r = 0; r < nr; r++)
                     a[r] = qmm_act_row(c, s->ti->fmt, r0 + r);
                 for (int64_t n = n0; n < n1;) {
-                    const int wr = (int)LLORCH_MIN(n1 - n, QMM_MAX_WR);
+                    const int wr = (int)LLORCH_MIN(n1 - n, s->ti->block == 1 && nr > 1 ? QMM_FLOAT_WR_M : QMM_MAX_WR);
                     s->tile(s->data + (size_t)(n - s->row0) * s->row_bytes, s->row_bytes, wr, a, nr,
                             w->n_in, out);
                     for (int k = 0; k < wr; k++)
