@@ -971,16 +971,27 @@ static const qmm_tile_fn *qmm_tiles_for(enum kernels_isa isa)
 
 /* ---- activation rounding ------------------------------------------------- */
 
-static void act_round_f16(float *y, const float *x, int64_t n)
+/* Rounded through the level's own conversions (the same bits at every
+ * level: test_kernels), 256 values at a time. */
+static void act_round_f16(const struct kernels *k, float *y, const float *x, int64_t n)
 {
-    for (int64_t i = 0; i < n; i++)
-        y[i] = half_f16_to_f32(half_f32_to_f16(x[i]));
+    uint16_t h[256];
+    for (int64_t i = 0; i < n; i += 256) {
+        const int64_t len = LLORCH_MIN(n - i, 256);
+        k->to_f16(h, x + i, len);
+        k->from_f16(y + i, h, len);
+    }
 }
 
-static void act_round_bf16(float *y, const float *x, int64_t n)
+static void act_round_bf16(const struct kernels *k, float *y, const float *x, int64_t n)
 {
-    for (int64_t i = 0; i < n; i++)
-        y[i] = half_bf16_to_f32(half_f32_to_bf16(x[i]));
+    uint16_t h[256];
+    for (int64_t i = 0; i < n; i += 256) {
+        const int64_t len = LLORCH_MIN(n - i, 256);
+        k->to_bf16(h, x + i, len);
+        for (int64_t j = 0; j < len; j++)
+            y[i + j] = half_bf16_to_f32(h[j]);
+    }
 }
 
 /* As ggml's x86 quantize_row_q8_0 / q8_1: d = amax/127 kept as f16, values
@@ -1295,10 +1306,10 @@ static void qmm_round_rows(void *vctx, int64_t b, int64_t e, int worker)
             struct qmm_act a = qmm_act_row(c, (enum qmm_fmt)f, r);
             switch ((enum qmm_fmt)f) {
             case QMM_FMT_F16:
-                act_round_f16((float *)(uintptr_t)a.f, x, k);
+                act_round_f16(kernels_get(w->isa), (float *)(uintptr_t)a.f, x, k);
                 break;
             case QMM_FMT_BF16:
-                act_round_bf16((float *)(uintptr_t)a.f, x, k);
+                act_round_bf16(kernels_get(w->isa), (float *)(uintptr_t)a.f, x, k);
                 break;
             case QMM_FMT_Q8_0:
                 act_quant_q8_0((int8_t *)(uintptr_t)a.q, (float *)(uintptr_t)a.d,
