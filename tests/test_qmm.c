@@ -135,6 +135,26 @@ static int lengths_for(enum ggml_type t, int64_t *ks)
     return 3;
 }
 
+/* Every level above scalar gives want[r] for row r of p against x, bit for bit. */
+static void expect_scalar_bits_at_every_level(const struct qmm_part *p, int64_t k, const float *x,
+                                              const float *want, int rows, const char *what)
+{
+    for (int isa = KERNELS_ISA_AVX2; isa < KERNELS_ISA_COUNT_; isa++) {
+        if (!kernels_get((enum kernels_isa)isa))
+            continue;
+        struct qmm_weight *w = weight(p, 1, k, (enum kernels_isa)isa);
+        void *wact = act_for(w, 1); /* a level's layout may need more */
+        for (int r = 0; r < rows; r++) {
+            const float got = qmm_dot_row(w, r, x, wact);
+            if (memcmp(&got, &want[r], sizeof got) != 0)
+                fail_msg("%s row %d level %s: %.9g, scalar %.9g", what, r,
+                         kernels_isa_name((enum kernels_isa)isa), got, want[r]);
+        }
+        free(wact);
+        qmm_weight_free(w);
+    }
+}
+
 static void every_level_gives_the_scalar_bits_for_every_type(void **state)
 {
     (void)state;
@@ -172,21 +192,9 @@ static void every_level_gives_the_scalar_bits_for_every_type(void **state)
                              (long long)k, r, want[r], exact, tol);
             }
             free(deq);
-            for (int isa = KERNELS_ISA_AVX2; isa < KERNELS_ISA_COUNT_; isa++) {
-                if (!kernels_get((enum kernels_isa)isa))
-                    continue;
-                struct qmm_weight *w = weight(&p, 1, k, (enum kernels_isa)isa);
-                void *wact = act_for(w, 1); /* a level's layout may need more */
-                for (int r = 0; r < rows; r++) {
-                    const float got = qmm_dot_row(w, r, x, wact);
-                    if (memcmp(&got, &want[r], sizeof got) != 0)
-                        fail_msg("%s k=%lld row %d level %s: %.9g, scalar %.9g", ggml_type_name(t),
-                                 (long long)k, r, kernels_isa_name((enum kernels_isa)isa), got,
-                                 want[r]);
-                }
-                free(wact);
-                qmm_weight_free(w);
-            }
+            char what[64];
+            snprintf(what, sizeof what, "%s k=%lld", ggml_type_name(t), (long long)k);
+            expect_scalar_bits_at_every_level(&p, k, x, want, rows, what);
             qmm_weight_free(ref);
             free(act);
             free(x);
@@ -302,20 +310,9 @@ static void extreme_blocks_give_the_scalar_bits(void **state)
             float want[11];
             for (int r = 0; r < rows; r++)
                 want[r] = qmm_dot_row(ref, r, x, act);
-            for (int isa = KERNELS_ISA_AVX2; isa < KERNELS_ISA_COUNT_; isa++) {
-                if (!kernels_get((enum kernels_isa)isa))
-                    continue;
-                struct qmm_weight *w = weight(&p, 1, k, (enum kernels_isa)isa);
-                void *wact = act_for(w, 1);
-                for (int r = 0; r < rows; r++) {
-                    const float got = qmm_dot_row(w, r, x, wact);
-                    if (memcmp(&got, &want[r], sizeof got) != 0)
-                        fail_msg("%s extreme blocks, x %s, row %d level %s: %.9g, scalar %.9g", ggml_type_name(t),
-                                 sign ? "+-1" : "1", r, kernels_isa_name((enum kernels_isa)isa), got, want[r]);
-                }
-                free(wact);
-                qmm_weight_free(w);
-            }
+            char what[64];
+            snprintf(what, sizeof what, "%s extreme blocks, x %s", ggml_type_name(t), sign ? "+-1" : "1");
+            expect_scalar_bits_at_every_level(&p, k, x, want, rows, what);
             qmm_weight_free(ref);
             free(act);
             free(x);

@@ -424,6 +424,15 @@ static inline uint32_t qmm_load32(const void *p)
     return v;
 }
 
+/* Block b of a group (gbytes each), its bytes QMM_PREFETCH ahead asked for. */
+QMM_INLINE const uint8_t *avx2_x8_block(const uint8_t *grp, int64_t b, int gbytes)
+{
+    const uint8_t *blk = grp + (size_t)b * (size_t)gbytes;
+    for (int l = 0; l < gbytes; l += 64)
+        _mm_prefetch((const char *)blk + QMM_PREFETCH + l, _MM_HINT_T0);
+    return blk;
+}
+
 /* Byte i of lane t = 0x10 where bit 4G + i of lane t's qh word is set. */
 QMM_INLINE __m256i avx2_x8_bit5(__m256i qh, int G)
 {
@@ -452,9 +461,7 @@ QMM_INLINE void avx2_x8_group(enum ggml_type type, const int NR, const uint8_t *
     for (int r = 0; r < NR; r++)
         acc[r] = accm[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = grp + (size_t)b * (size_t)gbytes;
-        for (int l = 0; l < gbytes; l += 64)
-            _mm_prefetch((const char *)blk + QMM_PREFETCH + l, _MM_HINT_T0);
+        const uint8_t *blk = avx2_x8_block(grp, b, gbytes);
         __m256i s[QMM_X8_NR];
         for (int r = 0; r < NR; r++)
             s[r] = _mm256_setzero_si256();
@@ -538,9 +545,7 @@ QMM_INLINE void avx2_x8k45_group(bool five, const int NR, const uint8_t *grp, co
     for (int r = 0; r < NR; r++)
         acc[r] = accm[r] = _mm256_setzero_ps();
     for (int64_t sb = 0; sb < nsb; sb++) {
-        const uint8_t *blk = grp + (size_t)sb * (size_t)gbytes;
-        for (int l = 0; l < gbytes; l += 64)
-            _mm_prefetch((const char *)blk + QMM_PREFETCH + l, _MM_HINT_T0);
+        const uint8_t *blk = avx2_x8_block(grp, sb, gbytes);
         /* every row's scale and min of sub-block s, in both int16 of its lane */
         __m256i scp[8], mnp[8];
         for (int s = 0; s < 8; s++) {
@@ -634,9 +639,7 @@ QMM_INLINE void avx2_x8q6k_group(const int NR, const uint8_t *grp, const struct 
     for (int r = 0; r < NR; r++)
         acc[r] = _mm256_setzero_ps();
     for (int64_t sb = 0; sb < nsb; sb++) {
-        const uint8_t *blk = grp + (size_t)sb * (size_t)gbytes;
-        for (int l = 0; l < gbytes; l += 64)
-            _mm_prefetch((const char *)blk + QMM_PREFETCH + l, _MM_HINT_T0);
+        const uint8_t *blk = avx2_x8_block(grp, sb, gbytes);
         const uint8_t *scb = blk + 16, *ql = blk + 144, *qh = blk + 1168;
         __m256i P[QMM_X8_NR];
         for (int r = 0; r < NR; r++) {
