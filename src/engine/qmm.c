@@ -433,6 +433,15 @@ QMM_INLINE const uint8_t *avx2_x8_block(const uint8_t *grp, int64_t b, int gbyte
     return blk;
 }
 
+/* Activation row r's outputs of a group's 8 rows: row t's at out[t * stride + r]. */
+QMM_INLINE void avx2_x8_store(__m256 v, float *out, int stride, int r)
+{
+    float o[QMM_X8];
+    _mm256_storeu_ps(o, v);
+    for (int t = 0; t < QMM_X8; t++)
+        out[t * stride + r] = o[t];
+}
+
 /* Byte i of lane t = 0x10 where bit 4G + i of lane t's qh word is set. */
 QMM_INLINE __m256i avx2_x8_bit5(__m256i qh, int G)
 {
@@ -445,9 +454,9 @@ QMM_INLINE __m256i avx2_x8_bit5(__m256i qh, int G)
     return _mm256_and_si256(_mm256_cmpeq_epi8(v, bits), _mm256_set1_epi8(0x10));
 }
 
-/* Blocks 0..nb-1 of one group against NR activation rows: out[t * NR + r]. */
+/* Blocks 0..nb-1 of one group against NR activation rows: out[t * stride + r]. */
 QMM_INLINE void avx2_x8_group(enum ggml_type type, const int NR, const uint8_t *grp, const struct qmm_act *a,
-                              int64_t nb, float *out)
+                              int64_t nb, float *out, int stride)
 {
     const bool q8 = type == GGML_TYPE_Q8_0;
     const bool has_min = type == GGML_TYPE_Q4_1 || type == GGML_TYPE_Q5_1;
@@ -515,12 +524,8 @@ QMM_INLINE void avx2_x8_group(enum ggml_type type, const int NR, const uint8_t *
                 accm[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(a[r].s[b]), accm[r]);
         }
     }
-    for (int r = 0; r < NR; r++) {
-        float o[QMM_X8];
-        _mm256_storeu_ps(o, has_min ? _mm256_add_ps(acc[r], accm[r]) : acc[r]);
-        for (int t = 0; t < QMM_X8; t++)
-            out[t * NR + r] = o[t];
-    }
+    for (int r = 0; r < NR; r++)
+        avx2_x8_store(has_min ? _mm256_add_ps(acc[r], accm[r]) : acc[r], out, stride, r);
 }
 
 
@@ -535,7 +540,7 @@ QMM_INLINE void avx2_x8_group(enum ggml_type type, const int NR, const uint8_t *
  *   qs[32c + 4j ..], low nibbles sub-block 2c, high 2c + 1.
  * Per superblock each lane ends with its row's exact P and mins sum. */
 QMM_INLINE void avx2_x8k45_group(bool five, const int NR, const uint8_t *grp, const struct qmm_act *a,
-                                 int64_t nsb, float *out)
+                                 int64_t nsb, float *out, int stride)
 {
     const int gbytes = QMM_X8 * (five ? 176 : 144);
     const __m256i m4 = _mm256_set1_epi8(0x0f), b5 = _mm256_set1_epi8(0x10);
@@ -612,12 +617,8 @@ QMM_INLINE void avx2_x8k45_group(bool five, const int NR, const uint8_t *grp, co
             accm[r] = _mm256_fmadd_ps(_mm256_mul_ps(dx, dmw), _mm256_cvtepi32_ps(M[r]), accm[r]);
         }
     }
-    for (int r = 0; r < NR; r++) {
-        float o[QMM_X8];
-        _mm256_storeu_ps(o, _mm256_sub_ps(acc[r], accm[r]));
-        for (int t = 0; t < QMM_X8; t++)
-            out[t * NR + r] = o[t];
-    }
+    for (int r = 0; r < NR; r++)
+        avx2_x8_store(_mm256_sub_ps(acc[r], accm[r]), out, stride, r);
 }
 
 /* Q6_K, row-interleaved: a group's superblock of 8 x 210 bytes reads as
@@ -631,7 +632,7 @@ QMM_INLINE void avx2_x8k45_group(bool five, const int NR, const uint8_t *grp, co
  * (q - 32) x = q x - 32 x: each lane sums sc q x exactly, less 32 times the
  * scales against the activation's 16-sums. */
 QMM_INLINE void avx2_x8q6k_group(const int NR, const uint8_t *grp, const struct qmm_act *a, int64_t nsb,
-                                 float *out)
+                                 float *out, int stride)
 {
     const int gbytes = QMM_X8 * 210;
     const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
@@ -691,40 +692,33 @@ QMM_INLINE void avx2_x8q6k_group(const int NR, const uint8_t *grp, const struct 
         for (int r = 0; r < NR; r++)
             acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(a[r].d[sb]), dw), _mm256_cvtepi32_ps(P[r]), acc[r]);
     }
-    for (int r = 0; r < NR; r++) {
-        float o[QMM_X8];
-        _mm256_storeu_ps(o, acc[r]);
-        for (int t = 0; t < QMM_X8; t++)
-            out[t * NR + r] = o[t];
-    }
+    for (int r = 0; r < NR; r++)
+        avx2_x8_store(acc[r], out, stride, r);
 }
 
-/* One group against nr activation rows, QMM_X8_NR at a time; n elements per row. */
+/* One group against nr activation rows, QMM_X8_NR at a time; n elements per
+ * row; row t's output for activation row r at out[t * nr + r]. */
 typedef void (*qmm_x8_fn)(const uint8_t *grp, const struct qmm_act *a, int nr, int64_t n, float *out);
 
-#define QMM_X8_DISPATCH(NAME, CALL, BLOCK, MAXNR)                                                     \
+#define QMM_X8_DISPATCH(NAME, CALL, BLOCK)                                                            \
     static QMM_AVX2 void NAME(const uint8_t *grp, const struct qmm_act *a, int nr, int64_t n,        \
                               float *out)                                                             \
     {                                                                                                 \
-        for (int r0 = 0; r0 < nr; r0 += (MAXNR)) {                                                    \
-            const int k = LLORCH_MIN(nr - r0, (MAXNR));                                               \
-            float o[QMM_X8 * QMM_X8_NR];                                                              \
-            switch (k) {                                                                              \
+        for (int r0 = 0; r0 < nr; r0 += QMM_X8_NR) {                                                  \
+            switch (LLORCH_MIN(nr - r0, QMM_X8_NR)) {                                                 \
             case 1:                                                                                   \
-                CALL(1, grp, a + r0, n / (BLOCK), o);                                                 \
+                CALL(1, grp, a + r0, n / (BLOCK), out + r0, nr);                                      \
                 break;                                                                                \
             case 2:                                                                                   \
-                CALL(2, grp, a + r0, n / (BLOCK), o);                                                 \
+                CALL(2, grp, a + r0, n / (BLOCK), out + r0, nr);                                      \
                 break;                                                                                \
             case 3:                                                                                   \
-                CALL(3, grp, a + r0, n / (BLOCK), o);                                                 \
+                CALL(3, grp, a + r0, n / (BLOCK), out + r0, nr);                                      \
                 break;                                                                                \
             default:                                                                                  \
-                CALL(4, grp, a + r0, n / (BLOCK), o);                                                 \
+                CALL(4, grp, a + r0, n / (BLOCK), out + r0, nr);                                      \
                 break;                                                                                \
             }                                                                                         \
-            for (int t = 0; t < QMM_X8; t++)                                                          \
-                memcpy(out + t * nr + r0, o + t * k, (size_t)k * sizeof *o);                          \
         }                                                                                             \
     }
 #define QMM_X8_Q8_0(NR, ...) avx2_x8_group(GGML_TYPE_Q8_0, NR, __VA_ARGS__)
@@ -735,14 +729,14 @@ typedef void (*qmm_x8_fn)(const uint8_t *grp, const struct qmm_act *a, int nr, i
 #define QMM_X8_Q4_K(NR, ...) avx2_x8k45_group(false, NR, __VA_ARGS__)
 #define QMM_X8_Q5_K(NR, ...) avx2_x8k45_group(true, NR, __VA_ARGS__)
 #define QMM_X8_Q6_K(NR, ...) avx2_x8q6k_group(NR, __VA_ARGS__)
-QMM_X8_DISPATCH(x8_q8_0_avx2, QMM_X8_Q8_0, 32, 4)
-QMM_X8_DISPATCH(x8_q4_0_avx2, QMM_X8_Q4_0, 32, 4)
-QMM_X8_DISPATCH(x8_q4_1_avx2, QMM_X8_Q4_1, 32, 4)
-QMM_X8_DISPATCH(x8_q5_0_avx2, QMM_X8_Q5_0, 32, 4)
-QMM_X8_DISPATCH(x8_q5_1_avx2, QMM_X8_Q5_1, 32, 4)
-QMM_X8_DISPATCH(x8_q4_k_avx2, QMM_X8_Q4_K, 256, 4)
-QMM_X8_DISPATCH(x8_q5_k_avx2, QMM_X8_Q5_K, 256, 4)
-QMM_X8_DISPATCH(x8_q6_k_avx2, QMM_X8_Q6_K, 256, 4)
+QMM_X8_DISPATCH(x8_q8_0_avx2, QMM_X8_Q8_0, 32)
+QMM_X8_DISPATCH(x8_q4_0_avx2, QMM_X8_Q4_0, 32)
+QMM_X8_DISPATCH(x8_q4_1_avx2, QMM_X8_Q4_1, 32)
+QMM_X8_DISPATCH(x8_q5_0_avx2, QMM_X8_Q5_0, 32)
+QMM_X8_DISPATCH(x8_q5_1_avx2, QMM_X8_Q5_1, 32)
+QMM_X8_DISPATCH(x8_q4_k_avx2, QMM_X8_Q4_K, 256)
+QMM_X8_DISPATCH(x8_q5_k_avx2, QMM_X8_Q5_K, 256)
+QMM_X8_DISPATCH(x8_q6_k_avx2, QMM_X8_Q6_K, 256)
 
 /* Block b of row t of a group into the group's block b at d (see the
  * layouts above). */
@@ -932,7 +926,7 @@ QMM_AVX2_FLOAT_DISPATCH(tile_bf16_avx2, GGML_TYPE_BF16, 2)
 /* Indexed like qmm_types. The AVX-512 level runs the 256-bit kernels: the
  * lane structure is the arithmetic's, and a batch-1 matmul is bound by
  * memory, not by vector width. NULL: the type runs in the row-interleaved
- * layout above this level (qmm_x8s). */
+ * layout above this level (qmm_x8_for). */
 static const qmm_tile_fn qmm_tiles_scalar[QMM_N_TYPES] = {
     tile_f32_scalar,  tile_f16_scalar,  tile_bf16_scalar, tile_q8_0_scalar,
     tile_q4_0_scalar, tile_q4_1_scalar, tile_q5_0_scalar, tile_q5_1_scalar,
@@ -1360,9 +1354,10 @@ static void qmm_x8_rows(const struct qmm_run_ctx *c, const struct qmm_seg *s, in
 }
 
 /* Output rows [b, e) in chunks of QMM_N_CHUNK rows, each chunk against every
- * activation row QMM_M_TILE at a time, so its weight rows stay in cache. One activation row takes
- * weight rows in pairs (two independent chains); more take one weight row
- * against up to four activation rows. */
+ * activation row QMM_M_TILE at a time, so its weight rows stay in cache. Rows
+ * in the file's layout (float types, or any type at the scalar level): one
+ * activation row takes QMM_MAX_WR weight rows (independent chains), more
+ * take QMM_FLOAT_WR_M against QMM_FLOAT_NR activation rows. */
 static void qmm_rows_task(void *vctx, int64_t b, int64_t e, int worker)
 {
     LLORCH_UNUSED(worker);
@@ -1386,7 +1381,7 @@ static void qmm_rows_task(void *vctx, int64_t b, int64_t e, int worker)
                 for (int r = 0; r < nr; r++)
                     a[r] = qmm_act_row(c, s->ti->fmt, r0 + r);
                 for (int64_t n = n0; n < n1;) {
-                    const int wr = (int)LLORCH_MIN(n1 - n, s->ti->block == 1 && nr > 1 ? QMM_FLOAT_WR_M : QMM_MAX_WR);
+                    const int wr = (int)LLORCH_MIN(n1 - n, nr > 1 ? QMM_FLOAT_WR_M : QMM_MAX_WR);
                     s->tile(s->data + (size_t)(n - s->row0) * s->row_bytes, s->row_bytes, wr, a, nr,
                             w->n_in, out);
                     for (int k = 0; k < wr; k++)
@@ -1430,10 +1425,10 @@ LLORCH_API float qmm_dot_row(const struct qmm_weight *w, int64_t row, const floa
         if (row >= s->row0 && row < s->row0 + s->n_rows) {
             struct qmm_act a = qmm_act_row(&c, s->ti->fmt, 0);
             if (s->x8) {
-                const int64_t i = row - s->row0;
+                const int64_t t = row - s->row0;
                 float out[QMM_X8];
-                s->x8(s->data + (size_t)(i / QMM_X8) * QMM_X8 * s->row_bytes, &a, 1, w->n_in, out);
-                return out[i % QMM_X8];
+                s->x8(s->data + (size_t)(t / QMM_X8) * QMM_X8 * s->row_bytes, &a, 1, w->n_in, out);
+                return out[t % QMM_X8];
             }
             float out;
             s->tile(s->data + (size_t)(row - s->row0) * s->row_bytes, s->row_bytes, 1, &a, 1,
