@@ -62,7 +62,7 @@ struct http_server {
     llhttp_settings_t settings;
     uv_tcp_t listener;
     bool listener_open;
-    int listen_uv_err; /* the libuv error of the last failed listen, 0 if none */
+    int listen_uv_err; /* libuv's error of the last listen attempt, 0 if none */
     uv_prepare_t prepare;
     unsigned handles_open;
     struct llorch_queue conns;
@@ -1150,13 +1150,18 @@ LLORCH_API int http_server_route_tagged(struct http_server *s, unsigned methods,
     return 0;
 }
 
+/* A failed bind, listen or open: kept for http_server_listen_error. */
+static int listen_failed(struct http_server *s, int uv_err)
+{
+    s->listen_uv_err = uv_err;
+    return llorch_err_from_errno(-uv_err);
+}
+
 static int server_start(struct http_server *s)
 {
     int r = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection);
-    if (r) {
-        s->listen_uv_err = r;
-        return llorch_err_from_errno(-r);
-    }
+    if (r)
+        return listen_failed(s, r);
     struct sockaddr_storage ss;
     int len = sizeof(ss);
     if (uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len) == 0) {
@@ -1172,6 +1177,7 @@ static int server_init_listener(struct http_server *s)
 {
     if (s->listener_open || s->closing)
         return LLORCH_EINVAL;
+    s->listen_uv_err = 0;
     int r = uv_tcp_init(s->loop, &s->listener);
     if (r)
         return LLORCH_EUV;
@@ -1201,12 +1207,7 @@ LLORCH_API int http_server_listen(struct http_server *s, const char *host, uint1
     if (r)
         return r;
     r = uv_tcp_bind(&s->listener, (const struct sockaddr *)&ss, 0);
-    if (r == 0) {
-        r = server_start(s);
-    } else {
-        s->listen_uv_err = r;
-        r = llorch_err_from_errno(-r);
-    }
+    r = r ? listen_failed(s, r) : server_start(s);
     if (r)
         listener_close(s);
     return r;
@@ -1224,9 +1225,7 @@ LLORCH_API int http_server_listen_fd(struct http_server *s, int fd)
     if (r)
         return r;
     r = uv_tcp_open(&s->listener, fd);
-    if (r)
-        s->listen_uv_err = r;
-    r = r ? llorch_err_from_errno(-r) : server_start(s);
+    r = r ? listen_failed(s, r) : server_start(s);
     if (r)
         listener_close(s);
     return r;

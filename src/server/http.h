@@ -151,8 +151,9 @@ int http_server_route_tagged(struct http_server *s, unsigned methods, const char
 int http_server_listen(struct http_server *s, const char *host, uint16_t port);
 /* Adopts an already bound and listening TCP socket (socket activation). */
 int http_server_listen_fd(struct http_server *s, int fd);
-/* Why the last listen failed in the system's words ("address already in
- * use"), or NULL when it failed for no system reason (or did not fail). */
+/* Why the last listen attempt failed, in the system's words ("address
+ * already in use"); NULL when it did not fail, or failed for no system
+ * reason. */
 const char *http_server_listen_error(const struct http_server *s);
 /* Observer of every response status (metrics, access logs): called when a
  * handler responds or begins a stream (r set), and for errors answered
