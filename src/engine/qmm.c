@@ -47,7 +47,7 @@
 /* How activations are rounded for a weight type. */
 enum qmm_fmt {
     QMM_FMT_F32,   /* as they are */
-    QMM_FMT_F16,   /* rounded to f16, kept as f32 */
+    QMM_FMT_F16,   /* rounded to f16 and kept so (the level's own conversion) */
     QMM_FMT_BF16,  /* rounded to bf16, kept as f32 */
     QMM_FMT_Q8_0,  /* blocks of 32: q int8, d and s = d_unrounded * sum(q), both via f16 */
     QMM_FMT_Q8_K,  /* blocks of 256: q int8, d f32, bs = sums of 16 */
@@ -56,7 +56,7 @@ enum qmm_fmt {
 
 /* One activation row in its format. */
 struct qmm_act {
-    const float *f;
+    const uint8_t *f; /* float types: the row as qmm_act_type(weight type) */
     const int8_t *q;
     const float *d;
     const float *s;
@@ -131,6 +131,15 @@ static inline void qmm_k4_scale_min(int j, const uint8_t *q, int *sc, int *m)
 
 /* ---- scalar reference dots ---------------------------------------------- */
 
+/* The element type of a float type's activations: F16 weights take f16
+ * (half the cache bytes of f32, converted as the weights are); BF16 ones
+ * take the bf16-rounded values as f32 (its conversion costs two integer ops
+ * per vector, more than the load it saves). */
+static inline enum ggml_type qmm_act_type(enum ggml_type t)
+{
+    return t == GGML_TYPE_F16 ? GGML_TYPE_F16 : GGML_TYPE_F32;
+}
+
 /* Element i of a float-type row as f32. */
 static inline float float_value(enum ggml_type t, const uint8_t *w, int64_t i)
 {
@@ -158,7 +167,8 @@ static inline float float_dot_scalar(enum ggml_type t, const uint8_t *w, const s
     for (int64_t i = 0; i < n; i += 8)
         for (int l = 0; l < 8; l++) {
             const bool in = i + l < n;
-            acc[l] = fmaf(in ? float_value(t, w, i + l) : 0.0f, in ? a->f[i + l] : 0.0f, acc[l]);
+            acc[l] = fmaf(in ? float_value(t, w, i + l) : 0.0f, in ? float_value(qmm_act_type(t), a->f, i + l) : 0.0f,
+                          acc[l]);
         }
     return qmm_hsum8(acc);
 }
@@ -837,6 +847,7 @@ QMM_INLINE void avx2_float_tile(enum ggml_type t, int esize, const int WR, const
                                 const uint8_t *w, size_t wstride, const struct qmm_act *a,
                                 int64_t n, float *out)
 {
+    const int aes = qmm_act_type(t) == GGML_TYPE_F16 ? 2 : 4;
     __m256 acc[QMM_MAX_WR][QMM_MAX_NR];
     for (int i = 0; i < WR; i++)
         for (int r = 0; r < NR; r++)
@@ -851,7 +862,7 @@ QMM_INLINE void avx2_float_tile(enum ggml_type t, int esize, const int WR, const
             wv[i] = avx2_load_wf(t, p);
         }
         for (int r = 0; r < NR; r++) {
-            const __m256 xv = _mm256_loadu_ps(a[r].f + e);
+            const __m256 xv = avx2_load_wf(qmm_act_type(t), a[r].f + (size_t)e * (size_t)aes);
             for (int i = 0; i < WR; i++)
                 acc[i][r] = _mm256_fmadd_ps(wv[i], xv, acc[i][r]);
         }
@@ -863,9 +874,9 @@ QMM_INLINE void avx2_float_tile(enum ggml_type t, int esize, const int WR, const
             memcpy(tw, w + (size_t)i * wstride + (size_t)e * (size_t)esize, (size_t)(left * esize));
             const __m256 wv = avx2_load_wf(t, tw);
             for (int r = 0; r < NR; r++) {
-                float tx[8] = {0};
-                memcpy(tx, a[r].f + e, (size_t)left * 4);
-                acc[i][r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(tx), acc[i][r]);
+                uint8_t tx[8 * 4] = {0};
+                memcpy(tx, a[r].f + (size_t)e * (size_t)aes, (size_t)(left * aes));
+                acc[i][r] = _mm256_fmadd_ps(wv, avx2_load_wf(qmm_act_type(t), tx), acc[i][r]);
             }
         }
     }
@@ -968,18 +979,8 @@ static const qmm_tile_fn *qmm_tiles_for(enum kernels_isa isa)
 
 /* ---- activation rounding ------------------------------------------------- */
 
-/* Rounded through the level's own conversions (the same bits at every
- * level: test_kernels), 256 values at a time. */
-static void act_round_f16(const struct kernels *k, float *y, const float *x, int64_t n)
-{
-    uint16_t h[256];
-    for (int64_t i = 0; i < n; i += 256) {
-        const int64_t len = LLORCH_MIN(n - i, 256);
-        k->to_f16(h, x + i, len);
-        k->from_f16(y + i, h, len);
-    }
-}
-
+/* bf16-rounded values as f32 (qmm_act_type), through the level's own
+ * rounding, 256 at a time. */
 static void act_round_bf16(const struct kernels *k, float *y, const float *x, int64_t n)
 {
     uint16_t h[256];
@@ -1223,6 +1224,8 @@ static void qmm_layout(const struct qmm_weight *w, int64_t m, struct qmm_act_lay
             continue;
         switch ((enum qmm_fmt)f) {
         case QMM_FMT_F16:
+            L->f[f] = qmm_take(&at, mk * sizeof(uint16_t));
+            break;
         case QMM_FMT_BF16:
             L->f[f] = qmm_take(&at, mk * sizeof(float));
             break;
@@ -1266,11 +1269,13 @@ static struct qmm_act qmm_act_row(const struct qmm_run_ctx *c, enum qmm_fmt f, i
     struct qmm_act a = {0};
     switch (f) {
     case QMM_FMT_F32:
-        a.f = c->x + r * k;
+        a.f = (const uint8_t *)(c->x + r * k);
         break;
     case QMM_FMT_F16:
+        a.f = c->act + c->L.f[f] + (size_t)(r * k) * sizeof(uint16_t);
+        break;
     case QMM_FMT_BF16:
-        a.f = (const float *)(const void *)(c->act + c->L.f[f]) + r * k;
+        a.f = c->act + c->L.f[f] + (size_t)(r * k) * sizeof(float);
         break;
     case QMM_FMT_Q8_0:
         a.q = (const int8_t *)(c->act + c->L.q[f]) + r * k;
@@ -1303,7 +1308,7 @@ static void qmm_round_rows(void *vctx, int64_t b, int64_t e, int worker)
             struct qmm_act a = qmm_act_row(c, (enum qmm_fmt)f, r);
             switch ((enum qmm_fmt)f) {
             case QMM_FMT_F16:
-                act_round_f16(kernels_get(w->isa), (float *)(uintptr_t)a.f, x, k);
+                kernels_get(w->isa)->to_f16((uint16_t *)(uintptr_t)a.f, x, k);
                 break;
             case QMM_FMT_BF16:
                 act_round_bf16(kernels_get(w->isa), (float *)(uintptr_t)a.f, x, k);
