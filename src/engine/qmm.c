@@ -443,13 +443,11 @@ QMM_INLINE const uint8_t *avx2_x8_block(const uint8_t *grp, int64_t b, int gbyte
     return blk;
 }
 
-/* Activation row r's outputs of a group's 8 rows: row t's at out[t * stride + r]. */
-QMM_INLINE void avx2_x8_store(__m256 v, float *out, int stride, int r)
+/* Activation row r's outputs of a group's 8 rows, one vector: row t's at
+ * out[r * stride + t]. */
+QMM_INLINE void avx2_x8_store(__m256 v, float *out, int64_t stride, int r)
 {
-    float o[QMM_X8];
-    _mm256_storeu_ps(o, v);
-    for (int t = 0; t < QMM_X8; t++)
-        out[t * stride + r] = o[t];
+    _mm256_storeu_ps(out + r * stride, v);
 }
 
 /* Byte i of lane t = 0x10 where bit 4G + i of lane t's qh word is set. */
@@ -464,9 +462,9 @@ QMM_INLINE __m256i avx2_x8_bit5(__m256i qh, int G)
     return _mm256_and_si256(_mm256_cmpeq_epi8(v, bits), _mm256_set1_epi8(0x10));
 }
 
-/* Blocks 0..nb-1 of one group against NR activation rows: out[t * stride + r]. */
+/* Blocks 0..nb-1 of one group against NR activation rows: out[r * stride + t]. */
 QMM_INLINE void avx2_x8_group(enum ggml_type type, const int NR, const uint8_t *grp, const struct qmm_act *a,
-                              int64_t nb, float *out, int stride)
+                              int64_t nb, float *out, int64_t stride)
 {
     const bool q8 = type == GGML_TYPE_Q8_0;
     const bool has_min = type == GGML_TYPE_Q4_1 || type == GGML_TYPE_Q5_1;
@@ -550,7 +548,7 @@ QMM_INLINE void avx2_x8_group(enum ggml_type type, const int NR, const uint8_t *
  *   qs[32c + 4j ..], low nibbles sub-block 2c, high 2c + 1.
  * Per superblock each lane ends with its row's exact P and mins sum. */
 QMM_INLINE void avx2_x8k45_group(bool five, const int NR, const uint8_t *grp, const struct qmm_act *a,
-                                 int64_t nsb, float *out, int stride)
+                                 int64_t nsb, float *out, int64_t stride)
 {
     const int gbytes = QMM_X8 * (five ? 176 : 144);
     const __m256i m4 = _mm256_set1_epi8(0x0f), b5 = _mm256_set1_epi8(0x10);
@@ -642,7 +640,7 @@ QMM_INLINE void avx2_x8k45_group(bool five, const int NR, const uint8_t *grp, co
  * (q - 32) x = q x - 32 x: each lane sums sc q x exactly, less 32 times the
  * scales against the activation's 16-sums. */
 QMM_INLINE void avx2_x8q6k_group(const int NR, const uint8_t *grp, const struct qmm_act *a, int64_t nsb,
-                                 float *out, int stride)
+                                 float *out, int64_t stride)
 {
     const int gbytes = QMM_X8 * 210;
     const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
@@ -707,26 +705,28 @@ QMM_INLINE void avx2_x8q6k_group(const int NR, const uint8_t *grp, const struct 
 }
 
 /* One group against nr activation rows, QMM_X8_NR at a time; n elements per
- * row; row t's output for activation row r at out[t * nr + r]. */
-typedef void (*qmm_x8_fn)(const uint8_t *grp, const struct qmm_act *a, int nr, int64_t n, float *out);
+ * row; the group's 8 outputs for activation row r at out[r * stride ..]. */
+typedef void (*qmm_x8_fn)(const uint8_t *grp, const struct qmm_act *a, int nr, int64_t n, float *out,
+                          int64_t stride);
 
 #define QMM_X8_DISPATCH(NAME, CALL, BLOCK)                                                            \
     static QMM_AVX2 void NAME(const uint8_t *grp, const struct qmm_act *a, int nr, int64_t n,        \
-                              float *out)                                                             \
+                              float *out, int64_t stride)                                             \
     {                                                                                                 \
         for (int r0 = 0; r0 < nr; r0 += QMM_X8_NR) {                                                  \
+            float *o = out + r0 * stride;                                                             \
             switch (LLORCH_MIN(nr - r0, QMM_X8_NR)) {                                                 \
             case 1:                                                                                   \
-                CALL(1, grp, a + r0, n / (BLOCK), out + r0, nr);                                      \
+                CALL(1, grp, a + r0, n / (BLOCK), o, stride);                                         \
                 break;                                                                                \
             case 2:                                                                                   \
-                CALL(2, grp, a + r0, n / (BLOCK), out + r0, nr);                                      \
+                CALL(2, grp, a + r0, n / (BLOCK), o, stride);                                         \
                 break;                                                                                \
             case 3:                                                                                   \
-                CALL(3, grp, a + r0, n / (BLOCK), out + r0, nr);                                      \
+                CALL(3, grp, a + r0, n / (BLOCK), o, stride);                                         \
                 break;                                                                                \
             default:                                                                                  \
-                CALL(4, grp, a + r0, n / (BLOCK), out + r0, nr);                                      \
+                CALL(4, grp, a + r0, n / (BLOCK), o, stride);                                         \
                 break;                                                                                \
             }                                                                                         \
         }                                                                                             \
@@ -1329,8 +1329,11 @@ static void qmm_round_rows(void *vctx, int64_t b, int64_t e, int worker)
 }
 
 /* Output rows [lo, hi) of a row-interleaved segment: the groups that hold
- * them, QMM_N_CHUNK rows at a time against every activation row. A group
- * cut by a task boundary is computed by both tasks, each keeping its rows. */
+ * them, QMM_N_CHUNK rows at a time against every activation row. A whole
+ * group stores its 8 outputs per activation row straight into y (one vector;
+ * scattered scalar stores n_out apart cost 5 % of a batch-16 step); a group
+ * cut by a task boundary or by the padding goes through out, and each task
+ * that computes it keeps its own rows. */
 static void qmm_x8_rows(const struct qmm_run_ctx *c, const struct qmm_seg *s, int64_t lo, int64_t hi)
 {
     const struct qmm_weight *w = c->w;
@@ -1345,14 +1348,16 @@ static void qmm_x8_rows(const struct qmm_run_ctx *c, const struct qmm_seg *s, in
             for (int r = 0; r < nr; r++)
                 a[r] = qmm_act_row(c, s->ti->fmt, r0 + r);
             for (int64_t g = gc; g < gce; g++) {
-                s->x8(s->data + (size_t)g * gstride, a, nr, w->n_in, out);
-                for (int t = 0; t < QMM_X8; t++) {
-                    const int64_t row = s->row0 + g * QMM_X8 + t;
-                    if (row < lo || row >= hi)
-                        continue;
-                    for (int r = 0; r < nr; r++)
-                        c->y[(r0 + r) * w->n_out + row] = out[t * nr + r];
+                const int64_t row = s->row0 + g * QMM_X8;
+                if (row >= lo && row + QMM_X8 <= hi) { /* whole group: straight into y */
+                    s->x8(s->data + (size_t)g * gstride, a, nr, w->n_in, c->y + r0 * w->n_out + row, w->n_out);
+                    continue;
                 }
+                s->x8(s->data + (size_t)g * gstride, a, nr, w->n_in, out, QMM_X8);
+                for (int r = 0; r < nr; r++)
+                    for (int t = 0; t < QMM_X8; t++)
+                        if (row + t >= lo && row + t < hi)
+                            c->y[(r0 + r) * w->n_out + row + t] = out[r * QMM_X8 + t];
             }
         }
     }
@@ -1432,7 +1437,7 @@ LLORCH_API float qmm_dot_row(const struct qmm_weight *w, int64_t row, const floa
             if (s->x8) {
                 const int64_t t = row - s->row0;
                 float out[QMM_X8];
-                s->x8(s->data + (size_t)(t / QMM_X8) * QMM_X8 * s->row_bytes, &a, 1, w->n_in, out);
+                s->x8(s->data + (size_t)(t / QMM_X8) * QMM_X8 * s->row_bytes, &a, 1, w->n_in, out, QMM_X8);
                 return out[t % QMM_X8];
             }
             float out;
