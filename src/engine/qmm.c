@@ -1145,6 +1145,20 @@ LLORCH_API int qmm_weight_new(struct qmm_weight **out, const struct qmm_part *pa
             free(s->owned);
             s->data = s->owned = g;
             s->copied = true;
+        } else if ((size_t)rb * (size_t)parts[i].n_rows >= QMM_HUGE_PAGE) {
+            /* float rows as they are, moved onto huge pages: a batch-1 step
+             * reads every page of the file's mapping once, one TLB miss per
+             * 4 KiB there */
+            const size_t bytes = (size_t)rb * (size_t)parts[i].n_rows;
+            uint8_t *g = qmm_alloc_weights(bytes);
+            if (!g) {
+                rc = LLORCH_ENOMEM;
+                continue;
+            }
+            memcpy(g, parts[i].data, bytes);
+            free(s->owned);
+            s->data = s->owned = g;
+            s->copied = true;
         }
         s->row_bytes = (size_t)rb;
         s->row0 = w->n_out;
