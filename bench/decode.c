@@ -271,7 +271,7 @@ static int peak_new_qmm(struct peak *p, const struct model *m, enum kernels_isa 
     const struct gguf_tensor *t = m->layers[0].ffn_up;
     p->m = rows, p->n = (int64_t)t->ne[1], p->k = (int64_t)t->ne[0];
     struct qmm_part part = {.type = t->type, .data = t->data, .n_rows = p->n};
-    if (qmm_weight_new(&p->q, &part, 1, p->k, isa) != 0)
+    if (qmm_weight_new(&p->q, &part, 1, p->k, isa, NULL) != 0)
         return -1;
     p->x = bench_rand_floats(p->m * p->k, 7);
     p->y = malloc(sizeof(float) * (size_t)(p->m * p->n));

@@ -179,7 +179,7 @@ int main(int argc, char **argv)
                 continue;
             struct qmm_part part = {.type = types[ti].t, .data = w, .n_rows = rows};
             struct qmm_weight *qw;
-            if (qmm_weight_new(&qw, &part, 1, k, (enum kernels_isa)isa) != 0)
+            if (qmm_weight_new(&qw, &part, 1, k, (enum kernels_isa)isa, NULL) != 0)
                 return 1;
             void *act = NULL;
             if (posix_memalign(&act, 64, qmm_act_bytes(qw, max_m)) != 0)

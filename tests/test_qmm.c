@@ -102,11 +102,17 @@ static float *random_x(int64_t n)
     return x;
 }
 
-static struct qmm_weight *weight(const struct qmm_part *p, int n, int64_t k, enum kernels_isa isa)
+static struct qmm_weight *weight_on(const struct qmm_part *p, int n, int64_t k, enum kernels_isa isa,
+                                    struct tpool *pool)
 {
     struct qmm_weight *w;
-    assert_int_equal(qmm_weight_new(&w, p, n, k, isa), 0);
+    assert_int_equal(qmm_weight_new(&w, p, n, k, isa, pool), 0);
     return w;
+}
+
+static struct qmm_weight *weight(const struct qmm_part *p, int n, int64_t k, enum kernels_isa isa)
+{
+    return weight_on(p, n, k, isa, NULL);
 }
 
 static void *act_for(const struct qmm_weight *w, int64_t m)
@@ -232,7 +238,7 @@ static void check_rows_alone(const enum ggml_type types[3], int64_t k)
     for (int isa = 0; isa < KERNELS_ISA_COUNT_; isa++) {
         if (!kernels_get((enum kernels_isa)isa))
             continue;
-        struct qmm_weight *w = weight(parts, 3, k, (enum kernels_isa)isa);
+        struct qmm_weight *w = weight_on(parts, 3, k, (enum kernels_isa)isa, pool); /* packed on it */
         act = act_for(w, max_m);
         const int64_t ms[] = {1, 2, 3, 4, 7, 8, 16, 17, 40};
         for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
@@ -260,7 +266,7 @@ static void check_rows_alone(const enum ggml_type types[3], int64_t k)
 
 /* A Q4_K_M-like stack (two activation formats); the row-interleaved types
  * with parts of 37, 64 and 19 rows (groups of 8 padded, and cut by parts and
- * by the pool's row ranges); and a float stack (4 x 2 tiles; k = 1000 and
+ * by the pool's row ranges); and a float stack (3 x 4 tiles; k = 1000 and
  * 1001: tails of 0 and 1 element past the last 8). */
 static void rows_do_not_depend_on_m_parts_or_pool(void **state)
 {
@@ -321,6 +327,69 @@ static void extreme_blocks_give_the_scalar_bits(void **state)
     }
 }
 
+/* Repacking (Q4_K: 51 groups, the last padded, in tasks of 16) and the
+ * copy of float rows onto huge pages (F16: 2.7 MiB in 1 MiB tasks) run on a
+ * pool at load: at every level the whole matrix packed there gives the bits
+ * of its 64-row slices packed alone (each too small to be copied). */
+static void weights_packed_on_a_pool_give_the_same_bits(void **state)
+{
+    (void)state;
+    const int64_t k = 2048, m = 3, slice = 64;
+    const struct {
+        enum ggml_type t;
+        int64_t rows;
+    } cases[] = {{GGML_TYPE_Q4_K, 403}, {GGML_TYPE_F16, 701}};
+    struct tpool *pool;
+    assert_int_equal(tpool_new(&pool, &(struct tpool_opts){.n_threads = 3}), 0);
+    float *x = random_x(k * m);
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int64_t rows = cases[ci].rows;
+        uint64_t rb;
+        assert_int_equal(ggml_type_row_bytes(cases[ci].t, (uint64_t)k, &rb), 0);
+        uint8_t *wd = random_rows(cases[ci].t, rows, k);
+        float *want = malloc((size_t)(m * rows) * sizeof *want);
+        float *got = malloc((size_t)(m * rows) * sizeof *got);
+        float *part_y = malloc((size_t)(m * slice) * sizeof *part_y);
+        assert_non_null(want);
+        assert_non_null(got);
+        assert_non_null(part_y);
+        for (int isa = 0; isa < KERNELS_ISA_COUNT_; isa++) {
+            if (!kernels_get((enum kernels_isa)isa))
+                continue;
+            for (int64_t r0 = 0; r0 < rows; r0 += slice) {
+                const int64_t n = rows - r0 < slice ? rows - r0 : slice;
+                struct qmm_part sp = {.type = cases[ci].t, .data = wd + (size_t)r0 * rb, .n_rows = n};
+                struct qmm_weight *sw = weight(&sp, 1, k, (enum kernels_isa)isa);
+                assert_false(cases[ci].t == GGML_TYPE_F16 && qmm_weight_part_copied(sw, 0));
+                void *act = act_for(sw, m);
+                assert_int_equal(qmm_run(sw, x, part_y, m, act, NULL), 0);
+                for (int64_t r = 0; r < m; r++)
+                    memcpy(want + r * rows + r0, part_y + r * n, (size_t)n * sizeof *want);
+                free(act);
+                qmm_weight_free(sw);
+            }
+            struct qmm_part p = {.type = cases[ci].t, .data = wd, .n_rows = rows};
+            struct qmm_weight *pooled = weight_on(&p, 1, k, (enum kernels_isa)isa, pool);
+            /* F16 rows copied; Q4_K repacked above the scalar level */
+            assert_true(qmm_weight_part_copied(pooled, 0) || isa == KERNELS_ISA_SCALAR);
+            void *act = act_for(pooled, m);
+            memset(got, 0xff, (size_t)(m * rows) * sizeof *got);
+            assert_int_equal(qmm_run(pooled, x, got, m, act, NULL), 0);
+            if (memcmp(want, got, (size_t)(m * rows) * sizeof *got) != 0)
+                fail_msg("%s level %s: the matrix packed on a pool differs from its slices packed alone",
+                         ggml_type_name(cases[ci].t), kernels_isa_name((enum kernels_isa)isa));
+            free(act);
+            qmm_weight_free(pooled);
+        }
+        free(part_y);
+        free(got);
+        free(want);
+        free(wd);
+    }
+    free(x);
+    tpool_free(pool);
+}
+
 static void weight_rejects_bad_shapes_and_frees_owned_parts(void **state)
 {
     (void)state;
@@ -328,15 +397,15 @@ static void weight_rejects_bad_shapes_and_frees_owned_parts(void **state)
     uint8_t buf[64] = {0};
     /* 40 is not a multiple of Q8_0's 32 */
     struct qmm_part p = {.type = GGML_TYPE_Q8_0, .data = buf, .n_rows = 1};
-    assert_int_equal(qmm_weight_new(&w, &p, 1, 40, KERNELS_ISA_SCALAR), LLORCH_EINVAL);
+    assert_int_equal(qmm_weight_new(&w, &p, 1, 40, KERNELS_ISA_SCALAR, NULL), LLORCH_EINVAL);
     assert_null(w);
     /* a type without kernels: its owned copy is still freed (ASan: no leak) */
     struct qmm_part q = {.type = GGML_TYPE_Q2_K, .data = buf, .n_rows = 1, .owned = malloc(16)};
-    assert_int_equal(qmm_weight_new(&w, &q, 1, 256, KERNELS_ISA_SCALAR), LLORCH_EUNSUPPORTED);
+    assert_int_equal(qmm_weight_new(&w, &q, 1, 256, KERNELS_ISA_SCALAR, NULL), LLORCH_EUNSUPPORTED);
     assert_false(qmm_type_supported(GGML_TYPE_Q2_K));
     assert_true(qmm_type_supported(GGML_TYPE_Q6_K));
     struct qmm_part none = {.type = GGML_TYPE_F32, .data = buf, .n_rows = 1};
-    assert_int_equal(qmm_weight_new(&w, &none, 0, 4, KERNELS_ISA_SCALAR), LLORCH_EINVAL);
+    assert_int_equal(qmm_weight_new(&w, &none, 0, 4, KERNELS_ISA_SCALAR, NULL), LLORCH_EINVAL);
 }
 
 int main(void)
@@ -344,6 +413,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(every_level_gives_the_scalar_bits_for_every_type),
         cmocka_unit_test(rows_do_not_depend_on_m_parts_or_pool),
+        cmocka_unit_test(weights_packed_on_a_pool_give_the_same_bits),
         cmocka_unit_test(extreme_blocks_give_the_scalar_bits),
         cmocka_unit_test(weight_rejects_bad_shapes_and_frees_owned_parts),
     };

@@ -279,7 +279,7 @@ static int fw_proj_new_qmm(struct forward *f, struct fw_proj *p, const struct gg
             free(parts[i].owned);
         return rc;
     }
-    rc = qmm_weight_new(&p->q, parts, n, (int64_t)w[0]->ne[0], f->isa);
+    rc = qmm_weight_new(&p->q, parts, n, (int64_t)w[0]->ne[0], f->isa, f->o.pool);
     if (rc < 0) {
         fw_err(err, errlen, "cannot set up a weight matrix: %s", llorch_strerror(rc));
         return rc;

@@ -807,21 +807,39 @@ static void qmm_x8_put(enum ggml_type t, uint8_t *d, const uint8_t *blk, int row
     }
 }
 
-/* Repacks n_rows rows of nb blocks from src (file layout) into dst, which
- * holds ceil(n_rows / QMM_X8) groups; the padding rows are zeros. */
-static void qmm_x8_repack(enum ggml_type t, uint8_t *dst, const uint8_t *src, int64_t n_rows, int64_t nb)
+/* Repacking a part: groups [b, e) of n_rows rows of nb blocks from src (file
+ * layout) into dst, which holds ceil(n_rows / QMM_X8) groups; the padding
+ * rows are zeros. */
+struct qmm_repack_ctx {
+    const struct qmm_type_info *ti;
+    uint8_t *dst;
+    const uint8_t *src;
+    int64_t n_rows, nb;
+};
+
+static void qmm_x8_repack_task(void *vctx, int64_t b, int64_t e, int worker)
 {
-    const struct qmm_type_info *ti = qmm_info(t);
-    const size_t bytes = (size_t)ti->bytes, rb = (size_t)nb * bytes;
-    const int64_t n_groups = (n_rows + QMM_X8 - 1) / QMM_X8;
-    for (int64_t g = 0; g < n_groups; g++) {
-        uint8_t *d = dst + (size_t)g * QMM_X8 * rb;
-        for (int64_t b = 0; b < nb; b++, d += QMM_X8 * bytes) {
+    LLORCH_UNUSED(worker);
+    const struct qmm_repack_ctx *c = vctx;
+    const size_t bytes = (size_t)c->ti->bytes, rb = (size_t)c->nb * bytes;
+    for (int64_t g = b; g < e; g++) {
+        uint8_t *d = c->dst + (size_t)g * QMM_X8 * rb;
+        for (int64_t blk = 0; blk < c->nb; blk++, d += QMM_X8 * bytes) {
             memset(d, 0, QMM_X8 * bytes);
-            for (int t = 0; t < QMM_X8 && g * QMM_X8 + t < n_rows; t++)
-                qmm_x8_put(ti->type, d, src + (size_t)(g * QMM_X8 + t) * rb + (size_t)b * bytes, t);
+            for (int t = 0; t < QMM_X8 && g * QMM_X8 + t < c->n_rows; t++)
+                qmm_x8_put(c->ti->type, d, c->src + (size_t)(g * QMM_X8 + t) * rb + (size_t)blk * bytes, t);
         }
     }
+}
+
+/* Float rows as they are: bytes [b, e) MiB of them. */
+static void qmm_copy_task(void *vctx, int64_t b, int64_t e, int worker)
+{
+    LLORCH_UNUSED(worker);
+    const struct qmm_repack_ctx *c = vctx;
+    const size_t total = (size_t)c->n_rows * (size_t)c->nb * (size_t)c->ti->bytes;
+    const size_t lo = (size_t)b << 20, hi = LLORCH_MIN(total, (size_t)e << 20);
+    memcpy(c->dst + lo, c->src + lo, hi - lo);
 }
 
 /* 8 weight elements as f32: F16 by F16C, BF16 exactly by a shift. */
@@ -1100,7 +1118,7 @@ static void *qmm_alloc_weights(size_t bytes)
 }
 
 LLORCH_API int qmm_weight_new(struct qmm_weight **out, const struct qmm_part *parts, int n_parts,
-                              int64_t n_in, enum kernels_isa isa)
+                              int64_t n_in, enum kernels_isa isa, struct tpool *pool)
 {
     *out = NULL;
     if (n_parts < 1 || n_parts > QMM_MAX_PARTS || n_in < 1 || !kernels_get(isa)) {
@@ -1141,7 +1159,8 @@ LLORCH_API int qmm_weight_new(struct qmm_weight **out, const struct qmm_part *pa
                 rc = LLORCH_ENOMEM;
                 continue;
             }
-            qmm_x8_repack(parts[i].type, g, parts[i].data, parts[i].n_rows, n_in / s->ti->block);
+            struct qmm_repack_ctx rc_ = {s->ti, g, parts[i].data, parts[i].n_rows, n_in / s->ti->block};
+            tpool_parallel_for(pool, (int64_t)padded_rows / QMM_X8, 16, qmm_x8_repack_task, &rc_);
             free(s->owned);
             s->data = s->owned = g;
             s->copied = true;
@@ -1155,7 +1174,8 @@ LLORCH_API int qmm_weight_new(struct qmm_weight **out, const struct qmm_part *pa
                 rc = LLORCH_ENOMEM;
                 continue;
             }
-            memcpy(g, parts[i].data, bytes);
+            struct qmm_repack_ctx rc_ = {s->ti, g, parts[i].data, parts[i].n_rows, n_in / s->ti->block};
+            tpool_parallel_for(pool, (int64_t)((bytes + (1u << 20) - 1) >> 20), 1, qmm_copy_task, &rc_);
             free(s->owned);
             s->data = s->owned = g;
             s->copied = true;

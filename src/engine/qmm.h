@@ -53,11 +53,12 @@ struct qmm_weight;
 bool qmm_type_supported(enum ggml_type t);
 
 /* A weight of up to QMM_MAX_PARTS parts stacked by rows (q|k|v, gate|up);
- * isa must be one this CPU runs (kernels_get() != NULL). On error the owned
- * buffers of parts are freed too. */
+ * isa must be one this CPU runs (kernels_get() != NULL). The repacking or
+ * copying of the parts runs on pool (NULL: on the caller). On error the
+ * owned buffers of parts are freed too. */
 #define QMM_MAX_PARTS 4
 int qmm_weight_new(struct qmm_weight **out, const struct qmm_part *parts, int n_parts, int64_t n_in,
-                   enum kernels_isa isa);
+                   enum kernels_isa isa, struct tpool *pool);
 void qmm_weight_free(struct qmm_weight *w); /* NULL is safe */
 /* Whether part i was repacked into memory of the weight's own (the level's
  * grouped layouts): the caller may then release the part's file pages. */
