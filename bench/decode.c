@@ -7,7 +7,9 @@
  *     than the last-level cache;
  *   - GEMM peak of the run dtype: an m=512, n=k=4096 matmul, best of
  *     matmul_run (pool tasks, one OpenMP thread each) and one raw oneDNN
- *     primitive on all OpenMP threads.
+ *     primitive on all OpenMP threads;
+ *   - FMA peak: every worker running 8-lane f32 fmas from registers, the
+ *     ceiling of the float types' matmuls (--pp prints its ratio).
  * The machine is shared: every batch runs in rounds of {one read pass, one
  * GEMM-peak call, a chunk of decode steps}, so each figure is compared with
  * limits measured under the same background load; every figure is the best
@@ -66,6 +68,7 @@ struct cfg {
     double bw_s;          /* read passes per round: at least this long */
     int chunk_max_tokens; /* ... and at most this many tokens (B x steps), >= 2 steps */
     double steady_s;      /* --steady S: after the rounds, S seconds of back-to-back steps */
+    double fma_peak;      /* FLOP/s, measured once at start (fma_peak) */
 };
 
 /* A steady run's steps are bounded so the KV cache can be sized up front. */
@@ -124,6 +127,51 @@ static double bw_trial(struct bw *c, double min_s)
             dt = bench_now_s() - t0;
         } while (dt < min_s);
         best = LLORCH_MAX(best, (double)passes * (double)(c->n * c->chunk) / dt);
+    }
+    return best;
+}
+
+/* ---- FMA peak ----------------------------------------------------------- */
+
+/* The float types' compute ceiling: every worker running 8-lane f32 fmas
+ * from registers only (12 independent chains, more than the fma latency
+ * times the fma rate of any x86 core), in FLOP/s. */
+#define FMA_ITERS 4000000
+
+static void fma_task(void *vctx, int64_t b, int64_t e, int worker)
+{
+    LLORCH_UNUSED(worker);
+    uint64_t *sink = vctx;
+    for (int64_t t = b; t < e; t++) {
+        __m256 a[12];
+        const __m256 x = _mm256_set1_ps(0.999f), y = _mm256_set1_ps(1e-3f);
+        for (int i = 0; i < 12; i++)
+            a[i] = _mm256_set1_ps((float)i);
+        for (int it = 0; it < FMA_ITERS; it++)
+            for (int i = 0; i < 12; i++) {
+                a[i] = _mm256_fmadd_ps(a[i], x, y);
+                __asm__("" : "+x"(a[i])); /* keep every chain in its register */
+            }
+        __m256 sum = a[0];
+        for (int i = 1; i < 12; i++) /* every chain feeds the sink */
+            sum = _mm256_add_ps(sum, a[i]);
+        float o[8];
+        _mm256_storeu_ps(o, sum);
+        sink[t % 8] += (uint64_t)o[0];
+    }
+}
+
+/* Best of five passes of four tasks per worker (a sleeping worker wakes
+ * while the others run, and steals). */
+static double fma_peak(struct tpool *pool)
+{
+    const int n = 4 * (pool ? tpool_size(pool) : 1);
+    uint64_t sink[8] = {0};
+    double best = 0;
+    for (int trial = 0; trial < 5; trial++) {
+        const double t0 = bench_now_s();
+        tpool_parallel_for(pool, n, 1, fma_task, sink);
+        best = LLORCH_MAX(best, (double)n * FMA_ITERS * 12 * 16 / (bench_now_s() - t0));
     }
     return best;
 }
@@ -586,8 +634,10 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
         }
         free(pt);
         if (rc == 0)
-            printf("prefill pp%u: %.1f tok/s (one sequence, one step, best of 3)\n", cf->pp,
-                   cf->pp / best);
+            printf("prefill pp%u: %.1f tok/s (one sequence, one step, best of 3); matmuls %.1f GFLOP/s, "
+                   "%.2f of the FMA peak\n",
+                   cf->pp, cf->pp / best, 2.0 * params * cf->pp / best / 1e9,
+                   cf->fma_peak > 0 ? 2.0 * params * cf->pp / best / cf->fma_peak : 0);
     }
 
     /* prefill every sequence's prompt, step_tokens tokens per step */
@@ -894,6 +944,10 @@ int main(int argc, char **argv)
     bwc.buf = bwbuf;
     printf("read buffer %.0f MiB (last-level cache %.1f MiB)\n", (double)bw_bytes / mib,
            (double)llc / mib);
+    cf.fma_peak = fma_peak(pool);
+    printf("FMA peak: %.1f GFLOP/s (8-lane f32 fmas from registers on %d workers, best of 5): the "
+           "ceiling of the float types' matmuls\n",
+           cf.fma_peak / 1e9, tpool_size(pool));
 
     double bw_all = 0, peak_all[3] = {0};
     int failed = 0;
