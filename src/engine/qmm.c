@@ -1088,6 +1088,7 @@ struct qmm_weight {
     struct qmm_seg seg[QMM_MAX_PARTS];
     bool fmt_used[QMM_FMT_COUNT_];
     enum kernels_isa isa;
+    const struct kernels *k; /* the level's (kernels_get asks cpuid: a VM exit) */
     uint64_t bytes;
     char impl[64];
 };
@@ -1132,6 +1133,7 @@ LLORCH_API int qmm_weight_new(struct qmm_weight **out, const struct qmm_part *pa
     }
     w->n_in = n_in;
     w->isa = isa;
+    w->k = kernels_get(isa);
     int rc = 0;
     int len = snprintf(w->impl, sizeof w->impl, "llorch:%s", kernels_isa_name(isa));
     for (int i = 0; i < n_parts; i++) {
@@ -1342,10 +1344,10 @@ static void qmm_round_rows(void *vctx, int64_t b, int64_t e, int worker)
             struct qmm_act a = qmm_act_row(c, (enum qmm_fmt)f, r);
             switch ((enum qmm_fmt)f) {
             case QMM_FMT_F16:
-                kernels_get(w->isa)->to_f16((uint16_t *)(uintptr_t)a.f, x, k);
+                w->k->to_f16((uint16_t *)(uintptr_t)a.f, x, k);
                 break;
             case QMM_FMT_BF16:
-                act_round_bf16(kernels_get(w->isa), (float *)(uintptr_t)a.f, x, k);
+                act_round_bf16(w->k, (float *)(uintptr_t)a.f, x, k);
                 break;
             case QMM_FMT_Q8_0:
                 act_quant_q8_0((int8_t *)(uintptr_t)a.q, (float *)(uintptr_t)a.d,
