@@ -1,9 +1,10 @@
 /* Matmuls over weights kept in the file's own class: y[m, n_out] = x[m, n_in] Wᵀ
  * with W's rows in their GGUF block layout (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
- * Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), read in place from the file mapping or from
- * a buffer the weight owns (above the scalar level, the block types' rows
- * are interleaved 8 at a time into a buffer of the file's size, padded to a
- * multiple of 8 rows: qmm_weight_part_copied).
+ * Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), read from a buffer the weight owns on huge
+ * pages (above the scalar level the block types' rows are interleaved 8 at a
+ * time, padded to a multiple of 8 rows; rows in the file's layout of 2 MiB
+ * or more are copied as they are: qmm_weight_part_copied) or, below 2 MiB in
+ * the file's layout, in place from the file mapping.
  * Activations are rounded per row as llama.cpp's CPU backend rounds them for
  * the weight type (f16 / bf16 values, Q8_0 blocks of 32 with their sums for
  * the 32-element types, Q8_K blocks of 256 with 16-element sums for the K
