@@ -349,7 +349,8 @@ static float dot_q6_k_scalar(const uint8_t *w, const struct qmm_act *a, int64_t 
  * Rows in the file's layout: every type at the scalar level, the float
  * types above it (the block types run row-interleaved there, below). A tile
  * computes WR weight rows (wstride bytes apart) against NR activation rows:
- * out[i * nr + r]. Each output is still its own canonical dot product; the
+ * weight row i against activation row r at out[r * ostride + i], as the
+ * row-interleaved kernels store theirs. Each output is still its own canonical dot product; the
  * tile only shares loads between them (one weight vector serves NR
  * activation rows; WR > 1 gives a single activation row independent fma
  * chains). */
@@ -357,16 +358,16 @@ static float dot_q6_k_scalar(const uint8_t *w, const struct qmm_act *a, int64_t 
 #define QMM_MAX_NR 4
 
 typedef void (*qmm_tile_fn)(const uint8_t *w, size_t wstride, int wr, const struct qmm_act *a,
-                            int nr, int64_t n, float *out);
+                            int nr, int64_t n, float *out, int64_t ostride);
 
 /* The scalar level: one reference dot per output. */
 #define QMM_DEF_SCALAR_TILE(NAME, DOT)                                                        \
     static void NAME(const uint8_t *w, size_t wstride, int wr, const struct qmm_act *a, int nr, \
-                     int64_t n, float *out)                                                   \
+                     int64_t n, float *out, int64_t ostride)                                  \
     {                                                                                         \
         for (int i = 0; i < wr; i++)                                                          \
             for (int r = 0; r < nr; r++)                                                      \
-                out[i * nr + r] = DOT(w + (size_t)i * wstride, &a[r], n);                     \
+                out[r * ostride + i] = DOT(w + (size_t)i * wstride, &a[r], n);                \
     }
 QMM_DEF_SCALAR_TILE(tile_f32_scalar, dot_f32_scalar)
 QMM_DEF_SCALAR_TILE(tile_f16_scalar, dot_f16_scalar)
@@ -863,7 +864,7 @@ QMM_INLINE __m256 avx2_load_wf(enum ggml_type t, const uint8_t *p)
  * fma latency); more take 4 x 2. */
 QMM_INLINE void avx2_float_tile(enum ggml_type t, int esize, const int WR, const int NR,
                                 const uint8_t *w, size_t wstride, const struct qmm_act *a,
-                                int64_t n, float *out)
+                                int64_t n, float *out, int64_t ostride)
 {
     const int aes = qmm_act_type(t) == GGML_TYPE_F16 ? 2 : 4;
     __m256 acc[QMM_MAX_WR][QMM_MAX_NR];
@@ -900,7 +901,7 @@ QMM_INLINE void avx2_float_tile(enum ggml_type t, int esize, const int WR, const
     }
     for (int i = 0; i < WR; i++)
         for (int r = 0; r < NR; r++)
-            out[i * NR + r] = avx2_hsum8(acc[i][r]);
+            out[r * ostride + i] = avx2_hsum8(acc[i][r]);
 }
 
 /* One function per float type: the (wr, nr) shapes the driver uses, each
@@ -908,42 +909,40 @@ QMM_INLINE void avx2_float_tile(enum ggml_type t, int esize, const int WR, const
 #define QMM_FLOAT_WR(T, ES, NR, AP, OP)                                                        \
     switch (wr) {                                                                              \
     case 1:                                                                                    \
-        avx2_float_tile(T, ES, 1, NR, w, wstride, AP, n, OP);                                  \
+        avx2_float_tile(T, ES, 1, NR, w, wstride, AP, n, OP, ostride);                         \
         break;                                                                                 \
     case 2:                                                                                    \
-        avx2_float_tile(T, ES, 2, NR, w, wstride, AP, n, OP);                                  \
+        avx2_float_tile(T, ES, 2, NR, w, wstride, AP, n, OP, ostride);                         \
         break;                                                                                 \
     case 3:                                                                                    \
-        avx2_float_tile(T, ES, 3, NR, w, wstride, AP, n, OP);                                  \
+        avx2_float_tile(T, ES, 3, NR, w, wstride, AP, n, OP, ostride);                         \
         break;                                                                                 \
     default:                                                                                   \
-        avx2_float_tile(T, ES, 4, NR, w, wstride, AP, n, OP);                                  \
+        avx2_float_tile(T, ES, 4, NR, w, wstride, AP, n, OP, ostride);                         \
         break;                                                                                 \
     }
 #define QMM_FLOAT_NR 4 /* activation rows per tile when there are several */
 #define QMM_FLOAT_WR_M 3 /* weight rows per tile then: 12 chains, 3 conversions */
 #define QMM_AVX2_FLOAT_DISPATCH(NAME, T, ES)                                                    \
     static QMM_AVX2 void NAME(const uint8_t *w, size_t wstride, int wr, const struct qmm_act *a, \
-                              int nr, int64_t n, float *out)                                    \
+                              int nr, int64_t n, float *out, int64_t ostride)                   \
     {                                                                                           \
-        if (nr == 1) {                                                                          \
-            QMM_FLOAT_WR(T, ES, 1, a, out)                                                      \
-            return;                                                                             \
-        }                                                                                       \
         for (int r0 = 0; r0 < nr; r0 += QMM_FLOAT_NR) {                                         \
-            float o[QMM_MAX_WR * QMM_FLOAT_NR];                                                 \
-            const int k = LLORCH_MIN(nr - r0, QMM_FLOAT_NR);                                    \
-            if (k == 1) {                                                                       \
+            float *o = out + r0 * ostride;                                                      \
+            switch (LLORCH_MIN(nr - r0, QMM_FLOAT_NR)) {                                        \
+            case 1:                                                                             \
                 QMM_FLOAT_WR(T, ES, 1, a + r0, o)                                               \
-            } else if (k == 2) {                                                                \
+                break;                                                                          \
+            case 2:                                                                             \
                 QMM_FLOAT_WR(T, ES, 2, a + r0, o)                                               \
-            } else if (k == 3) {                                                                \
+                break;                                                                          \
+            case 3:                                                                             \
                 QMM_FLOAT_WR(T, ES, 3, a + r0, o)                                               \
-            } else {                                                                            \
+                break;                                                                          \
+            default:                                                                            \
                 QMM_FLOAT_WR(T, ES, 4, a + r0, o)                                               \
+                break;                                                                          \
             }                                                                                   \
-            for (int i = 0; i < wr; i++)                                                        \
-                memcpy(out + i * nr + r0, o + i * k, (size_t)k * sizeof *o);                    \
         }                                                                                       \
     }
 QMM_AVX2_FLOAT_DISPATCH(tile_f32_avx2, GGML_TYPE_F32, 4)
@@ -1161,8 +1160,8 @@ LLORCH_API int qmm_weight_new(struct qmm_weight **out, const struct qmm_part *pa
                 rc = LLORCH_ENOMEM;
                 continue;
             }
-            struct qmm_repack_ctx rc_ = {s->ti, g, parts[i].data, parts[i].n_rows, n_in / s->ti->block};
-            tpool_parallel_for(pool, (int64_t)padded_rows / QMM_X8, 16, qmm_x8_repack_task, &rc_);
+            struct qmm_repack_ctx job = {s->ti, g, parts[i].data, parts[i].n_rows, n_in / s->ti->block};
+            tpool_parallel_for(pool, (int64_t)padded_rows / QMM_X8, 16, qmm_x8_repack_task, &job);
             free(s->owned);
             s->data = s->owned = g;
             s->copied = true;
@@ -1176,8 +1175,8 @@ LLORCH_API int qmm_weight_new(struct qmm_weight **out, const struct qmm_part *pa
                 rc = LLORCH_ENOMEM;
                 continue;
             }
-            struct qmm_repack_ctx rc_ = {s->ti, g, parts[i].data, parts[i].n_rows, n_in / s->ti->block};
-            tpool_parallel_for(pool, (int64_t)((bytes + (1u << 20) - 1) >> 20), 1, qmm_copy_task, &rc_);
+            struct qmm_repack_ctx job = {s->ti, g, parts[i].data, parts[i].n_rows, n_in / s->ti->block};
+            tpool_parallel_for(pool, (int64_t)((bytes + (1u << 20) - 1) >> 20), 1, qmm_copy_task, &job);
             free(s->owned);
             s->data = s->owned = g;
             s->copied = true;
@@ -1423,7 +1422,6 @@ static void qmm_rows_task(void *vctx, int64_t b, int64_t e, int worker)
             for (int64_t r0 = 0; r0 < c->m; r0 += QMM_M_TILE) {
                 const int nr = (int)LLORCH_MIN(c->m - r0, QMM_M_TILE);
                 struct qmm_act a[QMM_M_TILE];
-                float out[QMM_MAX_WR * QMM_M_TILE];
                 /* the chunk's outputs, row by row, then copied into y: stores
                  * n_out floats apart, one per output, cost 4 % of an F16
                  * batch-64 step */
@@ -1433,10 +1431,7 @@ static void qmm_rows_task(void *vctx, int64_t b, int64_t e, int worker)
                 for (int64_t n = n0; n < n1;) {
                     const int wr = (int)LLORCH_MIN(n1 - n, nr > 1 ? QMM_FLOAT_WR_M : QMM_MAX_WR);
                     s->tile(s->data + (size_t)(n - s->row0) * s->row_bytes, s->row_bytes, wr, a, nr,
-                            w->n_in, out);
-                    for (int k = 0; k < wr; k++)
-                        for (int r = 0; r < nr; r++)
-                            chunk[r * QMM_N_CHUNK + (n - n0) + k] = out[k * nr + r];
+                            w->n_in, chunk + (n - n0), QMM_N_CHUNK);
                     n += wr;
                 }
                 for (int r = 0; r < nr; r++)
@@ -1485,7 +1480,7 @@ LLORCH_API float qmm_dot_row(const struct qmm_weight *w, int64_t row, const floa
             }
             float out;
             s->tile(s->data + (size_t)(row - s->row0) * s->row_bytes, s->row_bytes, 1, &a, 1,
-                    w->n_in, &out);
+                    w->n_in, &out, 1);
             return out;
         }
     }
