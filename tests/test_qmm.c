@@ -122,6 +122,17 @@ static void *act_for(const struct qmm_weight *w, int64_t m)
     return a;
 }
 
+/* The scalar level's outputs of every row of p against x, one row at a time. */
+static void scalar_rows(const struct qmm_part *p, int64_t k, const float *x, float *want)
+{
+    struct qmm_weight *ref = weight(p, 1, k, KERNELS_ISA_SCALAR);
+    void *act = act_for(ref, 1);
+    for (int64_t r = 0; r < p->n_rows; r++)
+        want[r] = qmm_dot_row(ref, r, x, act);
+    free(act);
+    qmm_weight_free(ref);
+}
+
 /* Row lengths that each type's block size allows, tails included. */
 static int lengths_for(enum ggml_type t, int64_t *ks)
 {
@@ -176,11 +187,8 @@ static void every_level_gives_the_scalar_bits_for_every_type(void **state)
             uint8_t *wd = random_rows(t, rows, k);
             float *x = random_x(k);
             struct qmm_part p = {.type = t, .data = wd, .n_rows = rows};
-            struct qmm_weight *ref = weight(&p, 1, k, KERNELS_ISA_SCALAR);
-            void *act = act_for(ref, 1);
             float want[5];
-            for (int r = 0; r < rows; r++)
-                want[r] = qmm_dot_row(ref, r, x, act);
+            scalar_rows(&p, k, x, want);
             /* semantics: within activation rounding of the dequantised dot */
             float *deq = malloc((size_t)k * sizeof *deq);
             uint64_t rb;
@@ -201,8 +209,6 @@ static void every_level_gives_the_scalar_bits_for_every_type(void **state)
             char what[64];
             snprintf(what, sizeof what, "%s k=%lld", ggml_type_name(t), (long long)k);
             expect_scalar_bits_at_every_level(&p, k, x, want, rows, what);
-            qmm_weight_free(ref);
-            free(act);
             free(x);
             free(wd);
         }
@@ -311,16 +317,11 @@ static void extreme_blocks_give_the_scalar_bits(void **state)
             for (int64_t i = 0; i < k; i++)
                 x[i] = sign ? (i % 2 ? -1.0f : 1.0f) : 1.0f;
             struct qmm_part p = {.type = t, .data = wd, .n_rows = rows};
-            struct qmm_weight *ref = weight(&p, 1, k, KERNELS_ISA_SCALAR);
-            void *act = act_for(ref, 1);
             float want[11];
-            for (int r = 0; r < rows; r++)
-                want[r] = qmm_dot_row(ref, r, x, act);
+            scalar_rows(&p, k, x, want);
             char what[64];
             snprintf(what, sizeof what, "%s extreme blocks, x %s", ggml_type_name(t), sign ? "+-1" : "1");
             expect_scalar_bits_at_every_level(&p, k, x, want, rows, what);
-            qmm_weight_free(ref);
-            free(act);
             free(x);
         }
         free(wd);
