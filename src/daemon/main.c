@@ -863,12 +863,13 @@ static int daemon_listen(struct daemon *d)
     if (r) {
         /* the system's reason ("address already in use"), and where */
         const char *why = http_server_listen_error(d->srv);
+        if (!why)
+            why = llorch_strerror(r);
         char detail[640]; /* a reason and a host of up to 255 bytes each */
         if (d->listen_fd >= 0)
-            snprintf(detail, sizeof detail, "%s (the socket passed by systemd)", why ? why : llorch_strerror(r));
+            snprintf(detail, sizeof detail, "%s (the socket passed by systemd)", why);
         else
-            snprintf(detail, sizeof detail, "%s (%s port %u)", why ? why : llorch_strerror(r), cfg->host,
-                     (unsigned)cfg->port);
+            snprintf(detail, sizeof detail, "%s (%s port %u)", why, cfg->host, (unsigned)cfg->port);
         return fail(d, "listen failed", detail);
     }
 
