@@ -10,6 +10,9 @@
 #include <string.h>
 #include <time.h>
 
+#include <immintrin.h>
+
+#include "tpool.h"
 #include "util.h"
 
 double bench_now_s(void)
@@ -113,4 +116,44 @@ float *bench_rand_floats(int64_t n, uint64_t seed)
         a[i] = (float)((double)(s >> 40) / (double)(1ull << 24) * 2.0 - 1.0);
     }
     return a;
+}
+
+static void bench_bw_task(void *vctx, int64_t b, int64_t e, int worker)
+{
+    struct bench_bw *c = vctx;
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t i = b; i < e; i++) {
+        const __m256i *p = (const __m256i *)(const void *)(c->buf + i * c->chunk);
+        const int64_t n = c->chunk / 32;
+        for (int64_t j = 0; j < n; j += 4) {
+            if (c->prefetch) /* may run past the chunk: prefetches do not fault */
+                _mm_prefetch((const char *)(p + j) + c->prefetch, _MM_HINT_T0);
+            a0 = _mm256_xor_si256(a0, _mm256_load_si256(p + j));
+            a1 = _mm256_xor_si256(a1, _mm256_load_si256(p + j + 1));
+            a2 = _mm256_xor_si256(a2, _mm256_load_si256(p + j + 2));
+            a3 = _mm256_xor_si256(a3, _mm256_load_si256(p + j + 3));
+        }
+    }
+    a0 = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+    c->sink[(worker % 64) * 8] ^= (uint64_t)_mm256_extract_epi64(a0, 0);
+}
+
+double bench_bw_trial(struct bench_bw *c, double min_s)
+{
+    double best = 0;
+    for (int pf = 0; pf < 2; pf++) {
+        c->prefetch = pf ? 512 : 0;
+        double t0 = bench_now_s(), dt;
+        int passes = 0;
+        do {
+            if (c->pool)
+                tpool_parallel_for(c->pool, c->n, 1, bench_bw_task, c);
+            else
+                bench_bw_task(c, 0, c->n, 0);
+            passes++;
+            dt = bench_now_s() - t0;
+        } while (dt < min_s);
+        best = LLORCH_MAX(best, (double)passes * (double)(c->n * c->chunk) / dt);
+    }
+    return best;
 }

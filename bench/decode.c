@@ -79,58 +79,6 @@ struct cfg {
 
 
 
-/* ---- read bandwidth ---------------------------------------------------- */
-
-struct bw {
-    struct tpool *pool;
-    const uint8_t *buf;
-    int64_t chunk; /* bytes per task */
-    int64_t n;     /* tasks per pass */
-    int prefetch;  /* bytes ahead, 0: none */
-    uint64_t sink[64 * 8];
-};
-
-/* Streaming 256-bit loads, plain or with a software prefetch 512 bytes
- * ahead (as oneDNN's kernels do); the bandwidth is the best of both. */
-static void bw_task(void *vctx, int64_t b, int64_t e, int worker)
-{
-    struct bw *c = vctx;
-    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-    for (int64_t i = b; i < e; i++) {
-        const __m256i *p = (const __m256i *)(c->buf + i * c->chunk);
-        const int64_t n = c->chunk / 32;
-        for (int64_t j = 0; j < n; j += 4) {
-            if (c->prefetch) /* may run past the chunk: prefetches do not fault */
-                _mm_prefetch((const char *)(p + j) + c->prefetch, _MM_HINT_T0);
-            a0 = _mm256_xor_si256(a0, _mm256_load_si256(p + j));
-            a1 = _mm256_xor_si256(a1, _mm256_load_si256(p + j + 1));
-            a2 = _mm256_xor_si256(a2, _mm256_load_si256(p + j + 2));
-            a3 = _mm256_xor_si256(a3, _mm256_load_si256(p + j + 3));
-        }
-    }
-    a0 = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
-    c->sink[(worker % 64) * 8] ^= (uint64_t)_mm256_extract_epi64(a0, 0);
-}
-
-/* Passes for at least min_s, plain then prefetching; returns the better
- * rate in bytes per second. */
-static double bw_trial(struct bw *c, double min_s)
-{
-    double best = 0;
-    for (int pf = 0; pf < 2; pf++) {
-        c->prefetch = pf ? 512 : 0;
-        double t0 = bench_now_s(), dt;
-        int passes = 0;
-        do {
-            tpool_parallel_for(c->pool, c->n, 1, bw_task, c);
-            passes++;
-            dt = bench_now_s() - t0;
-        } while (dt < min_s);
-        best = LLORCH_MAX(best, (double)passes * (double)(c->n * c->chunk) / dt);
-    }
-    return best;
-}
-
 /* ---- FMA peak ----------------------------------------------------------- */
 
 /* The float types' compute ceiling: every worker running 8-lane f32 fmas
@@ -547,7 +495,7 @@ static int dec_steady(struct dec *d, uint32_t b, double seconds, double *times,
 
 static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *pool,
                      enum llorch_dtype dt, double *bw_all, double *peak_all, const float *wpeak,
-                     struct bw *bwc)
+                     struct bench_bw *bwc)
 {
     const char *dn = forward_dtype_name(dt);
     uint32_t max_b = 0;
@@ -692,7 +640,7 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
         int nt = 0;
         for (int round = 0; round < cf->rounds && rc == 0; round++) {
             peak_round(&pk, pool);
-            r->bw = LLORCH_MAX(r->bw, bw_trial(bwc, cf->bw_s));
+            r->bw = LLORCH_MAX(r->bw, bench_bw_trial(bwc, cf->bw_s));
             r->peak = LLORCH_MAX(pk.pool_best, pk.raw_best);
             int steps = 0;
             double c0 = bench_now_s(), t = c0;
@@ -932,7 +880,7 @@ int main(int argc, char **argv)
     /* read buffer: far beyond the last-level cache, bounded for a shared box */
     const uint64_t mib = 1u << 20;
     const uint64_t bw_bytes = cf.quick ? 256 * mib : LLORCH_MIN(LLORCH_MAX(8 * llc, 256 * mib), 1024 * mib);
-    struct bw bwc = {.pool = pool, .chunk = 1 << 20};
+    struct bench_bw bwc = {.pool = pool, .chunk = 1 << 20};
     bwc.n = (int64_t)(bw_bytes / (uint64_t)bwc.chunk);
     uint8_t *bwbuf = NULL;
     float *wpeak = bench_rand_floats(4096 * 4096, 1);

@@ -1,13 +1,14 @@
-/* The matmul kernels alone (src/engine/qmm.c), one thread: for every weight
+/* The matmul kernels alone (src/engine/qmm.c), on one thread or a pool of
+ * --threads N: for every weight
  * type and every level this CPU runs, a [rows, k] weight against m
  * activation rows. Prints, per type and level: m=1 weight bytes per second
- * (GB/s) and its ratio to this thread's read bandwidth measured alongside,
+ * (GB/s) and its ratio to the same threads' read bandwidth measured alongside,
  * and for larger m the integer/float ops per second (2 x rows x k x m) per
  * core. Weights are random blocks with sane scales, bigger than the
  * last-level cache for m=1. Never asserts.
  *
  * usage: bench/qmm [--k N] [--rows N] [--ms 1,4,16,64] [--types q8_0,q4_K,...]
- *                  [--reps N] [--isa scalar|avx2|avx512] */
+ *                  [--reps N] [--isa scalar|avx2|avx512] [--threads N] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 #include "kernels.h"
 #include "qmm.h"
 #include "quant.h"
+#include "tpool.h"
 #include "util.h"
 
 static const struct {
@@ -50,9 +52,10 @@ static uint8_t *make_rows(enum ggml_type t, int64_t rows, int64_t k, uint64_t *b
     if (ggml_type_row_bytes(t, (uint64_t)k, &rb) < 0)
         return NULL;
     *bytes = rb * (uint64_t)rows;
-    uint8_t *w = malloc(*bytes);
-    if (!w)
+    void *mem = NULL;
+    if (posix_memalign(&mem, 64, *bytes) != 0) /* 32-byte loads in the read pass */
         return NULL;
+    uint8_t *w = mem;
     for (uint64_t i = 0; i < *bytes; i++)
         w[i] = (uint8_t)rnd();
     const uint64_t bb = ggml_type_block_bytes(t), nb = *bytes / bb;
@@ -89,30 +92,11 @@ static uint8_t *make_rows(enum ggml_type t, int64_t rows, int64_t k, uint64_t *b
     return w;
 }
 
-/* One thread's read bandwidth over a buffer of n bytes (best of reps). */
-static double read_bw(const uint8_t *buf, uint64_t n, int reps)
-{
-    double best = 0;
-    volatile uint64_t sink = 0;
-    for (int r = 0; r < reps; r++) {
-        double t0 = bench_now_s();
-        uint64_t s = 0;
-        const uint64_t *p = (const uint64_t *)(const void *)buf;
-        for (uint64_t i = 0; i + 8 <= n / 8; i += 8)
-            s += p[i] ^ p[i + 1] ^ p[i + 2] ^ p[i + 3] ^ p[i + 4] ^ p[i + 5] ^ p[i + 6] ^ p[i + 7];
-        sink += s;
-        double t = bench_now_s() - t0;
-        best = LLORCH_MAX(best, (double)n / t);
-    }
-    (void)sink;
-    return best;
-}
-
 int main(int argc, char **argv)
 {
     int64_t k = 2048, rows = 16384;
     int64_t ms[8] = {1, 16, 64};
-    int n_ms = 3, reps = 5;
+    int n_ms = 3, reps = 5, threads = 1;
     bool want[N_TYPES];
     for (int i = 0; i < N_TYPES; i++)
         want[i] = true;
@@ -123,6 +107,8 @@ int main(int argc, char **argv)
             k = atoll(v), i++;
         else if (!strcmp(a, "--rows") && v)
             rows = atoll(v), i++;
+        else if (!strcmp(a, "--threads") && v)
+            threads = atoi(v), i++;
         else if (!strcmp(a, "--reps") && v)
             reps = atoi(v), i++;
         else if (!strcmp(a, "--isa") && v) {
@@ -142,18 +128,24 @@ int main(int argc, char **argv)
             i++;
         } else {
             fprintf(stderr, "usage: %s [--k N] [--rows N] [--ms 1,16,64] [--types q8_0,q4_K] [--reps N] "
-                            "[--isa scalar|avx2|avx512]\n", argv[0]);
+                            "[--isa scalar|avx2|avx512] [--threads N]\n", argv[0]);
             return 2;
         }
     }
-    if (k % 256 || k < 256 || rows < 2) {
-        fprintf(stderr, "--k must be a multiple of 256\n");
+    if (k % 256 || k < 256 || rows < 2 || threads < 1) {
+        fprintf(stderr, "--k must be a multiple of 256, --threads at least 1\n");
         return 2;
+    }
+    struct tpool *pool = NULL;
+    if (threads > 1 && tpool_new(&pool, &(struct tpool_opts){.n_threads = threads}) != 0) {
+        fprintf(stderr, "cannot start %d threads\n", threads);
+        return 1;
     }
     char cpu[256], flags[512];
     bench_cpu_model(cpu, sizeof cpu, flags, sizeof flags);
     printf("machine: %s; flags:%s\n", cpu, flags);
-    printf("shape: weight [%lld, %lld], one thread, best of %d\n", (long long)rows, (long long)k, reps);
+    printf("shape: weight [%lld, %lld], %d thread%s, best of %d\n", (long long)rows, (long long)k, threads,
+           threads > 1 ? "s (one pool)" : "", reps);
     int64_t max_m = 1;
     for (int i = 0; i < n_ms; i++)
         max_m = LLORCH_MAX(max_m, ms[i]);
@@ -173,13 +165,15 @@ int main(int argc, char **argv)
         uint8_t *w = make_rows(types[ti].t, rows, k, &bytes);
         if (!w)
             return 1;
-        const double bw = read_bw(w, bytes, 3);
+        struct bench_bw bwc = {.pool = pool, .buf = w, .chunk = 64 * 1024};
+        bwc.n = (int64_t)(bytes / (uint64_t)bwc.chunk);
+        const double bw = bench_bw_trial(&bwc, 0.3);
         for (int isa = 0; isa < KERNELS_ISA_COUNT_; isa++) {
             if (!kernels_get((enum kernels_isa)isa) || (only_isa >= 0 && isa != only_isa))
                 continue;
             struct qmm_part part = {.type = types[ti].t, .data = w, .n_rows = rows};
             struct qmm_weight *qw;
-            if (qmm_weight_new(&qw, &part, 1, k, (enum kernels_isa)isa, NULL) != 0)
+            if (qmm_weight_new(&qw, &part, 1, k, (enum kernels_isa)isa, pool) != 0)
                 return 1;
             void *act = NULL;
             if (posix_memalign(&act, 64, qmm_act_bytes(qw, max_m)) != 0)
@@ -189,7 +183,7 @@ int main(int argc, char **argv)
                 double best = 1e30;
                 for (int r = 0; r < reps; r++) {
                     double t0 = bench_now_s();
-                    qmm_run(qw, x, y, ms[mi], act, NULL);
+                    qmm_run(qw, x, y, ms[mi], act, pool);
                     best = LLORCH_MIN(best, bench_now_s() - t0);
                 }
                 if (ms[mi] == 1)
@@ -206,5 +200,6 @@ int main(int argc, char **argv)
     }
     free(x);
     free(y);
+    tpool_free(pool);
     return 0;
 }
