@@ -800,11 +800,12 @@ int main(int argc, char **argv)
             cf.steady_s = atof(v), i++;
         } else if (strcmp(a, "--isa") == 0 && v &&
                    (strcmp(v, "auto") == 0 || strcmp(v, "scalar") == 0 || strcmp(v, "avx2") == 0 ||
-                    strcmp(v, "avx512") == 0)) {
-            cf.isa = strcmp(v, "scalar") == 0   ? LLORCH_ISA_SCALAR
-                     : strcmp(v, "avx2") == 0   ? LLORCH_ISA_AVX2
-                     : strcmp(v, "avx512") == 0 ? LLORCH_ISA_AVX512
-                                                : LLORCH_ISA_AUTO;
+                    strcmp(v, "avxvnni") == 0 || strcmp(v, "avx512") == 0)) {
+            cf.isa = strcmp(v, "scalar") == 0    ? LLORCH_ISA_SCALAR
+                     : strcmp(v, "avx2") == 0    ? LLORCH_ISA_AVX2
+                     : strcmp(v, "avxvnni") == 0 ? LLORCH_ISA_AVXVNNI
+                     : strcmp(v, "avx512") == 0  ? LLORCH_ISA_AVX512
+                                                 : LLORCH_ISA_AUTO;
             i++;
         } else if (strcmp(a, "--dtype") == 0 && v && parse_dtype(v, &cf) == 0) {
             i++;
@@ -812,7 +813,7 @@ int main(int argc, char **argv)
             i++;
         } else {
             fprintf(stderr,
-                    "usage: %s [--model PATH] [--dtype native,bf16,int8,f32|all] [--isa auto|scalar|avx2|avx512]\n"
+                    "usage: %s [--model PATH] [--dtype native,bf16,int8,f32|all] [--isa auto|scalar|avx2|avxvnni|avx512]\n"
                     "          [--batches 1,4,16,64]\n"
                     "          [--quick] [--rounds N] [--prompt N] [--pp N] [--threads N] [--pin]\n"
                     "          [--steady SECONDS]\n"

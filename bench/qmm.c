@@ -8,7 +8,7 @@
  * last-level cache for m=1. Never asserts.
  *
  * usage: bench/qmm [--k N] [--rows N] [--ms 1,4,16,64] [--types q8_0,q4_K,...]
- *                  [--reps N] [--isa scalar|avx2|avx512] [--threads N] */
+ *                  [--reps N] [--isa scalar|avx2|avxvnni|avx512] [--threads N] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,8 +112,10 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--reps") && v)
             reps = atoi(v), i++;
         else if (!strcmp(a, "--isa") && v) {
-            only_isa = !strcmp(v, "scalar") ? KERNELS_ISA_SCALAR : !strcmp(v, "avx2") ? KERNELS_ISA_AVX2
-                                                                                      : KERNELS_ISA_AVX512;
+            only_isa = !strcmp(v, "scalar")    ? KERNELS_ISA_SCALAR
+                       : !strcmp(v, "avx2")    ? KERNELS_ISA_AVX2
+                       : !strcmp(v, "avxvnni") ? KERNELS_ISA_AVXVNNI
+                                               : KERNELS_ISA_AVX512;
             i++;
         } else if (!strcmp(a, "--ms") && v) {
             n_ms = 0;
@@ -128,7 +130,7 @@ int main(int argc, char **argv)
             i++;
         } else {
             fprintf(stderr, "usage: %s [--k N] [--rows N] [--ms 1,16,64] [--types q8_0,q4_K] [--reps N] "
-                            "[--isa scalar|avx2|avx512] [--threads N]\n", argv[0]);
+                            "[--isa scalar|avx2|avxvnni|avx512] [--threads N]\n", argv[0]);
             return 2;
         }
     }
@@ -169,7 +171,8 @@ int main(int argc, char **argv)
         bwc.n = (int64_t)(bytes / (uint64_t)bwc.chunk);
         const double bw = bench_bw_trial(&bwc, 0.3);
         for (int isa = 0; isa < KERNELS_ISA_COUNT_; isa++) {
-            if (!kernels_get((enum kernels_isa)isa) || (only_isa >= 0 && isa != only_isa))
+            /* avxvnni on a CPU without VNNI: emulated ("avxvnni*"), a check, not a figure */
+            if (!qmm_level_runs((enum kernels_isa)isa) || (only_isa >= 0 && isa != only_isa))
                 continue;
             struct qmm_part part = {.type = types[ti].t, .data = w, .n_rows = rows};
             struct qmm_weight *qw;
@@ -178,7 +181,10 @@ int main(int argc, char **argv)
             void *act = NULL;
             if (posix_memalign(&act, 64, qmm_act_bytes(qw, max_m)) != 0)
                 return 1;
-            printf("%-6s %-7s", types[ti].name, kernels_isa_name((enum kernels_isa)isa));
+            char level[16];
+            snprintf(level, sizeof level, "%s%s", kernels_isa_name((enum kernels_isa)isa),
+                     kernels_get((enum kernels_isa)isa) ? "" : "*");
+            printf("%-6s %-8s", types[ti].name, level);
             for (int mi = 0; mi < n_ms; mi++) {
                 double best = 1e30;
                 for (int r = 0; r < reps; r++) {

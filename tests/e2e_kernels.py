@@ -28,6 +28,8 @@ def cpu_levels():
     levels = ["scalar"]
     if {"avx2", "fma", "f16c"} <= flags:
         levels.append("avx2")
+        if "avx_vnni" in flags or {"avx512_vnni", "avx512vl"} <= flags:
+            levels.append("avxvnni")
         if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
             levels.append("avx512")
     return levels
@@ -67,7 +69,7 @@ def test_every_shared_class_serves_natively_at_every_level():
                 line = loaded_line(d)
                 assert line["isa"] == level and line["matmul"] == "llorch", line
                 assert len(text_of(d.port, "k-%s-%s" % (level, name))) > 0
-    skipped = [lv for lv in ("avx2", "avx512") if lv not in LEVELS]
+    skipped = [lv for lv in ("avx2", "avxvnni", "avx512") if lv not in LEVELS]
     if skipped:
         print("skipped levels (this CPU lacks them): " + ", ".join(skipped))
 
@@ -166,16 +168,17 @@ def test_env_forces_the_level_like_the_flag():
 
 
 def test_a_level_above_the_cpu_is_refused_naming_what_it_runs():
-    if "avx512" in LEVELS:
+    missing = [lv for lv in ("avx512", "avxvnni", "avx2") if lv not in LEVELS]
+    if not missing:
         print("skipped: this CPU runs every level")
         return
     p = subprocess.run([binary(), "--model", model_path(), "--port", "0", "--host", "127.0.0.1",
-                        "--callback-url", "http://localhost:9999/ready", "--isa", "avx512",
+                        "--callback-url", "http://localhost:9999/ready", "--isa", missing[0],
                         "--log-format", "text"],
                        stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
     err = p.stderr.decode()
     assert p.returncode != 0, err
-    assert "above this CPU's level" in err and "it runs: scalar" in err, err
+    assert "not one this CPU runs" in err and "it runs: " + ", ".join(LEVELS) in err, err
 
 
 def main():

@@ -223,6 +223,7 @@ static const struct {
     enum kernels_isa k;
 } levels[] = {{LLORCH_ISA_SCALAR, KERNELS_ISA_SCALAR},
               {LLORCH_ISA_AVX2, KERNELS_ISA_AVX2},
+              {LLORCH_ISA_AVXVNNI, KERNELS_ISA_AVXVNNI},
               {LLORCH_ISA_AVX512, KERNELS_ISA_AVX512}};
 
 /* Every weight class the shared models have (f32, f16, q8_0, q4_0 kept in

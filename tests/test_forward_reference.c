@@ -288,9 +288,11 @@ static void reference_exact_mode_matches_llama_cpp(void **state)
  * meets the exact-mode bounds at every level this CPU runs. */
 static void reference_native_classes_match_llama_cpp_at_every_level(void **state)
 {
-    static const enum kernels_isa k[] = {KERNELS_ISA_SCALAR, KERNELS_ISA_AVX2, KERNELS_ISA_AVX512};
-    static const enum llorch_isa l[] = {LLORCH_ISA_SCALAR, LLORCH_ISA_AVX2, LLORCH_ISA_AVX512};
-    for (int i = 0; i < 3; i++) {
+    static const enum kernels_isa k[] = {KERNELS_ISA_SCALAR, KERNELS_ISA_AVX2, KERNELS_ISA_AVXVNNI,
+                                         KERNELS_ISA_AVX512};
+    static const enum llorch_isa l[] = {LLORCH_ISA_SCALAR, LLORCH_ISA_AVX2, LLORCH_ISA_AVXVNNI,
+                                        LLORCH_ISA_AVX512};
+    for (int i = 0; i < 4; i++) {
         if (!kernels_get(k[i])) {
             print_message("skipped level %s: this CPU lacks it\n", kernels_isa_name(k[i]));
             continue;
@@ -354,9 +356,11 @@ static void reference_f16_file_greedy_matches_llama_cpp_at_every_step(void **sta
     struct suite *s = *state;
     char path[512];
     struct model *m = stories_as_f16(s, path, sizeof path);
-    static const enum kernels_isa k[] = {KERNELS_ISA_SCALAR, KERNELS_ISA_AVX2, KERNELS_ISA_AVX512};
-    static const enum llorch_isa l[] = {LLORCH_ISA_SCALAR, LLORCH_ISA_AVX2, LLORCH_ISA_AVX512};
-    for (int li = 0; li < 3; li++) {
+    static const enum kernels_isa k[] = {KERNELS_ISA_SCALAR, KERNELS_ISA_AVX2, KERNELS_ISA_AVXVNNI,
+                                         KERNELS_ISA_AVX512};
+    static const enum llorch_isa l[] = {LLORCH_ISA_SCALAR, LLORCH_ISA_AVX2, LLORCH_ISA_AVXVNNI,
+                                        LLORCH_ISA_AVX512};
+    for (int li = 0; li < 4; li++) {
         if (!kernels_get(k[li])) {
             print_message("skipped level %s: this CPU lacks it\n", kernels_isa_name(k[li]));
             continue;

@@ -6,8 +6,10 @@
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,7 +57,50 @@ static void kernels_scalar_is_always_available_and_best_is_not_null(void **state
     assert_non_null(kernels_best());
     assert_null(kernels_get(KERNELS_ISA_COUNT_));
     assert_string_equal(kernels_isa_name(KERNELS_ISA_AVX512), "avx512");
+    assert_string_equal(kernels_isa_name(KERNELS_ISA_AVXVNNI), "avxvnni");
     print_message("best kernels: %s\n", kernels_best()->name);
+}
+
+/* Whether /proc/cpuinfo's first flags line lists flag (a whole word). */
+static bool cpuinfo_has(const char *flag)
+{
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f)
+        return false;
+    char line[8192];
+    bool found = false;
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "flags", 5) != 0)
+            continue;
+        const size_t n = strlen(flag);
+        for (char *p = strstr(line, flag); p && !found; p = strstr(p + 1, flag))
+            found = p[-1] == ' ' && (p[n] == ' ' || p[n] == '\n' || p[n] == 0);
+        break;
+    }
+    fclose(f);
+    return found;
+}
+
+/* The kernel's own reading of the CPU (cpuid) against the OS's: the avxvnni
+ * level exists with AVX2 and either VNNI form, and its table is avx2's
+ * kernels under its own name. */
+static void kernels_avxvnni_level_follows_the_cpu_flags(void **state)
+{
+    (void)state;
+    const bool vex = cpuinfo_has("avx_vnni"), evex = cpuinfo_has("avx512_vnni") && cpuinfo_has("avx512vl");
+    const bool avx2 = kernels_get(KERNELS_ISA_AVX2) != NULL;
+    const enum kernels_vnni want = !avx2 ? KERNELS_VNNI_NONE : vex ? KERNELS_VNNI_VEX : evex ? KERNELS_VNNI_EVEX
+                                                                                   : KERNELS_VNNI_NONE;
+    if (avx2) /* without AVX2 the level is off whatever kernels_vnni says */
+        assert_int_equal(kernels_vnni(), want);
+    const struct kernels *k = kernels_get(KERNELS_ISA_AVXVNNI);
+    assert_int_equal(k != NULL, want != KERNELS_VNNI_NONE);
+    print_message("avxvnni level: %s\n", !k ? "absent (this CPU lacks VNNI)" : want == KERNELS_VNNI_VEX ? "VEX" : "EVEX");
+    if (k) {
+        assert_int_equal(k->isa, KERNELS_ISA_AVXVNNI);
+        assert_ptr_equal(k->dot, kernels_get(KERNELS_ISA_AVX2)->dot);
+        assert_ptr_equal(k->softmax, kernels_get(KERNELS_ISA_AVX2)->softmax);
+    }
 }
 
 /* The nearest f16 by search over neighbours, ties to even. */
@@ -696,6 +741,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(kernels_scalar_is_always_available_and_best_is_not_null),
+        cmocka_unit_test(kernels_avxvnni_level_follows_the_cpu_flags),
         cmocka_unit_test(kernels_f16_conversion_rounds_to_nearest_even),
         cmocka_unit_test(kernels_bf16_conversion_rounds_to_nearest_even),
         cmocka_unit_test(kernels_vector_conversions_match_scalar),

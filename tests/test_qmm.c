@@ -157,7 +157,7 @@ static void expect_scalar_bits_at_every_level(const struct qmm_part *p, int64_t 
                                               const float *want, int rows, const char *what)
 {
     for (int isa = KERNELS_ISA_AVX2; isa < KERNELS_ISA_COUNT_; isa++) {
-        if (!kernels_get((enum kernels_isa)isa))
+        if (!qmm_level_runs((enum kernels_isa)isa))
             continue;
         struct qmm_weight *w = weight(p, 1, k, (enum kernels_isa)isa);
         void *wact = act_for(w, 1); /* a level's layout may need more */
@@ -176,8 +176,11 @@ static void every_level_gives_the_scalar_bits_for_every_type(void **state)
 {
     (void)state;
     for (int isa = KERNELS_ISA_AVX2; isa < KERNELS_ISA_COUNT_; isa++)
-        if (!kernels_get((enum kernels_isa)isa))
+        if (!qmm_level_runs((enum kernels_isa)isa))
             print_message("skipped level %s: this CPU lacks it\n", kernels_isa_name((enum kernels_isa)isa));
+        else if (!kernels_get((enum kernels_isa)isa))
+            print_message("level %s: this CPU lacks it; its kernels run here with vpdpbusd emulated\n",
+                          kernels_isa_name((enum kernels_isa)isa));
     for (size_t ti = 0; ti < sizeof all_types / sizeof all_types[0]; ti++) {
         const enum ggml_type t = all_types[ti];
         int64_t ks[8];
@@ -242,7 +245,7 @@ static void check_rows_alone(const enum ggml_type types[3], int64_t k)
         assert_int_equal(qmm_run(ref, x + r * k, alone + r * n_out, 1, act, NULL), 0);
     free(act);
     for (int isa = 0; isa < KERNELS_ISA_COUNT_; isa++) {
-        if (!kernels_get((enum kernels_isa)isa))
+        if (!qmm_level_runs((enum kernels_isa)isa))
             continue;
         struct qmm_weight *w = weight_on(parts, 3, k, (enum kernels_isa)isa, pool); /* packed on it */
         act = act_for(w, max_m);
@@ -355,7 +358,7 @@ static void weights_packed_on_a_pool_give_the_same_bits(void **state)
         assert_non_null(got);
         assert_non_null(part_y);
         for (int isa = 0; isa < KERNELS_ISA_COUNT_; isa++) {
-            if (!kernels_get((enum kernels_isa)isa))
+            if (!qmm_level_runs((enum kernels_isa)isa))
                 continue;
             for (int64_t r0 = 0; r0 < rows; r0 += slice) {
                 const int64_t n = rows - r0 < slice ? rows - r0 : slice;

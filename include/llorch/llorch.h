@@ -20,8 +20,9 @@ enum llorch_dtype {
 enum llorch_isa {
     LLORCH_ISA_AUTO = 0,
     LLORCH_ISA_SCALAR,
-    LLORCH_ISA_AVX2,   /* AVX2 + FMA + F16C */
-    LLORCH_ISA_AVX512, /* AVX-512 F/BW/VL/DQ */
+    LLORCH_ISA_AVX2,    /* AVX2 + FMA + F16C */
+    LLORCH_ISA_AVXVNNI, /* AVX2 + 256-bit vpdpbusd (AVX-VNNI, or AVX512-VNNI with VL) */
+    LLORCH_ISA_AVX512,  /* AVX-512 F/BW/VL/DQ */
 };
 
 /* Element type of the KV cache (--kv). */

@@ -51,7 +51,7 @@ struct opt {
 };
 
 static const char *const dtype_names[] = {"auto", "f32", "bf16", "int8", "native", NULL};
-static const char *const isa_names[] = {"auto", "scalar", "avx2", "avx512", NULL};
+static const char *const isa_names[] = {"auto", "scalar", "avx2", "avxvnni", "avx512", NULL};
 static const char *const kv_names[] = {"auto", "f32", "f16", "bf16", NULL};
 static const char *const log_format_names[] = {"json", "text", NULL};
 static const char *const log_level_names[] = {"debug", "info", "warn", "error", NULL};
@@ -85,7 +85,7 @@ static const struct opt opts[] = {
      "runtime weight type (auto = native: every weight in its file's own class, e.g. Q4_K as "
      "Q4_K, F16 as f16; f32/bf16/int8 convert once at load)"},
     {"isa", NULL, OPT_ENUM, F(isa), 0, 0, isa_names, "LEVEL", NULL, NULL,
-     "kernel level (auto: the best this CPU runs; scalar/avx2/avx512 force a lower one)"},
+     "kernel level (auto: the best this CPU runs; scalar/avx2/avxvnni/avx512 force a lower one)"},
     {"kv", NULL, OPT_ENUM, F(kv_type), 0, 0, kv_names, "TYPE", NULL, NULL,
      "KV cache element type (auto: f32 when dtype is f32, else f16)"},
 

@@ -54,7 +54,7 @@ struct config {
     uint32_t ctx;                 /* --ctx, 0 = the model's training context */
     uint32_t batch_window_ms;     /* --batch-window-ms, default 0 (ChatLoop batching_window_ms) */
     enum llorch_dtype dtype;      /* --dtype auto|f32|bf16|int8|native */
-    enum llorch_isa isa;          /* --isa auto|scalar|avx2|avx512 (ChatLoop enable_simd =
+    enum llorch_isa isa;          /* --isa auto|scalar|avx2|avxvnni|avx512 (ChatLoop enable_simd =
                                    * false: scalar) */
     bool pipeline;                /* --pipeline: an MPI pipeline (rank 0 serves) */
     char layers[512];             /* --layers A-B,C-D,...: stage ranges; empty = even split */

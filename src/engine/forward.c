@@ -622,6 +622,9 @@ static int fw_resolve_isa(struct forward *f, enum llorch_isa want, char *err, si
     case LLORCH_ISA_AVX2:
         level = KERNELS_ISA_AVX2;
         break;
+    case LLORCH_ISA_AVXVNNI:
+        level = KERNELS_ISA_AVXVNNI;
+        break;
     case LLORCH_ISA_AVX512:
         level = KERNELS_ISA_AVX512;
         break;
@@ -630,11 +633,14 @@ static int fw_resolve_isa(struct forward *f, enum llorch_isa want, char *err, si
     }
     f->k = kernels_get(level);
     if (!f->k) {
+        char runs[64] = "scalar";
+        size_t len = strlen(runs);
+        for (int i = KERNELS_ISA_SCALAR + 1; i < KERNELS_ISA_COUNT_; i++)
+            if (kernels_get((enum kernels_isa)i) && len < sizeof runs) /* AVX-512 without VNNI: no avxvnni */
+                len += (size_t)snprintf(runs + len, sizeof runs - len, ", %s", kernels_isa_name((enum kernels_isa)i));
         if (errlen)
-            snprintf(err, errlen, "kernel level %s is above this CPU's level (%s); it runs: %s%s%s",
-                     kernels_isa_name(level), best->name, "scalar",
-                     best->isa >= KERNELS_ISA_AVX2 ? ", avx2" : "",
-                     best->isa >= KERNELS_ISA_AVX512 ? ", avx512" : "");
+            snprintf(err, errlen, "kernel level %s is not one this CPU runs (its best: %s); it runs: %s",
+                     kernels_isa_name(level), best->name, runs);
         return LLORCH_EUNSUPPORTED;
     }
     f->isa = level;

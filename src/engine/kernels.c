@@ -676,6 +676,27 @@ static const struct kernels kernels_avx2 = {
     .from_f16 = from_f16_avx2,
 };
 
+/* The same kernels; the level exists for qmm.c's VNNI block matmuls. */
+static const struct kernels kernels_avxvnni = {
+    .isa = KERNELS_ISA_AVXVNNI,
+    .name = "avxvnni",
+    .dot = dot_avx2,
+    .dot_f16 = dot_f16_avx2,
+    .dot_bf16 = dot_bf16_avx2,
+    .axpy = axpy_avx2,
+    .axpy_f16 = axpy_f16_avx2,
+    .axpy_bf16 = axpy_bf16_avx2,
+    .rmsnorm = rmsnorm_avx2,
+    .layernorm = layernorm_avx2,
+    .add = add_avx2,
+    .scale = scale_avx2,
+    .swiglu = swiglu_avx2,
+    .softmax = softmax_avx2,
+    .to_f16 = to_f16_avx2,
+    .to_bf16 = to_bf16_avx2,
+    .from_f16 = from_f16_avx2,
+};
+
 /* ---- AVX-512 ----------------------------------------------------------- */
 
 #define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
@@ -1032,7 +1053,27 @@ static bool cpu_has_f16c(void)
     unsigned a, b, c, d;
     return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
 }
+
+static bool cpu_avx2_level(void)
+{
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
+}
 #endif
+
+LLORCH_API enum kernels_vnni kernels_vnni(void)
+{
+#if KERNELS_X86
+    unsigned a, b, c, d;
+    if (!__builtin_cpu_supports("avx2")) /* also: the OS saves the ymm state */
+        return KERNELS_VNNI_NONE;
+    /* AVX-VNNI: CPUID leaf 7 sub-leaf 1, EAX bit 4 */
+    if (__get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 4)))
+        return KERNELS_VNNI_VEX;
+    if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl"))
+        return KERNELS_VNNI_EVEX;
+#endif
+    return KERNELS_VNNI_NONE;
+}
 
 LLORCH_API const struct kernels *kernels_get(enum kernels_isa isa)
 {
@@ -1041,10 +1082,9 @@ LLORCH_API const struct kernels *kernels_get(enum kernels_isa isa)
         return &kernels_scalar;
 #if KERNELS_X86
     case KERNELS_ISA_AVX2:
-        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-            cpu_has_f16c())
-            return &kernels_avx2;
-        return NULL;
+        return cpu_avx2_level() ? &kernels_avx2 : NULL;
+    case KERNELS_ISA_AVXVNNI:
+        return cpu_avx2_level() && kernels_vnni() != KERNELS_VNNI_NONE ? &kernels_avxvnni : NULL;
     case KERNELS_ISA_AVX512:
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
@@ -1075,6 +1115,8 @@ LLORCH_API const char *kernels_isa_name(enum kernels_isa isa)
         return "scalar";
     case KERNELS_ISA_AVX2:
         return "avx2";
+    case KERNELS_ISA_AVXVNNI:
+        return "avxvnni";
     case KERNELS_ISA_AVX512:
         return "avx512";
     default:
@@ -1218,7 +1260,8 @@ static void attention_group(const struct kernels *k, const struct kernels_attn *
         attention_group_avx512(k, a, nh);
         return;
     }
-    if (k->isa == KERNELS_ISA_AVX2 && a->head_dim % 8 == 0 && a->head_dim <= KERNELS_ATTN_AVX2_MAX) {
+    if ((k->isa == KERNELS_ISA_AVX2 || k->isa == KERNELS_ISA_AVXVNNI) && a->head_dim % 8 == 0 &&
+        a->head_dim <= KERNELS_ATTN_AVX2_MAX) {
         attention_group_avx2(k, a, nh);
         return;
     }

@@ -17,7 +17,8 @@
 enum kernels_isa {
     KERNELS_ISA_SCALAR,
     KERNELS_ISA_AVX2,    /* AVX2 + FMA + F16C */
-    KERNELS_ISA_AVX512,  /* AVX-512 F/BW/VL/DQ */
+    KERNELS_ISA_AVXVNNI, /* AVX2 + 256-bit vpdpbusd (AVX-VNNI, or AVX512-VNNI with VL) */
+    KERNELS_ISA_AVX512,  /* AVX-512 F/BW/VL/DQ (its block matmuls use VNNI where present) */
     KERNELS_ISA_COUNT_,
 };
 
@@ -53,8 +54,19 @@ struct kernels {
     void (*from_f16)(float *y, const uint16_t *x, int64_t n);
 };
 
+/* The 256-bit vpdpbusd this CPU runs: the VEX form (AVX-VNNI), else the
+ * EVEX one (AVX512-VNNI with VL), else none. */
+enum kernels_vnni {
+    KERNELS_VNNI_NONE,
+    KERNELS_VNNI_VEX,
+    KERNELS_VNNI_EVEX,
+};
+/* Asks cpuid (a VM exit, microseconds): for set-up, never per row. */
+enum kernels_vnni kernels_vnni(void);
+
 /* Table for an instruction set, or NULL when this CPU (or this build) cannot
- * run it. kernels_best() never returns NULL. */
+ * run it. kernels_best() never returns NULL. The avxvnni level's table holds
+ * the avx2 kernels: only the block matmuls (qmm.c) differ. */
 const struct kernels *kernels_get(enum kernels_isa isa);
 const struct kernels *kernels_best(void);
 const char *kernels_isa_name(enum kernels_isa isa);

@@ -749,6 +749,283 @@ QMM_X8_DISPATCH(x8_q4_k_avx2, QMM_X8_Q4_K, 256)
 QMM_X8_DISPATCH(x8_q5_k_avx2, QMM_X8_Q5_K, 256)
 QMM_X8_DISPATCH(x8_q6_k_avx2, QMM_X8_Q6_K, 256)
 
+/* ---- VNNI: the same layouts, block sums by vpdpbusd ------------------------
+ * vpdpbusd adds to each 32-bit lane the four products of its unsigned bytes
+ * of one operand and signed bytes of the other, exactly: one instruction
+ * where AVX2 takes maddubs, madd and an add, and no int16 stage to flush.
+ * It is written as inline asm, not as the intrinsics, so that one body serves
+ * three forms: VEX (AVX-VNNI), EVEX (AVX512-VNNI with VL), and an emulation
+ * by AVX2 instructions with the same sums, which lets every AVX2 machine run
+ * and check these kernels (qmm_level_runs). The sums are the AVX2 kernels'
+ * integers, so the bits are the scalar level's. */
+enum qmm_dp {
+    QMM_DP_EMULATED,
+    QMM_DP_VEX,
+    QMM_DP_EVEX,
+};
+
+/* acc + in lane i the sum of u[4i + j] (unsigned) x s[4i + j] (signed), j < 4 */
+QMM_INLINE __m256i qmm_dpbusd(const enum qmm_dp dp, __m256i acc, __m256i u, __m256i s)
+{
+    if (dp == QMM_DP_VEX) {
+        __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(s));
+        return acc;
+    }
+    if (dp == QMM_DP_EVEX) {
+        __asm__("%{evex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(s));
+        return acc;
+    }
+    /* even and odd bytes widened to int16 (u by zeros, s by its sign): each
+     * madd sums two exact products per lane */
+    const __m256i ue = _mm256_and_si256(u, _mm256_set1_epi16(0xff)), uo = _mm256_srli_epi16(u, 8);
+    const __m256i se = _mm256_srai_epi16(_mm256_slli_epi16(s, 8), 8), so = _mm256_srai_epi16(s, 8);
+    return _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(ue, se), _mm256_madd_epi16(uo, so)));
+}
+
+/* avx2_x8_group with vpdpbusd: Q8_0 as |w| against sign(x, w) (activations
+ * are within +-127), the nibble types' unsigned values against x. */
+QMM_INLINE void vnni_x8_group(const enum qmm_dp dp, enum ggml_type type, const int NR, const uint8_t *grp,
+                              const struct qmm_act *a, int64_t nb, float *out, int64_t stride)
+{
+    const bool q8 = type == GGML_TYPE_Q8_0;
+    const bool has_min = type == GGML_TYPE_Q4_1 || type == GGML_TYPE_Q5_1;
+    const bool five = type == GGML_TYPE_Q5_0 || type == GGML_TYPE_Q5_1;
+    const int off = type == GGML_TYPE_Q4_0 ? 8 : type == GGML_TYPE_Q5_0 ? 16 : 0;
+    const int bytes = q8 ? 34 : type == GGML_TYPE_Q4_0 ? 18 : type == GGML_TYPE_Q4_1 ? 20 : type == GGML_TYPE_Q5_0 ? 22 : 24;
+    const int gbytes = QMM_X8 * bytes, vals = 16 + (has_min ? 16 : 0) + (five ? 32 : 0);
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m256 acc[QMM_X8_NR], accm[QMM_X8_NR];
+    for (int r = 0; r < NR; r++)
+        acc[r] = accm[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = avx2_x8_block(grp, b, gbytes);
+        __m256i s[QMM_X8_NR];
+        for (int r = 0; r < NR; r++)
+            s[r] = _mm256_setzero_si256();
+        if (q8) {
+            for (int j = 0; j < 8; j++) {
+                const __m256i v = avx2_load(blk + 16 + 32 * j), av = _mm256_abs_epi8(v);
+                for (int r = 0; r < NR; r++) {
+                    const __m256i xb = _mm256_set1_epi32((int)qmm_load32(a[r].q + 32 * b + 4 * j));
+                    s[r] = qmm_dpbusd(dp, s[r], av, _mm256_sign_epi8(xb, v));
+                }
+            }
+        } else {
+            const __m256i qh = five ? avx2_load(blk + vals - 32) : _mm256_setzero_si256();
+            for (int j = 0; j < 4; j++) {
+                const __m256i q = avx2_load(blk + vals + 32 * j);
+                __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                if (five) {
+                    lo = _mm256_or_si256(lo, avx2_x8_bit5(qh, j));
+                    hi = _mm256_or_si256(hi, avx2_x8_bit5(qh, 4 + j));
+                }
+                for (int r = 0; r < NR; r++) {
+                    const int8_t *x = a[r].q + 32 * b;
+                    s[r] = qmm_dpbusd(dp, s[r], lo, _mm256_set1_epi32((int)qmm_load32(x + 4 * j)));
+                    s[r] = qmm_dpbusd(dp, s[r], hi, _mm256_set1_epi32((int)qmm_load32(x + 16 + 4 * j)));
+                }
+            }
+            if (off) /* (q - off) x = q x - off x */
+                for (int r = 0; r < NR; r++)
+                    s[r] = _mm256_sub_epi32(s[r], _mm256_set1_epi32(off * a[r].sum[b]));
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)blk));
+        for (int r = 0; r < NR; r++) /* d_w * d_x rounded as the scalar product is */
+            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(a[r].d[b])), _mm256_cvtepi32_ps(s[r]), acc[r]);
+        if (has_min) {
+            const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(blk + 16)));
+            for (int r = 0; r < NR; r++)
+                accm[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(a[r].s[b]), accm[r]);
+        }
+    }
+    for (int r = 0; r < NR; r++)
+        avx2_x8_store(has_min ? _mm256_add_ps(acc[r], accm[r]) : acc[r], out, stride, r);
+}
+
+/* avx2_x8k45_group with vpdpbusd: a sub-block's 32 products per lane in
+ * int32, then times its 6-bit scale (vpmulld), no int16 stage. */
+QMM_INLINE void vnni_x8k45_group(const enum qmm_dp dp, enum ggml_type type, const int NR, const uint8_t *grp,
+                                 const struct qmm_act *a, int64_t nsb, float *out, int64_t stride)
+{
+    const bool five = type == GGML_TYPE_Q5_K;
+    const int gbytes = QMM_X8 * (five ? 176 : 144);
+    const __m256i m4 = _mm256_set1_epi8(0x0f), b5 = _mm256_set1_epi8(0x10);
+    const __m256i f15 = _mm256_set1_epi32(15), three = _mm256_set1_epi32(3);
+    const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+    __m256 acc[QMM_X8_NR], accm[QMM_X8_NR];
+    for (int r = 0; r < NR; r++)
+        acc[r] = accm[r] = _mm256_setzero_ps();
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const uint8_t *blk = avx2_x8_block(grp, sb, gbytes);
+        /* every row's scale of sub-block s in its lane; its min in both int16 */
+        __m256i sc[8], mnp[8];
+        for (int s = 0; s < 8; s++) {
+            const __m256i lo = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(blk + 32 + 8 * s)));
+            const __m256i hi =
+                _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)qmm_load32(blk + 96 + 4 * s)), shifts), f15);
+            sc[s] = _mm256_or_si256(_mm256_and_si256(lo, f15), _mm256_slli_epi32(_mm256_and_si256(hi, three), 4));
+            const __m256i mn = _mm256_or_si256(_mm256_srli_epi32(lo, 4), _mm256_slli_epi32(_mm256_srli_epi32(hi, 2), 4));
+            mnp[s] = _mm256_or_si256(mn, _mm256_slli_epi32(mn, 16));
+        }
+        __m256i P[QMM_X8_NR], M[QMM_X8_NR];
+        for (int r = 0; r < NR; r++) {
+            const int16_t *bs = a[r].bs + 16 * sb;
+            M[r] = _mm256_setzero_si256();
+            for (int s = 0; s < 8; s++)
+                M[r] = _mm256_add_epi32(M[r], _mm256_madd_epi16(mnp[s], _mm256_set1_epi32((int)qmm_load32(bs + 2 * s))));
+            P[r] = _mm256_setzero_si256();
+        }
+        const uint8_t *qs = blk + (five ? 384 : 128);
+        for (int c = 0; c < 4; c++) {
+            __m256i slo[QMM_X8_NR], shi[QMM_X8_NR];
+            for (int r = 0; r < NR; r++)
+                slo[r] = shi[r] = _mm256_setzero_si256();
+            for (int j = 0; j < 8; j++) {
+                const __m256i q = avx2_load(qs + 32 * (8 * c + j));
+                __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                if (five) { /* bit 2c (2c + 1) of qh to 0x10 */
+                    const __m256i h = avx2_load(blk + 128 + 32 * j);
+                    const __m256i hl = c == 0 ? _mm256_slli_epi16(h, 4)
+                                       : c == 1 ? _mm256_slli_epi16(h, 2)
+                                       : c == 2 ? h
+                                                : _mm256_srli_epi16(h, 2);
+                    const __m256i hh = c == 0 ? _mm256_slli_epi16(h, 3)
+                                       : c == 1 ? _mm256_slli_epi16(h, 1)
+                                       : c == 2 ? _mm256_srli_epi16(h, 1)
+                                                : _mm256_srli_epi16(h, 3);
+                    lo = _mm256_or_si256(lo, _mm256_and_si256(hl, b5));
+                    hi = _mm256_or_si256(hi, _mm256_and_si256(hh, b5));
+                }
+                for (int r = 0; r < NR; r++) {
+                    const int8_t *x = a[r].q + 256 * sb + 64 * c;
+                    slo[r] = qmm_dpbusd(dp, slo[r], lo, _mm256_set1_epi32((int)qmm_load32(x + 4 * j)));
+                    shi[r] = qmm_dpbusd(dp, shi[r], hi, _mm256_set1_epi32((int)qmm_load32(x + 32 + 4 * j)));
+                }
+            }
+            for (int r = 0; r < NR; r++)
+                P[r] = _mm256_add_epi32(P[r], _mm256_add_epi32(_mm256_mullo_epi32(slo[r], sc[2 * c]),
+                                                               _mm256_mullo_epi32(shi[r], sc[2 * c + 1])));
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)blk));
+        const __m256 dmw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(blk + 16)));
+        for (int r = 0; r < NR; r++) {
+            const __m256 dx = _mm256_set1_ps(a[r].d[sb]);
+            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(dx, dw), _mm256_cvtepi32_ps(P[r]), acc[r]);
+            accm[r] = _mm256_fmadd_ps(_mm256_mul_ps(dx, dmw), _mm256_cvtepi32_ps(M[r]), accm[r]);
+        }
+    }
+    for (int r = 0; r < NR; r++)
+        avx2_x8_store(_mm256_sub_ps(acc[r], accm[r]), out, stride, r);
+}
+
+/* avx2_x8q6k_group with vpdpbusd: each 16-element scale group's products
+ * per lane in int32, then times its int8 scale (vpmulld). */
+QMM_INLINE void vnni_x8q6k_group(const enum qmm_dp dp, enum ggml_type type, const int NR, const uint8_t *grp,
+                                 const struct qmm_act *a, int64_t nsb, float *out, int64_t stride)
+{
+    LLORCH_UNUSED(type);
+    const int gbytes = QMM_X8 * 210;
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
+    __m256 acc[QMM_X8_NR];
+    for (int r = 0; r < NR; r++)
+        acc[r] = _mm256_setzero_ps();
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const uint8_t *blk = avx2_x8_block(grp, sb, gbytes);
+        const uint8_t *scb = blk + 16, *ql = blk + 144, *qh = blk + 1168;
+        __m256i P[QMM_X8_NR];
+        for (int r = 0; r < NR; r++) {
+            /* offsets: sum_g sc_g bs_g, scales of g and g + 1 paired */
+            const int16_t *bs = a[r].bs + 16 * sb;
+            __m256i o = _mm256_setzero_si256();
+            for (int g = 0; g < 16; g += 2) {
+                const __m128i pair = _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(const void *)(scb + 8 * g)),
+                                                       _mm_loadl_epi64((const __m128i *)(const void *)(scb + 8 * g + 8)));
+                o = _mm256_add_epi32(o, _mm256_madd_epi16(_mm256_cvtepi8_epi16(pair),
+                                                          _mm256_set1_epi32((int)qmm_load32(bs + g))));
+            }
+            P[r] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(o, 5));
+        }
+        for (int h = 0; h < 2; h++)
+            for (int k = 0; k < 4; k++)
+                for (int half16 = 0; half16 < 2; half16++) {
+                    const int g = 8 * h + 2 * k + half16;
+                    const __m256i sg = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(scb + 8 * g)));
+                    __m256i A[QMM_X8_NR];
+                    for (int r = 0; r < NR; r++)
+                        A[r] = _mm256_setzero_si256();
+                    for (int jp = 0; jp < 2; jp++) {
+                        __m256i q[2];
+                        for (int u = 0; u < 2; u++) {
+                            const int j = 4 * half16 + 2 * jp + u;
+                            const __m256i L = avx2_load(ql + 32 * (16 * h + 8 * (k % 2) + j));
+                            const __m256i H = avx2_load(qh + 32 * (8 * h + j));
+                            const __m256i nib = k < 2 ? _mm256_and_si256(L, m4)
+                                                      : _mm256_and_si256(_mm256_srli_epi16(L, 4), m4);
+                            const __m256i hb = k == 0   ? _mm256_slli_epi16(H, 4)
+                                               : k == 1 ? _mm256_slli_epi16(H, 2)
+                                               : k == 2 ? H
+                                                        : _mm256_srli_epi16(H, 2);
+                            q[u] = _mm256_or_si256(nib, _mm256_and_si256(hb, m30));
+                        }
+                        const int j0 = 4 * half16 + 2 * jp;
+                        for (int r = 0; r < NR; r++) {
+                            const int8_t *x = a[r].q + 256 * sb + 128 * h + 32 * k + 4 * j0;
+                            A[r] = qmm_dpbusd(dp, A[r], q[0], _mm256_set1_epi32((int)qmm_load32(x)));
+                            A[r] = qmm_dpbusd(dp, A[r], q[1], _mm256_set1_epi32((int)qmm_load32(x + 4)));
+                        }
+                    }
+                    for (int r = 0; r < NR; r++)
+                        P[r] = _mm256_add_epi32(P[r], _mm256_mullo_epi32(A[r], sg));
+                }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)blk));
+        for (int r = 0; r < NR; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(a[r].d[sb]), dw), _mm256_cvtepi32_ps(P[r]), acc[r]);
+    }
+    for (int r = 0; r < NR; r++)
+        avx2_x8_store(acc[r], out, stride, r);
+}
+
+#define QMM_V8_DISPATCH(NAME, BODY, DP, TYPE, BLOCK)                                                  \
+    static QMM_AVX2 void NAME(const uint8_t *grp, const struct qmm_act *a, int nr, int64_t n,        \
+                              float *out, int64_t stride)                                             \
+    {                                                                                                 \
+        for (int r0 = 0; r0 < nr; r0 += QMM_X8_NR) {                                                  \
+            float *o = out + r0 * stride;                                                             \
+            switch (LLORCH_MIN(nr - r0, QMM_X8_NR)) {                                                 \
+            case 1:                                                                                   \
+                BODY(DP, TYPE, 1, grp, a + r0, n / (BLOCK), o, stride);                               \
+                break;                                                                                \
+            case 2:                                                                                   \
+                BODY(DP, TYPE, 2, grp, a + r0, n / (BLOCK), o, stride);                               \
+                break;                                                                                \
+            case 3:                                                                                   \
+                BODY(DP, TYPE, 3, grp, a + r0, n / (BLOCK), o, stride);                               \
+                break;                                                                                \
+            default:                                                                                  \
+                BODY(DP, TYPE, 4, grp, a + r0, n / (BLOCK), o, stride);                               \
+                break;                                                                                \
+            }                                                                                         \
+        }                                                                                             \
+    }
+/* The eight block types' kernels for one vpdpbusd form, as a table indexed
+ * like qmm_types (the float types NULL). */
+#define QMM_V8_SET(SUF, DP)                                                                           \
+    QMM_V8_DISPATCH(x8_q8_0_##SUF, vnni_x8_group, DP, GGML_TYPE_Q8_0, 32)                             \
+    QMM_V8_DISPATCH(x8_q4_0_##SUF, vnni_x8_group, DP, GGML_TYPE_Q4_0, 32)                             \
+    QMM_V8_DISPATCH(x8_q4_1_##SUF, vnni_x8_group, DP, GGML_TYPE_Q4_1, 32)                             \
+    QMM_V8_DISPATCH(x8_q5_0_##SUF, vnni_x8_group, DP, GGML_TYPE_Q5_0, 32)                             \
+    QMM_V8_DISPATCH(x8_q5_1_##SUF, vnni_x8_group, DP, GGML_TYPE_Q5_1, 32)                             \
+    QMM_V8_DISPATCH(x8_q4_k_##SUF, vnni_x8k45_group, DP, GGML_TYPE_Q4_K, 256)                         \
+    QMM_V8_DISPATCH(x8_q5_k_##SUF, vnni_x8k45_group, DP, GGML_TYPE_Q5_K, 256)                         \
+    QMM_V8_DISPATCH(x8_q6_k_##SUF, vnni_x8q6k_group, DP, GGML_TYPE_Q6_K, 256)                         \
+    static const qmm_x8_fn qmm_x8_##SUF[QMM_N_TYPES] = {                                              \
+        NULL,          NULL,          NULL,          x8_q8_0_##SUF, x8_q4_0_##SUF, x8_q4_1_##SUF,     \
+        x8_q5_0_##SUF, x8_q5_1_##SUF, x8_q4_k_##SUF, x8_q5_k_##SUF, x8_q6_k_##SUF,                    \
+    };
+QMM_V8_SET(vnni_emulated, QMM_DP_EMULATED)
+QMM_V8_SET(vnni_vex, QMM_DP_VEX)
+QMM_V8_SET(vnni_evex, QMM_DP_EVEX)
+
 /* Block b of row t of a group into the group's block b at d (see the
  * layouts above). */
 static void qmm_x8_put(enum ggml_type t, uint8_t *d, const uint8_t *blk, int row)
@@ -951,10 +1228,11 @@ QMM_AVX2_FLOAT_DISPATCH(tile_bf16_avx2, GGML_TYPE_BF16, 2)
 
 /* ---- tables ---------------------------------------------------------------- */
 
-/* Indexed like qmm_types. The AVX-512 level runs the 256-bit kernels: the
- * lane structure is the arithmetic's, and a batch-1 matmul is bound by
- * memory, not by vector width. NULL: the type runs in the row-interleaved
- * layout above this level (qmm_x8_for). */
+/* Indexed like qmm_types. The avxvnni and AVX-512 levels run the 256-bit
+ * kernels (the block types' with vpdpbusd where the CPU has it): the lane
+ * structure is the arithmetic's, and a batch-1 matmul is bound by memory,
+ * not by vector width. NULL: the type runs in the row-interleaved layout
+ * above this level (qmm_x8_table). */
 static const qmm_tile_fn qmm_tiles_scalar[QMM_N_TYPES] = {
     tile_f32_scalar,  tile_f16_scalar,  tile_bf16_scalar, tile_q8_0_scalar,
     tile_q4_0_scalar, tile_q4_1_scalar, tile_q5_0_scalar, tile_q5_1_scalar,
@@ -965,28 +1243,35 @@ static const qmm_tile_fn qmm_tiles_avx2[QMM_N_TYPES] = {
     NULL,           NULL,           NULL,           NULL, NULL,
 };
 
-static qmm_x8_fn qmm_x8_for(enum ggml_type t)
+static const qmm_x8_fn qmm_x8_avx2[QMM_N_TYPES] = {
+    NULL,         NULL,         NULL,         x8_q8_0_avx2, x8_q4_0_avx2, x8_q4_1_avx2,
+    x8_q5_0_avx2, x8_q5_1_avx2, x8_q4_k_avx2, x8_q5_k_avx2, x8_q6_k_avx2,
+};
+
+/* A level's block kernels: the VNNI ones in the form this CPU runs (at the
+ * avxvnni level on a CPU without VNNI, emulated: qmm_level_runs); the AVX-512
+ * level takes them too where the CPU has VNNI. Asks cpuid: load time only. */
+static const qmm_x8_fn *qmm_x8_table(enum kernels_isa isa, bool *emulated)
 {
-    switch (t) {
-    case GGML_TYPE_Q8_0:
-        return x8_q8_0_avx2;
-    case GGML_TYPE_Q4_0:
-        return x8_q4_0_avx2;
-    case GGML_TYPE_Q4_1:
-        return x8_q4_1_avx2;
-    case GGML_TYPE_Q5_0:
-        return x8_q5_0_avx2;
-    case GGML_TYPE_Q5_1:
-        return x8_q5_1_avx2;
-    case GGML_TYPE_Q4_K:
-        return x8_q4_k_avx2;
-    case GGML_TYPE_Q5_K:
-        return x8_q5_k_avx2;
-    case GGML_TYPE_Q6_K:
-        return x8_q6_k_avx2;
-    default:
+    *emulated = false;
+    if (isa == KERNELS_ISA_SCALAR)
         return NULL;
+    if (isa == KERNELS_ISA_AVX2)
+        return qmm_x8_avx2;
+    switch (kernels_vnni()) {
+    case KERNELS_VNNI_VEX:
+        return qmm_x8_vnni_vex;
+    case KERNELS_VNNI_EVEX:
+        return qmm_x8_vnni_evex;
+    default:
+        *emulated = isa == KERNELS_ISA_AVXVNNI;
+        return *emulated ? qmm_x8_vnni_emulated : qmm_x8_avx2;
     }
+}
+
+LLORCH_API bool qmm_level_runs(enum kernels_isa isa)
+{
+    return kernels_get(isa) || (isa == KERNELS_ISA_AVXVNNI && kernels_get(KERNELS_ISA_AVX2));
 }
 
 static const qmm_tile_fn *qmm_tiles_for(enum kernels_isa isa)
@@ -1121,7 +1406,7 @@ LLORCH_API int qmm_weight_new(struct qmm_weight **out, const struct qmm_part *pa
                               int64_t n_in, enum kernels_isa isa, struct tpool *pool)
 {
     *out = NULL;
-    if (n_parts < 1 || n_parts > QMM_MAX_PARTS || n_in < 1 || !kernels_get(isa)) {
+    if (n_parts < 1 || n_parts > QMM_MAX_PARTS || n_in < 1 || !qmm_level_runs(isa)) {
         qmm_free_owned(parts, n_parts > 0 && n_parts <= QMM_MAX_PARTS ? n_parts : 0);
         return LLORCH_EINVAL;
     }
@@ -1132,9 +1417,11 @@ LLORCH_API int qmm_weight_new(struct qmm_weight **out, const struct qmm_part *pa
     }
     w->n_in = n_in;
     w->isa = isa;
-    w->k = kernels_get(isa);
+    w->k = kernels_get(isa) ? kernels_get(isa) : kernels_get(KERNELS_ISA_AVX2); /* emulated VNNI */
+    bool emulated;
+    const qmm_x8_fn *x8 = qmm_x8_table(isa, &emulated);
     int rc = 0;
-    int len = snprintf(w->impl, sizeof w->impl, "llorch:%s", kernels_isa_name(isa));
+    int len = snprintf(w->impl, sizeof w->impl, "llorch:%s%s", kernels_isa_name(isa), emulated ? "-emulated" : "");
     for (int i = 0; i < n_parts; i++) {
         struct qmm_seg *s = &w->seg[w->n_seg++];
         s->owned = parts[i].owned;
@@ -1153,7 +1440,7 @@ LLORCH_API int qmm_weight_new(struct qmm_weight **out, const struct qmm_part *pa
         s->data = parts[i].data;
         uint64_t padded_rows = (uint64_t)parts[i].n_rows;
         if (!s->tile) {
-            s->x8 = qmm_x8_for(parts[i].type);
+            s->x8 = x8[qmm_type_index(parts[i].type)];
             padded_rows = ((uint64_t)parts[i].n_rows + QMM_X8 - 1) / QMM_X8 * QMM_X8;
             uint8_t *g = qmm_alloc_weights((size_t)rb * (size_t)padded_rows);
             if (!g) {

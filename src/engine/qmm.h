@@ -53,8 +53,14 @@ struct qmm_weight;
 /* Whether type t has kernels (the 11 types above). */
 bool qmm_type_supported(enum ggml_type t);
 
+/* Whether qmm_weight_new takes level isa on this CPU: every level
+ * kernels_get() runs, and avxvnni on any AVX2 CPU, where its block kernels
+ * compute vpdpbusd's sums with AVX2 instructions (same bits, slower; the
+ * engine never picks it, tests check the VNNI kernels with it). */
+bool qmm_level_runs(enum kernels_isa isa);
+
 /* A weight of up to QMM_MAX_PARTS parts stacked by rows (q|k|v, gate|up);
- * isa must be one this CPU runs (kernels_get() != NULL). The repacking or
+ * qmm_level_runs(isa) must hold. The repacking or
  * copying of the parts runs on pool (NULL: on the caller). On error the
  * owned buffers of parts are freed too. */
 #define QMM_MAX_PARTS 4
@@ -66,7 +72,7 @@ void qmm_weight_free(struct qmm_weight *w); /* NULL is safe */
 bool qmm_weight_part_copied(const struct qmm_weight *w, int part);
 int64_t qmm_weight_n_out(const struct qmm_weight *w);
 uint64_t qmm_weight_bytes(const struct qmm_weight *w); /* bytes read per use */
-const char *qmm_weight_impl(const struct qmm_weight *w); /* "llorch:avx2 q4_K+q6_K" */
+const char *qmm_weight_impl(const struct qmm_weight *w); /* "llorch:avx2 q4_K+q6_K" (avxvnni-emulated) */
 
 /* Scratch qmm_run needs for m rows (rounded activations). */
 size_t qmm_act_bytes(const struct qmm_weight *w, int64_t m);

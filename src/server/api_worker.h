@@ -24,7 +24,7 @@ struct api_worker_info {
     uint64_t memory_bytes;    /* packed weights + KV cache */
     uint32_t n_ctx;
     const char *dtype;
-    const char *isa;          /* kernel level: scalar, avx2, avx512 */
+    const char *isa;          /* kernel level: scalar, avx2, avxvnni, avx512 */
     const char *kv_type;
     uint32_t threads;
     bool add_bos;             /* the tokenizer's default, for submitted prompts */
