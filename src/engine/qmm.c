@@ -630,6 +630,45 @@ QMM_INLINE void avx2_x8k45_group(bool five, const int NR, const uint8_t *grp, co
         avx2_x8_store(_mm256_sub_ps(acc[r], accm[r]), out, stride, r);
 }
 
+/* Vector j of quarter k of half h of a Q6_K group's superblock: the 6-bit
+ * values, 4 of each row (k a constant). */
+QMM_INLINE __m256i avx2_q6k_values(const uint8_t *ql, const uint8_t *qh, int h, const int k, int j)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
+    const __m256i L = avx2_load(ql + 32 * (16 * h + 8 * (k % 2) + j));
+    const __m256i H = avx2_load(qh + 32 * (8 * h + j));
+    const __m256i nib = k < 2 ? _mm256_and_si256(L, m4) : _mm256_and_si256(_mm256_srli_epi16(L, 4), m4);
+    const __m256i hb = k == 0   ? _mm256_slli_epi16(H, 4)
+                       : k == 1 ? _mm256_slli_epi16(H, 2)
+                       : k == 2 ? H
+                                : _mm256_srli_epi16(H, 2);
+    return _mm256_or_si256(nib, _mm256_and_si256(hb, m30));
+}
+
+/* Elements 128h + 32k .. + 31 of every row (scale groups 8h + 2k, + 1)
+ * against NR activation rows into P. */
+QMM_INLINE void avx2_q6k_quarter(const int NR, int h, const int k, const uint8_t *scb, const uint8_t *ql,
+                                 const uint8_t *qh, const struct qmm_act *a, int64_t sb, __m256i *P)
+{
+    for (int half16 = 0; half16 < 2; half16++) {
+        const int g = 8 * h + 2 * k + half16;
+        const __m128i sg = _mm_loadl_epi64((const __m128i *)(const void *)(scb + 8 * g));
+        const __m256i scp = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(sg, sg));
+        for (int jp = 0; jp < 2; jp++) {
+            const int j0 = 4 * half16 + 2 * jp;
+            const __m256i q0 = avx2_q6k_values(ql, qh, h, k, j0), q1 = avx2_q6k_values(ql, qh, h, k, j0 + 1);
+            for (int r = 0; r < NR; r++) {
+                /* two products of 6-bit values per int16 */
+                const int8_t *x = a[r].q + 256 * sb + 128 * h + 32 * k + 4 * j0;
+                const __m256i sum = _mm256_add_epi16(_mm256_maddubs_epi16(q0, _mm256_set1_epi32((int)qmm_load32(x))),
+                                                     _mm256_maddubs_epi16(q1, _mm256_set1_epi32((int)qmm_load32(x + 4))));
+                P[r] = _mm256_add_epi32(P[r], _mm256_madd_epi16(sum, scp));
+                QMM_KEEP(P[r]);
+            }
+        }
+    }
+}
+
 /* Q6_K, row-interleaved: a group's superblock of 8 x 210 bytes reads as
  *   [0, 16) d: f16, row t's at t;
  *   [16, 144): scale g's 8 bytes (int8), byte t = row t's;
@@ -644,7 +683,6 @@ QMM_INLINE void avx2_x8q6k_group(const int NR, const uint8_t *grp, const struct 
                                  float *out, int64_t stride)
 {
     const int gbytes = QMM_X8 * 210;
-    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
     __m256 acc[QMM_X8_NR];
     for (int r = 0; r < NR; r++)
         acc[r] = _mm256_setzero_ps();
@@ -664,39 +702,12 @@ QMM_INLINE void avx2_x8q6k_group(const int NR, const uint8_t *grp, const struct 
             }
             P[r] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(o, 5));
         }
-        for (int h = 0; h < 2; h++)
-            for (int k = 0; k < 4; k++) {
-                for (int half16 = 0; half16 < 2; half16++) {
-                    const int g = 8 * h + 2 * k + half16;
-                    const __m128i sg = _mm_loadl_epi64((const __m128i *)(const void *)(scb + 8 * g));
-                    const __m256i scp = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(sg, sg));
-                    for (int jp = 0; jp < 2; jp++) {
-                        __m256i q[2];
-                        for (int u = 0; u < 2; u++) {
-                            const int j = 4 * half16 + 2 * jp + u;
-                            const __m256i L = avx2_load(ql + 32 * (16 * h + 8 * (k % 2) + j));
-                            const __m256i H = avx2_load(qh + 32 * (8 * h + j));
-                            const __m256i nib = k < 2 ? _mm256_and_si256(L, m4)
-                                                      : _mm256_and_si256(_mm256_srli_epi16(L, 4), m4);
-                            const __m256i hb = k == 0   ? _mm256_slli_epi16(H, 4)
-                                               : k == 1 ? _mm256_slli_epi16(H, 2)
-                                               : k == 2 ? H
-                                                        : _mm256_srli_epi16(H, 2);
-                            q[u] = _mm256_or_si256(nib, _mm256_and_si256(hb, m30));
-                        }
-                        const int j0 = 4 * half16 + 2 * jp;
-                        for (int r = 0; r < NR; r++) {
-                            /* two products of 6-bit values per int16 */
-                            const int8_t *x = a[r].q + 256 * sb + 128 * h + 32 * k + 4 * j0;
-                            const __m256i s = _mm256_add_epi16(
-                                _mm256_maddubs_epi16(q[0], _mm256_set1_epi32((int)qmm_load32(x))),
-                                _mm256_maddubs_epi16(q[1], _mm256_set1_epi32((int)qmm_load32(x + 4))));
-                            P[r] = _mm256_add_epi32(P[r], _mm256_madd_epi16(s, scp));
-                            QMM_KEEP(P[r]);
-                        }
-                    }
-                }
-            }
+        for (int h = 0; h < 2; h++) { /* k a constant: its shifts chosen at compile time */
+            avx2_q6k_quarter(NR, h, 0, scb, ql, qh, a, sb, P);
+            avx2_q6k_quarter(NR, h, 1, scb, ql, qh, a, sb, P);
+            avx2_q6k_quarter(NR, h, 2, scb, ql, qh, a, sb, P);
+            avx2_q6k_quarter(NR, h, 3, scb, ql, qh, a, sb, P);
+        }
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)blk));
         for (int r = 0; r < NR; r++)
             acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(a[r].d[sb]), dw), _mm256_cvtepi32_ps(P[r]), acc[r]);
@@ -918,6 +929,32 @@ QMM_INLINE void vnni_x8k45_group(const enum qmm_dp dp, enum ggml_type type, cons
         avx2_x8_store(_mm256_sub_ps(acc[r], accm[r]), out, stride, r);
 }
 
+/* avx2_q6k_quarter with vpdpbusd: each scale group's 16 products per lane
+ * in int32, then times its int8 scale (vpmulld). */
+QMM_INLINE void vnni_q6k_quarter(const enum qmm_dp dp, const int NR, int h, const int k, const uint8_t *scb,
+                                 const uint8_t *ql, const uint8_t *qh, const struct qmm_act *a, int64_t sb,
+                                 __m256i *P)
+{
+    for (int half16 = 0; half16 < 2; half16++) {
+        const int g = 8 * h + 2 * k + half16;
+        const __m256i sg = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(scb + 8 * g)));
+        __m256i A[QMM_X8_NR];
+        for (int r = 0; r < NR; r++)
+            A[r] = _mm256_setzero_si256();
+        for (int jp = 0; jp < 2; jp++) {
+            const int j0 = 4 * half16 + 2 * jp;
+            const __m256i q0 = avx2_q6k_values(ql, qh, h, k, j0), q1 = avx2_q6k_values(ql, qh, h, k, j0 + 1);
+            for (int r = 0; r < NR; r++) {
+                const int8_t *x = a[r].q + 256 * sb + 128 * h + 32 * k + 4 * j0;
+                A[r] = qmm_dpbusd(dp, A[r], q0, _mm256_set1_epi32((int)qmm_load32(x)));
+                A[r] = qmm_dpbusd(dp, A[r], q1, _mm256_set1_epi32((int)qmm_load32(x + 4)));
+            }
+        }
+        for (int r = 0; r < NR; r++)
+            P[r] = _mm256_add_epi32(P[r], _mm256_mullo_epi32(A[r], sg));
+    }
+}
+
 /* avx2_x8q6k_group with vpdpbusd: each 16-element scale group's products
  * per lane in int32, then times its int8 scale (vpmulld). */
 QMM_INLINE void vnni_x8q6k_group(const enum qmm_dp dp, enum ggml_type type, const int NR, const uint8_t *grp,
@@ -925,7 +962,6 @@ QMM_INLINE void vnni_x8q6k_group(const enum qmm_dp dp, enum ggml_type type, cons
 {
     LLORCH_UNUSED(type);
     const int gbytes = QMM_X8 * 210;
-    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
     __m256 acc[QMM_X8_NR];
     for (int r = 0; r < NR; r++)
         acc[r] = _mm256_setzero_ps();
@@ -945,38 +981,12 @@ QMM_INLINE void vnni_x8q6k_group(const enum qmm_dp dp, enum ggml_type type, cons
             }
             P[r] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(o, 5));
         }
-        for (int h = 0; h < 2; h++)
-            for (int k = 0; k < 4; k++)
-                for (int half16 = 0; half16 < 2; half16++) {
-                    const int g = 8 * h + 2 * k + half16;
-                    const __m256i sg = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(scb + 8 * g)));
-                    __m256i A[QMM_X8_NR];
-                    for (int r = 0; r < NR; r++)
-                        A[r] = _mm256_setzero_si256();
-                    for (int jp = 0; jp < 2; jp++) {
-                        __m256i q[2];
-                        for (int u = 0; u < 2; u++) {
-                            const int j = 4 * half16 + 2 * jp + u;
-                            const __m256i L = avx2_load(ql + 32 * (16 * h + 8 * (k % 2) + j));
-                            const __m256i H = avx2_load(qh + 32 * (8 * h + j));
-                            const __m256i nib = k < 2 ? _mm256_and_si256(L, m4)
-                                                      : _mm256_and_si256(_mm256_srli_epi16(L, 4), m4);
-                            const __m256i hb = k == 0   ? _mm256_slli_epi16(H, 4)
-                                               : k == 1 ? _mm256_slli_epi16(H, 2)
-                                               : k == 2 ? H
-                                                        : _mm256_srli_epi16(H, 2);
-                            q[u] = _mm256_or_si256(nib, _mm256_and_si256(hb, m30));
-                        }
-                        const int j0 = 4 * half16 + 2 * jp;
-                        for (int r = 0; r < NR; r++) {
-                            const int8_t *x = a[r].q + 256 * sb + 128 * h + 32 * k + 4 * j0;
-                            A[r] = qmm_dpbusd(dp, A[r], q[0], _mm256_set1_epi32((int)qmm_load32(x)));
-                            A[r] = qmm_dpbusd(dp, A[r], q[1], _mm256_set1_epi32((int)qmm_load32(x + 4)));
-                        }
-                    }
-                    for (int r = 0; r < NR; r++)
-                        P[r] = _mm256_add_epi32(P[r], _mm256_mullo_epi32(A[r], sg));
-                }
+        for (int h = 0; h < 2; h++) {
+            vnni_q6k_quarter(dp, NR, h, 0, scb, ql, qh, a, sb, P);
+            vnni_q6k_quarter(dp, NR, h, 1, scb, ql, qh, a, sb, P);
+            vnni_q6k_quarter(dp, NR, h, 2, scb, ql, qh, a, sb, P);
+            vnni_q6k_quarter(dp, NR, h, 3, scb, ql, qh, a, sb, P);
+        }
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)blk));
         for (int r = 0; r < NR; r++)
             acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(a[r].d[sb]), dw), _mm256_cvtepi32_ps(P[r]), acc[r]);
