@@ -538,6 +538,49 @@ QMM_INLINE void avx2_x8_group(enum ggml_type type, const int NR, const uint8_t *
 }
 
 
+/* Sub-blocks 2c and 2c + 1 of a Q4_K/Q5_K group's superblock against NR
+ * activation rows into P (c a constant). */
+QMM_INLINE void avx2_k45_quarter(bool five, const int NR, const int c, const uint8_t *blk, const uint8_t *qs,
+                                 const struct qmm_act *a, int64_t sb, const __m256i *scp, __m256i *P)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f), b5 = _mm256_set1_epi8(0x10);
+    __m256i slo[QMM_X8_NR], shi[QMM_X8_NR];
+    for (int r = 0; r < NR; r++)
+        slo[r] = shi[r] = _mm256_setzero_si256();
+    for (int j = 0; j < 8; j++) {
+        const __m256i q = avx2_load(qs + 32 * (8 * c + j));
+        __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+        if (five) { /* bit 2c (2c + 1) of qh to 0x10 */
+            const __m256i h = avx2_load(blk + 128 + 32 * j);
+            const __m256i hl = c == 0 ? _mm256_slli_epi16(h, 4)
+                               : c == 1 ? _mm256_slli_epi16(h, 2)
+                               : c == 2 ? h
+                                        : _mm256_srli_epi16(h, 2);
+            const __m256i hh = c == 0 ? _mm256_slli_epi16(h, 3)
+                               : c == 1 ? _mm256_slli_epi16(h, 1)
+                               : c == 2 ? _mm256_srli_epi16(h, 1)
+                                        : _mm256_srli_epi16(h, 3);
+            lo = _mm256_or_si256(lo, _mm256_and_si256(hl, b5));
+            hi = _mm256_or_si256(hi, _mm256_and_si256(hh, b5));
+        }
+        for (int r = 0; r < NR; r++) {
+            const int8_t *x = a[r].q + 256 * sb + 64 * c;
+            slo[r] = _mm256_add_epi16(slo[r], _mm256_maddubs_epi16(lo, _mm256_set1_epi32((int)qmm_load32(x + 4 * j))));
+            shi[r] = _mm256_add_epi16(shi[r],
+                                      _mm256_maddubs_epi16(hi, _mm256_set1_epi32((int)qmm_load32(x + 32 + 4 * j))));
+            QMM_KEEP(slo[r]);
+            QMM_KEEP(shi[r]);
+        }
+        /* int16 holds 8 products of 4-bit values, 4 of 5-bit ones */
+        if (j == 7 || (five && j == 3))
+            for (int r = 0; r < NR; r++) {
+                P[r] = _mm256_add_epi32(P[r], _mm256_add_epi32(_mm256_madd_epi16(slo[r], scp[2 * c]),
+                                                               _mm256_madd_epi16(shi[r], scp[2 * c + 1])));
+                slo[r] = shi[r] = _mm256_setzero_si256();
+            }
+    }
+}
+
 /* Q4_K / Q5_K, row-interleaved: a group's superblock of 8 x 144 (176) bytes
  * reads as
  *   [0, 16) d, [16, 32) dmin: f16, row t's at t;
@@ -552,7 +595,6 @@ QMM_INLINE void avx2_x8k45_group(bool five, const int NR, const uint8_t *grp, co
                                  int64_t nsb, float *out, int64_t stride)
 {
     const int gbytes = QMM_X8 * (five ? 176 : 144);
-    const __m256i m4 = _mm256_set1_epi8(0x0f), b5 = _mm256_set1_epi8(0x10);
     const __m256i f15 = _mm256_set1_epi32(15), three = _mm256_set1_epi32(3);
     const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
     __m256 acc[QMM_X8_NR], accm[QMM_X8_NR];
@@ -581,42 +623,9 @@ QMM_INLINE void avx2_x8k45_group(bool five, const int NR, const uint8_t *grp, co
             P[r] = _mm256_setzero_si256();
         }
         const uint8_t *qs = blk + (five ? 384 : 128);
-        for (int c = 0; c < 4; c++) {
-            __m256i slo[QMM_X8_NR], shi[QMM_X8_NR];
-            for (int r = 0; r < NR; r++)
-                slo[r] = shi[r] = _mm256_setzero_si256();
-            for (int j = 0; j < 8; j++) {
-                const __m256i q = avx2_load(qs + 32 * (8 * c + j));
-                __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                if (five) { /* bit 2c (2c + 1) of qh to 0x10 */
-                    const __m256i h = avx2_load(blk + 128 + 32 * j);
-                    const __m256i hl = c == 0 ? _mm256_slli_epi16(h, 4)
-                                       : c == 1 ? _mm256_slli_epi16(h, 2)
-                                       : c == 2 ? h
-                                                : _mm256_srli_epi16(h, 2);
-                    const __m256i hh = c == 0 ? _mm256_slli_epi16(h, 3)
-                                       : c == 1 ? _mm256_slli_epi16(h, 1)
-                                       : c == 2 ? _mm256_srli_epi16(h, 1)
-                                                : _mm256_srli_epi16(h, 3);
-                    lo = _mm256_or_si256(lo, _mm256_and_si256(hl, b5));
-                    hi = _mm256_or_si256(hi, _mm256_and_si256(hh, b5));
-                }
-                for (int r = 0; r < NR; r++) {
-                    const int8_t *x = a[r].q + 256 * sb + 64 * c;
-                    slo[r] = _mm256_add_epi16(slo[r], _mm256_maddubs_epi16(lo, _mm256_set1_epi32((int)qmm_load32(x + 4 * j))));
-                    shi[r] = _mm256_add_epi16(shi[r],
-                                              _mm256_maddubs_epi16(hi, _mm256_set1_epi32((int)qmm_load32(x + 32 + 4 * j))));
-                    QMM_KEEP(slo[r]);
-                    QMM_KEEP(shi[r]);
-                }
-                /* int16 holds 8 products of 4-bit values, 4 of 5-bit ones */
-                if (j == 7 || (five && j == 3))
-                    for (int r = 0; r < NR; r++) {
-                        P[r] = _mm256_add_epi32(P[r], _mm256_add_epi32(_mm256_madd_epi16(slo[r], scp[2 * c]),
-                                                                       _mm256_madd_epi16(shi[r], scp[2 * c + 1])));
-                        slo[r] = shi[r] = _mm256_setzero_si256();
-                    }
-            }
+        for (int c = 0; c < 4; c += 2) { /* c a constant: Q5_K's shifts chosen at compile time */
+            avx2_k45_quarter(five, NR, c, blk, qs, a, sb, scp, P);
+            avx2_k45_quarter(five, NR, c + 1, blk, qs, a, sb, scp, P);
         }
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)blk));
         const __m256 dmw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(blk + 16)));
@@ -853,6 +862,43 @@ QMM_INLINE void vnni_x8_group(const enum qmm_dp dp, enum ggml_type type, const i
         avx2_x8_store(has_min ? _mm256_add_ps(acc[r], accm[r]) : acc[r], out, stride, r);
 }
 
+/* avx2_k45_quarter with vpdpbusd: each sub-block's products per lane in
+ * int32, then times its scale (vpmulld). */
+QMM_INLINE void vnni_k45_quarter(const enum qmm_dp dp, bool five, const int NR, const int c, const uint8_t *blk,
+                                 const uint8_t *qs, const struct qmm_act *a, int64_t sb, const __m256i *sc,
+                                 __m256i *P)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f), b5 = _mm256_set1_epi8(0x10);
+    __m256i slo[QMM_X8_NR], shi[QMM_X8_NR];
+    for (int r = 0; r < NR; r++)
+        slo[r] = shi[r] = _mm256_setzero_si256();
+    for (int j = 0; j < 8; j++) {
+        const __m256i q = avx2_load(qs + 32 * (8 * c + j));
+        __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+        if (five) { /* bit 2c (2c + 1) of qh to 0x10 */
+            const __m256i h = avx2_load(blk + 128 + 32 * j);
+            const __m256i hl = c == 0 ? _mm256_slli_epi16(h, 4)
+                               : c == 1 ? _mm256_slli_epi16(h, 2)
+                               : c == 2 ? h
+                                        : _mm256_srli_epi16(h, 2);
+            const __m256i hh = c == 0 ? _mm256_slli_epi16(h, 3)
+                               : c == 1 ? _mm256_slli_epi16(h, 1)
+                               : c == 2 ? _mm256_srli_epi16(h, 1)
+                                        : _mm256_srli_epi16(h, 3);
+            lo = _mm256_or_si256(lo, _mm256_and_si256(hl, b5));
+            hi = _mm256_or_si256(hi, _mm256_and_si256(hh, b5));
+        }
+        for (int r = 0; r < NR; r++) {
+            const int8_t *x = a[r].q + 256 * sb + 64 * c;
+            slo[r] = qmm_dpbusd(dp, slo[r], lo, _mm256_set1_epi32((int)qmm_load32(x + 4 * j)));
+            shi[r] = qmm_dpbusd(dp, shi[r], hi, _mm256_set1_epi32((int)qmm_load32(x + 32 + 4 * j)));
+        }
+    }
+    for (int r = 0; r < NR; r++)
+        P[r] = _mm256_add_epi32(P[r], _mm256_add_epi32(_mm256_mullo_epi32(slo[r], sc[2 * c]),
+                                                       _mm256_mullo_epi32(shi[r], sc[2 * c + 1])));
+}
+
 /* avx2_x8k45_group with vpdpbusd: a sub-block's 32 products per lane in
  * int32, then times its 6-bit scale (vpmulld), no int16 stage. */
 QMM_INLINE void vnni_x8k45_group(const enum qmm_dp dp, enum ggml_type type, const int NR, const uint8_t *grp,
@@ -860,7 +906,6 @@ QMM_INLINE void vnni_x8k45_group(const enum qmm_dp dp, enum ggml_type type, cons
 {
     const bool five = type == GGML_TYPE_Q5_K;
     const int gbytes = QMM_X8 * (five ? 176 : 144);
-    const __m256i m4 = _mm256_set1_epi8(0x0f), b5 = _mm256_set1_epi8(0x10);
     const __m256i f15 = _mm256_set1_epi32(15), three = _mm256_set1_epi32(3);
     const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
     __m256 acc[QMM_X8_NR], accm[QMM_X8_NR];
@@ -887,35 +932,9 @@ QMM_INLINE void vnni_x8k45_group(const enum qmm_dp dp, enum ggml_type type, cons
             P[r] = _mm256_setzero_si256();
         }
         const uint8_t *qs = blk + (five ? 384 : 128);
-        for (int c = 0; c < 4; c++) {
-            __m256i slo[QMM_X8_NR], shi[QMM_X8_NR];
-            for (int r = 0; r < NR; r++)
-                slo[r] = shi[r] = _mm256_setzero_si256();
-            for (int j = 0; j < 8; j++) {
-                const __m256i q = avx2_load(qs + 32 * (8 * c + j));
-                __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                if (five) { /* bit 2c (2c + 1) of qh to 0x10 */
-                    const __m256i h = avx2_load(blk + 128 + 32 * j);
-                    const __m256i hl = c == 0 ? _mm256_slli_epi16(h, 4)
-                                       : c == 1 ? _mm256_slli_epi16(h, 2)
-                                       : c == 2 ? h
-                                                : _mm256_srli_epi16(h, 2);
-                    const __m256i hh = c == 0 ? _mm256_slli_epi16(h, 3)
-                                       : c == 1 ? _mm256_slli_epi16(h, 1)
-                                       : c == 2 ? _mm256_srli_epi16(h, 1)
-                                                : _mm256_srli_epi16(h, 3);
-                    lo = _mm256_or_si256(lo, _mm256_and_si256(hl, b5));
-                    hi = _mm256_or_si256(hi, _mm256_and_si256(hh, b5));
-                }
-                for (int r = 0; r < NR; r++) {
-                    const int8_t *x = a[r].q + 256 * sb + 64 * c;
-                    slo[r] = qmm_dpbusd(dp, slo[r], lo, _mm256_set1_epi32((int)qmm_load32(x + 4 * j)));
-                    shi[r] = qmm_dpbusd(dp, shi[r], hi, _mm256_set1_epi32((int)qmm_load32(x + 32 + 4 * j)));
-                }
-            }
-            for (int r = 0; r < NR; r++)
-                P[r] = _mm256_add_epi32(P[r], _mm256_add_epi32(_mm256_mullo_epi32(slo[r], sc[2 * c]),
-                                                               _mm256_mullo_epi32(shi[r], sc[2 * c + 1])));
+        for (int c = 0; c < 4; c += 2) {
+            vnni_k45_quarter(dp, five, NR, c, blk, qs, a, sb, sc, P);
+            vnni_k45_quarter(dp, five, NR, c + 1, blk, qs, a, sb, sc, P);
         }
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)blk));
         const __m256 dmw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(blk + 16)));
