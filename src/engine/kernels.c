@@ -656,46 +656,18 @@ AVX2_TARGET static void attention_group_avx2(const struct kernels *k, const stru
     }
 }
 
-static const struct kernels kernels_avx2 = {
-    .isa = KERNELS_ISA_AVX2,
-    .name = "avx2",
-    .dot = dot_avx2,
-    .dot_f16 = dot_f16_avx2,
-    .dot_bf16 = dot_bf16_avx2,
-    .axpy = axpy_avx2,
-    .axpy_f16 = axpy_f16_avx2,
-    .axpy_bf16 = axpy_bf16_avx2,
-    .rmsnorm = rmsnorm_avx2,
-    .layernorm = layernorm_avx2,
-    .add = add_avx2,
-    .scale = scale_avx2,
-    .swiglu = swiglu_avx2,
-    .softmax = softmax_avx2,
-    .to_f16 = to_f16_avx2,
-    .to_bf16 = to_bf16_avx2,
-    .from_f16 = from_f16_avx2,
-};
+#define KERNELS_AVX2_TABLE                                                                        \
+    .dot = dot_avx2, .dot_f16 = dot_f16_avx2, .dot_bf16 = dot_bf16_avx2, .axpy = axpy_avx2,         \
+    .axpy_f16 = axpy_f16_avx2, .axpy_bf16 = axpy_bf16_avx2, .rmsnorm = rmsnorm_avx2,                \
+    .layernorm = layernorm_avx2, .add = add_avx2, .scale = scale_avx2, .swiglu = swiglu_avx2,       \
+    .softmax = softmax_avx2, .to_f16 = to_f16_avx2, .to_bf16 = to_bf16_avx2,                        \
+    .from_f16 = from_f16_avx2
 
-/* The same kernels; the level exists for qmm.c's VNNI block matmuls. */
-static const struct kernels kernels_avxvnni = {
-    .isa = KERNELS_ISA_AVXVNNI,
-    .name = "avxvnni",
-    .dot = dot_avx2,
-    .dot_f16 = dot_f16_avx2,
-    .dot_bf16 = dot_bf16_avx2,
-    .axpy = axpy_avx2,
-    .axpy_f16 = axpy_f16_avx2,
-    .axpy_bf16 = axpy_bf16_avx2,
-    .rmsnorm = rmsnorm_avx2,
-    .layernorm = layernorm_avx2,
-    .add = add_avx2,
-    .scale = scale_avx2,
-    .swiglu = swiglu_avx2,
-    .softmax = softmax_avx2,
-    .to_f16 = to_f16_avx2,
-    .to_bf16 = to_bf16_avx2,
-    .from_f16 = from_f16_avx2,
-};
+static const struct kernels kernels_avx2 = {.isa = KERNELS_ISA_AVX2, .name = "avx2", KERNELS_AVX2_TABLE};
+
+/* The same kernels: the level exists for qmm.c's VNNI block matmuls. */
+static const struct kernels kernels_avxvnni = {.isa = KERNELS_ISA_AVXVNNI, .name = "avxvnni", KERNELS_AVX2_TABLE};
+
 
 /* ---- AVX-512 ----------------------------------------------------------- */
 
