@@ -138,6 +138,14 @@ static void bench_bw_task(void *vctx, int64_t b, int64_t e, int worker)
     c->sink[(worker % 64) * 8] ^= (uint64_t)_mm256_extract_epi64(a0, 0);
 }
 
+void bench_bw_pass(struct bench_bw *c)
+{
+    if (c->pool)
+        tpool_parallel_for(c->pool, c->n, 1, bench_bw_task, c);
+    else
+        bench_bw_task(c, 0, c->n, 0);
+}
+
 double bench_bw_trial(struct bench_bw *c, double min_s)
 {
     double best = 0;
@@ -146,10 +154,7 @@ double bench_bw_trial(struct bench_bw *c, double min_s)
         double t0 = bench_now_s(), dt;
         int passes = 0;
         do {
-            if (c->pool)
-                tpool_parallel_for(c->pool, c->n, 1, bench_bw_task, c);
-            else
-                bench_bw_task(c, 0, c->n, 0);
+            bench_bw_pass(c);
             passes++;
             dt = bench_now_s() - t0;
         } while (dt < min_s);

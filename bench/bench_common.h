@@ -27,6 +27,8 @@ struct bench_bw {
     int prefetch;  /* bytes ahead, 0: none */
     uint64_t sink[64 * 8];
 };
+/* One pass over the n chunks. */
+void bench_bw_pass(struct bench_bw *c);
 /* Passes for at least min_s, plain then with a software prefetch 512 bytes
  * ahead (as oneDNN's kernels do); the better rate in bytes per second. */
 double bench_bw_trial(struct bench_bw *c, double min_s);

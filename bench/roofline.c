@@ -41,33 +41,6 @@ struct cfg {
 
 /* ---- read bandwidth ---- */
 
-struct bw_ctx {
-    const uint8_t *buf;
-    int64_t chunk;
-    int prefetch; /* bytes ahead for software prefetch, 0: none */
-    uint64_t sink[64 * 8];
-};
-
-static void bw_task(void *vctx, int64_t b, int64_t e, int worker)
-{
-    struct bw_ctx *c = vctx;
-    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-    for (int64_t i = b; i < e; i++) {
-        const __m256i *p = (const __m256i *)(c->buf + i * c->chunk);
-        int64_t n = c->chunk / 32;
-        for (int64_t j = 0; j < n; j += 4) {
-            if (c->prefetch) /* may run past the chunk: prefetches do not fault */
-                _mm_prefetch((const char *)(p + j) + c->prefetch, _MM_HINT_T0);
-            a0 = _mm256_xor_si256(a0, _mm256_load_si256(p + j));
-            a1 = _mm256_xor_si256(a1, _mm256_load_si256(p + j + 1));
-            a2 = _mm256_xor_si256(a2, _mm256_load_si256(p + j + 2));
-            a3 = _mm256_xor_si256(a3, _mm256_load_si256(p + j + 3));
-        }
-    }
-    a0 = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
-    c->sink[(worker % 64) * 8] ^= (uint64_t)_mm256_extract_epi64(a0, 0);
-}
-
 /* ---- timing ---- */
 
 typedef int (*bench_fn)(void *ctx, int iter);
@@ -324,17 +297,10 @@ static int copies_for(const struct shapes *sh, enum llorch_dtype dt)
 
 static const enum llorch_dtype dts[] = {LLORCH_DTYPE_F32, LLORCH_DTYPE_BF16, LLORCH_DTYPE_INT8};
 
-struct bw_call {
-    struct tpool *pool;
-    struct bw_ctx c;
-    int64_t n;
-};
-
 static int bw_call(void *vctx, int iter)
 {
     (void)iter;
-    struct bw_call *b = vctx;
-    tpool_parallel_for(b->pool, b->n, 1, bw_task, &b->c);
+    bench_bw_pass(vctx);
     return 0;
 }
 
@@ -402,18 +368,18 @@ int main(int argc, char **argv)
     /* the roofline is the best of a plain streaming read and one with
      * software prefetch (which oneDNN's kernels use and which gained up to
      * ~10% on the Zen 5 VM) */
-    struct bw_call bwc = {.pool = pool, .c = {.chunk = 1 << 20}};
-    bwc.n = (int64_t)(bw_bytes / (uint64_t)bwc.c.chunk);
-    struct bw_call bwp = bwc;
-    bwp.c.prefetch = 512;
+    struct bench_bw bwc = {.pool = pool, .chunk = 1 << 20};
+    bwc.n = (int64_t)(bw_bytes / (uint64_t)bwc.chunk);
+    struct bench_bw bwp = bwc;
+    bwp.prefetch = 512;
     uint8_t *bwbuf = NULL;
     if (!wg || !wv || !x || !y || posix_memalign((void **)&bwbuf, 4096, bw_bytes) != 0) {
         fprintf(stderr, "out of memory\n");
         return 1;
     }
     memset(bwbuf, 1, bw_bytes); /* fault every page in before timing */
-    bwc.c.buf = bwbuf;
-    bwp.c.buf = bwbuf;
+    bwc.buf = bwbuf;
+    bwp.buf = bwbuf;
 
     struct pool_set dec;
     struct raw raw;
@@ -434,13 +400,13 @@ int main(int argc, char **argv)
         dec.b.m = 1;
         dec_tile = matmul_weight_tile_n(dec.w[0]);
         ms[0] = (struct meas){.fn = bw_call, .ctx = &bwc,
-                              .work = (double)bwc.n * (double)bwc.c.chunk};
+                              .work = (double)bwc.n * (double)bwc.chunk};
         ms[1] = (struct meas){.fn = mm_bench_call, .ctx = &dec.b,
                               .work = vbytes * (double)dt_bytes(dts[d])};
         ms[2] = (struct meas){.fn = raw_call, .ctx = &raw,
                               .work = vbytes * (double)dt_bytes(dts[d])};
         ms[3] = (struct meas){.fn = bw_call, .ctx = &bwp,
-                              .work = (double)bwp.n * (double)bwp.c.chunk};
+                              .work = (double)bwp.n * (double)bwp.chunk};
         measure_group(ms, 4, &cf);
         bw_with[d] = LLORCH_MAX(meas_rate(&ms[0]), meas_rate(&ms[3])) * 1e9;
         bw = LLORCH_MAX(bw, bw_with[d]);
@@ -547,9 +513,9 @@ int main(int argc, char **argv)
                 ms[j] = (struct meas){.fn = mm_bench_call, .ctx = &g[j].b, .work = vbytes};
             }
             ms[2] = (struct meas){.fn = bw_call, .ctx = &bwc,
-                                  .work = (double)bwc.n * (double)bwc.c.chunk};
+                                  .work = (double)bwc.n * (double)bwc.chunk};
             ms[3] = (struct meas){.fn = bw_call, .ctx = &bwp,
-                                  .work = (double)bwp.n * (double)bwp.c.chunk};
+                                  .work = (double)bwp.n * (double)bwp.chunk};
             measure_group(ms, 4, &cf);
             /* the best read bandwidth of the whole run, or the one alongside if higher */
             double r = LLORCH_MAX(bw / 1e9, LLORCH_MAX(meas_rate(&ms[2]), meas_rate(&ms[3])));
