@@ -463,322 +463,17 @@ QMM_INLINE __m256i avx2_x8_bit5(__m256i qh, int G)
     return _mm256_and_si256(_mm256_cmpeq_epi8(v, bits), _mm256_set1_epi8(0x10));
 }
 
-/* Blocks 0..nb-1 of one group against NR activation rows: out[r * stride + t]. */
-QMM_INLINE void avx2_x8_group(enum ggml_type type, const int NR, const uint8_t *grp, const struct qmm_act *a,
-                              int64_t nb, float *out, int64_t stride)
-{
-    const bool q8 = type == GGML_TYPE_Q8_0;
-    const bool has_min = type == GGML_TYPE_Q4_1 || type == GGML_TYPE_Q5_1;
-    const bool five = type == GGML_TYPE_Q5_0 || type == GGML_TYPE_Q5_1;
-    /* the offset subtracted from unsigned values: Q4_0 8, Q5_0 16 */
-    const int off = type == GGML_TYPE_Q4_0 ? 8 : type == GGML_TYPE_Q5_0 ? 16 : 0;
-    const int bytes = q8 ? 34 : type == GGML_TYPE_Q4_0 ? 18 : type == GGML_TYPE_Q4_1 ? 20 : type == GGML_TYPE_Q5_0 ? 22 : 24;
-    const int gbytes = QMM_X8 * bytes, vals = 16 + (has_min ? 16 : 0) + (five ? 32 : 0);
-    const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0x0f);
-    __m256 acc[QMM_X8_NR], accm[QMM_X8_NR];
-    for (int r = 0; r < NR; r++)
-        acc[r] = accm[r] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = avx2_x8_block(grp, b, gbytes);
-        __m256i s[QMM_X8_NR];
-        for (int r = 0; r < NR; r++)
-            s[r] = _mm256_setzero_si256();
-        if (q8) {
-            for (int j = 0; j < 8; j++) {
-                const __m256i v = avx2_load(blk + 16 + 32 * j), av = _mm256_abs_epi8(v);
-                for (int r = 0; r < NR; r++) {
-                    const __m256i xb = _mm256_set1_epi32((int)qmm_load32(a[r].q + 32 * b + 4 * j));
-                    s[r] = _mm256_add_epi32(
-                        s[r], _mm256_madd_epi16(_mm256_maddubs_epi16(av, _mm256_sign_epi8(xb, v)), ones));
-                    QMM_KEEP(s[r]);
-                }
-            }
-        } else {
-            /* unsigned values: 4 products of at most 2 x 31 x 127 per int16
-             * (8 of 4-bit ones) */
-            const __m256i qh = five ? avx2_load(blk + vals - 32) : _mm256_setzero_si256();
-            __m256i s16[QMM_X8_NR];
-            for (int r = 0; r < NR; r++)
-                s16[r] = _mm256_setzero_si256();
-            for (int j = 0; j < 4; j++) {
-                const __m256i q = avx2_load(blk + vals + 32 * j);
-                __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                if (five) {
-                    lo = _mm256_or_si256(lo, avx2_x8_bit5(qh, j));
-                    hi = _mm256_or_si256(hi, avx2_x8_bit5(qh, 4 + j));
-                }
-                for (int r = 0; r < NR; r++) {
-                    const int8_t *x = a[r].q + 32 * b;
-                    s16[r] = _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(lo, _mm256_set1_epi32((int)qmm_load32(x + 4 * j))));
-                    s16[r] = _mm256_add_epi16(
-                        s16[r], _mm256_maddubs_epi16(hi, _mm256_set1_epi32((int)qmm_load32(x + 16 + 4 * j))));
-                    QMM_KEEP(s16[r]);
-                }
-                if (j == 3 || (five && j == 1))
-                    for (int r = 0; r < NR; r++) {
-                        s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(s16[r], ones));
-                        s16[r] = _mm256_setzero_si256();
-                    }
-            }
-            if (off) /* (q - off) x = q x - off x */
-                for (int r = 0; r < NR; r++)
-                    s[r] = _mm256_sub_epi32(s[r], _mm256_set1_epi32(off * a[r].sum[b]));
-        }
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)blk));
-        for (int r = 0; r < NR; r++) /* d_w * d_x rounded as the scalar product is */
-            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(a[r].d[b])), _mm256_cvtepi32_ps(s[r]), acc[r]);
-        if (has_min) {
-            const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(blk + 16)));
-            for (int r = 0; r < NR; r++)
-                accm[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(a[r].s[b]), accm[r]);
-        }
-    }
-    for (int r = 0; r < NR; r++)
-        avx2_x8_store(has_min ? _mm256_add_ps(acc[r], accm[r]) : acc[r], out, stride, r);
-}
-
-
-/* Sub-blocks 2c and 2c + 1 of a Q4_K/Q5_K group's superblock against NR
- * activation rows into P (c a constant). */
-QMM_INLINE void avx2_k45_quarter(bool five, const int NR, const int c, const uint8_t *blk, const uint8_t *qs,
-                                 const struct qmm_act *a, int64_t sb, const __m256i *scp, __m256i *P)
-{
-    const __m256i m4 = _mm256_set1_epi8(0x0f), b5 = _mm256_set1_epi8(0x10);
-    __m256i slo[QMM_X8_NR], shi[QMM_X8_NR];
-    for (int r = 0; r < NR; r++)
-        slo[r] = shi[r] = _mm256_setzero_si256();
-    for (int j = 0; j < 8; j++) {
-        const __m256i q = avx2_load(qs + 32 * (8 * c + j));
-        __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-        if (five) { /* bit 2c (2c + 1) of qh to 0x10 */
-            const __m256i h = avx2_load(blk + 128 + 32 * j);
-            const __m256i hl = c == 0 ? _mm256_slli_epi16(h, 4)
-                               : c == 1 ? _mm256_slli_epi16(h, 2)
-                               : c == 2 ? h
-                                        : _mm256_srli_epi16(h, 2);
-            const __m256i hh = c == 0 ? _mm256_slli_epi16(h, 3)
-                               : c == 1 ? _mm256_slli_epi16(h, 1)
-                               : c == 2 ? _mm256_srli_epi16(h, 1)
-                                        : _mm256_srli_epi16(h, 3);
-            lo = _mm256_or_si256(lo, _mm256_and_si256(hl, b5));
-            hi = _mm256_or_si256(hi, _mm256_and_si256(hh, b5));
-        }
-        for (int r = 0; r < NR; r++) {
-            const int8_t *x = a[r].q + 256 * sb + 64 * c;
-            slo[r] = _mm256_add_epi16(slo[r], _mm256_maddubs_epi16(lo, _mm256_set1_epi32((int)qmm_load32(x + 4 * j))));
-            shi[r] = _mm256_add_epi16(shi[r],
-                                      _mm256_maddubs_epi16(hi, _mm256_set1_epi32((int)qmm_load32(x + 32 + 4 * j))));
-            QMM_KEEP(slo[r]);
-            QMM_KEEP(shi[r]);
-        }
-        /* int16 holds 8 products of 4-bit values, 4 of 5-bit ones */
-        if (j == 7 || (five && j == 3))
-            for (int r = 0; r < NR; r++) {
-                P[r] = _mm256_add_epi32(P[r], _mm256_add_epi32(_mm256_madd_epi16(slo[r], scp[2 * c]),
-                                                               _mm256_madd_epi16(shi[r], scp[2 * c + 1])));
-                slo[r] = shi[r] = _mm256_setzero_si256();
-            }
-    }
-}
-
-/* Q4_K / Q5_K, row-interleaved: a group's superblock of 8 x 144 (176) bytes
- * reads as
- *   [0, 16) d, [16, 32) dmin: f16, row t's at t;
- *   [32, 96): sub-block s's 8 bytes, byte t = row t's scale & 15 | (min & 15) << 4;
- *   [96, 128): sub-block s's 32-bit word, bits 4t..4t+3 = row t's
- *              scale >> 4 | (min >> 4) << 2;
- *   Q5_K: [128, 384): qh in 8 vectors as Q8_0's values (4 bytes of each row);
- *   then 32 vectors of nibbles: vector 8c + j, bytes 4t..4t+3 = row t's
- *   qs[32c + 4j ..], low nibbles sub-block 2c, high 2c + 1.
- * Per superblock each lane ends with its row's exact P and mins sum. */
-QMM_INLINE void avx2_x8k45_group(bool five, const int NR, const uint8_t *grp, const struct qmm_act *a,
-                                 int64_t nsb, float *out, int64_t stride)
-{
-    const int gbytes = QMM_X8 * (five ? 176 : 144);
-    const __m256i f15 = _mm256_set1_epi32(15), three = _mm256_set1_epi32(3);
-    const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-    __m256 acc[QMM_X8_NR], accm[QMM_X8_NR];
-    for (int r = 0; r < NR; r++)
-        acc[r] = accm[r] = _mm256_setzero_ps();
-    for (int64_t sb = 0; sb < nsb; sb++) {
-        const uint8_t *blk = avx2_x8_block(grp, sb, gbytes);
-        /* every row's scale and min of sub-block s, in both int16 of its lane */
-        __m256i scp[8], mnp[8];
-        for (int s = 0; s < 8; s++) {
-            const __m256i lo = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(blk + 32 + 8 * s)));
-            const __m256i hi =
-                _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)qmm_load32(blk + 96 + 4 * s)), shifts), f15);
-            const __m256i sc = _mm256_or_si256(_mm256_and_si256(lo, f15), _mm256_slli_epi32(_mm256_and_si256(hi, three), 4));
-            const __m256i mn = _mm256_or_si256(_mm256_srli_epi32(lo, 4), _mm256_slli_epi32(_mm256_srli_epi32(hi, 2), 4));
-            scp[s] = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
-            mnp[s] = _mm256_or_si256(mn, _mm256_slli_epi32(mn, 16));
-        }
-        __m256i P[QMM_X8_NR], M[QMM_X8_NR];
-        for (int r = 0; r < NR; r++) {
-            /* mins against the pairs of 16-sums */
-            const int16_t *bs = a[r].bs + 16 * sb;
-            M[r] = _mm256_setzero_si256();
-            for (int s = 0; s < 8; s++)
-                M[r] = _mm256_add_epi32(M[r], _mm256_madd_epi16(mnp[s], _mm256_set1_epi32((int)qmm_load32(bs + 2 * s))));
-            P[r] = _mm256_setzero_si256();
-        }
-        const uint8_t *qs = blk + (five ? 384 : 128);
-        for (int c = 0; c < 4; c += 2) { /* c a constant: Q5_K's shifts chosen at compile time */
-            avx2_k45_quarter(five, NR, c, blk, qs, a, sb, scp, P);
-            avx2_k45_quarter(five, NR, c + 1, blk, qs, a, sb, scp, P);
-        }
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)blk));
-        const __m256 dmw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(blk + 16)));
-        for (int r = 0; r < NR; r++) {
-            const __m256 dx = _mm256_set1_ps(a[r].d[sb]);
-            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(dx, dw), _mm256_cvtepi32_ps(P[r]), acc[r]);
-            accm[r] = _mm256_fmadd_ps(_mm256_mul_ps(dx, dmw), _mm256_cvtepi32_ps(M[r]), accm[r]);
-        }
-    }
-    for (int r = 0; r < NR; r++)
-        avx2_x8_store(_mm256_sub_ps(acc[r], accm[r]), out, stride, r);
-}
-
-/* Vector j of quarter k of half h of a Q6_K group's superblock: the 6-bit
- * values, 4 of each row (k a constant). */
-QMM_INLINE __m256i avx2_q6k_values(const uint8_t *ql, const uint8_t *qh, int h, const int k, int j)
-{
-    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
-    const __m256i L = avx2_load(ql + 32 * (16 * h + 8 * (k % 2) + j));
-    const __m256i H = avx2_load(qh + 32 * (8 * h + j));
-    const __m256i nib = k < 2 ? _mm256_and_si256(L, m4) : _mm256_and_si256(_mm256_srli_epi16(L, 4), m4);
-    const __m256i hb = k == 0   ? _mm256_slli_epi16(H, 4)
-                       : k == 1 ? _mm256_slli_epi16(H, 2)
-                       : k == 2 ? H
-                                : _mm256_srli_epi16(H, 2);
-    return _mm256_or_si256(nib, _mm256_and_si256(hb, m30));
-}
-
-/* Elements 128h + 32k .. + 31 of every row (scale groups 8h + 2k, + 1)
- * against NR activation rows into P. */
-QMM_INLINE void avx2_q6k_quarter(const int NR, int h, const int k, const uint8_t *scb, const uint8_t *ql,
-                                 const uint8_t *qh, const struct qmm_act *a, int64_t sb, __m256i *P)
-{
-    for (int half16 = 0; half16 < 2; half16++) {
-        const int g = 8 * h + 2 * k + half16;
-        const __m128i sg = _mm_loadl_epi64((const __m128i *)(const void *)(scb + 8 * g));
-        const __m256i scp = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(sg, sg));
-        for (int jp = 0; jp < 2; jp++) {
-            const int j0 = 4 * half16 + 2 * jp;
-            const __m256i q0 = avx2_q6k_values(ql, qh, h, k, j0), q1 = avx2_q6k_values(ql, qh, h, k, j0 + 1);
-            for (int r = 0; r < NR; r++) {
-                /* two products of 6-bit values per int16 */
-                const int8_t *x = a[r].q + 256 * sb + 128 * h + 32 * k + 4 * j0;
-                const __m256i sum = _mm256_add_epi16(_mm256_maddubs_epi16(q0, _mm256_set1_epi32((int)qmm_load32(x))),
-                                                     _mm256_maddubs_epi16(q1, _mm256_set1_epi32((int)qmm_load32(x + 4))));
-                P[r] = _mm256_add_epi32(P[r], _mm256_madd_epi16(sum, scp));
-                QMM_KEEP(P[r]);
-            }
-        }
-    }
-}
-
-/* Q6_K, row-interleaved: a group's superblock of 8 x 210 bytes reads as
- *   [0, 16) d: f16, row t's at t;
- *   [16, 144): scale g's 8 bytes (int8), byte t = row t's;
- *   [144, 1168): ql in 32 vectors, vector 16h + 8p + j, bytes 4t..4t+3 =
- *                row t's ql[64h + 32p + 4j ..];
- *   [1168, 1680): qh in 16 vectors, vector 8h + j = row t's qh[32h + 4j ..].
- * Element 128h + 32k + l: nibble of ql vector (h, k % 2), low for k < 2;
- * its two high bits are bits 2k, 2k + 1 of qh; scale 8h + 2k + l / 16.
- * (q - 32) x = q x - 32 x: each lane sums sc q x exactly, less 32 times the
- * scales against the activation's 16-sums. */
-QMM_INLINE void avx2_x8q6k_group(const int NR, const uint8_t *grp, const struct qmm_act *a, int64_t nsb,
-                                 float *out, int64_t stride)
-{
-    const int gbytes = QMM_X8 * 210;
-    __m256 acc[QMM_X8_NR];
-    for (int r = 0; r < NR; r++)
-        acc[r] = _mm256_setzero_ps();
-    for (int64_t sb = 0; sb < nsb; sb++) {
-        const uint8_t *blk = avx2_x8_block(grp, sb, gbytes);
-        const uint8_t *scb = blk + 16, *ql = blk + 144, *qh = blk + 1168;
-        __m256i P[QMM_X8_NR];
-        for (int r = 0; r < NR; r++) {
-            /* offsets: sum_g sc_g bs_g, scales of g and g + 1 paired */
-            const int16_t *bs = a[r].bs + 16 * sb;
-            __m256i o = _mm256_setzero_si256();
-            for (int g = 0; g < 16; g += 2) {
-                const __m128i pair = _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(const void *)(scb + 8 * g)),
-                                                       _mm_loadl_epi64((const __m128i *)(const void *)(scb + 8 * g + 8)));
-                o = _mm256_add_epi32(o, _mm256_madd_epi16(_mm256_cvtepi8_epi16(pair),
-                                                          _mm256_set1_epi32((int)qmm_load32(bs + g))));
-            }
-            P[r] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(o, 5));
-        }
-        for (int h = 0; h < 2; h++) { /* k a constant: its shifts chosen at compile time */
-            avx2_q6k_quarter(NR, h, 0, scb, ql, qh, a, sb, P);
-            avx2_q6k_quarter(NR, h, 1, scb, ql, qh, a, sb, P);
-            avx2_q6k_quarter(NR, h, 2, scb, ql, qh, a, sb, P);
-            avx2_q6k_quarter(NR, h, 3, scb, ql, qh, a, sb, P);
-        }
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)blk));
-        for (int r = 0; r < NR; r++)
-            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(a[r].d[sb]), dw), _mm256_cvtepi32_ps(P[r]), acc[r]);
-    }
-    for (int r = 0; r < NR; r++)
-        avx2_x8_store(acc[r], out, stride, r);
-}
-
-/* One group against nr activation rows, QMM_X8_NR at a time; n elements per
- * row; the group's 8 outputs for activation row r at out[r * stride ..]. */
-typedef void (*qmm_x8_fn)(const uint8_t *grp, const struct qmm_act *a, int nr, int64_t n, float *out,
-                          int64_t stride);
-
-#define QMM_X8_DISPATCH(NAME, CALL, BLOCK)                                                            \
-    static QMM_AVX2 void NAME(const uint8_t *grp, const struct qmm_act *a, int nr, int64_t n,        \
-                              float *out, int64_t stride)                                             \
-    {                                                                                                 \
-        for (int r0 = 0; r0 < nr; r0 += QMM_X8_NR) {                                                  \
-            float *o = out + r0 * stride;                                                             \
-            switch (LLORCH_MIN(nr - r0, QMM_X8_NR)) {                                                 \
-            case 1:                                                                                   \
-                CALL(1, grp, a + r0, n / (BLOCK), o, stride);                                         \
-                break;                                                                                \
-            case 2:                                                                                   \
-                CALL(2, grp, a + r0, n / (BLOCK), o, stride);                                         \
-                break;                                                                                \
-            case 3:                                                                                   \
-                CALL(3, grp, a + r0, n / (BLOCK), o, stride);                                         \
-                break;                                                                                \
-            default:                                                                                  \
-                CALL(4, grp, a + r0, n / (BLOCK), o, stride);                                         \
-                break;                                                                                \
-            }                                                                                         \
-        }                                                                                             \
-    }
-#define QMM_X8_Q8_0(NR, ...) avx2_x8_group(GGML_TYPE_Q8_0, NR, __VA_ARGS__)
-#define QMM_X8_Q4_0(NR, ...) avx2_x8_group(GGML_TYPE_Q4_0, NR, __VA_ARGS__)
-#define QMM_X8_Q4_1(NR, ...) avx2_x8_group(GGML_TYPE_Q4_1, NR, __VA_ARGS__)
-#define QMM_X8_Q5_0(NR, ...) avx2_x8_group(GGML_TYPE_Q5_0, NR, __VA_ARGS__)
-#define QMM_X8_Q5_1(NR, ...) avx2_x8_group(GGML_TYPE_Q5_1, NR, __VA_ARGS__)
-#define QMM_X8_Q4_K(NR, ...) avx2_x8k45_group(false, NR, __VA_ARGS__)
-#define QMM_X8_Q5_K(NR, ...) avx2_x8k45_group(true, NR, __VA_ARGS__)
-#define QMM_X8_Q6_K(NR, ...) avx2_x8q6k_group(NR, __VA_ARGS__)
-QMM_X8_DISPATCH(x8_q8_0_avx2, QMM_X8_Q8_0, 32)
-QMM_X8_DISPATCH(x8_q4_0_avx2, QMM_X8_Q4_0, 32)
-QMM_X8_DISPATCH(x8_q4_1_avx2, QMM_X8_Q4_1, 32)
-QMM_X8_DISPATCH(x8_q5_0_avx2, QMM_X8_Q5_0, 32)
-QMM_X8_DISPATCH(x8_q5_1_avx2, QMM_X8_Q5_1, 32)
-QMM_X8_DISPATCH(x8_q4_k_avx2, QMM_X8_Q4_K, 256)
-QMM_X8_DISPATCH(x8_q5_k_avx2, QMM_X8_Q5_K, 256)
-QMM_X8_DISPATCH(x8_q6_k_avx2, QMM_X8_Q6_K, 256)
-
-/* ---- VNNI: the same layouts, block sums by vpdpbusd ------------------------
- * vpdpbusd adds to each 32-bit lane the four products of its unsigned bytes
- * of one operand and signed bytes of the other, exactly: one instruction
- * where AVX2 takes maddubs, madd and an add, and no int16 stage to flush.
- * It is written as inline asm, not as the intrinsics, so that one body serves
- * three forms: VEX (AVX-VNNI), EVEX (AVX512-VNNI with VL), and an emulation
- * by AVX2 instructions with the same sums, which lets every AVX2 machine run
- * and check these kernels (qmm_level_runs). The sums are the AVX2 kernels'
- * integers, so the bits are the scalar level's. */
+/* How a kernel sums four u8 x s8 products into each 32-bit lane: AVX2's
+ * maddubs (int16 pairs, widened by madd; the nibble and 6-bit types add
+ * several pairs before widening), or vpdpbusd, which adds the four exactly in
+ * one instruction with no int16 stage. vpdpbusd is inline asm rather than the
+ * intrinsics so that one body compiles in three forms: VEX (AVX-VNNI), EVEX
+ * (AVX512-VNNI with VL), and an emulation by AVX2 instructions with the same
+ * sums, which lets every AVX2 machine run and check the VNNI kernels
+ * (qmm_level_runs). Every form ends with the same integers, so the scalar
+ * level's bits. */
 enum qmm_dp {
+    QMM_DP_NONE, /* AVX2's maddubs */
     QMM_DP_EMULATED,
     QMM_DP_VEX,
     QMM_DP_EVEX,
@@ -802,18 +497,20 @@ QMM_INLINE __m256i qmm_dpbusd(const enum qmm_dp dp, __m256i acc, __m256i u, __m2
     return _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(ue, se), _mm256_madd_epi16(uo, so)));
 }
 
-/* avx2_x8_group with vpdpbusd: Q8_0 as |w| against sign(x, w) (activations
- * are within +-127), the nibble types' unsigned values against x. */
-QMM_INLINE void vnni_x8_group(const enum qmm_dp dp, enum ggml_type type, const int NR, const uint8_t *grp,
-                              const struct qmm_act *a, int64_t nb, float *out, int64_t stride)
+/* Blocks 0..nb-1 of one group against NR activation rows: out[r * stride + t].
+ * Q8_0 as |w| against sign(x, w) (activations are within +-127). */
+QMM_INLINE void x8_group(const enum qmm_dp dp, enum ggml_type type, const int NR, const uint8_t *grp,
+                         const struct qmm_act *a, int64_t nb, float *out, int64_t stride)
 {
+    const bool vnni = dp != QMM_DP_NONE;
     const bool q8 = type == GGML_TYPE_Q8_0;
     const bool has_min = type == GGML_TYPE_Q4_1 || type == GGML_TYPE_Q5_1;
     const bool five = type == GGML_TYPE_Q5_0 || type == GGML_TYPE_Q5_1;
+    /* the offset subtracted from unsigned values: Q4_0 8, Q5_0 16 */
     const int off = type == GGML_TYPE_Q4_0 ? 8 : type == GGML_TYPE_Q5_0 ? 16 : 0;
     const int bytes = q8 ? 34 : type == GGML_TYPE_Q4_0 ? 18 : type == GGML_TYPE_Q4_1 ? 20 : type == GGML_TYPE_Q5_0 ? 22 : 24;
     const int gbytes = QMM_X8 * bytes, vals = 16 + (has_min ? 16 : 0) + (five ? 32 : 0);
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0x0f);
     __m256 acc[QMM_X8_NR], accm[QMM_X8_NR];
     for (int r = 0; r < NR; r++)
         acc[r] = accm[r] = _mm256_setzero_ps();
@@ -827,11 +524,22 @@ QMM_INLINE void vnni_x8_group(const enum qmm_dp dp, enum ggml_type type, const i
                 const __m256i v = avx2_load(blk + 16 + 32 * j), av = _mm256_abs_epi8(v);
                 for (int r = 0; r < NR; r++) {
                     const __m256i xb = _mm256_set1_epi32((int)qmm_load32(a[r].q + 32 * b + 4 * j));
-                    s[r] = qmm_dpbusd(dp, s[r], av, _mm256_sign_epi8(xb, v));
+                    if (vnni) {
+                        s[r] = qmm_dpbusd(dp, s[r], av, _mm256_sign_epi8(xb, v));
+                    } else {
+                        s[r] = _mm256_add_epi32(
+                            s[r], _mm256_madd_epi16(_mm256_maddubs_epi16(av, _mm256_sign_epi8(xb, v)), ones));
+                        QMM_KEEP(s[r]);
+                    }
                 }
             }
         } else {
+            /* unsigned values: AVX2 adds 4 products of at most 2 x 31 x 127
+             * per int16 (8 of 4-bit ones) before widening */
             const __m256i qh = five ? avx2_load(blk + vals - 32) : _mm256_setzero_si256();
+            __m256i s16[QMM_X8_NR];
+            for (int r = 0; r < NR; r++)
+                s16[r] = _mm256_setzero_si256();
             for (int j = 0; j < 4; j++) {
                 const __m256i q = avx2_load(blk + vals + 32 * j);
                 __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
@@ -841,9 +549,21 @@ QMM_INLINE void vnni_x8_group(const enum qmm_dp dp, enum ggml_type type, const i
                 }
                 for (int r = 0; r < NR; r++) {
                     const int8_t *x = a[r].q + 32 * b;
-                    s[r] = qmm_dpbusd(dp, s[r], lo, _mm256_set1_epi32((int)qmm_load32(x + 4 * j)));
-                    s[r] = qmm_dpbusd(dp, s[r], hi, _mm256_set1_epi32((int)qmm_load32(x + 16 + 4 * j)));
+                    const __m256i xl = _mm256_set1_epi32((int)qmm_load32(x + 4 * j));
+                    const __m256i xh = _mm256_set1_epi32((int)qmm_load32(x + 16 + 4 * j));
+                    if (vnni) {
+                        s[r] = qmm_dpbusd(dp, qmm_dpbusd(dp, s[r], lo, xl), hi, xh);
+                    } else {
+                        s16[r] = _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(lo, xl));
+                        s16[r] = _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(hi, xh));
+                        QMM_KEEP(s16[r]);
+                    }
                 }
+                if (!vnni && (j == 3 || (five && j == 1)))
+                    for (int r = 0; r < NR; r++) {
+                        s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(s16[r], ones));
+                        s16[r] = _mm256_setzero_si256();
+                    }
             }
             if (off) /* (q - off) x = q x - off x */
                 for (int r = 0; r < NR; r++)
@@ -862,12 +582,14 @@ QMM_INLINE void vnni_x8_group(const enum qmm_dp dp, enum ggml_type type, const i
         avx2_x8_store(has_min ? _mm256_add_ps(acc[r], accm[r]) : acc[r], out, stride, r);
 }
 
-/* avx2_k45_quarter with vpdpbusd: each sub-block's products per lane in
- * int32, then times its scale (vpmulld). */
-QMM_INLINE void vnni_k45_quarter(const enum qmm_dp dp, bool five, const int NR, const int c, const uint8_t *blk,
-                                 const uint8_t *qs, const struct qmm_act *a, int64_t sb, const __m256i *sc,
-                                 __m256i *P)
+/* Sub-blocks 2c and 2c + 1 of a Q4_K/Q5_K group's superblock against NR
+ * activation rows into P (c a constant, so Q5_K's shifts fold). sc: every
+ * row's scale of each sub-block in its lane, for AVX2 in both its int16. */
+QMM_INLINE void x8k45_quarter(const enum qmm_dp dp, bool five, const int NR, const int c, const uint8_t *blk,
+                              const uint8_t *qs, const struct qmm_act *a, int64_t sb, const __m256i *sc,
+                              __m256i *P)
 {
+    const bool vnni = dp != QMM_DP_NONE;
     const __m256i m4 = _mm256_set1_epi8(0x0f), b5 = _mm256_set1_epi8(0x10);
     __m256i slo[QMM_X8_NR], shi[QMM_X8_NR];
     for (int r = 0; r < NR; r++)
@@ -890,19 +612,44 @@ QMM_INLINE void vnni_k45_quarter(const enum qmm_dp dp, bool five, const int NR, 
         }
         for (int r = 0; r < NR; r++) {
             const int8_t *x = a[r].q + 256 * sb + 64 * c;
-            slo[r] = qmm_dpbusd(dp, slo[r], lo, _mm256_set1_epi32((int)qmm_load32(x + 4 * j)));
-            shi[r] = qmm_dpbusd(dp, shi[r], hi, _mm256_set1_epi32((int)qmm_load32(x + 32 + 4 * j)));
+            const __m256i xl = _mm256_set1_epi32((int)qmm_load32(x + 4 * j));
+            const __m256i xh = _mm256_set1_epi32((int)qmm_load32(x + 32 + 4 * j));
+            if (vnni) {
+                slo[r] = qmm_dpbusd(dp, slo[r], lo, xl);
+                shi[r] = qmm_dpbusd(dp, shi[r], hi, xh);
+            } else {
+                slo[r] = _mm256_add_epi16(slo[r], _mm256_maddubs_epi16(lo, xl));
+                shi[r] = _mm256_add_epi16(shi[r], _mm256_maddubs_epi16(hi, xh));
+                QMM_KEEP(slo[r]);
+                QMM_KEEP(shi[r]);
+            }
         }
+        /* int16 holds 8 products of 4-bit values, 4 of 5-bit ones */
+        if (!vnni && (j == 7 || (five && j == 3)))
+            for (int r = 0; r < NR; r++) {
+                P[r] = _mm256_add_epi32(P[r], _mm256_add_epi32(_mm256_madd_epi16(slo[r], sc[2 * c]),
+                                                               _mm256_madd_epi16(shi[r], sc[2 * c + 1])));
+                slo[r] = shi[r] = _mm256_setzero_si256();
+            }
     }
-    for (int r = 0; r < NR; r++)
-        P[r] = _mm256_add_epi32(P[r], _mm256_add_epi32(_mm256_mullo_epi32(slo[r], sc[2 * c]),
-                                                       _mm256_mullo_epi32(shi[r], sc[2 * c + 1])));
+    if (vnni) /* each sub-block's sums in int32, times its scale */
+        for (int r = 0; r < NR; r++)
+            P[r] = _mm256_add_epi32(P[r], _mm256_add_epi32(_mm256_mullo_epi32(slo[r], sc[2 * c]),
+                                                           _mm256_mullo_epi32(shi[r], sc[2 * c + 1])));
 }
 
-/* avx2_x8k45_group with vpdpbusd: a sub-block's 32 products per lane in
- * int32, then times its 6-bit scale (vpmulld), no int16 stage. */
-QMM_INLINE void vnni_x8k45_group(const enum qmm_dp dp, enum ggml_type type, const int NR, const uint8_t *grp,
-                                 const struct qmm_act *a, int64_t nsb, float *out, int64_t stride)
+/* Q4_K / Q5_K, row-interleaved: a group's superblock of 8 x 144 (176) bytes
+ * reads as
+ *   [0, 16) d, [16, 32) dmin: f16, row t's at t;
+ *   [32, 96): sub-block s's 8 bytes, byte t = row t's scale & 15 | (min & 15) << 4;
+ *   [96, 128): sub-block s's 32-bit word, bits 4t..4t+3 = row t's
+ *              scale >> 4 | (min >> 4) << 2;
+ *   Q5_K: [128, 384): qh in 8 vectors as Q8_0's values (4 bytes of each row);
+ *   then 32 vectors of nibbles: vector 8c + j, bytes 4t..4t+3 = row t's
+ *   qs[32c + 4j ..], low nibbles sub-block 2c, high 2c + 1.
+ * Per superblock each lane ends with its row's exact P and mins sum. */
+QMM_INLINE void x8k45_group(const enum qmm_dp dp, enum ggml_type type, const int NR, const uint8_t *grp,
+                            const struct qmm_act *a, int64_t nsb, float *out, int64_t stride)
 {
     const bool five = type == GGML_TYPE_Q5_K;
     const int gbytes = QMM_X8 * (five ? 176 : 144);
@@ -913,18 +660,21 @@ QMM_INLINE void vnni_x8k45_group(const enum qmm_dp dp, enum ggml_type type, cons
         acc[r] = accm[r] = _mm256_setzero_ps();
     for (int64_t sb = 0; sb < nsb; sb++) {
         const uint8_t *blk = avx2_x8_block(grp, sb, gbytes);
-        /* every row's scale of sub-block s in its lane; its min in both int16 */
+        /* every row's scale of sub-block s in its lane (AVX2: in both int16
+         * of it, for madd), its min in both int16 */
         __m256i sc[8], mnp[8];
         for (int s = 0; s < 8; s++) {
             const __m256i lo = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(blk + 32 + 8 * s)));
             const __m256i hi =
                 _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)qmm_load32(blk + 96 + 4 * s)), shifts), f15);
-            sc[s] = _mm256_or_si256(_mm256_and_si256(lo, f15), _mm256_slli_epi32(_mm256_and_si256(hi, three), 4));
+            const __m256i scl = _mm256_or_si256(_mm256_and_si256(lo, f15), _mm256_slli_epi32(_mm256_and_si256(hi, three), 4));
             const __m256i mn = _mm256_or_si256(_mm256_srli_epi32(lo, 4), _mm256_slli_epi32(_mm256_srli_epi32(hi, 2), 4));
+            sc[s] = dp != QMM_DP_NONE ? scl : _mm256_or_si256(scl, _mm256_slli_epi32(scl, 16));
             mnp[s] = _mm256_or_si256(mn, _mm256_slli_epi32(mn, 16));
         }
         __m256i P[QMM_X8_NR], M[QMM_X8_NR];
         for (int r = 0; r < NR; r++) {
+            /* mins against the pairs of 16-sums */
             const int16_t *bs = a[r].bs + 16 * sb;
             M[r] = _mm256_setzero_si256();
             for (int s = 0; s < 8; s++)
@@ -933,8 +683,8 @@ QMM_INLINE void vnni_x8k45_group(const enum qmm_dp dp, enum ggml_type type, cons
         }
         const uint8_t *qs = blk + (five ? 384 : 128);
         for (int c = 0; c < 4; c += 2) {
-            vnni_k45_quarter(dp, five, NR, c, blk, qs, a, sb, sc, P);
-            vnni_k45_quarter(dp, five, NR, c + 1, blk, qs, a, sb, sc, P);
+            x8k45_quarter(dp, five, NR, c, blk, qs, a, sb, sc, P);
+            x8k45_quarter(dp, five, NR, c + 1, blk, qs, a, sb, sc, P);
         }
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)blk));
         const __m256 dmw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(blk + 16)));
@@ -948,36 +698,70 @@ QMM_INLINE void vnni_x8k45_group(const enum qmm_dp dp, enum ggml_type type, cons
         avx2_x8_store(_mm256_sub_ps(acc[r], accm[r]), out, stride, r);
 }
 
-/* avx2_q6k_quarter with vpdpbusd: each scale group's 16 products per lane
- * in int32, then times its int8 scale (vpmulld). */
-QMM_INLINE void vnni_q6k_quarter(const enum qmm_dp dp, const int NR, int h, const int k, const uint8_t *scb,
-                                 const uint8_t *ql, const uint8_t *qh, const struct qmm_act *a, int64_t sb,
-                                 __m256i *P)
+/* Vector j of quarter k of half h of a Q6_K group's superblock: the 6-bit
+ * values, 4 of each row (k a constant). */
+QMM_INLINE __m256i q6k_values(const uint8_t *ql, const uint8_t *qh, int h, const int k, int j)
 {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
+    const __m256i L = avx2_load(ql + 32 * (16 * h + 8 * (k % 2) + j));
+    const __m256i H = avx2_load(qh + 32 * (8 * h + j));
+    const __m256i nib = k < 2 ? _mm256_and_si256(L, m4) : _mm256_and_si256(_mm256_srli_epi16(L, 4), m4);
+    const __m256i hb = k == 0   ? _mm256_slli_epi16(H, 4)
+                       : k == 1 ? _mm256_slli_epi16(H, 2)
+                       : k == 2 ? H
+                                : _mm256_srli_epi16(H, 2);
+    return _mm256_or_si256(nib, _mm256_and_si256(hb, m30));
+}
+
+/* Elements 128h + 32k .. + 31 of every row (scale groups 8h + 2k, + 1)
+ * against NR activation rows into P (k a constant, so the shifts fold). */
+QMM_INLINE void x8q6k_quarter(const enum qmm_dp dp, const int NR, int h, const int k, const uint8_t *scb,
+                              const uint8_t *ql, const uint8_t *qh, const struct qmm_act *a, int64_t sb,
+                              __m256i *P)
+{
+    const bool vnni = dp != QMM_DP_NONE;
     for (int half16 = 0; half16 < 2; half16++) {
         const int g = 8 * h + 2 * k + half16;
-        const __m256i sg = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(scb + 8 * g)));
+        const __m128i sg = _mm_loadl_epi64((const __m128i *)(const void *)(scb + 8 * g));
+        /* row t's scale in lane t; for AVX2's madd, in both its int16 */
+        const __m256i scale = vnni ? _mm256_cvtepi8_epi32(sg) : _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(sg, sg));
         __m256i A[QMM_X8_NR];
         for (int r = 0; r < NR; r++)
             A[r] = _mm256_setzero_si256();
         for (int jp = 0; jp < 2; jp++) {
             const int j0 = 4 * half16 + 2 * jp;
-            const __m256i q0 = avx2_q6k_values(ql, qh, h, k, j0), q1 = avx2_q6k_values(ql, qh, h, k, j0 + 1);
+            const __m256i q0 = q6k_values(ql, qh, h, k, j0), q1 = q6k_values(ql, qh, h, k, j0 + 1);
             for (int r = 0; r < NR; r++) {
                 const int8_t *x = a[r].q + 256 * sb + 128 * h + 32 * k + 4 * j0;
-                A[r] = qmm_dpbusd(dp, A[r], q0, _mm256_set1_epi32((int)qmm_load32(x)));
-                A[r] = qmm_dpbusd(dp, A[r], q1, _mm256_set1_epi32((int)qmm_load32(x + 4)));
+                const __m256i x0 = _mm256_set1_epi32((int)qmm_load32(x));
+                const __m256i x1 = _mm256_set1_epi32((int)qmm_load32(x + 4));
+                if (vnni) {
+                    A[r] = qmm_dpbusd(dp, qmm_dpbusd(dp, A[r], q0, x0), q1, x1);
+                } else { /* two products of 6-bit values per int16 */
+                    const __m256i sum = _mm256_add_epi16(_mm256_maddubs_epi16(q0, x0), _mm256_maddubs_epi16(q1, x1));
+                    P[r] = _mm256_add_epi32(P[r], _mm256_madd_epi16(sum, scale));
+                    QMM_KEEP(P[r]);
+                }
             }
         }
-        for (int r = 0; r < NR; r++)
-            P[r] = _mm256_add_epi32(P[r], _mm256_mullo_epi32(A[r], sg));
+        if (vnni) /* the group's 16 products per lane in int32, times its scale */
+            for (int r = 0; r < NR; r++)
+                P[r] = _mm256_add_epi32(P[r], _mm256_mullo_epi32(A[r], scale));
     }
 }
 
-/* avx2_x8q6k_group with vpdpbusd: each 16-element scale group's products
- * per lane in int32, then times its int8 scale (vpmulld). */
-QMM_INLINE void vnni_x8q6k_group(const enum qmm_dp dp, enum ggml_type type, const int NR, const uint8_t *grp,
-                                 const struct qmm_act *a, int64_t nsb, float *out, int64_t stride)
+/* Q6_K, row-interleaved: a group's superblock of 8 x 210 bytes reads as
+ *   [0, 16) d: f16, row t's at t;
+ *   [16, 144): scale g's 8 bytes (int8), byte t = row t's;
+ *   [144, 1168): ql in 32 vectors, vector 16h + 8p + j, bytes 4t..4t+3 =
+ *                row t's ql[64h + 32p + 4j ..];
+ *   [1168, 1680): qh in 16 vectors, vector 8h + j = row t's qh[32h + 4j ..].
+ * Element 128h + 32k + l: nibble of ql vector (h, k % 2), low for k < 2;
+ * its two high bits are bits 2k, 2k + 1 of qh; scale 8h + 2k + l / 16.
+ * (q - 32) x = q x - 32 x: each lane sums sc q x exactly, less 32 times the
+ * scales against the activation's 16-sums. */
+QMM_INLINE void x8q6k_group(const enum qmm_dp dp, enum ggml_type type, const int NR, const uint8_t *grp,
+                            const struct qmm_act *a, int64_t nsb, float *out, int64_t stride)
 {
     LLORCH_UNUSED(type);
     const int gbytes = QMM_X8 * 210;
@@ -1001,10 +785,10 @@ QMM_INLINE void vnni_x8q6k_group(const enum qmm_dp dp, enum ggml_type type, cons
             P[r] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(o, 5));
         }
         for (int h = 0; h < 2; h++) {
-            vnni_q6k_quarter(dp, NR, h, 0, scb, ql, qh, a, sb, P);
-            vnni_q6k_quarter(dp, NR, h, 1, scb, ql, qh, a, sb, P);
-            vnni_q6k_quarter(dp, NR, h, 2, scb, ql, qh, a, sb, P);
-            vnni_q6k_quarter(dp, NR, h, 3, scb, ql, qh, a, sb, P);
+            x8q6k_quarter(dp, NR, h, 0, scb, ql, qh, a, sb, P);
+            x8q6k_quarter(dp, NR, h, 1, scb, ql, qh, a, sb, P);
+            x8q6k_quarter(dp, NR, h, 2, scb, ql, qh, a, sb, P);
+            x8q6k_quarter(dp, NR, h, 3, scb, ql, qh, a, sb, P);
         }
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)blk));
         for (int r = 0; r < NR; r++)
@@ -1014,7 +798,12 @@ QMM_INLINE void vnni_x8q6k_group(const enum qmm_dp dp, enum ggml_type type, cons
         avx2_x8_store(acc[r], out, stride, r);
 }
 
-#define QMM_V8_DISPATCH(NAME, BODY, DP, TYPE, BLOCK)                                                  \
+/* One group against nr activation rows, QMM_X8_NR at a time; n elements per
+ * row; the group's 8 outputs for activation row r at out[r * stride ..]. */
+typedef void (*qmm_x8_fn)(const uint8_t *grp, const struct qmm_act *a, int nr, int64_t n, float *out,
+                          int64_t stride);
+
+#define QMM_X8_DISPATCH(NAME, BODY, DP, TYPE, BLOCK)                                                  \
     static QMM_AVX2 void NAME(const uint8_t *grp, const struct qmm_act *a, int nr, int64_t n,        \
                               float *out, int64_t stride)                                             \
     {                                                                                                 \
@@ -1036,24 +825,25 @@ QMM_INLINE void vnni_x8q6k_group(const enum qmm_dp dp, enum ggml_type type, cons
             }                                                                                         \
         }                                                                                             \
     }
-/* The eight block types' kernels for one vpdpbusd form, as a table indexed
+/* The eight block types' kernels for one way of summing, as a table indexed
  * like qmm_types (the float types NULL). */
-#define QMM_V8_SET(SUF, DP)                                                                           \
-    QMM_V8_DISPATCH(x8_q8_0_##SUF, vnni_x8_group, DP, GGML_TYPE_Q8_0, 32)                             \
-    QMM_V8_DISPATCH(x8_q4_0_##SUF, vnni_x8_group, DP, GGML_TYPE_Q4_0, 32)                             \
-    QMM_V8_DISPATCH(x8_q4_1_##SUF, vnni_x8_group, DP, GGML_TYPE_Q4_1, 32)                             \
-    QMM_V8_DISPATCH(x8_q5_0_##SUF, vnni_x8_group, DP, GGML_TYPE_Q5_0, 32)                             \
-    QMM_V8_DISPATCH(x8_q5_1_##SUF, vnni_x8_group, DP, GGML_TYPE_Q5_1, 32)                             \
-    QMM_V8_DISPATCH(x8_q4_k_##SUF, vnni_x8k45_group, DP, GGML_TYPE_Q4_K, 256)                         \
-    QMM_V8_DISPATCH(x8_q5_k_##SUF, vnni_x8k45_group, DP, GGML_TYPE_Q5_K, 256)                         \
-    QMM_V8_DISPATCH(x8_q6_k_##SUF, vnni_x8q6k_group, DP, GGML_TYPE_Q6_K, 256)                         \
+#define QMM_X8_SET(SUF, DP)                                                                           \
+    QMM_X8_DISPATCH(x8_q8_0_##SUF, x8_group, DP, GGML_TYPE_Q8_0, 32)                                  \
+    QMM_X8_DISPATCH(x8_q4_0_##SUF, x8_group, DP, GGML_TYPE_Q4_0, 32)                                  \
+    QMM_X8_DISPATCH(x8_q4_1_##SUF, x8_group, DP, GGML_TYPE_Q4_1, 32)                                  \
+    QMM_X8_DISPATCH(x8_q5_0_##SUF, x8_group, DP, GGML_TYPE_Q5_0, 32)                                  \
+    QMM_X8_DISPATCH(x8_q5_1_##SUF, x8_group, DP, GGML_TYPE_Q5_1, 32)                                  \
+    QMM_X8_DISPATCH(x8_q4_k_##SUF, x8k45_group, DP, GGML_TYPE_Q4_K, 256)                              \
+    QMM_X8_DISPATCH(x8_q5_k_##SUF, x8k45_group, DP, GGML_TYPE_Q5_K, 256)                              \
+    QMM_X8_DISPATCH(x8_q6_k_##SUF, x8q6k_group, DP, GGML_TYPE_Q6_K, 256)                              \
     static const qmm_x8_fn qmm_x8_##SUF[QMM_N_TYPES] = {                                              \
         NULL,          NULL,          NULL,          x8_q8_0_##SUF, x8_q4_0_##SUF, x8_q4_1_##SUF,     \
         x8_q5_0_##SUF, x8_q5_1_##SUF, x8_q4_k_##SUF, x8_q5_k_##SUF, x8_q6_k_##SUF,                    \
     };
-QMM_V8_SET(vnni_emulated, QMM_DP_EMULATED)
-QMM_V8_SET(vnni_vex, QMM_DP_VEX)
-QMM_V8_SET(vnni_evex, QMM_DP_EVEX)
+QMM_X8_SET(avx2, QMM_DP_NONE)
+QMM_X8_SET(vnni_emulated, QMM_DP_EMULATED)
+QMM_X8_SET(vnni_vex, QMM_DP_VEX)
+QMM_X8_SET(vnni_evex, QMM_DP_EVEX)
 
 /* Block b of row t of a group into the group's block b at d (see the
  * layouts above). */
@@ -1270,11 +1060,6 @@ static const qmm_tile_fn qmm_tiles_scalar[QMM_N_TYPES] = {
 static const qmm_tile_fn qmm_tiles_avx2[QMM_N_TYPES] = {
     tile_f32_avx2,  tile_f16_avx2,  tile_bf16_avx2, NULL, NULL, NULL,
     NULL,           NULL,           NULL,           NULL, NULL,
-};
-
-static const qmm_x8_fn qmm_x8_avx2[QMM_N_TYPES] = {
-    NULL,         NULL,         NULL,         x8_q8_0_avx2, x8_q4_0_avx2, x8_q4_1_avx2,
-    x8_q5_0_avx2, x8_q5_1_avx2, x8_q4_k_avx2, x8_q5_k_avx2, x8_q6_k_avx2,
 };
 
 /* A level's block kernels: the VNNI ones in the form this CPU runs (at the
