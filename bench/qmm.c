@@ -8,7 +8,9 @@
  * last-level cache for m=1. Never asserts.
  *
  * usage: bench/qmm [--k N] [--rows N] [--ms 1,4,16,64] [--types q8_0,q4_K,...]
- *                  [--reps N] [--isa scalar|avx2|avxvnni|avx512] [--threads N] */
+ *                  [--reps N] [--isa scalar|avx2|avxvnni|avx512] [--threads N] [--copies N]
+ * --copies N packs the matrix N times and runs the copies one after another
+ * (a decode step's many matrices: each read once per step, none in cache). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,7 +98,7 @@ int main(int argc, char **argv)
 {
     int64_t k = 2048, rows = 16384;
     int64_t ms[8] = {1, 16, 64};
-    int n_ms = 3, reps = 5, threads = 1;
+    int n_ms = 3, reps = 5, threads = 1, copies = 1;
     bool want[N_TYPES];
     for (int i = 0; i < N_TYPES; i++)
         want[i] = true;
@@ -109,6 +111,8 @@ int main(int argc, char **argv)
             rows = atoll(v), i++;
         else if (!strcmp(a, "--threads") && v)
             threads = atoi(v), i++;
+        else if (!strcmp(a, "--copies") && v)
+            copies = atoi(v), i++;
         else if (!strcmp(a, "--reps") && v)
             reps = atoi(v), i++;
         else if (!strcmp(a, "--isa") && v) {
@@ -130,12 +134,12 @@ int main(int argc, char **argv)
             i++;
         } else {
             fprintf(stderr, "usage: %s [--k N] [--rows N] [--ms 1,16,64] [--types q8_0,q4_K] [--reps N] "
-                            "[--isa scalar|avx2|avxvnni|avx512] [--threads N]\n", argv[0]);
+                            "[--isa scalar|avx2|avxvnni|avx512] [--threads N] [--copies N]\n", argv[0]);
             return 2;
         }
     }
-    if (k % 256 || k < 256 || rows < 2 || threads < 1) {
-        fprintf(stderr, "--k must be a multiple of 256, --threads at least 1\n");
+    if (k % 256 || k < 256 || rows < 2 || threads < 1 || copies < 1 || copies > 1024) {
+        fprintf(stderr, "--k must be a multiple of 256, --threads at least 1, --copies 1..1024\n");
         return 2;
     }
     struct tpool *pool = NULL;
@@ -146,8 +150,8 @@ int main(int argc, char **argv)
     char cpu[256], flags[512];
     bench_cpu_model(cpu, sizeof cpu, flags, sizeof flags);
     printf("machine: %s; flags:%s\n", cpu, flags);
-    printf("shape: weight [%lld, %lld], %d thread%s, best of %d\n", (long long)rows, (long long)k, threads,
-           threads > 1 ? "s (one pool)" : "", reps);
+    printf("shape: weight [%lld, %lld] x %d cop%s, %d thread%s, best of %d\n", (long long)rows, (long long)k,
+           copies, copies > 1 ? "ies run in turn" : "y", threads, threads > 1 ? "s (one pool)" : "", reps);
     int64_t max_m = 1;
     for (int i = 0; i < n_ms; i++)
         max_m = LLORCH_MAX(max_m, ms[i]);
@@ -167,19 +171,35 @@ int main(int argc, char **argv)
         uint8_t *w = make_rows(types[ti].t, rows, k, &bytes);
         if (!w)
             return 1;
-        struct bench_bw bwc = {.pool = pool, .buf = w, .chunk = 64 * 1024};
-        bwc.n = (int64_t)(bytes / (uint64_t)bwc.chunk);
+        /* the roofline over as many bytes as the copies span (the first
+         * rows, else a buffer of that size) */
+        const uint64_t span = bytes * (uint64_t)copies;
+        uint8_t *bwbuf = w;
+        if (copies > 1) {
+            void *mem = NULL;
+            if (posix_memalign(&mem, 64, span) != 0)
+                return 1;
+            bwbuf = mem;
+            memset(bwbuf, 1, span);
+        }
+        struct bench_bw bwc = {.pool = pool, .buf = bwbuf, .chunk = 64 * 1024};
+        bwc.n = (int64_t)(span / (uint64_t)bwc.chunk);
         const double bw = bench_bw_trial(&bwc, 0.3);
+        if (bwbuf != w)
+            free(bwbuf);
         for (int isa = 0; isa < KERNELS_ISA_COUNT_; isa++) {
             /* avxvnni on a CPU without VNNI: emulated ("avxvnni*"), a check, not a figure */
             if (!qmm_level_runs((enum kernels_isa)isa) || (only_isa >= 0 && isa != only_isa))
                 continue;
             struct qmm_part part = {.type = types[ti].t, .data = w, .n_rows = rows};
-            struct qmm_weight *qw;
-            if (qmm_weight_new(&qw, &part, 1, k, (enum kernels_isa)isa, pool) != 0)
+            struct qmm_weight **qw = calloc((size_t)copies, sizeof *qw);
+            if (!qw)
                 return 1;
+            for (int c = 0; c < copies; c++)
+                if (qmm_weight_new(&qw[c], &part, 1, k, (enum kernels_isa)isa, pool) != 0)
+                    return 1;
             void *act = NULL;
-            if (posix_memalign(&act, 64, qmm_act_bytes(qw, max_m)) != 0)
+            if (posix_memalign(&act, 64, qmm_act_bytes(qw[0], max_m)) != 0)
                 return 1;
             char level[16];
             snprintf(level, sizeof level, "%s%s", kernels_isa_name((enum kernels_isa)isa),
@@ -189,8 +209,9 @@ int main(int argc, char **argv)
                 double best = 1e30;
                 for (int r = 0; r < reps; r++) {
                     double t0 = bench_now_s();
-                    qmm_run(qw, x, y, ms[mi], act, pool);
-                    best = LLORCH_MIN(best, bench_now_s() - t0);
+                    for (int c = 0; c < copies; c++)
+                        qmm_run(qw[c], x, y, ms[mi], act, pool);
+                    best = LLORCH_MIN(best, (bench_now_s() - t0) / copies);
                 }
                 if (ms[mi] == 1)
                     printf(" %9.2f %7.2f", (double)bytes / best / 1e9, (double)bytes / best / bw);
@@ -200,7 +221,9 @@ int main(int argc, char **argv)
             }
             printf("   (read bw %.1f GB/s)\n", bw / 1e9);
             free(act);
-            qmm_weight_free(qw);
+            for (int c = 0; c < copies; c++)
+                qmm_weight_free(qw[c]);
+            free(qw);
         }
         free(w);
     }
