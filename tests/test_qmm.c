@@ -412,9 +412,34 @@ static void weight_rejects_bad_shapes_and_frees_owned_parts(void **state)
     assert_int_equal(qmm_weight_new(&w, &none, 0, 4, KERNELS_ISA_SCALAR, NULL), LLORCH_EINVAL);
 }
 
+/* The weight names the level its kernels run at, and says when the VNNI
+ * sums are emulated; a level this CPU cannot run is refused. */
+static void weight_names_its_level_and_emulation(void **state)
+{
+    (void)state;
+    uint8_t *wd = random_rows(GGML_TYPE_Q8_0, 8, 64);
+    struct qmm_part p = {.type = GGML_TYPE_Q8_0, .data = wd, .n_rows = 8};
+    for (int isa = 0; isa < KERNELS_ISA_COUNT_; isa++) {
+        struct qmm_weight *w = (struct qmm_weight *)1;
+        if (!qmm_level_runs((enum kernels_isa)isa)) {
+            assert_int_equal(qmm_weight_new(&w, &p, 1, 64, (enum kernels_isa)isa, NULL), LLORCH_EINVAL);
+            assert_null(w);
+            continue;
+        }
+        assert_int_equal(qmm_weight_new(&w, &p, 1, 64, (enum kernels_isa)isa, NULL), 0);
+        char want[64];
+        snprintf(want, sizeof want, "llorch:%s%s q8_0", kernels_isa_name((enum kernels_isa)isa),
+                 kernels_get((enum kernels_isa)isa) ? "" : "-emulated");
+        assert_string_equal(qmm_weight_impl(w), want);
+        qmm_weight_free(w);
+    }
+    free(wd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(weight_names_its_level_and_emulation),
         cmocka_unit_test(every_level_gives_the_scalar_bits_for_every_type),
         cmocka_unit_test(rows_do_not_depend_on_m_parts_or_pool),
         cmocka_unit_test(weights_packed_on_a_pool_give_the_same_bits),
