@@ -116,10 +116,13 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--reps") && v)
             reps = atoi(v), i++;
         else if (!strcmp(a, "--isa") && v) {
-            only_isa = !strcmp(v, "scalar")    ? KERNELS_ISA_SCALAR
-                       : !strcmp(v, "avx2")    ? KERNELS_ISA_AVX2
-                       : !strcmp(v, "avxvnni") ? KERNELS_ISA_AVXVNNI
-                                               : KERNELS_ISA_AVX512;
+            for (int l = 0; l < KERNELS_ISA_COUNT_; l++)
+                if (!strcmp(v, kernels_isa_name((enum kernels_isa)l)))
+                    only_isa = l;
+            if (only_isa < 0) {
+                fprintf(stderr, "--isa: no level %s\n", v);
+                return 2;
+            }
             i++;
         } else if (!strcmp(a, "--ms") && v) {
             n_ms = 0;

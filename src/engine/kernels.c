@@ -1059,9 +1059,7 @@ LLORCH_API const struct kernels *kernels_get(enum kernels_isa isa)
         return cpu_avx2_level() && kernels_vnni() != KERNELS_VNNI_NONE ? &kernels_avxvnni : NULL;
     case KERNELS_ISA_AVX512:
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-            __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-            cpu_has_f16c())
+            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && cpu_avx2_level())
             return &kernels_avx512;
         return NULL;
 #endif

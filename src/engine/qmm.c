@@ -1062,24 +1062,25 @@ static const qmm_tile_fn qmm_tiles_avx2[QMM_N_TYPES] = {
     NULL,           NULL,           NULL,           NULL, NULL,
 };
 
-/* A level's block kernels: the VNNI ones in the form this CPU runs (at the
- * avxvnni level on a CPU without VNNI, emulated: qmm_level_runs); the AVX-512
- * level takes them too where the CPU has VNNI. Asks cpuid: load time only. */
-static const qmm_x8_fn *qmm_x8_table(enum kernels_isa isa, bool *emulated)
+/* A level's block kernels: the VNNI ones in the form this CPU runs, or
+ * emulated (the avxvnni level on a CPU without VNNI: qmm_level_runs); the
+ * AVX-512 level takes them too where the CPU has VNNI. Asks cpuid: load time
+ * only. */
+static const qmm_x8_fn *qmm_x8_table(enum kernels_isa isa, bool emulated)
 {
-    *emulated = false;
     if (isa == KERNELS_ISA_SCALAR)
         return NULL;
     if (isa == KERNELS_ISA_AVX2)
         return qmm_x8_avx2;
+    if (emulated)
+        return qmm_x8_vnni_emulated;
     switch (kernels_vnni()) {
     case KERNELS_VNNI_VEX:
         return qmm_x8_vnni_vex;
     case KERNELS_VNNI_EVEX:
         return qmm_x8_vnni_evex;
-    default:
-        *emulated = isa == KERNELS_ISA_AVXVNNI;
-        return *emulated ? qmm_x8_vnni_emulated : qmm_x8_avx2;
+    default: /* AVX-512 without VNNI */
+        return qmm_x8_avx2;
     }
 }
 
@@ -1185,7 +1186,6 @@ struct qmm_weight {
     int n_seg;
     struct qmm_seg seg[QMM_MAX_PARTS];
     bool fmt_used[QMM_FMT_COUNT_];
-    enum kernels_isa isa;
     const struct kernels *k; /* the level's (kernels_get asks cpuid: a VM exit) */
     uint64_t bytes;
     char impl[64];
@@ -1230,10 +1230,11 @@ LLORCH_API int qmm_weight_new(struct qmm_weight **out, const struct qmm_part *pa
         return LLORCH_ENOMEM;
     }
     w->n_in = n_in;
-    w->isa = isa;
-    w->k = kernels_get(isa) ? kernels_get(isa) : kernels_get(KERNELS_ISA_AVX2); /* emulated VNNI */
-    bool emulated;
-    const qmm_x8_fn *x8 = qmm_x8_table(isa, &emulated);
+    /* the level runs (checked above), so without a table of its own it is
+     * avxvnni emulated on an AVX2 CPU */
+    const bool emulated = !kernels_get(isa);
+    w->k = kernels_get(emulated ? KERNELS_ISA_AVX2 : isa);
+    const qmm_x8_fn *x8 = qmm_x8_table(isa, emulated);
     int rc = 0;
     int len = snprintf(w->impl, sizeof w->impl, "llorch:%s%s", kernels_isa_name(isa), emulated ? "-emulated" : "");
     for (int i = 0; i < n_parts; i++) {

@@ -60,9 +60,9 @@ bool qmm_type_supported(enum ggml_type t);
 bool qmm_level_runs(enum kernels_isa isa);
 
 /* A weight of up to QMM_MAX_PARTS parts stacked by rows (q|k|v, gate|up);
- * qmm_level_runs(isa) must hold. The repacking or
- * copying of the parts runs on pool (NULL: on the caller). On error the
- * owned buffers of parts are freed too. */
+ * qmm_level_runs(isa) must hold. The repacking or copying of the parts runs
+ * on pool (NULL: on the caller). On error the owned buffers of parts are
+ * freed too. */
 #define QMM_MAX_PARTS 4
 int qmm_weight_new(struct qmm_weight **out, const struct qmm_part *parts, int n_parts, int64_t n_in,
                    enum kernels_isa isa, struct tpool *pool);
