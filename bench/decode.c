@@ -59,6 +59,7 @@ struct cfg {
     int n_batches;
     int threads;
     bool pin;
+    uint32_t spin_us; /* the pool's spin before sleeping (0: its default) */
     bool quick;
     uint32_t prompt;      /* tokens prefilled per sequence */
     uint32_t pp;          /* --pp N: one sequence's N-token prompt in one step, best of 3 */
@@ -544,9 +545,8 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
     d.logits = malloc((size_t)max_b * d.n_vocab * sizeof *d.logits);
     struct peak pk;
     const bool ours = strcmp(forward_matmul_backend(d.fw), "llorch") == 0;
-    int prc = ours ? peak_new_qmm(&pk, m, kernels_get(KERNELS_ISA_AVX2) && cf->isa != LLORCH_ISA_SCALAR
-                                             ? kernels_best()->isa : KERNELS_ISA_SCALAR, 128)
-                   : peak_new(&pk, pool, dt, wpeak, 512, 4096, 4096);
+    /* the peak of the level the forward runs (a forced one included) */
+    int prc = ours ? peak_new_qmm(&pk, m, forward_isa(d.fw), 128) : peak_new(&pk, pool, dt, wpeak, 512, 4096, 4096);
     if (!d.seq || !d.e || !d.tok || !d.logits || prc != 0) {
         printf("%s: out of memory\n", dn);
         rc = LLORCH_ENOMEM;
@@ -782,6 +782,8 @@ int main(int argc, char **argv)
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--quick") == 0) {
             cf.quick = true;
+        } else if (strcmp(a, "--spin-us") == 0 && v && atoi(v) > 0 && atoi(v) <= 1000000) {
+            cf.spin_us = (uint32_t)atoi(v), i++;
         } else if (strcmp(a, "--pin") == 0) {
             cf.pin = true;
         } else if (strcmp(a, "--model") == 0 && v) {
@@ -815,7 +817,7 @@ int main(int argc, char **argv)
             fprintf(stderr,
                     "usage: %s [--model PATH] [--dtype native,bf16,int8,f32|all] [--isa auto|scalar|avx2|avxvnni|avx512]\n"
                     "          [--batches 1,4,16,64]\n"
-                    "          [--quick] [--rounds N] [--prompt N] [--pp N] [--threads N] [--pin]\n"
+                    "          [--quick] [--rounds N] [--prompt N] [--pp N] [--threads N] [--pin] [--spin-us N]\n"
                     "          [--steady SECONDS]\n"
                     "          [--cache-dir DIR]\n",
                     argv[0]);
@@ -831,7 +833,7 @@ int main(int argc, char **argv)
 
     struct tpool *pool;
     int rc = tpool_new(&pool, &(struct tpool_opts){.n_threads = cf.threads, .pin = cf.pin,
-                                                    .name = "decode-w"});
+                                                    .spin_us = cf.spin_us, .name = "decode-w"});
     if (rc < 0) {
         fprintf(stderr, "tpool_new: %s\n", llorch_strerror(rc));
         return 1;

@@ -1262,6 +1262,11 @@ LLORCH_API uint64_t forward_weight_bytes(const struct forward *f)
     return f->weight_bytes;
 }
 
+LLORCH_API enum kernels_isa forward_isa(const struct forward *f)
+{
+    return f->isa;
+}
+
 LLORCH_API const char *forward_isa_name(const struct forward *f)
 {
     return kernels_isa_name(f->isa);

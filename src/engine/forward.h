@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels.h"
 #include "kv.h"
 #include "llorch/llorch.h"
 #include "model.h"
@@ -90,8 +91,10 @@ enum llorch_kv_type forward_kv_type(const struct forward *f);
 uint32_t forward_n_vocab(const struct forward *f);
 uint32_t forward_n_ctx(const struct forward *f);
 uint64_t forward_weight_bytes(const struct forward *f); /* packed bytes read per token */
-/* The kernel level in use ("scalar", "avx2", "avx512") and, for messages,
- * what runs the matmuls ("llorch" or "onednn"). */
+/* The kernel level in use (one the CPU runs; never AUTO), its name
+ * ("scalar", "avx2", "avxvnni", "avx512") and, for messages, what runs the
+ * matmuls ("llorch" or "onednn"). */
+enum kernels_isa forward_isa(const struct forward *f);
 const char *forward_isa_name(const struct forward *f);
 const char *forward_matmul_backend(const struct forward *f);
 
