@@ -16,8 +16,11 @@
  * round (the median step is printed beside it).
  * Model: --model PATH, else a TinyLlama-1.1B-shaped synthetic Q8_0 file made
  * once with llorch-synth (next to this binary: ../tools/llorch-synth) in
- * --cache-dir (default $TMPDIR or /tmp). The file type does not matter for
- * speed: weights are dequantised and packed for --dtype at load.
+ * --cache-dir (default $TMPDIR or /tmp). --dtype native (the default) keeps
+ * each weight in its file's class; bf16/int8/f32 convert at load.
+ * --steady S then runs S seconds of back-to-back steps per batch (a server's
+ * rhythm); --bw-pairs N, N single steps each beside a read pass (the ratio a
+ * drifting host's bandwidth does not move).
  * Prints figures and ratios; never asserts. --quick runs in a few seconds per
  * dtype after loading. */
 #include <dirent.h>
@@ -69,11 +72,13 @@ struct cfg {
     double bw_s;          /* read passes per round: at least this long */
     int chunk_max_tokens; /* ... and at most this many tokens (B x steps), >= 2 steps */
     double steady_s;      /* --steady S: after the rounds, S seconds of back-to-back steps */
+    int bw_pairs;         /* --bw-pairs N: then N (step, read pass) pairs per batch */
     double fma_peak;      /* FLOP/s, measured once at start (fma_peak) */
 };
 
 /* A steady run's steps are bounded so the KV cache can be sized up front. */
 #define DEC_STEADY_MAX_STEPS 512u
+#define DEC_BW_PAIRS_MAX 200
 
 
 /* ---- machine ----------------------------------------------------------- */
@@ -464,6 +469,10 @@ struct batch_result {
     double steady_mean_s, steady_median_s;
     double steady_cores; /* process CPU seconds per wall second over them */
     double steady_wait;  /* threads' seconds waiting for a CPU, per wall second */
+    /* --bw-pairs: each step's weight bytes per second over the read
+     * bandwidth of the pass right after it, median and range; the passes' median */
+    int pairs;
+    double pair_med, pair_lo, pair_hi, pair_bw_med;
 };
 
 /* --steady: steps back to back for `seconds` (at most DEC_STEADY_MAX_STEPS),
@@ -494,6 +503,31 @@ static int dec_steady(struct dec *d, uint32_t b, double seconds, double *times,
     return 0;
 }
 
+/* --bw-pairs: one step, then one read trial, n times. On a host whose
+ * bandwidth drifts by more than a step's gap to it (a shared VM), the best
+ * read trial of a run and a mean of steps are taken at different moments;
+ * a step and the pass beside it see the same memory system. */
+static int dec_bw_pairs(struct dec *d, uint32_t b, int n, uint64_t wbytes, struct bench_bw *bwc,
+                        double *tmp, struct batch_result *r)
+{
+    double bws[DEC_BW_PAIRS_MAX];
+    for (int i = 0; i < n; i++) {
+        const double t0 = bench_now_s();
+        const int rc = dec_step(d, b);
+        if (rc < 0)
+            return rc;
+        const double step_bps = (double)wbytes / (bench_now_s() - t0);
+        bws[i] = bench_bw_trial(bwc, 0.02);
+        tmp[i] = step_bps / bws[i];
+    }
+    qsort(tmp, (size_t)n, sizeof *tmp, cmp_double);
+    qsort(bws, (size_t)n, sizeof *bws, cmp_double);
+    r->pairs = n;
+    r->pair_lo = tmp[0], r->pair_hi = tmp[n - 1], r->pair_med = tmp[n / 2];
+    r->pair_bw_med = bws[n / 2];
+    return 0;
+}
+
 static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *pool,
                      enum llorch_dtype dt, double *bw_all, double *peak_all, const float *wpeak,
                      struct bench_bw *bwc)
@@ -513,6 +547,8 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
             steps_seq0 += DEC_STEADY_MAX_STEPS;
             kv_steady += (uint64_t)DEC_STEADY_MAX_STEPS * b;
         }
+        steps_seq0 += (uint64_t)cf->bw_pairs;
+        kv_steady += (uint64_t)cf->bw_pairs * b;
         steps_seq0 += steps;
         kv_tokens += steps * b;
     }
@@ -663,6 +699,8 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
         r->steps = nt;
         if (cf->steady_s > 0 && rc == 0)
             rc = dec_steady(&d, b, cf->steady_s, times, r);
+        if (cf->bw_pairs > 0 && rc == 0)
+            rc = dec_bw_pairs(&d, b, cf->bw_pairs, wbytes, bwc, times, r);
         *bw_all = LLORCH_MAX(*bw_all, r->bw);
         *peak_all = LLORCH_MAX(*peak_all, r->peak);
         n_res++;
@@ -707,6 +745,11 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
                dn, res[i].b, res[i].steady_steps, res[i].steady_mean_s * 1e3,
                res[i].steady_median_s * 1e3, res[i].b / res[i].steady_mean_s, res[i].steady_cores,
                res[i].steady_wait);
+    for (int i = 0; i < n_res && cf->bw_pairs > 0; i++)
+        printf("pairs %s batch %u: %d adjacent (step, read pass) pairs, step weight bytes/s over the "
+               "pass's bandwidth: median %.2f (range %.2f-%.2f); passes' median %.1f GB/s\n",
+               dn, res[i].b, res[i].pairs, res[i].pair_med, res[i].pair_lo, res[i].pair_hi,
+               res[i].pair_bw_med / 1e9);
 out:
     peak_free(&pk);
     for (uint32_t i = 0; d.seq && i < max_b; i++)
@@ -800,6 +843,8 @@ int main(int argc, char **argv)
             cf.rounds = atoi(v), i++;
         } else if (strcmp(a, "--steady") == 0 && v && atof(v) > 0 && atof(v) <= 600) {
             cf.steady_s = atof(v), i++;
+        } else if (strcmp(a, "--bw-pairs") == 0 && v && atoi(v) >= 1 && atoi(v) <= DEC_BW_PAIRS_MAX) {
+            cf.bw_pairs = atoi(v), i++;
         } else if (strcmp(a, "--isa") == 0 && v &&
                    (strcmp(v, "auto") == 0 || strcmp(v, "scalar") == 0 || strcmp(v, "avx2") == 0 ||
                     strcmp(v, "avxvnni") == 0 || strcmp(v, "avx512") == 0)) {
@@ -818,7 +863,7 @@ int main(int argc, char **argv)
                     "usage: %s [--model PATH] [--dtype native,bf16,int8,f32|all] [--isa auto|scalar|avx2|avxvnni|avx512]\n"
                     "          [--batches 1,4,16,64]\n"
                     "          [--quick] [--rounds N] [--prompt N] [--pp N] [--threads N] [--pin] [--spin-us N]\n"
-                    "          [--steady SECONDS]\n"
+                    "          [--steady SECONDS] [--bw-pairs N]\n"
                     "          [--cache-dir DIR]\n",
                     argv[0]);
             return 2;
