@@ -542,6 +542,7 @@ static void forward_default_keeps_the_file_class_at_the_chosen_level(void **stat
     assert_int_equal(forward_kv_type(fw), LLORCH_KV_F16);
     assert_string_equal(forward_matmul_backend(fw), "llorch");
     assert_string_equal(forward_isa_name(fw), kernels_best()->name);
+    assert_int_equal(forward_isa(fw), kernels_best()->isa);
     const uint64_t native_bytes = forward_weight_bytes(fw);
     assert_true(native_bytes > 0);
     forward_free(fw);
@@ -556,6 +557,7 @@ static void forward_default_keeps_the_file_class_at_the_chosen_level(void **stat
     fo.isa = LLORCH_ISA_SCALAR;
     assert_int_equal(forward_new(&fw, r.m, &fo, err, sizeof err), 0);
     assert_string_equal(forward_isa_name(fw), "scalar");
+    assert_int_equal(forward_isa(fw), KERNELS_ISA_SCALAR);
     if (!kernels_get(KERNELS_ISA_AVX512)) {
         struct forward *bad = (struct forward *)1;
         fo.isa = LLORCH_ISA_AVX512;
