@@ -582,7 +582,8 @@ static int run_dtype(const struct cfg *cf, const struct model *m, struct tpool *
     struct peak pk;
     const bool ours = strcmp(forward_matmul_backend(d.fw), "llorch") == 0;
     /* the peak of the level the forward runs (a forced one included) */
-    int prc = ours ? peak_new_qmm(&pk, m, forward_isa(d.fw), 128) : peak_new(&pk, pool, dt, wpeak, 512, 4096, 4096);
+    int prc = ours ? peak_new_qmm(&pk, m, forward_isa(d.fw), 128)
+                   : peak_new(&pk, pool, dt, wpeak, 512, 4096, 4096);
     if (!d.seq || !d.e || !d.tok || !d.logits || prc != 0) {
         printf("%s: out of memory\n", dn);
         rc = LLORCH_ENOMEM;
