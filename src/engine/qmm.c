@@ -638,6 +638,57 @@ QMM_INLINE void x8k45_quarter(const enum qmm_dp dp, bool five, const int NR, con
                                                            _mm256_mullo_epi32(shi[r], sc[2 * c + 1])));
 }
 
+/* A superblock's every row's scale of sub-block s in lane (AVX2: in both
+ * int16 of it, for madd) and its min in both int16 (see x8k45_group). */
+struct x8k45_scales {
+    __m256i sc[8], mn[8];
+};
+
+QMM_INLINE void x8k45_decode(const enum qmm_dp dp, const uint8_t *blk, struct x8k45_scales *S)
+{
+    const __m256i f15 = _mm256_set1_epi32(15), three = _mm256_set1_epi32(3);
+    const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+    for (int s = 0; s < 8; s++) {
+        const __m256i lo = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(blk + 32 + 8 * s)));
+        const __m256i hi =
+            _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)qmm_load32(blk + 96 + 4 * s)), shifts), f15);
+        const __m256i scl = _mm256_or_si256(_mm256_and_si256(lo, f15), _mm256_slli_epi32(_mm256_and_si256(hi, three), 4));
+        const __m256i mn = _mm256_or_si256(_mm256_srli_epi32(lo, 4), _mm256_slli_epi32(_mm256_srli_epi32(hi, 2), 4));
+        S->sc[s] = dp != QMM_DP_NONE ? scl : _mm256_or_si256(scl, _mm256_slli_epi32(scl, 16));
+        S->mn[s] = _mm256_or_si256(mn, _mm256_slli_epi32(mn, 16));
+    }
+}
+
+/* One superblock of a Q4_K/Q5_K group against NR activation rows: each
+ * row's P (sc q x) and mins sum, then acc[r] += d_x d_w P and
+ * accm[r] += d_x dmin_w M, as the scalar level's chains. */
+QMM_INLINE void x8k45_sb(const enum qmm_dp dp, bool five, const int NR, const uint8_t *blk,
+                         const struct qmm_act *a, int64_t sb, const struct x8k45_scales *S, __m256 *acc,
+                         __m256 *accm)
+{
+    __m256i P[QMM_X8_NR], M[QMM_X8_NR];
+    for (int r = 0; r < NR; r++) {
+        /* mins against the pairs of 16-sums */
+        const int16_t *bs = a[r].bs + 16 * sb;
+        M[r] = _mm256_setzero_si256();
+        for (int s = 0; s < 8; s++)
+            M[r] = _mm256_add_epi32(M[r], _mm256_madd_epi16(S->mn[s], _mm256_set1_epi32((int)qmm_load32(bs + 2 * s))));
+        P[r] = _mm256_setzero_si256();
+    }
+    const uint8_t *qs = blk + (five ? 384 : 128);
+    for (int c = 0; c < 4; c += 2) {
+        x8k45_quarter(dp, five, NR, c, blk, qs, a, sb, S->sc, P);
+        x8k45_quarter(dp, five, NR, c + 1, blk, qs, a, sb, S->sc, P);
+    }
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)blk));
+    const __m256 dmw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(blk + 16)));
+    for (int r = 0; r < NR; r++) {
+        const __m256 dx = _mm256_set1_ps(a[r].d[sb]);
+        acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(dx, dw), _mm256_cvtepi32_ps(P[r]), acc[r]);
+        accm[r] = _mm256_fmadd_ps(_mm256_mul_ps(dx, dmw), _mm256_cvtepi32_ps(M[r]), accm[r]);
+    }
+}
+
 /* Q4_K / Q5_K, row-interleaved: a group's superblock of 8 x 144 (176) bytes
  * reads as
  *   [0, 16) d, [16, 32) dmin: f16, row t's at t;
@@ -647,54 +698,40 @@ QMM_INLINE void x8k45_quarter(const enum qmm_dp dp, bool five, const int NR, con
  *   Q5_K: [128, 384): qh in 8 vectors as Q8_0's values (4 bytes of each row);
  *   then 32 vectors of nibbles: vector 8c + j, bytes 4t..4t+3 = row t's
  *   qs[32c + 4j ..], low nibbles sub-block 2c, high 2c + 1.
- * Per superblock each lane ends with its row's exact P and mins sum. */
-QMM_INLINE void x8k45_group(const enum qmm_dp dp, enum ggml_type type, const int NR, const uint8_t *grp,
-                            const struct qmm_act *a, int64_t nsb, float *out, int64_t stride)
+ * Per superblock each lane ends with its row's exact P and mins sum. The
+ * superblock's scales are decoded once for all nr (<= QMM_M_TILE) rows, which
+ * then go through it QMM_X8_NR at a time; their accumulators wait in memory
+ * between superblocks. */
+QMM_INLINE void x8k45_group(const enum qmm_dp dp, enum ggml_type type, const uint8_t *grp,
+                            const struct qmm_act *a, int nr, int64_t nsb, float *out, int64_t stride)
 {
     const bool five = type == GGML_TYPE_Q5_K;
     const int gbytes = QMM_X8 * (five ? 176 : 144);
-    const __m256i f15 = _mm256_set1_epi32(15), three = _mm256_set1_epi32(3);
-    const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-    __m256 acc[QMM_X8_NR], accm[QMM_X8_NR];
-    for (int r = 0; r < NR; r++)
+    __m256 acc[QMM_M_TILE], accm[QMM_M_TILE];
+    for (int r = 0; r < nr; r++)
         acc[r] = accm[r] = _mm256_setzero_ps();
     for (int64_t sb = 0; sb < nsb; sb++) {
         const uint8_t *blk = avx2_x8_block(grp, sb, gbytes);
-        /* every row's scale of sub-block s in its lane (AVX2: in both int16
-         * of it, for madd), its min in both int16 */
-        __m256i sc[8], mnp[8];
-        for (int s = 0; s < 8; s++) {
-            const __m256i lo = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(blk + 32 + 8 * s)));
-            const __m256i hi =
-                _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)qmm_load32(blk + 96 + 4 * s)), shifts), f15);
-            const __m256i scl = _mm256_or_si256(_mm256_and_si256(lo, f15), _mm256_slli_epi32(_mm256_and_si256(hi, three), 4));
-            const __m256i mn = _mm256_or_si256(_mm256_srli_epi32(lo, 4), _mm256_slli_epi32(_mm256_srli_epi32(hi, 2), 4));
-            sc[s] = dp != QMM_DP_NONE ? scl : _mm256_or_si256(scl, _mm256_slli_epi32(scl, 16));
-            mnp[s] = _mm256_or_si256(mn, _mm256_slli_epi32(mn, 16));
-        }
-        __m256i P[QMM_X8_NR], M[QMM_X8_NR];
-        for (int r = 0; r < NR; r++) {
-            /* mins against the pairs of 16-sums */
-            const int16_t *bs = a[r].bs + 16 * sb;
-            M[r] = _mm256_setzero_si256();
-            for (int s = 0; s < 8; s++)
-                M[r] = _mm256_add_epi32(M[r], _mm256_madd_epi16(mnp[s], _mm256_set1_epi32((int)qmm_load32(bs + 2 * s))));
-            P[r] = _mm256_setzero_si256();
-        }
-        const uint8_t *qs = blk + (five ? 384 : 128);
-        for (int c = 0; c < 4; c += 2) {
-            x8k45_quarter(dp, five, NR, c, blk, qs, a, sb, sc, P);
-            x8k45_quarter(dp, five, NR, c + 1, blk, qs, a, sb, sc, P);
-        }
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)blk));
-        const __m256 dmw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(blk + 16)));
-        for (int r = 0; r < NR; r++) {
-            const __m256 dx = _mm256_set1_ps(a[r].d[sb]);
-            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(dx, dw), _mm256_cvtepi32_ps(P[r]), acc[r]);
-            accm[r] = _mm256_fmadd_ps(_mm256_mul_ps(dx, dmw), _mm256_cvtepi32_ps(M[r]), accm[r]);
+        struct x8k45_scales S;
+        x8k45_decode(dp, blk, &S);
+        for (int r0 = 0; r0 < nr; r0 += QMM_X8_NR) {
+            switch (LLORCH_MIN(nr - r0, QMM_X8_NR)) {
+            case 1:
+                x8k45_sb(dp, five, 1, blk, a + r0, sb, &S, acc + r0, accm + r0);
+                break;
+            case 2:
+                x8k45_sb(dp, five, 2, blk, a + r0, sb, &S, acc + r0, accm + r0);
+                break;
+            case 3:
+                x8k45_sb(dp, five, 3, blk, a + r0, sb, &S, acc + r0, accm + r0);
+                break;
+            default:
+                x8k45_sb(dp, five, 4, blk, a + r0, sb, &S, acc + r0, accm + r0);
+                break;
+            }
         }
     }
-    for (int r = 0; r < NR; r++)
+    for (int r = 0; r < nr; r++)
         avx2_x8_store(_mm256_sub_ps(acc[r], accm[r]), out, stride, r);
 }
 
@@ -715,16 +752,13 @@ QMM_INLINE __m256i q6k_values(const uint8_t *ql, const uint8_t *qh, int h, const
 
 /* Elements 128h + 32k .. + 31 of every row (scale groups 8h + 2k, + 1)
  * against NR activation rows into P (k a constant, so the shifts fold). */
-QMM_INLINE void x8q6k_quarter(const enum qmm_dp dp, const int NR, int h, const int k, const uint8_t *scb,
+QMM_INLINE void x8q6k_quarter(const enum qmm_dp dp, const int NR, int h, const int k, const __m256i *scales,
                               const uint8_t *ql, const uint8_t *qh, const struct qmm_act *a, int64_t sb,
                               __m256i *P)
 {
     const bool vnni = dp != QMM_DP_NONE;
     for (int half16 = 0; half16 < 2; half16++) {
-        const int g = 8 * h + 2 * k + half16;
-        const __m128i sg = _mm_loadl_epi64((const __m128i *)(const void *)(scb + 8 * g));
-        /* row t's scale in lane t; for AVX2's madd, in both its int16 */
-        const __m256i scale = vnni ? _mm256_cvtepi8_epi32(sg) : _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(sg, sg));
+        const __m256i scale = scales[8 * h + 2 * k + half16];
         __m256i A[QMM_X8_NR];
         for (int r = 0; r < NR; r++)
             A[r] = _mm256_setzero_si256();
@@ -750,6 +784,30 @@ QMM_INLINE void x8q6k_quarter(const enum qmm_dp dp, const int NR, int h, const i
     }
 }
 
+/* One Q6_K superblock against NR activation rows: acc[r] += d_x d_w P. */
+QMM_INLINE void x8q6k_sb(const enum qmm_dp dp, const int NR, const __m256i *scales, const __m256i *pairs,
+                         const uint8_t *ql, const uint8_t *qh, __m256 dw, const struct qmm_act *a, int64_t sb,
+                         __m256 *acc)
+{
+    __m256i P[QMM_X8_NR];
+    for (int r = 0; r < NR; r++) {
+        /* offsets: sum_g sc_g bs_g, scales of g and g + 1 paired */
+        const int16_t *bs = a[r].bs + 16 * sb;
+        __m256i o = _mm256_setzero_si256();
+        for (int g = 0; g < 16; g += 2)
+            o = _mm256_add_epi32(o, _mm256_madd_epi16(pairs[g / 2], _mm256_set1_epi32((int)qmm_load32(bs + g))));
+        P[r] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(o, 5));
+    }
+    for (int h = 0; h < 2; h++) {
+        x8q6k_quarter(dp, NR, h, 0, scales, ql, qh, a, sb, P);
+        x8q6k_quarter(dp, NR, h, 1, scales, ql, qh, a, sb, P);
+        x8q6k_quarter(dp, NR, h, 2, scales, ql, qh, a, sb, P);
+        x8q6k_quarter(dp, NR, h, 3, scales, ql, qh, a, sb, P);
+    }
+    for (int r = 0; r < NR; r++)
+        acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(a[r].d[sb]), dw), _mm256_cvtepi32_ps(P[r]), acc[r]);
+}
+
 /* Q6_K, row-interleaved: a group's superblock of 8 x 210 bytes reads as
  *   [0, 16) d: f16, row t's at t;
  *   [16, 144): scale g's 8 bytes (int8), byte t = row t's;
@@ -760,41 +818,48 @@ QMM_INLINE void x8q6k_quarter(const enum qmm_dp dp, const int NR, int h, const i
  * its two high bits are bits 2k, 2k + 1 of qh; scale 8h + 2k + l / 16.
  * (q - 32) x = q x - 32 x: each lane sums sc q x exactly, less 32 times the
  * scales against the activation's 16-sums. */
-QMM_INLINE void x8q6k_group(const enum qmm_dp dp, enum ggml_type type, const int NR, const uint8_t *grp,
-                            const struct qmm_act *a, int64_t nsb, float *out, int64_t stride)
+QMM_INLINE void x8q6k_group(const enum qmm_dp dp, enum ggml_type type, const uint8_t *grp,
+                            const struct qmm_act *a, int nr, int64_t nsb, float *out, int64_t stride)
 {
     LLORCH_UNUSED(type);
+    const bool vnni = dp != QMM_DP_NONE;
     const int gbytes = QMM_X8 * 210;
-    __m256 acc[QMM_X8_NR];
-    for (int r = 0; r < NR; r++)
+    __m256 acc[QMM_M_TILE];
+    for (int r = 0; r < nr; r++)
         acc[r] = _mm256_setzero_ps();
     for (int64_t sb = 0; sb < nsb; sb++) {
         const uint8_t *blk = avx2_x8_block(grp, sb, gbytes);
         const uint8_t *scb = blk + 16, *ql = blk + 144, *qh = blk + 1168;
-        __m256i P[QMM_X8_NR];
-        for (int r = 0; r < NR; r++) {
-            /* offsets: sum_g sc_g bs_g, scales of g and g + 1 paired */
-            const int16_t *bs = a[r].bs + 16 * sb;
-            __m256i o = _mm256_setzero_si256();
-            for (int g = 0; g < 16; g += 2) {
-                const __m128i pair = _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(const void *)(scb + 8 * g)),
-                                                       _mm_loadl_epi64((const __m128i *)(const void *)(scb + 8 * g + 8)));
-                o = _mm256_add_epi32(o, _mm256_madd_epi16(_mm256_cvtepi8_epi16(pair),
-                                                          _mm256_set1_epi32((int)qmm_load32(bs + g))));
-            }
-            P[r] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(o, 5));
+        /* once for every row: scale g of row t in lane t (AVX2: in both
+         * int16, for madd), and the scales of g and g + 1 as int16 pairs */
+        __m256i scales[16], pairs[8];
+        for (int g = 0; g < 16; g++) {
+            const __m128i sg = _mm_loadl_epi64((const __m128i *)(const void *)(scb + 8 * g));
+            scales[g] = vnni ? _mm256_cvtepi8_epi32(sg) : _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(sg, sg));
         }
-        for (int h = 0; h < 2; h++) {
-            x8q6k_quarter(dp, NR, h, 0, scb, ql, qh, a, sb, P);
-            x8q6k_quarter(dp, NR, h, 1, scb, ql, qh, a, sb, P);
-            x8q6k_quarter(dp, NR, h, 2, scb, ql, qh, a, sb, P);
-            x8q6k_quarter(dp, NR, h, 3, scb, ql, qh, a, sb, P);
-        }
+        for (int g = 0; g < 16; g += 2)
+            pairs[g / 2] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(
+                _mm_loadl_epi64((const __m128i *)(const void *)(scb + 8 * g)),
+                _mm_loadl_epi64((const __m128i *)(const void *)(scb + 8 * g + 8))));
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)blk));
-        for (int r = 0; r < NR; r++)
-            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(a[r].d[sb]), dw), _mm256_cvtepi32_ps(P[r]), acc[r]);
+        for (int r0 = 0; r0 < nr; r0 += QMM_X8_NR) {
+            switch (LLORCH_MIN(nr - r0, QMM_X8_NR)) {
+            case 1:
+                x8q6k_sb(dp, 1, scales, pairs, ql, qh, dw, a + r0, sb, acc + r0);
+                break;
+            case 2:
+                x8q6k_sb(dp, 2, scales, pairs, ql, qh, dw, a + r0, sb, acc + r0);
+                break;
+            case 3:
+                x8q6k_sb(dp, 3, scales, pairs, ql, qh, dw, a + r0, sb, acc + r0);
+                break;
+            default:
+                x8q6k_sb(dp, 4, scales, pairs, ql, qh, dw, a + r0, sb, acc + r0);
+                break;
+            }
+        }
     }
-    for (int r = 0; r < NR; r++)
+    for (int r = 0; r < nr; r++)
         avx2_x8_store(acc[r], out, stride, r);
 }
 
@@ -825,6 +890,31 @@ typedef void (*qmm_x8_fn)(const uint8_t *grp, const struct qmm_act *a, int nr, i
             }                                                                                         \
         }                                                                                             \
     }
+/* A kernel that takes all nr (<= QMM_M_TILE) activation rows at once; up to
+ * QMM_X8_NR of them with nr a constant, so that one pass keeps its
+ * accumulators and the block's scales in registers. */
+#define QMM_X8_ALL_ROWS(NAME, BODY, DP, TYPE, BLOCK)                                                  \
+    static QMM_AVX2 void NAME(const uint8_t *grp, const struct qmm_act *a, int nr, int64_t n,        \
+                              float *out, int64_t stride)                                             \
+    {                                                                                                 \
+        switch (nr) {                                                                                 \
+        case 1:                                                                                       \
+            BODY(DP, TYPE, grp, a, 1, n / (BLOCK), out, stride);                                      \
+            break;                                                                                    \
+        case 2:                                                                                       \
+            BODY(DP, TYPE, grp, a, 2, n / (BLOCK), out, stride);                                      \
+            break;                                                                                    \
+        case 3:                                                                                       \
+            BODY(DP, TYPE, grp, a, 3, n / (BLOCK), out, stride);                                      \
+            break;                                                                                    \
+        case 4:                                                                                       \
+            BODY(DP, TYPE, grp, a, 4, n / (BLOCK), out, stride);                                      \
+            break;                                                                                    \
+        default:                                                                                      \
+            BODY(DP, TYPE, grp, a, nr, n / (BLOCK), out, stride);                                     \
+            break;                                                                                    \
+        }                                                                                             \
+    }
 /* The eight block types' kernels for one way of summing, as a table indexed
  * like qmm_types (the float types NULL). */
 #define QMM_X8_SET(SUF, DP)                                                                           \
@@ -833,9 +923,9 @@ typedef void (*qmm_x8_fn)(const uint8_t *grp, const struct qmm_act *a, int nr, i
     QMM_X8_DISPATCH(x8_q4_1_##SUF, x8_group, DP, GGML_TYPE_Q4_1, 32)                                  \
     QMM_X8_DISPATCH(x8_q5_0_##SUF, x8_group, DP, GGML_TYPE_Q5_0, 32)                                  \
     QMM_X8_DISPATCH(x8_q5_1_##SUF, x8_group, DP, GGML_TYPE_Q5_1, 32)                                  \
-    QMM_X8_DISPATCH(x8_q4_k_##SUF, x8k45_group, DP, GGML_TYPE_Q4_K, 256)                              \
-    QMM_X8_DISPATCH(x8_q5_k_##SUF, x8k45_group, DP, GGML_TYPE_Q5_K, 256)                              \
-    QMM_X8_DISPATCH(x8_q6_k_##SUF, x8q6k_group, DP, GGML_TYPE_Q6_K, 256)                              \
+    QMM_X8_ALL_ROWS(x8_q4_k_##SUF, x8k45_group, DP, GGML_TYPE_Q4_K, 256)                              \
+    QMM_X8_ALL_ROWS(x8_q5_k_##SUF, x8k45_group, DP, GGML_TYPE_Q5_K, 256)                              \
+    QMM_X8_ALL_ROWS(x8_q6_k_##SUF, x8q6k_group, DP, GGML_TYPE_Q6_K, 256)                              \
     static const qmm_x8_fn qmm_x8_##SUF[QMM_N_TYPES] = {                                              \
         NULL,          NULL,          NULL,          x8_q8_0_##SUF, x8_q4_0_##SUF, x8_q4_1_##SUF,     \
         x8_q5_0_##SUF, x8_q5_1_##SUF, x8_q4_k_##SUF, x8_q5_k_##SUF, x8_q6_k_##SUF,                    \
