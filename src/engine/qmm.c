@@ -422,6 +422,26 @@ QMM_INLINE __m256i avx2_load(const void *p)
  * conversion and fma per row). The per-output chains are the scalar level's. */
 #define QMM_X8 8
 #define QMM_X8_NR 4 /* activation rows per pass over a group */
+/* STEP(args..., r0, NR) for activation rows [0, nr), QMM_X8_NR at a time
+ * from row r0, NR a constant in each expansion so that a pass's loops
+ * unroll and its accumulators stay in registers. */
+#define QMM_X8_PASSES(nr, STEP, ...)                                                                  \
+    for (int r0_ = 0; r0_ < (nr); r0_ += QMM_X8_NR) {                                                 \
+        switch (LLORCH_MIN((nr) - r0_, QMM_X8_NR)) {                                                  \
+        case 1:                                                                                       \
+            STEP(__VA_ARGS__, r0_, 1);                                                                \
+            break;                                                                                    \
+        case 2:                                                                                       \
+            STEP(__VA_ARGS__, r0_, 2);                                                                \
+            break;                                                                                    \
+        case 3:                                                                                       \
+            STEP(__VA_ARGS__, r0_, 3);                                                                \
+            break;                                                                                    \
+        default:                                                                                      \
+            STEP(__VA_ARGS__, r0_, 4);                                                                \
+            break;                                                                                    \
+        }                                                                                             \
+    }
 
 /* Pins an accumulator to a register at this point: without it GCC
  * reassociates a block's chain of integer adds into a tree whose terms all
@@ -714,22 +734,9 @@ QMM_INLINE void x8k45_group(const enum qmm_dp dp, enum ggml_type type, const uin
         const uint8_t *blk = avx2_x8_block(grp, sb, gbytes);
         struct x8k45_scales S;
         x8k45_decode(dp, blk, &S);
-        for (int r0 = 0; r0 < nr; r0 += QMM_X8_NR) {
-            switch (LLORCH_MIN(nr - r0, QMM_X8_NR)) {
-            case 1:
-                x8k45_sb(dp, five, 1, blk, a + r0, sb, &S, acc + r0, accm + r0);
-                break;
-            case 2:
-                x8k45_sb(dp, five, 2, blk, a + r0, sb, &S, acc + r0, accm + r0);
-                break;
-            case 3:
-                x8k45_sb(dp, five, 3, blk, a + r0, sb, &S, acc + r0, accm + r0);
-                break;
-            default:
-                x8k45_sb(dp, five, 4, blk, a + r0, sb, &S, acc + r0, accm + r0);
-                break;
-            }
-        }
+#define QMM_X8K45_STEP(S, r0, NR) x8k45_sb(dp, five, NR, blk, a + (r0), sb, S, acc + (r0), accm + (r0))
+        QMM_X8_PASSES(nr, QMM_X8K45_STEP, &S)
+#undef QMM_X8K45_STEP
     }
     for (int r = 0; r < nr; r++)
         avx2_x8_store(_mm256_sub_ps(acc[r], accm[r]), out, stride, r);
@@ -842,22 +849,9 @@ QMM_INLINE void x8q6k_group(const enum qmm_dp dp, enum ggml_type type, const uin
                 _mm_loadl_epi64((const __m128i *)(const void *)(scb + 8 * g)),
                 _mm_loadl_epi64((const __m128i *)(const void *)(scb + 8 * g + 8))));
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)blk));
-        for (int r0 = 0; r0 < nr; r0 += QMM_X8_NR) {
-            switch (LLORCH_MIN(nr - r0, QMM_X8_NR)) {
-            case 1:
-                x8q6k_sb(dp, 1, scales, pairs, ql, qh, dw, a + r0, sb, acc + r0);
-                break;
-            case 2:
-                x8q6k_sb(dp, 2, scales, pairs, ql, qh, dw, a + r0, sb, acc + r0);
-                break;
-            case 3:
-                x8q6k_sb(dp, 3, scales, pairs, ql, qh, dw, a + r0, sb, acc + r0);
-                break;
-            default:
-                x8q6k_sb(dp, 4, scales, pairs, ql, qh, dw, a + r0, sb, acc + r0);
-                break;
-            }
-        }
+#define QMM_X8Q6K_STEP(scales, r0, NR) x8q6k_sb(dp, NR, scales, pairs, ql, qh, dw, a + (r0), sb, acc + (r0))
+        QMM_X8_PASSES(nr, QMM_X8Q6K_STEP, scales)
+#undef QMM_X8Q6K_STEP
     }
     for (int r = 0; r < nr; r++)
         avx2_x8_store(acc[r], out, stride, r);
@@ -868,51 +862,28 @@ QMM_INLINE void x8q6k_group(const enum qmm_dp dp, enum ggml_type type, const uin
 typedef void (*qmm_x8_fn)(const uint8_t *grp, const struct qmm_act *a, int nr, int64_t n, float *out,
                           int64_t stride);
 
+/* The types' kernels: the 32-element ones in passes of QMM_X8_NR rows over
+ * the whole group; the K types take all nr (<= QMM_M_TILE) rows at once (a
+ * superblock's scales decoded once for them), up to QMM_X8_NR of them with
+ * nr a constant, so that one pass keeps its accumulators and the scales in
+ * registers. */
+#define QMM_X8_PASS_STEP(BODY, DP, TYPE, BLOCK, r0, NR)                                               \
+    BODY(DP, TYPE, NR, grp, a + (r0), n / (BLOCK), out + (r0) * stride, stride)
+#define QMM_X8_ONE_STEP(BODY, DP, TYPE, BLOCK, r0, NR) BODY(DP, TYPE, grp, a, NR, n / (BLOCK), out, stride)
 #define QMM_X8_DISPATCH(NAME, BODY, DP, TYPE, BLOCK)                                                  \
     static QMM_AVX2 void NAME(const uint8_t *grp, const struct qmm_act *a, int nr, int64_t n,        \
                               float *out, int64_t stride)                                             \
     {                                                                                                 \
-        for (int r0 = 0; r0 < nr; r0 += QMM_X8_NR) {                                                  \
-            float *o = out + r0 * stride;                                                             \
-            switch (LLORCH_MIN(nr - r0, QMM_X8_NR)) {                                                 \
-            case 1:                                                                                   \
-                BODY(DP, TYPE, 1, grp, a + r0, n / (BLOCK), o, stride);                               \
-                break;                                                                                \
-            case 2:                                                                                   \
-                BODY(DP, TYPE, 2, grp, a + r0, n / (BLOCK), o, stride);                               \
-                break;                                                                                \
-            case 3:                                                                                   \
-                BODY(DP, TYPE, 3, grp, a + r0, n / (BLOCK), o, stride);                               \
-                break;                                                                                \
-            default:                                                                                  \
-                BODY(DP, TYPE, 4, grp, a + r0, n / (BLOCK), o, stride);                               \
-                break;                                                                                \
-            }                                                                                         \
-        }                                                                                             \
+        QMM_X8_PASSES(nr, QMM_X8_PASS_STEP, BODY, DP, TYPE, BLOCK)                                    \
     }
-/* A kernel that takes all nr (<= QMM_M_TILE) activation rows at once; up to
- * QMM_X8_NR of them with nr a constant, so that one pass keeps its
- * accumulators and the block's scales in registers. */
 #define QMM_X8_ALL_ROWS(NAME, BODY, DP, TYPE, BLOCK)                                                  \
     static QMM_AVX2 void NAME(const uint8_t *grp, const struct qmm_act *a, int nr, int64_t n,        \
                               float *out, int64_t stride)                                             \
     {                                                                                                 \
-        switch (nr) {                                                                                 \
-        case 1:                                                                                       \
-            BODY(DP, TYPE, grp, a, 1, n / (BLOCK), out, stride);                                      \
-            break;                                                                                    \
-        case 2:                                                                                       \
-            BODY(DP, TYPE, grp, a, 2, n / (BLOCK), out, stride);                                      \
-            break;                                                                                    \
-        case 3:                                                                                       \
-            BODY(DP, TYPE, grp, a, 3, n / (BLOCK), out, stride);                                      \
-            break;                                                                                    \
-        case 4:                                                                                       \
-            BODY(DP, TYPE, grp, a, 4, n / (BLOCK), out, stride);                                      \
-            break;                                                                                    \
-        default:                                                                                      \
+        if (nr <= QMM_X8_NR) {                                                                        \
+            QMM_X8_PASSES(nr, QMM_X8_ONE_STEP, BODY, DP, TYPE, BLOCK)                                 \
+        } else {                                                                                      \
             BODY(DP, TYPE, grp, a, nr, n / (BLOCK), out, stride);                                     \
-            break;                                                                                    \
         }                                                                                             \
     }
 /* The eight block types' kernels for one way of summing, as a table indexed
